@@ -1,0 +1,246 @@
+//! Access control: rules of subjects × task patterns × actions, deny by default, deny rules win.
+
+use globset::{Glob, GlobMatcher};
+use serde::Deserialize;
+use std::path::Path;
+
+/// Actions a rule can grant.
+pub const ACTIONS: &[&str] = &[
+    "list",
+    "exec",
+    "exec:stdin",
+    "exec:tty",
+    "exec:user",
+    "debug",
+];
+
+/// Errors loading an ACL file.
+#[derive(Debug, thiserror::Error)]
+pub enum AclError {
+    #[error("cannot read ACL {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("ACL {path} is not valid: {source}")]
+    Parse {
+        path: String,
+        source: toml::de::Error,
+    },
+    #[error("ACL rule {rule}: {message}")]
+    Rule { rule: usize, message: String },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AclFile {
+    #[serde(default, rename = "rule")]
+    rules: Vec<RuleFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFile {
+    #[serde(default = "allow")]
+    effect: String,
+    subjects: Vec<String>,
+    tasks: Vec<String>,
+    actions: Vec<String>,
+}
+
+fn allow() -> String {
+    "allow".into()
+}
+
+#[derive(Debug)]
+enum Subject {
+    Any,
+    User(String),
+    Group(String),
+}
+
+#[derive(Debug)]
+struct Rule {
+    deny: bool,
+    subjects: Vec<Subject>,
+    tasks: Vec<GlobMatcher>,
+    actions: Vec<String>,
+}
+
+/// A parsed ACL.
+#[derive(Debug, Default)]
+pub struct Acl {
+    rules: Vec<Rule>,
+}
+
+/// Who is asking.
+pub struct Principal<'a> {
+    pub user: &'a str,
+    pub groups: &'a [String],
+}
+
+impl Acl {
+    /// Loads and validates an ACL file.
+    pub fn load(path: &Path) -> Result<Acl, AclError> {
+        let text = std::fs::read_to_string(path).map_err(|source| AclError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Acl::parse(&text).map_err(|e| match e {
+            AclError::Parse { source, .. } => AclError::Parse {
+                path: path.display().to_string(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses ACL TOML text.
+    pub fn parse(text: &str) -> Result<Acl, AclError> {
+        let file: AclFile = toml::from_str(text).map_err(|source| AclError::Parse {
+            path: String::new(),
+            source,
+        })?;
+        let mut rules = Vec::new();
+        for (i, r) in file.rules.into_iter().enumerate() {
+            let n = i + 1;
+            let bad = |message: String| AclError::Rule { rule: n, message };
+            let deny = match r.effect.as_str() {
+                "allow" => false,
+                "deny" => true,
+                other => return Err(bad(format!("effect must be allow or deny, not {other:?}"))),
+            };
+            let subjects = r
+                .subjects
+                .iter()
+                .map(|s| match s.split_once(':') {
+                    _ if s == "*" => Ok(Subject::Any),
+                    Some(("user", u)) if !u.is_empty() => Ok(Subject::User(u.into())),
+                    Some(("group", g)) if !g.is_empty() => Ok(Subject::Group(g.into())),
+                    _ => Err(bad(format!(
+                        "subject {s:?} must be user:NAME, group:NAME or *"
+                    ))),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let tasks = r
+                .tasks
+                .iter()
+                .map(|t| {
+                    Glob::new(t)
+                        .map(|g| g.compile_matcher())
+                        .map_err(|e| bad(format!("task pattern {t:?}: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            for a in &r.actions {
+                if a != "*" && !ACTIONS.contains(&a.as_str()) {
+                    return Err(bad(format!(
+                        "unknown action {a:?} (known: *, {})",
+                        ACTIONS.join(", ")
+                    )));
+                }
+            }
+            if subjects.is_empty() || tasks.is_empty() || r.actions.is_empty() {
+                return Err(bad("subjects, tasks and actions must not be empty".into()));
+            }
+            rules.push(Rule {
+                deny,
+                subjects,
+                tasks,
+                actions: r.actions,
+            });
+        }
+        Ok(Acl { rules })
+    }
+
+    /// True when some allow rule and no deny rule match `who` doing `action` on `task`.
+    pub fn allows(&self, who: &Principal<'_>, task: &str, action: &str) -> bool {
+        let mut allowed = false;
+        for r in &self.rules {
+            let subject = r.subjects.iter().any(|s| match s {
+                Subject::Any => true,
+                Subject::User(u) => u == who.user,
+                Subject::Group(g) => who.groups.iter().any(|x| x == g),
+            });
+            let hit = subject
+                && r.tasks.iter().any(|m| m.is_match(task))
+                && r.actions.iter().any(|a| a == "*" || a == action);
+            if hit && r.deny {
+                return false;
+            }
+            allowed |= hit;
+        }
+        allowed
+    }
+
+    /// The first of `actions` that is not allowed, if any.
+    pub fn first_denied<'a>(
+        &self,
+        who: &Principal<'_>,
+        task: &str,
+        actions: &[&'a str],
+    ) -> Option<&'a str> {
+        actions.iter().copied().find(|a| !self.allows(who, task, a))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ACL: &str = r#"
+[[rule]]
+subjects = ["group:sre"]
+tasks = ["*"]
+actions = ["*"]
+
+[[rule]]
+subjects = ["user:alice"]
+tasks = ["web-*"]
+actions = ["list", "exec"]
+
+[[rule]]
+effect = "deny"
+subjects = ["user:bob"]
+tasks = ["db-*"]
+actions = ["*"]
+"#;
+
+    #[test]
+    fn deny_by_default_grants_and_deny_wins() {
+        let acl = Acl::parse(ACL).unwrap();
+        let alice = Principal {
+            user: "alice",
+            groups: &[],
+        };
+        assert!(acl.allows(&alice, "web-1", "exec"));
+        assert!(!acl.allows(&alice, "web-1", "exec:tty"));
+        assert!(!acl.allows(&alice, "db-1", "exec"));
+        let sre = ["sre".to_string()];
+        let bob = Principal {
+            user: "bob",
+            groups: &sre,
+        };
+        assert!(acl.allows(&bob, "web-1", "exec:user"));
+        assert!(!acl.allows(&bob, "db-1", "list"));
+        let nobody = Principal {
+            user: "eve",
+            groups: &[],
+        };
+        assert!(!acl.allows(&nobody, "web-1", "list"));
+        assert_eq!(
+            acl.first_denied(&alice, "web-2", &["exec", "exec:stdin"]),
+            Some("exec:stdin")
+        );
+        assert!(!Acl::default().allows(&alice, "web-1", "list"));
+    }
+
+    #[test]
+    fn bad_rules_are_refused() {
+        assert!(Acl::parse("[[rule]]\nsubjects=['alice']\ntasks=['*']\nactions=['exec']").is_err());
+        assert!(Acl::parse("[[rule]]\nsubjects=['user:a']\ntasks=['*']\nactions=['rm']").is_err());
+        assert!(Acl::parse(
+            "[[rule]]\neffect='maybe'\nsubjects=['user:a']\ntasks=['*']\nactions=['exec']"
+        )
+        .is_err());
+    }
+}

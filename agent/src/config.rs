@@ -1,0 +1,206 @@
+//! The agent's configuration file (`agent.toml`): where keys, ACL, audit log and container runtimes live.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Errors loading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("{path}: {key} is not a duration like \"5s\": {value}")]
+    Duration {
+        path: PathBuf,
+        key: &'static str,
+        value: String,
+    },
+}
+
+/// `agent.toml`. Relative paths are relative to the directory holding the file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Address the HTTPS API listens on, e.g. `127.0.0.1:7443`.
+    pub listen: String,
+    /// PEM certificate chain the agent presents.
+    pub tls_cert: PathBuf,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: PathBuf,
+    /// PEM public key (Ed25519 SPKI) that verifies bearer tokens.
+    pub token_public_key: PathBuf,
+    /// PEM private key (Ed25519 PKCS#8) used by `dcos-exec-agent token`; the server never reads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_private_key: Option<PathBuf>,
+    /// Required `iss` claim of tokens.
+    #[serde(default = "default_issuer")]
+    pub issuer: String,
+    /// Required `aud` claim of tokens.
+    #[serde(default = "default_audience")]
+    pub audience: String,
+    /// ACL file (see README, "ACL").
+    pub acl: PathBuf,
+    /// Audit log, JSON lines, appended.
+    pub audit_log: PathBuf,
+    /// How long a session's processes get between SIGHUP and SIGKILL once the client is gone.
+    #[serde(default = "default_grace")]
+    pub grace_period: String,
+    /// After the process exits, how long to keep forwarding output that processes it left behind still write.
+    #[serde(default = "default_drain")]
+    pub output_drain: String,
+    /// OCI annotation whose value is the task id; containers without it are known by their container id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id_annotation: Option<String>,
+    /// Where container runtimes keep their state.
+    #[serde(default)]
+    pub runtimes: RuntimesConfig,
+}
+
+/// State roots of the OCI runtimes the agent discovers containers in. A trailing `/*` means
+/// "every directory below" (containerd keeps one root per namespace).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimesConfig {
+    #[serde(default = "default_runc_roots")]
+    pub runc_roots: Vec<PathBuf>,
+    #[serde(default = "default_crun_roots")]
+    pub crun_roots: Vec<PathBuf>,
+}
+
+impl Default for RuntimesConfig {
+    fn default() -> Self {
+        RuntimesConfig {
+            runc_roots: default_runc_roots(),
+            crun_roots: default_crun_roots(),
+        }
+    }
+}
+
+fn default_issuer() -> String {
+    "dcos-exec-agent".into()
+}
+fn default_audience() -> String {
+    dcos_exec_proto::TOKEN_AUDIENCE.into()
+}
+fn default_grace() -> String {
+    "5s".into()
+}
+fn default_drain() -> String {
+    "1s".into()
+}
+/// runc's own default, containerd's runc v2 shim (one root per namespace) and Docker's.
+pub fn default_runc_roots() -> Vec<PathBuf> {
+    [
+        "/run/runc",
+        "/run/containerd/runc/*",
+        "/run/docker/runtime-runc/moby",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .collect()
+}
+/// crun's default and containerd's crun roots.
+pub fn default_crun_roots() -> Vec<PathBuf> {
+    ["/run/crun", "/run/containerd/crun/*"]
+        .iter()
+        .map(PathBuf::from)
+        .collect()
+}
+
+/// A loaded configuration with paths made absolute and durations parsed.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub file: AgentConfig,
+    pub grace_period: Duration,
+    pub output_drain: Duration,
+}
+
+impl AgentConfig {
+    /// Reads and validates `path`, resolving relative paths against its directory.
+    pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let mut cfg: AgentConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source,
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base = std::fs::canonicalize(&base).unwrap_or(base);
+        for p in [
+            &mut cfg.tls_cert,
+            &mut cfg.tls_key,
+            &mut cfg.token_public_key,
+            &mut cfg.acl,
+            &mut cfg.audit_log,
+        ] {
+            *p = base.join(&*p);
+        }
+        if let Some(p) = cfg.token_private_key.as_mut() {
+            *p = base.join(&*p);
+        }
+        let dur = |key: &'static str, value: &str| {
+            humantime::parse_duration(value).map_err(|_| ConfigError::Duration {
+                path: path.into(),
+                key,
+                value: value.into(),
+            })
+        };
+        let grace_period = dur("grace_period", &cfg.grace_period)?;
+        let output_drain = dur("output_drain", &cfg.output_drain)?;
+        Ok(Loaded {
+            file: cfg,
+            grace_period,
+            output_drain,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agent.toml");
+        std::fs::write(
+            &p,
+            "listen='127.0.0.1:1'\ntls_cert='c.pem'\ntls_key='k.pem'\ntoken_public_key='t.pub'\nacl='acl.toml'\naudit_log='/var/log/a.log'\ngrace_period='250ms'\n",
+        )
+        .unwrap();
+        let l = AgentConfig::load(&p).unwrap();
+        assert_eq!(
+            l.file.tls_cert,
+            std::fs::canonicalize(dir.path()).unwrap().join("c.pem")
+        );
+        assert_eq!(l.file.audit_log, PathBuf::from("/var/log/a.log"));
+        assert_eq!(l.grace_period, Duration::from_millis(250));
+        assert_eq!(l.file.runtimes.runc_roots, default_runc_roots());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_durations_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agent.toml");
+        std::fs::write(&p, "listen='x'\ntls_cert='c'\ntls_key='k'\ntoken_public_key='t'\nacl='a'\naudit_log='l'\nlisten_port=3\n").unwrap();
+        assert!(matches!(
+            AgentConfig::load(&p),
+            Err(ConfigError::Parse { .. })
+        ));
+        std::fs::write(&p, "listen='x'\ntls_cert='c'\ntls_key='k'\ntoken_public_key='t'\nacl='a'\naudit_log='l'\ngrace_period='soon'\n").unwrap();
+        assert!(matches!(
+            AgentConfig::load(&p),
+            Err(ConfigError::Duration { .. })
+        ));
+    }
+}

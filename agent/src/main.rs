@@ -1,0 +1,139 @@
+//! `dcos-exec-agent`: the per-host agent. `init` sets up keys and config, `run` serves, `token` mints tokens.
+
+mod acl;
+mod audit;
+mod auth;
+mod config;
+mod exec;
+mod init;
+mod runtime;
+mod server;
+mod session;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "dcos-exec-agent",
+    version,
+    about = "Per-host agent of dcos-exec: authenticated exec into containers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Write a CA, server certificate, token key pair, agent.toml, acl.toml and an admin token into DIR.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7443")]
+        listen: String,
+        /// Name of the admin user the ACL grants everything.
+        #[arg(long, default_value = "admin")]
+        admin: String,
+        /// Lifetime of the admin token.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        /// Overwrite an existing set-up.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Serve the exec API.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Mint a token for a user (needs token_private_key in the config).
+    Token {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        user: String,
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+    },
+}
+
+fn main() {
+    // The exec helper is this binary run from a sealed memfd; it must not start a runtime or parse flags.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == exec::HELPER_ARG)
+    {
+        exec::helper::main();
+    }
+    let cli = Cli::parse();
+    if let Err(e) = real_main(cli) {
+        eprintln!("dcos-exec-agent: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Init {
+            dir,
+            listen,
+            admin,
+            ttl,
+            force,
+        } => {
+            let lines = init::init(&init::InitOptions {
+                dir: &dir,
+                listen: &listen,
+                admin: &admin,
+                ttl,
+                force,
+            })?;
+            print!("{lines}");
+            Ok(())
+        }
+        Cmd::Token {
+            config,
+            user,
+            groups,
+            ttl,
+        } => {
+            let cfg = config::AgentConfig::load(&config)?;
+            let key_path = cfg
+                .file
+                .token_private_key
+                .context("the config has no token_private_key")?;
+            let key = std::fs::read(&key_path)
+                .with_context(|| format!("reading {}", key_path.display()))?;
+            let t = auth::mint(
+                &key,
+                &cfg.file.issuer,
+                &cfg.file.audience,
+                &user,
+                &groups,
+                ttl,
+            )?;
+            println!("{t}");
+            Ok(())
+        }
+        Cmd::Run { config } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_env("DCOS_EXEC_LOG")
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            let cfg = config::AgentConfig::load(&config)?;
+            let agent = server::Agent::new(cfg)?;
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(server::serve(agent))
+        }
+    }
+}

@@ -1,0 +1,488 @@
+//! One exec session over a WebSocket: spawns the helper, pumps stdio frames both ways, ends with a status.
+
+use crate::audit::SessionRecord;
+use crate::exec::{self, HelperEvent, HelperSpec, CTRL_SIGNAL};
+use crate::server::Agent;
+use dcos_exec_proto::{
+    channel, frame, split_frame, ErrorCode, ExecRequest, SignalRequest, Started, Status, TermSize,
+};
+use futures_util::{SinkExt, StreamExt};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Poll};
+use std::time::Duration;
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// Who asked for what; filled by the server after authorization.
+pub struct Context {
+    pub user: String,
+    pub source: String,
+    pub task: String,
+    pub container: String,
+    pub container_pid: i32,
+    pub container_start: u64,
+    pub request: ExecRequest,
+}
+
+const PING_EVERY: Duration = Duration::from_secs(20);
+/// No message at all (not even a pong) for this long means the client is gone.
+const CLIENT_SILENCE: Duration = Duration::from_secs(65);
+const CHUNK: usize = 32 * 1024;
+
+type Reader = Box<dyn AsyncRead + Unpin + Send>;
+type Writer = Box<dyn AsyncWrite + Unpin + Send>;
+
+fn new_session_id() -> String {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Runs the session to its end and writes its audit record.
+pub async fn run<S>(agent: Arc<Agent>, io: S, ctx: Context, spec: HelperSpec)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let cfg = WebSocketConfig::default()
+        .max_message_size(Some(4 << 20))
+        .max_frame_size(Some(1 << 20));
+    let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(cfg)).await;
+    let (sink, stream) = ws.split();
+    let (tx, rx) = mpsc::channel::<Message>(16);
+    let writer = tokio::spawn(write_loop(sink, rx));
+    let id = new_session_id();
+    let start = crate::audit::now();
+    let bytes_in = Arc::new(AtomicU64::new(0));
+    let bytes_out = Arc::new(AtomicU64::new(0));
+    tracing::info!(session = %id, user = %ctx.user, task = %ctx.task, "session start");
+
+    let status = drive(&agent, &ctx, &id, spec, &tx, stream, &bytes_in, &bytes_out).await;
+
+    let json = serde_json::to_vec(&status).unwrap_or_default();
+    let _ = tx
+        .send(Message::Binary(frame(channel::STATUS, &json).into()))
+        .await;
+    drop(tx);
+    let _ = writer.await;
+    tracing::info!(session = %id, status = ?status, "session end");
+    agent.audit.session(&SessionRecord {
+        event: "session",
+        session: id,
+        user: ctx.user,
+        source: ctx.source,
+        task: ctx.task,
+        container: ctx.container,
+        command: ctx.request.command,
+        tty: ctx.request.tty,
+        stdin: ctx.request.stdin,
+        run_as: ctx.request.user,
+        start,
+        end: crate::audit::now(),
+        status,
+        bytes_in: bytes_in.load(Ordering::Relaxed),
+        bytes_out: bytes_out.load(Ordering::Relaxed),
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn drive<St>(
+    agent: &Agent,
+    ctx: &Context,
+    id: &str,
+    spec: HelperSpec,
+    tx: &mpsc::Sender<Message>,
+    stream: St,
+    bytes_in: &Arc<AtomicU64>,
+    bytes_out: &Arc<AtomicU64>,
+) -> Status
+where
+    St: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
+        + Unpin
+        + Send
+        + 'static,
+{
+    let internal = |m: String| Status::Error {
+        code: ErrorCode::Internal,
+        message: m,
+    };
+    let mut sp = match exec::spawn(&agent.exe, &spec) {
+        Ok(s) => s,
+        Err(e) => return internal(e.to_string()),
+    };
+    if let Err(e) = sp.ctrl.write_all(&exec::encode_spec(&spec)).await {
+        let _ = sp.child.wait().await;
+        return internal(format!("handing the request to the exec helper: {e}"));
+    }
+    let mut events = tokio::io::BufReader::new(sp.events).lines();
+    let gone = |ctx: &Context| {
+        crate::runtime::proc_start_time(ctx.container_pid) != Some(ctx.container_start)
+    };
+    let helper_died = |ctx: &Context| {
+        if gone(ctx) {
+            Status::Error {
+                code: ErrorCode::ContainerStopped,
+                message: format!("container {} stopped", ctx.container),
+            }
+        } else {
+            internal("the exec helper died".into())
+        }
+    };
+    match next_event(&mut events).await {
+        Some(HelperEvent::Started { pid }) => {
+            let s = serde_json::to_vec(&Started {
+                session: id.into(),
+                pid,
+            })
+            .unwrap_or_default();
+            let _ = tx
+                .send(Message::Binary(frame(channel::STARTED, &s).into()))
+                .await;
+        }
+        Some(HelperEvent::Finished(s)) => {
+            let _ = sp.child.wait().await;
+            return s;
+        }
+        None => {
+            let _ = sp.child.wait().await;
+            return helper_died(ctx);
+        }
+    }
+
+    // Wire up stdio: pipes, or the pty master the helper sent before it forked.
+    let mut stdin: Option<Writer> = None;
+    let mut outputs: Vec<(u8, Reader)> = Vec::new();
+    let mut master_for_resize: Option<OwnedFd> = None;
+    if spec.tty {
+        let master = match sp.console.as_ref().map(exec::recv_master) {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => return internal(format!("receiving the terminal: {e}")),
+            None => return internal("no console socket".into()),
+        };
+        let (r, w, m) = match (Pty::new(&master), Pty::new(&master), master.try_clone()) {
+            (Ok(r), Ok(w), Ok(m)) => (r, w, m),
+            _ => return internal("setting up the terminal".into()),
+        };
+        outputs.push((channel::STDOUT, Box::new(r)));
+        stdin = Some(Box::new(w));
+        master_for_resize = Some(m);
+    } else {
+        if let Some(w) = sp.child.stdin.take() {
+            stdin = Some(Box::new(w));
+        }
+        if let Some(r) = sp.child.stdout.take() {
+            outputs.push((channel::STDOUT, Box::new(r)));
+        }
+        if let Some(r) = sp.child.stderr.take() {
+            outputs.push((channel::STDERR, Box::new(r)));
+        }
+    }
+    if !ctx.request.stdin {
+        // No -i: the process sees EOF on stdin at once, as with docker exec.
+        stdin = None;
+    }
+
+    let (exited_tx, exited_rx) = watch::channel(false);
+    let drain = agent.cfg.output_drain;
+    let pumps: Vec<_> = outputs
+        .into_iter()
+        .map(|(ch, r)| {
+            tokio::spawn(pump_out(
+                ch,
+                r,
+                tx.clone(),
+                bytes_out.clone(),
+                exited_rx.clone(),
+                drain,
+            ))
+        })
+        .collect();
+    let input = tokio::spawn(pump_in(
+        stream,
+        stdin,
+        sp.ctrl,
+        master_for_resize,
+        bytes_in.clone(),
+    ));
+
+    let mut status = loop {
+        match next_event(&mut events).await {
+            Some(HelperEvent::Finished(s)) => break s,
+            Some(HelperEvent::Started { .. }) => continue,
+            None => break helper_died(ctx),
+        }
+    };
+    let _ = exited_tx.send(true);
+    for p in pumps {
+        let _ = p.await;
+    }
+    input.abort();
+    let _ = sp.child.wait().await;
+    if matches!(status, Status::Signaled { .. }) && gone(ctx) {
+        status = Status::Error {
+            code: ErrorCode::ContainerStopped,
+            message: format!("container {} stopped during the session", ctx.container),
+        };
+    }
+    status
+}
+
+async fn next_event<R: tokio::io::AsyncBufRead + Unpin>(
+    lines: &mut tokio::io::Lines<R>,
+) -> Option<HelperEvent> {
+    loop {
+        match lines.next_line().await {
+            Ok(Some(l)) => match serde_json::from_str(&l) {
+                Ok(ev) => return Some(ev),
+                Err(e) => tracing::warn!("bad helper event: {e}"),
+            },
+            _ => return None,
+        }
+    }
+}
+
+/// Sends frames in order, batching what is queued into one flush; pings the client; closes at the end.
+async fn write_loop<Si>(mut sink: Si, mut rx: mpsc::Receiver<Message>)
+where
+    Si: futures_util::Sink<Message> + Unpin,
+{
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            m = rx.recv() => match m {
+                Some(m) => {
+                    if sink.feed(m).await.is_err() { return }
+                    while let Ok(m) = rx.try_recv() {
+                        if sink.feed(m).await.is_err() { return }
+                    }
+                    if sink.flush().await.is_err() { return }
+                }
+                None => {
+                    let _ = sink.send(Message::Close(None)).await;
+                    let _ = sink.close().await;
+                    return;
+                }
+            },
+            _ = ping.tick() => if sink.send(Message::Ping(Vec::new().into())).await.is_err() { return },
+        }
+    }
+}
+
+/// Resolves `drain` after `exited` turned true; never before.
+async fn idle_after_exit(exited: &mut watch::Receiver<bool>, drain: Duration) {
+    while !*exited.borrow_and_update() {
+        if exited.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+    tokio::time::sleep(drain).await;
+}
+
+/// Copies one output stream into frames. The bounded channel is the flow control: a slow client stalls this
+/// read, the pipe fills, and the process blocks in write(2), so nothing buffers without bound.
+async fn pump_out(
+    ch: u8,
+    mut r: Reader,
+    tx: mpsc::Sender<Message>,
+    count: Arc<AtomicU64>,
+    mut exited: watch::Receiver<bool>,
+    drain: Duration,
+) {
+    let mut buf = vec![0u8; CHUNK + 1];
+    loop {
+        let n = tokio::select! {
+            n = r.read(&mut buf[1..]) => match n { Ok(0) | Err(_) => return, Ok(n) => n },
+            // Output still open after the process exited (a background child holds it): stop after a quiet spell.
+            _ = idle_after_exit(&mut exited, drain) => return,
+        };
+        buf[0] = ch;
+        count.fetch_add(n as u64, Ordering::Relaxed);
+        if tx
+            .send(Message::Binary(buf[..=n].to_vec().into()))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+fn signal_number(name: &str) -> Option<i32> {
+    use std::str::FromStr;
+    if let Ok(n) = name.parse::<i32>() {
+        return (1..=64).contains(&n).then_some(n);
+    }
+    let up = name.to_ascii_uppercase();
+    let full = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
+    nix::sys::signal::Signal::from_str(&full)
+        .ok()
+        .map(|s| s as i32)
+}
+
+/// Client to process: stdin bytes, stdin close, resize, signals. Returns when the client is gone, which drops the
+/// control pipe and so tells the helper to hang up the session.
+async fn pump_in<St>(
+    mut stream: St,
+    mut stdin: Option<Writer>,
+    mut ctrl: tokio::net::unix::pipe::Sender,
+    master: Option<OwnedFd>,
+    count: Arc<AtomicU64>,
+) where
+    St: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        let msg = match tokio::time::timeout(CLIENT_SILENCE, stream.next()).await {
+            Ok(Some(Ok(m))) => m,
+            _ => return,
+        };
+        let data = match msg {
+            Message::Binary(b) => b,
+            Message::Close(_) => return,
+            _ => continue,
+        };
+        let Ok((ch, payload)) = split_frame(&data) else {
+            continue;
+        };
+        match ch {
+            channel::STDIN => {
+                if let Some(w) = stdin.as_mut() {
+                    if w.write_all(payload).await.is_err() {
+                        stdin = None;
+                    } else {
+                        count.fetch_add(payload.len() as u64, Ordering::Relaxed);
+                    }
+                }
+            }
+            channel::CLOSE if payload.first() == Some(&channel::STDIN) => {
+                // Dropping the write end is what makes the process read EOF (pipes; a terminal keeps its master).
+                if master.is_none() {
+                    stdin = None;
+                }
+            }
+            channel::RESIZE => {
+                if let (Some(m), Ok(sz)) = (&master, serde_json::from_slice::<TermSize>(payload)) {
+                    let ws = libc::winsize {
+                        ws_row: sz.height,
+                        ws_col: sz.width,
+                        ws_xpixel: 0,
+                        ws_ypixel: 0,
+                    };
+                    // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer; the fd is our pty master.
+                    unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+                }
+            }
+            channel::SIGNAL => {
+                if let Some(n) = serde_json::from_slice::<SignalRequest>(payload)
+                    .ok()
+                    .and_then(|s| signal_number(&s.signal))
+                {
+                    let _ = ctrl.write_all(&[CTRL_SIGNAL, n as u8, 0, 0]).await;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Async reads and writes on a pty master.
+struct Pty {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl Pty {
+    fn new(master: &OwnedFd) -> std::io::Result<Pty> {
+        let fd = master.try_clone()?;
+        let flags =
+            nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL).map_err(std::io::Error::from)?;
+        let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(flags))
+            .map_err(std::io::Error::from)?;
+        // SAFETY: `fd` is an OwnedFd moved into the AsyncFd, so it stays open and the same for its lifetime.
+        let fd =
+            unsafe { AsyncFd::register(fd) }.map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(Pty { fd })
+    }
+}
+
+impl AsyncRead for Pty {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        loop {
+            let mut guard = ready!(self.fd.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            match guard.try_io(|fd| {
+                nix::unistd::read(fd.get_ref(), unfilled).map_err(std::io::Error::from)
+            }) {
+                Ok(Ok(n)) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                // EIO: every slave fd is closed, the terminal's end of file.
+                Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return Poll::Ready(Ok(())),
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Pty {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        loop {
+            let mut guard = ready!(self.fd.poll_write_ready(cx))?;
+            match guard
+                .try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(std::io::Error::from))
+            {
+                Ok(r) => return Poll::Ready(r),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signal_names_and_numbers() {
+        assert_eq!(signal_number("INT"), Some(libc::SIGINT));
+        assert_eq!(signal_number("SIGTERM"), Some(libc::SIGTERM));
+        assert_eq!(signal_number("hup"), Some(libc::SIGHUP));
+        assert_eq!(signal_number("9"), Some(9));
+        assert_eq!(signal_number("NOPE"), None);
+        assert_eq!(signal_number("0"), None);
+    }
+}

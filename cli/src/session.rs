@@ -1,0 +1,137 @@
+//! The CLI side of an exec session: stdin, signals and resizes up; stdout, stderr and the final status down.
+
+use crate::client::{Failure, Ws};
+use crate::terminal;
+use dcos_exec_proto::{channel, exit, frame, split_frame, SignalRequest, Status};
+use futures_util::{SinkExt, StreamExt};
+use std::io::Write;
+use std::os::fd::FromRawFd;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Reads stdin on a plain thread (a blocking read must never hold up the runtime's shutdown); the bounded
+/// channel makes a slow agent push back on the reader.
+fn spawn_stdin_reader() -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(8);
+    std::thread::spawn(move || {
+        // SAFETY: fd 0 is open for the life of the process; ManuallyDrop keeps it open after this thread.
+        let mut stdin = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(0) });
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match std::io::Read::read(&mut *stdin, &mut buf) {
+                Ok(0) | Err(_) => return, // dropping tx signals EOF
+                Ok(n) => {
+                    if tx.blocking_send(buf[..n].to_vec()).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
+fn out(fd: i32) -> std::mem::ManuallyDrop<std::fs::File> {
+    // SAFETY: fds 1 and 2 are open for the life of the process; ManuallyDrop never closes them.
+    std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
+/// Pumps the session until the agent sends its status; returns the exit code.
+pub async fn run(ws: Ws, stdin: bool, tty: bool) -> Result<i32, Failure> {
+    let (mut sink, mut stream) = ws.split();
+    let mut stdin_rx = if stdin {
+        Some(spawn_stdin_reader())
+    } else {
+        None
+    };
+    let sig = |k| {
+        signal(k)
+            .map_err(|e| Failure::new(exit::FAILED, format!("installing signal handlers: {e}")))
+    };
+    let (mut sint, mut sterm, mut shup, mut swinch) = (
+        sig(SignalKind::interrupt())?,
+        sig(SignalKind::terminate())?,
+        sig(SignalKind::hangup())?,
+        sig(SignalKind::window_change())?,
+    );
+    let (mut stdout, mut stderr) = (out(1), out(2));
+    let mut status: Option<Status> = None;
+    let lost = |e: String| {
+        Failure::new(
+            exit::SESSION_LOST,
+            format!("connection to the agent lost: {e}"),
+        )
+    };
+
+    loop {
+        let forward: Option<&str> = tokio::select! {
+            msg = stream.next() => {
+                let m = match msg {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => return status.map(|s| s.exit_code()).ok_or_else(|| lost(e.to_string())),
+                    None => break,
+                };
+                let data = match m {
+                    Message::Binary(b) => b,
+                    Message::Close(_) => break,
+                    _ => continue,
+                };
+                let Ok((ch, payload)) = split_frame(&data) else { continue };
+                match ch {
+                    channel::STDOUT => {
+                        if stdout.write_all(payload).is_err() {
+                            // Our reader went away (`| head`): end like a shell pipeline would.
+                            return Ok(128 + libc::SIGPIPE);
+                        }
+                    }
+                    channel::STDERR => { let _ = stderr.write_all(payload); }
+                    channel::PROGRESS => { let _ = stderr.write_all(payload); }
+                    channel::STATUS => {
+                        status = serde_json::from_slice(payload).ok();
+                    }
+                    _ => {}
+                }
+                None
+            }
+            chunk = async { stdin_rx.as_mut()?.recv().await.map(Some) }, if stdin_rx.is_some() => {
+                let msg = match chunk {
+                    Some(Some(data)) => frame(channel::STDIN, &data),
+                    _ => {
+                        stdin_rx = None;
+                        frame(channel::CLOSE, &[channel::STDIN])
+                    }
+                };
+                sink.send(Message::Binary(msg.into())).await.map_err(|e| lost(e.to_string()))?;
+                None
+            }
+            _ = sint.recv() => Some("INT"),
+            _ = sterm.recv() => Some("TERM"),
+            _ = shup.recv() => Some("HUP"),
+            _ = swinch.recv(), if tty => {
+                if let Some(sz) = terminal::size() {
+                    let j = serde_json::to_vec(&sz).unwrap_or_default();
+                    sink.send(Message::Binary(frame(channel::RESIZE, &j).into())).await.map_err(|e| lost(e.to_string()))?;
+                }
+                None
+            }
+        };
+        if let Some(name) = forward {
+            let j = serde_json::to_vec(&SignalRequest {
+                signal: name.into(),
+            })
+            .unwrap_or_default();
+            sink.send(Message::Binary(frame(channel::SIGNAL, &j).into()))
+                .await
+                .map_err(|e| lost(e.to_string()))?;
+        }
+    }
+    let _ = sink.close().await;
+    match status {
+        Some(Status::Error { code, message }) => Err(Failure::new(code.exit_code(), message)),
+        Some(s) => Ok(s.exit_code()),
+        None => Err(lost(
+            "closed before the command's exit status arrived".into(),
+        )),
+    }
+}
