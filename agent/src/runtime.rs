@@ -16,7 +16,7 @@ pub enum RuntimeError {
 }
 
 /// What the runtime says about the container's init.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum State {
     Created,
     Running,
