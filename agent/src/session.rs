@@ -224,6 +224,15 @@ where
     }
     input.abort();
     let _ = sp.child.wait().await;
+    // SIGKILL is how a dying pid namespace takes its processes; the init may need a moment to be reaped.
+    if status == (Status::Signaled { signal: libc::SIGKILL }) {
+        for _ in 0..20 {
+            if gone(ctx) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
     if matches!(status, Status::Signaled { .. }) && gone(ctx) {
         status = Status::Error {
             code: ErrorCode::ContainerStopped,

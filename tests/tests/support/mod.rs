@@ -42,6 +42,21 @@ pub fn prefix() -> String {
     format!("dcx{}", std::process::id())
 }
 
+/// Deletes containers left by earlier test processes (statics are never dropped), keeping live ones.
+pub fn remove_stale_containers() {
+    let o = run(Command::new("runc").args(["list", "-q"]));
+    for id in stdout(&o).lines() {
+        let Some(pid) = id.strip_prefix("dcx").and_then(|r| r.split('-').next()).and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("runc").args(["delete", "-f", id]).output();
+            let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("dcx{pid}-e2e")));
+        }
+    }
+}
+
 /// Builds a busybox-static rootfs with a root user and an unprivileged `app` user (1000).
 pub fn make_rootfs(dir: &Path) {
     let bin_dir = dir.join("bin");
@@ -322,6 +337,7 @@ pub fn world() -> &'static World {
         // fires when the test process ends.
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            remove_stale_containers();
             let root = std::env::temp_dir().join(format!("{}-e2e", prefix()));
             std::fs::create_dir_all(&root).unwrap();
             let p = prefix();
