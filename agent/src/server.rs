@@ -187,11 +187,8 @@ impl Agent {
         });
     }
 
-    fn authenticate(
-        &self,
-        peer: SocketAddr,
-        req: &Request<Incoming>,
-    ) -> Result<Claims, Response<Body>> {
+    /// The caller's claims, or the reason (already audited) why there are none.
+    fn authenticate(&self, peer: SocketAddr, req: &Request<Incoming>) -> Result<Claims, String> {
         let h = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -206,7 +203,7 @@ impl Agent {
                 ErrorCode::Unauthenticated,
                 &msg,
             );
-            refuse(ErrorCode::Unauthenticated, msg)
+            msg
         })
     }
 }
@@ -214,7 +211,7 @@ impl Agent {
 fn list(agent: &Agent, peer: SocketAddr, req: &Request<Incoming>) -> Response<Body> {
     let claims = match agent.authenticate(peer, req) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(msg) => return refuse(ErrorCode::Unauthenticated, msg),
     };
     let who = Principal {
         user: &claims.sub,
@@ -247,7 +244,7 @@ async fn exec(
     let path = req.uri().path().to_string();
     let claims = match agent.authenticate(peer, &req) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(msg) => return refuse(ErrorCode::Unauthenticated, msg),
     };
     let user = claims.sub.clone();
     let deny = |code: ErrorCode, msg: String| {

@@ -225,7 +225,11 @@ where
     input.abort();
     let _ = sp.child.wait().await;
     // SIGKILL is how a dying pid namespace takes its processes; the init may need a moment to be reaped.
-    if status == (Status::Signaled { signal: libc::SIGKILL }) {
+    if status
+        == (Status::Signaled {
+            signal: libc::SIGKILL,
+        })
+    {
         for _ in 0..20 {
             if gone(ctx) {
                 break;
@@ -373,11 +377,9 @@ async fn pump_in<St>(
                     }
                 }
             }
-            channel::CLOSE if payload.first() == Some(&channel::STDIN) => {
-                // Dropping the write end is what makes the process read EOF (pipes; a terminal keeps its master).
-                if master.is_none() {
-                    stdin = None;
-                }
+            // Dropping the write end is what makes the process read EOF (pipes; a terminal keeps its master).
+            channel::CLOSE if payload.first() == Some(&channel::STDIN) && master.is_none() => {
+                stdin = None;
             }
             channel::RESIZE => {
                 if let (Some(m), Ok(sz)) = (&master, serde_json::from_slice::<TermSize>(payload)) {

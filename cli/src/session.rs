@@ -79,12 +79,8 @@ pub async fn run(ws: Ws, stdin: bool, tty: bool) -> Result<i32, Failure> {
                 };
                 let Ok((ch, payload)) = split_frame(&data) else { continue };
                 match ch {
-                    channel::STDOUT => {
-                        if stdout.write_all(payload).is_err() {
-                            // Our reader went away (`| head`): end like a shell pipeline would.
-                            return Ok(128 + libc::SIGPIPE);
-                        }
-                    }
+                    // Our reader went away (`| head`): end like a shell pipeline would.
+                    channel::STDOUT if stdout.write_all(payload).is_err() => return Ok(128 + libc::SIGPIPE),
                     channel::STDERR => { let _ = stderr.write_all(payload); }
                     channel::PROGRESS => { let _ = stderr.write_all(payload); }
                     channel::STATUS => {

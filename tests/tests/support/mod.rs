@@ -46,7 +46,10 @@ pub fn prefix() -> String {
 pub fn remove_stale_containers() {
     let o = run(Command::new("runc").args(["list", "-q"]));
     for id in stdout(&o).lines() {
-        let Some(pid) = id.strip_prefix("dcx").and_then(|r| r.split('-').next()).and_then(|p| p.parse::<u32>().ok())
+        let Some(pid) = id
+            .strip_prefix("dcx")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
         else {
             continue;
         };
