@@ -157,12 +157,33 @@ async fn route(agent: Arc<Agent>, peer: SocketAddr, req: Request<Incoming>) -> R
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     match segs.as_slice() {
         ["v1", "tasks"] => list(&agent, peer, &req),
-        ["v1", "tasks", task, "exec"] => {
-            let task = task.to_string();
-            exec(agent, peer, req, task).await
-        }
+        ["v1", "tasks", task, "exec"] => match percent_decode(task) {
+            Some(task) => exec(agent, peer, req, task).await,
+            None => refuse(
+                ErrorCode::BadRequest,
+                "task id is not valid percent-encoded UTF-8",
+            ),
+        },
         _ => refuse(ErrorCode::BadRequest, format!("no such endpoint: {path}")),
     }
+}
+
+/// Decodes `%XX` escapes of a path segment (the CLI encodes every byte outside the unreserved set).
+fn percent_decode(seg: &str) -> Option<String> {
+    let b = seg.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 impl Agent {
@@ -340,4 +361,18 @@ async fn exec(
         .header(header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL)
         .body(Full::new(Bytes::new()))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_segments_are_percent_decoded() {
+        assert_eq!(percent_decode("web.1").as_deref(), Some("web.1"));
+        assert_eq!(percent_decode("a%2Fb%20c").as_deref(), Some("a/b c"));
+        assert_eq!(percent_decode("bad%2"), None);
+        assert_eq!(percent_decode("bad%zz"), None);
+        assert_eq!(percent_decode("%ff"), None);
+    }
 }
