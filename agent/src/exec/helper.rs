@@ -140,6 +140,11 @@ fn run(
         }
     }
     let cgroup_fds = open_cgroups(pid)?;
+    // Read on the host: after setns, /proc/sys belongs to the container and could lie.
+    let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(40);
 
     // Joining all namespaces in one call: the kernel orders them (user first) and the set is atomic.
     // SAFETY: setns on a valid pidfd; this process is single-threaded, as joining mnt/user requires.
@@ -158,7 +163,7 @@ fn run(
     }
     drop(pidfd);
     // Now inside the container's mount namespace, at its root.
-    let plan = Plan::build(spec)?;
+    let plan = Plan::build(spec, last_cap)?;
 
     let (tty_slave, master) = if spec.tty {
         open_pty(spec, &plan)?
@@ -415,7 +420,7 @@ fn cstr(s: &str, what: &str) -> Result<CString, Fail> {
 }
 
 impl Plan {
-    fn build(spec: &HelperSpec) -> Result<Plan, Fail> {
+    fn build(spec: &HelperSpec, last_cap: u32) -> Result<Plan, Fail> {
         let mut env = spec.env.clone();
         let (uid, gid, groups) = match &spec.user_override {
             Some(u) => resolve_user(u)?,
@@ -461,10 +466,6 @@ impl Plan {
         argv_ptrs.push(std::ptr::null());
         let mut envp_ptrs: Vec<_> = envp.iter().map(|c| c.as_ptr()).collect();
         envp_ptrs.push(std::ptr::null());
-        let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok())
-            .unwrap_or(40);
         let caps: &CapSets = &spec.caps;
         let cap_drop = (0..=last_cap)
             .filter(|c| !caps.bounding.contains(c))
@@ -544,6 +545,25 @@ fn lookup_path(name: &str, path_var: &str) -> Option<String> {
     fallback
 }
 
+/// Reads a small text file of the container. The container controls it: a FIFO would hang a plain read and a
+/// huge file would eat memory, so only a regular file, opened non-blocking, and at most 4 MiB of it, is read.
+fn read_container_file(path: &str) -> String {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+    else {
+        return String::new();
+    };
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        return String::new();
+    }
+    let mut buf = Vec::new();
+    let _ = f.take(4 << 20).read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
 struct PasswdEntry {
     name: String,
     uid: u32,
@@ -552,7 +572,7 @@ struct PasswdEntry {
 }
 
 fn passwd_entries() -> Vec<PasswdEntry> {
-    let text = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let text = read_container_file("/etc/passwd");
     text.lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
@@ -568,7 +588,7 @@ fn passwd_entries() -> Vec<PasswdEntry> {
 
 /// (name, gid, members) of the container's /etc/group.
 fn group_entries() -> Vec<(String, u32, Vec<String>)> {
-    let text = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    let text = read_container_file("/etc/group");
     text.lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
@@ -896,5 +916,17 @@ mod tests {
             Some(format!("{}/tool", a.display()))
         );
         assert_eq!(lookup_path("nope", &pv), None);
+    }
+
+    #[test]
+    fn container_files_that_are_not_regular_are_not_read() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("passwd");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        // Would block forever with a plain read.
+        assert_eq!(read_container_file(fifo.to_str().unwrap()), "");
+        let f = d.path().join("group");
+        std::fs::write(&f, "root:x:0:\n").unwrap();
+        assert_eq!(read_container_file(f.to_str().unwrap()), "root:x:0:\n");
     }
 }
