@@ -66,12 +66,8 @@ where
     let status = drive(&agent, &ctx, &id, spec, &tx, stream, &bytes_in, &bytes_out).await;
 
     let json = serde_json::to_vec(&status).unwrap_or_default();
-    let _ = tx
-        .send(Message::Binary(frame(channel::STATUS, &json).into()))
-        .await;
-    drop(tx);
-    let _ = writer.await;
     tracing::info!(session = %id, status = ?status, "session end");
+    // Audited before the client learns the outcome: whoever saw a session end can find its record.
     agent.audit.session(&SessionRecord {
         event: "session",
         session: id,
@@ -89,6 +85,11 @@ where
         bytes_in: bytes_in.load(Ordering::Relaxed),
         bytes_out: bytes_out.load(Ordering::Relaxed),
     });
+    let _ = tx
+        .send(Message::Binary(frame(channel::STATUS, &json).into()))
+        .await;
+    drop(tx);
+    let _ = writer.await;
 }
 
 #[allow(clippy::too_many_arguments)]
