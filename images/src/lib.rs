@@ -1,2 +1,6 @@
-//! OCI debug images for `--debug-image`: references, registry pulls, a verified content-addressed cache and
-//! safe layer unpacking. Filled in by the debug-image work; the exec spine does not depend on it yet.
+//! OCI debug images for `--debug-image`: references, digests, safe layer unpacking and a verified blob cache.
+
+pub mod cache;
+pub mod digest;
+pub mod reference;
+pub mod unpack;

@@ -1,0 +1,402 @@
+//! Content-addressed store of verified blobs and unpacked layers, filled by atomic renames with single-flight.
+
+use crate::digest::{Digest, VerifyingReader};
+use crate::unpack::{UnpackError, UnpackSummary};
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cache I/O on {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("storing blob {digest}: {source}")]
+    Blob { digest: Digest, source: io::Error },
+    #[error("unpacking layer {diff_id}: {source}")]
+    Layer {
+        diff_id: Digest,
+        source: UnpackError,
+    },
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
+    move |source| CacheError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Per-key locks so concurrent requests for one digest do the work once; entries are dropped when unused.
+#[derive(Default)]
+struct Flights(Mutex<HashMap<Digest, Arc<Mutex<()>>>>);
+
+impl Flights {
+    fn run<T>(&self, key: Digest, f: impl FnOnce() -> T) -> T {
+        let slot = {
+            let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            Arc::clone(map.entry(key).or_default())
+        };
+        let out = {
+            // A panic in another flight leaves nothing half-done on disk (temp paths), so poisoning is harmless.
+            let _guard = slot.lock().unwrap_or_else(PoisonError::into_inner);
+            f()
+        };
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        // Clones are only taken under the map lock, so a count of 2 (map + ours) means nobody else waits.
+        if Arc::strong_count(&slot) == 2 {
+            map.remove(&key);
+        }
+        out
+    }
+}
+
+/// On-disk layout under `root`: `blobs/sha256/<hex>`, `layers/sha256/<hex>/` (by diff-id) and `tmp/` for
+/// in-progress writes, which sits on the same filesystem so the final `rename` is atomic.
+pub struct Cache {
+    root: PathBuf,
+    blob_flights: Flights,
+    // Separate from blobs: an uncompressed layer's blob digest equals its diff-id, and fetching the blob
+    // from inside a layer flight must not deadlock.
+    layer_flights: Flights,
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl Cache {
+    /// Open (creating if needed) a cache rooted at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, CacheError> {
+        let root = root.into();
+        for sub in ["blobs/sha256", "layers/sha256", "tmp"] {
+            let p = root.join(sub);
+            fs::create_dir_all(&p).map_err(io_at(&p))?;
+        }
+        Ok(Self {
+            root,
+            blob_flights: Flights::default(),
+            layer_flights: Flights::default(),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root
+            .join("blobs")
+            .join(digest.algorithm())
+            .join(digest.hex())
+    }
+
+    pub fn has_blob(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).is_file()
+    }
+
+    pub fn layer_path(&self, diff_id: &Digest) -> PathBuf {
+        self.root
+            .join("layers")
+            .join(diff_id.algorithm())
+            .join(diff_id.hex())
+    }
+
+    pub fn has_layer(&self, diff_id: &Digest) -> bool {
+        self.layer_path(diff_id).is_dir()
+    }
+
+    /// Store a blob from `reader`, verified against `digest` and `size` before it becomes visible.
+    /// If the blob is already present the reader is not consumed.
+    pub fn put_blob<R: Read>(
+        &self,
+        digest: &Digest,
+        size: u64,
+        reader: R,
+    ) -> Result<PathBuf, CacheError> {
+        self.ensure_blob(digest, size, || Ok(reader))
+    }
+
+    /// Like [`Cache::put_blob`], but `open` is called only when the blob is missing, at most once across
+    /// concurrent callers for the same digest.
+    pub fn ensure_blob<R: Read>(
+        &self,
+        digest: &Digest,
+        size: u64,
+        open: impl FnOnce() -> io::Result<R>,
+    ) -> Result<PathBuf, CacheError> {
+        self.blob_flights.run(*digest, || {
+            let dest = self.blob_path(digest);
+            if dest.is_file() {
+                return Ok(dest);
+            }
+            let tmp = self.temp_path(digest);
+            let res = write_verified(&tmp, &dest, digest, size, open);
+            if res.is_err() {
+                let _ = fs::remove_file(&tmp);
+            }
+            res.map(|()| dest)
+        })
+    }
+
+    /// Produce the unpacked layer for `diff_id` if missing: `unpack` receives a not-yet-existing temp
+    /// directory path (as [`crate::unpack::unpack_layer`] expects), which is renamed into place on success
+    /// and removed on failure. Checking that the unpacked content matches `diff_id` is up to `unpack`.
+    pub fn ensure_layer(
+        &self,
+        diff_id: &Digest,
+        unpack: impl FnOnce(&Path) -> Result<UnpackSummary, UnpackError>,
+    ) -> Result<PathBuf, CacheError> {
+        self.layer_flights.run(*diff_id, || {
+            let dest = self.layer_path(diff_id);
+            if dest.is_dir() {
+                return Ok(dest);
+            }
+            let tmp = self.temp_path(diff_id);
+            let res = unpack(&tmp)
+                .map_err(|source| CacheError::Layer {
+                    diff_id: *diff_id,
+                    source,
+                })
+                .and_then(|_| publish(&tmp, &dest));
+            if res.is_err() {
+                let _ = fs::remove_dir_all(&tmp);
+            }
+            res.map(|()| dest)
+        })
+    }
+
+    /// Delete leftovers of interrupted writes. Only safe while no other process writes to this cache.
+    pub fn remove_stale_temps(&self) -> Result<(), CacheError> {
+        let tmp = self.root.join("tmp");
+        for entry in fs::read_dir(&tmp).map_err(io_at(&tmp))? {
+            let path = entry.map_err(io_at(&tmp))?.path();
+            let is_dir = fs::symlink_metadata(&path).map_err(io_at(&path))?.is_dir();
+            let res = if is_dir {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            res.map_err(io_at(&path))?;
+        }
+        Ok(())
+    }
+
+    fn temp_path(&self, digest: &Digest) -> PathBuf {
+        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        self.root
+            .join("tmp")
+            .join(format!("{}.{}.{n}", digest.hex(), std::process::id()))
+    }
+}
+
+fn write_verified<R: Read>(
+    tmp: &Path,
+    dest: &Path,
+    digest: &Digest,
+    size: u64,
+    open: impl FnOnce() -> io::Result<R>,
+) -> Result<(), CacheError> {
+    let blob_err = |source| CacheError::Blob {
+        digest: *digest,
+        source,
+    };
+    let mut file = File::create_new(tmp).map_err(io_at(tmp))?;
+    let mut reader = VerifyingReader::new(open().map_err(blob_err)?, *digest, size);
+    io::copy(&mut reader, &mut file).map_err(blob_err)?;
+    // Data must be durable before the name is, or a crash could leave a complete-looking truncated blob.
+    file.sync_all().map_err(io_at(tmp))?;
+    drop(file);
+    publish(tmp, dest)
+}
+
+/// Rename into place and make the rename durable. Losing a race to another process is fine: the
+/// content is addressed by digest, so whichever copy won is equivalent.
+fn publish(tmp: &Path, dest: &Path) -> Result<(), CacheError> {
+    match fs::rename(tmp, dest) {
+        Ok(()) => {}
+        Err(e)
+            if dest.exists()
+                && matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ENOTEMPTY)) =>
+        {
+            let _ = fs::remove_dir_all(tmp);
+            return Ok(());
+        }
+        Err(e) => return Err(io_at(dest)(e)),
+    }
+    if let Some(parent) = dest.parent() {
+        File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(io_at(parent))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::unpack::{unpack_layer, UnpackOptions};
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Barrier;
+    use std::time::Duration;
+
+    fn count(dir: &Path) -> usize {
+        fs::read_dir(dir).unwrap().count()
+    }
+
+    #[test]
+    fn layout_and_put_blob() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = Cache::open(tmp.path().join("c")).unwrap();
+        let data = b"some blob".to_vec();
+        let d = Digest::of(&data);
+        assert!(!cache.has_blob(&d));
+        let p = cache.put_blob(&d, data.len() as u64, &data[..]).unwrap();
+        assert_eq!(p, tmp.path().join("c/blobs/sha256").join(d.hex()));
+        assert_eq!(p, cache.blob_path(&d));
+        assert!(cache.has_blob(&d));
+        assert_eq!(fs::read(&p).unwrap(), data);
+        assert_eq!(count(&cache.root().join("tmp")), 0);
+        // Present already: the reader is never touched.
+        struct Boom;
+        impl Read for Boom {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                panic!("reader consumed for a cached blob")
+            }
+        }
+        cache.put_blob(&d, data.len() as u64, Boom).unwrap();
+    }
+
+    #[test]
+    fn failed_verification_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = Cache::open(tmp.path()).unwrap();
+        let d = Digest::of(b"expected");
+        let cases: [(&[u8], u64); 3] =
+            [(b"tampered", 8), (b"expected-and-more", 8), (b"expect", 8)];
+        for (data, size) in cases {
+            let err = cache.put_blob(&d, size, data).unwrap_err();
+            match err {
+                CacheError::Blob { source, .. } => {
+                    assert_eq!(source.kind(), io::ErrorKind::InvalidData)
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+            assert!(!cache.has_blob(&d));
+            assert_eq!(count(&tmp.path().join("blobs/sha256")), 0);
+            assert_eq!(count(&tmp.path().join("tmp")), 0, "temp file left behind");
+        }
+        // A failing source is cleaned up the same way.
+        let err = cache
+            .ensure_blob(&d, 8, || Err::<&[u8], _>(io::Error::other("network down")))
+            .unwrap_err();
+        assert!(err.to_string().contains("network down"), "{err}");
+        assert_eq!(count(&tmp.path().join("tmp")), 0);
+    }
+
+    #[test]
+    fn single_flight_per_digest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = Cache::open(tmp.path()).unwrap();
+        let data = vec![42u8; 100_000];
+        let d = Digest::of(&data);
+        let calls = AtomicUsize::new(0);
+        let barrier = Barrier::new(16);
+        std::thread::scope(|s| {
+            for _ in 0..16 {
+                s.spawn(|| {
+                    barrier.wait();
+                    let p = cache
+                        .ensure_blob(&d, data.len() as u64, || {
+                            calls.fetch_add(1, Ordering::SeqCst);
+                            std::thread::sleep(Duration::from_millis(50));
+                            Ok(&data[..])
+                        })
+                        .unwrap();
+                    assert_eq!(fs::read(p).unwrap(), data);
+                });
+            }
+        });
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert!(
+            cache.blob_flights.0.lock().unwrap().is_empty(),
+            "flight entries not released"
+        );
+    }
+
+    #[test]
+    fn different_digests_do_not_serialise() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = Cache::open(tmp.path()).unwrap();
+        let barrier = Barrier::new(2);
+        // Each producer waits for the other to start; with a shared lock this would deadlock.
+        std::thread::scope(|s| {
+            for i in 0..2u8 {
+                let (cache, barrier) = (&cache, &barrier);
+                s.spawn(move || {
+                    let data = vec![i; 10];
+                    cache
+                        .ensure_blob(&Digest::of(&data), 10, || {
+                            barrier.wait();
+                            Ok(io::Cursor::new(data.clone()))
+                        })
+                        .unwrap();
+                });
+            }
+        });
+    }
+
+    fn layer_tar() -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_path("hello").unwrap();
+        h.set_size(2);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_cksum();
+        b.append(&h, &b"hi"[..]).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn ensure_layer_publishes_or_cleans_up() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = Cache::open(tmp.path()).unwrap();
+        let tar = layer_tar();
+        let diff_id = Digest::of(&tar);
+
+        let bad = b"not a tar at all, just some bytes that are long enough to fail".repeat(20);
+        let err = cache.ensure_layer(&diff_id, |dir| {
+            unpack_layer(&bad[..], dir, &UnpackOptions::default())
+        });
+        assert!(matches!(err, Err(CacheError::Layer { .. })), "{err:?}");
+        assert!(!cache.has_layer(&diff_id));
+        assert_eq!(count(&tmp.path().join("tmp")), 0);
+
+        let calls = AtomicUsize::new(0);
+        for _ in 0..2 {
+            let p = cache
+                .ensure_layer(&diff_id, |dir| {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    unpack_layer(&tar[..], dir, &UnpackOptions::default())
+                })
+                .unwrap();
+            assert_eq!(fs::read(p.join("hello")).unwrap(), b"hi");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert!(cache.has_layer(&diff_id));
+        assert_eq!(count(&tmp.path().join("tmp")), 0);
+    }
+
+    #[test]
+    fn stale_temps_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = Cache::open(tmp.path()).unwrap();
+        fs::write(tmp.path().join("tmp/half"), b"x").unwrap();
+        fs::create_dir(tmp.path().join("tmp/halfdir")).unwrap();
+        cache.remove_stale_temps().unwrap();
+        assert_eq!(count(&tmp.path().join("tmp")), 0);
+    }
+}

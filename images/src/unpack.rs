@@ -1,0 +1,1319 @@
+//! Safe unpacking of one OCI layer tar stream into a fresh directory, converting whiteouts to overlay form.
+//!
+//! Every path is resolved component by component from a directory fd with `O_NOFOLLOW`, and every final
+//! name is created with a `*at` call that does not follow symlinks, so no entry can write outside `dest`.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use xattr::FileExt as _;
+
+const WHITEOUT_PREFIX: &[u8] = b".wh.";
+const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+const OVERLAY_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+const PAX_XATTR_PREFIX: &str = "SCHILY.xattr.";
+
+/// Knobs for [`unpack_layer`]; the defaults are the safe choice.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UnpackOptions {
+    /// Create character/block devices and fifos instead of refusing them.
+    pub allow_devices: bool,
+    /// Keep setuid/setgid bits instead of stripping them.
+    pub keep_setid: bool,
+}
+
+/// What was unpacked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UnpackSummary {
+    /// Tar entries processed (including whiteouts and opaque markers).
+    pub entries: u64,
+    /// Bytes of regular file content written.
+    pub bytes: u64,
+}
+
+/// Why an entry was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RefuseReason {
+    #[error("absolute path")]
+    AbsolutePath,
+    #[error("path contains a '..' component")]
+    ParentTraversal,
+    #[error("path contains a NUL byte")]
+    NulByte,
+    #[error("entry has no file name")]
+    NoName,
+    #[error("parent component {0:?} is a symlink or not a directory")]
+    ParentNotDirectory(String),
+    #[error("hardlink target {0:?} is outside the layer")]
+    HardlinkOutside(String),
+    #[error("hardlink target {0:?} has not been extracted")]
+    HardlinkMissing(String),
+    #[error("hardlink target {0:?} is a directory")]
+    HardlinkToDirectory(String),
+    #[error("link entry has no target")]
+    MissingLinkTarget,
+    #[error("device nodes and fifos are not allowed")]
+    Device,
+    #[error("invalid whiteout name")]
+    BadWhiteout,
+    #[error("xattr {0:?} is reserved for overlayfs")]
+    ReservedXattr(String),
+    #[error("would replace existing directory with a non-directory")]
+    ReplacesDirectory,
+    #[error("unsupported entry type {0:?}")]
+    UnsupportedType(tar::EntryType),
+    #[error("invalid header field: {0}")]
+    BadHeader(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    #[error("destination {0} exists and is not an empty directory")]
+    DestNotFresh(PathBuf),
+    #[error("cannot prepare destination {path}: {source}")]
+    Dest { path: PathBuf, source: io::Error },
+    #[error("reading layer archive: {0}")]
+    Archive(io::Error),
+    #[error("refusing layer entry {entry:?}: {reason}")]
+    Refused { entry: String, reason: RefuseReason },
+    #[error("unpacking layer entry {entry:?}: {source}")]
+    Entry { entry: String, source: io::Error },
+}
+
+/// Unpack one layer stream (plain, gzip or zstd, detected by magic bytes) into `dest`, which must not exist
+/// or be an empty directory. On error `dest` may be partially populated; callers unpack into a temporary
+/// directory and discard it on failure.
+pub fn unpack_layer<R: Read>(
+    stream: R,
+    dest: &Path,
+    opts: &UnpackOptions,
+) -> Result<UnpackSummary, UnpackError> {
+    let root = prepare_dest(dest)?;
+    let reader = decompress(stream).map_err(UnpackError::Archive)?;
+    let mut archive = tar::Archive::new(reader);
+    let mut u = Unpacker {
+        root,
+        opts: *opts,
+        is_root: is_root(),
+        deferred_dirs: Vec::new(),
+        summary: UnpackSummary::default(),
+    };
+    for entry in archive.entries().map_err(UnpackError::Archive)? {
+        let mut entry = entry.map_err(UnpackError::Archive)?;
+        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        u.entry(&mut entry, &name)?;
+        u.summary.entries += 1;
+    }
+    u.finish_dirs()?;
+    Ok(u.summary)
+}
+
+fn prepare_dest(dest: &Path) -> Result<File, UnpackError> {
+    let dest_err = |source| UnpackError::Dest {
+        path: dest.to_path_buf(),
+        source,
+    };
+    match std::fs::create_dir(dest) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let md = std::fs::symlink_metadata(dest).map_err(dest_err)?;
+            if !md.is_dir() || std::fs::read_dir(dest).map_err(dest_err)?.next().is_some() {
+                return Err(UnpackError::DestNotFresh(dest.to_path_buf()));
+            }
+        }
+        Err(e) => return Err(dest_err(e)),
+    }
+    let c = CString::new(dest.as_os_str().as_bytes()).map_err(|e| dest_err(e.into()))?;
+    open_dir_raw(libc::AT_FDCWD, &c).map_err(dest_err)
+}
+
+/// Wrap the stream in the decompressor its magic bytes call for.
+fn decompress<'a, R: Read + 'a>(mut stream: R) -> io::Result<Box<dyn Read + 'a>> {
+    let mut magic = [0u8; 4];
+    let mut n = 0;
+    while n < magic.len() {
+        match stream.read(&mut magic[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let head = io::Cursor::new(magic[..n].to_vec());
+    let joined = head.chain(stream);
+    Ok(if magic[..n].starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::read::MultiGzDecoder::new(joined))
+    } else if n == 4 && magic == [0x28, 0xb5, 0x2f, 0xfd] {
+        Box::new(zstd::stream::read::Decoder::new(joined)?)
+    } else {
+        Box::new(joined)
+    })
+}
+
+/// Metadata applied after an entry's object exists.
+struct Meta {
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    mtime: libc::timespec,
+    xattrs: Vec<(String, Vec<u8>)>,
+}
+
+struct DeferredDir {
+    components: Vec<CString>,
+    mode: u32,
+    mtime: libc::timespec,
+}
+
+struct Unpacker {
+    root: File,
+    opts: UnpackOptions,
+    is_root: bool,
+    /// Directory modes and mtimes are applied last: children would bump the mtime, and a read-only mode
+    /// would block creating them.
+    deferred_dirs: Vec<DeferredDir>,
+    summary: UnpackSummary,
+}
+
+impl Unpacker {
+    fn entry<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        name: &str,
+    ) -> Result<(), UnpackError> {
+        let refuse = |reason| UnpackError::Refused {
+            entry: name.to_string(),
+            reason,
+        };
+        let io_err = |source| UnpackError::Entry {
+            entry: name.to_string(),
+            source,
+        };
+
+        let kind = entry.header().entry_type();
+        let components = split_path(&entry.path_bytes()).map_err(refuse)?;
+        let meta = self.read_meta(entry).map_err(refuse)?;
+
+        // The root entry ("./") only carries metadata for dest itself.
+        if components.is_empty() {
+            if kind != tar::EntryType::Directory {
+                return Err(refuse(RefuseReason::NoName));
+            }
+            self.apply_owner_xattrs(&self.root, c".", &meta)
+                .map_err(io_err)?;
+            self.deferred_dirs.push(DeferredDir {
+                components,
+                mode: meta.mode,
+                mtime: meta.mtime,
+            });
+            return Ok(());
+        }
+
+        let (last, parents) = components
+            .split_last()
+            .ok_or_else(|| refuse(RefuseReason::NoName))?;
+        let parent = self
+            .resolve(parents, true)
+            .map_err(|e| map_resolve(e, name))?;
+        let last_bytes = last.as_bytes();
+
+        if last_bytes == OPAQUE_MARKER {
+            return set_xattr_fd(&parent, OVERLAY_OPAQUE_XATTR, b"y").map_err(io_err);
+        }
+        if let Some(hidden) = last_bytes.strip_prefix(WHITEOUT_PREFIX) {
+            // `.wh..wh.*` other than the opaque marker is aufs bookkeeping with no overlay meaning.
+            if hidden.starts_with(WHITEOUT_PREFIX) {
+                return Ok(());
+            }
+            if hidden.is_empty() || hidden == b"." || hidden == b".." {
+                return Err(refuse(RefuseReason::BadWhiteout));
+            }
+            let target = CString::new(hidden).map_err(|_| refuse(RefuseReason::NulByte))?;
+            self.clear_slot(&parent, &target, false)
+                .map_err(|e| e.into_unpack(name))?;
+            return mknod_at(&parent, &target, libc::S_IFCHR, libc::makedev(0, 0)).map_err(io_err);
+        }
+
+        let is_dir = kind == tar::EntryType::Directory;
+        let existing_dir = self
+            .clear_slot(&parent, last, is_dir)
+            .map_err(|e| e.into_unpack(name))?;
+        match kind {
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                let mut file = create_file_at(&parent, last).map_err(io_err)?;
+                let n = io::copy(entry, &mut file).map_err(io_err)?;
+                self.summary.bytes += n;
+                drop(file);
+                self.apply_all(&parent, last, &meta, true).map_err(io_err)?;
+            }
+            tar::EntryType::Directory => {
+                if !existing_dir {
+                    mkdir_at(&parent, last, 0o700).map_err(io_err)?;
+                }
+                self.apply_owner_xattrs(&parent, last, &meta)
+                    .map_err(io_err)?;
+                self.deferred_dirs.push(DeferredDir {
+                    components: components.clone(),
+                    mode: meta.mode,
+                    mtime: meta.mtime,
+                });
+            }
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| refuse(RefuseReason::MissingLinkTarget))?;
+                let target =
+                    CString::new(target.into_owned()).map_err(|_| refuse(RefuseReason::NulByte))?;
+                // SAFETY: both strings are valid NUL-terminated C strings and the dir fd is open.
+                cvt(unsafe { libc::symlinkat(target.as_ptr(), parent.as_raw_fd(), last.as_ptr()) })
+                    .map_err(io_err)?;
+                self.apply_all(&parent, last, &meta, false)
+                    .map_err(io_err)?;
+            }
+            tar::EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| refuse(RefuseReason::MissingLinkTarget))?;
+                self.hardlink(&parent, last, &target)
+                    .map_err(|e| e.into_unpack(name))?;
+            }
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                if !self.opts.allow_devices {
+                    return Err(refuse(RefuseReason::Device));
+                }
+                let (fmt, dev) = match kind {
+                    tar::EntryType::Fifo => (libc::S_IFIFO, 0),
+                    _ => {
+                        let h = entry.header();
+                        let bad = |e: io::Error| refuse(RefuseReason::BadHeader(e.to_string()));
+                        let major = h.device_major().map_err(bad)?.unwrap_or(0);
+                        let minor = h.device_minor().map_err(bad)?.unwrap_or(0);
+                        let fmt = if kind == tar::EntryType::Char {
+                            libc::S_IFCHR
+                        } else {
+                            libc::S_IFBLK
+                        };
+                        (fmt, libc::makedev(major, minor))
+                    }
+                };
+                mknod_at(&parent, last, fmt, dev).map_err(io_err)?;
+                self.apply_all(&parent, last, &meta, true).map_err(io_err)?;
+            }
+            other => return Err(refuse(RefuseReason::UnsupportedType(other))),
+        }
+        Ok(())
+    }
+
+    fn read_meta<R: Read>(&self, entry: &mut tar::Entry<'_, R>) -> Result<Meta, RefuseReason> {
+        let h = entry.header();
+        let bad = |e: io::Error| RefuseReason::BadHeader(e.to_string());
+        let id = |v: u64| {
+            u32::try_from(v).map_err(|_| RefuseReason::BadHeader(format!("id {v} out of range")))
+        };
+        let mut uid = id(h.uid().map_err(bad)?)?;
+        let mut gid = id(h.gid().map_err(bad)?)?;
+        let mut mode = h.mode().map_err(bad)? & 0o7777;
+        if !self.opts.keep_setid {
+            mode &= !(libc::S_ISUID | libc::S_ISGID);
+        }
+        let secs = h.mtime().map_err(bad)?;
+        let mut mtime = libc::timespec {
+            tv_sec: libc::time_t::try_from(secs).unwrap_or(libc::time_t::MAX),
+            tv_nsec: 0,
+        };
+        let mut xattrs = Vec::new();
+        if let Some(exts) = entry.pax_extensions().map_err(bad)? {
+            for ext in exts {
+                let ext = ext.map_err(bad)?;
+                let Ok(key) = ext.key() else { continue };
+                let value = ext.value_bytes();
+                if let Some(attr) = key.strip_prefix(PAX_XATTR_PREFIX) {
+                    // Overlay metadata (redirects, metacopy, opaque) from an image could make overlayfs look
+                    // outside the layer, so only this code may set it.
+                    if attr.starts_with("trusted.overlay.") || attr.starts_with("user.overlay.") {
+                        return Err(RefuseReason::ReservedXattr(attr.to_string()));
+                    }
+                    xattrs.push((attr.to_string(), value.to_vec()));
+                } else if key == "uid" || key == "gid" {
+                    let v = std::str::from_utf8(value)
+                        .ok()
+                        .and_then(|s| s.parse::<u32>().ok())
+                        .ok_or_else(|| RefuseReason::BadHeader(format!("pax {key}")))?;
+                    if key == "uid" {
+                        uid = v;
+                    } else {
+                        gid = v;
+                    }
+                } else if key == "mtime" {
+                    if let Some(t) = std::str::from_utf8(value).ok().and_then(parse_pax_time) {
+                        mtime = t;
+                    }
+                }
+            }
+        }
+        Ok(Meta {
+            uid,
+            gid,
+            mode,
+            mtime,
+            xattrs,
+        })
+    }
+
+    /// Open the directory at `components` below root, creating missing ones (0755) when `create`.
+    fn resolve(&self, components: &[CString], create: bool) -> Result<File, ResolveError> {
+        let mut cur = self.root.try_clone().map_err(ResolveError::Io)?;
+        for c in components {
+            let next = match open_dir_at(&cur, c) {
+                Ok(f) => f,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) && create => {
+                    match mkdir_at(&cur, c, 0o755) {
+                        Ok(()) => {}
+                        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                        Err(e) => return Err(ResolveError::Io(e)),
+                    }
+                    open_dir_at(&cur, c).map_err(|e| classify_open(e, c))?
+                }
+                Err(e) => return Err(classify_open(e, c)),
+            };
+            cur = next;
+        }
+        Ok(cur)
+    }
+
+    /// Make room for a new entry called `name`: a prior non-directory is unlinked (later entries win).
+    /// Returns true when a directory already exists and the new entry is a directory too.
+    fn clear_slot(&self, parent: &File, name: &CStr, new_is_dir: bool) -> Result<bool, EntryFail> {
+        let st = match fstat_at(parent, name) {
+            Ok(st) => st,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(false),
+            Err(e) => return Err(EntryFail::Io(e)),
+        };
+        if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            return if new_is_dir {
+                Ok(true)
+            } else {
+                Err(EntryFail::Refused(RefuseReason::ReplacesDirectory))
+            };
+        }
+        // SAFETY: valid dir fd and NUL-terminated name; unlinkat without AT_REMOVEDIR never follows symlinks.
+        cvt(unsafe { libc::unlinkat(parent.as_raw_fd(), name.as_ptr(), 0) })
+            .map_err(EntryFail::Io)?;
+        Ok(false)
+    }
+
+    fn hardlink(&self, parent: &File, name: &CStr, target: &[u8]) -> Result<(), EntryFail> {
+        let shown = || String::from_utf8_lossy(target).into_owned();
+        let comps = match split_path(target) {
+            Ok(c) => c,
+            Err(RefuseReason::AbsolutePath | RefuseReason::ParentTraversal) => {
+                return Err(EntryFail::Refused(RefuseReason::HardlinkOutside(shown())))
+            }
+            Err(r) => return Err(EntryFail::Refused(r)),
+        };
+        let (tname, tparents) = comps
+            .split_last()
+            .ok_or_else(|| EntryFail::Refused(RefuseReason::HardlinkOutside(shown())))?;
+        let tparent = match self.resolve(tparents, false) {
+            Ok(f) => f,
+            Err(ResolveError::Io(e)) if e.raw_os_error() == Some(libc::ENOENT) => {
+                return Err(EntryFail::Refused(RefuseReason::HardlinkMissing(shown())))
+            }
+            Err(ResolveError::Io(e)) => return Err(EntryFail::Io(e)),
+            Err(ResolveError::NotDir(_)) => {
+                return Err(EntryFail::Refused(RefuseReason::HardlinkOutside(shown())))
+            }
+        };
+        match fstat_at(&tparent, tname) {
+            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
+                return Err(EntryFail::Refused(RefuseReason::HardlinkToDirectory(
+                    shown(),
+                )))
+            }
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                return Err(EntryFail::Refused(RefuseReason::HardlinkMissing(shown())))
+            }
+            Err(e) => return Err(EntryFail::Io(e)),
+        }
+        // The link shares the target's inode, whose metadata was already applied, so none is set here.
+        // SAFETY: valid dir fds and NUL-terminated names; flags 0 links a symlink itself rather than following it.
+        cvt(unsafe {
+            libc::linkat(
+                tparent.as_raw_fd(),
+                tname.as_ptr(),
+                parent.as_raw_fd(),
+                name.as_ptr(),
+                0,
+            )
+        })
+        .map_err(EntryFail::Io)
+    }
+
+    /// Owner, mode (unless a symlink), xattrs, then mtime. chown comes first because it clears setid bits
+    /// and file capabilities.
+    fn apply_all(&self, parent: &File, name: &CStr, meta: &Meta, chmod: bool) -> io::Result<()> {
+        self.apply_owner_xattrs(parent, name, meta)?;
+        if chmod {
+            // SAFETY: valid dir fd and NUL-terminated name of a non-symlink this code just created.
+            cvt(unsafe { libc::fchmodat(parent.as_raw_fd(), name.as_ptr(), meta.mode, 0) })?;
+        }
+        set_times_at(parent, name, meta.mtime)
+    }
+
+    fn apply_owner_xattrs(&self, parent: &File, name: &CStr, meta: &Meta) -> io::Result<()> {
+        // Without root, ownership cannot be preserved; the files stay owned by the caller.
+        if self.is_root {
+            // SAFETY: valid dir fd and NUL-terminated name; AT_SYMLINK_NOFOLLOW changes a symlink itself.
+            cvt(unsafe {
+                libc::fchownat(
+                    parent.as_raw_fd(),
+                    name.as_ptr(),
+                    meta.uid,
+                    meta.gid,
+                    libc::AT_SYMLINK_NOFOLLOW,
+                )
+            })?;
+        }
+        if meta.xattrs.is_empty() {
+            return Ok(());
+        }
+        // The magic link resolves to the already-open directory, and xattr::set does not follow the final name.
+        let path = PathBuf::from(format!("/proc/self/fd/{}", parent.as_raw_fd()))
+            .join(OsStr::from_bytes(name.to_bytes()));
+        for (key, value) in &meta.xattrs {
+            match xattr::set(&path, key, value) {
+                Ok(()) => {}
+                Err(e)
+                    if !self.is_root
+                        && matches!(e.raw_os_error(), Some(libc::EPERM | libc::ENOTSUP)) => {}
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("setting xattr {key}: {e}"),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish_dirs(&mut self) -> Result<(), UnpackError> {
+        let dirs = std::mem::take(&mut self.deferred_dirs);
+        for d in dirs.iter().rev() {
+            let shown = d
+                .components
+                .iter()
+                .map(|c| c.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/");
+            let io_err = |source| UnpackError::Entry {
+                entry: shown.clone(),
+                source,
+            };
+            let (parent, name) = match d.components.split_last() {
+                Some((last, parents)) => (
+                    self.resolve(parents, false)
+                        .map_err(|e| map_resolve(e, &shown))?,
+                    last.as_c_str(),
+                ),
+                None => (self.root.try_clone().map_err(io_err)?, c"."),
+            };
+            // SAFETY: valid dir fd and NUL-terminated name; the entry is a directory created or checked above.
+            cvt(unsafe { libc::fchmodat(parent.as_raw_fd(), name.as_ptr(), d.mode, 0) })
+                .map_err(io_err)?;
+            set_times_at(&parent, name, d.mtime).map_err(io_err)?;
+        }
+        Ok(())
+    }
+}
+
+enum ResolveError {
+    NotDir(String),
+    Io(io::Error),
+}
+
+enum EntryFail {
+    Refused(RefuseReason),
+    Io(io::Error),
+}
+
+impl EntryFail {
+    fn into_unpack(self, entry: &str) -> UnpackError {
+        match self {
+            EntryFail::Refused(reason) => UnpackError::Refused {
+                entry: entry.to_string(),
+                reason,
+            },
+            EntryFail::Io(source) => UnpackError::Entry {
+                entry: entry.to_string(),
+                source,
+            },
+        }
+    }
+}
+
+fn map_resolve(e: ResolveError, entry: &str) -> UnpackError {
+    match e {
+        ResolveError::NotDir(c) => UnpackError::Refused {
+            entry: entry.to_string(),
+            reason: RefuseReason::ParentNotDirectory(c),
+        },
+        ResolveError::Io(source) => UnpackError::Entry {
+            entry: entry.to_string(),
+            source,
+        },
+    }
+}
+
+fn classify_open(e: io::Error, c: &CStr) -> ResolveError {
+    match e.raw_os_error() {
+        Some(libc::ELOOP | libc::ENOTDIR) => ResolveError::NotDir(c.to_string_lossy().into_owned()),
+        _ => ResolveError::Io(e),
+    }
+}
+
+/// Split an archive path into normal components; `.` and empty components are dropped.
+fn split_path(p: &[u8]) -> Result<Vec<CString>, RefuseReason> {
+    if p.first() == Some(&b'/') {
+        return Err(RefuseReason::AbsolutePath);
+    }
+    let mut out = Vec::new();
+    for c in p.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => return Err(RefuseReason::ParentTraversal),
+            c => out.push(CString::new(c).map_err(|_| RefuseReason::NulByte)?),
+        }
+    }
+    Ok(out)
+}
+
+/// PAX time: decimal seconds with an optional fraction.
+fn parse_pax_time(s: &str) -> Option<libc::timespec> {
+    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
+    let tv_sec = secs.parse::<libc::time_t>().ok()?;
+    let digits: String = frac.chars().take(9).collect();
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let tv_nsec = if digits.is_empty() {
+        0
+    } else {
+        format!("{digits:0<9}").parse::<libc::c_long>().ok()?
+    };
+    // Negative times with fractions are rare enough to round to the whole second.
+    Some(libc::timespec {
+        tv_sec,
+        tv_nsec: if tv_sec < 0 { 0 } else { tv_nsec },
+    })
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn cvt(ret: libc::c_int) -> io::Result<()> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn open_dir_raw(dirfd: libc::c_int, name: &CStr) -> io::Result<File> {
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: name is NUL-terminated; dirfd is AT_FDCWD or an open directory fd.
+    let fd = unsafe { libc::openat(dirfd, name.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: openat returned a fresh fd that nothing else owns.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+fn open_dir_at(parent: &File, name: &CStr) -> io::Result<File> {
+    open_dir_raw(parent.as_raw_fd(), name)
+}
+
+fn create_file_at(parent: &File, name: &CStr) -> io::Result<File> {
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: valid dir fd and NUL-terminated name; O_EXCL|O_NOFOLLOW never opens an existing file or symlink.
+    let fd = unsafe {
+        libc::openat(
+            parent.as_raw_fd(),
+            name.as_ptr(),
+            flags,
+            0o600 as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: openat returned a fresh fd that nothing else owns.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+fn mkdir_at(parent: &File, name: &CStr, mode: libc::mode_t) -> io::Result<()> {
+    // SAFETY: valid dir fd and NUL-terminated name; mkdirat does not follow a symlink at the final name.
+    cvt(unsafe { libc::mkdirat(parent.as_raw_fd(), name.as_ptr(), mode) })
+}
+
+fn mknod_at(parent: &File, name: &CStr, fmt: libc::mode_t, dev: libc::dev_t) -> io::Result<()> {
+    // SAFETY: valid dir fd and NUL-terminated name; mknodat never follows a symlink at the final name.
+    cvt(unsafe { libc::mknodat(parent.as_raw_fd(), name.as_ptr(), fmt | 0o600, dev) })
+}
+
+fn fstat_at(parent: &File, name: &CStr) -> io::Result<libc::stat> {
+    // SAFETY: an all-zero stat is a valid value for this plain C struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid dir fd, NUL-terminated name and a writable stat buffer.
+    cvt(unsafe {
+        libc::fstatat(
+            parent.as_raw_fd(),
+            name.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    Ok(st)
+}
+
+fn set_times_at(parent: &File, name: &CStr, mtime: libc::timespec) -> io::Result<()> {
+    let times = [mtime, mtime];
+    // SAFETY: valid dir fd, NUL-terminated name and a two-element timespec array.
+    cvt(unsafe {
+        libc::utimensat(
+            parent.as_raw_fd(),
+            name.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+}
+
+fn set_xattr_fd(dir: &File, key: &str, value: &[u8]) -> io::Result<()> {
+    dir.set_xattr(key, value)
+        .map_err(|e| io::Error::new(e.kind(), format!("setting xattr {key}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::io::Write;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    use tar::{EntryType, Header};
+
+    /// Builds archives with raw header bytes so names the tar builder would reject can be written.
+    struct Tar(tar::Builder<Vec<u8>>);
+
+    impl Tar {
+        fn new() -> Self {
+            Tar(tar::Builder::new(Vec::new()))
+        }
+
+        fn add(
+            &mut self,
+            kind: EntryType,
+            path: &str,
+            link: &str,
+            data: &[u8],
+            mode: u32,
+            mtime: u64,
+        ) -> &mut Self {
+            let mut h = Header::new_ustar();
+            h.set_entry_type(kind);
+            let old = h.as_old_mut();
+            old.name = [0; 100];
+            old.name[..path.len()].copy_from_slice(path.as_bytes());
+            old.linkname = [0; 100];
+            old.linkname[..link.len()].copy_from_slice(link.as_bytes());
+            h.set_size(data.len() as u64);
+            h.set_mode(mode);
+            h.set_mtime(mtime);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_cksum();
+            self.0.append(&h, data).unwrap();
+            self
+        }
+
+        fn file(&mut self, path: &str, data: &[u8], mode: u32) -> &mut Self {
+            self.add(EntryType::Regular, path, "", data, mode, 1_600_000_000)
+        }
+
+        fn dir(&mut self, path: &str, mode: u32) -> &mut Self {
+            self.add(EntryType::Directory, path, "", b"", mode, 1_500_000_000)
+        }
+
+        fn symlink(&mut self, path: &str, target: &str) -> &mut Self {
+            self.add(EntryType::Symlink, path, target, b"", 0o777, 1_400_000_000)
+        }
+
+        fn hardlink(&mut self, path: &str, target: &str) -> &mut Self {
+            self.add(EntryType::Link, path, target, b"", 0o644, 1_400_000_000)
+        }
+
+        /// A PAX extended header applying to the next entry.
+        fn pax(&mut self, records: &[(&str, &[u8])]) -> &mut Self {
+            let mut body = Vec::new();
+            for (k, v) in records {
+                let rest = k.len() + v.len() + 3; // ' ', '=', '\n'
+                let mut len = rest + 1;
+                while len != rest + len.to_string().len() {
+                    len = rest + len.to_string().len();
+                }
+                body.extend_from_slice(format!("{len} {k}=").as_bytes());
+                body.extend_from_slice(v);
+                body.push(b'\n');
+            }
+            self.add(EntryType::XHeader, "PaxHeaders/x", "", &body, 0o644, 0)
+        }
+
+        fn bytes(&mut self) -> Vec<u8> {
+            self.0
+                .get_mut()
+                .clone()
+                .into_iter()
+                .chain(std::iter::repeat_n(0, 1024))
+                .collect()
+        }
+    }
+
+    struct Env {
+        _tmp: tempfile::TempDir,
+        dest: PathBuf,
+        sentinel: PathBuf,
+        base: PathBuf,
+    }
+
+    fn env() -> Env {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().to_path_buf();
+        let sentinel = base.join("sentinel");
+        fs::create_dir(&sentinel).unwrap();
+        Env {
+            dest: base.join("dest"),
+            sentinel,
+            base,
+            _tmp: tmp,
+        }
+    }
+
+    impl Env {
+        fn unpack(&self, data: &[u8], opts: UnpackOptions) -> Result<UnpackSummary, UnpackError> {
+            unpack_layer(data, &self.dest, &opts)
+        }
+
+        /// Nothing may appear next to dest or in the sibling sentinel dir.
+        fn assert_contained(&self) {
+            assert_eq!(
+                fs::read_dir(&self.sentinel).unwrap().count(),
+                0,
+                "sentinel dir was written to"
+            );
+            let mut names: Vec<_> = fs::read_dir(&self.base)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            names.sort();
+            let allowed: Vec<&OsStr> = vec![OsStr::new("dest"), OsStr::new("sentinel")];
+            assert!(
+                names.iter().all(|n| allowed.contains(&n.as_os_str())),
+                "escaped: {names:?}"
+            );
+        }
+    }
+
+    fn root() -> bool {
+        is_root()
+    }
+
+    fn assert_refused(res: Result<UnpackSummary, UnpackError>, entry: &str) -> RefuseReason {
+        match res {
+            Err(UnpackError::Refused { entry: e, reason }) => {
+                assert_eq!(e, entry);
+                let msg = UnpackError::Refused {
+                    entry: e,
+                    reason: reason.clone(),
+                }
+                .to_string();
+                assert!(msg.contains(entry), "{msg}");
+                reason
+            }
+            other => panic!("expected refusal of {entry:?}, got {other:?}"),
+        }
+    }
+
+    fn sample() -> Vec<u8> {
+        Tar::new()
+            .dir("./", 0o755)
+            .dir("a/", 0o750)
+            .file("a/f", b"hello", 0o640)
+            .symlink("a/s", "f")
+            .hardlink("a/h", "a/f")
+            .file("b/c/g", b"implicit parents", 0o600)
+            .add(EntryType::Regular, "a/old", "", b"x", 0o644, 1_234_567_890)
+            .bytes()
+    }
+
+    fn check_sample(d: &Path) {
+        let f = d.join("a/f");
+        assert_eq!(fs::read(&f).unwrap(), b"hello");
+        let md = fs::metadata(&f).unwrap();
+        assert_eq!(md.permissions().mode() & 0o7777, 0o640);
+        assert_eq!(md.mtime(), 1_600_000_000);
+        assert_eq!(md.nlink(), 2);
+        assert_eq!(fs::metadata(d.join("a/h")).unwrap().ino(), md.ino());
+        assert_eq!(fs::read_link(d.join("a/s")).unwrap(), Path::new("f"));
+        assert_eq!(
+            fs::symlink_metadata(d.join("a/s")).unwrap().mtime(),
+            1_400_000_000
+        );
+        let a = fs::metadata(d.join("a")).unwrap();
+        assert_eq!(a.permissions().mode() & 0o7777, 0o750);
+        assert_eq!(
+            a.mtime(),
+            1_500_000_000,
+            "dir mtime must survive children being written"
+        );
+        assert_eq!(
+            fs::metadata(d).unwrap().permissions().mode() & 0o7777,
+            0o755
+        );
+        assert_eq!(fs::read(d.join("b/c/g")).unwrap(), b"implicit parents");
+        assert_eq!(
+            fs::metadata(d.join("b/c")).unwrap().permissions().mode() & 0o7777,
+            0o755
+        );
+        assert_eq!(
+            fs::metadata(d.join("a/old")).unwrap().mtime(),
+            1_234_567_890
+        );
+    }
+
+    #[test]
+    fn unpacks_plain_layer() {
+        let e = env();
+        let s = e.unpack(&sample(), UnpackOptions::default()).unwrap();
+        assert_eq!(
+            s,
+            UnpackSummary {
+                entries: 7,
+                bytes: 5 + 16 + 1
+            }
+        );
+        check_sample(&e.dest);
+        if root() {
+            assert_eq!(fs::metadata(e.dest.join("a/f")).unwrap().uid(), 0);
+        }
+        e.assert_contained();
+    }
+
+    #[test]
+    fn unpacks_gzip_and_zstd_by_magic() {
+        let plain = sample();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&plain).unwrap();
+        let gz = gz.finish().unwrap();
+        let zst = zstd::encode_all(&plain[..], 3).unwrap();
+        for data in [gz, zst] {
+            let e = env();
+            e.unpack(&data, UnpackOptions::default()).unwrap();
+            check_sample(&e.dest);
+        }
+    }
+
+    #[test]
+    fn later_entries_replace_earlier_ones_without_following_symlinks() {
+        let e = env();
+        let target = e.sentinel.join("f");
+        let data = Tar::new()
+            .symlink("s", target.to_str().unwrap())
+            .file("s", b"mine", 0o644)
+            .bytes();
+        e.unpack(&data, UnpackOptions::default()).unwrap();
+        assert!(fs::symlink_metadata(e.dest.join("s")).unwrap().is_file());
+        assert_eq!(fs::read(e.dest.join("s")).unwrap(), b"mine");
+        e.assert_contained();
+    }
+
+    #[test]
+    fn setid_bits_stripped_unless_kept() {
+        let data = Tar::new()
+            .file("suid", b"x", 0o4755)
+            .file("sgid", b"x", 0o2711)
+            .dir("d", 0o3775)
+            .bytes();
+        let e = env();
+        e.unpack(&data, UnpackOptions::default()).unwrap();
+        let mode = |p: &str| fs::metadata(e.dest.join(p)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode("suid"), 0o755);
+        assert_eq!(mode("sgid"), 0o711);
+        assert_eq!(mode("d"), 0o1775, "sticky bit is kept");
+
+        let e2 = env();
+        e2.unpack(
+            &data,
+            UnpackOptions {
+                keep_setid: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let mode = |p: &str| fs::metadata(e2.dest.join(p)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode("suid"), 0o4755);
+        assert_eq!(mode("sgid"), 0o2711);
+        assert_eq!(mode("d"), 0o3775);
+    }
+
+    #[test]
+    fn owners_xattrs_and_pax_mtime_kept() {
+        let data = Tar::new()
+            .pax(&[
+                ("uid", b"1234"),
+                ("gid", b"5678"),
+                ("SCHILY.xattr.trusted.test", b"v1"),
+                ("mtime", b"1700000000.5"),
+            ])
+            .file("f", b"x", 0o644)
+            .pax(&[("uid", b"4321")])
+            .symlink("l", "f")
+            .bytes();
+        let e = env();
+        e.unpack(&data, UnpackOptions::default()).unwrap();
+        let md = fs::metadata(e.dest.join("f")).unwrap();
+        assert_eq!((md.mtime(), md.mtime_nsec()), (1_700_000_000, 500_000_000));
+        if root() {
+            assert_eq!((md.uid(), md.gid()), (1234, 5678));
+            assert_eq!(fs::symlink_metadata(e.dest.join("l")).unwrap().uid(), 4321);
+            assert_eq!(
+                xattr::get(e.dest.join("f"), "trusted.test")
+                    .unwrap()
+                    .as_deref(),
+                Some(&b"v1"[..])
+            );
+        }
+    }
+
+    #[test]
+    fn overlay_xattrs_from_the_archive_are_refused() {
+        let data = Tar::new()
+            .pax(&[("SCHILY.xattr.trusted.overlay.redirect", b"/etc")])
+            .file("f", b"x", 0o644)
+            .bytes();
+        let e = env();
+        let r = assert_refused(e.unpack(&data, UnpackOptions::default()), "f");
+        assert_eq!(
+            r,
+            RefuseReason::ReservedXattr("trusted.overlay.redirect".into())
+        );
+    }
+
+    #[test]
+    fn whiteouts_become_overlay_form() {
+        if !root() {
+            return; // mknod and trusted.* xattrs need root
+        }
+        let data = Tar::new()
+            .file(".wh.gone", b"", 0o644)
+            .dir("d", 0o755)
+            .file("d/.wh..wh..opq", b"", 0o644)
+            .file("d/keep", b"k", 0o644)
+            .file(".wh..wh.plnk", b"", 0o644)
+            .bytes();
+        let e = env();
+        let s = e.unpack(&data, UnpackOptions::default()).unwrap();
+        assert_eq!(s.entries, 5);
+        let md = fs::symlink_metadata(e.dest.join("gone")).unwrap();
+        assert!(md.file_type().is_char_device());
+        assert_eq!(md.rdev(), 0);
+        assert!(!e.dest.join(".wh.gone").exists());
+        assert_eq!(
+            xattr::get(e.dest.join("d"), OVERLAY_OPAQUE_XATTR)
+                .unwrap()
+                .as_deref(),
+            Some(&b"y"[..])
+        );
+        assert!(!e.dest.join("d/.wh..wh..opq").exists());
+        assert!(!e.dest.join(".wh..wh.plnk").exists());
+        assert!(!e.dest.join(".wh.plnk").exists());
+        assert_eq!(fs::read(e.dest.join("d/keep")).unwrap(), b"k");
+    }
+
+    #[test]
+    fn bad_whiteout_names_refused() {
+        for name in [".wh..", ".wh...", "x/.wh."] {
+            let e = env();
+            let data = Tar::new().file(name, b"", 0o644).bytes();
+            assert!(matches!(
+                e.unpack(&data, UnpackOptions::default()),
+                Err(UnpackError::Refused {
+                    reason: RefuseReason::BadWhiteout | RefuseReason::ParentTraversal,
+                    ..
+                })
+            ));
+            e.assert_contained();
+        }
+    }
+
+    #[test]
+    fn refuses_absolute_paths() {
+        let e = env();
+        let evil = e.sentinel.join("evil");
+        let data = Tar::new()
+            .file(evil.to_str().unwrap(), b"pwned", 0o644)
+            .bytes();
+        assert_eq!(
+            assert_refused(
+                e.unpack(&data, UnpackOptions::default()),
+                evil.to_str().unwrap()
+            ),
+            RefuseReason::AbsolutePath
+        );
+        e.assert_contained();
+    }
+
+    #[test]
+    fn refuses_dotdot() {
+        for name in ["../escape", "a/../../escape", "a/..", "../sentinel/evil"] {
+            let e = env();
+            let data = Tar::new()
+                .dir("a", 0o755)
+                .file(name, b"pwned", 0o644)
+                .bytes();
+            assert_eq!(
+                assert_refused(e.unpack(&data, UnpackOptions::default()), name),
+                RefuseReason::ParentTraversal
+            );
+            e.assert_contained();
+        }
+    }
+
+    #[test]
+    fn refuses_writing_through_symlinks() {
+        let cases = [
+            ("file", "link/evil"),
+            ("dir", "link/evil"),
+            ("symlink", "link/evil"),
+            ("hardlink", "link/evil"),
+            ("whiteout", "link/.wh.x"),
+            ("opaque", "link/.wh..wh..opq"),
+        ];
+        for (what, entry) in cases {
+            for target in ["ABS", "../sentinel", "a/../../sentinel"] {
+                let e = env();
+                let target = if target == "ABS" {
+                    e.sentinel.to_str().unwrap().to_string()
+                } else {
+                    target.to_string()
+                };
+                let mut t = Tar::new();
+                t.dir("a", 0o755)
+                    .file("a/f", b"x", 0o644)
+                    .symlink("link", &target);
+                match what {
+                    "dir" => t.dir(entry, 0o755),
+                    "symlink" => t.symlink(entry, "/etc/passwd"),
+                    "hardlink" => t.hardlink(entry, "a/f"),
+                    _ => t.file(entry, b"pwned", 0o644),
+                };
+                let r = assert_refused(e.unpack(&t.bytes(), UnpackOptions::default()), entry);
+                assert_eq!(
+                    r,
+                    RefuseReason::ParentNotDirectory("link".into()),
+                    "{what} via {target}"
+                );
+                e.assert_contained();
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_nested_symlink_parent() {
+        let e = env();
+        let data = Tar::new()
+            .dir("a/b", 0o755)
+            .symlink("a/b/c", "../../../sentinel")
+            .file("a/b/c/d/e", b"pwned", 0o644)
+            .bytes();
+        let r = assert_refused(e.unpack(&data, UnpackOptions::default()), "a/b/c/d/e");
+        assert_eq!(r, RefuseReason::ParentNotDirectory("c".into()));
+        e.assert_contained();
+    }
+
+    #[test]
+    fn refuses_file_as_parent() {
+        let e = env();
+        let data = Tar::new()
+            .file("f", b"x", 0o644)
+            .file("f/g", b"x", 0o644)
+            .bytes();
+        assert_eq!(
+            assert_refused(e.unpack(&data, UnpackOptions::default()), "f/g"),
+            RefuseReason::ParentNotDirectory("f".into())
+        );
+    }
+
+    #[test]
+    fn refuses_bad_hardlinks() {
+        let cases = [
+            (
+                "/etc/passwd",
+                RefuseReason::HardlinkOutside("/etc/passwd".into()),
+            ),
+            (
+                "../sentinel/x",
+                RefuseReason::HardlinkOutside("../sentinel/x".into()),
+            ),
+            ("nope", RefuseReason::HardlinkMissing("nope".into())),
+            ("later", RefuseReason::HardlinkMissing("later".into())),
+            (
+                "missing/dir",
+                RefuseReason::HardlinkMissing("missing/dir".into()),
+            ),
+            ("d", RefuseReason::HardlinkToDirectory("d".into())),
+            ("link/x", RefuseReason::HardlinkOutside("link/x".into())),
+        ];
+        for (target, want) in cases {
+            let e = env();
+            fs::write(e.sentinel.join("x"), b"secret").unwrap();
+            let data = Tar::new()
+                .dir("d", 0o755)
+                .symlink("link", "../sentinel")
+                .hardlink("h", target)
+                .file("later", b"x", 0o644)
+                .bytes();
+            assert_eq!(
+                assert_refused(e.unpack(&data, UnpackOptions::default()), "h"),
+                want,
+                "{target}"
+            );
+            assert!(!e.dest.join("h").exists());
+            fs::remove_file(e.sentinel.join("x")).unwrap();
+            e.assert_contained();
+        }
+    }
+
+    #[test]
+    fn hardlink_to_symlink_links_the_symlink_itself() {
+        let e = env();
+        let data = Tar::new()
+            .symlink("s", "../sentinel")
+            .hardlink("h", "s")
+            .bytes();
+        e.unpack(&data, UnpackOptions::default()).unwrap();
+        assert!(fs::symlink_metadata(e.dest.join("h"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        e.assert_contained();
+    }
+
+    #[test]
+    fn devices_and_fifos_refused_unless_allowed() {
+        for kind in [EntryType::Char, EntryType::Block, EntryType::Fifo] {
+            let e = env();
+            let data = Tar::new().add(kind, "dev", "", b"", 0o600, 0).bytes();
+            assert_eq!(
+                assert_refused(e.unpack(&data, UnpackOptions::default()), "dev"),
+                RefuseReason::Device
+            );
+            assert!(!e.dest.join("dev").exists());
+        }
+        let e = env();
+        let data = Tar::new()
+            .add(EntryType::Fifo, "p", "", b"", 0o640, 1_000)
+            .bytes();
+        e.unpack(
+            &data,
+            UnpackOptions {
+                allow_devices: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let md = fs::symlink_metadata(e.dest.join("p")).unwrap();
+        assert!(md.file_type().is_fifo());
+        assert_eq!(md.permissions().mode() & 0o7777, 0o640);
+        if root() {
+            let e = env();
+            let mut h = Header::new_ustar();
+            h.set_entry_type(EntryType::Char);
+            h.set_path("null").unwrap();
+            h.set_device_major(1).unwrap();
+            h.set_device_minor(3).unwrap();
+            h.set_mode(0o666);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            h.set_size(0);
+            h.set_cksum();
+            let mut t = Tar::new();
+            t.0.append(&h, &b""[..]).unwrap();
+            e.unpack(
+                &t.bytes(),
+                UnpackOptions {
+                    allow_devices: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let md = fs::symlink_metadata(e.dest.join("null")).unwrap();
+            assert!(md.file_type().is_char_device());
+            assert_eq!(md.rdev(), libc::makedev(1, 3));
+        }
+    }
+
+    #[test]
+    fn refuses_non_fresh_dest() {
+        let e = env();
+        fs::create_dir(&e.dest).unwrap();
+        fs::write(e.dest.join("x"), b"").unwrap();
+        assert!(matches!(
+            e.unpack(&sample(), UnpackOptions::default()),
+            Err(UnpackError::DestNotFresh(_))
+        ));
+        let e = env();
+        std::os::unix::fs::symlink(&e.sentinel, &e.dest).unwrap();
+        assert!(matches!(
+            e.unpack(&sample(), UnpackOptions::default()),
+            Err(UnpackError::DestNotFresh(_))
+        ));
+        e.assert_contained();
+    }
+
+    #[test]
+    fn empty_existing_dest_is_fine() {
+        let e = env();
+        fs::create_dir(&e.dest).unwrap();
+        e.unpack(&sample(), UnpackOptions::default()).unwrap();
+        check_sample(&e.dest);
+    }
+
+    #[test]
+    fn corrupt_stream_is_an_archive_error() {
+        let e = env();
+        let mut data = vec![0x1f, 0x8b];
+        data.extend_from_slice(b"not really gzip");
+        assert!(matches!(
+            e.unpack(&data, UnpackOptions::default()),
+            Err(UnpackError::Archive(_))
+        ));
+    }
+
+    #[test]
+    fn pax_time_parsing() {
+        let t = parse_pax_time("12.000000001").unwrap();
+        assert_eq!((t.tv_sec, t.tv_nsec), (12, 1));
+        let t = parse_pax_time("12").unwrap();
+        assert_eq!((t.tv_sec, t.tv_nsec), (12, 0));
+        assert!(parse_pax_time("x").is_none());
+        assert!(parse_pax_time("1.2x").is_none());
+    }
+}
