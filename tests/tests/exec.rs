@@ -11,14 +11,7 @@ use support::*;
 #[test]
 fn stdout_stderr_and_exit_code_come_back_separately() {
     let w = world();
-    let o = run(w.agent.dcos().args([
-        "task",
-        "exec",
-        &w.main_task,
-        "sh",
-        "-c",
-        "echo out; echo err >&2; exit 7",
-    ]));
+    let o = w.agent.sh(&w.main_task, "echo out; echo err >&2; exit 7");
     assert_eq!(stdout(&o), "out\n");
     assert_eq!(stderr(&o), "err\n");
     assert_eq!(o.status.code(), Some(7));
@@ -55,14 +48,7 @@ fn process_joins_every_namespace_and_the_cgroup_of_the_container_init() {
 #[test]
 fn process_shows_in_ps_with_a_pid_of_the_container() {
     let w = world();
-    let o = run(w.agent.dcos().args([
-        "task",
-        "exec",
-        &w.main.id,
-        "sh",
-        "-c",
-        "echo $$; ps -o pid,args; true",
-    ]));
+    let o = w.agent.sh(&w.main.id, "echo $$; ps -o pid,args; true");
     let out = stdout(&o);
     let mut lines = out.lines();
     let pid: i32 = lines.next().unwrap().trim().parse().unwrap();
@@ -156,14 +142,7 @@ fn exit_codes_follow_docker_exec() {
 #[test]
 fn env_user_workdir_come_from_the_bundle_and_the_overrides() {
     let w = world();
-    let o = run(w.agent.dcos().args([
-        "task",
-        "exec",
-        &w.main.id,
-        "sh",
-        "-c",
-        "id -u; pwd; echo $PATH; echo $HOME",
-    ]));
+    let o = w.agent.sh(&w.main.id, "id -u; pwd; echo $PATH; echo $HOME");
     assert_eq!(
         stdout(&o),
         "0\n/\n/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n/root\n"
@@ -212,14 +191,10 @@ fn env_user_workdir_come_from_the_bundle_and_the_overrides() {
 #[test]
 fn unprivileged_container_keeps_its_user_capabilities_and_no_new_privs() {
     let w = world();
-    let o = run(w.agent.dcos().args([
-        "task",
-        "exec",
+    let o = w.agent.sh(
         &w.app.id,
-        "sh",
-        "-c",
         "id -u; pwd; grep -E '^(CapEff|CapPrm|CapBnd|NoNewPrivs)' /proc/self/status",
-    ]));
+    );
     let out = stdout(&o);
     assert!(out.starts_with("1000\n/home/app\n"), "{out}");
     // CAP_NET_BIND_SERVICE is bit 10.
@@ -237,14 +212,7 @@ fn unprivileged_container_keeps_its_user_capabilities_and_no_new_privs() {
 #[test]
 fn read_only_rootfs_stays_read_only() {
     let w = world();
-    let o = run(w.agent.dcos().args([
-        "task",
-        "exec",
-        &w.ro.id,
-        "sh",
-        "-c",
-        "touch /x 2>&1; echo rc=$?",
-    ]));
+    let o = w.agent.sh(&w.ro.id, "touch /x 2>&1; echo rc=$?");
     let out = stdout(&o);
     assert!(
         out.contains("Read-only file system") && out.contains("rc=1"),
@@ -255,10 +223,7 @@ fn read_only_rootfs_stays_read_only() {
 #[test]
 fn no_agent_fd_cwd_or_binary_reaches_the_container() {
     let w = world();
-    let o = run(w.agent.dcos().args([
-        "task", "exec", &w.main.id, "sh", "-c",
-        "ls /proc/$$/fd; readlink /proc/$$/cwd; readlink /proc/$$/root; for p in /proc/[0-9]*; do readlink $p/exe; done; true",
-    ]));
+    let o = w.agent.sh(&w.main.id, "ls /proc/$$/fd; readlink /proc/$$/cwd; readlink /proc/$$/root; for p in /proc/[0-9]*; do readlink $p/exe; done; true");
     let out = stdout(&o);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(&lines[..5], &["0", "1", "2", "/", "/"], "{out}");

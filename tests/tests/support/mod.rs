@@ -308,6 +308,11 @@ impl Agent {
         c
     }
 
+    /// `dcos task exec TASK sh -c SCRIPT` as the admin.
+    pub fn sh(&self, task: &str, script: &str) -> Output {
+        run(self.dcos().args(["task", "exec", task, "sh", "-c", script]))
+    }
+
     pub fn audit(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(self.dir.join("audit.log"))
             .unwrap_or_default()
