@@ -5,28 +5,15 @@ use serde::Deserialize;
 use std::path::Path;
 
 /// Actions a rule can grant.
-pub const ACTIONS: &[&str] = &[
-    "list",
-    "exec",
-    "exec:stdin",
-    "exec:tty",
-    "exec:user",
-    "debug",
-];
+pub const ACTIONS: &[&str] = &["list", "exec", "exec:stdin", "exec:tty", "exec:user", "debug", "debug:caps"];
 
 /// Errors loading an ACL file.
 #[derive(Debug, thiserror::Error)]
 pub enum AclError {
     #[error("cannot read ACL {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("ACL {path} is not valid: {source}")]
-    Parse {
-        path: String,
-        source: toml::de::Error,
-    },
+    Parse { path: String, source: toml::de::Error },
     #[error("ACL rule {rule}: {message}")]
     Rule { rule: usize, message: String },
 }
@@ -46,6 +33,9 @@ struct RuleFile {
     subjects: Vec<String>,
     tasks: Vec<String>,
     actions: Vec<String>,
+    /// Debug images (normalised references) the `debug` action is granted or denied for.
+    #[serde(default)]
+    images: Vec<String>,
 }
 
 fn allow() -> String {
@@ -65,6 +55,7 @@ struct Rule {
     subjects: Vec<Subject>,
     tasks: Vec<GlobMatcher>,
     actions: Vec<String>,
+    images: Vec<GlobMatcher>,
 }
 
 /// A parsed ACL.
@@ -82,25 +73,17 @@ pub struct Principal<'a> {
 impl Acl {
     /// Loads and validates an ACL file.
     pub fn load(path: &Path) -> Result<Acl, AclError> {
-        let text = std::fs::read_to_string(path).map_err(|source| AclError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| AclError::Read { path: path.display().to_string(), source })?;
         Acl::parse(&text).map_err(|e| match e {
-            AclError::Parse { source, .. } => AclError::Parse {
-                path: path.display().to_string(),
-                source,
-            },
+            AclError::Parse { source, .. } => AclError::Parse { path: path.display().to_string(), source },
             other => other,
         })
     }
 
     /// Parses ACL TOML text.
     pub fn parse(text: &str) -> Result<Acl, AclError> {
-        let file: AclFile = toml::from_str(text).map_err(|source| AclError::Parse {
-            path: String::new(),
-            source,
-        })?;
+        let file: AclFile = toml::from_str(text).map_err(|source| AclError::Parse { path: String::new(), source })?;
         let mut rules = Vec::new();
         for (i, r) in file.rules.into_iter().enumerate() {
             let n = i + 1;
@@ -117,43 +100,42 @@ impl Acl {
                     _ if s == "*" => Ok(Subject::Any),
                     Some(("user", u)) if !u.is_empty() => Ok(Subject::User(u.into())),
                     Some(("group", g)) if !g.is_empty() => Ok(Subject::Group(g.into())),
-                    _ => Err(bad(format!(
-                        "subject {s:?} must be user:NAME, group:NAME or *"
-                    ))),
+                    _ => Err(bad(format!("subject {s:?} must be user:NAME, group:NAME or *"))),
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let tasks = r
                 .tasks
                 .iter()
-                .map(|t| {
-                    Glob::new(t)
-                        .map(|g| g.compile_matcher())
-                        .map_err(|e| bad(format!("task pattern {t:?}: {e}")))
-                })
+                .map(|t| Glob::new(t).map(|g| g.compile_matcher()).map_err(|e| bad(format!("task pattern {t:?}: {e}"))))
                 .collect::<Result<Vec<_>, _>>()?;
             for a in &r.actions {
                 if a != "*" && !ACTIONS.contains(&a.as_str()) {
-                    return Err(bad(format!(
-                        "unknown action {a:?} (known: *, {})",
-                        ACTIONS.join(", ")
-                    )));
+                    return Err(bad(format!("unknown action {a:?} (known: *, {})", ACTIONS.join(", "))));
                 }
             }
             if subjects.is_empty() || tasks.is_empty() || r.actions.is_empty() {
                 return Err(bad("subjects, tasks and actions must not be empty".into()));
             }
-            rules.push(Rule {
-                deny,
-                subjects,
-                tasks,
-                actions: r.actions,
-            });
+            let images = r
+                .images
+                .iter()
+                .map(|t| {
+                    Glob::new(t).map(|g| g.compile_matcher()).map_err(|e| bad(format!("image pattern {t:?}: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            rules.push(Rule { deny, subjects, tasks, actions: r.actions, images });
         }
         Ok(Acl { rules })
     }
 
     /// True when some allow rule and no deny rule match `who` doing `action` on `task`.
     pub fn allows(&self, who: &Principal<'_>, task: &str, action: &str) -> bool {
+        self.allows_image(who, task, action, None)
+    }
+
+    /// Like [`Acl::allows`], for an action that concerns a debug image (normalised reference): an allow rule
+    /// must list a matching pattern in `images`; a deny rule applies when it lists none or a matching one.
+    pub fn allows_image(&self, who: &Principal<'_>, task: &str, action: &str, image: Option<&str>) -> bool {
         let mut allowed = false;
         for r in &self.rules {
             let subject = r.subjects.iter().any(|s| match s {
@@ -161,7 +143,13 @@ impl Acl {
                 Subject::User(u) => u == who.user,
                 Subject::Group(g) => who.groups.iter().any(|x| x == g),
             });
+            let image_ok = match image {
+                None => true,
+                Some(i) if r.deny => r.images.is_empty() || r.images.iter().any(|m| m.is_match(i)),
+                Some(i) => r.images.iter().any(|m| m.is_match(i)),
+            };
             let hit = subject
+                && image_ok
                 && r.tasks.iter().any(|m| m.is_match(task))
                 && r.actions.iter().any(|a| a == "*" || a == action);
             if hit && r.deny {
@@ -170,16 +158,6 @@ impl Acl {
             allowed |= hit;
         }
         allowed
-    }
-
-    /// The first of `actions` that is not allowed, if any.
-    pub fn first_denied<'a>(
-        &self,
-        who: &Principal<'_>,
-        task: &str,
-        actions: &[&'a str],
-    ) -> Option<&'a str> {
-        actions.iter().copied().find(|a| !self.allows(who, task, a))
     }
 }
 
@@ -208,39 +186,59 @@ actions = ["*"]
     #[test]
     fn deny_by_default_grants_and_deny_wins() {
         let acl = Acl::parse(ACL).unwrap();
-        let alice = Principal {
-            user: "alice",
-            groups: &[],
-        };
+        let alice = Principal { user: "alice", groups: &[] };
         assert!(acl.allows(&alice, "web-1", "exec"));
         assert!(!acl.allows(&alice, "web-1", "exec:tty"));
         assert!(!acl.allows(&alice, "db-1", "exec"));
         let sre = ["sre".to_string()];
-        let bob = Principal {
-            user: "bob",
-            groups: &sre,
-        };
+        let bob = Principal { user: "bob", groups: &sre };
         assert!(acl.allows(&bob, "web-1", "exec:user"));
         assert!(!acl.allows(&bob, "db-1", "list"));
-        let nobody = Principal {
-            user: "eve",
-            groups: &[],
-        };
+        let nobody = Principal { user: "eve", groups: &[] };
         assert!(!acl.allows(&nobody, "web-1", "list"));
-        assert_eq!(
-            acl.first_denied(&alice, "web-2", &["exec", "exec:stdin"]),
-            Some("exec:stdin")
-        );
+        assert!(acl.allows(&alice, "web-2", "exec") && !acl.allows(&alice, "web-2", "exec:stdin"));
         assert!(!Acl::default().allows(&alice, "web-1", "list"));
+    }
+
+    #[test]
+    fn debug_needs_an_image_pattern_and_deny_rules_can_name_images() {
+        let acl = Acl::parse(
+            r#"
+[[rule]]
+subjects = ["user:dev"]
+tasks = ["*"]
+actions = ["exec", "debug"]
+images = ["registry.local:5000/tools/*"]
+
+[[rule]]
+subjects = ["user:root"]
+tasks = ["*"]
+actions = ["*"]
+
+[[rule]]
+effect = "deny"
+subjects = ["*"]
+tasks = ["*"]
+actions = ["debug"]
+images = ["*/evil*"]
+"#,
+        )
+        .unwrap();
+        let dev = Principal { user: "dev", groups: &[] };
+        assert!(acl.allows_image(&dev, "t", "debug", Some("registry.local:5000/tools/busybox:1")));
+        assert!(!acl.allows_image(&dev, "t", "debug", Some("docker.io/library/busybox:latest")));
+        assert!(!acl.allows_image(&dev, "t", "debug:caps", Some("registry.local:5000/tools/busybox:1")));
+        // A rule without images grants no image, even with actions = ["*"].
+        let root = Principal { user: "root", groups: &[] };
+        assert!(!acl.allows_image(&root, "t", "debug", Some("docker.io/library/busybox:latest")));
+        assert!(acl.allows(&root, "t", "exec"));
+        assert!(!acl.allows_image(&dev, "t", "debug", Some("registry.local:5000/tools/evil:1")));
     }
 
     #[test]
     fn bad_rules_are_refused() {
         assert!(Acl::parse("[[rule]]\nsubjects=['alice']\ntasks=['*']\nactions=['exec']").is_err());
         assert!(Acl::parse("[[rule]]\nsubjects=['user:a']\ntasks=['*']\nactions=['rm']").is_err());
-        assert!(Acl::parse(
-            "[[rule]]\neffect='maybe'\nsubjects=['user:a']\ntasks=['*']\nactions=['exec']"
-        )
-        .is_err());
+        assert!(Acl::parse("[[rule]]\neffect='maybe'\nsubjects=['user:a']\ntasks=['*']\nactions=['exec']").is_err());
     }
 }

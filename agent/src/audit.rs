@@ -20,6 +20,11 @@ pub struct SessionRecord {
     pub stdin: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run_as: Option<String>,
+    /// `--debug-image` as normalised, and the manifest digest it resolved to (empty if the pull failed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
     pub start: String,
     pub end: String,
     /// The final status as sent to the client.
@@ -58,14 +63,8 @@ impl AuditLog {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(path)?;
-        Ok(AuditLog {
-            file: Mutex::new(file),
-        })
+        let file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+        Ok(AuditLog { file: Mutex::new(file) })
     }
 
     fn write<T: Serialize>(&self, rec: &T) {

@@ -41,8 +41,7 @@ pub struct Verifier {
 impl Verifier {
     /// `public_pem` is an Ed25519 SubjectPublicKeyInfo PEM.
     pub fn new(public_pem: &[u8], issuer: &str, audience: &str) -> Result<Self, AuthError> {
-        let key =
-            DecodingKey::from_ed_pem(public_pem).map_err(|e| AuthError::Key(e.to_string()))?;
+        let key = DecodingKey::from_ed_pem(public_pem).map_err(|e| AuthError::Key(e.to_string()))?;
         // Only EdDSA: this closes `alg: none` and HS256-with-the-public-key confusion.
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[issuer]);
@@ -56,35 +55,29 @@ impl Verifier {
     /// Checks an `Authorization` header value and returns the claims.
     pub fn verify_header(&self, header: Option<&str>) -> Result<Claims, AuthError> {
         let value = header.ok_or(AuthError::Missing)?;
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .ok_or(AuthError::NotBearer)?
-            .trim();
+        let token =
+            value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")).ok_or(AuthError::NotBearer)?.trim();
         self.verify(token)
     }
 
     /// Checks a raw token.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
-        let data =
-            jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
-                use jsonwebtoken::errors::ErrorKind::*;
-                AuthError::Invalid(
-                    match e.kind() {
-                        ExpiredSignature => "token expired",
-                        ImmatureSignature => "token not valid yet",
-                        InvalidSignature => "signature does not verify (token of another signer?)",
-                        InvalidAlgorithm | InvalidAlgorithmName => {
-                            "algorithm not accepted (only EdDSA)"
-                        }
-                        InvalidIssuer => "wrong issuer",
-                        InvalidAudience => "wrong audience",
-                        MissingRequiredClaim(_) => "a required claim is missing",
-                        _ => "malformed token",
-                    }
-                    .to_string(),
-                )
-            })?;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind::*;
+            AuthError::Invalid(
+                match e.kind() {
+                    ExpiredSignature => "token expired",
+                    ImmatureSignature => "token not valid yet",
+                    InvalidSignature => "signature does not verify (token of another signer?)",
+                    InvalidAlgorithm | InvalidAlgorithmName => "algorithm not accepted (only EdDSA)",
+                    InvalidIssuer => "wrong issuer",
+                    InvalidAudience => "wrong audience",
+                    MissingRequiredClaim(_) => "a required claim is missing",
+                    _ => "malformed token",
+                }
+                .to_string(),
+            )
+        })?;
         if data.claims.sub.is_empty() {
             return Err(AuthError::Invalid("empty subject".into()));
         }
@@ -102,10 +95,7 @@ pub fn mint(
     ttl: Duration,
 ) -> Result<String, AuthError> {
     let key = EncodingKey::from_ed_pem(private_pem).map_err(|e| AuthError::Key(e.to_string()))?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let claims = Claims {
         sub: user.into(),
         groups: groups.to_vec(),
@@ -115,8 +105,7 @@ pub fn mint(
         nbf: now,
         exp: now + ttl.as_secs(),
     };
-    jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &key)
-        .map_err(|e| AuthError::Key(e.to_string()))
+    jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &key).map_err(|e| AuthError::Key(e.to_string()))
 }
 
 #[cfg(test)]
@@ -132,21 +121,10 @@ mod tests {
     #[test]
     fn minted_token_verifies_with_claims() {
         let (sk, pk) = keypair();
-        let t = mint(
-            sk.as_bytes(),
-            "iss",
-            "aud",
-            "alice",
-            &["ops".into()],
-            Duration::from_secs(60),
-        )
-        .unwrap();
+        let t = mint(sk.as_bytes(), "iss", "aud", "alice", &["ops".into()], Duration::from_secs(60)).unwrap();
         let v = Verifier::new(pk.as_bytes(), "iss", "aud").unwrap();
         let c = v.verify_header(Some(&format!("Bearer {t}"))).unwrap();
-        assert_eq!(
-            (c.sub.as_str(), c.groups.as_slice()),
-            ("alice", &["ops".to_string()][..])
-        );
+        assert_eq!((c.sub.as_str(), c.groups.as_slice()), ("alice", &["ops".to_string()][..]));
     }
 
     #[test]
@@ -154,25 +132,14 @@ mod tests {
         let (sk, pk) = keypair();
         let (other_sk, _) = keypair();
         let v = Verifier::new(pk.as_bytes(), "iss", "aud").unwrap();
-        let other = mint(
-            other_sk.as_bytes(),
-            "iss",
-            "aud",
-            "a",
-            &[],
-            Duration::from_secs(60),
-        )
-        .unwrap();
+        let other = mint(other_sk.as_bytes(), "iss", "aud", "a", &[], Duration::from_secs(60)).unwrap();
         assert!(matches!(v.verify(&other), Err(AuthError::Invalid(m)) if m.contains("signature")));
         let wrong_iss = mint(sk.as_bytes(), "x", "aud", "a", &[], Duration::from_secs(60)).unwrap();
         assert!(v.verify(&wrong_iss).is_err());
         let wrong_aud = mint(sk.as_bytes(), "iss", "x", "a", &[], Duration::from_secs(60)).unwrap();
         assert!(v.verify(&wrong_aud).is_err());
         assert!(matches!(v.verify_header(None), Err(AuthError::Missing)));
-        assert!(matches!(
-            v.verify_header(Some("Basic abc")),
-            Err(AuthError::NotBearer)
-        ));
+        assert!(matches!(v.verify_header(Some("Basic abc")), Err(AuthError::NotBearer)));
     }
 
     #[test]

@@ -8,21 +8,11 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path} is not valid: {source}")]
-    Parse {
-        path: PathBuf,
-        source: toml::de::Error,
-    },
+    Parse { path: PathBuf, source: toml::de::Error },
     #[error("{path}: {key} is not a duration like \"5s\": {value}")]
-    Duration {
-        path: PathBuf,
-        key: &'static str,
-        value: String,
-    },
+    Duration { path: PathBuf, key: &'static str, value: String },
 }
 
 /// `agent.toml`. Relative paths are relative to the directory holding the file.
@@ -62,6 +52,62 @@ pub struct AgentConfig {
     /// Where container runtimes keep their state.
     #[serde(default)]
     pub runtimes: RuntimesConfig,
+    /// Debug images: cache, registries, unpack policy.
+    #[serde(default)]
+    pub images: ImagesConfig,
+}
+
+/// `[images]`: where `--debug-image` images are cached and how registries are reached.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagesConfig {
+    /// Content-addressed cache of blobs and unpacked layers.
+    #[serde(default = "default_cache_dir")]
+    pub cache_dir: PathBuf,
+    /// Registries (`host[:port]`) reached over plain HTTP instead of HTTPS.
+    #[serde(default)]
+    pub insecure_registries: Vec<String>,
+    /// Extra CA certificates (PEM files) trusted for registries, besides the system's.
+    #[serde(default)]
+    pub ca_files: Vec<PathBuf>,
+    /// A Docker-style `config.json` whose `auths` supply registry credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_config: Option<PathBuf>,
+    /// Create device nodes and fifos found in layers (refused by default).
+    #[serde(default)]
+    pub allow_devices: bool,
+    /// Keep setuid/setgid bits of files in layers (stripped by default).
+    #[serde(default)]
+    pub keep_setid: bool,
+    /// Credentials by registry, e.g. `[images.credentials."registry.example:5000"]`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub credentials: std::collections::BTreeMap<String, RegistryCredentials>,
+}
+
+/// Basic-auth credentials of one registry (also used for its token service).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryCredentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl Default for ImagesConfig {
+    fn default() -> Self {
+        ImagesConfig {
+            cache_dir: default_cache_dir(),
+            insecure_registries: Vec::new(),
+            ca_files: Vec::new(),
+            docker_config: None,
+            allow_devices: false,
+            keep_setid: false,
+            credentials: Default::default(),
+        }
+    }
+}
+
+fn default_cache_dir() -> PathBuf {
+    "images".into()
 }
 
 /// State roots of the OCI runtimes the agent discovers containers in. A trailing `/*` means
@@ -77,10 +123,7 @@ pub struct RuntimesConfig {
 
 impl Default for RuntimesConfig {
     fn default() -> Self {
-        RuntimesConfig {
-            runc_roots: default_runc_roots(),
-            crun_roots: default_crun_roots(),
-        }
+        RuntimesConfig { runc_roots: default_runc_roots(), crun_roots: default_crun_roots() }
     }
 }
 
@@ -98,21 +141,11 @@ fn default_drain() -> String {
 }
 /// runc's own default, containerd's runc v2 shim (one root per namespace) and Docker's.
 pub fn default_runc_roots() -> Vec<PathBuf> {
-    [
-        "/run/runc",
-        "/run/containerd/runc/*",
-        "/run/docker/runtime-runc/moby",
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .collect()
+    ["/run/runc", "/run/containerd/runc/*", "/run/docker/runtime-runc/moby"].iter().map(PathBuf::from).collect()
 }
 /// crun's default and containerd's crun roots.
 pub fn default_crun_roots() -> Vec<PathBuf> {
-    ["/run/crun", "/run/containerd/crun/*"]
-        .iter()
-        .map(PathBuf::from)
-        .collect()
+    ["/run/crun", "/run/containerd/crun/*"].iter().map(PathBuf::from).collect()
 }
 
 /// A loaded configuration with paths made absolute and durations parsed.
@@ -126,26 +159,19 @@ pub struct Loaded {
 impl AgentConfig {
     /// Reads and validates `path`, resolving relative paths against its directory.
     pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
-        let mut cfg: AgentConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.into(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let mut cfg: AgentConfig =
+            toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let base = std::fs::canonicalize(&base).unwrap_or(base);
-        for p in [
-            &mut cfg.tls_cert,
-            &mut cfg.tls_key,
-            &mut cfg.token_public_key,
-            &mut cfg.acl,
-            &mut cfg.audit_log,
-        ] {
+        for p in [&mut cfg.tls_cert, &mut cfg.tls_key, &mut cfg.token_public_key, &mut cfg.acl, &mut cfg.audit_log] {
             *p = base.join(&*p);
         }
         if let Some(p) = cfg.token_private_key.as_mut() {
+            *p = base.join(&*p);
+        }
+        cfg.images.cache_dir = base.join(&cfg.images.cache_dir);
+        for p in cfg.images.ca_files.iter_mut().chain(cfg.images.docker_config.as_mut()) {
             *p = base.join(&*p);
         }
         let dur = |key: &'static str, value: &str| {
@@ -157,11 +183,7 @@ impl AgentConfig {
         };
         let grace_period = dur("grace_period", &cfg.grace_period)?;
         let output_drain = dur("output_drain", &cfg.output_drain)?;
-        Ok(Loaded {
-            file: cfg,
-            grace_period,
-            output_drain,
-        })
+        Ok(Loaded { file: cfg, grace_period, output_drain })
     }
 }
 
@@ -179,10 +201,7 @@ mod tests {
         )
         .unwrap();
         let l = AgentConfig::load(&p).unwrap();
-        assert_eq!(
-            l.file.tls_cert,
-            std::fs::canonicalize(dir.path()).unwrap().join("c.pem")
-        );
+        assert_eq!(l.file.tls_cert, std::fs::canonicalize(dir.path()).unwrap().join("c.pem"));
         assert_eq!(l.file.audit_log, PathBuf::from("/var/log/a.log"));
         assert_eq!(l.grace_period, Duration::from_millis(250));
         assert_eq!(l.file.runtimes.runc_roots, default_runc_roots());
@@ -192,15 +211,13 @@ mod tests {
     fn unknown_keys_and_bad_durations_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("agent.toml");
-        std::fs::write(&p, "listen='x'\ntls_cert='c'\ntls_key='k'\ntoken_public_key='t'\nacl='a'\naudit_log='l'\nlisten_port=3\n").unwrap();
-        assert!(matches!(
-            AgentConfig::load(&p),
-            Err(ConfigError::Parse { .. })
-        ));
+        std::fs::write(
+            &p,
+            "listen='x'\ntls_cert='c'\ntls_key='k'\ntoken_public_key='t'\nacl='a'\naudit_log='l'\nlisten_port=3\n",
+        )
+        .unwrap();
+        assert!(matches!(AgentConfig::load(&p), Err(ConfigError::Parse { .. })));
         std::fs::write(&p, "listen='x'\ntls_cert='c'\ntls_key='k'\ntoken_public_key='t'\nacl='a'\naudit_log='l'\ngrace_period='soon'\n").unwrap();
-        assert!(matches!(
-            AgentConfig::load(&p),
-            Err(ConfigError::Duration { .. })
-        ));
+        assert!(matches!(AgentConfig::load(&p), Err(ConfigError::Duration { .. })));
     }
 }

@@ -2,10 +2,7 @@
 
 use crate::config::{AgentConfig, RuntimesConfig};
 use anyhow::{bail, Context, Result};
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
+use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::Duration;
@@ -28,8 +25,7 @@ fn write(path: &Path, data: &[u8], mode: u32) -> Result<()> {
         .mode(mode)
         .open(path)
         .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(data)
-        .with_context(|| format!("writing {}", path.display()))
+    f.write_all(data).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Generates everything and returns the shell lines that configure the CLI.
@@ -38,17 +34,9 @@ pub fn init(o: &InitOptions<'_>) -> Result<String> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = std::fs::canonicalize(dir)?;
     if dir.join("agent.toml").exists() && !o.force {
-        bail!(
-            "{} already holds an agent.toml (use --force to overwrite)",
-            dir.display()
-        );
+        bail!("{} already holds an agent.toml (use --force to overwrite)", dir.display());
     }
-    let host = o
-        .listen
-        .rsplit_once(':')
-        .map(|(h, _)| h)
-        .unwrap_or(o.listen)
-        .trim_matches(['[', ']']);
+    let host = o.listen.rsplit_once(':').map(|(h, _)| h).unwrap_or(o.listen).trim_matches(['[', ']']);
 
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -60,19 +48,12 @@ pub fn init(o: &InitOptions<'_>) -> Result<String> {
     let ca_cert = ca_params.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca_params, &ca_key);
 
-    let mut sans = vec![
-        "localhost".to_string(),
-        "127.0.0.1".to_string(),
-        "::1".to_string(),
-    ];
+    let mut sans = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
     if !host.is_empty() && host != "0.0.0.0" && host != "::" && !sans.iter().any(|s| s == host) {
         sans.push(host.to_string());
     }
     if let Ok(h) = nix::unistd::gethostname() {
-        if let Some(h) = h
-            .to_str()
-            .filter(|h| !h.is_empty() && !sans.iter().any(|s| s == h))
-        {
+        if let Some(h) = h.to_str().filter(|h| !h.is_empty() && !sans.iter().any(|s| s == h)) {
             sans.push(h.to_string());
         }
     }
@@ -86,27 +67,11 @@ pub fn init(o: &InitOptions<'_>) -> Result<String> {
     let token_key = KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
 
     write(&dir.join("ca.crt"), ca_cert.pem().as_bytes(), 0o644)?;
-    write(
-        &dir.join("ca.key"),
-        ca_key.serialize_pem().as_bytes(),
-        0o600,
-    )?;
+    write(&dir.join("ca.key"), ca_key.serialize_pem().as_bytes(), 0o600)?;
     write(&dir.join("server.crt"), srv_cert.pem().as_bytes(), 0o644)?;
-    write(
-        &dir.join("server.key"),
-        srv_key.serialize_pem().as_bytes(),
-        0o600,
-    )?;
-    write(
-        &dir.join("token-signing.key"),
-        token_key.serialize_pem().as_bytes(),
-        0o600,
-    )?;
-    write(
-        &dir.join("token-signing.pub"),
-        token_key.public_key_pem().as_bytes(),
-        0o644,
-    )?;
+    write(&dir.join("server.key"), srv_key.serialize_pem().as_bytes(), 0o600)?;
+    write(&dir.join("token-signing.key"), token_key.serialize_pem().as_bytes(), 0o600)?;
+    write(&dir.join("token-signing.pub"), token_key.public_key_pem().as_bytes(), 0o644)?;
 
     let cfg = AgentConfig {
         listen: o.listen.to_string(),
@@ -122,39 +87,25 @@ pub fn init(o: &InitOptions<'_>) -> Result<String> {
         output_drain: "1s".into(),
         task_id_annotation: None,
         runtimes: RuntimesConfig::default(),
+        images: crate::config::ImagesConfig::default(),
     };
-    let mut text =
-        String::from("# dcos-exec agent configuration; every key is documented in the README.\n");
+    let mut text = String::from("# dcos-exec agent configuration; every key is documented in the README.\n");
     text.push_str(&toml::to_string_pretty(&cfg)?);
     write(&dir.join("agent.toml"), text.as_bytes(), 0o644)?;
 
     let acl = format!(
         "# Deny by default; each [[rule]] grants (or, with effect = \"deny\", refuses) actions.\n\
-         [[rule]]\nsubjects = [\"user:{}\"]\ntasks = [\"*\"]\nactions = [\"*\"]\n",
+         [[rule]]\nsubjects = [\"user:{}\"]\ntasks = [\"*\"]\nactions = [\"*\"]\nimages = [\"*\"]\n",
         o.admin
     );
     write(&dir.join("acl.toml"), acl.as_bytes(), 0o644)?;
 
-    let token = crate::auth::mint(
-        token_key.serialize_pem().as_bytes(),
-        &cfg.issuer,
-        &cfg.audience,
-        o.admin,
-        &[],
-        o.ttl,
-    )?;
+    let token =
+        crate::auth::mint(token_key.serialize_pem().as_bytes(), &cfg.issuer, &cfg.audience, o.admin, &[], o.ttl)?;
     write(&dir.join("admin.token"), token.as_bytes(), 0o600)?;
 
-    let url_host = if host.is_empty() || host == "0.0.0.0" || host == "::" {
-        "localhost"
-    } else {
-        host
-    };
-    let url_host = if url_host.contains(':') {
-        format!("[{url_host}]")
-    } else {
-        url_host.to_string()
-    };
+    let url_host = if host.is_empty() || host == "0.0.0.0" || host == "::" { "localhost" } else { host };
+    let url_host = if url_host.contains(':') { format!("[{url_host}]") } else { url_host.to_string() };
     let port = o.listen.rsplit_once(':').map(|(_, p)| p).unwrap_or("7443");
     Ok(format!(
         "export DCOS_URL=https://{url_host}:{port}\nexport DCOS_SSL_VERIFY={}\nexport DCOS_ACS_TOKEN=\"$(cat {})\"\n",

@@ -15,11 +15,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(
-    name = "dcos-exec-agent",
-    version,
-    about = "Per-host agent of dcos-exec: authenticated exec into containers"
-)]
+#[command(name = "dcos-exec-agent", version, about = "Per-host agent of dcos-exec: authenticated exec into containers")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -64,10 +60,7 @@ enum Cmd {
 
 fn main() {
     // The exec helper is this binary run from a sealed memfd; it must not start a runtime or parse flags.
-    if std::env::args_os()
-        .nth(1)
-        .is_some_and(|a| a == exec::HELPER_ARG)
-    {
+    if std::env::args_os().nth(1).is_some_and(|a| a == exec::HELPER_ARG) {
         exec::helper::main();
     }
     let cli = Cli::parse();
@@ -79,61 +72,31 @@ fn main() {
 
 fn real_main(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Init {
-            dir,
-            listen,
-            admin,
-            ttl,
-            force,
-        } => {
-            let lines = init::init(&init::InitOptions {
-                dir: &dir,
-                listen: &listen,
-                admin: &admin,
-                ttl,
-                force,
-            })?;
+        Cmd::Init { dir, listen, admin, ttl, force } => {
+            let lines = init::init(&init::InitOptions { dir: &dir, listen: &listen, admin: &admin, ttl, force })?;
             print!("{lines}");
             Ok(())
         }
-        Cmd::Token {
-            config,
-            user,
-            groups,
-            ttl,
-        } => {
+        Cmd::Token { config, user, groups, ttl } => {
             let cfg = config::AgentConfig::load(&config)?;
-            let key_path = cfg
-                .file
-                .token_private_key
-                .context("the config has no token_private_key")?;
-            let key = std::fs::read(&key_path)
-                .with_context(|| format!("reading {}", key_path.display()))?;
-            let t = auth::mint(
-                &key,
-                &cfg.file.issuer,
-                &cfg.file.audience,
-                &user,
-                &groups,
-                ttl,
-            )?;
+            let key_path = cfg.file.token_private_key.context("the config has no token_private_key")?;
+            let key = std::fs::read(&key_path).with_context(|| format!("reading {}", key_path.display()))?;
+            let t = auth::mint(&key, &cfg.file.issuer, &cfg.file.audience, &user, &groups, ttl)?;
             println!("{t}");
             Ok(())
         }
         Cmd::Run { config } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_env("DCOS_EXEC_LOG")
-                        .unwrap_or_else(|_| "info".into()),
+                    tracing_subscriber::EnvFilter::try_from_env("DCOS_EXEC_LOG").unwrap_or_else(|_| "info".into()),
                 )
                 .with_writer(std::io::stderr)
                 .init();
             let cfg = config::AgentConfig::load(&config)?;
+            // One crypto provider for every TLS client in the process (the registry client finds it here).
+            let _ = rustls::crypto::ring::default_provider().install_default();
             let agent = server::Agent::new(cfg)?;
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?
-                .block_on(server::serve(agent))
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(server::serve(agent))
         }
     }
 }

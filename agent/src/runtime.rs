@@ -77,11 +77,7 @@ pub struct Discovery {
 
 impl Discovery {
     pub fn new(cfg: &crate::config::RuntimesConfig, annotation: Option<String>) -> Self {
-        Discovery {
-            runc_roots: cfg.runc_roots.clone(),
-            crun_roots: cfg.crun_roots.clone(),
-            annotation,
-        }
+        Discovery { runc_roots: cfg.runc_roots.clone(), crun_roots: cfg.crun_roots.clone(), annotation }
     }
 
     /// Every container found, in no particular order. Unreadable entries are skipped: a runtime may be
@@ -117,20 +113,12 @@ impl Discovery {
                 match hits.len() {
                     0 => return Err(RuntimeError::NotFound(task.into())),
                     1 => hits.remove(0),
-                    count => {
-                        return Err(RuntimeError::Ambiguous {
-                            task: task.into(),
-                            count,
-                        })
-                    }
+                    count => return Err(RuntimeError::Ambiguous { task: task.into(), count }),
                 }
             }
         };
         if c.state != State::Running {
-            return Err(RuntimeError::NotRunning {
-                id: c.id,
-                state: c.state.as_str().into(),
-            });
+            return Err(RuntimeError::NotRunning { id: c.id, state: c.state.as_str().into() });
         }
         Ok(c)
     }
@@ -139,20 +127,12 @@ impl Discovery {
         let Some(key) = &self.annotation else {
             return id.into();
         };
-        read_annotations(bundle)
-            .and_then(|mut a| a.remove(key))
-            .unwrap_or_else(|| id.into())
+        read_annotations(bundle).and_then(|mut a| a.remove(key)).unwrap_or_else(|| id.into())
     }
 
     fn read_runc(&self, dir: &Path) -> Option<Container> {
-        let s: RuncState =
-            serde_json::from_slice(&std::fs::read(dir.join("state.json")).ok()?).ok()?;
-        let bundle = s
-            .config
-            .labels
-            .iter()
-            .find_map(|l| l.strip_prefix("bundle="))
-            .map(PathBuf::from)?;
+        let s: RuncState = serde_json::from_slice(&std::fs::read(dir.join("state.json")).ok()?).ok()?;
+        let bundle = s.config.labels.iter().find_map(|l| l.strip_prefix("bundle=")).map(PathBuf::from)?;
         let mut state = proc_state(s.init_process_pid, s.init_process_start);
         // runc keeps exec.fifo until `runc start`: the init exists but waits.
         if state == State::Running && dir.join("exec.fifo").exists() {
@@ -170,14 +150,9 @@ impl Discovery {
     }
 
     fn read_crun(&self, dir: &Path) -> Option<Container> {
-        let s: CrunStatus =
-            serde_json::from_slice(&std::fs::read(dir.join("status")).ok()?).ok()?;
+        let s: CrunStatus = serde_json::from_slice(&std::fs::read(dir.join("status")).ok()?).ok()?;
         let id = dir.file_name()?.to_str()?.to_string();
-        let start = if s.process_start_time != 0 {
-            s.process_start_time
-        } else {
-            proc_start_time(s.pid).unwrap_or(0)
-        };
+        let start = if s.process_start_time != 0 { s.process_start_time } else { proc_start_time(s.pid).unwrap_or(0) };
         Some(Container {
             task_id: self.task_id(&id, &s.bundle),
             id,
@@ -208,10 +183,7 @@ fn subdirs(dir: &Path) -> Vec<PathBuf> {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
-    rd.filter_map(Result::ok)
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| e.path())
-        .collect()
+    rd.filter_map(Result::ok).filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()).collect()
 }
 
 fn read_annotations(bundle: &Path) -> Option<HashMap<String, String>> {
@@ -220,8 +192,7 @@ fn read_annotations(bundle: &Path) -> Option<HashMap<String, String>> {
         #[serde(default)]
         annotations: HashMap<String, String>,
     }
-    let p: Partial =
-        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).ok()?).ok()?;
+    let p: Partial = serde_json::from_slice(&std::fs::read(bundle.join("config.json")).ok()?).ok()?;
     Some(p.annotations)
 }
 
@@ -246,10 +217,7 @@ fn proc_state(pid: i32, start: u64) -> State {
 
 /// Seconds since a process that started at `start_ticks` began.
 pub fn age_secs(start_ticks: u64) -> u64 {
-    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as u64;
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as u64;
     let uptime: f64 = std::fs::read_to_string("/proc/uptime")
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse().ok())
@@ -276,31 +244,16 @@ mod tests {
         let start = proc_start_time(me).unwrap();
         let bundle = tmp.path().join("bundle");
         std::fs::create_dir_all(&bundle).unwrap();
-        std::fs::write(
-            bundle.join("config.json"),
-            r#"{"annotations":{"task":"web.1"}}"#,
-        )
-        .unwrap();
+        std::fs::write(bundle.join("config.json"), r#"{"annotations":{"task":"web.1"}}"#).unwrap();
         let runc = tmp.path().join("runc");
         write_runc(&runc, "live", me, start, &bundle);
         write_runc(&runc, "dead", me, start + 1, &bundle);
         let crun_ns = tmp.path().join("crun/ns1/c2");
         std::fs::create_dir_all(&crun_ns).unwrap();
-        std::fs::write(
-            crun_ns.join("status"),
-            format!(r#"{{"pid":{me},"bundle":"/nonexistent"}}"#),
-        )
-        .unwrap();
-        let cfg = crate::config::RuntimesConfig {
-            runc_roots: vec![runc],
-            crun_roots: vec![tmp.path().join("crun/*")],
-        };
+        std::fs::write(crun_ns.join("status"), format!(r#"{{"pid":{me},"bundle":"/nonexistent"}}"#)).unwrap();
+        let cfg = crate::config::RuntimesConfig { runc_roots: vec![runc], crun_roots: vec![tmp.path().join("crun/*")] };
         let d = Discovery::new(&cfg, Some("task".into()));
-        let mut all: Vec<_> = d
-            .list()
-            .into_iter()
-            .map(|c| (c.id, c.task_id, c.runtime, c.state))
-            .collect();
+        let mut all: Vec<_> = d.list().into_iter().map(|c| (c.id, c.task_id, c.runtime, c.state)).collect();
         all.sort();
         assert_eq!(
             all,
@@ -310,15 +263,9 @@ mod tests {
                 ("live".into(), "web.1".into(), "runc", State::Running),
             ]
         );
-        assert!(matches!(
-            d.resolve("web.1"),
-            Err(RuntimeError::Ambiguous { count: 2, .. })
-        ));
+        assert!(matches!(d.resolve("web.1"), Err(RuntimeError::Ambiguous { count: 2, .. })));
         assert_eq!(d.resolve("live").unwrap().pid, me);
-        assert!(matches!(
-            d.resolve("dead"),
-            Err(RuntimeError::NotRunning { .. })
-        ));
+        assert!(matches!(d.resolve("dead"), Err(RuntimeError::NotRunning { .. })));
         assert!(matches!(d.resolve("nope"), Err(RuntimeError::NotFound(_))));
     }
 }

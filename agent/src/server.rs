@@ -7,9 +7,7 @@ use crate::config::Loaded;
 use crate::exec::memfd::SealedExe;
 use crate::runtime::{Discovery, RuntimeError};
 use anyhow::{Context, Result};
-use dcos_exec_proto::{
-    ErrorBody, ErrorCode, ExecRequest, TaskInfo, EXEC_REQUEST_HEADER, SUBPROTOCOL,
-};
+use dcos_exec_proto::{ErrorBody, ErrorCode, ExecRequest, TaskInfo, EXEC_REQUEST_HEADER, SUBPROTOCOL};
 use http::{header, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -28,32 +26,49 @@ pub struct Agent {
     pub audit: AuditLog,
     pub discovery: Discovery,
     pub exe: SealedExe,
+    pub puller: dcos_exec_images::pull::Puller,
     tls: Arc<rustls::ServerConfig>,
 }
 
 impl Agent {
     pub fn new(cfg: Loaded) -> Result<Arc<Agent>> {
         let f = &cfg.file;
-        let pub_pem = std::fs::read(&f.token_public_key).with_context(|| {
-            format!("reading token public key {}", f.token_public_key.display())
-        })?;
+        let pub_pem = std::fs::read(&f.token_public_key)
+            .with_context(|| format!("reading token public key {}", f.token_public_key.display()))?;
         let verifier = Verifier::new(&pub_pem, &f.issuer, &f.audience)?;
         let acl = Acl::load(&f.acl)?;
-        let audit = AuditLog::open(&f.audit_log)
-            .with_context(|| format!("opening {}", f.audit_log.display()))?;
+        let audit = AuditLog::open(&f.audit_log).with_context(|| format!("opening {}", f.audit_log.display()))?;
         let discovery = Discovery::new(&f.runtimes, f.task_id_annotation.clone());
         let exe = SealedExe::new().context("copying the agent binary into a sealed memfd")?;
         let tls = Arc::new(tls_config(&cfg)?);
-        Ok(Arc::new(Agent {
-            cfg,
-            verifier,
-            acl,
-            audit,
-            discovery,
-            exe,
-            tls,
-        }))
+        let puller = puller(&cfg.file.images)?;
+        Ok(Arc::new(Agent { cfg, verifier, acl, audit, discovery, exe, puller, tls }))
     }
+}
+
+/// The debug-image puller over the configured cache and registries.
+pub fn puller(c: &crate::config::ImagesConfig) -> Result<dcos_exec_images::pull::Puller> {
+    use dcos_exec_images::pull::{Credentials, Puller, RegistryOptions};
+    let cache = dcos_exec_images::cache::Cache::open(&c.cache_dir)
+        .with_context(|| format!("opening the image cache {}", c.cache_dir.display()))?;
+    let ca_pems = c
+        .ca_files
+        .iter()
+        .map(|p| std::fs::read(p).with_context(|| format!("reading registry CA {}", p.display())))
+        .collect::<Result<Vec<_>>>()?;
+    let credentials = c
+        .credentials
+        .iter()
+        .map(|(k, v)| (k.clone(), Credentials { username: v.username.clone(), password: v.password.clone() }))
+        .collect();
+    let opts = RegistryOptions {
+        insecure: c.insecure_registries.clone(),
+        ca_pems,
+        credentials,
+        docker_config: c.docker_config.clone(),
+        unpack: dcos_exec_images::unpack::UnpackOptions { allow_devices: c.allow_devices, keep_setid: c.keep_setid },
+    };
+    Ok(Puller::new(Arc::new(cache), opts))
 }
 
 fn tls_config(cfg: &Loaded) -> Result<rustls::ServerConfig> {
@@ -64,8 +79,7 @@ fn tls_config(cfg: &Loaded) -> Result<rustls::ServerConfig> {
         .with_context(|| format!("reading {}", f.tls_cert.display()))?
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("parsing {}", f.tls_cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(&f.tls_key)
-        .with_context(|| format!("reading {}", f.tls_key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&f.tls_key).with_context(|| format!("reading {}", f.tls_key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut c = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -102,12 +116,11 @@ pub async fn serve(agent: Arc<Agent>) -> Result<()> {
         let agent = agent.clone();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let tls =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(t)) => t,
-                    Ok(Err(e)) => return tracing::debug!("TLS handshake with {peer}: {e}"),
-                    Err(_) => return tracing::debug!("TLS handshake with {peer} timed out"),
-                };
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => return tracing::debug!("TLS handshake with {peer}: {e}"),
+                Err(_) => return tracing::debug!("TLS handshake with {peer} timed out"),
+            };
             let svc = hyper::service::service_fn(move |req| {
                 let agent = agent.clone();
                 async move { Ok::<_, std::convert::Infallible>(route(agent, peer, req).await) }
@@ -135,15 +148,8 @@ fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response<
 
 /// A refusal: JSON body with a stable code.
 pub fn refuse(code: ErrorCode, message: impl Into<String>) -> Response<Body> {
-    let status =
-        StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    json_response(
-        status,
-        &ErrorBody {
-            code,
-            message: message.into(),
-        },
-    )
+    let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json_response(status, &ErrorBody { code, message: message.into() })
 }
 
 async fn route(agent: Arc<Agent>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
@@ -159,10 +165,7 @@ async fn route(agent: Arc<Agent>, peer: SocketAddr, req: Request<Incoming>) -> R
         ["v1", "tasks"] => list(&agent, peer, &req),
         ["v1", "tasks", task, "exec"] => match percent_decode(task) {
             Some(task) => exec(agent, peer, req, task).await,
-            None => refuse(
-                ErrorCode::BadRequest,
-                "task id is not valid percent-encoded UTF-8",
-            ),
+            None => refuse(ErrorCode::BadRequest, "task id is not valid percent-encoded UTF-8"),
         },
         _ => refuse(ErrorCode::BadRequest, format!("no such endpoint: {path}")),
     }
@@ -210,20 +213,10 @@ impl Agent {
 
     /// The caller's claims, or the reason (already audited) why there are none.
     fn authenticate(&self, peer: SocketAddr, req: &Request<Incoming>) -> Result<Claims, String> {
-        let h = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
+        let h = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         self.verifier.verify_header(h).map_err(|e| {
             let msg = e.to_string();
-            self.deny(
-                peer,
-                req.uri().path(),
-                None,
-                None,
-                ErrorCode::Unauthenticated,
-                &msg,
-            );
+            self.deny(peer, req.uri().path(), None, None, ErrorCode::Unauthenticated, &msg);
             msg
         })
     }
@@ -234,10 +227,7 @@ fn list(agent: &Agent, peer: SocketAddr, req: &Request<Incoming>) -> Response<Bo
         Ok(c) => c,
         Err(msg) => return refuse(ErrorCode::Unauthenticated, msg),
     };
-    let who = Principal {
-        user: &claims.sub,
-        groups: &claims.groups,
-    };
+    let who = Principal { user: &claims.sub, groups: &claims.groups };
     let mut rows: Vec<TaskInfo> = agent
         .discovery
         .list()
@@ -256,12 +246,7 @@ fn list(agent: &Agent, peer: SocketAddr, req: &Request<Incoming>) -> Response<Bo
     json_response(StatusCode::OK, &rows)
 }
 
-async fn exec(
-    agent: Arc<Agent>,
-    peer: SocketAddr,
-    mut req: Request<Incoming>,
-    task: String,
-) -> Response<Body> {
+async fn exec(agent: Arc<Agent>, peer: SocketAddr, mut req: Request<Incoming>, task: String) -> Response<Body> {
     let path = req.uri().path().to_string();
     let claims = match agent.authenticate(peer, &req) {
         Ok(c) => c,
@@ -272,15 +257,8 @@ async fn exec(
         agent.deny(peer, &path, Some(&user), Some(&task), code, &msg);
         refuse(code, msg)
     };
-    let Some(raw) = req
-        .headers()
-        .get(EXEC_REQUEST_HEADER)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return deny(
-            ErrorCode::BadRequest,
-            format!("missing {EXEC_REQUEST_HEADER} header"),
-        );
+    let Some(raw) = req.headers().get(EXEC_REQUEST_HEADER).and_then(|v| v.to_str().ok()) else {
+        return deny(ErrorCode::BadRequest, format!("missing {EXEC_REQUEST_HEADER} header"));
     };
     let exec_req = match ExecRequest::from_header(raw) {
         Ok(r) => r,
@@ -296,14 +274,32 @@ async fn exec(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     let Some(ws_key) = ws_key.filter(|_| is_upgrade) else {
-        return deny(
-            ErrorCode::BadRequest,
-            "exec needs a WebSocket upgrade".into(),
-        );
+        return deny(ErrorCode::BadRequest, "exec needs a WebSocket upgrade".into());
     };
 
     // Authorization before any side effect, and before revealing whether the task exists.
-    let mut actions = vec!["exec"];
+    let image = match exec_req.debug_image.as_deref().map(dcos_exec_images::reference::ImageRef::parse) {
+        Some(Ok(r)) => Some(r),
+        Some(Err(e)) => return deny(ErrorCode::BadRequest, format!("--debug-image: {e}")),
+        None => None,
+    };
+    let pull_policy = match exec_req.pull_policy.as_deref().unwrap_or("").parse() {
+        Ok(p) => p,
+        Err(e) => return deny(ErrorCode::BadRequest, e),
+    };
+    if !exec_req.cap_add.is_empty() {
+        if image.is_none() {
+            return deny(ErrorCode::BadRequest, "--cap-add needs --debug-image".into());
+        }
+        if let Err(e) = crate::exec::parse_caps(&exec_req.cap_add) {
+            return deny(ErrorCode::BadRequest, e);
+        }
+    }
+    // A debug session needs `debug` for its image instead of `exec`; the stdin/tty/user modifiers are the same.
+    let mut actions = vec![if image.is_some() { "debug" } else { "exec" }];
+    if !exec_req.cap_add.is_empty() {
+        actions.push("debug:caps");
+    }
     if exec_req.stdin {
         actions.push("exec:stdin");
     }
@@ -313,28 +309,20 @@ async fn exec(
     if exec_req.user.is_some() {
         actions.push("exec:user");
     }
-    let who = Principal {
-        user: &claims.sub,
-        groups: &claims.groups,
-    };
-    if let Some(a) = agent.acl.first_denied(&who, &task, &actions) {
-        return deny(
-            ErrorCode::Forbidden,
-            format!("user {user:?} may not {a} on task {task:?}"),
-        );
+    let who = Principal { user: &claims.sub, groups: &claims.groups };
+    let image_name = image.as_ref().map(|r| r.to_string());
+    if let Some(a) = actions.iter().find(|a| !agent.acl.allows_image(&who, &task, a, image_name.as_deref())) {
+        let what = match (&image_name, a.starts_with("debug")) {
+            (Some(i), true) => format!("{a} with image {i}"),
+            _ => a.to_string(),
+        };
+        return deny(ErrorCode::Forbidden, format!("user {user:?} may not {what} on task {task:?}"));
     }
     let container = match agent.discovery.resolve(&task) {
         Ok(c) => c,
-        Err(e @ RuntimeError::NotRunning { .. }) => {
-            return deny(ErrorCode::ContainerNotRunning, e.to_string())
-        }
+        Err(e @ RuntimeError::NotRunning { .. }) => return deny(ErrorCode::ContainerNotRunning, e.to_string()),
         Err(e @ RuntimeError::NotFound(_)) => return deny(ErrorCode::TaskNotFound, e.to_string()),
         Err(e) => return deny(ErrorCode::BadRequest, e.to_string()),
-    };
-    let grace = agent.cfg.grace_period.as_millis() as u64;
-    let spec = match crate::exec::build_spec(&container, &exec_req, grace) {
-        Ok(s) => s,
-        Err(e) => return refuse(ErrorCode::Internal, e.to_string()),
     };
 
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(ws_key.as_bytes());
@@ -342,14 +330,15 @@ async fn exec(
         user,
         source: peer.to_string(),
         task,
-        container: container.id.clone(),
-        container_pid: container.pid,
-        container_start: container.start_time,
+        container,
         request: exec_req,
+        image,
+        pull_policy,
+        grace_ms: agent.cfg.grace_period.as_millis() as u64,
     };
     tokio::spawn(async move {
         match hyper::upgrade::on(&mut req).await {
-            Ok(upgraded) => crate::session::run(agent, TokioIo::new(upgraded), ctx, spec).await,
+            Ok(upgraded) => crate::session::run(agent, TokioIo::new(upgraded), ctx).await,
             Err(e) => tracing::debug!("upgrade from {peer} failed: {e}"),
         }
     });

@@ -1,11 +1,9 @@
 //! One exec session over a WebSocket: spawns the helper, pumps stdio frames both ways, ends with a status.
 
 use crate::audit::SessionRecord;
-use crate::exec::{self, HelperEvent, HelperSpec, CTRL_SIGNAL};
+use crate::exec::{self, HelperEvent, CTRL_SIGNAL};
 use crate::server::Agent;
-use dcos_exec_proto::{
-    channel, frame, split_frame, ErrorCode, ExecRequest, SignalRequest, Started, Status, TermSize,
-};
+use dcos_exec_proto::{channel, frame, split_frame, ErrorCode, ExecRequest, SignalRequest, Started, Status, TermSize};
 use futures_util::{SinkExt, StreamExt};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::pin::Pin;
@@ -25,10 +23,12 @@ pub struct Context {
     pub user: String,
     pub source: String,
     pub task: String,
-    pub container: String,
-    pub container_pid: i32,
-    pub container_start: u64,
+    pub container: crate::runtime::Container,
     pub request: ExecRequest,
+    /// `--debug-image`, parsed and authorized.
+    pub image: Option<dcos_exec_images::reference::ImageRef>,
+    pub pull_policy: dcos_exec_images::pull::PullPolicy,
+    pub grace_ms: u64,
 }
 
 const PING_EVERY: Duration = Duration::from_secs(20);
@@ -46,13 +46,11 @@ fn new_session_id() -> String {
 }
 
 /// Runs the session to its end and writes its audit record.
-pub async fn run<S>(agent: Arc<Agent>, io: S, ctx: Context, spec: HelperSpec)
+pub async fn run<S>(agent: Arc<Agent>, io: S, ctx: Context)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let cfg = WebSocketConfig::default()
-        .max_message_size(Some(4 << 20))
-        .max_frame_size(Some(1 << 20));
+    let cfg = WebSocketConfig::default().max_message_size(Some(4 << 20)).max_frame_size(Some(1 << 20));
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(cfg)).await;
     let (sink, stream) = ws.split();
     let (tx, rx) = mpsc::channel::<Message>(16);
@@ -63,7 +61,8 @@ where
     let bytes_out = Arc::new(AtomicU64::new(0));
     tracing::info!(session = %id, user = %ctx.user, task = %ctx.task, "session start");
 
-    let status = drive(&agent, &ctx, &id, spec, &tx, stream, &bytes_in, &bytes_out).await;
+    let mut image = None;
+    let status = drive(&agent, &ctx, &id, &mut image, &tx, stream, &bytes_in, &bytes_out).await;
 
     let json = serde_json::to_vec(&status).unwrap_or_default();
     tracing::info!(session = %id, status = ?status, "session end");
@@ -74,7 +73,9 @@ where
         user: ctx.user,
         source: ctx.source,
         task: ctx.task,
-        container: ctx.container,
+        container: ctx.container.id,
+        image: image.as_ref().map(|(r, _): &(String, String)| r.clone()),
+        image_digest: image.map(|(_, d)| d),
         command: ctx.request.command,
         tty: ctx.request.tty,
         stdin: ctx.request.stdin,
@@ -85,9 +86,7 @@ where
         bytes_in: bytes_in.load(Ordering::Relaxed),
         bytes_out: bytes_out.load(Ordering::Relaxed),
     });
-    let _ = tx
-        .send(Message::Binary(frame(channel::STATUS, &json).into()))
-        .await;
+    let _ = tx.send(Message::Binary(frame(channel::STATUS, &json).into())).await;
     drop(tx);
     let _ = writer.await;
 }
@@ -97,21 +96,40 @@ async fn drive<St>(
     agent: &Agent,
     ctx: &Context,
     id: &str,
-    spec: HelperSpec,
+    image_info: &mut Option<(String, String)>,
     tx: &mpsc::Sender<Message>,
     stream: St,
     bytes_in: &Arc<AtomicU64>,
     bytes_out: &Arc<AtomicU64>,
 ) -> Status
 where
-    St: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
-        + Unpin
-        + Send
-        + 'static,
+    St: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin + Send + 'static,
 {
-    let internal = |m: String| Status::Error {
-        code: ErrorCode::Internal,
-        message: m,
+    let internal = |m: String| Status::Error { code: ErrorCode::Internal, message: m };
+    // Pulled only now, after authorization and the upgrade, so progress reaches the client as it happens.
+    let image = match &ctx.image {
+        Some(r) => {
+            let ptx = tx.clone();
+            let progress = move |line: String| {
+                // Progress is best effort: a full queue drops a line rather than stalling the pull.
+                let _ = ptx.try_send(Message::Binary(frame(channel::PROGRESS, line.as_bytes()).into()));
+            };
+            match agent.puller.pull(r, ctx.pull_policy, &progress).await {
+                Ok(img) => {
+                    *image_info = Some((img.reference.clone(), img.digest.to_string()));
+                    Some(img)
+                }
+                Err(e) => {
+                    *image_info = Some((r.to_string(), String::new()));
+                    return Status::Error { code: ErrorCode::ImageFailed, message: e.to_string() };
+                }
+            }
+        }
+        None => None,
+    };
+    let spec = match exec::build_spec(&ctx.container, &ctx.request, ctx.grace_ms, image.as_ref()) {
+        Ok(s) => s,
+        Err(e) => return internal(e.to_string()),
     };
     let mut sp = match exec::spawn(&agent.exe, &spec) {
         Ok(s) => s,
@@ -122,14 +140,12 @@ where
         return internal(format!("handing the request to the exec helper: {e}"));
     }
     let mut events = tokio::io::BufReader::new(sp.events).lines();
-    let gone = |ctx: &Context| {
-        crate::runtime::proc_start_time(ctx.container_pid) != Some(ctx.container_start)
-    };
+    let gone = |ctx: &Context| crate::runtime::proc_start_time(ctx.container.pid) != Some(ctx.container.start_time);
     let helper_died = |ctx: &Context| {
         if gone(ctx) {
             Status::Error {
                 code: ErrorCode::ContainerStopped,
-                message: format!("container {} stopped", ctx.container),
+                message: format!("container {} stopped", ctx.container.id),
             }
         } else {
             internal("the exec helper died".into())
@@ -137,14 +153,8 @@ where
     };
     match next_event(&mut events).await {
         Some(HelperEvent::Started { pid }) => {
-            let s = serde_json::to_vec(&Started {
-                session: id.into(),
-                pid,
-            })
-            .unwrap_or_default();
-            let _ = tx
-                .send(Message::Binary(frame(channel::STARTED, &s).into()))
-                .await;
+            let s = serde_json::to_vec(&Started { session: id.into(), pid }).unwrap_or_default();
+            let _ = tx.send(Message::Binary(frame(channel::STARTED, &s).into())).await;
         }
         Some(HelperEvent::Finished(s)) => {
             let _ = sp.child.wait().await;
@@ -193,24 +203,9 @@ where
     let drain = agent.cfg.output_drain;
     let pumps: Vec<_> = outputs
         .into_iter()
-        .map(|(ch, r)| {
-            tokio::spawn(pump_out(
-                ch,
-                r,
-                tx.clone(),
-                bytes_out.clone(),
-                exited_rx.clone(),
-                drain,
-            ))
-        })
+        .map(|(ch, r)| tokio::spawn(pump_out(ch, r, tx.clone(), bytes_out.clone(), exited_rx.clone(), drain)))
         .collect();
-    let input = tokio::spawn(pump_in(
-        stream,
-        stdin,
-        sp.ctrl,
-        master_for_resize,
-        bytes_in.clone(),
-    ));
+    let input = tokio::spawn(pump_in(stream, stdin, sp.ctrl, master_for_resize, bytes_in.clone()));
 
     let mut status = loop {
         match next_event(&mut events).await {
@@ -226,11 +221,7 @@ where
     input.abort();
     let _ = sp.child.wait().await;
     // SIGKILL is how a dying pid namespace takes its processes; the init may need a moment to be reaped.
-    if status
-        == (Status::Signaled {
-            signal: libc::SIGKILL,
-        })
-    {
+    if status == (Status::Signaled { signal: libc::SIGKILL }) {
         for _ in 0..20 {
             if gone(ctx) {
                 break;
@@ -241,15 +232,13 @@ where
     if matches!(status, Status::Signaled { .. }) && gone(ctx) {
         status = Status::Error {
             code: ErrorCode::ContainerStopped,
-            message: format!("container {} stopped during the session", ctx.container),
+            message: format!("container {} stopped during the session", ctx.container.id),
         };
     }
     status
 }
 
-async fn next_event<R: tokio::io::AsyncBufRead + Unpin>(
-    lines: &mut tokio::io::Lines<R>,
-) -> Option<HelperEvent> {
+async fn next_event<R: tokio::io::AsyncBufRead + Unpin>(lines: &mut tokio::io::Lines<R>) -> Option<HelperEvent> {
     loop {
         match lines.next_line().await {
             Ok(Some(l)) => match serde_json::from_str(&l) {
@@ -318,11 +307,7 @@ async fn pump_out(
         };
         buf[0] = ch;
         count.fetch_add(n as u64, Ordering::Relaxed);
-        if tx
-            .send(Message::Binary(buf[..=n].to_vec().into()))
-            .await
-            .is_err()
-        {
+        if tx.send(Message::Binary(buf[..=n].to_vec().into())).await.is_err() {
             return;
         }
     }
@@ -334,14 +319,8 @@ fn signal_number(name: &str) -> Option<i32> {
         return (1..=64).contains(&n).then_some(n);
     }
     let up = name.to_ascii_uppercase();
-    let full = if up.starts_with("SIG") {
-        up
-    } else {
-        format!("SIG{up}")
-    };
-    nix::sys::signal::Signal::from_str(&full)
-        .ok()
-        .map(|s| s as i32)
+    let full = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
+    nix::sys::signal::Signal::from_str(&full).ok().map(|s| s as i32)
 }
 
 /// Client to process: stdin bytes, stdin close, resize, signals. Returns when the client is gone, which drops the
@@ -384,20 +363,14 @@ async fn pump_in<St>(
             }
             channel::RESIZE => {
                 if let (Some(m), Ok(sz)) = (&master, serde_json::from_slice::<TermSize>(payload)) {
-                    let ws = libc::winsize {
-                        ws_row: sz.height,
-                        ws_col: sz.width,
-                        ws_xpixel: 0,
-                        ws_ypixel: 0,
-                    };
+                    let ws = libc::winsize { ws_row: sz.height, ws_col: sz.width, ws_xpixel: 0, ws_ypixel: 0 };
                     // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer; the fd is our pty master.
                     unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
                 }
             }
             channel::SIGNAL => {
-                if let Some(n) = serde_json::from_slice::<SignalRequest>(payload)
-                    .ok()
-                    .and_then(|s| signal_number(&s.signal))
+                if let Some(n) =
+                    serde_json::from_slice::<SignalRequest>(payload).ok().and_then(|s| signal_number(&s.signal))
                 {
                     let _ = ctrl.write_all(&[CTRL_SIGNAL, n as u8, 0, 0]).await;
                 }
@@ -415,14 +388,11 @@ struct Pty {
 impl Pty {
     fn new(master: &OwnedFd) -> std::io::Result<Pty> {
         let fd = master.try_clone()?;
-        let flags =
-            nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL).map_err(std::io::Error::from)?;
+        let flags = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL).map_err(std::io::Error::from)?;
         let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
-        nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(flags))
-            .map_err(std::io::Error::from)?;
+        nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(flags)).map_err(std::io::Error::from)?;
         // SAFETY: `fd` is an OwnedFd moved into the AsyncFd, so it stays open and the same for its lifetime.
-        let fd =
-            unsafe { AsyncFd::register(fd) }.map_err(|e| std::io::Error::other(e.to_string()))?;
+        let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| std::io::Error::other(e.to_string()))?;
         Ok(Pty { fd })
     }
 }
@@ -436,9 +406,7 @@ impl AsyncRead for Pty {
         loop {
             let mut guard = ready!(self.fd.poll_read_ready(cx))?;
             let unfilled = buf.initialize_unfilled();
-            match guard.try_io(|fd| {
-                nix::unistd::read(fd.get_ref(), unfilled).map_err(std::io::Error::from)
-            }) {
+            match guard.try_io(|fd| nix::unistd::read(fd.get_ref(), unfilled).map_err(std::io::Error::from)) {
                 Ok(Ok(n)) => {
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
@@ -453,33 +421,21 @@ impl AsyncRead for Pty {
 }
 
 impl AsyncWrite for Pty {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        data: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
         loop {
             let mut guard = ready!(self.fd.poll_write_ready(cx))?;
-            match guard
-                .try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(std::io::Error::from))
-            {
+            match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(std::io::Error::from)) {
                 Ok(r) => return Poll::Ready(r),
                 Err(_would_block) => continue,
             }
         }
     }
 
-    fn poll_flush(
-        self: Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_flush(self: Pin<&mut Self>, _: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(
-        self: Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
     }
 }

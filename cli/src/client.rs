@@ -18,10 +18,7 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(exit: i32, message: impl Into<String>) -> Failure {
-        Failure {
-            exit,
-            message: message.into(),
-        }
+        Failure { exit, message: message.into() }
     }
 }
 
@@ -83,25 +80,14 @@ fn tls_config(verify: &SslVerify) -> Result<rustls::ClientConfig, Failure> {
     let cfg = match verify {
         SslVerify::Off => {
             eprintln!("dcos: warning: TLS verification is off (DCOS_SSL_VERIFY=false)");
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
-                .with_no_client_auth()
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerify(provider))).with_no_client_auth()
         }
         SslVerify::CaFile(p) => {
             let certs: Vec<CertificateDer> = CertificateDer::pem_file_iter(p)
                 .and_then(|it| it.collect::<Result<_, _>>())
-                .map_err(|e| {
-                    Failure::new(
-                        exit::TLS,
-                        format!("cannot read CA bundle {}: {e}", p.display()),
-                    )
-                })?;
+                .map_err(|e| Failure::new(exit::TLS, format!("cannot read CA bundle {}: {e}", p.display())))?;
             if certs.is_empty() {
-                return Err(Failure::new(
-                    exit::TLS,
-                    format!("CA bundle {} holds no certificate", p.display()),
-                ));
+                return Err(Failure::new(exit::TLS, format!("CA bundle {} holds no certificate", p.display())));
             }
             roots.add_parsable_certificates(certs);
             builder.with_root_certificates(roots).with_no_client_auth()
@@ -118,9 +104,7 @@ fn tls_config(verify: &SslVerify) -> Result<rustls::ClientConfig, Failure> {
 fn encode_segment(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -135,14 +119,10 @@ fn refusal(status: u16, body: &[u8]) -> Failure {
 
 impl Agent {
     pub fn new(s: &Settings) -> Result<Agent, Failure> {
-        let uri: Uri = s.url.parse().map_err(|_| {
-            Failure::new(exit::FAILED, format!("DCOS_URL {:?} is not a URL", s.url))
-        })?;
+        let uri: Uri =
+            s.url.parse().map_err(|_| Failure::new(exit::FAILED, format!("DCOS_URL {:?} is not a URL", s.url)))?;
         if uri.scheme_str() != Some("https") {
-            return Err(Failure::new(
-                exit::FAILED,
-                format!("DCOS_URL {:?} must start with https://", s.url),
-            ));
+            return Err(Failure::new(exit::FAILED, format!("DCOS_URL {:?} must start with https://", s.url)));
         }
         let host = uri
             .host()
@@ -154,14 +134,7 @@ impl Agent {
             .map_err(|_| Failure::new(exit::FAILED, format!("bad host name {host:?}")))?;
         let cfg = tls_config(&s.ssl_verify)?;
         Ok(Agent {
-            url: format!(
-                "https://{}:{port}",
-                if host.contains(':') {
-                    format!("[{host}]")
-                } else {
-                    host.clone()
-                }
-            ),
+            url: format!("https://{}:{port}", if host.contains(':') { format!("[{host}]") } else { host.clone() }),
             host,
             port,
             token: s.token.clone(),
@@ -171,41 +144,15 @@ impl Agent {
     }
 
     async fn connect(&self) -> Result<TlsStream<TcpStream>, Failure> {
-        let tcp = tokio::time::timeout(
-            Duration::from_secs(10),
-            TcpStream::connect((self.host.as_str(), self.port)),
-        )
-        .await
-        .map_err(|_| {
-            Failure::new(
-                exit::UNREACHABLE,
-                format!("cannot reach the agent at {}: timed out", self.url),
-            )
-        })?
-        .map_err(|e| {
-            Failure::new(
-                exit::UNREACHABLE,
-                format!("cannot reach the agent at {}: {e}", self.url),
-            )
-        })?;
+        let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect((self.host.as_str(), self.port)))
+            .await
+            .map_err(|_| Failure::new(exit::UNREACHABLE, format!("cannot reach the agent at {}: timed out", self.url)))?
+            .map_err(|e| Failure::new(exit::UNREACHABLE, format!("cannot reach the agent at {}: {e}", self.url)))?;
         let _ = tcp.set_nodelay(true);
-        tokio::time::timeout(
-            Duration::from_secs(10),
-            self.connector.connect(self.server_name.clone(), tcp),
-        )
-        .await
-        .map_err(|_| {
-            Failure::new(
-                exit::TLS,
-                format!("TLS handshake with {} timed out", self.url),
-            )
-        })?
-        .map_err(|e| {
-            Failure::new(
-                exit::TLS,
-                format!("TLS handshake with {} failed: {e}", self.url),
-            )
-        })
+        tokio::time::timeout(Duration::from_secs(10), self.connector.connect(self.server_name.clone(), tcp))
+            .await
+            .map_err(|_| Failure::new(exit::TLS, format!("TLS handshake with {} timed out", self.url)))?
+            .map_err(|e| Failure::new(exit::TLS, format!("TLS handshake with {} failed: {e}", self.url)))
     }
 
     fn auth_header(&self) -> Option<String> {
@@ -216,78 +163,50 @@ impl Agent {
     pub async fn list(&self) -> Result<Vec<TaskInfo>, Failure> {
         use http_body_util::{BodyExt, Empty};
         let tls = self.connect().await?;
-        let (mut send, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                .await
-                .map_err(|e| {
-                    Failure::new(exit::SESSION_LOST, format!("HTTP to {}: {e}", self.url))
-                })?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .map_err(|e| Failure::new(exit::SESSION_LOST, format!("HTTP to {}: {e}", self.url)))?;
         tokio::spawn(conn);
         let mut req = http::Request::get("/v1/tasks").header(http::header::HOST, &self.host);
         if let Some(a) = self.auth_header() {
             req = req.header(http::header::AUTHORIZATION, a);
         }
-        let req = req
-            .body(Empty::<hyper::body::Bytes>::new())
-            .map_err(|e| Failure::new(exit::FAILED, e.to_string()))?;
-        let resp = send
-            .send_request(req)
-            .await
-            .map_err(|e| Failure::new(exit::SESSION_LOST, e.to_string()))?;
+        let req =
+            req.body(Empty::<hyper::body::Bytes>::new()).map_err(|e| Failure::new(exit::FAILED, e.to_string()))?;
+        let resp = send.send_request(req).await.map_err(|e| Failure::new(exit::SESSION_LOST, e.to_string()))?;
         let status = resp.status().as_u16();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| Failure::new(exit::SESSION_LOST, e.to_string()))?
-            .to_bytes();
+        let body =
+            resp.into_body().collect().await.map_err(|e| Failure::new(exit::SESSION_LOST, e.to_string()))?.to_bytes();
         if status != 200 {
             return Err(refusal(status, &body));
         }
-        serde_json::from_slice(&body)
-            .map_err(|e| Failure::new(exit::FAILED, format!("bad task list from agent: {e}")))
+        serde_json::from_slice(&body).map_err(|e| Failure::new(exit::FAILED, format!("bad task list from agent: {e}")))
     }
 
     /// Opens the exec WebSocket for `task`.
     pub async fn exec(&self, task: &str, req: &ExecRequest) -> Result<Ws, Failure> {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         use tokio_tungstenite::tungstenite::Error as WsError;
-        let url = format!(
-            "wss://{}:{}/v1/tasks/{}/exec",
-            self.host_for_url(),
-            self.port,
-            encode_segment(task)
-        );
-        let mut r = url
-            .into_client_request()
-            .map_err(|e| Failure::new(exit::FAILED, e.to_string()))?;
+        let url = format!("wss://{}:{}/v1/tasks/{}/exec", self.host_for_url(), self.port, encode_segment(task));
+        let mut r = url.into_client_request().map_err(|e| Failure::new(exit::FAILED, e.to_string()))?;
         let h = r.headers_mut();
-        let hv = |s: String| {
-            http::HeaderValue::from_str(&s)
-                .map_err(|_| Failure::new(exit::FAILED, "bad header value"))
-        };
+        let hv =
+            |s: String| http::HeaderValue::from_str(&s).map_err(|_| Failure::new(exit::FAILED, "bad header value"));
         if let Some(a) = self.auth_header() {
             h.insert(http::header::AUTHORIZATION, hv(a)?);
         }
         h.insert(EXEC_REQUEST_HEADER, hv(req.to_header())?);
-        h.insert(
-            http::header::SEC_WEBSOCKET_PROTOCOL,
-            hv(SUBPROTOCOL.to_string())?,
-        );
+        h.insert(http::header::SEC_WEBSOCKET_PROTOCOL, hv(SUBPROTOCOL.to_string())?);
         let tls = self.connect().await?;
         let cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
             .max_message_size(Some(4 << 20))
             .max_frame_size(Some(1 << 20));
         match tokio_tungstenite::client_async_with_config(r, tls, Some(cfg)).await {
             Ok((ws, _)) => Ok(ws),
-            Err(WsError::Http(resp)) => Err(refusal(
-                resp.status().as_u16(),
-                resp.body().as_deref().unwrap_or_default(),
-            )),
-            Err(e) => Err(Failure::new(
-                exit::SESSION_LOST,
-                format!("opening the session on {}: {e}", self.url),
-            )),
+            Err(WsError::Http(resp)) => {
+                Err(refusal(resp.status().as_u16(), resp.body().as_deref().unwrap_or_default()))
+            }
+            Err(e) => Err(Failure::new(exit::SESSION_LOST, format!("opening the session on {}: {e}", self.url))),
         }
     }
 

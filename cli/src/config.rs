@@ -63,47 +63,25 @@ pub enum ConfigError {
 }
 
 /// Merges flags, environment and file, in that order of precedence.
-pub fn resolve(
-    url: Option<String>,
-    token: Option<String>,
-    verify: Option<String>,
-) -> Result<Settings, ConfigError> {
+pub fn resolve(url: Option<String>, token: Option<String>, verify: Option<String>) -> Result<Settings, ConfigError> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let path = config_path();
     let file = match &path {
         Some(p) if p.exists() => {
-            let text = std::fs::read_to_string(p).map_err(|e| ConfigError::File {
-                path: p.display().to_string(),
-                message: e.to_string(),
-            })?;
-            toml::from_str::<File>(&text).map_err(|e| ConfigError::File {
-                path: p.display().to_string(),
-                message: e.message().to_string(),
-            })?
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| ConfigError::File { path: p.display().to_string(), message: e.to_string() })?;
+            toml::from_str::<File>(&text)
+                .map_err(|e| ConfigError::File { path: p.display().to_string(), message: e.message().to_string() })?
         }
         _ => File::default(),
     };
     let url = url
         .or_else(|| env("DCOS_URL"))
         .or(file.core.dcos_url)
-        .ok_or_else(|| {
-            ConfigError::NoUrl(path.map(|p| p.display().to_string()).unwrap_or_default())
-        })?;
-    let token = token
-        .or_else(|| env("DCOS_ACS_TOKEN"))
-        .or(file.core.dcos_acs_token)
-        .map(|t| t.trim().to_string());
-    let verify = verify
-        .or_else(|| env("DCOS_SSL_VERIFY"))
-        .or(file.core.ssl_verify);
-    Ok(Settings {
-        url,
-        token,
-        ssl_verify: verify
-            .as_deref()
-            .map(parse_verify)
-            .unwrap_or(SslVerify::System),
-    })
+        .ok_or_else(|| ConfigError::NoUrl(path.map(|p| p.display().to_string()).unwrap_or_default()))?;
+    let token = token.or_else(|| env("DCOS_ACS_TOKEN")).or(file.core.dcos_acs_token).map(|t| t.trim().to_string());
+    let verify = verify.or_else(|| env("DCOS_SSL_VERIFY")).or(file.core.ssl_verify);
+    Ok(Settings { url, token, ssl_verify: verify.as_deref().map(parse_verify).unwrap_or(SslVerify::System) })
 }
 
 #[cfg(test)]
@@ -114,9 +92,6 @@ mod tests {
     fn ssl_verify_values() {
         assert_eq!(parse_verify("false"), SslVerify::Off);
         assert_eq!(parse_verify("true"), SslVerify::System);
-        assert_eq!(
-            parse_verify("/etc/ca.pem"),
-            SslVerify::CaFile("/etc/ca.pem".into())
-        );
+        assert_eq!(parse_verify("/etc/ca.pem"), SslVerify::CaFile("/etc/ca.pem".into()));
     }
 }

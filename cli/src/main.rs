@@ -10,11 +10,7 @@ use client::Failure;
 use dcos_exec_proto::{exit, ExecRequest};
 
 #[derive(Parser)]
-#[command(
-    name = "dcos",
-    version,
-    about = "Run commands inside running tasks' containers"
-)]
+#[command(name = "dcos", version, about = "Run commands inside running tasks' containers")]
 struct Cli {
     /// Agent URL (else DCOS_URL, else core.dcos_url in the config file).
     #[arg(long, global = true)]
@@ -65,6 +61,16 @@ struct ExecArgs {
     /// Set an environment variable (KEY=VAL); repeatable.
     #[arg(short, long = "env", value_name = "KEY=VAL")]
     env: Vec<String>,
+    /// Run CMD from this OCI image (`[registry/]repo[:tag][@digest]` or `oci:PATH[:TAG]`), inside the task's
+    /// namespaces, with the task's root filesystem at /target.
+    #[arg(long, value_name = "IMAGE")]
+    debug_image: Option<String>,
+    /// When to pull the debug image: always, if-not-present, never.
+    #[arg(long, value_name = "POLICY", requires = "debug_image")]
+    pull_policy: Option<String>,
+    /// Give the debug process a capability beyond the task's (e.g. SYS_PTRACE); repeatable.
+    #[arg(long, value_name = "CAP", requires = "debug_image")]
+    cap_add: Vec<String>,
     /// Task id (or container id).
     task: String,
     /// The command and its arguments.
@@ -81,10 +87,7 @@ fn main() {
             std::process::exit(code);
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("dcos: cannot start: {e}");
@@ -110,15 +113,9 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
         Top::Task(TaskCmd::List { json }) => {
             let tasks = agent.list().await?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&tasks).unwrap_or_default()
-                );
+                println!("{}", serde_json::to_string_pretty(&tasks).unwrap_or_default());
             } else {
-                println!(
-                    "{:<24} {:<24} {:<6} {:<8} {:>8} {:>8}",
-                    "ID", "CONTAINER", "RUNTIME", "STATE", "PID", "AGE"
-                );
+                println!("{:<24} {:<24} {:<6} {:<8} {:>8} {:>8}", "ID", "CONTAINER", "RUNTIME", "STATE", "PID", "AGE");
                 for t in tasks {
                     println!(
                         "{:<24} {:<24} {:<6} {:<8} {:>8} {:>8}",
@@ -149,17 +146,11 @@ fn age(s: u64) -> String {
 async fn exec(agent: &client::Agent, a: ExecArgs) -> Result<i32, Failure> {
     for e in &a.env {
         if !e.contains('=') || e.starts_with('=') {
-            return Err(Failure::new(
-                exit::USAGE,
-                format!("-e {e:?}: expected KEY=VAL"),
-            ));
+            return Err(Failure::new(exit::USAGE, format!("-e {e:?}: expected KEY=VAL")));
         }
     }
     if a.tty && a.interactive && !terminal::is_tty(0) {
-        return Err(Failure::new(
-            exit::FAILED,
-            "the input device is not a TTY (drop -t, or run from a terminal)",
-        ));
+        return Err(Failure::new(exit::FAILED, "the input device is not a TTY (drop -t, or run from a terminal)"));
     }
     let req = ExecRequest {
         command: a.command,
@@ -169,14 +160,13 @@ async fn exec(agent: &client::Agent, a: ExecArgs) -> Result<i32, Failure> {
         workdir: a.workdir,
         env: a.env,
         size: if a.tty { terminal::size() } else { None },
+        debug_image: a.debug_image,
+        pull_policy: a.pull_policy,
+        cap_add: a.cap_add,
     };
     let ws = agent.exec(&a.task, &req).await?;
     // Raw mode only once the session exists, so refusals print on a normal terminal; restored on every path.
-    let mut raw = if a.tty && a.interactive {
-        terminal::RawMode::enter().ok()
-    } else {
-        None
-    };
+    let mut raw = if a.tty && a.interactive { terminal::RawMode::enter().ok() } else { None };
     let r = session::run(ws, a.interactive, a.tty).await;
     if let Some(r) = raw.as_mut() {
         r.restore();

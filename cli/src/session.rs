@@ -37,18 +37,34 @@ fn out(fd: i32) -> std::mem::ManuallyDrop<std::fs::File> {
     std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) })
 }
 
+/// Debug-image pull progress on stderr: one updating line on a terminal, plain lines otherwise.
+struct Progress {
+    tty: bool,
+    open: bool,
+}
+
+impl Progress {
+    fn line(&mut self, err: &mut impl Write, text: &[u8]) {
+        let _ = if self.tty {
+            self.open = true;
+            err.write_all(b"\r\x1b[K").and_then(|_| err.write_all(text))
+        } else {
+            err.write_all(text).and_then(|_| err.write_all(b"\n"))
+        };
+    }
+
+    fn finish(&mut self, err: &mut impl Write) {
+        if std::mem::take(&mut self.open) {
+            let _ = err.write_all(b"\r\x1b[K");
+        }
+    }
+}
+
 /// Pumps the session until the agent sends its status; returns the exit code.
 pub async fn run(ws: Ws, stdin: bool, tty: bool) -> Result<i32, Failure> {
     let (mut sink, mut stream) = ws.split();
-    let mut stdin_rx = if stdin {
-        Some(spawn_stdin_reader())
-    } else {
-        None
-    };
-    let sig = |k| {
-        signal(k)
-            .map_err(|e| Failure::new(exit::FAILED, format!("installing signal handlers: {e}")))
-    };
+    let mut stdin_rx = if stdin { Some(spawn_stdin_reader()) } else { None };
+    let sig = |k| signal(k).map_err(|e| Failure::new(exit::FAILED, format!("installing signal handlers: {e}")));
     let (mut sint, mut sterm, mut shup, mut swinch) = (
         sig(SignalKind::interrupt())?,
         sig(SignalKind::terminate())?,
@@ -57,12 +73,8 @@ pub async fn run(ws: Ws, stdin: bool, tty: bool) -> Result<i32, Failure> {
     );
     let (mut stdout, mut stderr) = (out(1), out(2));
     let mut status: Option<Status> = None;
-    let lost = |e: String| {
-        Failure::new(
-            exit::SESSION_LOST,
-            format!("connection to the agent lost: {e}"),
-        )
-    };
+    let mut progress = Progress { tty: terminal::is_tty(2), open: false };
+    let lost = |e: String| Failure::new(exit::SESSION_LOST, format!("connection to the agent lost: {e}"));
 
     loop {
         let forward: Option<&str> = tokio::select! {
@@ -82,7 +94,8 @@ pub async fn run(ws: Ws, stdin: bool, tty: bool) -> Result<i32, Failure> {
                     // Our reader went away (`| head`): end like a shell pipeline would.
                     channel::STDOUT if stdout.write_all(payload).is_err() => return Ok(128 + libc::SIGPIPE),
                     channel::STDERR => { let _ = stderr.write_all(payload); }
-                    channel::PROGRESS => { let _ = stderr.write_all(payload); }
+                    channel::PROGRESS => progress.line(&mut *stderr, payload),
+                    channel::STARTED => progress.finish(&mut *stderr),
                     channel::STATUS => {
                         status = serde_json::from_slice(payload).ok();
                     }
@@ -113,21 +126,14 @@ pub async fn run(ws: Ws, stdin: bool, tty: bool) -> Result<i32, Failure> {
             }
         };
         if let Some(name) = forward {
-            let j = serde_json::to_vec(&SignalRequest {
-                signal: name.into(),
-            })
-            .unwrap_or_default();
-            sink.send(Message::Binary(frame(channel::SIGNAL, &j).into()))
-                .await
-                .map_err(|e| lost(e.to_string()))?;
+            let j = serde_json::to_vec(&SignalRequest { signal: name.into() }).unwrap_or_default();
+            sink.send(Message::Binary(frame(channel::SIGNAL, &j).into())).await.map_err(|e| lost(e.to_string()))?;
         }
     }
     let _ = sink.close().await;
     match status {
         Some(Status::Error { code, message }) => Err(Failure::new(code.exit_code(), message)),
         Some(s) => Ok(s.exit_code()),
-        None => Err(lost(
-            "closed before the command's exit status arrived".into(),
-        )),
+        None => Err(lost("closed before the command's exit status arrived".into())),
     }
 }

@@ -45,18 +45,10 @@ pub fn is_tty(fd: i32) -> bool {
 /// The size of the terminal on stdout (or stdin), if any.
 pub fn size() -> Option<TermSize> {
     for fd in [1, 0, 2] {
-        let mut ws = libc::winsize {
-            ws_row: 0,
-            ws_col: 0,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
+        let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
         // SAFETY: TIOCGWINSZ writes one winsize into a valid pointer.
         if unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) } == 0 && ws.ws_col > 0 {
-            return Some(TermSize {
-                width: ws.ws_col,
-                height: ws.ws_row,
-            });
+            return Some(TermSize { width: ws.ws_col, height: ws.ws_row });
         }
     }
     None

@@ -16,17 +16,11 @@ pub enum CacheError {
     #[error("storing blob {digest}: {source}")]
     Blob { digest: Digest, source: io::Error },
     #[error("unpacking layer {diff_id}: {source}")]
-    Layer {
-        diff_id: Digest,
-        source: UnpackError,
-    },
+    Layer { diff_id: Digest, source: UnpackError },
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
-    move |source| CacheError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| CacheError::Io { path: path.to_path_buf(), source }
 }
 
 /// Per-key locks so concurrent requests for one digest do the work once; entries are dropped when unused.
@@ -73,11 +67,7 @@ impl Cache {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(io_at(&p))?;
         }
-        Ok(Self {
-            root,
-            blob_flights: Flights::default(),
-            layer_flights: Flights::default(),
-        })
+        Ok(Self { root, blob_flights: Flights::default(), layer_flights: Flights::default() })
     }
 
     pub fn root(&self) -> &Path {
@@ -85,10 +75,7 @@ impl Cache {
     }
 
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.root
-            .join("blobs")
-            .join(digest.algorithm())
-            .join(digest.hex())
+        self.root.join("blobs").join(digest.algorithm()).join(digest.hex())
     }
 
     pub fn has_blob(&self, digest: &Digest) -> bool {
@@ -96,10 +83,7 @@ impl Cache {
     }
 
     pub fn layer_path(&self, diff_id: &Digest) -> PathBuf {
-        self.root
-            .join("layers")
-            .join(diff_id.algorithm())
-            .join(diff_id.hex())
+        self.root.join("layers").join(diff_id.algorithm()).join(diff_id.hex())
     }
 
     pub fn has_layer(&self, diff_id: &Digest) -> bool {
@@ -108,12 +92,7 @@ impl Cache {
 
     /// Store a blob from `reader`, verified against `digest` and `size` before it becomes visible.
     /// If the blob is already present the reader is not consumed.
-    pub fn put_blob<R: Read>(
-        &self,
-        digest: &Digest,
-        size: u64,
-        reader: R,
-    ) -> Result<PathBuf, CacheError> {
+    pub fn put_blob<R: Read>(&self, digest: &Digest, size: u64, reader: R) -> Result<PathBuf, CacheError> {
         self.ensure_blob(digest, size, || Ok(reader))
     }
 
@@ -154,10 +133,7 @@ impl Cache {
             }
             let tmp = self.temp_path(diff_id);
             let res = unpack(&tmp)
-                .map_err(|source| CacheError::Layer {
-                    diff_id: *diff_id,
-                    source,
-                })
+                .map_err(|source| CacheError::Layer { diff_id: *diff_id, source })
                 .and_then(|_| publish(&tmp, &dest));
             if res.is_err() {
                 let _ = fs::remove_dir_all(&tmp);
@@ -172,11 +148,7 @@ impl Cache {
         for entry in fs::read_dir(&tmp).map_err(io_at(&tmp))? {
             let path = entry.map_err(io_at(&tmp))?.path();
             let is_dir = fs::symlink_metadata(&path).map_err(io_at(&path))?.is_dir();
-            let res = if is_dir {
-                fs::remove_dir_all(&path)
-            } else {
-                fs::remove_file(&path)
-            };
+            let res = if is_dir { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
             res.map_err(io_at(&path))?;
         }
         Ok(())
@@ -184,9 +156,7 @@ impl Cache {
 
     fn temp_path(&self, digest: &Digest) -> PathBuf {
         let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        self.root
-            .join("tmp")
-            .join(format!("{}.{}.{n}", digest.hex(), std::process::id()))
+        self.root.join("tmp").join(format!("{}.{}.{n}", digest.hex(), std::process::id()))
     }
 }
 
@@ -197,10 +167,7 @@ fn write_verified<R: Read>(
     size: u64,
     open: impl FnOnce() -> io::Result<R>,
 ) -> Result<(), CacheError> {
-    let blob_err = |source| CacheError::Blob {
-        digest: *digest,
-        source,
-    };
+    let blob_err = |source| CacheError::Blob { digest: *digest, source };
     let mut file = File::create_new(tmp).map_err(io_at(tmp))?;
     let mut reader = VerifyingReader::new(open().map_err(blob_err)?, *digest, size);
     io::copy(&mut reader, &mut file).map_err(blob_err)?;
@@ -215,19 +182,14 @@ fn write_verified<R: Read>(
 fn publish(tmp: &Path, dest: &Path) -> Result<(), CacheError> {
     match fs::rename(tmp, dest) {
         Ok(()) => {}
-        Err(e)
-            if dest.exists()
-                && matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ENOTEMPTY)) =>
-        {
+        Err(e) if dest.exists() && matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ENOTEMPTY)) => {
             let _ = fs::remove_dir_all(tmp);
             return Ok(());
         }
         Err(e) => return Err(io_at(dest)(e)),
     }
     if let Some(parent) = dest.parent() {
-        File::open(parent)
-            .and_then(|d| d.sync_all())
-            .map_err(io_at(parent))?;
+        File::open(parent).and_then(|d| d.sync_all()).map_err(io_at(parent))?;
     }
     Ok(())
 }
@@ -272,8 +234,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let cache = Cache::open(tmp.path()).unwrap();
         let d = Digest::of(b"expected");
-        let cases: [(&[u8], u64); 3] =
-            [(b"tampered", 8), (b"expected-and-more", 8), (b"expect", 8)];
+        let cases: [(&[u8], u64); 3] = [(b"tampered", 8), (b"expected-and-more", 8), (b"expect", 8)];
         for (data, size) in cases {
             let err = cache.put_blob(&d, size, data).unwrap_err();
             match err {
@@ -287,9 +248,7 @@ mod tests {
             assert_eq!(count(&tmp.path().join("tmp")), 0, "temp file left behind");
         }
         // A failing source is cleaned up the same way.
-        let err = cache
-            .ensure_blob(&d, 8, || Err::<&[u8], _>(io::Error::other("network down")))
-            .unwrap_err();
+        let err = cache.ensure_blob(&d, 8, || Err::<&[u8], _>(io::Error::other("network down"))).unwrap_err();
         assert!(err.to_string().contains("network down"), "{err}");
         assert_eq!(count(&tmp.path().join("tmp")), 0);
     }
@@ -318,10 +277,7 @@ mod tests {
             }
         });
         assert_eq!(calls.load(Ordering::SeqCst), 1);
-        assert!(
-            cache.blob_flights.0.lock().unwrap().is_empty(),
-            "flight entries not released"
-        );
+        assert!(cache.blob_flights.0.lock().unwrap().is_empty(), "flight entries not released");
     }
 
     #[test]
@@ -368,9 +324,7 @@ mod tests {
         let diff_id = Digest::of(&tar);
 
         let bad = b"not a tar at all, just some bytes that are long enough to fail".repeat(20);
-        let err = cache.ensure_layer(&diff_id, |dir| {
-            unpack_layer(&bad[..], dir, &UnpackOptions::default())
-        });
+        let err = cache.ensure_layer(&diff_id, |dir| unpack_layer(&bad[..], dir, &UnpackOptions::default()));
         assert!(matches!(err, Err(CacheError::Layer { .. })), "{err:?}");
         assert!(!cache.has_layer(&diff_id));
         assert_eq!(count(&tmp.path().join("tmp")), 0);

@@ -51,23 +51,16 @@ impl FromStr for Digest {
     type Err = DigestError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (alg, hex_part) = s
-            .split_once(':')
-            .ok_or_else(|| DigestError::MissingAlgorithm(s.to_string()))?;
+        let (alg, hex_part) = s.split_once(':').ok_or_else(|| DigestError::MissingAlgorithm(s.to_string()))?;
         if alg != "sha256" {
             return Err(DigestError::UnsupportedAlgorithm(alg.to_string()));
         }
         // Uppercase is rejected: the OCI spec requires lowercase and mixed forms would alias cache paths.
-        if hex_part.len() != 64
-            || !hex_part
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
+        if hex_part.len() != 64 || !hex_part.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
             return Err(DigestError::BadHex(s.to_string()));
         }
         let mut bytes = [0u8; 32];
-        hex::decode_to_slice(hex_part, &mut bytes)
-            .map_err(|_| DigestError::BadHex(s.to_string()))?;
+        hex::decode_to_slice(hex_part, &mut bytes).map_err(|_| DigestError::BadHex(s.to_string()))?;
         Ok(Self { bytes })
     }
 }
@@ -98,14 +91,7 @@ pub struct VerifyingReader<R> {
 
 impl<R: Read> VerifyingReader<R> {
     pub fn new(inner: R, expected_digest: Digest, expected_size: u64) -> Self {
-        Self {
-            inner,
-            hasher: Sha256::new(),
-            expected_digest,
-            expected_size,
-            read: 0,
-            verified: false,
-        }
+        Self { inner, hasher: Sha256::new(), expected_digest, expected_size, read: 0, verified: false }
     }
 
     /// Bytes read so far.
@@ -131,10 +117,7 @@ impl<R: Read> VerifyingReader<R> {
         }
         let actual = Digest::from_bytes(self.hasher.clone().finalize().into());
         if actual != self.expected_digest {
-            return Err(invalid(format!(
-                "digest mismatch: expected {}, got {actual}",
-                self.expected_digest
-            )));
+            return Err(invalid(format!("digest mismatch: expected {}, got {actual}", self.expected_digest)));
         }
         self.verified = true;
         Ok(())
@@ -186,31 +169,18 @@ mod tests {
 
     #[test]
     fn parse_rejects_bad_input() {
+        assert!(matches!("abc".parse::<Digest>(), Err(DigestError::MissingAlgorithm(_))));
         assert!(matches!(
-            "abc".parse::<Digest>(),
-            Err(DigestError::MissingAlgorithm(_))
-        ));
-        assert!(matches!(
-            "sha512:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-                .parse::<Digest>(),
+            "sha512:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".parse::<Digest>(),
             Err(DigestError::UnsupportedAlgorithm(_))
         ));
+        assert!(matches!("sha256:abcd".parse::<Digest>(), Err(DigestError::BadHex(_))));
         assert!(matches!(
-            "sha256:abcd".parse::<Digest>(),
-            Err(DigestError::BadHex(_))
-        ));
-        assert!(matches!(
-            EMPTY
-                .to_uppercase()
-                .replace("SHA256", "sha256")
-                .parse::<Digest>(),
+            EMPTY.to_uppercase().replace("SHA256", "sha256").parse::<Digest>(),
             Err(DigestError::BadHex(_))
         ));
         let nonhex = format!("sha256:{}", "g".repeat(64));
-        assert!(matches!(
-            nonhex.parse::<Digest>(),
-            Err(DigestError::BadHex(_))
-        ));
+        assert!(matches!(nonhex.parse::<Digest>(), Err(DigestError::BadHex(_))));
         assert!("sha256:".parse::<Digest>().is_err());
     }
 

@@ -2,5 +2,6 @@
 
 pub mod cache;
 pub mod digest;
+pub mod pull;
 pub mod reference;
 pub mod unpack;

@@ -35,12 +35,7 @@ pub enum ReferenceError {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ImageRef {
     /// An image in a registry. `tag` is `latest` when neither tag nor digest was given.
-    Registry {
-        registry: String,
-        repository: String,
-        tag: Option<String>,
-        digest: Option<Digest>,
-    },
+    Registry { registry: String, repository: String, tag: Option<String>, digest: Option<Digest> },
     /// An OCI image layout directory on local disk.
     Layout { path: PathBuf, tag: Option<String> },
 }
@@ -71,12 +66,7 @@ impl FromStr for ImageRef {
 impl fmt::Display for ImageRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ImageRef::Registry {
-                registry,
-                repository,
-                tag,
-                digest,
-            } => {
+            ImageRef::Registry { registry, repository, tag, digest } => {
                 write!(f, "{registry}/{repository}")?;
                 if let Some(tag) = tag {
                     write!(f, ":{tag}")?;
@@ -110,10 +100,7 @@ fn parse_layout(whole: &str, rest: &str) -> Result<ImageRef, ReferenceError> {
     if path.is_empty() {
         return Err(ReferenceError::EmptyLayoutPath(whole.to_string()));
     }
-    Ok(ImageRef::Layout {
-        path: PathBuf::from(path),
-        tag,
-    })
+    Ok(ImageRef::Layout { path: PathBuf::from(path), tag })
 }
 
 fn parse_registry(s: &str) -> Result<ImageRef, ReferenceError> {
@@ -137,9 +124,7 @@ fn parse_registry(s: &str) -> Result<ImageRef, ReferenceError> {
     }
 
     let (registry, repository) = match name.split_once('/') {
-        Some((first, rest))
-            if first.contains('.') || first.contains(':') || first == "localhost" =>
-        {
+        Some((first, rest)) if first.contains('.') || first.contains(':') || first == "localhost" => {
             validate_registry(first)?;
             (first.to_string(), rest.to_string())
         }
@@ -149,23 +134,15 @@ fn parse_registry(s: &str) -> Result<ImageRef, ReferenceError> {
         "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB.to_string(),
         _ => registry,
     };
-    let repository = if registry == DOCKER_HUB && !repository.contains('/') {
-        format!("library/{repository}")
-    } else {
-        repository
-    };
+    let repository =
+        if registry == DOCKER_HUB && !repository.contains('/') { format!("library/{repository}") } else { repository };
     validate_repository(&repository)?;
 
     let tag = match (tag, &digest) {
         (None, None) => Some(DEFAULT_TAG.to_string()),
         (tag, _) => tag,
     };
-    Ok(ImageRef::Registry {
-        registry,
-        repository,
-        tag,
-        digest,
-    })
+    Ok(ImageRef::Registry { registry, repository, tag, digest })
 }
 
 fn validate_tag(tag: &str) -> Result<(), ReferenceError> {
@@ -173,9 +150,7 @@ fn validate_tag(tag: &str) -> Result<(), ReferenceError> {
     let ok = !b.is_empty()
         && b.len() <= MAX_TAG_LEN
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b[1..]
-            .iter()
-            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'));
+        && b[1..].iter().all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'));
     if ok {
         Ok(())
     } else {
@@ -190,11 +165,7 @@ fn validate_registry(reg: &str) -> Result<(), ReferenceError> {
         None => (reg, None),
     };
     if let Some(p) = port {
-        if p.is_empty()
-            || p.len() > 5
-            || !p.bytes().all(|c| c.is_ascii_digit())
-            || p.parse::<u16>().is_err()
-        {
+        if p.is_empty() || p.len() > 5 || !p.bytes().all(|c| c.is_ascii_digit()) || p.parse::<u16>().is_err() {
             return Err(bad());
         }
     }
@@ -257,12 +228,7 @@ mod tests {
 
     fn reg(s: &str) -> (String, String, Option<String>, Option<Digest>) {
         match ImageRef::parse(s).unwrap() {
-            ImageRef::Registry {
-                registry,
-                repository,
-                tag,
-                digest,
-            } => (registry, repository, tag, digest),
+            ImageRef::Registry { registry, repository, tag, digest } => (registry, repository, tag, digest),
             other => panic!("expected registry ref, got {other:?}"),
         }
     }
@@ -274,64 +240,33 @@ mod tests {
             (r.as_str(), repo.as_str(), tag.as_deref(), d),
             ("docker.io", "library/busybox", Some("latest"), None)
         );
-        assert_eq!(
-            ImageRef::parse("busybox").unwrap().to_string(),
-            "docker.io/library/busybox:latest"
-        );
+        assert_eq!(ImageRef::parse("busybox").unwrap().to_string(), "docker.io/library/busybox:latest");
     }
 
     #[test]
     fn docker_hub_user_image_with_tag() {
         let (r, repo, tag, _) = reg("user/app:1.2.3");
-        assert_eq!(
-            (r.as_str(), repo.as_str(), tag.as_deref()),
-            ("docker.io", "user/app", Some("1.2.3"))
-        );
-        assert_eq!(
-            ImageRef::parse("user/app").unwrap().to_string(),
-            "docker.io/user/app:latest"
-        );
+        assert_eq!((r.as_str(), repo.as_str(), tag.as_deref()), ("docker.io", "user/app", Some("1.2.3")));
+        assert_eq!(ImageRef::parse("user/app").unwrap().to_string(), "docker.io/user/app:latest");
     }
 
     #[test]
     fn docker_hub_aliases_normalised() {
-        assert_eq!(
-            ImageRef::parse("index.docker.io/busybox")
-                .unwrap()
-                .to_string(),
-            "docker.io/library/busybox:latest"
-        );
-        assert_eq!(
-            ImageRef::parse("docker.io/library/alpine:3")
-                .unwrap()
-                .to_string(),
-            "docker.io/library/alpine:3"
-        );
-        assert_eq!(
-            ImageRef::parse("docker.io/alpine").unwrap().to_string(),
-            "docker.io/library/alpine:latest"
-        );
+        assert_eq!(ImageRef::parse("index.docker.io/busybox").unwrap().to_string(), "docker.io/library/busybox:latest");
+        assert_eq!(ImageRef::parse("docker.io/library/alpine:3").unwrap().to_string(), "docker.io/library/alpine:3");
+        assert_eq!(ImageRef::parse("docker.io/alpine").unwrap().to_string(), "docker.io/library/alpine:latest");
     }
 
     #[test]
     fn registry_detection() {
         let (r, repo, tag, _) = reg("quay.io/org/tool:v1");
-        assert_eq!(
-            (r.as_str(), repo.as_str(), tag.as_deref()),
-            ("quay.io", "org/tool", Some("v1"))
-        );
+        assert_eq!((r.as_str(), repo.as_str(), tag.as_deref()), ("quay.io", "org/tool", Some("v1")));
         let (r, repo, tag, _) = reg("localhost:5000/tool");
-        assert_eq!(
-            (r.as_str(), repo.as_str(), tag.as_deref()),
-            ("localhost:5000", "tool", Some("latest"))
-        );
+        assert_eq!((r.as_str(), repo.as_str(), tag.as_deref()), ("localhost:5000", "tool", Some("latest")));
         let (r, repo, _, _) = reg("localhost/tool");
         assert_eq!((r.as_str(), repo.as_str()), ("localhost", "tool"));
         let (r, repo, tag, _) = reg("registry:5000/a/b/c:t");
-        assert_eq!(
-            (r.as_str(), repo.as_str(), tag.as_deref()),
-            ("registry:5000", "a/b/c", Some("t"))
-        );
+        assert_eq!((r.as_str(), repo.as_str(), tag.as_deref()), ("registry:5000", "a/b/c", Some("t")));
         let (r, _, _, _) = reg("10.0.0.1:443/x");
         assert_eq!(r, "10.0.0.1:443");
         // No dot, colon or localhost: a Docker Hub namespace, not a registry.
@@ -342,15 +277,10 @@ mod tests {
     #[test]
     fn digest_only_has_no_default_tag() {
         let (r, repo, tag, d) = reg(&format!("busybox@{D}"));
-        assert_eq!(
-            (r.as_str(), repo.as_str(), tag),
-            ("docker.io", "library/busybox", None)
-        );
+        assert_eq!((r.as_str(), repo.as_str(), tag), ("docker.io", "library/busybox", None));
         assert_eq!(d.unwrap().to_string(), D);
         assert_eq!(
-            ImageRef::parse(&format!("busybox@{D}"))
-                .unwrap()
-                .to_string(),
+            ImageRef::parse(&format!("busybox@{D}")).unwrap().to_string(),
             format!("docker.io/library/busybox@{D}")
         );
     }
@@ -366,13 +296,7 @@ mod tests {
 
     #[test]
     fn display_roundtrips() {
-        for s in [
-            "busybox",
-            "user/app:x",
-            "quay.io:8443/a/b:c_d.e-f",
-            "oci:/var/lib/img:v1",
-            "oci:./layout",
-        ] {
+        for s in ["busybox", "user/app:x", "quay.io:8443/a/b:c_d.e-f", "oci:/var/lib/img:v1", "oci:./layout"] {
             let r = ImageRef::parse(s).unwrap();
             assert_eq!(ImageRef::parse(&r.to_string()).unwrap(), r, "{s}");
         }
@@ -383,9 +307,7 @@ mod tests {
         for ok in ["a.b", "a_b", "a__b", "a-b", "a---b", "a0/b1/c2", "x"] {
             assert!(ImageRef::parse(ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "a___b", "a..b", "-a", "a-", "_a", "a/", "/a", "a//b", "a.-b", "Busybox", "user/App",
-        ] {
+        for bad in ["a___b", "a..b", "-a", "a-", "_a", "a/", "/a", "a//b", "a.-b", "Busybox", "user/App"] {
             assert!(
                 matches!(ImageRef::parse(bad), Err(ReferenceError::BadRepository(_))),
                 "{bad}: {:?}",
@@ -397,13 +319,7 @@ mod tests {
     #[test]
     fn bad_tags() {
         let long = format!("busybox:{}", "a".repeat(129));
-        for bad in [
-            "busybox:",
-            "busybox:.x",
-            "busybox:-x",
-            "busybox:a+b",
-            long.as_str(),
-        ] {
+        for bad in ["busybox:", "busybox:.x", "busybox:-x", "busybox:a+b", long.as_str()] {
             assert!(
                 matches!(ImageRef::parse(bad), Err(ReferenceError::BadTag(_))),
                 "{bad}: {:?}",
@@ -420,27 +336,14 @@ mod tests {
             ImageRef::parse("busybox@sha256:abc"),
             Err(ReferenceError::BadDigest(DigestError::BadHex(_)))
         ));
-        assert!(matches!(
-            ImageRef::parse("busybox@md5:abc"),
-            Err(ReferenceError::BadDigest(_))
-        ));
-        assert!(matches!(
-            ImageRef::parse("busybox@"),
-            Err(ReferenceError::BadDigest(_))
-        ));
+        assert!(matches!(ImageRef::parse("busybox@md5:abc"), Err(ReferenceError::BadDigest(_))));
+        assert!(matches!(ImageRef::parse("busybox@"), Err(ReferenceError::BadDigest(_))));
         assert!(ImageRef::parse(&format!("busybox@{D}@{D}")).is_err());
     }
 
     #[test]
     fn bad_registries() {
-        for bad in [
-            "exa_mple.com/x",
-            "host:port/x",
-            "host:99999/x",
-            "-a.com/x",
-            "a..com/x",
-            ":5000/x",
-        ] {
+        for bad in ["exa_mple.com/x", "host:port/x", "host:99999/x", "-a.com/x", "a..com/x", ":5000/x"] {
             assert!(
                 matches!(ImageRef::parse(bad), Err(ReferenceError::BadRegistry(_))),
                 "{bad}: {:?}",
@@ -452,59 +355,29 @@ mod tests {
     #[test]
     fn empty_and_garbage() {
         assert_eq!(ImageRef::parse(""), Err(ReferenceError::Empty));
-        assert!(matches!(
-            ImageRef::parse("bus box"),
-            Err(ReferenceError::BadCharacter(_))
-        ));
-        assert!(matches!(
-            ImageRef::parse("a\nb"),
-            Err(ReferenceError::BadCharacter(_))
-        ));
+        assert!(matches!(ImageRef::parse("bus box"), Err(ReferenceError::BadCharacter(_))));
+        assert!(matches!(ImageRef::parse("a\nb"), Err(ReferenceError::BadCharacter(_))));
         assert!(ImageRef::parse(":tag").is_err());
         assert!(ImageRef::parse("@").is_err());
         let long = "a".repeat(256);
-        assert!(matches!(
-            ImageRef::parse(&long),
-            Err(ReferenceError::NameTooLong(_))
-        ));
+        assert!(matches!(ImageRef::parse(&long), Err(ReferenceError::NameTooLong(_))));
     }
 
     #[test]
     fn oci_layout() {
         assert_eq!(
             ImageRef::parse("oci:/var/lib/images/tools").unwrap(),
-            ImageRef::Layout {
-                path: "/var/lib/images/tools".into(),
-                tag: None
-            }
+            ImageRef::Layout { path: "/var/lib/images/tools".into(), tag: None }
         );
         assert_eq!(
             ImageRef::parse("oci:./tools:v1.0").unwrap(),
-            ImageRef::Layout {
-                path: "./tools".into(),
-                tag: Some("v1.0".into())
-            }
+            ImageRef::Layout { path: "./tools".into(), tag: Some("v1.0".into()) }
         );
         // A colon inside a directory name is part of the path.
-        assert_eq!(
-            ImageRef::parse("oci:/a:b/c").unwrap(),
-            ImageRef::Layout {
-                path: "/a:b/c".into(),
-                tag: None
-            }
-        );
+        assert_eq!(ImageRef::parse("oci:/a:b/c").unwrap(), ImageRef::Layout { path: "/a:b/c".into(), tag: None });
         assert_eq!(ImageRef::parse("oci:/x:t").unwrap().to_string(), "oci:/x:t");
-        assert!(matches!(
-            ImageRef::parse("oci:"),
-            Err(ReferenceError::EmptyLayoutPath(_))
-        ));
-        assert!(matches!(
-            ImageRef::parse("oci::tag"),
-            Err(ReferenceError::EmptyLayoutPath(_))
-        ));
-        assert!(matches!(
-            ImageRef::parse("oci:/x:bad+tag"),
-            Err(ReferenceError::BadTag(_))
-        ));
+        assert!(matches!(ImageRef::parse("oci:"), Err(ReferenceError::EmptyLayoutPath(_))));
+        assert!(matches!(ImageRef::parse("oci::tag"), Err(ReferenceError::EmptyLayoutPath(_))));
+        assert!(matches!(ImageRef::parse("oci:/x:bad+tag"), Err(ReferenceError::BadTag(_))));
     }
 }

@@ -60,6 +60,15 @@ pub struct ExecRequest {
     /// Initial terminal size, with `tty`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<TermSize>,
+    /// `--debug-image`: run the command from this image, with the target's root at `/target`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debug_image: Option<String>,
+    /// `--pull-policy`: `always`, `if-not-present` (default) or `never`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_policy: Option<String>,
+    /// `--cap-add`: capabilities beyond the target's (debug sessions only; ACL action `debug:caps`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
 }
 
 /// Errors decoding a request header or a frame.
@@ -154,6 +163,8 @@ pub enum ErrorCode {
     StartFailed,
     /// The container stopped while the session ran.
     ContainerStopped,
+    /// The debug image could not be pulled, verified or unpacked.
+    ImageFailed,
     /// Anything else on the agent.
     Internal,
 }
@@ -177,6 +188,8 @@ pub mod exit {
     pub const CONTAINER_NOT_RUNNING: i32 = 120;
     /// The session was lost (connection dropped before a status arrived).
     pub const SESSION_LOST: i32 = 121;
+    /// The debug image could not be pulled, verified or unpacked.
+    pub const IMAGE: i32 = 122;
     /// Bad request, internal agent error, failure to join the container, bad local config.
     pub const FAILED: i32 = 125;
     /// The command exists but cannot be executed.
@@ -192,10 +205,9 @@ impl ErrorCode {
             ErrorCode::Unauthenticated => exit::UNAUTHENTICATED,
             ErrorCode::Forbidden => exit::FORBIDDEN,
             ErrorCode::TaskNotFound => exit::TASK_NOT_FOUND,
-            ErrorCode::ContainerNotRunning | ErrorCode::ContainerStopped => {
-                exit::CONTAINER_NOT_RUNNING
-            }
+            ErrorCode::ContainerNotRunning | ErrorCode::ContainerStopped => exit::CONTAINER_NOT_RUNNING,
             ErrorCode::CommandNotFound => exit::NOT_FOUND,
+            ErrorCode::ImageFailed => exit::IMAGE,
             ErrorCode::CommandNotExecutable => exit::NOT_EXECUTABLE,
             ErrorCode::BadRequest | ErrorCode::StartFailed | ErrorCode::Internal => exit::FAILED,
         }
@@ -209,6 +221,7 @@ impl ErrorCode {
             ErrorCode::TaskNotFound => 404,
             ErrorCode::ContainerNotRunning | ErrorCode::ContainerStopped => 409,
             ErrorCode::BadRequest => 400,
+            ErrorCode::ImageFailed => 502,
             _ => 500,
         }
     }
@@ -243,9 +256,7 @@ pub fn frame(channel: u8, payload: &[u8]) -> Vec<u8> {
 
 /// Splits a binary message into its channel and payload.
 pub fn split_frame(msg: &[u8]) -> Result<(u8, &[u8]), DecodeError> {
-    msg.split_first()
-        .map(|(c, p)| (*c, p))
-        .ok_or(DecodeError::EmptyFrame)
+    msg.split_first().map(|(c, p)| (*c, p)).ok_or(DecodeError::EmptyFrame)
 }
 
 #[cfg(test)]
@@ -266,8 +277,7 @@ mod tests {
 
     #[test]
     fn unknown_request_fields_are_refused() {
-        let hdr = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(br#"{"command":["x"],"privileged":true}"#);
+        let hdr = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"command":["x"],"privileged":true}"#);
         assert!(ExecRequest::from_header(&hdr).is_err());
     }
 
@@ -275,16 +285,10 @@ mod tests {
     fn status_exit_codes_follow_docker() {
         assert_eq!(Status::Signaled { signal: 9 }.exit_code(), 137);
         assert_eq!(Status::Exited { code: 3 }.exit_code(), 3);
-        let nf = Status::Error {
-            code: ErrorCode::CommandNotFound,
-            message: String::new(),
-        };
+        let nf = Status::Error { code: ErrorCode::CommandNotFound, message: String::new() };
         assert_eq!(nf.exit_code(), 127);
         let json = serde_json::to_string(&nf).unwrap();
-        assert!(
-            json.contains(r#""status":"error""#) && json.contains(r#""code":"command_not_found""#),
-            "{json}"
-        );
+        assert!(json.contains(r#""status":"error""#) && json.contains(r#""code":"command_not_found""#), "{json}");
     }
 
     #[test]

@@ -21,13 +21,9 @@ fn stdout_stderr_and_exit_code_come_back_separately() {
 fn process_joins_every_namespace_and_the_cgroup_of_the_container_init() {
     let w = world();
     let init = w.main.init_pid();
-    let script =
-        "for n in mnt pid net ipc uts cgroup; do echo $n $(readlink /proc/self/ns/$n); done; \
+    let script = "for n in mnt pid net ipc uts cgroup; do echo $n $(readlink /proc/self/ns/$n); done; \
                   echo ---; cat /proc/self/cgroup; echo ---; cat /proc/1/cgroup";
-    let o = run(w
-        .agent
-        .dcos()
-        .args(["task", "exec", &w.main.id, "sh", "-c", script]));
+    let o = run(w.agent.dcos().args(["task", "exec", &w.main.id, "sh", "-c", script]));
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let out = stdout(&o);
     let mut parts = out.split("---\n");
@@ -52,69 +48,31 @@ fn process_shows_in_ps_with_a_pid_of_the_container() {
     let out = stdout(&o);
     let mut lines = out.lines();
     let pid: i32 = lines.next().unwrap().trim().parse().unwrap();
-    assert!(
-        pid > 1 && pid < 10_000,
-        "pid {pid} is of the container's namespace"
-    );
+    assert!(pid > 1 && pid < 10_000, "pid {pid} is of the container's namespace");
     let rest: Vec<&str> = lines.collect();
-    assert!(
-        rest.iter()
-            .any(|l| l.trim_start().starts_with("1 ") && l.contains("sleep 100000")),
-        "{out}"
-    );
-    assert!(
-        rest.iter()
-            .any(|l| l.trim_start().starts_with(&format!("{pid} "))),
-        "{out}"
-    );
+    assert!(rest.iter().any(|l| l.trim_start().starts_with("1 ") && l.contains("sleep 100000")), "{out}");
+    assert!(rest.iter().any(|l| l.trim_start().starts_with(&format!("{pid} "))), "{out}");
 }
 
 #[test]
 fn stdin_is_forwarded_and_eof_reaches_the_process() {
     let w = world();
-    let o = run_with_input(
-        w.agent
-            .dcos()
-            .args(["task", "exec", "-i", &w.main_task, "sort"]),
-        b"b\na\n",
-    );
+    let o = run_with_input(w.agent.dcos().args(["task", "exec", "-i", &w.main_task, "sort"]), b"b\na\n");
     assert_eq!(stdout(&o), "a\nb\n");
     assert_eq!(o.status.code(), Some(0));
     // Without -i the process reads EOF at once.
-    let o = run(w
-        .agent
-        .dcos()
-        .args(["task", "exec", &w.main_task, "wc", "-c"]));
+    let o = run(w.agent.dcos().args(["task", "exec", &w.main_task, "wc", "-c"]));
     assert_eq!(stdout(&o).trim(), "0");
 }
 
 #[test]
 fn large_streams_arrive_intact_both_ways() {
     let w = world();
-    let data: Vec<u8> = (0..8_000_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
-    let o = run_with_input(
-        w.agent
-            .dcos()
-            .args(["task", "exec", "-i", &w.main.id, "cat"]),
-        &data,
-    );
+    let data: Vec<u8> = (0..8_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let o = run_with_input(w.agent.dcos().args(["task", "exec", "-i", &w.main.id, "cat"]), &data);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert!(
-        o.stdout == data,
-        "8 MB echoed back byte for byte (got {} bytes)",
-        o.stdout.len()
-    );
-    let o = run(w.agent.dcos().args([
-        "task",
-        "exec",
-        &w.main.id,
-        "head",
-        "-c",
-        "50000000",
-        "/dev/zero",
-    ]));
+    assert!(o.stdout == data, "8 MB echoed back byte for byte (got {} bytes)", o.stdout.len());
+    let o = run(w.agent.dcos().args(["task", "exec", &w.main.id, "head", "-c", "50000000", "/dev/zero"]));
     assert_eq!(o.stdout.len(), 50_000_000);
     assert!(o.stdout.iter().all(|&b| b == 0));
 }
@@ -143,10 +101,7 @@ fn exit_codes_follow_docker_exec() {
 fn env_user_workdir_come_from_the_bundle_and_the_overrides() {
     let w = world();
     let o = w.agent.sh(&w.main.id, "id -u; pwd; echo $PATH; echo $HOME");
-    assert_eq!(
-        stdout(&o),
-        "0\n/\n/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n/root\n"
-    );
+    assert_eq!(stdout(&o), "0\n/\n/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n/root\n");
     let o = run(w.agent.dcos().args([
         "task",
         "exec",
@@ -163,27 +118,10 @@ fn env_user_workdir_come_from_the_bundle_and_the_overrides() {
         "-c",
         "id -u; id -g; id -G; pwd; echo $A; echo $PATH; echo $HOME",
     ]));
-    assert_eq!(
-        stdout(&o),
-        "1000\n1000\n1000 2000\n/tmp\nb=c\n/bin\n/home/app\n",
-        "{}",
-        stderr(&o)
-    );
-    let o = run(w.agent.dcos().args([
-        "task",
-        "exec",
-        "-u",
-        "1234:55",
-        &w.main.id,
-        "sh",
-        "-c",
-        "id -u; id -g",
-    ]));
+    assert_eq!(stdout(&o), "1000\n1000\n1000 2000\n/tmp\nb=c\n/bin\n/home/app\n", "{}", stderr(&o));
+    let o = run(w.agent.dcos().args(["task", "exec", "-u", "1234:55", &w.main.id, "sh", "-c", "id -u; id -g"]));
     assert_eq!(stdout(&o), "1234\n55\n");
-    let o = run(w
-        .agent
-        .dcos()
-        .args(["task", "exec", "-u", "nobody-here", &w.main.id, "true"]));
+    let o = run(w.agent.dcos().args(["task", "exec", "-u", "nobody-here", &w.main.id, "true"]));
     assert_eq!(o.status.code(), Some(125));
     assert!(stderr(&o).contains("no user"), "{}", stderr(&o));
 }
@@ -191,10 +129,7 @@ fn env_user_workdir_come_from_the_bundle_and_the_overrides() {
 #[test]
 fn unprivileged_container_keeps_its_user_capabilities_and_no_new_privs() {
     let w = world();
-    let o = w.agent.sh(
-        &w.app.id,
-        "id -u; pwd; grep -E '^(CapEff|CapPrm|CapBnd|NoNewPrivs)' /proc/self/status",
-    );
+    let o = w.agent.sh(&w.app.id, "id -u; pwd; grep -E '^(CapEff|CapPrm|CapBnd|NoNewPrivs)' /proc/self/status");
     let out = stdout(&o);
     assert!(out.starts_with("1000\n/home/app\n"), "{out}");
     // CAP_NET_BIND_SERVICE is bit 10.
@@ -202,10 +137,7 @@ fn unprivileged_container_keeps_its_user_capabilities_and_no_new_privs() {
     assert!(out.contains("CapPrm:\t0000000000000400"), "{out}");
     assert!(out.contains("CapBnd:\t0000000000000400"), "{out}");
     assert!(out.contains("NoNewPrivs:\t1"), "{out}");
-    let o = run(w
-        .agent
-        .dcos()
-        .args(["task", "exec", &w.app.id, "sh", "-c", "ulimit -n"]));
+    let o = run(w.agent.dcos().args(["task", "exec", &w.app.id, "sh", "-c", "ulimit -n"]));
     assert_eq!(stdout(&o).trim(), "1024", "rlimits of the bundle apply");
 }
 
@@ -214,10 +146,7 @@ fn read_only_rootfs_stays_read_only() {
     let w = world();
     let o = w.agent.sh(&w.ro.id, "touch /x 2>&1; echo rc=$?");
     let out = stdout(&o);
-    assert!(
-        out.contains("Read-only file system") && out.contains("rc=1"),
-        "{out}"
-    );
+    assert!(out.contains("Read-only file system") && out.contains("rc=1"), "{out}");
 }
 
 #[test]
@@ -251,11 +180,7 @@ fn signals_are_forwarded_without_a_tty() {
     let mut buf = [0u8; 6];
     out.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"ready\n");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
     let mut rest = String::new();
     out.read_to_string(&mut rest).unwrap();
     let st = child.wait().unwrap();
@@ -264,18 +189,9 @@ fn signals_are_forwarded_without_a_tty() {
 }
 
 /// Runs `dcos` on a real pseudo-terminal; returns (master, child).
-fn on_pty(
-    cmd: &mut Command,
-    rows: u16,
-    cols: u16,
-) -> (std::fs::File, std::process::Child, std::os::fd::OwnedFd) {
+fn on_pty(cmd: &mut Command, rows: u16, cols: u16) -> (std::fs::File, std::process::Child, std::os::fd::OwnedFd) {
     use std::os::fd::AsRawFd;
-    let ws = nix::pty::Winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
+    let ws = nix::pty::Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
     let pty = nix::pty::openpty(Some(&ws), None).unwrap();
     let slave = pty.slave;
     let s = slave.as_raw_fd();
@@ -301,11 +217,7 @@ fn read_until(master: &mut std::fs::File, needle: &str, secs: u64) -> String {
     let mut acc = Vec::new();
     let mut buf = [0u8; 4096];
     while std::time::Instant::now() < deadline {
-        let mut fds = [libc::pollfd {
-            fd: master.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
+        let mut fds = [libc::pollfd { fd: master.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
         // SAFETY: poll on one valid pollfd.
         if unsafe { libc::poll(fds.as_mut_ptr(), 1, 100) } <= 0 {
             continue;
@@ -325,45 +237,21 @@ fn read_until(master: &mut std::fs::File, needle: &str, secs: u64) -> String {
 fn tty_session_has_a_container_pts_forwards_size_and_restores_the_terminal() {
     use std::os::fd::AsFd;
     let w = world();
-    let (mut master, mut child, slave) = on_pty(
-        w.agent
-            .dcos()
-            .args(["task", "exec", "-i", "-t", &w.main.id, "sh"]),
-        33,
-        101,
-    );
+    let (mut master, mut child, slave) =
+        on_pty(w.agent.dcos().args(["task", "exec", "-i", "-t", &w.main.id, "sh"]), 33, 101);
     let before = nix::sys::termios::tcgetattr(slave.as_fd()).unwrap();
-    master
-        .write_all(b"t=$(tty); ls $t && echo TTY=$t; stty size; echo T=$TERM\r")
-        .unwrap();
+    master.write_all(b"t=$(tty); ls $t && echo TTY=$t; stty size; echo T=$TERM\r").unwrap();
     let out = read_until(&mut master, "T=xterm", 15);
     assert!(out.contains("TTY=/dev/pts/"), "{out}");
     assert!(out.contains("33 101"), "{out}");
     // The local terminal is raw while the session runs.
     let during = nix::sys::termios::tcgetattr(slave.as_fd()).unwrap();
-    assert!(!during
-        .local_flags
-        .contains(nix::sys::termios::LocalFlags::ICANON));
+    assert!(!during.local_flags.contains(nix::sys::termios::LocalFlags::ICANON));
     // Resize: change the local window, tell dcos, ask the remote side.
-    let ws = libc::winsize {
-        ws_row: 40,
-        ws_col: 120,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
+    let ws = libc::winsize { ws_row: 40, ws_col: 120, ws_xpixel: 0, ws_ypixel: 0 };
     // SAFETY: TIOCSWINSZ with a valid winsize on our pty master.
-    unsafe {
-        libc::ioctl(
-            std::os::fd::AsRawFd::as_raw_fd(&master),
-            libc::TIOCSWINSZ,
-            &ws,
-        )
-    };
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGWINCH,
-    )
-    .unwrap();
+    unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&master), libc::TIOCSWINSZ, &ws) };
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGWINCH).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     master.write_all(b"stty size; sleep 30\r").unwrap();
     let out = read_until(&mut master, "40 120", 10);
@@ -384,17 +272,11 @@ fn tty_session_has_a_container_pts_forwards_size_and_restores_the_terminal() {
 #[test]
 fn tty_without_a_local_terminal_is_refused_like_docker() {
     let w = world();
-    let o = run(w
-        .agent
-        .dcos()
-        .args(["task", "exec", "-it", &w.main.id, "sh"]));
+    let o = run(w.agent.dcos().args(["task", "exec", "-it", &w.main.id, "sh"]));
     assert_eq!(o.status.code(), Some(125));
     assert!(stderr(&o).contains("not a TTY"), "{}", stderr(&o));
     // -t alone works without one: the remote side still gets a terminal.
-    let o = run(w
-        .agent
-        .dcos()
-        .args(["task", "exec", "-t", &w.main.id, "tty"]));
+    let o = run(w.agent.dcos().args(["task", "exec", "-t", &w.main.id, "tty"]));
     assert!(stdout(&o).starts_with("/dev/pts/"), "{}", stdout(&o));
 }
 
@@ -403,10 +285,7 @@ fn task_list_shows_tasks_with_their_annotation_ids() {
     let w = world();
     let o = run(w.agent.dcos().args(["task", "list", "--json"]));
     let v: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
-    let main = v
-        .iter()
-        .find(|t| t["container"] == w.main.id.as_str())
-        .expect("main listed");
+    let main = v.iter().find(|t| t["container"] == w.main.id.as_str()).expect("main listed");
     assert_eq!(main["id"], w.main_task.as_str());
     assert_eq!(main["runtime"], "runc");
     assert_eq!(main["state"], "running");
@@ -415,28 +294,18 @@ fn task_list_shows_tasks_with_their_annotation_ids() {
     let o = run(w.agent.dcos().args(["task", "list"]));
     let table = stdout(&o);
     assert!(table.starts_with("ID"), "{table}");
-    assert!(
-        table
-            .lines()
-            .any(|l| l.starts_with(&w.main_task) && l.contains("running")),
-        "{table}"
-    );
+    assert!(table.lines().any(|l| l.starts_with(&w.main_task) && l.contains("running")), "{table}");
 }
 
 #[test]
 fn sessions_are_audited_with_user_command_status_and_bytes() {
     let w = world();
     let marker = format!("audit-marker-{}", std::process::id());
-    let o = run(w
-        .agent
-        .dcos()
-        .args(["task", "exec", &w.main_task, "echo", &marker]));
+    let o = run(w.agent.dcos().args(["task", "exec", &w.main_task, "echo", &marker]));
     assert_eq!(o.status.code(), Some(0));
     let recs = w.agent.audit();
-    let r = recs
-        .iter()
-        .find(|r| r["event"] == "session" && r["command"][1] == marker.as_str())
-        .expect("session record");
+    let r =
+        recs.iter().find(|r| r["event"] == "session" && r["command"][1] == marker.as_str()).expect("session record");
     assert_eq!(r["user"], "admin");
     assert_eq!(r["task"], w.main_task.as_str());
     assert_eq!(r["container"], w.main.id.as_str());
@@ -446,13 +315,7 @@ fn sessions_are_audited_with_user_command_status_and_bytes() {
     assert!(r["source"].as_str().unwrap().starts_with("127.0.0.1:"));
     assert!(r["start"].as_str().is_some() && r["end"].as_str().is_some());
     let log = std::fs::read_to_string(w.agent.dir.join("audit.log")).unwrap();
-    assert!(
-        !log.contains(&w.agent.admin_token),
-        "no token in the audit log"
-    );
+    assert!(!log.contains(&w.agent.admin_token), "no token in the audit log");
     let alog = std::fs::read_to_string(w.agent.dir.join("agent.log")).unwrap();
-    assert!(
-        !alog.contains(&w.agent.admin_token),
-        "no token in the agent log"
-    );
+    assert!(!alog.contains(&w.agent.admin_token), "no token in the agent log");
 }

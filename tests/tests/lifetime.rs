@@ -7,21 +7,13 @@ use std::process::{Command, Stdio};
 use support::*;
 
 fn running(w: &World, pattern: &str) -> bool {
-    let o = run(w
-        .agent
-        .dcos()
-        .args(["task", "exec", &w.main.id, "ps", "-o", "args"]));
+    let o = run(w.agent.dcos().args(["task", "exec", &w.main.id, "ps", "-o", "args"]));
     stdout(&o).lines().any(|l| l.contains(pattern))
 }
 
 fn start_and_vanish(w: &World, script: &str, marker: &str) {
-    let mut c = w
-        .agent
-        .dcos()
-        .args(["task", "exec", &w.main.id, "sh", "-c", script])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut c =
+        w.agent.dcos().args(["task", "exec", &w.main.id, "sh", "-c", script]).stdout(Stdio::piped()).spawn().unwrap();
     let mut buf = [0u8; 3];
     std::io::Read::read_exact(c.stdout.as_mut().unwrap(), &mut buf).unwrap();
     assert!(running(w, marker), "session process is up");
@@ -35,27 +27,14 @@ fn client_gone_means_sighup_then_sigkill_after_the_grace_period() {
     let w = world();
     // Dies of the hangup.
     start_and_vanish(w, "echo up; sleep 4242", "sleep 4242");
-    assert!(
-        eventually(10, || !running(w, "sleep 4242")),
-        "hung-up session process is gone"
-    );
+    assert!(eventually(10, || !running(w, "sleep 4242")), "hung-up session process is gone");
     // Ignores the hangup: killed after grace_period (1s in the tests), with its children.
-    start_and_vanish(
-        w,
-        "trap '' HUP; echo up; sleep 4343 & sleep 4444; wait",
-        "sleep 4444",
-    );
-    assert!(
-        eventually(15, || !running(w, "sleep 4444")
-            && !running(w, "sleep 4343")),
-        "stubborn session killed"
-    );
+    start_and_vanish(w, "trap '' HUP; echo up; sleep 4343 & sleep 4444; wait", "sleep 4444");
+    assert!(eventually(15, || !running(w, "sleep 4444") && !running(w, "sleep 4343")), "stubborn session killed");
 }
 
 fn count_fds(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }
 
 fn zombies_of(pid: i32) -> usize {
@@ -76,21 +55,14 @@ fn zombies_of(pid: i32) -> usize {
 }
 
 fn mount_count() -> usize {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .count()
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().count()
 }
 
 #[test]
 fn a_thousand_sessions_leak_nothing() {
     // An agent of its own, so no other test's sessions move the counters.
     let root = std::env::temp_dir().join(format!("{}-leak", prefix()));
-    let c = Container::start(
-        &root,
-        &format!("{}-leak", prefix()),
-        &ContainerOpts::default(),
-    );
+    let c = Container::start(&root, &format!("{}-leak", prefix()), &ContainerOpts::default());
     let agent = Agent::start(&root.join("agent"));
     let ok = |o: &std::process::Output| o.status.code() == Some(0);
     // Warm up: first sessions allocate the runtime's lazily created fds.
@@ -101,19 +73,13 @@ fn a_thousand_sessions_leak_nothing() {
     let threads: Vec<_> = (0..4)
         .map(|t| {
             let dcos = bin("dcos");
-            let (url, ca, tok, id) = (
-                agent.url.clone(),
-                agent.dir.join("ca.crt"),
-                agent.admin_token.clone(),
-                c.id.clone(),
-            );
+            let (url, ca, tok, id) =
+                (agent.url.clone(), agent.dir.join("ca.crt"), agent.admin_token.clone(), c.id.clone());
             std::thread::spawn(move || {
                 let mut failures = 0;
                 for i in 0..250 {
                     let mut cmd = Command::new(&dcos);
-                    cmd.env("DCOS_URL", &url)
-                        .env("DCOS_SSL_VERIFY", &ca)
-                        .env("DCOS_ACS_TOKEN", &tok);
+                    cmd.env("DCOS_URL", &url).env("DCOS_SSL_VERIFY", &ca).env("DCOS_ACS_TOKEN", &tok);
                     // A mix: plain, with stdin, with a terminal, failing to start.
                     match i % 4 {
                         0 => cmd.args(["task", "exec", &id, "true"]),
@@ -125,11 +91,7 @@ fn a_thousand_sessions_leak_nothing() {
                     let want = if i % 4 == 3 { 127 } else { 0 };
                     if o.status.code() != Some(want) {
                         failures += 1;
-                        eprintln!(
-                            "thread {t} session {i}: {:?} {}",
-                            o.status,
-                            String::from_utf8_lossy(&o.stderr)
-                        );
+                        eprintln!("thread {t} session {i}: {:?} {}", o.status, String::from_utf8_lossy(&o.stderr));
                     }
                 }
                 failures
@@ -138,29 +100,11 @@ fn a_thousand_sessions_leak_nothing() {
         .collect();
     let failures: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
     assert_eq!(failures, 0, "all 1000 sessions succeed");
-    assert!(
-        eventually(10, || count_fds(agent.pid()) <= fds0 + 2),
-        "agent fds {} -> {}",
-        fds0,
-        count_fds(agent.pid())
-    );
-    assert!(
-        eventually(10, || zombies_of(agent.pid()) == 0),
-        "no zombie children of the agent"
-    );
+    assert!(eventually(10, || count_fds(agent.pid()) <= fds0 + 2), "agent fds {} -> {}", fds0, count_fds(agent.pid()));
+    assert!(eventually(10, || zombies_of(agent.pid()) == 0), "no zombie children of the agent");
     assert_eq!(mount_count(), mounts0, "no mounts left on the host");
-    let o = run(agent
-        .dcos()
-        .args(["task", "exec", &c.id, "ps", "-o", "stat"]));
-    assert!(
-        !stdout(&o).lines().any(|l| l.trim().starts_with('Z')),
-        "no zombies in the container: {}",
-        stdout(&o)
-    );
-    let sessions = agent
-        .audit()
-        .iter()
-        .filter(|r| r["event"] == "session")
-        .count();
+    let o = run(agent.dcos().args(["task", "exec", &c.id, "ps", "-o", "stat"]));
+    assert!(!stdout(&o).lines().any(|l| l.trim().starts_with('Z')), "no zombies in the container: {}", stdout(&o));
+    let sessions = agent.audit().iter().filter(|r| r["event"] == "session").count();
     assert_eq!(sessions, 1006, "every session audited");
 }

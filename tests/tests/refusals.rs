@@ -33,20 +33,14 @@ fn missing_malformed_and_foreign_tokens_are_unauthenticated() {
     // A token minted by another agent's key.
     let other = std::env::temp_dir().join(format!("{}-other", prefix()));
     let _ = std::fs::remove_dir_all(&other);
-    let o = run(Command::new(bin("dcos-exec-agent"))
-        .args(["init", "--dir"])
-        .arg(&other));
+    let o = run(Command::new(bin("dcos-exec-agent")).args(["init", "--dir"]).arg(&other));
     assert!(o.status.success());
     let foreign = std::fs::read_to_string(other.join("admin.token")).unwrap();
     let (code, _, err) = exec_as(w, foreign.trim(), &[], &w.main_task);
     assert_eq!(code, Some(117));
     assert!(err.contains("signature"), "{err}");
     // The other agent's CA does not vouch for this agent: a TLS failure.
-    let o = run(w
-        .agent
-        .dcos()
-        .env("DCOS_SSL_VERIFY", other.join("ca.crt"))
-        .args(["task", "list"]));
+    let o = run(w.agent.dcos().env("DCOS_SSL_VERIFY", other.join("ca.crt")).args(["task", "list"]));
     assert_eq!(o.status.code(), Some(116), "{}", stderr(&o));
     one_line(&stderr(&o));
     let _ = std::fs::remove_dir_all(&other);
@@ -54,21 +48,13 @@ fn missing_malformed_and_foreign_tokens_are_unauthenticated() {
 
 fn forge(header: &str, claims: &serde_json::Value, sig: &str) -> String {
     let b = |s: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
-    format!(
-        "{}.{}.{}",
-        b(header.as_bytes()),
-        b(claims.to_string().as_bytes()),
-        sig
-    )
+    format!("{}.{}.{}", b(header.as_bytes()), b(claims.to_string().as_bytes()), sig)
 }
 
 #[test]
 fn expired_future_none_and_hs256_tokens_are_refused() {
     let w = world();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let key = std::fs::read(w.agent.dir.join("token-signing.key")).unwrap();
     let sign = |exp: u64, nbf: u64| {
         let claims = serde_json::json!({"sub": "admin", "groups": [], "iss": "dcos-exec-agent", "aud": "dcos-exec",
@@ -86,7 +72,8 @@ fn expired_future_none_and_hs256_tokens_are_refused() {
     let (code, _, err) = exec_as(w, &sign(now + 7200, now + 3600), &[], &w.main_task);
     assert_eq!(code, Some(117));
     assert!(err.contains("not valid yet"), "{err}");
-    let claims = serde_json::json!({"sub": "admin", "iss": "dcos-exec-agent", "aud": "dcos-exec", "nbf": 0, "exp": now + 3600});
+    let claims =
+        serde_json::json!({"sub": "admin", "iss": "dcos-exec-agent", "aud": "dcos-exec", "nbf": 0, "exp": now + 3600});
     let none = forge(r#"{"alg":"none","typ":"JWT"}"#, &claims, "");
     assert_eq!(exec_as(w, &none, &[], &w.main_task).0, Some(117));
     let pubkey = std::fs::read(w.agent.dir.join("token-signing.pub")).unwrap();
@@ -127,21 +114,14 @@ fn acl_denies_by_default_per_action_and_per_task() {
     // The list is filtered by the same ACL.
     let o = run(w.agent.dcos_as(&alice).args(["task", "list", "--json"]));
     let v: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(
-        v.iter()
-            .map(|t| t["id"].as_str().unwrap())
-            .collect::<Vec<_>>(),
-        vec![w.main_task.as_str()]
-    );
+    assert_eq!(v.iter().map(|t| t["id"].as_str().unwrap()).collect::<Vec<_>>(), vec![w.main_task.as_str()]);
     // Every denial is audited, with who and why.
     let recs = w.agent.audit();
     assert!(recs.iter().any(|r| r["event"] == "denied"
         && r["user"] == "alice"
         && r["code"] == "forbidden"
         && r["reason"].as_str().unwrap().contains("exec:stdin")));
-    assert!(recs
-        .iter()
-        .any(|r| r["event"] == "denied" && r["user"] == "mallory"));
+    assert!(recs.iter().any(|r| r["event"] == "denied" && r["user"] == "mallory"));
 }
 
 #[test]
@@ -151,16 +131,8 @@ fn unknown_task_unreachable_agent_and_bad_config_have_their_own_codes() {
     assert_eq!(code, Some(119));
     assert!(err.contains("no-such-task"), "{err}");
     one_line(&err);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let o = run(w
-        .agent
-        .dcos()
-        .env("DCOS_URL", format!("https://127.0.0.1:{port}"))
-        .args(["task", "list"]));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let o = run(w.agent.dcos().env("DCOS_URL", format!("https://127.0.0.1:{port}")).args(["task", "list"]));
     assert_eq!(o.status.code(), Some(115), "{}", stderr(&o));
     one_line(&stderr(&o));
     let o = run(w.agent.dcos().env_remove("DCOS_URL").args(["task", "list"]));
@@ -173,22 +145,11 @@ fn unknown_task_unreachable_agent_and_bad_config_have_their_own_codes() {
 #[test]
 fn stopped_container_is_refused_and_a_dying_one_ends_the_session() {
     let w = world();
-    let doomed = Container::start(
-        &w.root,
-        &format!("{}-doomed", prefix()),
-        &ContainerOpts::default(),
-    );
+    let doomed = Container::start(&w.root, &format!("{}-doomed", prefix()), &ContainerOpts::default());
     let mut child = w
         .agent
         .dcos()
-        .args([
-            "task",
-            "exec",
-            &doomed.id,
-            "sh",
-            "-c",
-            "echo up; sleep 1000",
-        ])
+        .args(["task", "exec", &doomed.id, "sh", "-c", "echo up; sleep 1000"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -199,13 +160,9 @@ fn stopped_container_is_refused_and_a_dying_one_ends_the_session() {
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(120), "{}", stderr(&out));
     assert!(stderr(&out).contains("stopped"), "{}", stderr(&out));
-    assert!(eventually(10, || run(w
-        .agent
-        .dcos()
-        .args(["task", "exec", &doomed.id, "true"]))
-    .status
-    .code()
-        == Some(120)));
+    assert!(
+        eventually(10, || run(w.agent.dcos().args(["task", "exec", &doomed.id, "true"])).status.code() == Some(120))
+    );
     let o = run(w.agent.dcos().args(["task", "exec", &doomed.id, "true"]));
     assert!(stderr(&o).contains("not running"), "{}", stderr(&o));
 }

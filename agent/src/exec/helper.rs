@@ -51,13 +51,7 @@ pub fn main() -> ! {
     let spec = match read_spec(&mut ctrl) {
         Ok(s) => s,
         Err(e) => {
-            emit(
-                &mut events,
-                &HelperEvent::Finished(Status::Error {
-                    code: ErrorCode::Internal,
-                    message: e,
-                }),
-            );
+            emit(&mut events, &HelperEvent::Finished(Status::Error { code: ErrorCode::Internal, message: e }));
             std::process::exit(1)
         }
     };
@@ -78,15 +72,13 @@ fn emit(events: &mut std::fs::File, ev: &HelperEvent) {
 
 fn read_spec(ctrl: &mut std::fs::File) -> Result<HelperSpec, String> {
     let mut len = [0u8; 4];
-    ctrl.read_exact(&mut len)
-        .map_err(|e| format!("reading spec length: {e}"))?;
+    ctrl.read_exact(&mut len).map_err(|e| format!("reading spec length: {e}"))?;
     let len = u32::from_le_bytes(len) as usize;
     if len > 1 << 20 {
         return Err("spec too large".into());
     }
     let mut buf = vec![0u8; len];
-    ctrl.read_exact(&mut buf)
-        .map_err(|e| format!("reading spec: {e}"))?;
+    ctrl.read_exact(&mut buf).map_err(|e| format!("reading spec: {e}"))?;
     serde_json::from_slice(&buf).map_err(|e| format!("decoding spec: {e}"))
 }
 
@@ -109,28 +101,18 @@ fn ns_id(path: &str) -> Option<(u64, u64)> {
     })
 }
 
-fn run(
-    spec: &HelperSpec,
-    ctrl: &mut std::fs::File,
-    events: &mut std::fs::File,
-) -> Result<Status, Fail> {
+fn run(spec: &HelperSpec, ctrl: &mut std::fs::File, events: &mut std::fs::File) -> Result<Status, Fail> {
     let pid = spec.init_pid;
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
     let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as RawFd;
     if raw < 0 {
-        return Err(Fail(
-            ErrorCode::ContainerNotRunning,
-            format!("container init {pid} is gone"),
-        ));
+        return Err(Fail(ErrorCode::ContainerNotRunning, format!("container init {pid} is gone")));
     }
     // SAFETY: raw is a fresh fd we own.
     let pidfd = unsafe { OwnedFd::from_raw_fd(raw) };
     // Checked after pidfd_open: from here on the pid cannot be recycled under us.
     if crate::runtime::proc_start_time(pid) != Some(spec.init_start) {
-        return Err(Fail(
-            ErrorCode::ContainerNotRunning,
-            format!("container init {pid} is gone"),
-        ));
+        return Err(Fail(ErrorCode::ContainerNotRunning, format!("container init {pid} is gone")));
     }
     let mut flags = 0;
     for (name, flag) in NAMESPACES {
@@ -146,35 +128,34 @@ fn run(
         .and_then(|s| s.trim().parse::<u32>().ok())
         .unwrap_or(40);
 
+    // The debug image's overlay is built now, while the cached layer dirs are still reachable by path.
+    let overlay = match &spec.debug {
+        Some(d) => Some(
+            super::debugfs::build_overlay(&d.layers)
+                .map_err(|e| Fail(ErrorCode::StartFailed, format!("debug image: {e}")))?,
+        ),
+        None => None,
+    };
+
     // Joining all namespaces in one call: the kernel orders them (user first) and the set is atomic.
     // SAFETY: setns on a valid pidfd; this process is single-threaded, as joining mnt/user requires.
     if unsafe { libc::setns(pidfd.as_raw_fd(), flags) } != 0 {
         let e = std::io::Error::last_os_error();
         if crate::runtime::proc_start_time(pid).is_none() {
-            return Err(Fail(
-                ErrorCode::ContainerNotRunning,
-                format!("container init {pid} is gone"),
-            ));
+            return Err(Fail(ErrorCode::ContainerNotRunning, format!("container init {pid} is gone")));
         }
-        return Err(Fail(
-            ErrorCode::StartFailed,
-            format!("joining the container's namespaces: {e}"),
-        ));
+        return Err(Fail(ErrorCode::StartFailed, format!("joining the container's namespaces: {e}")));
     }
     drop(pidfd);
+    if let (Some(o), Some(d)) = (overlay, &spec.debug) {
+        super::debugfs::enter(o, &d.target).map_err(|e| Fail(ErrorCode::StartFailed, format!("debug image: {e}")))?;
+    }
     // Now inside the container's mount namespace, at its root.
     let plan = Plan::build(spec, last_cap)?;
 
-    let (tty_slave, master) = if spec.tty {
-        open_pty(spec, &plan)?
-    } else {
-        (None, None)
-    };
+    let (tty_slave, master) = if spec.tty { open_pty(spec, &plan)? } else { (None, None) };
     if let Some(m) = &master {
-        send_fd(m.as_fd()).map_err(fail(
-            ErrorCode::StartFailed,
-            "handing the terminal to the agent",
-        ))?;
+        send_fd(m.as_fd()).map_err(fail(ErrorCode::StartFailed, "handing the terminal to the agent"))?;
     }
     drop(master);
 
@@ -187,8 +168,7 @@ fn run(
     let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(fail(ErrorCode::Internal, "signalfd"))?;
 
-    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(fail(ErrorCode::Internal, "pipe"))?;
+    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(fail(ErrorCode::Internal, "pipe"))?;
     let child = ChildArgs {
         plan: &plan,
         cgroup_fds: cgroup_fds.iter().map(|f| f.as_raw_fd()).collect(),
@@ -199,12 +179,7 @@ fn run(
     // SAFETY: this process is single-threaded; the child runs only `child_main`, which makes raw syscalls on
     // data prepared above and never returns.
     let child_pid = match unsafe { libc::fork() } {
-        -1 => {
-            return Err(Fail(
-                ErrorCode::StartFailed,
-                format!("fork: {}", std::io::Error::last_os_error()),
-            ))
-        }
+        -1 => return Err(Fail(ErrorCode::StartFailed, format!("fork: {}", std::io::Error::last_os_error()))),
         0 => unsafe { child_main(&child) },
         p => p,
     };
@@ -228,61 +203,31 @@ fn run(
         }
     }
     emit(events, &HelperEvent::Started { pid: inner_pid });
-    Ok(supervise(
-        child_pid,
-        ctrl,
-        &sfd,
-        Duration::from_millis(spec.grace_ms),
-    ))
+    Ok(supervise(child_pid, ctrl, &sfd, Duration::from_millis(spec.grace_ms)))
 }
 
 fn read_record(f: &mut std::fs::File, rec: &mut [u8; 12]) -> Option<(u32, u32, i32)> {
     f.read_exact(rec).ok()?;
     let w = |i: usize| [rec[i], rec[i + 1], rec[i + 2], rec[i + 3]];
-    Some((
-        u32::from_ne_bytes(w(0)),
-        u32::from_ne_bytes(w(4)),
-        i32::from_ne_bytes(w(8)),
-    ))
+    Some((u32::from_ne_bytes(w(0)), u32::from_ne_bytes(w(4)), i32::from_ne_bytes(w(8))))
 }
 
 fn stage_error(stage: u32, errno: i32, plan: &Plan) -> Fail {
     let e = std::io::Error::from_raw_os_error(errno);
     let argv0 = &plan.argv0;
     match stage {
-        STAGE_EXEC if errno == libc::ENOENT => Fail(
-            ErrorCode::CommandNotFound,
-            format!("{argv0}: no such file or directory in the container"),
-        ),
-        STAGE_EXEC
-            if matches!(
-                errno,
-                libc::EACCES | libc::ENOEXEC | libc::EISDIR | libc::EPERM
-            ) =>
-        {
-            Fail(
-                ErrorCode::CommandNotExecutable,
-                format!("{argv0}: cannot execute: {e}"),
-            )
+        STAGE_EXEC if errno == libc::ENOENT => {
+            Fail(ErrorCode::CommandNotFound, format!("{argv0}: no such file or directory in the container"))
+        }
+        STAGE_EXEC if matches!(errno, libc::EACCES | libc::ENOEXEC | libc::EISDIR | libc::EPERM) => {
+            Fail(ErrorCode::CommandNotExecutable, format!("{argv0}: cannot execute: {e}"))
         }
         STAGE_EXEC => Fail(ErrorCode::StartFailed, format!("exec {argv0}: {e}")),
-        STAGE_CWD => Fail(
-            ErrorCode::StartFailed,
-            format!("working directory {}: {e}", plan.cwd_display),
-        ),
-        STAGE_CGROUP => Fail(
-            ErrorCode::StartFailed,
-            format!("joining the container's cgroup: {e}"),
-        ),
-        STAGE_TTY => Fail(
-            ErrorCode::StartFailed,
-            format!("attaching the terminal: {e}"),
-        ),
+        STAGE_CWD => Fail(ErrorCode::StartFailed, format!("working directory {}: {e}", plan.cwd_display)),
+        STAGE_CGROUP => Fail(ErrorCode::StartFailed, format!("joining the container's cgroup: {e}")),
+        STAGE_TTY => Fail(ErrorCode::StartFailed, format!("attaching the terminal: {e}")),
         STAGE_RLIMIT => Fail(ErrorCode::StartFailed, format!("setting rlimits: {e}")),
-        STAGE_CREDS => Fail(
-            ErrorCode::StartFailed,
-            format!("switching to uid {} gid {}: {e}", plan.uid, plan.gid),
-        ),
+        STAGE_CREDS => Fail(ErrorCode::StartFailed, format!("switching to uid {} gid {}: {e}", plan.uid, plan.gid)),
         STAGE_CAPS => Fail(ErrorCode::StartFailed, format!("setting capabilities: {e}")),
         STAGE_SETSID => Fail(ErrorCode::StartFailed, format!("setsid: {e}")),
         _ => Fail(ErrorCode::StartFailed, format!("stage {stage}: {e}")),
@@ -291,12 +236,7 @@ fn stage_error(stage: u32, errno: i32, plan: &Plan) -> Fail {
 
 /// Waits for the child, forwarding signals from the agent. Control EOF means the client is gone: SIGHUP the
 /// session's process group, then SIGKILL it after the grace period.
-fn supervise(
-    child: libc::pid_t,
-    ctrl: &mut std::fs::File,
-    sfd: &SignalFd,
-    grace: Duration,
-) -> Status {
+fn supervise(child: libc::pid_t, ctrl: &mut std::fs::File, sfd: &SignalFd, grace: Duration) -> Status {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let mut ctrl_open = true;
     let mut deadline: Option<Instant> = None;
@@ -321,8 +261,7 @@ fn supervise(
                     deadline = Some(Instant::now() + Duration::from_secs(3600));
                     PollTimeout::from(50u16)
                 } else {
-                    PollTimeout::try_from(left.as_millis().min(50) as i32)
-                        .unwrap_or(PollTimeout::NONE)
+                    PollTimeout::try_from(left.as_millis().min(50) as i32).unwrap_or(PollTimeout::NONE)
                 }
             }
             None => PollTimeout::NONE,
@@ -333,11 +272,7 @@ fn supervise(
             fds.push(PollFd::new(ctrl_fd, PollFlags::POLLIN));
         }
         let _ = poll(&mut fds, timeout);
-        let ctrl_ready = ctrl_open
-            && fds
-                .get(1)
-                .and_then(|f| f.revents())
-                .is_some_and(|r| !r.is_empty());
+        let ctrl_ready = ctrl_open && fds.get(1).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty());
         drop(fds);
         if ctrl_ready {
             let mut rec = [0u8; 4];
@@ -366,13 +301,9 @@ fn supervise(
             let r = unsafe { libc::waitpid(child, &mut ws, libc::WNOHANG) };
             if r == child {
                 status = Some(if libc::WIFSIGNALED(ws) {
-                    Status::Signaled {
-                        signal: libc::WTERMSIG(ws),
-                    }
+                    Status::Signaled { signal: libc::WTERMSIG(ws) }
                 } else {
-                    Status::Exited {
-                        code: libc::WEXITSTATUS(ws),
-                    }
+                    Status::Exited { code: libc::WEXITSTATUS(ws) }
                 });
             }
         }
@@ -427,18 +358,11 @@ impl Plan {
             None => (spec.uid, spec.gid, spec.additional_gids.clone()),
         };
         if !env.iter().any(|e| e.starts_with("HOME=")) {
-            let home = passwd_entries()
-                .into_iter()
-                .find(|p| p.uid == uid)
-                .map(|p| p.home)
-                .unwrap_or_else(|| "/".into());
+            let home =
+                passwd_entries().into_iter().find(|p| p.uid == uid).map(|p| p.home).unwrap_or_else(|| "/".into());
             env.push(format!("HOME={home}"));
         }
-        let argv0 = spec
-            .args
-            .first()
-            .cloned()
-            .ok_or_else(|| Fail(ErrorCode::BadRequest, "empty command".into()))?;
+        let argv0 = spec.args.first().cloned().ok_or_else(|| Fail(ErrorCode::BadRequest, "empty command".into()))?;
         let path = if argv0.contains('/') {
             argv0.clone()
         } else {
@@ -447,35 +371,19 @@ impl Plan {
                 .find_map(|e| e.strip_prefix("PATH="))
                 .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
             lookup_path(&argv0, path_var).ok_or_else(|| {
-                Fail(
-                    ErrorCode::CommandNotFound,
-                    format!("{argv0:?}: executable file not found in $PATH"),
-                )
+                Fail(ErrorCode::CommandNotFound, format!("{argv0:?}: executable file not found in $PATH"))
             })?
         };
-        let argv = spec
-            .args
-            .iter()
-            .map(|a| cstr(a, "an argument"))
-            .collect::<Result<Vec<_>, _>>()?;
-        let envp = env
-            .iter()
-            .map(|a| cstr(a, "an environment variable"))
-            .collect::<Result<Vec<_>, _>>()?;
+        let argv = spec.args.iter().map(|a| cstr(a, "an argument")).collect::<Result<Vec<_>, _>>()?;
+        let envp = env.iter().map(|a| cstr(a, "an environment variable")).collect::<Result<Vec<_>, _>>()?;
         let mut argv_ptrs: Vec<_> = argv.iter().map(|c| c.as_ptr()).collect();
         argv_ptrs.push(std::ptr::null());
         let mut envp_ptrs: Vec<_> = envp.iter().map(|c| c.as_ptr()).collect();
         envp_ptrs.push(std::ptr::null());
         let caps: &CapSets = &spec.caps;
-        let cap_drop = (0..=last_cap)
-            .filter(|c| !caps.bounding.contains(c))
-            .collect();
+        let cap_drop = (0..=last_cap).filter(|c| !caps.bounding.contains(c)).collect();
         let mut cap_data = [CapData::default(); 2];
-        for (set, field) in [
-            (&caps.effective, 0),
-            (&caps.permitted, 1),
-            (&caps.inheritable, 2),
-        ] {
+        for (set, field) in [(&caps.effective, 0), (&caps.permitted, 1), (&caps.inheritable, 2)] {
             for &c in set.iter().filter(|&&c| c <= last_cap) {
                 let d = &mut cap_data[(c / 32) as usize];
                 let bit = 1u32 << (c % 32);
@@ -501,15 +409,7 @@ impl Plan {
             rlimits: spec
                 .rlimits
                 .iter()
-                .map(|r| {
-                    (
-                        r.resource,
-                        libc::rlimit {
-                            rlim_cur: r.soft,
-                            rlim_max: r.hard,
-                        },
-                    )
-                })
+                .map(|r| (r.resource, libc::rlimit { rlim_cur: r.soft, rlim_max: r.hard }))
                 .collect(),
             cap_drop,
             cap_data,
@@ -518,9 +418,7 @@ impl Plan {
                 .ambient
                 .iter()
                 .copied()
-                .filter(|c| {
-                    *c <= last_cap && caps.permitted.contains(c) && caps.inheritable.contains(c)
-                })
+                .filter(|c| *c <= last_cap && caps.permitted.contains(c) && caps.inheritable.contains(c))
                 .collect(),
             no_new_privs: spec.no_new_privs,
             umask: spec.umask as libc::mode_t,
@@ -592,17 +490,8 @@ fn group_entries() -> Vec<(String, u32, Vec<String>)> {
     text.lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
-            let members = f.get(3).map(|m| {
-                m.split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(String::from)
-                    .collect()
-            });
-            Some((
-                f.first()?.to_string(),
-                f.get(2)?.parse().ok()?,
-                members.unwrap_or_default(),
-            ))
+            let members = f.get(3).map(|m| m.split(',').filter(|s| !s.is_empty()).map(String::from).collect());
+            Some((f.first()?.to_string(), f.get(2)?.parse().ok()?, members.unwrap_or_default()))
         })
         .collect()
 }
@@ -618,49 +507,31 @@ fn resolve_user(spec: &str) -> Result<(u32, u32, Vec<u32>), Fail> {
     let uid = match (user.parse::<u32>(), entry) {
         (Ok(n), _) => n,
         (_, Some(p)) => p.uid,
-        _ => {
-            return Err(Fail(
-                ErrorCode::BadRequest,
-                format!("no user {user:?} in the container's /etc/passwd"),
-            ))
-        }
+        _ => return Err(Fail(ErrorCode::BadRequest, format!("no user {user:?} in the container's /etc/passwd"))),
     };
     let entry = entry.or_else(|| users.iter().find(|p| p.uid == uid));
     let groups = group_entries();
-    let gid = match group {
-        Some(g) => match g.parse::<u32>() {
-            Ok(n) => n,
-            Err(_) => groups
-                .iter()
-                .find(|(n, _, _)| n == g)
-                .map(|(_, id, _)| *id)
-                .ok_or_else(|| {
-                    Fail(
-                        ErrorCode::BadRequest,
-                        format!("no group {g:?} in the container's /etc/group"),
-                    )
+    let gid =
+        match group {
+            Some(g) => match g.parse::<u32>() {
+                Ok(n) => n,
+                Err(_) => groups.iter().find(|(n, _, _)| n == g).map(|(_, id, _)| *id).ok_or_else(|| {
+                    Fail(ErrorCode::BadRequest, format!("no group {g:?} in the container's /etc/group"))
                 })?,
-        },
-        None => entry.map(|p| p.gid).unwrap_or(0),
-    };
+            },
+            None => entry.map(|p| p.gid).unwrap_or(0),
+        };
     let name = entry.map(|p| p.name.as_str()).unwrap_or("");
-    let extra = groups
-        .iter()
-        .filter(|(_, _, m)| m.iter().any(|x| x == name))
-        .map(|(_, id, _)| *id)
-        .collect();
+    let extra = groups.iter().filter(|(_, _, m)| m.iter().any(|x| x == name)).map(|(_, id, _)| *id).collect();
     Ok((uid, gid, extra))
 }
 
 /// Finds the cgroup.procs files of every hierarchy the container's init is in, opened now (on the host view)
 /// so the child can join by writing "0" after it has entered the container.
 fn open_cgroups(pid: i32) -> Result<Vec<OwnedFd>, Fail> {
-    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(fail(
-        ErrorCode::ContainerNotRunning,
-        "reading the container's cgroups",
-    ))?;
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(fail(ErrorCode::Internal, "mountinfo"))?;
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .map_err(fail(ErrorCode::ContainerNotRunning, "reading the container's cgroups"))?;
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").map_err(fail(ErrorCode::Internal, "mountinfo"))?;
     let mut out = Vec::new();
     for line in cg.lines() {
         let mut parts = line.splitn(3, ':');
@@ -697,11 +568,7 @@ fn cgroup_dir(mountinfo: &str, ctrls: &str, path: &str) -> Option<String> {
         if hit {
             let rel = path.strip_prefix(root).unwrap_or(path);
             let rel = rel.trim_start_matches('/');
-            return Some(if rel.is_empty() {
-                point.to_string()
-            } else {
-                format!("{point}/{rel}")
-            });
+            return Some(if rel.is_empty() { point.to_string() } else { format!("{point}/{rel}") });
         }
     }
     None
@@ -711,10 +578,8 @@ fn cgroup_dir(mountinfo: &str, ctrls: &str, path: &str) -> Option<String> {
 fn open_pty(spec: &HelperSpec, plan: &Plan) -> Result<(Option<OwnedFd>, Option<OwnedFd>), Fail> {
     use nix::fcntl::OFlag;
     let flags = OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
-    let master = nix::pty::posix_openpt(flags).map_err(fail(
-        ErrorCode::StartFailed,
-        "opening the container's /dev/ptmx",
-    ))?;
+    let master =
+        nix::pty::posix_openpt(flags).map_err(fail(ErrorCode::StartFailed, "opening the container's /dev/ptmx"))?;
     nix::pty::grantpt(&master).map_err(fail(ErrorCode::StartFailed, "grantpt"))?;
     nix::pty::unlockpt(&master).map_err(fail(ErrorCode::StartFailed, "unlockpt"))?;
     let name = nix::pty::ptsname_r(&master).map_err(fail(ErrorCode::StartFailed, "ptsname"))?;
@@ -724,12 +589,7 @@ fn open_pty(spec: &HelperSpec, plan: &Plan) -> Result<(Option<OwnedFd>, Option<O
     let _ = nix::unistd::fchown(&slave, Some(plan.uid.into()), Some(plan.gid.into()));
     let _ = nix::sys::stat::fchmod(&slave, nix::sys::stat::Mode::from_bits_truncate(0o620));
     if let Some(sz) = spec.size {
-        let ws = libc::winsize {
-            ws_row: sz.height,
-            ws_col: sz.width,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
+        let ws = libc::winsize { ws_row: sz.height, ws_col: sz.width, ws_xpixel: 0, ws_ypixel: 0 };
         // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer.
         unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
     }
@@ -742,13 +602,7 @@ fn send_fd(fd: BorrowedFd<'_>) -> nix::Result<()> {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
     let fds = [fd.as_raw_fd()];
     let iov = [std::io::IoSlice::new(b"m")];
-    sendmsg::<UnixAddr>(
-        CONSOLE_FD,
-        &iov,
-        &[ControlMessage::ScmRights(&fds)],
-        MsgFlags::empty(),
-        None,
-    )?;
+    sendmsg::<UnixAddr>(CONSOLE_FD, &iov, &[ControlMessage::ScmRights(&fds)], MsgFlags::empty(), None)?;
     Ok(())
 }
 
@@ -819,34 +673,13 @@ unsafe fn child_main(a: &ChildArgs<'_>) -> ! {
         die(STAGE_CREDS);
     }
     libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0);
-    let hdr = CapHeader {
-        version: 0x2008_0522,
-        pid: 0,
-    };
-    if libc::syscall(
-        libc::SYS_capset,
-        &hdr as *const CapHeader,
-        p.cap_data.as_ptr(),
-    ) != 0
-    {
+    let hdr = CapHeader { version: 0x2008_0522, pid: 0 };
+    if libc::syscall(libc::SYS_capset, &hdr as *const CapHeader, p.cap_data.as_ptr()) != 0 {
         die(STAGE_CAPS);
     }
-    libc::prctl(
-        libc::PR_CAP_AMBIENT,
-        libc::PR_CAP_AMBIENT_CLEAR_ALL,
-        0,
-        0,
-        0,
-    );
+    libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
     for &c in &p.ambient {
-        if libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_RAISE,
-            c as libc::c_ulong,
-            0,
-            0,
-        ) != 0
-        {
+        if libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE, c as libc::c_ulong, 0, 0) != 0 {
             die(STAGE_CAPS);
         }
     }
@@ -861,12 +694,7 @@ unsafe fn child_main(a: &ChildArgs<'_>) -> ! {
     // After the credential change, which would clear it.
     libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
     // Nothing of the host survives exec: every fd past stdio is marked close-on-exec.
-    libc::syscall(
-        libc::SYS_close_range,
-        3u32,
-        u32::MAX,
-        4u32, /* CLOSE_RANGE_CLOEXEC */
-    );
+    libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 4u32 /* CLOSE_RANGE_CLOEXEC */);
     libc::execve(p.path.as_ptr(), p.argv_ptrs.as_ptr(), p.envp_ptrs.as_ptr());
     die(STAGE_EXEC)
 }
@@ -880,18 +708,9 @@ mod tests {
         let mi = "30 25 0:26 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n\
                   31 25 0:27 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n\
                   32 25 0:28 /sub /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
-        assert_eq!(
-            cgroup_dir(mi, "", "/c1").as_deref(),
-            Some("/sys/fs/cgroup/unified/c1")
-        );
-        assert_eq!(
-            cgroup_dir(mi, "cpu,cpuacct", "/c1").as_deref(),
-            Some("/sys/fs/cgroup/cpu,cpuacct/c1")
-        );
-        assert_eq!(
-            cgroup_dir(mi, "memory", "/sub/c1").as_deref(),
-            Some("/sys/fs/cgroup/memory/c1")
-        );
+        assert_eq!(cgroup_dir(mi, "", "/c1").as_deref(), Some("/sys/fs/cgroup/unified/c1"));
+        assert_eq!(cgroup_dir(mi, "cpu,cpuacct", "/c1").as_deref(), Some("/sys/fs/cgroup/cpu,cpuacct/c1"));
+        assert_eq!(cgroup_dir(mi, "memory", "/sub/c1").as_deref(), Some("/sys/fs/cgroup/memory/c1"));
         assert_eq!(cgroup_dir(mi, "pids", "/c1"), None);
     }
 
@@ -906,15 +725,9 @@ mod tests {
         std::fs::write(b.join("tool"), "").unwrap();
         std::fs::set_permissions(b.join("tool"), std::fs::Permissions::from_mode(0o755)).unwrap();
         let pv = format!("{}:{}", a.display(), b.display());
-        assert_eq!(
-            lookup_path("tool", &pv),
-            Some(format!("{}/tool", b.display()))
-        );
+        assert_eq!(lookup_path("tool", &pv), Some(format!("{}/tool", b.display())));
         std::fs::remove_file(b.join("tool")).unwrap();
-        assert_eq!(
-            lookup_path("tool", &pv),
-            Some(format!("{}/tool", a.display()))
-        );
+        assert_eq!(lookup_path("tool", &pv), Some(format!("{}/tool", a.display())));
         assert_eq!(lookup_path("nope", &pv), None);
     }
 

@@ -20,23 +20,16 @@ impl SealedExe {
         // MFD_EXEC (6.3+) marks the memfd executable where vm.memfd_noexec would otherwise forbid it.
         const MFD_EXEC: u32 = 0x10;
         let base = MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING;
-        let fd = memfd_create(
-            "dcos-exec-helper",
-            base | MFdFlags::from_bits_retain(MFD_EXEC),
-        )
-        .or_else(|_| memfd_create("dcos-exec-helper", base))
-        .map_err(io::Error::from)?;
+        let fd = memfd_create("dcos-exec-helper", base | MFdFlags::from_bits_retain(MFD_EXEC))
+            .or_else(|_| memfd_create("dcos-exec-helper", base))
+            .map_err(io::Error::from)?;
         let mut dst = File::from(fd);
         let mut src = File::open("/proc/self/exe")?;
         io::copy(&mut src, &mut dst)?;
-        let seals = SealFlag::F_SEAL_SEAL
-            | SealFlag::F_SEAL_SHRINK
-            | SealFlag::F_SEAL_GROW
-            | SealFlag::F_SEAL_WRITE;
+        let seals = SealFlag::F_SEAL_SEAL | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_WRITE;
         nix::fcntl::fcntl(&dst, FcntlArg::F_ADD_SEALS(seals)).map_err(io::Error::from)?;
         // Park it on a high fd: children remap their low fds (3, 4, 5) before exec'ing this very path.
-        let high =
-            nix::fcntl::fcntl(&dst, FcntlArg::F_DUPFD_CLOEXEC(1000)).map_err(io::Error::from)?;
+        let high = nix::fcntl::fcntl(&dst, FcntlArg::F_DUPFD_CLOEXEC(1000)).map_err(io::Error::from)?;
         // SAFETY: F_DUPFD_CLOEXEC returned a new fd that nothing else owns.
         let fd = unsafe { std::os::fd::FromRawFd::from_raw_fd(high) };
         Ok(SealedExe { fd })
@@ -61,9 +54,6 @@ mod tests {
             Err(e) => e,
         };
         assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
-        assert_eq!(
-            std::fs::metadata(exe.path()).unwrap().len(),
-            std::fs::metadata("/proc/self/exe").unwrap().len()
-        );
+        assert_eq!(std::fs::metadata(exe.path()).unwrap().len(), std::fs::metadata("/proc/self/exe").unwrap().len());
     }
 }

@@ -3,6 +3,7 @@
 //! The agent is multithreaded and `setns` into mount or user namespaces needs a single thread, so each session
 //! runs a helper (see [`helper`]) executed from a sealed copy of this binary (see [`memfd`]).
 
+pub mod debugfs;
 pub mod helper;
 pub mod memfd;
 
@@ -64,7 +65,21 @@ pub struct HelperSpec {
     pub tty: bool,
     pub size: Option<TermSize>,
     pub grace_ms: u64,
+    /// With `--debug-image`: the session's root is this image, the target's root is mounted below it.
+    pub debug: Option<DebugSpec>,
 }
+
+/// The debug image's part of a session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DebugSpec {
+    /// Unpacked layer dirs on the host, top layer first (overlay lowerdir order).
+    pub layers: Vec<String>,
+    /// Where the target's root filesystem appears, e.g. `/target`.
+    pub target: String,
+}
+
+/// Where a debug session sees the target's root filesystem.
+pub const TARGET_MOUNT: &str = "/target";
 
 /// What the helper reports on its event pipe, one JSON line each.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -123,44 +138,67 @@ pub fn merge_env(base: &[String], overrides: &[String]) -> Vec<String> {
     env
 }
 
-/// Builds the helper spec from the container's bundle config (`config.json`) and the request.
+/// Capability names (`SYS_PTRACE` or `CAP_SYS_PTRACE`) to kernel numbers.
+pub fn parse_caps(names: &[String]) -> Result<Vec<u32>, String> {
+    use std::str::FromStr;
+    names
+        .iter()
+        .map(|n| {
+            let up = n.to_ascii_uppercase();
+            let full = if up.starts_with("CAP_") { up } else { format!("CAP_{up}") };
+            caps::Capability::from_str(&full)
+                .map(|c| u32::from(c.index()))
+                .map_err(|_| format!("unknown capability {n:?}"))
+        })
+        .collect()
+}
+
+/// Builds the helper spec from the container's bundle config (`config.json`) and the request; with a debug
+/// image, its environment and working directory replace the container's, and `cap_add` joins every set.
 pub fn build_spec(
     c: &Container,
     req: &ExecRequest,
     grace_ms: u64,
+    image: Option<&dcos_exec_images::pull::PulledImage>,
 ) -> Result<HelperSpec, ExecError> {
     let path = c.bundle.join("config.json");
     let spec = oci_spec::runtime::Spec::load(&path)
         .map_err(|e| ExecError::Bundle(format!("reading {}: {e}", path.display())))?;
-    let process = spec
-        .process()
-        .as_ref()
-        .ok_or_else(|| ExecError::Bundle(format!("{} has no process", path.display())))?;
-    let mut env = merge_env(&process.env().clone().unwrap_or_default(), &req.env);
+    let process =
+        spec.process().as_ref().ok_or_else(|| ExecError::Bundle(format!("{} has no process", path.display())))?;
+    let base_env = match image {
+        Some(img) if !img.env.is_empty() => img.env.clone(),
+        Some(_) => vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
+        None => process.env().clone().unwrap_or_default(),
+    };
+    let mut env = merge_env(&base_env, &req.env);
     if req.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
         env.push("TERM=xterm".into());
     }
     let user = process.user();
     let capabilities = process.capabilities().as_ref();
-    let caps = CapSets {
+    let mut caps = CapSets {
         bounding: cap_numbers(capabilities.and_then(|c| c.bounding().as_ref())),
         effective: cap_numbers(capabilities.and_then(|c| c.effective().as_ref())),
         permitted: cap_numbers(capabilities.and_then(|c| c.permitted().as_ref())),
         inheritable: cap_numbers(capabilities.and_then(|c| c.inheritable().as_ref())),
         ambient: cap_numbers(capabilities.and_then(|c| c.ambient().as_ref())),
     };
+    for cap in parse_caps(&req.cap_add).map_err(ExecError::Bundle)? {
+        for set in
+            [&mut caps.bounding, &mut caps.effective, &mut caps.permitted, &mut caps.inheritable, &mut caps.ambient]
+        {
+            if !set.contains(&cap) {
+                set.push(cap);
+            }
+        }
+    }
     let rlimits = process
         .rlimits()
         .as_ref()
         .into_iter()
         .flatten()
-        .filter_map(|r| {
-            Some(Rlimit {
-                resource: rlimit_resource(r.typ())?,
-                soft: r.soft(),
-                hard: r.hard(),
-            })
-        })
+        .filter_map(|r| Some(Rlimit { resource: rlimit_resource(r.typ())?, soft: r.soft(), hard: r.hard() }))
         .collect();
     Ok(HelperSpec {
         init_pid: c.pid,
@@ -171,10 +209,11 @@ pub fn build_spec(
         gid: user.gid(),
         additional_gids: user.additional_gids().clone().unwrap_or_default(),
         user_override: req.user.clone(),
-        cwd: req
-            .workdir
-            .clone()
-            .unwrap_or_else(|| process.cwd().display().to_string()),
+        cwd: match (&req.workdir, image) {
+            (Some(w), _) => w.clone(),
+            (None, Some(img)) => img.working_dir.clone().unwrap_or_else(|| "/".into()),
+            (None, None) => process.cwd().display().to_string(),
+        },
         caps,
         no_new_privs: process.no_new_privileges().unwrap_or(false),
         rlimits,
@@ -182,6 +221,10 @@ pub fn build_spec(
         tty: req.tty,
         size: req.size,
         grace_ms,
+        debug: image.map(|img| DebugSpec {
+            layers: img.layers.iter().rev().map(|p| p.display().to_string()).collect(),
+            target: TARGET_MOUNT.into(),
+        }),
     })
 }
 
@@ -206,30 +249,18 @@ pub fn spawn(exe: &memfd::SealedExe, spec: &HelperSpec) -> Result<Spawned, ExecE
     let (ev_r, ev_w) = pipe()?;
     let console = if spec.tty {
         Some(
-            socketpair(
-                AddressFamily::Unix,
-                SockType::Stream,
-                None,
-                SockFlag::SOCK_CLOEXEC,
-            )
-            .map_err(std::io::Error::from)?,
+            socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
+                .map_err(std::io::Error::from)?,
         )
     } else {
         None
     };
     let mut cmd = tokio::process::Command::new(exe.path());
-    cmd.arg0("dcos-exec-helper")
-        .arg(HELPER_ARG)
-        .env_clear()
-        .kill_on_drop(false);
+    cmd.arg0("dcos-exec-helper").arg(HELPER_ARG).env_clear().kill_on_drop(false);
     if spec.tty {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     } else {
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     }
     let mut map: Vec<RawFd> = vec![ctrl_r.as_raw_fd(), ev_w.as_raw_fd()];
     if let Some((_, theirs)) = &console {
@@ -262,12 +293,7 @@ pub fn spawn(exe: &memfd::SealedExe, spec: &HelperSpec) -> Result<Spawned, ExecE
     });
     let ctrl = tokio::net::unix::pipe::Sender::from_owned_fd(ctrl_w)?;
     let events = tokio::net::unix::pipe::Receiver::from_owned_fd(ev_r)?;
-    Ok(Spawned {
-        child,
-        ctrl,
-        events,
-        console,
-    })
+    Ok(Spawned { child, ctrl, events, console })
 }
 
 /// Encodes the spec for the control pipe (length-prefixed JSON).
@@ -285,13 +311,8 @@ pub fn recv_master(sock: &OwnedFd) -> std::io::Result<OwnedFd> {
     let mut buf = [0u8; 1];
     let mut iov = [std::io::IoSliceMut::new(&mut buf)];
     let mut space = nix::cmsg_space!([RawFd; 1]);
-    let msg = recvmsg::<()>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .map_err(std::io::Error::from)?;
+    let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+        .map_err(std::io::Error::from)?;
     for c in msg.cmsgs().map_err(std::io::Error::from)? {
         if let ControlMessageOwned::ScmRights(fds) = c {
             if let Some(&fd) = fds.first() {
@@ -317,16 +338,8 @@ mod tests {
     #[test]
     fn capability_names_map_to_kernel_numbers() {
         use oci_spec::runtime::Capability;
-        let set: HashSet<_> = [
-            Capability::Chown,
-            Capability::NetBindService,
-            Capability::SysAdmin,
-        ]
-        .into();
+        let set: HashSet<_> = [Capability::Chown, Capability::NetBindService, Capability::SysAdmin].into();
         assert_eq!(cap_numbers(Some(&set)), vec![0, 10, 21]);
-        assert_eq!(
-            rlimit_resource(oci_spec::runtime::PosixRlimitType::RlimitNofile),
-            Some(libc::RLIMIT_NOFILE as i32)
-        );
+        assert_eq!(rlimit_resource(oci_spec::runtime::PosixRlimitType::RlimitNofile), Some(libc::RLIMIT_NOFILE as i32));
     }
 }

@@ -14,26 +14,17 @@ pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let p = dir.join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build --workspace` first",
-        p.display()
-    );
+    assert!(p.exists(), "{} is missing: run `cargo build --workspace` first", p.display());
     p
 }
 
 pub fn run(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+    cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
 }
 
 fn sh(script: &str) -> Output {
     let o = run(Command::new("sh").arg("-c").arg(script));
-    assert!(
-        o.status.success(),
-        "{script}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert!(o.status.success(), "{script}: {}", String::from_utf8_lossy(&o.stderr));
     o
 }
 
@@ -46,10 +37,7 @@ pub fn prefix() -> String {
 pub fn remove_stale_containers() {
     let o = run(Command::new("runc").args(["list", "-q"]));
     for id in stdout(&o).lines() {
-        let Some(pid) = id
-            .strip_prefix("dcx")
-            .and_then(|r| r.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok())
+        let Some(pid) = id.strip_prefix("dcx").and_then(|r| r.split('-').next()).and_then(|p| p.parse::<u32>().ok())
         else {
             continue;
         };
@@ -74,21 +62,10 @@ pub fn make_rootfs(dir: &Path) {
             let _ = std::os::unix::fs::symlink("busybox", bin_dir.join(applet));
         }
     }
-    std::fs::write(
-        dir.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("etc/group"),
-        "root:x:0:\napp:x:1000:\nextra:x:2000:app\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        dir.join("tmp"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
-    )
-    .unwrap();
+    std::fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n")
+        .unwrap();
+    std::fs::write(dir.join("etc/group"), "root:x:0:\napp:x:1000:\nextra:x:2000:app\n").unwrap();
+    std::fs::set_permissions(dir.join("tmp"), std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
 }
 
 /// How a test container differs from `runc spec`'s default.
@@ -115,8 +92,7 @@ impl Container {
         let _ = Command::new("runc").args(["delete", "-f", id]).output();
         sh(&format!("cd {} && runc spec", bundle.display()));
         let cfg_path = bundle.join("config.json");
-        let mut cfg: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+        let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
         cfg["process"]["terminal"] = false.into();
         cfg["process"]["args"] = serde_json::json!(["sleep", "100000"]);
         cfg["root"]["readonly"] = o.readonly.into();
@@ -126,11 +102,8 @@ impl Container {
             let caps = serde_json::json!(["CAP_NET_BIND_SERVICE"]);
             cfg["process"]["capabilities"] = serde_json::json!({"bounding": caps, "effective": caps, "permitted": caps, "ambient": caps, "inheritable": caps});
         }
-        let ann: serde_json::Map<String, serde_json::Value> = o
-            .annotations
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone().into()))
-            .collect();
+        let ann: serde_json::Map<String, serde_json::Value> =
+            o.annotations.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
         cfg["annotations"] = ann.into();
         std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
         // The detached init inherits runc's stdio: a pipe would never reach EOF, so errors go to a file.
@@ -145,15 +118,8 @@ impl Container {
             .stderr(err)
             .status()
             .unwrap();
-        assert!(
-            st.success(),
-            "runc run {id}: {}",
-            std::fs::read_to_string(&err_path).unwrap_or_default()
-        );
-        Container {
-            id: id.into(),
-            bundle,
-        }
+        assert!(st.success(), "runc run {id}: {}", std::fs::read_to_string(&err_path).unwrap_or_default());
+        Container { id: id.into(), bundle }
     }
 
     pub fn init_pid(&self) -> i32 {
@@ -169,9 +135,7 @@ impl Container {
 
 impl Drop for Container {
     fn drop(&mut self) {
-        let _ = Command::new("runc")
-            .args(["delete", "-f", &self.id])
-            .output();
+        let _ = Command::new("runc").args(["delete", "-f", &self.id]).output();
         let _ = std::fs::remove_dir_all(&self.bundle);
     }
 }
@@ -208,11 +172,7 @@ actions = ["*"]
 "#;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl Agent {
@@ -221,31 +181,17 @@ impl Agent {
         let _ = std::fs::remove_dir_all(dir);
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
-        let o = run(Command::new(bin("dcos-exec-agent"))
-            .args(["init", "--listen", &listen, "--dir"])
-            .arg(dir));
-        assert!(
-            o.status.success(),
-            "init: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        let o = run(Command::new(bin("dcos-exec-agent")).args(["init", "--listen", &listen, "--dir"]).arg(dir));
+        assert!(o.status.success(), "init: {}", String::from_utf8_lossy(&o.stderr));
         let cfg = dir.join("agent.toml");
         let mut text = std::fs::read_to_string(&cfg).unwrap();
         text = text.replace("grace_period = \"5s\"", "grace_period = \"1s\"");
-        text = text.replacen(
-            "\n[runtimes]",
-            "\ntask_id_annotation = \"io.dcos.task-id\"\n\n[runtimes]",
-            1,
-        );
+        text = text.replacen("\n[runtimes]", "\ntask_id_annotation = \"io.dcos.task-id\"\n\n[runtimes]", 1);
         std::fs::write(&cfg, text).unwrap();
         std::fs::write(dir.join("acl.toml"), ACL).unwrap();
         let log = std::fs::File::create(dir.join("agent.log")).unwrap();
         let mut cmd = Command::new(bin("dcos-exec-agent"));
-        cmd.args(["run", "--config"])
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .env("DCOS_EXEC_LOG", "debug");
+        cmd.args(["run", "--config"]).arg(&cfg).stdout(Stdio::null()).stderr(log).env("DCOS_EXEC_LOG", "debug");
         // SAFETY: prctl in the child before exec; the agent dies with the thread that started it.
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
@@ -256,38 +202,21 @@ impl Agent {
         let child = cmd.spawn().expect("starting the agent");
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(&listen).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "agent did not listen on {listen}"
-            );
+            assert!(Instant::now() < deadline, "agent did not listen on {listen}");
             std::thread::sleep(Duration::from_millis(20));
         }
-        let admin_token = std::fs::read_to_string(dir.join("admin.token"))
-            .unwrap()
-            .trim()
-            .to_string();
-        Agent {
-            dir: dir.into(),
-            url: format!("https://127.0.0.1:{port}"),
-            child,
-            admin_token,
-        }
+        let admin_token = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_string();
+        Agent { dir: dir.into(), url: format!("https://127.0.0.1:{port}"), child, admin_token }
     }
 
     pub fn token(&self, user: &str, groups: &[&str], ttl: &str) -> String {
         let mut c = Command::new(bin("dcos-exec-agent"));
-        c.args(["token", "--config"])
-            .arg(self.dir.join("agent.toml"))
-            .args(["--user", user, "--ttl", ttl]);
+        c.args(["token", "--config"]).arg(self.dir.join("agent.toml")).args(["--user", user, "--ttl", ttl]);
         for g in groups {
             c.args(["--group", g]);
         }
         let o = run(&mut c);
-        assert!(
-            o.status.success(),
-            "token: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        assert!(o.status.success(), "token: {}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8(o.stdout).unwrap().trim().to_string()
     }
 
@@ -358,38 +287,20 @@ pub fn world() -> &'static World {
                     ..Default::default()
                 },
             );
-            let ro = Container::start(
-                &root,
-                &format!("{p}-ro"),
-                &ContainerOpts {
-                    readonly: true,
-                    ..Default::default()
-                },
-            );
+            let ro =
+                Container::start(&root, &format!("{p}-ro"), &ContainerOpts { readonly: true, ..Default::default() });
             let app = Container::start(
                 &root,
                 &format!("{p}-app"),
-                &ContainerOpts {
-                    unprivileged: true,
-                    ..Default::default()
-                },
+                &ContainerOpts { unprivileged: true, ..Default::default() },
             );
             let agent = Agent::start(&root.join("agent"));
-            tx.send(World {
-                root,
-                agent,
-                main,
-                ro,
-                app,
-                main_task,
-            })
-            .unwrap();
+            tx.send(World { root, agent, main, ro, app, main_task }).unwrap();
             loop {
                 std::thread::park();
             }
         });
-        rx.recv()
-            .expect("world set-up failed (see the panic above)")
+        rx.recv().expect("world set-up failed (see the panic above)")
     })
 }
 
@@ -403,12 +314,7 @@ pub fn stderr(o: &Output) -> String {
 
 /// Runs `cmd` with `input` on stdin.
 pub fn run_with_input(cmd: &mut Command, input: &[u8]) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let data = input.to_vec();
     let writer = std::thread::spawn(move || {
