@@ -129,13 +129,28 @@ impl Acl {
     }
 
     /// True when some allow rule and no deny rule match `who` doing `action` on `task`.
+    #[cfg(test)]
     pub fn allows(&self, who: &Principal<'_>, task: &str, action: &str) -> bool {
         self.allows_image(who, task, action, None)
     }
 
     /// Like [`Acl::allows`], for an action that concerns a debug image (normalised reference): an allow rule
     /// must list a matching pattern in `images`; a deny rule applies when it lists none or a matching one.
+    #[cfg(test)]
     pub fn allows_image(&self, who: &Principal<'_>, task: &str, action: &str, image: Option<&str>) -> bool {
+        self.allows_container(who, task, task, action, image)
+    }
+
+    /// The decision for a resolved container: allow rules are matched against its task id, deny rules against
+    /// its task id and its container id, so naming a container by id never slips past a deny rule.
+    pub fn allows_container(
+        &self,
+        who: &Principal<'_>,
+        task_id: &str,
+        container_id: &str,
+        action: &str,
+        image: Option<&str>,
+    ) -> bool {
         let mut allowed = false;
         for r in &self.rules {
             let subject = r.subjects.iter().any(|s| match s {
@@ -148,14 +163,17 @@ impl Acl {
                 Some(i) if r.deny => r.images.is_empty() || r.images.iter().any(|m| m.is_match(i)),
                 Some(i) => r.images.iter().any(|m| m.is_match(i)),
             };
-            let hit = subject
-                && image_ok
-                && r.tasks.iter().any(|m| m.is_match(task))
-                && r.actions.iter().any(|a| a == "*" || a == action);
-            if hit && r.deny {
-                return false;
+            let action_ok = r.actions.iter().any(|a| a == "*" || a == action);
+            if !(subject && image_ok && action_ok) {
+                continue;
             }
-            allowed |= hit;
+            if r.deny {
+                if r.tasks.iter().any(|m| m.is_match(task_id) || m.is_match(container_id)) {
+                    return false;
+                }
+            } else {
+                allowed |= r.tasks.iter().any(|m| m.is_match(task_id));
+            }
         }
         allowed
     }
@@ -233,6 +251,21 @@ images = ["*/evil*"]
         assert!(!acl.allows_image(&root, "t", "debug", Some("docker.io/library/busybox:latest")));
         assert!(acl.allows(&root, "t", "exec"));
         assert!(!acl.allows_image(&dev, "t", "debug", Some("registry.local:5000/tools/evil:1")));
+    }
+
+    #[test]
+    fn deny_rules_also_match_the_container_id() {
+        let acl = Acl::parse(
+            "[[rule]]\nsubjects=['*']\ntasks=['*']\nactions=['*']\n\n\
+             [[rule]]\neffect='deny'\nsubjects=['*']\ntasks=['db-*']\nactions=['exec:tty']\n",
+        )
+        .unwrap();
+        let who = Principal { user: "sre", groups: &[] };
+        // The task db-1 runs in container 3f9c: asking by container id must not dodge the deny rule.
+        assert!(!acl.allows_container(&who, "db-1", "3f9c", "exec:tty", None));
+        assert!(acl.allows_container(&who, "db-1", "3f9c", "exec", None));
+        // And allow rules are about task ids: a deny on the container id pattern works too.
+        assert!(!acl.allows_container(&who, "web-1", "db-x", "exec:tty", None));
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub struct Claims {
     pub groups: Vec<String>,
     pub iss: String,
     pub aud: String,
+    #[serde(default)]
     pub iat: u64,
     pub nbf: u64,
     pub exp: u64,

@@ -90,6 +90,17 @@ fn tls_config(cfg: &Loaded) -> Result<rustls::ServerConfig> {
     Ok(c)
 }
 
+/// Dead peers are noticed by the kernel: keep-alive probes when idle, and unacknowledged data for a minute
+/// fails the connection (so a session blocked on a vanished client ends).
+fn tune_socket(tcp: &tokio::net::TcpStream) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let _ = setsockopt(tcp, sockopt::KeepAlive, &true);
+    let _ = setsockopt(tcp, sockopt::TcpKeepIdle, &30);
+    let _ = setsockopt(tcp, sockopt::TcpKeepInterval, &10);
+    let _ = setsockopt(tcp, sockopt::TcpKeepCount, &3);
+    let _ = setsockopt(tcp, sockopt::TcpUserTimeout, &60_000);
+}
+
 /// Accepts connections until the process is stopped.
 pub async fn serve(agent: Arc<Agent>) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(&agent.cfg.file.listen)
@@ -113,6 +124,7 @@ pub async fn serve(agent: Arc<Agent>) -> Result<()> {
             _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: stopping"); return Ok(()) }
         };
         let _ = tcp.set_nodelay(true);
+        tune_socket(&tcp);
         let agent = agent.clone();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
@@ -232,7 +244,7 @@ fn list(agent: &Agent, peer: SocketAddr, req: &Request<Incoming>) -> Response<Bo
         .discovery
         .list()
         .into_iter()
-        .filter(|c| agent.acl.allows(&who, &c.task_id, "list"))
+        .filter(|c| agent.acl.allows_container(&who, &c.task_id, &c.id, "list", None))
         .map(|c| TaskInfo {
             age_secs: crate::runtime::age_secs(c.start_time),
             id: c.task_id,
@@ -311,19 +323,34 @@ async fn exec(agent: Arc<Agent>, peer: SocketAddr, mut req: Request<Incoming>, t
     }
     let who = Principal { user: &claims.sub, groups: &claims.groups };
     let image_name = image.as_ref().map(|r| r.to_string());
-    if let Some(a) = actions.iter().find(|a| !agent.acl.allows_image(&who, &task, a, image_name.as_deref())) {
+    let denied = |task_id: &str, container_id: &str| {
+        actions.iter().find(|a| !agent.acl.allows_container(&who, task_id, container_id, a, image_name.as_deref()))
+    };
+    let refusal = |a: &str| {
         let what = match (&image_name, a.starts_with("debug")) {
             (Some(i), true) => format!("{a} with image {i}"),
             _ => a.to_string(),
         };
-        return deny(ErrorCode::Forbidden, format!("user {user:?} may not {what} on task {task:?}"));
-    }
+        format!("user {user:?} may not {what} on task {task:?}")
+    };
+    // Resolve first, then authorize against what the name resolved to (a container id must not dodge a deny
+    // rule written for its task id). Someone with no grant on the name learns nothing about its existence.
     let container = match agent.discovery.resolve(&task) {
         Ok(c) => c,
-        Err(e @ RuntimeError::NotRunning { .. }) => return deny(ErrorCode::ContainerNotRunning, e.to_string()),
-        Err(e @ RuntimeError::NotFound(_)) => return deny(ErrorCode::TaskNotFound, e.to_string()),
-        Err(e) => return deny(ErrorCode::BadRequest, e.to_string()),
+        Err(e) => {
+            if let Some(a) = denied(&task, &task) {
+                return deny(ErrorCode::Forbidden, refusal(a));
+            }
+            return match e {
+                RuntimeError::NotRunning { .. } => deny(ErrorCode::ContainerNotRunning, e.to_string()),
+                RuntimeError::NotFound(_) => deny(ErrorCode::TaskNotFound, e.to_string()),
+                _ => deny(ErrorCode::BadRequest, e.to_string()),
+            };
+        }
     };
+    if let Some(a) = denied(&container.task_id, &container.id) {
+        return deny(ErrorCode::Forbidden, refusal(a));
+    }
 
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(ws_key.as_bytes());
     let ctx = crate::session::Context {

@@ -54,7 +54,9 @@ where
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(cfg)).await;
     let (sink, stream) = ws.split();
     let (tx, rx) = mpsc::channel::<Message>(16);
-    let writer = tokio::spawn(write_loop(sink, rx));
+    // Set when the client can no longer be written to: the session then ends as if the client had left.
+    let (gone_tx, gone_rx) = watch::channel(false);
+    let writer = tokio::spawn(write_loop(sink, rx, gone_tx));
     let id = new_session_id();
     let start = crate::audit::now();
     let bytes_in = Arc::new(AtomicU64::new(0));
@@ -62,7 +64,7 @@ where
     tracing::info!(session = %id, user = %ctx.user, task = %ctx.task, "session start");
 
     let mut image = None;
-    let status = drive(&agent, &ctx, &id, &mut image, &tx, stream, &bytes_in, &bytes_out).await;
+    let status = drive(&agent, &ctx, &id, &mut image, &tx, (stream, gone_rx), &bytes_in, &bytes_out).await;
 
     let json = serde_json::to_vec(&status).unwrap_or_default();
     tracing::info!(session = %id, status = ?status, "session end");
@@ -98,7 +100,7 @@ async fn drive<St>(
     id: &str,
     image_info: &mut Option<(String, String)>,
     tx: &mpsc::Sender<Message>,
-    stream: St,
+    (stream, gone): (St, watch::Receiver<bool>),
     bytes_in: &Arc<AtomicU64>,
     bytes_out: &Arc<AtomicU64>,
 ) -> Status
@@ -140,9 +142,10 @@ where
         return internal(format!("handing the request to the exec helper: {e}"));
     }
     let mut events = tokio::io::BufReader::new(sp.events).lines();
-    let gone = |ctx: &Context| crate::runtime::proc_start_time(ctx.container.pid) != Some(ctx.container.start_time);
+    let container_gone =
+        |ctx: &Context| crate::runtime::proc_start_time(ctx.container.pid) != Some(ctx.container.start_time);
     let helper_died = |ctx: &Context| {
-        if gone(ctx) {
+        if container_gone(ctx) {
             Status::Error {
                 code: ErrorCode::ContainerStopped,
                 message: format!("container {} stopped", ctx.container.id),
@@ -205,7 +208,7 @@ where
         .into_iter()
         .map(|(ch, r)| tokio::spawn(pump_out(ch, r, tx.clone(), bytes_out.clone(), exited_rx.clone(), drain)))
         .collect();
-    let input = tokio::spawn(pump_in(stream, stdin, sp.ctrl, master_for_resize, bytes_in.clone()));
+    let input = tokio::spawn(pump_in(stream, gone, stdin, sp.ctrl, master_for_resize, bytes_in.clone()));
 
     let mut status = loop {
         match next_event(&mut events).await {
@@ -223,13 +226,13 @@ where
     // SIGKILL is how a dying pid namespace takes its processes; the init may need a moment to be reaped.
     if status == (Status::Signaled { signal: libc::SIGKILL }) {
         for _ in 0..20 {
-            if gone(ctx) {
+            if container_gone(ctx) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
-    if matches!(status, Status::Signaled { .. }) && gone(ctx) {
+    if matches!(status, Status::Signaled { .. }) && container_gone(ctx) {
         status = Status::Error {
             code: ErrorCode::ContainerStopped,
             message: format!("container {} stopped during the session", ctx.container.id),
@@ -251,29 +254,39 @@ async fn next_event<R: tokio::io::AsyncBufRead + Unpin>(lines: &mut tokio::io::L
 }
 
 /// Sends frames in order, batching what is queued into one flush; pings the client; closes at the end.
-async fn write_loop<Si>(mut sink: Si, mut rx: mpsc::Receiver<Message>)
+async fn write_loop<Si>(mut sink: Si, mut rx: mpsc::Receiver<Message>, gone: watch::Sender<bool>)
 where
     Si: futures_util::Sink<Message> + Unpin,
 {
+    use tokio::time::timeout;
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
+    // A client that takes no data for this long (stopped reading, or vanished) is treated as gone.
+    let stall = CLIENT_SILENCE;
     loop {
-        tokio::select! {
+        let ok = tokio::select! {
             m = rx.recv() => match m {
                 Some(m) => {
-                    if sink.feed(m).await.is_err() { return }
-                    while let Ok(m) = rx.try_recv() {
-                        if sink.feed(m).await.is_err() { return }
-                    }
-                    if sink.flush().await.is_err() { return }
+                    let batch = async {
+                        sink.feed(m).await?;
+                        while let Ok(m) = rx.try_recv() {
+                            sink.feed(m).await?;
+                        }
+                        sink.flush().await
+                    };
+                    matches!(timeout(stall, batch).await, Ok(Ok(())))
                 }
                 None => {
-                    let _ = sink.send(Message::Close(None)).await;
-                    let _ = sink.close().await;
+                    let _ = timeout(stall, sink.send(Message::Close(None))).await;
+                    let _ = timeout(stall, sink.close()).await;
                     return;
                 }
             },
-            _ = ping.tick() => if sink.send(Message::Ping(Vec::new().into())).await.is_err() { return },
+            _ = ping.tick() => matches!(timeout(stall, sink.send(Message::Ping(Vec::new().into()))).await, Ok(Ok(()))),
+        };
+        if !ok {
+            let _ = gone.send(true);
+            return;
         }
     }
 }
@@ -327,6 +340,7 @@ fn signal_number(name: &str) -> Option<i32> {
 /// control pipe and so tells the helper to hang up the session.
 async fn pump_in<St>(
     mut stream: St,
+    mut gone: watch::Receiver<bool>,
     mut stdin: Option<Writer>,
     mut ctrl: tokio::net::unix::pipe::Sender,
     master: Option<OwnedFd>,
@@ -335,9 +349,12 @@ async fn pump_in<St>(
     St: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
 {
     loop {
-        let msg = match tokio::time::timeout(CLIENT_SILENCE, stream.next()).await {
-            Ok(Some(Ok(m))) => m,
-            _ => return,
+        let msg = tokio::select! {
+            m = tokio::time::timeout(CLIENT_SILENCE, stream.next()) => match m {
+                Ok(Some(Ok(m))) => m,
+                _ => return,
+            },
+            _ = gone.wait_for(|g| *g) => return,
         };
         let data = match msg {
             Message::Binary(b) => b,
@@ -350,10 +367,16 @@ async fn pump_in<St>(
         match ch {
             channel::STDIN => {
                 if let Some(w) = stdin.as_mut() {
-                    if w.write_all(payload).await.is_err() {
-                        stdin = None;
-                    } else {
+                    // A process that stops reading stalls this write (that is the flow control); a client found
+                    // gone meanwhile still ends the session.
+                    let written = tokio::select! {
+                        r = w.write_all(payload) => r.is_ok(),
+                        _ = gone.wait_for(|g| *g) => return,
+                    };
+                    if written {
                         count.fetch_add(payload.len() as u64, Ordering::Relaxed);
+                    } else {
+                        stdin = None;
                     }
                 }
             }

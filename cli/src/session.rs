@@ -10,26 +10,44 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-/// Reads stdin on a plain thread (a blocking read must never hold up the runtime's shutdown); the bounded
-/// channel makes a slow agent push back on the reader.
-fn spawn_stdin_reader() -> mpsc::Receiver<Vec<u8>> {
-    let (tx, rx) = mpsc::channel::<Vec<u8>>(8);
+/// Reads stdin on a plain thread (a blocking read must never hold up the runtime's shutdown) and queues STDIN
+/// frames, then the stdin close, for the writer. The bounded queue makes a slow agent push back on the reader.
+fn spawn_stdin_reader(tx: mpsc::Sender<Message>) {
     std::thread::spawn(move || {
         // SAFETY: fd 0 is open for the life of the process; ManuallyDrop keeps it open after this thread.
         let mut stdin = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(0) });
         let mut buf = vec![0u8; 32 * 1024];
         loop {
             match std::io::Read::read(&mut *stdin, &mut buf) {
-                Ok(0) | Err(_) => return, // dropping tx signals EOF
+                Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if tx.blocking_send(buf[..n].to_vec()).is_err() {
+                    if tx.blocking_send(Message::Binary(frame(channel::STDIN, &buf[..n]).into())).is_err() {
                         return;
                     }
                 }
             }
         }
+        let _ = tx.blocking_send(Message::Binary(frame(channel::CLOSE, &[channel::STDIN]).into()));
     });
-    rx
+}
+
+/// Owns the sending half, so that reading output never waits on a send (which could deadlock with an agent
+/// that waits for us to read). Control frames (signals, resizes) go before queued stdin.
+async fn write_loop<Si>(mut sink: Si, mut data: mpsc::Receiver<Message>, mut ctl: mpsc::UnboundedReceiver<Message>)
+where
+    Si: futures_util::Sink<Message> + Unpin,
+{
+    let mut data_open = true;
+    loop {
+        let m = tokio::select! {
+            biased;
+            m = ctl.recv() => match m { Some(m) => m, None => return },
+            m = data.recv(), if data_open => match m { Some(m) => m, None => { data_open = false; continue } },
+        };
+        if sink.send(m).await.is_err() {
+            return;
+        }
+    }
 }
 
 fn out(fd: i32) -> std::mem::ManuallyDrop<std::fs::File> {
@@ -62,8 +80,15 @@ impl Progress {
 
 /// Pumps the session until the agent sends its status; returns the exit code.
 pub async fn run(ws: Ws, stdin: bool, tty: bool) -> Result<i32, Failure> {
-    let (mut sink, mut stream) = ws.split();
-    let mut stdin_rx = if stdin { Some(spawn_stdin_reader()) } else { None };
+    let (sink, mut stream) = ws.split();
+    let (data_tx, data_rx) = mpsc::channel::<Message>(8);
+    let (ctl_tx, ctl_rx) = mpsc::unbounded_channel::<Message>();
+    let writer = tokio::spawn(write_loop(sink, data_rx, ctl_rx));
+    if stdin {
+        spawn_stdin_reader(data_tx);
+    } else {
+        drop(data_tx);
+    }
     let sig = |k| signal(k).map_err(|e| Failure::new(exit::FAILED, format!("installing signal handlers: {e}")));
     let (mut sint, mut sterm, mut shup, mut swinch) = (
         sig(SignalKind::interrupt())?,
@@ -103,34 +128,23 @@ pub async fn run(ws: Ws, stdin: bool, tty: bool) -> Result<i32, Failure> {
                 }
                 None
             }
-            chunk = async { stdin_rx.as_mut()?.recv().await.map(Some) }, if stdin_rx.is_some() => {
-                let msg = match chunk {
-                    Some(Some(data)) => frame(channel::STDIN, &data),
-                    _ => {
-                        stdin_rx = None;
-                        frame(channel::CLOSE, &[channel::STDIN])
-                    }
-                };
-                sink.send(Message::Binary(msg.into())).await.map_err(|e| lost(e.to_string()))?;
-                None
-            }
             _ = sint.recv() => Some("INT"),
             _ = sterm.recv() => Some("TERM"),
             _ = shup.recv() => Some("HUP"),
             _ = swinch.recv(), if tty => {
                 if let Some(sz) = terminal::size() {
                     let j = serde_json::to_vec(&sz).unwrap_or_default();
-                    sink.send(Message::Binary(frame(channel::RESIZE, &j).into())).await.map_err(|e| lost(e.to_string()))?;
+                    let _ = ctl_tx.send(Message::Binary(frame(channel::RESIZE, &j).into()));
                 }
                 None
             }
         };
         if let Some(name) = forward {
             let j = serde_json::to_vec(&SignalRequest { signal: name.into() }).unwrap_or_default();
-            sink.send(Message::Binary(frame(channel::SIGNAL, &j).into())).await.map_err(|e| lost(e.to_string()))?;
+            let _ = ctl_tx.send(Message::Binary(frame(channel::SIGNAL, &j).into()));
         }
     }
-    let _ = sink.close().await;
+    writer.abort();
     match status {
         Some(Status::Error { code, message }) => Err(Failure::new(code.exit_code(), message)),
         Some(s) => Ok(s.exit_code()),

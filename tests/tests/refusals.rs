@@ -111,6 +111,15 @@ fn acl_denies_by_default_per_action_and_per_task() {
     assert_eq!(exec_as(w, &ops, &["-i"], &w.app.id).0, Some(0));
     let eve = w.agent.token("eve", &[], "1h");
     assert_eq!(exec_as(w, &eve, &[], &w.main_task).0, Some(118));
+    // A deny rule written for the task id also holds when the container is named by its id.
+    let sre = w.agent.token("sre", &[], "1h");
+    assert_eq!(exec_as(w, &sre, &[], &w.main.id).0, Some(0));
+    let (code, _, err) = exec_as(w, &sre, &["-t"], &w.main.id);
+    assert_eq!(code, Some(118), "{err}");
+    assert_eq!(exec_as(w, &sre, &["-t"], &w.main_task).0, Some(118));
+    // Someone without any grant on a name cannot tell a missing task from a forbidden one.
+    assert_eq!(exec_as(w, &alice, &[], "no-such-task").0, Some(118));
+    assert_eq!(exec_as(w, &alice, &[], "web-missing").0, Some(119));
     // The list is filtered by the same ACL.
     let o = run(w.agent.dcos_as(&alice).args(["task", "list", "--json"]));
     let v: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();

@@ -121,7 +121,14 @@ fn run(spec: &HelperSpec, ctrl: &mut std::fs::File, events: &mut std::fs::File) 
             flags |= flag;
         }
     }
-    let cgroup_fds = open_cgroups(pid)?;
+    // Join the container's cgroups now, before touching anything of the container: its device controller then
+    // also governs what this root process may open in there (a planted device node stays closed), and its
+    // limits cover the session from the start. The child inherits them.
+    for f in open_cgroups(pid)? {
+        use std::io::Write as _;
+        let mut f = std::fs::File::from(f);
+        f.write_all(b"0").map_err(fail(ErrorCode::StartFailed, "joining the container's cgroup"))?;
+    }
     // Read on the host: after setns, /proc/sys belongs to the container and could lie.
     let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
@@ -171,7 +178,6 @@ fn run(spec: &HelperSpec, ctrl: &mut std::fs::File, events: &mut std::fs::File) 
     let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(fail(ErrorCode::Internal, "pipe"))?;
     let child = ChildArgs {
         plan: &plan,
-        cgroup_fds: cgroup_fds.iter().map(|f| f.as_raw_fd()).collect(),
         tty_slave: tty_slave.as_ref().map(|f| f.as_raw_fd()),
         err_fd: err_w.as_raw_fd(),
         old_mask: *old_mask.as_ref(),
@@ -179,13 +185,19 @@ fn run(spec: &HelperSpec, ctrl: &mut std::fs::File, events: &mut std::fs::File) 
     // SAFETY: this process is single-threaded; the child runs only `child_main`, which makes raw syscalls on
     // data prepared above and never returns.
     let child_pid = match unsafe { libc::fork() } {
-        -1 => return Err(Fail(ErrorCode::StartFailed, format!("fork: {}", std::io::Error::last_os_error()))),
+        -1 => {
+            let e = std::io::Error::last_os_error();
+            // A pid namespace whose init is gone refuses new members (ENOMEM).
+            if crate::runtime::proc_start_time(pid) != Some(spec.init_start) {
+                return Err(Fail(ErrorCode::ContainerNotRunning, format!("container init {pid} is gone")));
+            }
+            return Err(Fail(ErrorCode::StartFailed, format!("fork: {e}")));
+        }
         0 => unsafe { child_main(&child) },
         p => p,
     };
     drop(err_w);
     drop(tty_slave);
-    drop(cgroup_fds);
 
     // The child first reports its pid in the container's pid namespace, then either execs (EOF) or fails.
     let mut errf = std::fs::File::from(err_r);
@@ -201,6 +213,15 @@ fn run(spec: &HelperSpec, ctrl: &mut std::fs::File, events: &mut std::fs::File) 
             }
             _ => break,
         }
+    }
+    if inner_pid == 0 {
+        // The child died before it could even report its pid (killed with its namespace, most likely).
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(child_pid, std::ptr::null_mut(), 0) };
+        if crate::runtime::proc_start_time(pid) != Some(spec.init_start) {
+            return Err(Fail(ErrorCode::ContainerNotRunning, format!("container init {pid} is gone")));
+        }
+        return Err(Fail(ErrorCode::StartFailed, "the process died before it started".into()));
     }
     emit(events, &HelperEvent::Started { pid: inner_pid });
     Ok(supervise(child_pid, ctrl, &sfd, Duration::from_millis(spec.grace_ms)))
@@ -256,7 +277,10 @@ fn supervise(child: libc::pid_t, ctrl: &mut std::fs::File, sfd: &SignalFd, grace
                     // SAFETY: signalling the session's own process group (the child is its leader via setsid).
                     unsafe {
                         libc::kill(-child, libc::SIGKILL);
-                        libc::kill(child, libc::SIGKILL);
+                        // Only while unreaped: a reaped pid may already belong to someone else.
+                        if status.is_none() {
+                            libc::kill(child, libc::SIGKILL);
+                        }
                     }
                     deadline = Some(Instant::now() + Duration::from_secs(3600));
                     PollTimeout::from(50u16)
@@ -566,7 +590,11 @@ fn cgroup_dir(mountinfo: &str, ctrls: &str, path: &str) -> Option<String> {
             fstype == "cgroup" && ctrls.split(',').all(|c| opts.split(',').any(|o| o == c))
         };
         if hit {
-            let rel = path.strip_prefix(root).unwrap_or(path);
+            // Component-wise: mount root /sub is a prefix of /sub/c1, not of /subother.
+            let rel = match path.strip_prefix(root) {
+                Some(r) if root == "/" || r.is_empty() || r.starts_with('/') => r,
+                _ => path,
+            };
             let rel = rel.trim_start_matches('/');
             return Some(if rel.is_empty() { point.to_string() } else { format!("{point}/{rel}") });
         }
@@ -582,9 +610,15 @@ fn open_pty(spec: &HelperSpec, plan: &Plan) -> Result<(Option<OwnedFd>, Option<O
         nix::pty::posix_openpt(flags).map_err(fail(ErrorCode::StartFailed, "opening the container's /dev/ptmx"))?;
     nix::pty::grantpt(&master).map_err(fail(ErrorCode::StartFailed, "grantpt"))?;
     nix::pty::unlockpt(&master).map_err(fail(ErrorCode::StartFailed, "unlockpt"))?;
-    let name = nix::pty::ptsname_r(&master).map_err(fail(ErrorCode::StartFailed, "ptsname"))?;
-    let slave = nix::fcntl::open(name.as_str(), flags, nix::sys::stat::Mode::empty())
-        .map_err(fail(ErrorCode::StartFailed, "opening the terminal"))?;
+    // The peer of this very master (TIOCGPTPEER), not whatever the container put at /dev/pts/N.
+    // SAFETY: TIOCGPTPEER takes open flags and returns a new fd for the slave, or -1.
+    let raw =
+        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    if raw < 0 {
+        return Err(Fail(ErrorCode::StartFailed, format!("opening the terminal: {}", std::io::Error::last_os_error())));
+    }
+    // SAFETY: the ioctl returned a new fd that nothing else owns.
+    let slave = unsafe { OwnedFd::from_raw_fd(raw) };
     // The session's user owns its terminal, as login does.
     let _ = nix::unistd::fchown(&slave, Some(plan.uid.into()), Some(plan.gid.into()));
     let _ = nix::sys::stat::fchmod(&slave, nix::sys::stat::Mode::from_bits_truncate(0o620));
@@ -608,7 +642,6 @@ fn send_fd(fd: BorrowedFd<'_>) -> nix::Result<()> {
 
 struct ChildArgs<'a> {
     plan: &'a Plan,
-    cgroup_fds: Vec<RawFd>,
     tty_slave: Option<RawFd>,
     err_fd: RawFd,
     old_mask: libc::sigset_t,
@@ -634,11 +667,6 @@ unsafe fn child_main(a: &ChildArgs<'_>) -> ! {
     libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     libc::sigprocmask(libc::SIG_SETMASK, &a.old_mask, std::ptr::null_mut());
     report(a.err_fd, KIND_PID, 0, libc::getpid());
-    for &fd in &a.cgroup_fds {
-        if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-            die(STAGE_CGROUP);
-        }
-    }
     if libc::setsid() < 0 {
         die(STAGE_SETSID);
     }
@@ -712,6 +740,8 @@ mod tests {
         assert_eq!(cgroup_dir(mi, "cpu,cpuacct", "/c1").as_deref(), Some("/sys/fs/cgroup/cpu,cpuacct/c1"));
         assert_eq!(cgroup_dir(mi, "memory", "/sub/c1").as_deref(), Some("/sys/fs/cgroup/memory/c1"));
         assert_eq!(cgroup_dir(mi, "pids", "/c1"), None);
+        // A mount root is a prefix by components only.
+        assert_eq!(cgroup_dir(mi, "memory", "/subother/c1").as_deref(), Some("/sys/fs/cgroup/memory/subother/c1"));
     }
 
     #[test]

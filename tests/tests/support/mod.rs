@@ -165,6 +165,17 @@ tasks = ["*"]
 actions = ["list", "exec", "exec:stdin"]
 
 [[rule]]
+subjects = ["user:sre"]
+tasks = ["*"]
+actions = ["*"]
+
+[[rule]]
+effect = "deny"
+subjects = ["user:sre"]
+tasks = ["web-*"]
+actions = ["exec:tty"]
+
+[[rule]]
 effect = "deny"
 subjects = ["user:mallory"]
 tasks = ["*"]
