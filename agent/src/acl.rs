@@ -10,10 +10,10 @@ pub const ACTIONS: &[&str] = &["list", "exec", "exec:stdin", "exec:tty", "exec:u
 /// Errors loading an ACL file.
 #[derive(Debug, thiserror::Error)]
 pub enum AclError {
-    #[error("cannot read ACL {path}: {source}")]
-    Read { path: String, source: std::io::Error },
-    #[error("ACL {path} is not valid: {source}")]
-    Parse { path: String, source: toml::de::Error },
+    #[error("cannot read ACL {path}: {cause}")]
+    Read { path: String, cause: std::io::Error },
+    #[error("ACL {path} is not valid: {cause}")]
+    Parse { path: String, cause: toml::de::Error },
     #[error("ACL rule {rule}: {message}")]
     Rule { rule: usize, message: String },
 }
@@ -74,16 +74,16 @@ impl Acl {
     /// Loads and validates an ACL file.
     pub fn load(path: &Path) -> Result<Acl, AclError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|source| AclError::Read { path: path.display().to_string(), source })?;
+            .map_err(|cause| AclError::Read { path: path.display().to_string(), cause })?;
         Acl::parse(&text).map_err(|e| match e {
-            AclError::Parse { source, .. } => AclError::Parse { path: path.display().to_string(), source },
+            AclError::Parse { cause, .. } => AclError::Parse { path: path.display().to_string(), cause },
             other => other,
         })
     }
 
     /// Parses ACL TOML text.
     pub fn parse(text: &str) -> Result<Acl, AclError> {
-        let file: AclFile = toml::from_str(text).map_err(|source| AclError::Parse { path: String::new(), source })?;
+        let file: AclFile = toml::from_str(text).map_err(|cause| AclError::Parse { path: String::new(), cause })?;
         let mut rules = Vec::new();
         for (i, r) in file.rules.into_iter().enumerate() {
             let n = i + 1;

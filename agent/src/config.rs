@@ -7,10 +7,10 @@ use std::time::Duration;
 /// Errors loading the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("{path} is not valid: {source}")]
-    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("cannot read {path}: {cause}")]
+    Read { path: PathBuf, cause: std::io::Error },
+    #[error("{path} is not valid: {cause}")]
+    Parse { path: PathBuf, cause: toml::de::Error },
     #[error("{path}: {key} is not a duration like \"5s\": {value}")]
     Duration { path: PathBuf, key: &'static str, value: String },
 }
@@ -52,8 +52,9 @@ pub struct AgentConfig {
     /// Where container runtimes keep their state.
     #[serde(default)]
     pub runtimes: RuntimesConfig,
-    /// Debug images: cache, registries, unpack policy.
-    #[serde(default)]
+    /// Debug images: cache, registries, unpack policy (`init` leaves it out: the defaults apply until an
+    /// `[images]` table is added).
+    #[serde(default, skip_serializing)]
     pub images: ImagesConfig,
 }
 
@@ -79,6 +80,9 @@ pub struct ImagesConfig {
     /// Keep setuid/setgid bits of files in layers (stripped by default).
     #[serde(default)]
     pub keep_setid: bool,
+    /// Cache size (bytes) above which the agent prunes what no cached image needs after a pull; 0 for no cap.
+    #[serde(default)]
+    pub max_cache_bytes: u64,
     /// Credentials by registry, e.g. `[images.credentials."registry.example:5000"]`.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub credentials: std::collections::BTreeMap<String, RegistryCredentials>,
@@ -101,6 +105,7 @@ impl Default for ImagesConfig {
             docker_config: None,
             allow_devices: false,
             keep_setid: false,
+            max_cache_bytes: 0,
             credentials: Default::default(),
         }
     }
@@ -159,9 +164,9 @@ pub struct Loaded {
 impl AgentConfig {
     /// Reads and validates `path`, resolving relative paths against its directory.
     pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read { path: path.into(), cause })?;
         let mut cfg: AgentConfig =
-            toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })?;
+            toml::from_str(&text).map_err(|cause| ConfigError::Parse { path: path.into(), cause })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let base = std::fs::canonicalize(&base).unwrap_or(base);
         for p in [&mut cfg.tls_cert, &mut cfg.tls_key, &mut cfg.token_public_key, &mut cfg.acl, &mut cfg.audit_log] {

@@ -45,6 +45,13 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Manage the debug-image cache: pull, list, rm, prune.
+    Images {
+        #[arg(long)]
+        config: PathBuf,
+        #[command(subcommand)]
+        cmd: ImagesCmd,
+    },
     /// Mint a token for a user (needs token_private_key in the config).
     Token {
         #[arg(long)]
@@ -56,6 +63,26 @@ enum Cmd {
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: std::time::Duration,
     },
+}
+
+#[derive(Subcommand)]
+enum ImagesCmd {
+    /// Pull (and verify and unpack) an image into the cache.
+    Pull {
+        image: String,
+        /// always, if-not-present or never.
+        #[arg(long, default_value = "always")]
+        pull_policy: String,
+    },
+    /// List cached images.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget a cached image (its content goes with the next prune).
+    Rm { image: String },
+    /// Remove blobs and layers no cached image needs.
+    Prune,
 }
 
 fn main() {
@@ -85,6 +112,12 @@ fn real_main(cli: Cli) -> Result<()> {
             println!("{t}");
             Ok(())
         }
+        Cmd::Images { config, cmd } => {
+            let cfg = config::AgentConfig::load(&config)?;
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let puller = server::puller(&cfg.file.images)?;
+            images_cmd(&puller, cmd)
+        }
         Cmd::Run { config } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -99,4 +132,41 @@ fn real_main(cli: Cli) -> Result<()> {
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(server::serve(agent))
         }
     }
+}
+
+fn images_cmd(puller: &dcos_exec_images::pull::Puller, cmd: ImagesCmd) -> Result<()> {
+    use dcos_exec_images::reference::ImageRef;
+    match cmd {
+        ImagesCmd::Pull { image, pull_policy } => {
+            let r = ImageRef::parse(&image)?;
+            let policy = pull_policy.parse().map_err(anyhow::Error::msg)?;
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let progress = |line: String| eprintln!("{line}");
+            let img = rt.block_on(puller.pull(&r, policy, &progress))?;
+            println!("{} {}", img.reference, img.digest);
+        }
+        ImagesCmd::List { json } => {
+            let list = puller.list();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!("{:<60} {:<20} {:>10}", "REFERENCE", "MANIFEST", "SIZE");
+                for i in list {
+                    let short = i.manifest.get(..19).unwrap_or(&i.manifest);
+                    println!("{:<60} {:<20} {:>9.1}M", i.reference, short, i.size as f64 / 1048576.0);
+                }
+            }
+        }
+        ImagesCmd::Rm { image } => {
+            let r = ImageRef::parse(&image)?;
+            if !puller.remove(&r) {
+                anyhow::bail!("{r} is not cached");
+            }
+        }
+        ImagesCmd::Prune => {
+            let p = puller.prune();
+            println!("removed {} blobs and {} layers, {:.1} MiB", p.blobs, p.layers, p.bytes as f64 / 1048576.0);
+        }
+    }
+    Ok(())
 }

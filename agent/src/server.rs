@@ -27,6 +27,8 @@ pub struct Agent {
     pub discovery: Discovery,
     pub exe: SealedExe,
     pub puller: dcos_exec_images::pull::Puller,
+    /// Pulls share it, a prune takes it alone: a prune must not remove what a pull is still assembling.
+    pub cache_lock: tokio::sync::RwLock<()>,
     tls: Arc<rustls::ServerConfig>,
 }
 
@@ -42,7 +44,7 @@ impl Agent {
         let exe = SealedExe::new().context("copying the agent binary into a sealed memfd")?;
         let tls = Arc::new(tls_config(&cfg)?);
         let puller = puller(&cfg.file.images)?;
-        Ok(Arc::new(Agent { cfg, verifier, acl, audit, discovery, exe, puller, tls }))
+        Ok(Arc::new(Agent { cfg, verifier, acl, audit, discovery, exe, puller, cache_lock: Default::default(), tls }))
     }
 }
 

@@ -116,7 +116,17 @@ where
                 // Progress is best effort: a full queue drops a line rather than stalling the pull.
                 let _ = ptx.try_send(Message::Binary(frame(channel::PROGRESS, line.as_bytes()).into()));
             };
-            match agent.puller.pull(r, ctx.pull_policy, &progress).await {
+            let pulled = {
+                let _shared = agent.cache_lock.read().await;
+                agent.puller.pull(r, ctx.pull_policy, &progress).await
+            };
+            let cap = agent.cfg.file.images.max_cache_bytes;
+            if cap > 0 && agent.puller.size() > cap {
+                let _alone = agent.cache_lock.write().await;
+                let p = agent.puller.prune();
+                tracing::info!(blobs = p.blobs, layers = p.layers, bytes = p.bytes, "image cache over its cap: pruned");
+            }
+            match pulled {
                 Ok(img) => {
                     *image_info = Some((img.reference.clone(), img.digest.to_string()));
                     Some(img)

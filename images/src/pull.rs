@@ -342,6 +342,10 @@ impl Puller {
         let v: serde_json::Value = serde_json::from_slice(&raw).map_err(|e| malformed(&name, &e.to_string()))?;
         let is_index = v.get("manifests").is_some();
         let (raw, digest) = if is_index {
+            // Kept too, so that a reference by the index digest resolves from the cache next time.
+            self.cache
+                .put_blob(&digest, raw.len() as u64, &raw[..])
+                .map_err(|source| PullError::Cache { reference: name.clone(), source: Box::new(source) })?;
             let index = ImageIndex::from_reader(&raw[..]).map_err(|e| malformed(&name, &e.to_string()))?;
             let (os, arch) = host_platform();
             let pick = index.manifests().iter().find(|m| {
@@ -455,7 +459,8 @@ impl Puller {
             let _ = std::fs::create_dir_all(dir);
         }
         let tmp = p.with_extension("tmp");
-        if std::fs::write(&tmp, manifest.to_string()).is_ok() {
+        let rec = RefRecord { reference: r.to_string(), manifest: manifest.to_string() };
+        if serde_json::to_vec(&rec).is_ok_and(|b| std::fs::write(&tmp, b).is_ok()) {
             let _ = std::fs::rename(&tmp, &p);
         }
     }
@@ -464,7 +469,7 @@ impl Puller {
     fn cached(&self, r: &ImageRef) -> Option<PulledImage> {
         let manifest_digest = match r {
             ImageRef::Registry { digest: Some(d), .. } => *d,
-            _ => std::fs::read_to_string(self.ref_file(r)).ok()?.trim().parse().ok()?,
+            _ => read_ref(&self.ref_file(r))?.manifest.parse().ok()?,
         };
         let raw = std::fs::read(self.cache.blob_path(&manifest_digest)).ok()?;
         if Digest::of(&raw) != manifest_digest {
@@ -499,6 +504,128 @@ impl Puller {
             env: config.config().as_ref().and_then(|c| c.env().clone()).unwrap_or_default(),
             working_dir: config.config().as_ref().and_then(|c| c.working_dir().clone()).filter(|w| !w.is_empty()),
         })
+    }
+}
+
+/// What `refs/<sha256 of the reference>` holds.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RefRecord {
+    reference: String,
+    manifest: String,
+}
+
+fn read_ref(p: &Path) -> Option<RefRecord> {
+    serde_json::from_slice(&std::fs::read(p).ok()?).ok()
+}
+
+/// One cached image, for `images list`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CachedImage {
+    pub reference: String,
+    pub manifest: String,
+    /// Bytes of its blobs in the cache (compressed layers, config, manifest).
+    pub size: u64,
+}
+
+/// What `prune` removed.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Pruned {
+    pub blobs: u64,
+    pub layers: u64,
+    pub bytes: u64,
+}
+
+fn dir_size(p: &Path) -> u64 {
+    let Ok(md) = std::fs::symlink_metadata(p) else { return 0 };
+    if !md.is_dir() {
+        return md.len();
+    }
+    std::fs::read_dir(p).map(|rd| rd.flatten().map(|e| dir_size(&e.path())).sum()).unwrap_or(0)
+}
+
+impl Puller {
+    fn refs(&self) -> Vec<(PathBuf, RefRecord)> {
+        let Ok(rd) = std::fs::read_dir(self.cache.root().join("refs")) else { return Vec::new() };
+        rd.flatten()
+            .filter(|e| e.path().extension().is_none())
+            .filter_map(|e| read_ref(&e.path()).map(|r| (e.path(), r)))
+            .collect()
+    }
+
+    /// Blob digests and diff-ids an image record needs (manifest, config, layers).
+    fn needs(&self, manifest: &str) -> (Vec<Digest>, Vec<Digest>) {
+        let (mut blobs, mut layers) = (Vec::new(), Vec::new());
+        let Ok(d) = manifest.parse::<Digest>() else { return (blobs, layers) };
+        blobs.push(d);
+        let Ok(raw) = std::fs::read(self.cache.blob_path(&d)) else { return (blobs, layers) };
+        let Ok(m) = ImageManifest::from_reader(&raw[..]) else { return (blobs, layers) };
+        blobs.extend(m.layers().iter().filter_map(|l| l.digest().to_string().parse::<Digest>().ok()));
+        if let Ok(c) = m.config().digest().to_string().parse::<Digest>() {
+            blobs.push(c);
+            if let Ok(cfg) = self.read_config(&c, "") {
+                layers.extend(cfg.rootfs().diff_ids().iter().filter_map(|x| x.parse::<Digest>().ok()));
+            }
+        }
+        (blobs, layers)
+    }
+
+    /// The images the cache holds by reference.
+    pub fn list(&self) -> Vec<CachedImage> {
+        let mut out: Vec<_> = self
+            .refs()
+            .into_iter()
+            .map(|(_, r)| {
+                let size = self.needs(&r.manifest).0.iter().map(|b| dir_size(&self.cache.blob_path(b))).sum();
+                CachedImage { reference: r.reference, manifest: r.manifest, size }
+            })
+            .collect();
+        out.sort_by(|a, b| a.reference.cmp(&b.reference));
+        out
+    }
+
+    /// Forgets a reference (its content goes with the next `prune`). False if it was not cached.
+    pub fn remove(&self, r: &ImageRef) -> bool {
+        std::fs::remove_file(self.ref_file(r)).is_ok()
+    }
+
+    /// Total bytes in the cache.
+    pub fn size(&self) -> u64 {
+        dir_size(self.cache.root())
+    }
+
+    /// Removes blobs and unpacked layers that no cached reference needs. Not to be run while a pull is under
+    /// way in another process (the agent runs it between pulls of its own).
+    pub fn prune(&self) -> Pruned {
+        let mut keep_blobs = std::collections::HashSet::new();
+        let mut keep_layers = std::collections::HashSet::new();
+        for (_, r) in self.refs() {
+            let (b, l) = self.needs(&r.manifest);
+            keep_blobs.extend(b.into_iter().map(|d| d.hex()));
+            keep_layers.extend(l.into_iter().map(|d| d.hex()));
+        }
+        let mut out = Pruned::default();
+        for (kind, keep) in [("blobs", &keep_blobs), ("layers", &keep_layers)] {
+            let dir = self.cache.root().join(kind).join("sha256");
+            let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if keep.contains(&name) {
+                    continue;
+                }
+                let size = dir_size(&e.path());
+                let gone =
+                    if kind == "blobs" { std::fs::remove_file(e.path()) } else { std::fs::remove_dir_all(e.path()) };
+                if gone.is_ok() {
+                    out.bytes += size;
+                    if kind == "blobs" {
+                        out.blobs += 1;
+                    } else {
+                        out.layers += 1;
+                    }
+                }
+            }
+        }
+        out
     }
 }
 
