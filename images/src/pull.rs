@@ -698,8 +698,19 @@ fn verify_or_cache(name: &str, d: &Digest, e: CacheError) -> PullError {
     }
 }
 
-fn one_line(e: &dyn std::fmt::Display) -> String {
-    e.to_string().lines().next().unwrap_or_default().to_string()
+/// The error and its causes on one line ("error sending request: ...: Connection refused"), each cause once.
+fn one_line(e: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur: Option<&dyn std::error::Error> = Some(e);
+    while let Some(err) = cur {
+        let text = err.to_string();
+        let text = text.lines().next().unwrap_or_default().to_string();
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = err.source();
+    }
+    parts.join(": ")
 }
 
 fn short(d: &Digest) -> String {
