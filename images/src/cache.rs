@@ -154,9 +154,60 @@ impl Cache {
         Ok(())
     }
 
+    /// A layer straight from its blob stream: `unpack` reads the blob bytes as they arrive (each byte is also
+    /// written to a temp blob file and hashed on the way) and unpacks into a temp dir. Nothing is published
+    /// unless the blob matched `blob` and `size` at its end and `unpack` succeeded; then the blob and the layer
+    /// are renamed into place.
+    pub fn ensure_layer_streaming<R: Read>(
+        &self,
+        blob: &Digest,
+        size: u64,
+        diff_id: &Digest,
+        src: R,
+        unpack: impl FnOnce(&mut dyn Read, &Path) -> Result<UnpackSummary, UnpackError>,
+    ) -> Result<PathBuf, CacheError> {
+        self.layer_flights.run(*diff_id, || {
+            let dest = self.layer_path(diff_id);
+            if dest.is_dir() {
+                return Ok(dest);
+            }
+            let (tmp_blob, tmp_dir) = (self.temp_path(blob), self.temp_path(diff_id));
+            let res = (|| {
+                let file = File::create_new(&tmp_blob).map_err(io_at(&tmp_blob))?;
+                let mut tee = Tee { inner: VerifyingReader::new(src, *blob, size), file };
+                let layer_err = |source| CacheError::Layer { diff_id: *diff_id, source };
+                unpack(&mut tee, &tmp_dir).map_err(layer_err)?;
+                // Whatever follows the archive (compression trailer, padding) still counts for the digest.
+                io::copy(&mut tee, &mut io::sink()).map_err(|e| layer_err(UnpackError::Archive(e)))?;
+                tee.file.sync_all().map_err(io_at(&tmp_blob))?;
+                publish(&tmp_blob, &self.blob_path(blob))?;
+                publish(&tmp_dir, &dest)
+            })();
+            if res.is_err() {
+                let _ = fs::remove_file(&tmp_blob);
+                let _ = fs::remove_dir_all(&tmp_dir);
+            }
+            res.map(|()| dest)
+        })
+    }
+
     fn temp_path(&self, digest: &Digest) -> PathBuf {
         let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         self.root.join("tmp").join(format!("{}.{}.{n}", digest.hex(), std::process::id()))
+    }
+}
+
+/// Copies every byte read into `file`.
+struct Tee<R> {
+    inner: R,
+    file: File,
+}
+
+impl<R: Read> Read for Tee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        io::Write::write_all(&mut self.file, &buf[..n])?;
+        Ok(n)
     }
 }
 
@@ -341,6 +392,28 @@ mod tests {
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         assert!(cache.has_layer(&diff_id));
+        assert_eq!(count(&tmp.path().join("tmp")), 0);
+    }
+
+    #[test]
+    fn streaming_layer_publishes_only_verified_blobs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = Cache::open(tmp.path()).unwrap();
+        let tar = layer_tar();
+        let (blob, diff_id) = (Digest::of(&tar), Digest::of(&tar));
+        let unpack = |rd: &mut dyn Read, dir: &Path| unpack_layer(rd, dir, &UnpackOptions::default());
+        // The bytes unpack fine but are not what the digest promised: nothing may be published.
+        let mut tampered = tar.clone();
+        tampered.extend_from_slice(&[0u8; 512]);
+        let wrong = Digest::of(b"something else");
+        let err = cache.ensure_layer_streaming(&wrong, tar.len() as u64, &diff_id, &tampered[..], unpack);
+        assert!(matches!(err, Err(CacheError::Layer { .. })), "{err:?}");
+        assert!(!cache.has_layer(&diff_id) && !cache.has_blob(&wrong));
+        assert_eq!(count(&tmp.path().join("tmp")), 0);
+        // Verified: blob and layer both land.
+        let p = cache.ensure_layer_streaming(&blob, tar.len() as u64, &diff_id, &tar[..], unpack).unwrap();
+        assert_eq!(fs::read(p.join("hello")).unwrap(), b"hi");
+        assert_eq!(fs::read(cache.blob_path(&blob)).unwrap(), tar);
         assert_eq!(count(&tmp.path().join("tmp")), 0);
     }
 

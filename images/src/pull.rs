@@ -221,8 +221,16 @@ impl Puller {
                     progress(format!("layer {} cached", short(&blob)));
                     return Ok(self.cache.layer_path(&diff_id));
                 }
-                self.fetch_blob(src, name, &blob, l.size(), progress).await?;
-                let path = self.unpack(&blob, diff_id, name).await?;
+                let path = match src {
+                    // From a registry, layers unpack while they download; nothing is published unverified.
+                    Source::Registry(reference) => {
+                        self.stream_layer(reference, name, blob, l.size(), diff_id, progress).await?
+                    }
+                    Source::Layout(_) => {
+                        self.fetch_blob(src, name, &blob, l.size(), progress).await?;
+                        self.unpack(&blob, diff_id, name).await?
+                    }
+                };
                 progress(format!("layer {} unpacked", short(&blob)));
                 Ok::<_, PullError>(path)
             }
@@ -423,6 +431,56 @@ impl Puller {
             }
         }
         Ok(())
+    }
+
+    /// Downloads layer `blob` and unpacks it as the bytes arrive (see [`Cache::ensure_layer_streaming`]).
+    async fn stream_layer(
+        &self,
+        reference: &oci_client::Reference,
+        name: &str,
+        blob: Digest,
+        size: u64,
+        diff_id: Digest,
+        progress: Progress<'_>,
+    ) -> Result<PathBuf, PullError> {
+        use futures_util::TryStreamExt;
+        let desc =
+            oci_client::manifest::OciDescriptor { digest: blob.to_string(), size: size as i64, ..Default::default() };
+        self.client.store_auth_if_needed(reference.resolve_registry(), &self.auth(reference)).await;
+        let stream =
+            self.client.pull_blob_stream(reference, &desc).await.map_err(|e| self.registry_error(reference, e))?;
+        let reader = tokio_util::io::StreamReader::new(stream.stream.map_err(std::io::Error::other));
+        let cache = self.cache.clone();
+        let opts = self.opts.unpack;
+        let label = short(&blob);
+        let report = |done: u64| progress(format!("layer {label} {} / {}", human(done), human(size)));
+        report(0);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+        let job = tokio::task::spawn_blocking(move || {
+            let counted = Counted { inner: tokio_util::io::SyncIoBridge::new(reader), n: 0, last: 0, tx };
+            cache.ensure_layer_streaming(&blob, size, &diff_id, counted, |rd, tmp| {
+                let s = unpack_layer(rd, tmp, &opts)?;
+                if s.diff_id != diff_id {
+                    return Err(UnpackError::DiffIdMismatch { expected: diff_id, actual: s.diff_id });
+                }
+                Ok(s)
+            })
+        });
+        let mut job = std::pin::pin!(job);
+        let res = loop {
+            tokio::select! {
+                r = &mut job => break r,
+                Some(done) = rx.recv() => report(done),
+            }
+        };
+        res.map_err(|e| malformed(name, &e.to_string()))?.map_err(|e| match &e {
+            CacheError::Layer { source: UnpackError::Archive(io), .. }
+                if io.kind() == std::io::ErrorKind::InvalidData || io.to_string().contains("digest") =>
+            {
+                PullError::Verify { reference: name.into(), what: format!("layer {blob}"), message: one_line(io) }
+            }
+            _ => PullError::Cache { reference: name.into(), source: Box::new(e) },
+        })
     }
 
     fn read_config(&self, d: &Digest, name: &str) -> Result<ImageConfiguration, PullError> {
