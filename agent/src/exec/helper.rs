@@ -135,6 +135,9 @@ fn run(spec: &HelperSpec, ctrl: &mut std::fs::File, events: &mut std::fs::File) 
         .and_then(|s| s.trim().parse::<u32>().ok())
         .unwrap_or(40);
 
+    // Kept to find the session's processes on the host later (by session id), whatever process groups they made.
+    let host_proc = std::fs::File::open("/proc").ok().map(OwnedFd::from);
+
     // The debug image's overlay is built now, while the cached layer dirs are still reachable by path.
     let overlay = match &spec.debug {
         Some(d) => Some(
@@ -224,7 +227,8 @@ fn run(spec: &HelperSpec, ctrl: &mut std::fs::File, events: &mut std::fs::File) 
         return Err(Fail(ErrorCode::StartFailed, "the process died before it started".into()));
     }
     emit(events, &HelperEvent::Started { pid: inner_pid });
-    Ok(supervise(child_pid, ctrl, &sfd, Duration::from_millis(spec.grace_ms)))
+    let session = Session { leader: child_pid, proc_dir: host_proc };
+    Ok(supervise(&session, ctrl, &sfd, Duration::from_millis(spec.grace_ms)))
 }
 
 fn read_record(f: &mut std::fs::File, rec: &mut [u8; 12]) -> Option<(u32, u32, i32)> {
@@ -257,16 +261,61 @@ fn stage_error(stage: u32, errno: i32, plan: &Plan) -> Fail {
 
 /// Waits for the child, forwarding signals from the agent. Control EOF means the client is gone: SIGHUP the
 /// session's process group, then SIGKILL it after the grace period.
-fn supervise(child: libc::pid_t, ctrl: &mut std::fs::File, sfd: &SignalFd, grace: Duration) -> Status {
+/// The processes of one exec session: the child (a session leader, via setsid) and everything in its session,
+/// including process groups a job-control shell made.
+struct Session {
+    leader: libc::pid_t,
+    proc_dir: Option<OwnedFd>,
+}
+
+impl Session {
+    /// Sends `sig` to every live process of the session (0 probes); returns how many there were.
+    fn signal(&self, sig: libc::c_int) -> usize {
+        // SAFETY: signalling the session's own process group. Its answer only counts without /proc, because
+        // zombies answer a probe too.
+        let group = unsafe { libc::kill(-self.leader, sig) } == 0;
+        let Some(dir) = self.proc_dir.as_ref().and_then(|d| d.try_clone().ok()) else { return usize::from(group) };
+        let Ok(mut dir) = nix::dir::Dir::from_fd(dir) else { return usize::from(group) };
+        let dirfd = dir.as_raw_fd();
+        let mut n = 0;
+        for entry in dir.iter().flatten() {
+            let Some(pid) = entry.file_name().to_str().ok().and_then(|s| s.parse::<libc::pid_t>().ok()) else {
+                continue;
+            };
+            let path = format!("{pid}/stat");
+            // SAFETY: dirfd belongs to `dir`, which outlives this borrow.
+            let at = unsafe { BorrowedFd::borrow_raw(dirfd) };
+            let flags = nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC;
+            let Ok(fd) = nix::fcntl::openat(at, path.as_str(), flags, nix::sys::stat::Mode::empty()) else {
+                continue;
+            };
+            let mut stat = String::new();
+            let _ = std::fs::File::from(fd).read_to_string(&mut stat);
+            // After "pid (comm)": state, ppid, pgrp, session. Zombies are past signalling (and may never be reaped
+            // by a container init that does not wait), so they do not count.
+            let mut f = stat.rfind(')').map(|i| stat[i + 2..].split_whitespace()).into_iter().flatten();
+            let state = f.next();
+            let sid = f.nth(2).and_then(|x| x.parse::<libc::pid_t>().ok());
+            // SAFETY: signalling a live process of the session just found.
+            if sid == Some(self.leader) && state != Some("Z") && state != Some("X") && unsafe { libc::kill(pid, sig) } == 0
+            {
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+fn supervise(session: &Session, ctrl: &mut std::fs::File, sfd: &SignalFd, grace: Duration) -> Status {
+    let child = session.leader;
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let mut ctrl_open = true;
     let mut deadline: Option<Instant> = None;
     let mut status: Option<Status> = None;
     loop {
         if let Some(s) = &status {
-            // Once terminating, wait until nothing of the session's group is left (or the grace ran out).
-            // SAFETY: kill with signal 0 only probes.
-            if deadline.is_none() || unsafe { libc::kill(-child, 0) } != 0 {
+            // Once terminating, wait until nothing of the session is left (or the grace ran out).
+            if deadline.is_none() || session.signal(0) == 0 {
                 return s.clone();
             }
         }
@@ -274,14 +323,7 @@ fn supervise(child: libc::pid_t, ctrl: &mut std::fs::File, sfd: &SignalFd, grace
             Some(d) => {
                 let left = d.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    // SAFETY: signalling the session's own process group (the child is its leader via setsid).
-                    unsafe {
-                        libc::kill(-child, libc::SIGKILL);
-                        // Only while unreaped: a reaped pid may already belong to someone else.
-                        if status.is_none() {
-                            libc::kill(child, libc::SIGKILL);
-                        }
-                    }
+                    session.signal(libc::SIGKILL);
                     deadline = Some(Instant::now() + Duration::from_secs(3600));
                     PollTimeout::from(50u16)
                 } else {
@@ -308,12 +350,9 @@ fn supervise(child: libc::pid_t, ctrl: &mut std::fs::File, sfd: &SignalFd, grace
                 Ok(()) => {}
                 Err(_) => {
                     ctrl_open = false;
-                    // SAFETY: as above; the whole process group gets the hangup, as a closing terminal would.
-                    unsafe {
-                        libc::kill(-child, libc::SIGHUP);
-                        libc::kill(child, libc::SIGHUP);
-                        libc::kill(-child, libc::SIGCONT);
-                    }
+                    // The whole session gets the hangup, as a closing terminal would; stopped jobs wake to see it.
+                    session.signal(libc::SIGHUP);
+                    session.signal(libc::SIGCONT);
                     deadline = Some(Instant::now() + grace);
                 }
             }
