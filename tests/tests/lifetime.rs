@@ -12,8 +12,19 @@ fn running(w: &World, pattern: &str) -> bool {
 }
 
 fn start_and_vanish(w: &World, script: &str, marker: &str) {
-    let mut c =
-        w.agent.dcos().args(["task", "exec", &w.main.id, "sh", "-c", script]).stdout(Stdio::piped()).spawn().unwrap();
+    start_and_vanish_with(w, &[], script, marker)
+}
+
+fn start_and_vanish_with(w: &World, flags: &[&str], script: &str, marker: &str) {
+    let mut c = w
+        .agent
+        .dcos()
+        .args(["task", "exec"])
+        .args(flags)
+        .args([&w.main.id, "sh", "-c", script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut buf = [0u8; 3];
     std::io::Read::read_exact(c.stdout.as_mut().unwrap(), &mut buf).unwrap();
     assert!(running(w, marker), "session process is up");
@@ -31,6 +42,10 @@ fn client_gone_means_sighup_then_sigkill_after_the_grace_period() {
     // Ignores the hangup: killed after grace_period (1s in the tests), with its children.
     start_and_vanish(w, "trap '' HUP; echo up; sleep 4343 & sleep 4444; wait", "sleep 4444");
     assert!(eventually(15, || !running(w, "sleep 4444") && !running(w, "sleep 4343")), "stubborn session killed");
+    // With a terminal, job control puts a background job in a process group of its own; it ignores the hangup,
+    // so only a SIGKILL that reaches the whole session (not just the leader's group) ends it.
+    start_and_vanish_with(w, &["-t"], "set -m; trap '' HUP; sleep 4545 & echo up; sleep 4646", "sleep 4646");
+    assert!(eventually(15, || !running(w, "sleep 4545") && !running(w, "sleep 4646")), "job-control job killed");
 }
 
 fn count_fds(pid: i32) -> usize {

@@ -297,7 +297,10 @@ impl Session {
             let state = f.next();
             let sid = f.nth(2).and_then(|x| x.parse::<libc::pid_t>().ok());
             // SAFETY: signalling a live process of the session just found.
-            if sid == Some(self.leader) && state != Some("Z") && state != Some("X") && unsafe { libc::kill(pid, sig) } == 0
+            if sid == Some(self.leader)
+                && state != Some("Z")
+                && state != Some("X")
+                && unsafe { libc::kill(pid, sig) } == 0
             {
                 n += 1;
             }
