@@ -464,3 +464,20 @@ fn audit_records_the_image_and_the_manifest_digest() {
     assert_eq!(rec["image"], missing.as_str());
     assert!(rec["image_digest"].as_str().unwrap_or_default().is_empty(), "{rec}");
 }
+
+#[test]
+fn cap_add_gives_the_debug_process_more_than_the_target_has() {
+    let _s = serial();
+    let f = fixture();
+    let t = &f.target.id;
+    let caps = |extra: &[&str]| {
+        let o = f.debug(&f.busybox, extra, t, &["grep", "CapEff", "/proc/self/status"]);
+        let line = ok(&o);
+        u64::from_str_radix(line.trim().trim_start_matches("CapEff:").trim(), 16).unwrap()
+    };
+    const SYS_PTRACE: u64 = 1 << 19;
+    assert_eq!(caps(&[]) & SYS_PTRACE, 0, "by default the target's capabilities, which lack SYS_PTRACE");
+    assert_ne!(caps(&["--cap-add", "SYS_PTRACE"]) & SYS_PTRACE, 0, "--cap-add SYS_PTRACE is granted");
+    let o = f.debug(&f.busybox, &["--cap-add", "NOT_A_CAP"], t, &["true"]);
+    assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
+}
