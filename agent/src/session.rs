@@ -34,7 +34,8 @@ pub struct Context {
 const PING_EVERY: Duration = Duration::from_secs(20);
 /// No message at all (not even a pong) for this long means the client is gone.
 const CLIENT_SILENCE: Duration = Duration::from_secs(65);
-const CHUNK: usize = 32 * 1024;
+/// Output is read (and framed) in pieces this large: fewer frames and syscalls per byte.
+const CHUNK: usize = 256 * 1024;
 
 type Reader = Box<dyn AsyncRead + Unpin + Send>;
 type Writer = Box<dyn AsyncWrite + Unpin + Send>;
@@ -201,6 +202,8 @@ where
             stdin = Some(Box::new(w));
         }
         if let Some(r) = sp.child.stdout.take() {
+            // A deeper pipe lets a fast writer run ahead between our reads (the default is 64 KiB).
+            let _ = nix::fcntl::fcntl(&r, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
             outputs.push((channel::STDOUT, Box::new(r)));
         }
         if let Some(r) = sp.child.stderr.take() {
