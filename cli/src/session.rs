@@ -65,7 +65,12 @@ impl Progress {
     fn line(&mut self, err: &mut impl Write, text: &[u8]) {
         let _ = if self.tty {
             self.open = true;
-            err.write_all(b"\r\x1b[K").and_then(|_| err.write_all(text))
+            let text = String::from_utf8_lossy(text);
+            let line = match bar(&text) {
+                Some(b) => format!("\r\x1b[K{b} {text}"),
+                None => format!("\r\x1b[K{text}"),
+            };
+            err.write_all(line.as_bytes())
         } else {
             err.write_all(text).and_then(|_| err.write_all(b"\n"))
         };
@@ -76,6 +81,15 @@ impl Progress {
             let _ = err.write_all(b"\r\x1b[K");
         }
     }
+}
+
+/// A 20-cell bar for progress lines that end in "DONE / TOTAL MiB".
+fn bar(text: &str) -> Option<String> {
+    let (head, total) = text.strip_suffix(" MiB")?.rsplit_once(" / ")?;
+    let done = head.rsplit(' ').nth(1)?.parse::<f64>().ok()?;
+    let total = total.parse::<f64>().ok().filter(|t| *t > 0.0)?;
+    let filled = ((done / total).clamp(0.0, 1.0) * 20.0).round() as usize;
+    Some(format!("[{}{}]", "#".repeat(filled), ".".repeat(20 - filled)))
 }
 
 /// Pumps the session until the agent sends its status; returns the exit code.
@@ -149,5 +163,17 @@ pub async fn run(ws: Ws, stdin: bool, tty: bool) -> Result<i32, Failure> {
         Some(Status::Error { code, message }) => Err(Failure::new(code.exit_code(), message)),
         Some(s) => Ok(s.exit_code()),
         None => Err(lost("closed before the command's exit status arrived".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_lines_with_sizes_get_a_bar() {
+        assert_eq!(bar("layer 1e9172b6adfe 5.0 MiB / 20.0 MiB").as_deref(), Some("[#####...............]"));
+        assert_eq!(bar("layer 1e9172b6adfe 0.0 MiB / 0.0 MiB"), None);
+        assert_eq!(bar("resolving busybox"), None);
     }
 }
