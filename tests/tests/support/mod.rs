@@ -106,6 +106,11 @@ impl Container {
             o.annotations.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
         cfg["annotations"] = ann.into();
         std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+        Container::run_bundle(root, id, bundle)
+    }
+
+    /// `runc run -d` of a prepared bundle.
+    pub fn run_bundle(root: &Path, id: &str, bundle: PathBuf) -> Container {
         // The detached init inherits runc's stdio: a pipe would never reach EOF, so errors go to a file.
         let err_path = root.join(format!("{id}.runc-err"));
         let err = std::fs::File::create(&err_path).unwrap();

@@ -273,19 +273,7 @@ pub fn start_shell_less(root: &Path, id: &str) -> Container {
     cfg["process"]["args"] = serde_json::json!(["/busybox", "sleep", "100000"]);
     cfg["root"]["readonly"] = false.into();
     std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
-    let err_path = root.join(format!("{id}.runc-err"));
-    let err = std::fs::File::create(&err_path).unwrap();
-    let st = Command::new("runc")
-        .args(["run", "-d", "--bundle"])
-        .arg(&bundle)
-        .arg(id)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(err)
-        .status()
-        .unwrap();
-    assert!(st.success(), "runc run {id}: {}", std::fs::read_to_string(&err_path).unwrap_or_default());
-    Container { id: id.into(), bundle }
+    Container::run_bundle(root, id, bundle)
 }
 
 // ---------------------------------------------------------------------------------------------------------------
