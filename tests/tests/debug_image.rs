@@ -481,3 +481,48 @@ fn cap_add_gives_the_debug_process_more_than_the_target_has() {
     let o = f.debug(&f.busybox, &["--cap-add", "NOT_A_CAP"], t, &["true"]);
     assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
 }
+
+#[test]
+fn plain_http_registry_only_when_listed_insecure_with_docker_config_credentials() {
+    use base64::Engine;
+    let _s = serial();
+    let f = fixture();
+    let dir = f.scratch("insecure");
+    let reg = Registry::start_with(&dir.join("registry"), &f.pki, true, false);
+    let image = format!("{}:latest", reg.push(&f.busybox_layout, "latest", "plain/busybox", false));
+    // Credentials only in a Docker-style config.json, none in the agent config.
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{REGISTRY_USER}:{REGISTRY_PASSWORD}"));
+    let docker_cfg = dir.join("docker-config.json");
+    std::fs::write(&docker_cfg, serde_json::json!({"auths": {reg.host(): {"auth": auth}}}).to_string()).unwrap();
+    let listed = start_agent(
+        &dir.join("agent-insecure"),
+        &format!(
+            "[images]\ninsecure_registries = [\"{}\"]\ndocker_config = \"{}\"\n",
+            reg.host(),
+            docker_cfg.display()
+        ),
+        DEBUG_ACL,
+    );
+    let run_with = |agent: &Agent| {
+        run(agent.dcos().args(["task", "exec", "--debug-image", &image, &f.target.id, "sh", "-c", "echo over-http"]))
+    };
+    let o = run_with(&listed);
+    assert_eq!(ok(&o), "over-http\n");
+    // The same registry without being listed: HTTPS is required, so the pull fails.
+    let unlisted = start_agent(
+        &dir.join("agent-strict"),
+        &format!("[images]\ndocker_config = \"{}\"\n", docker_cfg.display()),
+        DEBUG_ACL,
+    );
+    let o = run_with(&unlisted);
+    assert_eq!(o.status.code(), Some(122), "{}", stderr(&o));
+    // Listed, but without credentials: the registry's 401 is named.
+    let anonymous = start_agent(
+        &dir.join("agent-anon"),
+        &format!("[images]\ninsecure_registries = [\"{}\"]\n", reg.host()),
+        DEBUG_ACL,
+    );
+    let o = run_with(&anonymous);
+    assert_eq!(o.status.code(), Some(122), "{}", stderr(&o));
+    assert!(stderr(&o).contains("refused the credentials"), "{}", stderr(&o));
+}

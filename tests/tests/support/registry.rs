@@ -140,22 +140,33 @@ pub struct Registry {
     pub dir: PathBuf,
     pub port: u16,
     pub cert_dir: PathBuf,
+    pub tls: bool,
     child: Mutex<Option<Child>>,
 }
 
 impl Registry {
     /// Starts a registry; it dies with the thread that calls this.
     pub fn start(dir: &Path, pki: &Pki, auth: bool) -> Registry {
+        Registry::start_with(dir, pki, auth, true)
+    }
+
+    /// Like [`Registry::start`]; without `tls` it speaks plain HTTP.
+    pub fn start_with(dir: &Path, pki: &Pki, auth: bool, tls: bool) -> Registry {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir.join("data")).unwrap();
         let port = free_port();
         let mut cfg = format!(
             "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-             http:\n  addr: 127.0.0.1:{port}\n  secret: dcos-exec-e2e\n  tls:\n    certificate: {}\n    key: {}\n",
+             http:\n  addr: 127.0.0.1:{port}\n  secret: dcos-exec-e2e\n",
             dir.join("data").display(),
-            pki.dir.join("server.crt").display(),
-            pki.dir.join("server.key").display(),
         );
+        if tls {
+            cfg.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                pki.dir.join("server.crt").display(),
+                pki.dir.join("server.key").display()
+            ));
+        }
         if auth {
             let o = checked(Command::new("htpasswd").args(["-Bbn", REGISTRY_USER, REGISTRY_PASSWORD]));
             std::fs::write(dir.join("htpasswd"), &o.stdout).unwrap();
@@ -171,7 +182,7 @@ impl Registry {
         die_with_parent(&mut cmd);
         let child = cmd.spawn().expect("starting docker-registry (scripts/setup installs it)");
         wait_for_port(&format!("127.0.0.1:{port}"), 20);
-        Registry { dir: dir.into(), port, cert_dir: pki.cert_dir(), child: Mutex::new(Some(child)) }
+        Registry { dir: dir.into(), port, cert_dir: pki.cert_dir(), tls, child: Mutex::new(Some(child)) }
     }
 
     pub fn host(&self) -> String {
@@ -194,8 +205,11 @@ impl Registry {
         if all {
             c.arg("--all");
         }
-        c.args(["--dest-creds", &format!("{REGISTRY_USER}:{REGISTRY_PASSWORD}")])
-            .arg("--dest-cert-dir")
+        c.args(["--dest-creds", &format!("{REGISTRY_USER}:{REGISTRY_PASSWORD}")]);
+        if !self.tls {
+            c.arg("--dest-tls-verify=false");
+        }
+        c.arg("--dest-cert-dir")
             .arg(&self.cert_dir)
             .arg(format!("oci:{}:{tag}", layout.display()))
             .arg(format!("docker://{dest}"));
