@@ -45,6 +45,16 @@ pub fn main() -> ! {
         // Whatever the agent left open past fd 5 must not survive into the container.
         libc::syscall(libc::SYS_close_range, 6u32, u32::MAX, 0u32);
     }
+    // A panic must not print into the session's stderr (fd 2 is the user's stream): report it as the status.
+    std::panic::set_hook(Box::new(|info| {
+        let ev =
+            HelperEvent::Finished(Status::Error { code: ErrorCode::Internal, message: format!("exec helper: {info}") });
+        if let Ok(mut line) = serde_json::to_vec(&ev) {
+            line.push(b'\n');
+            // SAFETY: write(2) of a buffer we own to our event fd.
+            unsafe { libc::write(EVENT_FD, line.as_ptr().cast(), line.len()) };
+        }
+    }));
     // SAFETY: fds 3 and 4 are ours by the calling convention above and used only through these handles.
     let mut ctrl = unsafe { std::fs::File::from_raw_fd(CTRL_FD) };
     let mut events = unsafe { std::fs::File::from_raw_fd(EVENT_FD) };
