@@ -34,8 +34,8 @@ pub struct Context {
 const PING_EVERY: Duration = Duration::from_secs(20);
 /// No message at all (not even a pong) for this long means the client is gone.
 const CLIENT_SILENCE: Duration = Duration::from_secs(65);
-/// Output is read (and framed) in pieces this large: fewer frames and syscalls per byte.
-const CHUNK: usize = 256 * 1024;
+/// Output is read (and framed) in pieces up to this large: fewer frames per byte, at a per-session memory cost.
+const CHUNK: usize = 64 * 1024;
 
 type Reader = Box<dyn AsyncRead + Unpin + Send>;
 type Writer = Box<dyn AsyncWrite + Unpin + Send>;
@@ -51,7 +51,11 @@ pub async fn run<S>(agent: Arc<Agent>, io: S, ctx: Context)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let cfg = WebSocketConfig::default().max_message_size(Some(4 << 20)).max_frame_size(Some(1 << 20));
+    // Client-to-agent traffic is small (stdin, control): a small read buffer keeps the per-session cost low.
+    let cfg = WebSocketConfig::default()
+        .max_message_size(Some(4 << 20))
+        .max_frame_size(Some(1 << 20))
+        .read_buffer_size(16 << 10);
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(cfg)).await;
     let (sink, stream) = ws.split();
     let (tx, rx) = mpsc::channel::<Message>(16);
