@@ -8,17 +8,11 @@ direct children (the per-session helpers), their summed Rss and Pss, its thread 
 the agent (self, and reaped children) and of all client processes is taken over the whole run.
 """
 import argparse, asyncio, json, os, resource, statistics, threading, time
+from common import pct, emit
 
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def pct(xs, p):
-    xs = sorted(xs)
-    if not xs:
-        return None
-    k = (len(xs) - 1) * p / 100
-    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
 def status_kib(pid, key):
@@ -186,11 +180,7 @@ def main():
         "agent_cpu_children_s": c1[1] - c0[1],
         "clients_cpu_s": (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime),
     }
-    text = json.dumps(out, indent=1)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text)
-    print(text)
+    emit(out, a.out)
 
 
 if __name__ == "__main__":

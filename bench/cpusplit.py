@@ -6,6 +6,7 @@ and cutime+cstime, which grows when the agent reaps its per-session helpers (the
 the container, so that time is included there). Prints/writes JSON with per-run averages in milliseconds.
 """
 import argparse, json, os, resource, subprocess, time
+from common import emit
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -47,11 +48,7 @@ def main():
         "agent_children_ms": (c1 - c0) / n * 1e3,
         "tick_ms": 1e3 / TICK,
     }
-    text = json.dumps(res, indent=1)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text)
-    print(text)
+    emit(res, a.out)
 
 
 if __name__ == "__main__":

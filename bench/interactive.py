@@ -7,13 +7,9 @@ print READY once the remote side is in raw mode without echo and `cat` is about 
 until that byte comes back. Results in microseconds.
 """
 import argparse, json, os, pty, select, signal, statistics, sys, time, tty
+from common import pct, emit
 
 
-def pct(xs, p):
-    xs = sorted(xs)
-    k = (len(xs) - 1) * p / 100
-    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
 def read_until(fd, want, deadline, buf=b""):
@@ -78,11 +74,7 @@ def main():
         "max_us": max(samples),
         "session_ready_ms": ready_ms,
     }
-    text = json.dumps(res, indent=1)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text)
-    print(text)
+    emit(res, a.out)
 
 
 if __name__ == "__main__":

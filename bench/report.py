@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Turns the results directory written by bench/run into BENCHMARKS.md (on stdout)."""
 import json, os, statistics, sys
+from common import pct
 
 R = sys.argv[1]
 GIB = 1 << 30
@@ -29,11 +30,6 @@ facts = {k: v[-1] for k, v in tsv("facts.tsv").items()}
 failures = tsv("failures.tsv")
 
 
-def pct(xs, p):
-    xs = sorted(xs)
-    k = (len(xs) - 1) * p / 100
-    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
 def hf(name, idx=0):
