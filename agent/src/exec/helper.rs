@@ -716,6 +716,8 @@ unsafe fn child_main(a: &ChildArgs<'_>) -> ! {
         report(a.err_fd, KIND_FAIL, stage, *libc::__errno_location());
         libc::_exit(127)
     };
+    // Die with the helper from the start; the credential switch below clears this, so it is set again after it.
+    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
     libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     libc::sigprocmask(libc::SIG_SETMASK, &a.old_mask, std::ptr::null_mut());
     report(a.err_fd, KIND_PID, 0, libc::getpid());
