@@ -395,42 +395,47 @@ impl Puller {
                     .map_err(|e| verify_or_cache(name, d, e))?;
             }
             Source::Registry(reference) => {
-                use futures_util::TryStreamExt;
-                let desc = oci_client::manifest::OciDescriptor {
-                    digest: d.to_string(),
-                    size: size as i64,
-                    ..Default::default()
-                };
-                self.client.store_auth_if_needed(reference.resolve_registry(), &self.auth(reference)).await;
-                let stream = self
-                    .client
-                    .pull_blob_stream(reference, &desc)
-                    .await
-                    .map_err(|e| self.registry_error(reference, e))?;
-                let reader = tokio_util::io::StreamReader::new(stream.stream.map_err(std::io::Error::other));
-                let cache = self.cache.clone();
-                let (d2, label) = (*d, short(d));
-                let total = size;
-                let report = |done: u64| progress(format!("layer {label} {} / {}", human(done), human(total)));
-                report(0);
-                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
-                let job = tokio::task::spawn_blocking(move || {
-                    let r = tokio_util::io::SyncIoBridge::new(reader);
-                    let counted = Counted { inner: r, n: 0, last: 0, tx };
-                    cache.put_blob(&d2, total, counted)
-                });
-                let mut job = std::pin::pin!(job);
-                let res = loop {
-                    tokio::select! {
-                        r = &mut job => break r,
-                        Some(done) = rx.recv() => report(done),
-                    }
-                };
-                res.map_err(|e| PullError::Registry { registry: reference.registry().into(), message: e.to_string() })?
+                let (cache, d2) = (self.cache.clone(), *d);
+                self.with_registry_blob(reference, *d, size, progress, move |r| cache.put_blob(&d2, size, r))
+                    .await?
                     .map_err(|e| verify_or_cache(name, d, e))?;
             }
         }
         Ok(())
+    }
+
+    /// Streams blob `d` from the registry into `job`, which runs on a blocking thread with a reader over the bytes
+    /// as they arrive, while progress is reported by bytes received.
+    async fn with_registry_blob<T: Send + 'static>(
+        &self,
+        reference: &oci_client::Reference,
+        d: Digest,
+        size: u64,
+        progress: Progress<'_>,
+        job: impl FnOnce(Box<dyn Read + Send>) -> T + Send + 'static,
+    ) -> Result<T, PullError> {
+        use futures_util::TryStreamExt;
+        let desc =
+            oci_client::manifest::OciDescriptor { digest: d.to_string(), size: size as i64, ..Default::default() };
+        self.client.store_auth_if_needed(reference.resolve_registry(), &self.auth(reference)).await;
+        let stream =
+            self.client.pull_blob_stream(reference, &desc).await.map_err(|e| self.registry_error(reference, e))?;
+        let reader = tokio_util::io::StreamReader::new(stream.stream.map_err(std::io::Error::other));
+        let label = short(&d);
+        let report = |done: u64| progress(format!("layer {label} {} / {}", human(done), human(size)));
+        report(0);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+        let task = tokio::task::spawn_blocking(move || {
+            job(Box::new(Counted { inner: tokio_util::io::SyncIoBridge::new(reader), n: 0, last: 0, tx }))
+        });
+        let mut task = std::pin::pin!(task);
+        let res = loop {
+            tokio::select! {
+                r = &mut task => break r,
+                Some(done) = rx.recv() => report(done),
+            }
+        };
+        res.map_err(|e| PullError::Registry { registry: reference.registry().into(), message: e.to_string() })
     }
 
     /// Downloads layer `blob` and unpacks it as the bytes arrive (see [`Cache::ensure_layer_streaming`]).
@@ -443,37 +448,15 @@ impl Puller {
         diff_id: Digest,
         progress: Progress<'_>,
     ) -> Result<PathBuf, PullError> {
-        use futures_util::TryStreamExt;
-        let desc =
-            oci_client::manifest::OciDescriptor { digest: blob.to_string(), size: size as i64, ..Default::default() };
-        self.client.store_auth_if_needed(reference.resolve_registry(), &self.auth(reference)).await;
-        let stream =
-            self.client.pull_blob_stream(reference, &desc).await.map_err(|e| self.registry_error(reference, e))?;
-        let reader = tokio_util::io::StreamReader::new(stream.stream.map_err(std::io::Error::other));
         let cache = self.cache.clone();
         let opts = self.opts.unpack;
-        let label = short(&blob);
-        let report = |done: u64| progress(format!("layer {label} {} / {}", human(done), human(size)));
-        report(0);
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
-        let job = tokio::task::spawn_blocking(move || {
-            let counted = Counted { inner: tokio_util::io::SyncIoBridge::new(reader), n: 0, last: 0, tx };
-            cache.ensure_layer_streaming(&blob, size, &diff_id, counted, |rd, tmp| {
-                let s = unpack_layer(rd, tmp, &opts)?;
-                if s.diff_id != diff_id {
-                    return Err(UnpackError::DiffIdMismatch { expected: diff_id, actual: s.diff_id });
-                }
-                Ok(s)
+        let res = self
+            .with_registry_blob(reference, blob, size, progress, move |r| {
+                cache
+                    .ensure_layer_streaming(&blob, size, &diff_id, r, |rd, tmp| unpack_checked(rd, tmp, &opts, diff_id))
             })
-        });
-        let mut job = std::pin::pin!(job);
-        let res = loop {
-            tokio::select! {
-                r = &mut job => break r,
-                Some(done) = rx.recv() => report(done),
-            }
-        };
-        res.map_err(|e| malformed(name, &e.to_string()))?.map_err(|e| match &e {
+            .await?;
+        res.map_err(|e| match &e {
             CacheError::Layer { source: UnpackError::Archive(io), .. }
                 if io.kind() == std::io::ErrorKind::InvalidData || io.to_string().contains("digest") =>
             {
@@ -495,11 +478,7 @@ impl Puller {
         let r = tokio::task::spawn_blocking(move || {
             cache.ensure_layer(&diff_id, |tmp| {
                 let f = std::fs::File::open(&blob_path).map_err(UnpackError::Archive)?;
-                let s = unpack_layer(std::io::BufReader::with_capacity(1 << 20, f), tmp, &opts)?;
-                if s.diff_id != diff_id {
-                    return Err(UnpackError::DiffIdMismatch { expected: diff_id, actual: s.diff_id });
-                }
-                Ok(s)
+                unpack_checked(&mut std::io::BufReader::with_capacity(1 << 20, f), tmp, &opts, diff_id)
             })
         })
         .await
@@ -710,6 +689,20 @@ impl<R: Read> Read for Counted<R> {
         }
         Ok(k)
     }
+}
+
+/// Unpacks a layer and checks it against the diff-id the image config names.
+fn unpack_checked(
+    rd: &mut dyn Read,
+    tmp: &Path,
+    opts: &UnpackOptions,
+    diff_id: Digest,
+) -> Result<crate::unpack::UnpackSummary, UnpackError> {
+    let s = unpack_layer(rd, tmp, opts)?;
+    if s.diff_id != diff_id {
+        return Err(UnpackError::DiffIdMismatch { expected: diff_id, actual: s.diff_id });
+    }
+    Ok(s)
 }
 
 fn layout_entry(path: &Path, tag: Option<&str>) -> Result<Digest, PullError> {
