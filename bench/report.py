@@ -143,24 +143,29 @@ if c:
       f"with {c['tick_ms']:.0f} ms clock-tick resolution, so they are only meaningful summed over the runs.")
     w("")
 
+def throughput_table(rows, ours):
+    """A 2 GiB throughput table: (label, hyperfine export) rows, ratios against `ours`."""
+    w("| Command | Runs | Median (GiB/s) | p10 (GiB/s) | p90 (GiB/s) | Median time (s) | Ours/peer (GiB/s) |")
+    w("|---|---|---|---|---|---|---|")
+    for label, name in rows:
+        h = hf(name)
+        if not h:
+            w(f"| {label} | - | not measured | | | | |")
+            continue
+        gm, g10, g90 = 2 / h[0], 2 / h[2], 2 / h[1]  # slow runs give the low percentile
+        ratio = f"{(2 / ours[0]) / gm:.2f}" if ours else "n/a"
+        w(f"| {label} | {h[3]} | {gm:.2f} | {g10:.2f} | {g90:.2f} | {h[0]:.2f} | {ratio} |")
+
+
 # ---------------------------------------------------------------- 2
 w("## 2. Stdout throughput (2 GiB of `/dev/zero` through `head -c`, client output to /dev/null)")
 w("")
 load_line(2)
-w("| Command | Runs | Median (GiB/s) | p10 (GiB/s) | p90 (GiB/s) | Median time (s) | Ours/peer (GiB/s) |")
-w("|---|---|---|---|---|---|---|")
 rows = [("`dcos task exec T head -c 2GiB /dev/zero` (ours)", "tput_dcos.json"),
         ("`nsenter -t PID -a head ...` (floor: no transport, `head` writes straight into /dev/null)", "tput_nsenter.json"),
         ("`docker exec C head ...`", "tput_docker.json"), ("`ssh root@127.0.0.1 head ...`", "tput_ssh.json")]
 ours = hf("tput_dcos.json")
-for label, name in rows:
-    h = hf(name)
-    if not h:
-        w(f"| {label} | - | not measured | | | | |")
-        continue
-    gm, g10, g90 = 2 / h[0], 2 / h[2], 2 / h[1]  # slow runs give the low percentile
-    ratio = f"{(2 / ours[0]) / gm:.2f}" if ours else "n/a"
-    w(f"| {label} | {h[3]} | {gm:.2f} | {g10:.2f} | {g90:.2f} | {h[0]:.2f} | {ratio} |")
+throughput_table(rows, ours)
 w("")
 if ours:
     goal_text = f"stdout throughput ≥ 1 GiB/s with busybox head ({2/ours[0]:.2f} GiB/s)"
@@ -184,20 +189,11 @@ if c:
 
 w("Same 2 GiB, produced by `dd if=/dev/zero bs=1M count=2048 status=none` (busybox):")
 w("")
-w("| Command | Runs | Median (GiB/s) | p10 (GiB/s) | p90 (GiB/s) | Median time (s) | Ours/peer (GiB/s) |")
-w("|---|---|---|---|---|---|---|")
 rows = [("`dcos task exec T dd ...` (ours)", "dd_dcos.json"),
         ("`nsenter -t PID -a dd ...` (no transport, `dd` writes straight into /dev/null, so not a pipe floor)", "dd_nsenter.json"),
         ("`docker exec C dd ...`", "dd_docker.json"), ("`ssh root@127.0.0.1 dd ...`", "dd_ssh.json")]
 ours = hf("dd_dcos.json")
-for label, name in rows:
-    h = hf(name)
-    if not h:
-        w(f"| {label} | - | not measured | | | | |")
-        continue
-    gm, g10, g90 = 2 / h[0], 2 / h[2], 2 / h[1]
-    ratio = f"{(2 / ours[0]) / gm:.2f}" if ours else "n/a"
-    w(f"| {label} | {h[3]} | {gm:.2f} | {g10:.2f} | {g90:.2f} | {h[0]:.2f} | {ratio} |")
+throughput_table(rows, ours)
 w("")
 if ours:
     goal_text = f"stdout throughput ≥ 1 GiB/s with dd bs=1M ({2/ours[0]:.2f} GiB/s)"
