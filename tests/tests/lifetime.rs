@@ -120,6 +120,6 @@ fn a_thousand_sessions_leak_nothing() {
     assert_eq!(mount_count(), mounts0, "no mounts left on the host");
     let o = run(agent.dcos().args(["task", "exec", &c.id, "ps", "-o", "stat"]));
     assert!(!stdout(&o).lines().any(|l| l.trim().starts_with('Z')), "no zombies in the container: {}", stdout(&o));
-    let sessions = agent.audit().iter().filter(|r| r["event"] == "session").count();
+    let sessions = agent.audit().iter().filter(|r| r["event"] == "session_end").count();
     assert_eq!(sessions, 1006, "every session audited");
 }

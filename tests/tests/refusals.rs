@@ -46,6 +46,16 @@ fn missing_malformed_and_foreign_tokens_are_unauthenticated() {
     let _ = std::fs::remove_dir_all(&other);
 }
 
+/// A compact JWT with `alg: EdDSA`, signed with an Ed25519 PKCS#8 PEM key (as the agent's `token` does).
+fn sign_eddsa(key_pem: &[u8], claims: &serde_json::Value) -> String {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(key_pem).unwrap();
+    let key = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der.secret_pkcs8_der()).unwrap();
+    let unsigned = forge(r#"{"alg":"EdDSA","typ":"JWT"}"#, claims, "");
+    let sig = key.sign(unsigned.trim_end_matches('.').as_bytes());
+    format!("{unsigned}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig.as_ref()))
+}
+
 fn forge(header: &str, claims: &serde_json::Value, sig: &str) -> String {
     let b = |s: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
     format!("{}.{}.{}", b(header.as_bytes()), b(claims.to_string().as_bytes()), sig)
@@ -59,12 +69,7 @@ fn expired_future_none_and_hs256_tokens_are_refused() {
     let sign = |exp: u64, nbf: u64| {
         let claims = serde_json::json!({"sub": "admin", "groups": [], "iss": "dcos-exec-agent", "aud": "dcos-exec",
             "iat": now, "nbf": nbf, "exp": exp});
-        jsonwebtoken::encode(
-            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA),
-            &claims,
-            &jsonwebtoken::EncodingKey::from_ed_pem(&key).unwrap(),
-        )
-        .unwrap()
+        sign_eddsa(&key, &claims)
     };
     let (code, _, err) = exec_as(w, &sign(now - 3600, now - 7200), &[], &w.main_task);
     assert_eq!(code, Some(117));
@@ -77,12 +82,13 @@ fn expired_future_none_and_hs256_tokens_are_refused() {
     let none = forge(r#"{"alg":"none","typ":"JWT"}"#, &claims, "");
     assert_eq!(exec_as(w, &none, &[], &w.main_task).0, Some(117));
     let pubkey = std::fs::read(w.agent.dir.join("token-signing.pub")).unwrap();
-    let hs = jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(&pubkey),
-    )
-    .unwrap();
+    // HS256 keyed with the agent's public key PEM: the classic algorithm confusion.
+    let unsigned = forge(r#"{"alg":"HS256","typ":"JWT"}"#, &claims, "");
+    let mac = ring::hmac::sign(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &pubkey),
+        unsigned.trim_end_matches('.').as_bytes(),
+    );
+    let hs = format!("{unsigned}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.as_ref()));
     let (code, _, err) = exec_as(w, &hs, &[], &w.main_task);
     assert_eq!(code, Some(117));
     assert!(err.contains("algorithm"), "{err}");

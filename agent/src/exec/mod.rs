@@ -28,6 +28,13 @@ pub enum ExecError {
     Spawn(#[from] std::io::Error),
 }
 
+impl ExecError {
+    /// Neither can the client fix: an unreadable bundle or a helper that cannot start is the agent's failure.
+    pub fn code(&self) -> dcos_exec_proto::ErrorCode {
+        dcos_exec_proto::ErrorCode::Internal
+    }
+}
+
 /// Capability sets as numbers (`CAP_CHOWN` is 0).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CapSets {
