@@ -181,3 +181,93 @@ fn stopped_container_is_refused_and_a_dying_one_ends_the_session() {
     let o = run(w.agent.dcos().args(["task", "exec", &doomed.id, "true"]));
     assert!(stderr(&o).contains("not running"), "{}", stderr(&o));
 }
+
+/// `dcos task exec TASK sh -c SCRIPT` left running once it printed its first three bytes.
+fn long_session(agent: &Agent, token: &str, task: &str, script: &str) -> std::process::Child {
+    let mut c = agent
+        .dcos_as(token)
+        .args(["task", "exec", task, "sh", "-c", script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 3];
+    std::io::Read::read_exact(c.stdout.as_mut().unwrap(), &mut buf).unwrap();
+    c
+}
+
+#[test]
+fn sessions_per_user_are_capped() {
+    let w = world();
+    // An agent of its own (it sees the same runc containers), so other tests' sessions do not count.
+    let root = std::env::temp_dir().join(format!("{}-peruser", prefix()));
+    let agent = Agent::start_with(&root.join("agent"), "max_sessions_per_user = 2");
+    let admin = agent.admin_token.clone();
+    let mut first = long_session(&agent, &admin, &w.main.id, "echo up; sleep 5151");
+    let mut second = long_session(&agent, &admin, &w.main.id, "echo up; sleep 5151");
+    let third = run(agent.dcos().args(["task", "exec", &w.main.id, "echo", "ran"]));
+    let err = stderr(&third);
+    assert_eq!(third.status.code(), Some(118), "{err}");
+    assert!(stdout(&third).is_empty(), "nothing ran");
+    assert!(err.contains("max_sessions_per_user") && err.contains('2'), "{err}");
+    one_line(&err);
+    assert!(agent.audit().iter().any(|r| r["event"] == "denied"
+        && r["user"] == "admin"
+        && r["code"] == "forbidden"
+        && r["reason"].as_str().unwrap().contains("max_sessions_per_user")));
+    // Another user is not affected.
+    let olga = agent.token("olga", &["ops"], "1h");
+    let o = run(agent.dcos_as(&olga).args(["task", "exec", &w.main.id, "echo", "ran"]));
+    assert_eq!((o.status.code(), stdout(&o).as_str()), (Some(0), "ran\n"), "{}", stderr(&o));
+    // A session that ends frees its slot.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(eventually(10, || run(agent.dcos().args(["task", "exec", &w.main.id, "true"])).status.success()));
+    second.kill().unwrap();
+    second.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// True when the agent closed `c` without a word (read gives EOF or a reset) within a short wait.
+fn closed_at_once(c: &mut std::net::TcpStream) -> bool {
+    c.set_read_timeout(Some(std::time::Duration::from_millis(500))).unwrap();
+    let mut b = [0u8; 1];
+    match std::io::Read::read(c, &mut b) {
+        Ok(0) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        Ok(_) => false,
+    }
+}
+
+#[test]
+fn connections_not_yet_authenticated_are_capped() {
+    let w = world();
+    let root = std::env::temp_dir().join(format!("{}-unauth", prefix()));
+    let agent = Agent::start_with(&root.join("agent"), "max_unauthenticated = 3");
+    let addr = agent.url.trim_start_matches("https://").to_string();
+    // Authenticated connections (two live sessions) do not count against the cap.
+    let admin = agent.admin_token.clone();
+    let mut sessions: Vec<_> =
+        (0..2).map(|_| long_session(&agent, &admin, &w.main.id, "echo up; sleep 5252")).collect();
+    // Three connections that never say anything fill it: each is still open.
+    let mut idle: Vec<_> = (0..3).map(|_| std::net::TcpStream::connect(&addr).unwrap()).collect();
+    for c in &mut idle {
+        assert!(!closed_at_once(c), "a connection under the cap stays open");
+    }
+    // The next one is closed at once, and a real client cannot get through either.
+    let mut extra = std::net::TcpStream::connect(&addr).unwrap();
+    assert!(closed_at_once(&mut extra), "a connection over the cap is closed");
+    let o = run(agent.dcos().args(["task", "list"]));
+    assert!(!o.status.success(), "{}", stdout(&o));
+    // Sessions already running are not disturbed, and the refusals are logged.
+    let log = std::fs::read_to_string(agent.dir.join("agent.log")).unwrap();
+    assert!(log.contains("max_unauthenticated"), "{log}");
+    // Once the idle connections go, clients get through again.
+    drop(idle);
+    assert!(eventually(10, || run(agent.dcos().args(["task", "list"])).status.success()));
+    for s in &mut sessions {
+        s.kill().unwrap();
+        s.wait().unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
