@@ -46,6 +46,15 @@ pub struct AgentConfig {
     /// After the process exits, how long to keep forwarding output that processes it left behind still write.
     #[serde(default = "default_drain")]
     pub output_drain: String,
+    /// Connections accepted but not yet past authentication (TLS handshake, first request); more are closed at once.
+    #[serde(default = "default_max_unauthenticated")]
+    pub max_unauthenticated: usize,
+    /// Sessions one user may have open at once; more are refused with `forbidden`.
+    #[serde(default = "default_max_sessions_per_user")]
+    pub max_sessions_per_user: usize,
+    /// On SIGTERM or SIGINT, how long live sessions get to be hung up, audited and told before the agent exits.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: String,
     /// OCI annotation whose value is the task id; containers without it are known by their container id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_id_annotation: Option<String>,
@@ -152,6 +161,15 @@ fn default_grace() -> String {
 fn default_drain() -> String {
     "1s".into()
 }
+pub fn default_max_unauthenticated() -> usize {
+    256
+}
+pub fn default_max_sessions_per_user() -> usize {
+    64
+}
+pub fn default_shutdown_grace() -> String {
+    "10s".into()
+}
 /// runc's own default, containerd's runc v2 shim (one root per namespace) and Docker's.
 pub fn default_runc_roots() -> Vec<PathBuf> {
     ["/run/runc", "/run/containerd/runc/*", "/run/docker/runtime-runc/moby"].iter().map(PathBuf::from).collect()
@@ -167,6 +185,7 @@ pub struct Loaded {
     pub file: AgentConfig,
     pub grace_period: Duration,
     pub output_drain: Duration,
+    pub shutdown_grace: Duration,
 }
 
 impl AgentConfig {
@@ -196,7 +215,8 @@ impl AgentConfig {
         };
         let grace_period = dur("grace_period", &cfg.grace_period)?;
         let output_drain = dur("output_drain", &cfg.output_drain)?;
-        Ok(Loaded { file: cfg, grace_period, output_drain })
+        let shutdown_grace = dur("shutdown_grace", &cfg.shutdown_grace)?;
+        Ok(Loaded { file: cfg, grace_period, output_drain, shutdown_grace })
     }
 }
 
@@ -218,6 +238,8 @@ mod tests {
         assert_eq!(l.file.audit_log, PathBuf::from("/var/log/a.log"));
         assert_eq!(l.grace_period, Duration::from_millis(250));
         assert_eq!(l.file.runtimes.runc_roots, default_runc_roots());
+        assert_eq!((l.file.max_unauthenticated, l.file.max_sessions_per_user), (256, 64));
+        assert_eq!(l.shutdown_grace, Duration::from_secs(10));
     }
 
     #[test]

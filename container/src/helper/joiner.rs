@@ -126,9 +126,6 @@ fn join(j: Joiner<'_>) -> Result<i32, StartError> {
     for r in &spec.rlimits {
         set_rlimit(r.resource, r.soft, r.hard)?;
     }
-    if let Some(n) = spec.nofile.filter(|_| !spec.rlimits.iter().any(|r| r.resource == libc::RLIMIT_NOFILE as i32)) {
-        set_rlimit(n.resource, n.soft, n.hard)?;
-    }
     if !spec.no_new_privs {
         // Without no_new_privs a filter needs CAP_SYS_ADMIN: installed now, before the capabilities go (runc
         // does the same); everything below then runs under it.
