@@ -67,6 +67,8 @@ enum SessionError {
     TerminalSetup(std::io::Error),
     #[error("the exec helper died")]
     HelperDied,
+    #[error("the client went away before the process started")]
+    ClientGone,
     #[error("container {0} stopped")]
     ContainerStopped(String),
     #[error("container {0} stopped during the session")]
@@ -87,7 +89,8 @@ impl SessionError {
             SessionError::Terminal(_)
             | SessionError::NoConsole
             | SessionError::TerminalSetup(_)
-            | SessionError::HelperDied => ErrorCode::Internal,
+            | SessionError::HelperDied
+            | SessionError::ClientGone => ErrorCode::Internal,
         }
     }
 }
@@ -211,10 +214,13 @@ where
             }
         }
     };
+    let mut gone = client.1.clone();
     let running = tokio::select! {
         r = start(agent, ctx, image.as_ref()) => r,
-        // Dropping the half-started session closes the helper's control pipe: it hangs up whatever it started.
+        // Dropping the half-started session closes the helper's control pipe: it hangs up whatever it started
+        // (a start that blocks, say on a FUSE mount the container serves, included).
         _ = stop.stopping() => return SessionError::from(ShuttingDown).into(),
+        _ = gone.wait_for(|g| *g) => return SessionError::ClientGone.into(),
     };
     let running = match running {
         Ok(r) => r,
