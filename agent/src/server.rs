@@ -7,6 +7,7 @@ use crate::config::Loaded;
 use crate::exec::memfd::SealedExe;
 use crate::runtime::{Discovery, RuntimeError};
 use anyhow::{Context, Result};
+use dcos_exec_images::reference::ImageRef;
 use dcos_exec_proto::{ErrorBody, ErrorCode, ExecRequest, TaskInfo, EXEC_REQUEST_HEADER, SUBPROTOCOL};
 use http::{header, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -48,6 +49,27 @@ impl Agent {
     }
 }
 
+/// The form of a debug image that the ACL judges and the pull uses. An `oci:` layout is opened here, once: it
+/// is judged by the real path of the directory that was opened (absolute, no `.`, `..`, `//` or symlinks) and
+/// read through that handle afterwards, so a path swapped after this point changes nothing. A layout that
+/// cannot be opened is judged by its lexical normal form, and the reason comes back as the second value, to
+/// be told only to those the ACL allows. A relative layout path is an error: relative to what the agent's
+/// working directory happens to be, it names nothing the user chose.
+fn judged_image(r: ImageRef) -> Result<(ImageRef, Option<String>), String> {
+    let ImageRef::Layout { path, .. } = &r else { return Ok((r, None)) };
+    if !path.is_absolute() {
+        return Err(format!("OCI layout path {} must be absolute", path.display()));
+    }
+    match r.open_layout() {
+        Ok(opened) => Ok((opened, None)),
+        Err(e) => {
+            let normal = r.lexically_normal();
+            let msg = format!("{normal}: {e}");
+            Ok((normal, Some(msg)))
+        }
+    }
+}
+
 /// The debug-image puller over the configured cache and registries.
 pub fn puller(c: &crate::config::ImagesConfig) -> Result<dcos_exec_images::pull::Puller> {
     use dcos_exec_images::pull::{Credentials, Puller, RegistryOptions};
@@ -68,7 +90,12 @@ pub fn puller(c: &crate::config::ImagesConfig) -> Result<dcos_exec_images::pull:
         ca_pems,
         credentials,
         docker_config: c.docker_config.clone(),
-        unpack: dcos_exec_images::unpack::UnpackOptions { allow_devices: c.allow_devices, keep_setid: c.keep_setid },
+        unpack: dcos_exec_images::unpack::UnpackOptions {
+            allow_devices: c.allow_devices,
+            keep_setid: c.keep_setid,
+            limits: c.limits(),
+        },
+        read_timeout: None,
     };
     Ok(Puller::new(Arc::new(cache), opts))
 }
@@ -292,10 +319,13 @@ async fn exec(agent: Arc<Agent>, peer: SocketAddr, mut req: Request<Incoming>, t
     };
 
     // Authorization before any side effect, and before revealing whether the task exists.
-    let image = match exec_req.debug_image.as_deref().map(dcos_exec_images::reference::ImageRef::parse) {
-        Some(Ok(r)) => Some(r),
+    let (image, layout_failure) = match exec_req.debug_image.as_deref().map(ImageRef::parse) {
+        Some(Ok(r)) => match judged_image(r) {
+            Ok((r, failure)) => (Some(r), failure),
+            Err(e) => return deny(ErrorCode::BadRequest, format!("--debug-image: {e}")),
+        },
         Some(Err(e)) => return deny(ErrorCode::BadRequest, format!("--debug-image: {e}")),
-        None => None,
+        None => (None, None),
     };
     let pull_policy = match exec_req.pull_policy.as_deref().unwrap_or("").parse() {
         Ok(p) => p,
@@ -353,6 +383,9 @@ async fn exec(agent: Arc<Agent>, peer: SocketAddr, mut req: Request<Incoming>, t
     if let Some(a) = denied(&container.task_id, &container.id) {
         return deny(ErrorCode::Forbidden, refusal(a));
     }
+    if let Some(msg) = layout_failure {
+        return deny(ErrorCode::ImageFailed, msg);
+    }
 
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(ws_key.as_bytes());
     let ctx = crate::session::Context {
@@ -384,6 +417,49 @@ async fn exec(agent: Arc<Agent>, peer: SocketAddr, mut req: Request<Incoming>, t
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The spellings of a path into a denied directory that once slipped past the ACL, on real directories.
+    #[test]
+    fn oci_layouts_are_judged_by_their_real_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let srv = std::fs::canonicalize(tmp.path()).unwrap().join("srv");
+        for d in ["corpus/good-busybox", "extra/x", "tools/gdb"] {
+            std::fs::create_dir_all(srv.join(d)).unwrap();
+        }
+        std::os::unix::fs::symlink(srv.join("extra/x"), srv.join("corpus/good-link")).unwrap();
+        let s = srv.display();
+        let acl = Acl::parse(&format!(
+            "[[rule]]\nsubjects=['*']\ntasks=['*']\nactions=['debug']\nimages=['oci:{s}/corpus/good-*', 'oci:{s}/extra/*']\n\n\
+             [[rule]]\neffect='deny'\nsubjects=['*']\ntasks=['*']\nactions=['debug']\nimages=['oci:{s}/extra/*']\n"
+        ))
+        .unwrap();
+        let who = Principal { user: "u", groups: &[] };
+        let judge = |spelling: &str| {
+            let (r, failure) = judged_image(ImageRef::parse(spelling).unwrap()).unwrap();
+            (acl.allows_container(&who, "t", "t", "debug", Some(&r.to_string())), r.to_string(), failure)
+        };
+        for spelling in [
+            format!("oci:{s}//extra/x"),
+            format!("oci:{s}/./extra/x"),
+            format!("oci:{s}/corpus/../extra/x"),
+            format!("oci:{s}/corpus/good-busybox/../../extra/x"),
+            format!("oci:{s}/corpus/good-link"),
+            format!("oci:{s}/extra/x"),
+        ] {
+            let (allowed, judged, failure) = judge(&spelling);
+            assert!(!allowed, "{spelling} was allowed as {judged}");
+            assert_eq!(judged, format!("oci:{s}/extra/x"), "{spelling}");
+            assert_eq!(failure, None);
+        }
+        let (allowed, judged, _) = judge(&format!("oci:{s}/corpus/good-busybox:v1"));
+        assert!(allowed && judged == format!("oci:{s}/corpus/good-busybox:v1"), "{judged}");
+        // A path that does not exist is judged by its lexical form and fails only once allowed.
+        let (allowed, judged, failure) = judge(&format!("oci:{s}/corpus/good-gone/../../extra/y"));
+        assert!(!allowed && judged == format!("oci:{s}/extra/y") && failure.is_some(), "{judged}");
+        let (allowed, _, failure) = judge(&format!("oci:{s}/corpus/good-gone"));
+        assert!(allowed && failure.is_some_and(|f| f.contains("No such file")));
+        assert!(judged_image(ImageRef::parse("oci:srv/x").unwrap()).is_err(), "relative paths are refused");
+    }
 
     #[test]
     fn task_segments_are_percent_decoded() {

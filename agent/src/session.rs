@@ -138,7 +138,7 @@ where
                 }
                 Err(e) => {
                     *image_info = Some((r.to_string(), String::new()));
-                    return Status::Error { code: ErrorCode::ImageFailed, message: e.to_string() };
+                    return Status::Error { code: e.code(), message: e.to_string() };
                 }
             }
         }

@@ -49,25 +49,90 @@ impl Flights {
 
 /// On-disk layout under `root`: `blobs/sha256/<hex>`, `layers/sha256/<hex>/` (by diff-id) and `tmp/` for
 /// in-progress writes, which sits on the same filesystem so the final `rename` is atomic.
+///
+/// Each open cache writes its temporaries in its own directory below `tmp/`, which it holds an exclusive
+/// `flock` on while open; opening a cache removes the directories nobody holds (left by a crash or a kill),
+/// so a pull cut short leaves nothing behind past the next start, even with other processes using the cache.
 pub struct Cache {
     root: PathBuf,
     blob_flights: Flights,
     // Separate from blobs: an uncompressed layer's blob digest equals its diff-id, and fetching the blob
     // from inside a layer flight must not deadlock.
     layer_flights: Flights,
+    tmp: PathBuf,
+    // Never read: holding it open keeps the lock that marks `tmp` as in use.
+    _tmp_lock: File,
+}
+
+const CLAIMING: &str = ".claiming-";
+
+/// Takes an exclusive `flock` on `f` without waiting; false if another open file description holds it.
+fn try_lock(f: &File) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor this function borrows; no memory is passed.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
+/// Removes what interrupted writers left in `tmp`: entries that are not a held directory.
+fn sweep(tmp: &Path) -> Result<(), CacheError> {
+    for entry in fs::read_dir(tmp).map_err(io_at(tmp))? {
+        let entry = entry.map_err(io_at(tmp))?;
+        let path = entry.path();
+        // A directory being set up by another process is locked before it gets its final name.
+        if entry.file_name().to_string_lossy().starts_with(CLAIMING) {
+            continue;
+        }
+        let res = if entry.file_type().map_err(io_at(&path))?.is_dir() {
+            match File::open(&path) {
+                Ok(d) if try_lock(&d).map_err(io_at(&path))? => fs::remove_dir_all(&path),
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => Err(e),
+            }
+        } else {
+            fs::remove_file(&path)
+        };
+        match res {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_at(&path)(e)),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl Cache {
-    /// Open (creating if needed) a cache rooted at `root`.
+    /// Open (creating if needed) a cache rooted at `root`, removing temporaries no live cache holds.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, CacheError> {
         let root = root.into();
         for sub in ["blobs/sha256", "layers/sha256", "tmp"] {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(io_at(&p))?;
         }
-        Ok(Self { root, blob_flights: Flights::default(), layer_flights: Flights::default() })
+        let tmp_root = root.join("tmp");
+        sweep(&tmp_root)?;
+        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{}.{n}", std::process::id());
+        let claiming = tmp_root.join(format!("{CLAIMING}{name}"));
+        let tmp = tmp_root.join(name);
+        fs::create_dir(&claiming).map_err(io_at(&claiming))?;
+        let lock = File::open(&claiming).map_err(io_at(&claiming))?;
+        let locked = try_lock(&lock).map_err(io_at(&claiming))?;
+        if !locked {
+            return Err(io_at(&claiming)(io::Error::other("temp directory is locked by someone else")));
+        }
+        fs::rename(&claiming, &tmp).map_err(io_at(&tmp))?;
+        Ok(Self { root, blob_flights: Flights::default(), layer_flights: Flights::default(), tmp, _tmp_lock: lock })
     }
 
     pub fn root(&self) -> &Path {
@@ -142,18 +207,6 @@ impl Cache {
         })
     }
 
-    /// Delete leftovers of interrupted writes. Only safe while no other process writes to this cache.
-    pub fn remove_stale_temps(&self) -> Result<(), CacheError> {
-        let tmp = self.root.join("tmp");
-        for entry in fs::read_dir(&tmp).map_err(io_at(&tmp))? {
-            let path = entry.map_err(io_at(&tmp))?.path();
-            let is_dir = fs::symlink_metadata(&path).map_err(io_at(&path))?.is_dir();
-            let res = if is_dir { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
-            res.map_err(io_at(&path))?;
-        }
-        Ok(())
-    }
-
     /// A layer straight from its blob stream: `unpack` reads the blob bytes as they arrive (each byte is also
     /// written to a temp blob file and hashed on the way) and unpacks into a temp dir. Nothing is published
     /// unless the blob matched `blob` and `size` at its end and `unpack` succeeded; then the blob and the layer
@@ -193,7 +246,14 @@ impl Cache {
 
     fn temp_path(&self, digest: &Digest) -> PathBuf {
         let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        self.root.join("tmp").join(format!("{}.{}.{n}", digest.hex(), std::process::id()))
+        self.tmp.join(format!("{}.{n}", digest.hex()))
+    }
+}
+
+impl Drop for Cache {
+    fn drop(&mut self) {
+        // Anything still here belongs to writes that failed; the lock goes with the descriptor.
+        let _ = fs::remove_dir_all(&self.tmp);
     }
 }
 
@@ -269,7 +329,7 @@ mod tests {
         assert_eq!(p, cache.blob_path(&d));
         assert!(cache.has_blob(&d));
         assert_eq!(fs::read(&p).unwrap(), data);
-        assert_eq!(count(&cache.root().join("tmp")), 0);
+        assert_eq!(count(&cache.tmp), 0);
         // Present already: the reader is never touched.
         struct Boom;
         impl Read for Boom {
@@ -296,12 +356,12 @@ mod tests {
             }
             assert!(!cache.has_blob(&d));
             assert_eq!(count(&tmp.path().join("blobs/sha256")), 0);
-            assert_eq!(count(&tmp.path().join("tmp")), 0, "temp file left behind");
+            assert_eq!(count(&cache.tmp), 0, "temp file left behind");
         }
         // A failing source is cleaned up the same way.
         let err = cache.ensure_blob(&d, 8, || Err::<&[u8], _>(io::Error::other("network down"))).unwrap_err();
         assert!(err.to_string().contains("network down"), "{err}");
-        assert_eq!(count(&tmp.path().join("tmp")), 0);
+        assert_eq!(count(&cache.tmp), 0);
     }
 
     #[test]
@@ -378,7 +438,7 @@ mod tests {
         let err = cache.ensure_layer(&diff_id, |dir| unpack_layer(&bad[..], dir, &UnpackOptions::default()));
         assert!(matches!(err, Err(CacheError::Layer { .. })), "{err:?}");
         assert!(!cache.has_layer(&diff_id));
-        assert_eq!(count(&tmp.path().join("tmp")), 0);
+        assert_eq!(count(&cache.tmp), 0);
 
         let calls = AtomicUsize::new(0);
         for _ in 0..2 {
@@ -392,7 +452,7 @@ mod tests {
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         assert!(cache.has_layer(&diff_id));
-        assert_eq!(count(&tmp.path().join("tmp")), 0);
+        assert_eq!(count(&cache.tmp), 0);
     }
 
     #[test]
@@ -409,21 +469,34 @@ mod tests {
         let err = cache.ensure_layer_streaming(&wrong, tar.len() as u64, &diff_id, &tampered[..], unpack);
         assert!(matches!(err, Err(CacheError::Layer { .. })), "{err:?}");
         assert!(!cache.has_layer(&diff_id) && !cache.has_blob(&wrong));
-        assert_eq!(count(&tmp.path().join("tmp")), 0);
+        assert_eq!(count(&cache.tmp), 0);
         // Verified: blob and layer both land.
         let p = cache.ensure_layer_streaming(&blob, tar.len() as u64, &diff_id, &tar[..], unpack).unwrap();
         assert_eq!(fs::read(p.join("hello")).unwrap(), b"hi");
         assert_eq!(fs::read(cache.blob_path(&blob)).unwrap(), tar);
-        assert_eq!(count(&tmp.path().join("tmp")), 0);
+        assert_eq!(count(&cache.tmp), 0);
     }
 
     #[test]
-    fn stale_temps_removed() {
+    fn open_removes_temporaries_that_no_open_cache_holds() {
         let tmp = tempfile::tempdir().unwrap();
-        let cache = Cache::open(tmp.path()).unwrap();
+        let first = Cache::open(tmp.path()).unwrap();
+        fs::write(first.tmp.join("in-progress"), b"x").unwrap();
+        // What a killed process leaves: an unlocked directory with a half-written layer, and a stray file.
+        fs::create_dir_all(tmp.path().join("tmp/4242.0/abc.0/etc")).unwrap();
         fs::write(tmp.path().join("tmp/half"), b"x").unwrap();
-        fs::create_dir(tmp.path().join("tmp/halfdir")).unwrap();
-        cache.remove_stale_temps().unwrap();
-        assert_eq!(count(&tmp.path().join("tmp")), 0);
+        let second = Cache::open(tmp.path()).unwrap();
+        let mut left: Vec<_> = fs::read_dir(tmp.path().join("tmp")).unwrap().map(|e| e.unwrap().path()).collect();
+        left.sort();
+        let mut want = vec![first.tmp.clone(), second.tmp.clone()];
+        want.sort();
+        assert_eq!(left, want, "stale temporaries kept, or a live cache's removed");
+        assert!(first.tmp.join("in-progress").exists());
+        drop(first);
+        drop(second);
+        let third = Cache::open(tmp.path()).unwrap();
+        assert_eq!(count(&tmp.path().join("tmp")), 1);
+        drop(third);
+        assert_eq!(count(&tmp.path().join("tmp")), 0, "a cache's own temporaries outlive it");
     }
 }

@@ -93,7 +93,17 @@ pub enum VerifyError {
 impl VerifyError {
     /// The verification failure inside `e`, if that is what `e` is.
     pub fn find(e: &io::Error) -> Option<&VerifyError> {
-        e.get_ref().and_then(|inner| inner.downcast_ref::<VerifyError>())
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = e.get_ref().map(|x| x as _);
+        while let Some(err) = cur {
+            if let Some(v) = err.downcast_ref::<VerifyError>() {
+                return Some(v);
+            }
+            if let Some(v) = err.downcast_ref::<io::Error>().and_then(VerifyError::find) {
+                return Some(v);
+            }
+            cur = err.source();
+        }
+        None
     }
 }
 

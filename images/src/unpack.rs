@@ -88,6 +88,13 @@ impl BudgetExceeded {
     }
 }
 
+impl BudgetExceeded {
+    /// `amount` (described by `what`, e.g. "the layer's blob declares") crossed `limit` = `max`.
+    pub fn new(limit: &'static str, max: u64, what: &'static str, amount: u64) -> BudgetExceeded {
+        BudgetExceeded { limit, max, amount, what }
+    }
+}
+
 fn over(limit: &'static str, max: u64, what: &'static str, amount: u64) -> Result<(), BudgetExceeded> {
     if amount > max {
         Err(BudgetExceeded { limit, max, amount, what })
@@ -948,12 +955,7 @@ mod tests {
     #[test]
     fn owners_xattrs_and_pax_mtime_kept() {
         let data = Tar::new()
-            .pax(&[
-                ("uid", b"1234"),
-                ("gid", b"5678"),
-                ("SCHILY.xattr.user.test", b"v1"),
-                ("mtime", b"1700000000.5"),
-            ])
+            .pax(&[("uid", b"1234"), ("gid", b"5678"), ("SCHILY.xattr.user.test", b"v1"), ("mtime", b"1700000000.5")])
             .file("f", b"x", 0o644)
             .pax(&[("uid", b"4321")])
             .symlink("l", "f")
@@ -987,8 +989,11 @@ mod tests {
         let e = env();
         e.unpack(&data, UnpackOptions::default()).unwrap();
         let f = e.dest.join("tool");
-        let names: Vec<String> =
-            xattr::list(&f).unwrap().map(|n| n.to_string_lossy().into_owned()).filter(|n| !n.starts_with("user.")).collect();
+        let names: Vec<String> = xattr::list(&f)
+            .unwrap()
+            .map(|n| n.to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with("user."))
+            .collect();
         assert!(names.is_empty(), "privileged xattrs written: {names:?}");
         assert_eq!(xattr::get(&f, "security.capability").unwrap(), None);
         // The test's own check must be able to see a capability where one is written (root, a filesystem with
@@ -1051,7 +1056,8 @@ mod tests {
         let e = env();
         let read = std::rc::Rc::new(std::cell::Cell::new(0));
         let limits = Limits { max_layer_bytes: 4 << 20, ..Limits::default() };
-        let res = unpack_layer(Counting(&bomb[..], read.clone()), &e.dest, &UnpackOptions { limits, ..Default::default() });
+        let res =
+            unpack_layer(Counting(&bomb[..], read.clone()), &e.dest, &UnpackOptions { limits, ..Default::default() });
         let b = budget(res, "max_layer_bytes");
         assert_eq!(b.max, 4 << 20);
         // Stopped at once: a fraction of the compressed stream was read and little more than the budget written.

@@ -21,7 +21,7 @@ pub const DEBUG_ACL: &str = r#"
 subjects = ["user:admin"]
 tasks = ["*"]
 actions = ["*"]
-images = ["*"]
+images = ["**"]
 
 [[rule]]
 subjects = ["user:dbg"]
