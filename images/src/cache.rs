@@ -50,20 +50,22 @@ impl Flights {
 /// On-disk layout under `root`: `blobs/sha256/<hex>`, `layers/sha256/<hex>/` (by diff-id) and `tmp/` for
 /// in-progress writes, which sits on the same filesystem so the final `rename` is atomic.
 ///
-/// Each open cache writes its temporaries in its own directory below `tmp/`, which it holds an exclusive
-/// `flock` on while open; opening a cache removes the directories nobody holds (left by a crash or a kill),
-/// so a pull cut short leaves nothing behind past the next start, even with other processes using the cache.
+/// Each open cache is an owner, `owners/<name>`, a file it holds an exclusive `flock` on while open; its
+/// temporaries are called `tmp/<name>~...`. Opening a cache removes the temporaries of owners nobody holds
+/// (left by a crash or a kill), so a pull cut short leaves nothing behind past the next start, even with
+/// other processes using the cache at the same time.
 pub struct Cache {
     root: PathBuf,
     blob_flights: Flights,
     // Separate from blobs: an uncompressed layer's blob digest equals its diff-id, and fetching the blob
     // from inside a layer flight must not deadlock.
     layer_flights: Flights,
-    tmp: PathBuf,
-    // Never read: holding it open keeps the lock that marks `tmp` as in use.
-    _tmp_lock: File,
+    owner: String,
+    // Never read: holding it open keeps the lock that marks `owner` as alive.
+    _owner_lock: File,
 }
 
+/// Prefix of an owner file being set up: it is locked before it gets its final name.
 const CLAIMING: &str = ".claiming-";
 
 /// Takes an exclusive `flock` on `f` without waiting; false if another open file description holds it.
@@ -82,28 +84,55 @@ fn try_lock(f: &File) -> io::Result<bool> {
     }
 }
 
-/// Removes what interrupted writers left in `tmp`: entries that are not a held directory.
-fn sweep(tmp: &Path) -> Result<(), CacheError> {
-    for entry in fs::read_dir(tmp).map_err(io_at(tmp))? {
-        let entry = entry.map_err(io_at(tmp))?;
-        let path = entry.path();
-        // A directory being set up by another process is locked before it gets its final name.
-        if entry.file_name().to_string_lossy().starts_with(CLAIMING) {
-            continue;
-        }
-        let res = if entry.file_type().map_err(io_at(&path))?.is_dir() {
-            match File::open(&path) {
-                Ok(d) if try_lock(&d).map_err(io_at(&path))? => fs::remove_dir_all(&path),
-                Ok(_) => continue,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => Err(e),
-            }
-        } else {
-            fs::remove_file(&path)
+/// Whether the owner file at `path` is held by a live cache.
+fn held(path: &Path) -> io::Result<bool> {
+    match File::open(path) {
+        Ok(f) => try_lock(&f).map(|got| !got),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn remove_any(path: &Path) -> Result<(), CacheError> {
+    let res = match fs::symlink_metadata(path) {
+        Ok(md) if md.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) => Err(e),
+    };
+    match res {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_at(path)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Removes temporaries whose owner is not held, then the owner files nobody holds.
+fn sweep(root: &Path) -> Result<(), CacheError> {
+    let (tmp, owners) = (root.join("tmp"), root.join("owners"));
+    let mut alive: HashMap<String, bool> = HashMap::new();
+    for entry in fs::read_dir(&tmp).map_err(io_at(&tmp))? {
+        let entry = entry.map_err(io_at(&tmp))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let live = match name.split_once('~') {
+            Some((owner, _)) => match alive.get(owner) {
+                Some(l) => *l,
+                None => {
+                    let p = owners.join(owner);
+                    let l = held(&p).map_err(io_at(&p))?;
+                    alive.insert(owner.to_string(), l);
+                    l
+                }
+            },
+            None => false,
         };
-        match res {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_at(&path)(e)),
-            _ => {}
+        if !live {
+            remove_any(&entry.path())?;
+        }
+    }
+    for entry in fs::read_dir(&owners).map_err(io_at(&owners))? {
+        let entry = entry.map_err(io_at(&owners))?;
+        let path = entry.path();
+        if !entry.file_name().to_string_lossy().starts_with(CLAIMING) && !held(&path).map_err(io_at(&path))? {
+            remove_any(&path)?;
         }
     }
     Ok(())
@@ -115,24 +144,20 @@ impl Cache {
     /// Open (creating if needed) a cache rooted at `root`, removing temporaries no live cache holds.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, CacheError> {
         let root = root.into();
-        for sub in ["blobs/sha256", "layers/sha256", "tmp"] {
+        for sub in ["blobs/sha256", "layers/sha256", "tmp", "owners"] {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(io_at(&p))?;
         }
-        let tmp_root = root.join("tmp");
-        sweep(&tmp_root)?;
-        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let name = format!("{}.{n}", std::process::id());
-        let claiming = tmp_root.join(format!("{CLAIMING}{name}"));
-        let tmp = tmp_root.join(name);
-        fs::create_dir(&claiming).map_err(io_at(&claiming))?;
-        let lock = File::open(&claiming).map_err(io_at(&claiming))?;
-        let locked = try_lock(&lock).map_err(io_at(&claiming))?;
-        if !locked {
-            return Err(io_at(&claiming)(io::Error::other("temp directory is locked by someone else")));
+        sweep(&root)?;
+        let owner = format!("{}.{}", std::process::id(), TEMP_COUNTER.fetch_add(1, Ordering::Relaxed));
+        let claiming = root.join("owners").join(format!("{CLAIMING}{owner}"));
+        let lock = File::create(&claiming).map_err(io_at(&claiming))?;
+        if !try_lock(&lock).map_err(io_at(&claiming))? {
+            return Err(io_at(&claiming)(io::Error::other("owner file is locked by someone else")));
         }
-        fs::rename(&claiming, &tmp).map_err(io_at(&tmp))?;
-        Ok(Self { root, blob_flights: Flights::default(), layer_flights: Flights::default(), tmp, _tmp_lock: lock })
+        let path = root.join("owners").join(&owner);
+        fs::rename(&claiming, &path).map_err(io_at(&path))?;
+        Ok(Self { root, blob_flights: Flights::default(), layer_flights: Flights::default(), owner, _owner_lock: lock })
     }
 
     pub fn root(&self) -> &Path {
@@ -246,14 +271,20 @@ impl Cache {
 
     fn temp_path(&self, digest: &Digest) -> PathBuf {
         let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        self.tmp.join(format!("{}.{n}", digest.hex()))
+        self.root.join("tmp").join(format!("{}~{}.{n}", self.owner, digest.hex()))
     }
 }
 
 impl Drop for Cache {
     fn drop(&mut self) {
-        // Anything still here belongs to writes that failed; the lock goes with the descriptor.
-        let _ = fs::remove_dir_all(&self.tmp);
+        // Temporaries still here belong to writes that failed; the lock goes with the descriptor.
+        let prefix = format!("{}~", self.owner);
+        if let Ok(rd) = fs::read_dir(self.root.join("tmp")) {
+            for e in rd.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&prefix)) {
+                let _ = remove_any(&e.path());
+            }
+        }
+        let _ = fs::remove_file(self.root.join("owners").join(&self.owner));
     }
 }
 
@@ -329,7 +360,7 @@ mod tests {
         assert_eq!(p, cache.blob_path(&d));
         assert!(cache.has_blob(&d));
         assert_eq!(fs::read(&p).unwrap(), data);
-        assert_eq!(count(&cache.tmp), 0);
+        assert_eq!(count(&cache.root().join("tmp")), 0);
         // Present already: the reader is never touched.
         struct Boom;
         impl Read for Boom {
@@ -356,12 +387,12 @@ mod tests {
             }
             assert!(!cache.has_blob(&d));
             assert_eq!(count(&tmp.path().join("blobs/sha256")), 0);
-            assert_eq!(count(&cache.tmp), 0, "temp file left behind");
+            assert_eq!(count(&tmp.path().join("tmp")), 0, "temp file left behind");
         }
         // A failing source is cleaned up the same way.
         let err = cache.ensure_blob(&d, 8, || Err::<&[u8], _>(io::Error::other("network down"))).unwrap_err();
         assert!(err.to_string().contains("network down"), "{err}");
-        assert_eq!(count(&cache.tmp), 0);
+        assert_eq!(count(&cache.root().join("tmp")), 0);
     }
 
     #[test]
@@ -438,7 +469,7 @@ mod tests {
         let err = cache.ensure_layer(&diff_id, |dir| unpack_layer(&bad[..], dir, &UnpackOptions::default()));
         assert!(matches!(err, Err(CacheError::Layer { .. })), "{err:?}");
         assert!(!cache.has_layer(&diff_id));
-        assert_eq!(count(&cache.tmp), 0);
+        assert_eq!(count(&cache.root().join("tmp")), 0);
 
         let calls = AtomicUsize::new(0);
         for _ in 0..2 {
@@ -452,7 +483,7 @@ mod tests {
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         assert!(cache.has_layer(&diff_id));
-        assert_eq!(count(&cache.tmp), 0);
+        assert_eq!(count(&cache.root().join("tmp")), 0);
     }
 
     #[test]
@@ -469,34 +500,39 @@ mod tests {
         let err = cache.ensure_layer_streaming(&wrong, tar.len() as u64, &diff_id, &tampered[..], unpack);
         assert!(matches!(err, Err(CacheError::Layer { .. })), "{err:?}");
         assert!(!cache.has_layer(&diff_id) && !cache.has_blob(&wrong));
-        assert_eq!(count(&cache.tmp), 0);
+        assert_eq!(count(&cache.root().join("tmp")), 0);
         // Verified: blob and layer both land.
         let p = cache.ensure_layer_streaming(&blob, tar.len() as u64, &diff_id, &tar[..], unpack).unwrap();
         assert_eq!(fs::read(p.join("hello")).unwrap(), b"hi");
         assert_eq!(fs::read(cache.blob_path(&blob)).unwrap(), tar);
-        assert_eq!(count(&cache.tmp), 0);
+        assert_eq!(count(&cache.root().join("tmp")), 0);
     }
 
     #[test]
     fn open_removes_temporaries_that_no_open_cache_holds() {
         let tmp = tempfile::tempdir().unwrap();
         let first = Cache::open(tmp.path()).unwrap();
-        fs::write(first.tmp.join("in-progress"), b"x").unwrap();
-        // What a killed process leaves: an unlocked directory with a half-written layer, and a stray file.
-        fs::create_dir_all(tmp.path().join("tmp/4242.0/abc.0/etc")).unwrap();
+        let live = first.temp_path(&Digest::of(b"x"));
+        fs::write(&live, b"in progress").unwrap();
+        // What a killed process leaves: its owner file (unlocked now), a half-written layer, and a stray file.
+        fs::write(tmp.path().join("owners/4242.0"), b"").unwrap();
+        fs::create_dir_all(tmp.path().join("tmp/4242.0~abc.0/etc")).unwrap();
         fs::write(tmp.path().join("tmp/half"), b"x").unwrap();
         let second = Cache::open(tmp.path()).unwrap();
-        let mut left: Vec<_> = fs::read_dir(tmp.path().join("tmp")).unwrap().map(|e| e.unwrap().path()).collect();
-        left.sort();
-        let mut want = vec![first.tmp.clone(), second.tmp.clone()];
-        want.sort();
-        assert_eq!(left, want, "stale temporaries kept, or a live cache's removed");
-        assert!(first.tmp.join("in-progress").exists());
-        drop(first);
+        let names = |d: &str| {
+            let mut v: Vec<_> =
+                fs::read_dir(tmp.path().join(d)).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names("tmp"), vec![live.file_name().unwrap().to_string_lossy().into_owned()]);
+        let mut owners = vec![first.owner.clone(), second.owner.clone()];
+        owners.sort();
+        assert_eq!(names("owners"), owners);
         drop(second);
-        let third = Cache::open(tmp.path()).unwrap();
-        assert_eq!(count(&tmp.path().join("tmp")), 1);
-        drop(third);
+        assert_eq!(names("owners"), vec![first.owner.clone()]);
+        drop(first);
         assert_eq!(count(&tmp.path().join("tmp")), 0, "a cache's own temporaries outlive it");
+        assert_eq!(count(&tmp.path().join("owners")), 0);
     }
 }

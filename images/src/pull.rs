@@ -61,7 +61,7 @@ pub enum PullError {
     #[error("{reference} not found")]
     NotFound { reference: String },
     /// Bytes that do not match the digest or size they were fetched by.
-    #[error("{what} of {reference} does not match its descriptor: {source}")]
+    #[error("{what} of {reference} does not match its digest: {source}")]
     Verify { reference: String, what: String, source: VerifyError },
     #[error("{reference}: {message}")]
     Malformed { reference: String, message: String },
@@ -929,4 +929,50 @@ fn short(d: &Digest) -> String {
 
 fn human(n: u64) -> String {
     format!("{:.1} MiB", n as f64 / (1024.0 * 1024.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+
+    fn puller(dir: &Path, opts: RegistryOptions) -> Puller {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Puller::new(Arc::new(Cache::open(dir.join("cache")).unwrap()), opts)
+    }
+
+    fn basic(p: &Puller, reference: &str) -> Option<(String, String)> {
+        let src = Source::new(p, &ImageRef::parse(reference).unwrap()).unwrap();
+        match src.auth() {
+            oci_client::secrets::RegistryAuth::Basic(u, pw) => Some((u, pw)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn docker_hub_credentials_are_found_for_docker_io_references() {
+        let tmp = tempfile::tempdir().unwrap();
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        for key in ["https://index.docker.io/v1/", "index.docker.io", "registry-1.docker.io", "docker.io"] {
+            let cfg = tmp.path().join("config.json");
+            let json = serde_json::json!({"auths": {
+                key: {"auth": b64("hubuser:hubpass")},
+                "registry.example:5000": {"auth": b64("u:p")},
+            }});
+            std::fs::write(&cfg, serde_json::to_vec(&json).unwrap()).unwrap();
+            let p = puller(tmp.path(), RegistryOptions { docker_config: Some(cfg), ..Default::default() });
+            let hub = Some(("hubuser".to_string(), "hubpass".to_string()));
+            assert_eq!(basic(&p, "busybox"), hub, "{key}");
+            assert_eq!(basic(&p, "index.docker.io/library/alpine:3"), hub, "{key}");
+            assert_eq!(basic(&p, "registry.example:5000/x"), Some(("u".into(), "p".into())));
+            assert_eq!(basic(&p, "quay.io/x/y"), None);
+        }
+        // The agent's own credentials table is keyed the same way.
+        let credentials = HashMap::from([(
+            "index.docker.io".to_string(),
+            Credentials { username: "own".into(), password: "pw".into() },
+        )]);
+        let p = puller(tmp.path(), RegistryOptions { credentials, ..Default::default() });
+        assert_eq!(basic(&p, "busybox"), Some(("own".into(), "pw".into())));
+    }
 }
