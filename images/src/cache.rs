@@ -520,8 +520,10 @@ mod tests {
         fs::write(tmp.path().join("tmp/half"), b"x").unwrap();
         let second = Cache::open(tmp.path()).unwrap();
         let names = |d: &str| {
-            let mut v: Vec<_> =
-                fs::read_dir(tmp.path().join(d)).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+            let mut v: Vec<_> = fs::read_dir(tmp.path().join(d))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
             v.sort();
             v
         };

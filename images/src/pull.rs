@@ -76,7 +76,7 @@ pub enum PullError {
     Budget { reference: String, source: BudgetExceeded },
     /// A layer was refused or could not be unpacked.
     #[error("{reference}: layer {blob}: {source}")]
-    Unpack { reference: String, blob: Digest, source: UnpackError },
+    Unpack { reference: String, blob: Digest, source: Box<UnpackError> },
     #[error("{reference}: {source}")]
     Cache { reference: String, source: Box<CacheError> },
 }
@@ -893,7 +893,7 @@ fn layer_error(name: &str, blob: Digest, e: CacheError) -> PullError {
             };
             match io.and_then(|io| classify_io(name, format!("layer {blob}"), io)) {
                 Some(p) => p,
-                None => PullError::Unpack { reference: name.into(), blob, source },
+                None => PullError::Unpack { reference: name.into(), blob, source: Box::new(source) },
             }
         }
         other => cache_error(name, other),

@@ -80,7 +80,8 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<hyper::body::Incoming>) -
         Blob::Truncated => full(data[..data.len() / 2].to_vec()),
         Blob::Oversized => full(data.into_iter().chain(std::iter::repeat_n(7u8, 1 << 20)).collect()),
         Blob::Stalled => {
-            let first = futures_util::stream::iter([Ok::<_, std::io::Error>(Frame::data(Bytes::from(data[..16].to_vec())))]);
+            let first =
+                futures_util::stream::iter([Ok::<_, std::io::Error>(Frame::data(Bytes::from(data[..16].to_vec())))]);
             let never = futures_util::stream::pending();
             StreamBody::new(futures_util::StreamExt::chain(first, never)).boxed()
         }
@@ -341,10 +342,8 @@ async fn image_budget_counts_all_layers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_pulls_download_each_blob_once() {
     let reg = Registry::start().await;
-    let (digests, config) = reg.image(
-        "test/img",
-        &[layer(&[("a", &[1u8; 1 << 20][..])]), layer(&[("b", &[2u8; 1 << 20][..])])],
-    );
+    let (digests, config) =
+        reg.image("test/img", &[layer(&[("a", &[1u8; 1 << 20][..])]), layer(&[("b", &[2u8; 1 << 20][..])])]);
     let tmp = tempfile::tempdir().unwrap();
     let p = Arc::new(puller(tmp.path(), &reg, Limits::default(), None));
     let r = reg.reference();

@@ -34,7 +34,12 @@ fn debug_with(agent: &Agent, token: &str, image: &str, task: &str, cmd: &[&str])
 
 /// Bytes below `dir` (files, not following symlinks).
 fn disk_bytes(dir: &Path) -> u64 {
-    tree(dir).iter().filter_map(|p| std::fs::symlink_metadata(dir.join(p)).ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
+    tree(dir)
+        .iter()
+        .filter_map(|p| std::fs::symlink_metadata(dir.join(p)).ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -180,7 +185,10 @@ fn a_gzip_bomb_layer_stops_at_the_layer_budget_and_leaves_nothing() {
     let slack = 16 << 20;
     assert!(peak <= before + BUDGET + slack, "cache peaked at {peak} bytes (was {before})");
     assert!(after <= before + slack, "cache grew from {before} to {after} bytes");
-    eprintln!("gzip bomb: {} compressed bytes, refused at {amount} bytes; cache peak {peak}, after {after}", bomb.len());
+    eprintln!(
+        "gzip bomb: {} compressed bytes, refused at {amount} bytes; cache peak {peak}, after {after}",
+        bomb.len()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -202,7 +210,9 @@ fn ten_concurrent_sessions_on_one_uncached_image_get_each_blob_once() {
         let handles: Vec<_> = (0..10)
             .map(|i| {
                 let (agent, image, target) = (&agent, &image, &f.target.id);
-                s.spawn(move || debug_with(agent, &agent.admin_token, image, target, &["echo", &format!("session {i}")]))
+                s.spawn(move || {
+                    debug_with(agent, &agent.admin_token, image, target, &["echo", &format!("session {i}")])
+                })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
@@ -212,7 +222,8 @@ fn ten_concurrent_sessions_on_one_uncached_image_get_each_blob_once() {
     }
     // Every blob of the image: the layers and the config, each fetched once.
     let raw: serde_json::Value = serde_json::from_slice(&reg.raw_manifest(&image)).unwrap();
-    let mut blobs: Vec<String> = raw["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_string()).collect();
+    let mut blobs: Vec<String> =
+        raw["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_string()).collect();
     blobs.push(raw["config"]["digest"].as_str().unwrap().to_string());
     let gets = reg.blob_gets();
     eprintln!("blob GETs in the access log: {gets:?}");
@@ -276,7 +287,8 @@ fn container_without_nnp(root: &Path, id: &str) -> Container {
     cfg["process"]["cwd"] = "/".into();
     cfg["process"]["noNewPrivileges"] = false.into();
     let bounding = serde_json::json!(["CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_NET_BIND_SERVICE"]);
-    cfg["process"]["capabilities"] = serde_json::json!({"bounding": bounding, "effective": [], "permitted": [], "inheritable": [], "ambient": []});
+    cfg["process"]["capabilities"] =
+        serde_json::json!({"bounding": bounding, "effective": [], "permitted": [], "inheritable": [], "ambient": []});
     cfg["root"]["readonly"] = false.into();
     cfg["annotations"] = serde_json::json!({"io.dcos.task-id": id});
     std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
