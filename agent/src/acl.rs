@@ -311,6 +311,17 @@ images = ["oci:/srv/extra/*"]
         // An allow rule's `**` with no deny rule still grants the whole subtree.
         let any = Acl::parse("[[rule]]\nsubjects=['*']\ntasks=['*']\nactions=['debug']\nimages=['**']\n").unwrap();
         assert!(any.allows_image(&a, "t", "debug", Some("docker.io/library/busybox:latest")));
+        // The README's examples.
+        let m = |p: &str, name: &str| pattern(p).unwrap().is_match(name);
+        assert!(m("**/evil*", "evil") && m("**/evil*", "r.example/x/evil:1"));
+        let digest = format!("registry.local:5000/tools/busybox@sha256:{}", "a".repeat(64));
+        assert!(m("registry.local:5000/tools/*", &digest));
+        assert!(m("registry.local:5000/tools/**", "registry.local:5000/tools/x/gdb:1"));
+        assert!(!m("registry.local:5000/tools/**", "registry.local:5000/other/busybox:1"));
+        assert!(m("docker.io/library/*", "docker.io/library/busybox:latest"));
+        assert!(!m("docker.io/library/*", "docker.io/user/app:1"));
+        assert!(m("oci:/srv/tools/*", "oci:/srv/tools/gdb:v1") && !m("oci:/srv/tools/*", "oci:/srv/tools/x/gdb"));
+        assert!(!m("web-*", "api-web-1") && m("db-{1,2}", "db-2"));
         let star = Acl::parse("[[rule]]\nsubjects=['*']\ntasks=['*']\nactions=['debug']\nimages=['*']\n").unwrap();
         assert!(!star.allows_image(&a, "t", "debug", Some("docker.io/library/busybox:latest")));
     }

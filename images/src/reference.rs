@@ -1,4 +1,8 @@
 //! Image references: `[registry[:port]/]repo[:tag][@digest]` with Docker Hub normalisation, or `oci:PATH[:TAG]`.
+//!
+//! Parsed here rather than with `oci_spec::distribution::Reference`, which normalises `busybox` the same way but
+//! not `registry-1.docker.io` (only `index.docker.io` becomes `docker.io`), accepts `sha384`/`sha512` digests that
+//! the cache cannot address, and reports errors without the part at fault.
 
 use crate::digest::{Digest, DigestError};
 use crate::layout::LayoutDir;
