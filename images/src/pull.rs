@@ -602,26 +602,11 @@ impl Puller {
     }
 }
 
-/// Where an image's bytes come from. Only [`Source::manifest`] and [`Source::open_blob`] know which it is.
+/// Where an image's bytes come from: a registry or a layout directory. Each knows how to hand out a manifest and
+/// a reader over a blob; everything else (verification, single flight, budgets, caching) is the same for both.
 enum Source<'a> {
-    Registry {
-        puller: &'a Puller,
-        reference: oci_client::Reference,
-        digest: Option<Digest>,
-    },
-    /// A layout directory held open: every read is relative to it (see [`LayoutDir`]).
-    Layout {
-        dir: LayoutDir,
-        tag: Option<String>,
-    },
-}
-
-/// A transfer that broke off or stalled mid-blob, as opposed to a local I/O error or bytes that fail verification.
-#[derive(Debug, thiserror::Error)]
-#[error("registry {registry}: {message}")]
-struct Transport {
-    registry: String,
-    message: String,
+    Registry(RegistrySource<'a>),
+    Layout(LayoutSource),
 }
 
 impl<'a> Source<'a> {
@@ -638,7 +623,7 @@ impl<'a> Source<'a> {
                         t.clone().unwrap_or_else(|| crate::reference::DEFAULT_TAG.into()),
                     ),
                 };
-                Source::Registry { puller, reference, digest: *digest }
+                Source::Registry(RegistrySource { puller, reference, digest: *digest })
             }
             ImageRef::Layout { path, tag, dir } => {
                 let dir = match dir {
@@ -646,7 +631,7 @@ impl<'a> Source<'a> {
                     None => LayoutDir::open(path)
                         .map_err(|e| PullError::Layout { path: path.clone(), message: e.to_string() })?,
                 };
-                Source::Layout { dir, tag: tag.clone() }
+                Source::Layout(LayoutSource { dir, tag: tag.clone() })
             }
         })
     }
@@ -654,94 +639,87 @@ impl<'a> Source<'a> {
     /// The raw manifest at `at` (or the reference's own), and the digest it must have if one is known.
     async fn manifest(&self, at: Option<Digest>) -> Result<(Vec<u8>, Option<Digest>), PullError> {
         match self {
-            Source::Registry { puller, reference, digest } => {
-                let reference = match at {
-                    Some(d) => oci_client::Reference::with_digest(
-                        reference.registry().into(),
-                        reference.repository().into(),
-                        d.to_string(),
-                    ),
-                    None => reference.clone(),
-                };
-                let (bytes, _) = puller
-                    .client
-                    .pull_manifest_raw(&reference, &self.auth(), MANIFEST_TYPES)
-                    .await
-                    .map_err(|e| self.registry_error(e))?;
-                Ok((bytes.to_vec(), at.or(*digest)))
-            }
-            Source::Layout { dir, tag } => {
-                let d = match at {
-                    Some(d) => d,
-                    None => self.layout_entry(dir, tag.as_deref())?,
-                };
-                let mut raw = Vec::new();
-                self.open_blob(&d, MAX_MANIFEST)
-                    .await?
-                    .take(MAX_MANIFEST + 1)
-                    .read_to_end(&mut raw)
-                    .map_err(|e| self.layout_error(format!("manifest {d}: {e}")))?;
-                Ok((raw, Some(d)))
-            }
+            Source::Registry(s) => s.manifest(at).await,
+            Source::Layout(s) => s.manifest(at),
         }
     }
 
     /// A reader over blob `d` as the source sends it; nothing is verified here (callers wrap it in a
-    /// [`crate::digest::VerifyingReader`] through the cache). Errors of the transfer itself read as [`Transport`].
+    /// [`crate::digest::VerifyingReader`] through the cache).
     async fn open_blob(&self, d: &Digest, size: u64) -> Result<Box<dyn Read + Send>, PullError> {
         match self {
-            Source::Registry { puller, reference, .. } => {
-                use futures_util::TryStreamExt;
-                let desc = oci_client::manifest::OciDescriptor {
-                    digest: d.to_string(),
-                    size: size as i64,
-                    ..Default::default()
-                };
-                puller.client.store_auth_if_needed(reference.resolve_registry(), &self.auth()).await;
-                let stream =
-                    puller.client.pull_blob_stream(reference, &desc).await.map_err(|e| self.registry_error(e))?;
-                let (expected, registry) = (*d, reference.registry().to_string());
-                let stream = stream.stream.map_err(move |e| {
-                    // oci-client checks the digest too and may notice first: the same failure, typed as ours.
-                    let inner = e.get_ref().and_then(|x| x.downcast_ref::<oci_client::errors::DigestError>());
-                    match inner {
-                        Some(oci_client::errors::DigestError::VerificationError { actual, .. }) => io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            VerifyError::Mismatch {
-                                expected,
-                                actual: actual.parse().unwrap_or(Digest::from_bytes([0; 32])),
-                            },
-                        ),
-                        _ => io::Error::other(Transport { registry: registry.clone(), message: one_line(&e) }),
-                    }
-                });
-                Ok(Box::new(tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream))))
-            }
-            Source::Layout { dir, .. } => {
-                let f = dir
-                    .open_file(&["blobs", d.algorithm(), &d.hex()])
-                    .map_err(|e| self.layout_error(format!("blob {d}: {e}")))?;
-                Ok(Box::new(io::BufReader::with_capacity(1 << 20, f)))
-            }
+            Source::Registry(s) => s.open_blob(d, size).await,
+            Source::Layout(s) => s.open_blob(d),
         }
+    }
+}
+
+/// A transfer that broke off or stalled mid-blob, as opposed to a local I/O error or bytes that fail verification.
+#[derive(Debug, thiserror::Error)]
+#[error("registry {registry}: {message}")]
+struct Transport {
+    registry: String,
+    message: String,
+}
+
+struct RegistrySource<'a> {
+    puller: &'a Puller,
+    reference: oci_client::Reference,
+    /// The digest the reference names, which the manifest must have.
+    digest: Option<Digest>,
+}
+
+impl RegistrySource<'_> {
+    async fn manifest(&self, at: Option<Digest>) -> Result<(Vec<u8>, Option<Digest>), PullError> {
+        let r = &self.reference;
+        let reference = match at {
+            Some(d) => oci_client::Reference::with_digest(r.registry().into(), r.repository().into(), d.to_string()),
+            None => r.clone(),
+        };
+        let (bytes, _) = self
+            .puller
+            .client
+            .pull_manifest_raw(&reference, &self.auth(), MANIFEST_TYPES)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok((bytes.to_vec(), at.or(self.digest)))
+    }
+
+    /// The blob as it streams; errors of the transfer itself read as [`Transport`], a digest mismatch that
+    /// oci-client notices first as [`VerifyError`].
+    async fn open_blob(&self, d: &Digest, size: u64) -> Result<Box<dyn Read + Send>, PullError> {
+        use futures_util::TryStreamExt;
+        let desc =
+            oci_client::manifest::OciDescriptor { digest: d.to_string(), size: size as i64, ..Default::default() };
+        let client = &self.puller.client;
+        client.store_auth_if_needed(self.reference.resolve_registry(), &self.auth()).await;
+        let stream = client.pull_blob_stream(&self.reference, &desc).await.map_err(|e| self.error(e))?;
+        let (expected, registry) = (*d, self.reference.registry().to_string());
+        let stream = stream.stream.map_err(move |e| {
+            let inner = e.get_ref().and_then(|x| x.downcast_ref::<oci_client::errors::DigestError>());
+            match inner {
+                Some(oci_client::errors::DigestError::VerificationError { actual, .. }) => io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    VerifyError::Mismatch { expected, actual: actual.parse().unwrap_or(Digest::from_bytes([0; 32])) },
+                ),
+                _ => io::Error::other(Transport { registry: registry.clone(), message: one_line(&e) }),
+            }
+        });
+        Ok(Box::new(tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream))))
     }
 
     fn auth(&self) -> oci_client::secrets::RegistryAuth {
-        match self {
-            Source::Registry { puller, reference, .. } => match puller.credentials(reference.registry()) {
-                Some(c) => oci_client::secrets::RegistryAuth::Basic(c.username.clone(), c.password.clone()),
-                None => oci_client::secrets::RegistryAuth::Anonymous,
-            },
-            Source::Layout { .. } => oci_client::secrets::RegistryAuth::Anonymous,
+        match self.puller.credentials(self.reference.registry()) {
+            Some(c) => oci_client::secrets::RegistryAuth::Basic(c.username.clone(), c.password.clone()),
+            None => oci_client::secrets::RegistryAuth::Anonymous,
         }
     }
 
-    fn registry_error(&self, e: oci_client::errors::OciDistributionError) -> PullError {
+    /// The typed error for what oci-client reported, by its error variants and the registry's error codes.
+    fn error(&self, e: oci_client::errors::OciDistributionError) -> PullError {
         use oci_client::errors::{OciDistributionError as E, OciErrorCode as C};
-        let (registry, whole) = match self {
-            Source::Registry { reference, .. } => (reference.registry().to_string(), reference.whole()),
-            Source::Layout { dir, .. } => (String::new(), dir.path().display().to_string()),
-        };
+        let registry = self.reference.registry().to_string();
+        let reference = self.reference.whole();
         let in_envelope = |codes: &[C]| match &e {
             E::RegistryError { envelope, .. } => envelope.errors.iter().any(|x| codes.contains(&x.code)),
             _ => false,
@@ -750,31 +728,51 @@ impl<'a> Source<'a> {
             E::AuthenticationFailure(_) | E::UnauthorizedError { .. } | E::ServerError { code: 401, .. } => {
                 PullError::Unauthorized { registry }
             }
-            E::ImageManifestNotFoundError(_) | E::ServerError { code: 404, .. } => {
-                PullError::NotFound { reference: whole }
-            }
+            E::ImageManifestNotFoundError(_) | E::ServerError { code: 404, .. } => PullError::NotFound { reference },
             _ if in_envelope(&[C::Unauthorized, C::Denied]) => PullError::Unauthorized { registry },
             _ if in_envelope(&[C::ManifestUnknown, C::BlobUnknown, C::NameUnknown, C::NotFound]) => {
-                PullError::NotFound { reference: whole }
+                PullError::NotFound { reference }
             }
             _ => PullError::Registry { registry, message: one_line(&e) },
         }
     }
+}
 
-    fn layout_error(&self, message: String) -> PullError {
-        let path = match self {
-            Source::Layout { dir, .. } => dir.path().to_path_buf(),
-            Source::Registry { .. } => PathBuf::new(),
+/// A layout directory held open: every read is relative to it (see [`LayoutDir`]).
+struct LayoutSource {
+    dir: LayoutDir,
+    tag: Option<String>,
+}
+
+impl LayoutSource {
+    fn manifest(&self, at: Option<Digest>) -> Result<(Vec<u8>, Option<Digest>), PullError> {
+        let d = match at {
+            Some(d) => d,
+            None => self.entry()?,
         };
-        PullError::Layout { path, message }
+        let mut raw = Vec::new();
+        self.open_blob(&d)?
+            .take(MAX_MANIFEST + 1)
+            .read_to_end(&mut raw)
+            .map_err(|e| self.error(format!("manifest {d}: {e}")))?;
+        Ok((raw, Some(d)))
     }
 
-    /// The manifest digest `index.json` names for `tag` (or its only entry).
-    fn layout_entry(&self, dir: &LayoutDir, tag: Option<&str>) -> Result<Digest, PullError> {
-        let lay = |m: String| self.layout_error(m);
-        let f = dir.open_file(&["index.json"]).map_err(|e| lay(format!("index.json: {e}")))?;
-        let index = ImageIndex::from_reader(f.take(MAX_MANIFEST)).map_err(|e| lay(format!("index.json: {e}")))?;
+    fn open_blob(&self, d: &Digest) -> Result<Box<dyn Read + Send>, PullError> {
+        let f = self
+            .dir
+            .open_file(&["blobs", d.algorithm(), &d.hex()])
+            .map_err(|e| self.error(format!("blob {d}: {e}")))?;
+        Ok(Box::new(io::BufReader::with_capacity(1 << 20, f)))
+    }
+
+    /// The manifest digest `index.json` names for the tag (or its only entry).
+    fn entry(&self) -> Result<Digest, PullError> {
+        let f = self.dir.open_file(&["index.json"]).map_err(|e| self.error(format!("index.json: {e}")))?;
+        let index =
+            ImageIndex::from_reader(f.take(MAX_MANIFEST)).map_err(|e| self.error(format!("index.json: {e}")))?;
         let ms = index.manifests();
+        let tag = self.tag.as_deref();
         let hit = match tag {
             Some(t) => ms.iter().find(|m| {
                 m.annotations()
@@ -783,10 +781,14 @@ impl<'a> Source<'a> {
                     .is_some_and(|n| n == t)
             }),
             None if ms.len() == 1 => ms.first(),
-            None => return Err(lay(format!("{} images in the layout: name one with oci:PATH:TAG", ms.len()))),
+            None => return Err(self.error(format!("{} images in the layout: name one with oci:PATH:TAG", ms.len()))),
         };
-        let m = hit.ok_or_else(|| lay(format!("no image tagged {:?}", tag.unwrap_or(""))))?;
-        m.digest().to_string().parse().map_err(|_| lay(format!("bad digest {}", m.digest())))
+        let m = hit.ok_or_else(|| self.error(format!("no image tagged {:?}", tag.unwrap_or(""))))?;
+        m.digest().to_string().parse().map_err(|_| self.error(format!("bad digest {}", m.digest())))
+    }
+
+    fn error(&self, message: String) -> PullError {
+        PullError::Layout { path: self.dir.path().to_path_buf(), message }
     }
 }
 
@@ -942,7 +944,9 @@ mod tests {
     }
 
     fn basic(p: &Puller, reference: &str) -> Option<(String, String)> {
-        let src = Source::new(p, &ImageRef::parse(reference).unwrap()).unwrap();
+        let Source::Registry(src) = Source::new(p, &ImageRef::parse(reference).unwrap()).unwrap() else {
+            panic!("{reference} is not a registry reference")
+        };
         match src.auth() {
             oci_client::secrets::RegistryAuth::Basic(u, pw) => Some((u, pw)),
             _ => None,

@@ -1,6 +1,7 @@
 //! Pulls against an in-process registry that misbehaves on demand (wrong digest, truncated or oversized blobs,
 //! 401, 500, a stalled transfer, a decompression bomb), and concurrent pulls that must download each blob
-//! once. Each failure asserts the typed error and that the cache holds nothing partial.
+//! once. Each failure asserts the typed error and that the cache holds nothing partial. Also: an `oci:` layout
+//! is pulled from the directory that was opened, whatever happens to its path afterwards.
 
 use dcos_exec_images::cache::Cache;
 use dcos_exec_images::digest::{Digest, VerifyError};
@@ -361,4 +362,50 @@ async fn concurrent_pulls_download_each_blob_once() {
     for d in digests.iter().chain([&config]) {
         assert_eq!(reg.hits(d), 1, "blob {d} was downloaded more than once");
     }
+}
+
+/// An OCI layout at `dir` with one image of one layer holding `files`.
+fn write_layout(dir: &Path, files: &[(&str, &[u8])]) {
+    let put = |data: &[u8]| {
+        let d = Digest::of(data);
+        std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+        std::fs::write(dir.join("blobs/sha256").join(d.hex()), data).unwrap();
+        (d.to_string(), data.len())
+    };
+    let (blob, tar) = layer(files);
+    let (ld, ls) = put(&blob);
+    let config = serde_json::json!({
+        "architecture": host_arch(), "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [Digest::of(&tar).to_string()]}, "config": {}
+    });
+    let (cd, cs) = put(&serde_json::to_vec(&config).unwrap());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": ld, "size": ls}]
+    });
+    let (md, ms) = put(&serde_json::to_vec(&manifest).unwrap());
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": ms}
+    ]});
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opened_layout_is_pulled_from_the_directory_that_was_opened() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = std::fs::canonicalize(tmp.path()).unwrap();
+    write_layout(&base.join("good"), &[("which", b"good")]);
+    write_layout(&base.join("denied"), &[("which", b"denied")]);
+    std::os::unix::fs::symlink(base.join("good"), base.join("link")).unwrap();
+    let r = ImageRef::parse(&format!("oci:{}/./link", base.display())).unwrap().open_layout().unwrap();
+    assert_eq!(r.to_string(), format!("oci:{}/good", base.display()), "judged by its real path");
+    // Swapped after it was judged: the pull still reads the directory that was opened.
+    std::fs::remove_file(base.join("link")).unwrap();
+    std::os::unix::fs::symlink(base.join("denied"), base.join("link")).unwrap();
+    std::fs::rename(base.join("good"), base.join("good-moved")).unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let p = Puller::new(Arc::new(Cache::open(base.join("cache")).unwrap()), RegistryOptions::default());
+    let img = p.pull(&r, PullPolicy::Always, &quiet).await.unwrap();
+    assert_eq!(std::fs::read(img.layers[0].join("which")).unwrap(), b"good");
 }
