@@ -77,7 +77,8 @@ pub struct ImagesConfig {
     /// Create device nodes and fifos found in layers (refused by default).
     #[serde(default)]
     pub allow_devices: bool,
-    /// Keep setuid/setgid bits of files in layers (stripped by default).
+    /// Keep setuid/setgid bits and file capabilities (`security.capability`) of files in layers (stripped by
+    /// default).
     #[serde(default)]
     pub keep_setid: bool,
     /// Cache size (bytes) above which the agent prunes what no cached image needs after a pull; 0 for no cap.

@@ -24,7 +24,8 @@ const PAX_XATTR_PREFIX: &str = "SCHILY.xattr.";
 pub struct UnpackOptions {
     /// Create character/block devices and fifos instead of refusing them.
     pub allow_devices: bool,
-    /// Keep setuid/setgid bits instead of stripping them.
+    /// Keep setuid/setgid bits and file capabilities (`security.capability`) instead of stripping them: the
+    /// operator's choice to let images carry privilege (ping's `cap_net_raw`, sudo's setuid bit).
     pub keep_setid: bool,
     /// What one layer and one image may take.
     pub limits: Limits,
@@ -439,7 +440,7 @@ impl Unpacker {
                     if attr.starts_with("trusted.overlay.") || attr.starts_with("user.overlay.") {
                         return Err(RefuseReason::ReservedXattr(attr.to_string()));
                     }
-                    if xattr_kept(attr) {
+                    if xattr_kept(attr, self.opts.keep_setid) {
                         xattrs.push((attr.to_string(), value.to_vec()));
                     }
                 } else if key == "uid" || key == "gid" {
@@ -623,12 +624,15 @@ fn classify_open(e: io::Error, c: &CStr) -> ResolveError {
     }
 }
 
-/// Whether an xattr from a layer is written. Only `user.*` and POSIX ACLs: the other namespaces carry privilege
-/// (`security.capability` gives file capabilities, `security.selinux`/`SMACK64EXEC` pick a label, IMA/EVM
-/// signatures vouch for a file, `trusted.*` is what root-only tools such as overlayfs trust), and a debug image
-/// must grant nothing by itself.
-fn xattr_kept(name: &str) -> bool {
-    name.starts_with("user.") || name == "system.posix_acl_access" || name == "system.posix_acl_default"
+/// Whether an xattr from a layer is written. Only `user.*` and POSIX ACLs, and file capabilities with
+/// `keep_setid`: the other namespaces carry privilege (`security.capability` gives file capabilities,
+/// `security.selinux`/`SMACK64EXEC` pick a label, IMA/EVM signatures vouch for a file, `trusted.*` is what
+/// root-only tools such as overlayfs trust), and a debug image must grant nothing by itself.
+fn xattr_kept(name: &str, keep_setid: bool) -> bool {
+    name.starts_with("user.")
+        || name == "system.posix_acl_access"
+        || name == "system.posix_acl_default"
+        || (keep_setid && name == "security.capability")
 }
 
 /// Writes file content while counting it against `max_layer_bytes`, refusing before the write that would cross.
@@ -996,11 +1000,15 @@ mod tests {
             .collect();
         assert!(names.is_empty(), "privileged xattrs written: {names:?}");
         assert_eq!(xattr::get(&f, "security.capability").unwrap(), None);
-        // The test's own check must be able to see a capability where one is written (root, a filesystem with
-        // xattrs): otherwise the assertion above would pass for the wrong reason.
+        // keep_setid is the operator's choice to let images carry privilege: then the capability is written
+        // (which also shows that the check above could see one), the other privileged xattrs still are not.
         if root() {
-            xattr::set(&f, "security.capability", CAP_SETUID_EP).unwrap();
-            assert!(xattr::get(&f, "security.capability").unwrap().is_some());
+            let e = env();
+            e.unpack(&data, UnpackOptions { keep_setid: true, ..Default::default() }).unwrap();
+            let f = e.dest.join("tool");
+            assert_eq!(xattr::get(&f, "security.capability").unwrap().as_deref(), Some(CAP_SETUID_EP));
+            assert_eq!(xattr::get(&f, "security.selinux").unwrap(), None);
+            assert_eq!(xattr::get(&f, "trusted.test").unwrap(), None);
         }
     }
 
