@@ -90,7 +90,8 @@ pub struct ImagesConfig {
     /// Create device nodes and fifos found in layers (refused by default).
     #[serde(default)]
     pub allow_devices: bool,
-    /// Keep setuid/setgid bits of files in layers (stripped by default).
+    /// Keep setuid/setgid bits and file capabilities (`security.capability`) of files in layers (stripped by
+    /// default).
     #[serde(default)]
     pub keep_setid: bool,
     /// Cache size (bytes) above which the agent prunes what no cached image needs after a pull; 0 for no cap.
@@ -99,6 +100,50 @@ pub struct ImagesConfig {
     /// Credentials by registry, e.g. `[images.credentials."registry.example:5000"]`.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub credentials: std::collections::BTreeMap<String, RegistryCredentials>,
+    /// Bytes one layer may unpack to (its uncompressed stream, and the file content written).
+    #[serde(default = "default_max_layer_bytes")]
+    pub max_layer_bytes: u64,
+    /// Bytes all layers unpacked by one pull may take together.
+    #[serde(default = "default_max_image_bytes")]
+    pub max_image_bytes: u64,
+    /// Entries of one layer.
+    #[serde(default = "default_max_entries")]
+    pub max_entries: u64,
+    /// Bytes of an entry's path or link target.
+    #[serde(default = "default_max_path_len")]
+    pub max_path_len: u64,
+    /// Components of an entry's path.
+    #[serde(default = "default_max_depth")]
+    pub max_depth: u64,
+}
+
+impl ImagesConfig {
+    /// The budgets as the unpacker takes them.
+    pub fn limits(&self) -> dcos_exec_images::unpack::Limits {
+        dcos_exec_images::unpack::Limits {
+            max_layer_bytes: self.max_layer_bytes,
+            max_image_bytes: self.max_image_bytes,
+            max_entries: self.max_entries,
+            max_path_len: self.max_path_len,
+            max_depth: self.max_depth,
+        }
+    }
+}
+
+fn default_max_layer_bytes() -> u64 {
+    dcos_exec_images::unpack::Limits::default().max_layer_bytes
+}
+fn default_max_image_bytes() -> u64 {
+    dcos_exec_images::unpack::Limits::default().max_image_bytes
+}
+fn default_max_entries() -> u64 {
+    dcos_exec_images::unpack::Limits::default().max_entries
+}
+fn default_max_path_len() -> u64 {
+    dcos_exec_images::unpack::Limits::default().max_path_len
+}
+fn default_max_depth() -> u64 {
+    dcos_exec_images::unpack::Limits::default().max_depth
 }
 
 /// Basic-auth credentials of one registry (also used for its token service).
@@ -120,6 +165,11 @@ impl Default for ImagesConfig {
             keep_setid: false,
             max_cache_bytes: 0,
             credentials: Default::default(),
+            max_layer_bytes: default_max_layer_bytes(),
+            max_image_bytes: default_max_image_bytes(),
+            max_entries: default_max_entries(),
+            max_path_len: default_max_path_len(),
+            max_depth: default_max_depth(),
         }
     }
 }
@@ -254,5 +304,23 @@ mod tests {
         assert!(matches!(AgentConfig::load(&p), Err(ConfigError::Parse { .. })));
         std::fs::write(&p, "listen='x'\ntls_cert='c'\ntls_key='k'\ntoken_public_key='t'\nacl='a'\naudit_log='l'\ngrace_period='soon'\n").unwrap();
         assert!(matches!(AgentConfig::load(&p), Err(ConfigError::Duration { .. })));
+    }
+
+    #[test]
+    fn image_budgets_default_and_can_be_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agent.toml");
+        let base = "listen='x'\ntls_cert='c'\ntls_key='k'\ntoken_public_key='t'\nacl='a'\naudit_log='l'\n";
+        std::fs::write(&p, base).unwrap();
+        let l = AgentConfig::load(&p).unwrap().file.images.limits();
+        assert_eq!(
+            (l.max_layer_bytes, l.max_image_bytes, l.max_entries, l.max_path_len, l.max_depth),
+            (4 << 30, 8 << 30, 500_000, 4096, 128)
+        );
+        std::fs::write(&p, format!("{base}[images]\nmax_layer_bytes = 67108864\nmax_depth = 8\n")).unwrap();
+        let l = AgentConfig::load(&p).unwrap().file.images.limits();
+        assert_eq!((l.max_layer_bytes, l.max_depth, l.max_entries), (64 << 20, 8, 500_000));
+        std::fs::write(&p, format!("{base}[images]\nmax_layer_byte = 1\n")).unwrap();
+        assert!(matches!(AgentConfig::load(&p), Err(ConfigError::Parse { .. })));
     }
 }

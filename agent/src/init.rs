@@ -115,7 +115,7 @@ pub fn init(o: &InitOptions<'_>) -> Result<String> {
 
     let acl = format!(
         "# Deny by default; each [[rule]] grants (or, with effect = \"deny\", refuses) actions.\n\
-         [[rule]]\nsubjects = [\"user:{}\"]\ntasks = [\"*\"]\nactions = [\"*\"]\nimages = [\"*\"]\n",
+         [[rule]]\nsubjects = [\"user:{}\"]\ntasks = [\"**\"]\nactions = [\"*\"]\nimages = [\"**\"]\n",
         o.admin
     );
     write(&dir.join("acl.toml"), acl.as_bytes(), 0o644)?;

@@ -82,7 +82,12 @@ pub fn puller(c: &crate::config::ImagesConfig) -> Result<dcos_exec_images::pull:
         ca_pems,
         credentials,
         docker_config: c.docker_config.clone(),
-        unpack: dcos_exec_images::unpack::UnpackOptions { allow_devices: c.allow_devices, keep_setid: c.keep_setid },
+        unpack: dcos_exec_images::unpack::UnpackOptions {
+            allow_devices: c.allow_devices,
+            keep_setid: c.keep_setid,
+            limits: c.limits(),
+        },
+        read_timeout: None,
     };
     Ok(Puller::new(Arc::new(cache), opts))
 }

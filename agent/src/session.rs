@@ -80,9 +80,7 @@ enum SessionError {
 impl SessionError {
     fn code(&self) -> ErrorCode {
         match self {
-            // The images crate's pull error is to bring its own `code()`; until it does, every pull failure is
-            // `image_failed`.
-            SessionError::Pull(_) => ErrorCode::ImageFailed,
+            SessionError::Pull(e) => e.code(),
             SessionError::Exec(e) => e.code(),
             SessionError::ShuttingDown(e) => e.code(),
             SessionError::ContainerStopped(_) | SessionError::StoppedDuring(_) => ErrorCode::ContainerStopped,

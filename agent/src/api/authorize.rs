@@ -6,6 +6,7 @@ use crate::api::parse::ExecParams;
 use crate::api::Refusal;
 use crate::auth::Claims;
 use crate::runtime::{Container, RuntimeError};
+use dcos_exec_images::reference::ImageRef;
 use dcos_exec_proto::{ErrorCode, ExecRequest};
 
 /// The ACL does not grant `action`.
@@ -58,6 +59,47 @@ pub fn cap_add(p: &ExecParams, allowed: &[String]) -> Result<(), CapNotAllowed> 
             allowed: ok.iter().map(|c| caps::name(*c)).collect::<Vec<_>>().join(", "),
         }),
     }
+}
+
+/// Why a debug image cannot be judged or used.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageRefusal {
+    #[error("--debug-image: OCI layout path {0} must be absolute")]
+    RelativeLayout(String),
+    /// Told only to those the ACL allows the image.
+    #[error("{0}")]
+    Layout(String),
+}
+
+impl ImageRefusal {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ImageRefusal::RelativeLayout(_) => ErrorCode::BadRequest,
+            ImageRefusal::Layout(_) => ErrorCode::ImageFailed,
+        }
+    }
+}
+
+/// Puts the debug image in the form that the ACL judges and the pull uses. An `oci:` layout is opened here,
+/// once: it is judged by the real path of the directory that was opened (absolute, no `.`, `..`, `//` or
+/// symlinks) and read through that handle afterwards, so a path swapped after this point changes nothing. A
+/// layout that cannot be opened is judged by its lexical normal form, and the reason comes back, to be told
+/// only to those the ACL allows. A relative layout path names nothing the user chose: refused.
+pub fn judge_image(p: &mut ExecParams) -> Result<Option<ImageRefusal>, ImageRefusal> {
+    let Some(r @ ImageRef::Layout { path, .. }) = &p.image else { return Ok(None) };
+    if !path.is_absolute() {
+        return Err(ImageRefusal::RelativeLayout(path.display().to_string()));
+    }
+    let (judged, failure) = match r.open_layout() {
+        Ok(opened) => (opened, None),
+        Err(e) => {
+            let normal = r.lexically_normal();
+            let msg = format!("{normal}: {e}");
+            (normal, Some(ImageRefusal::Layout(msg)))
+        }
+    };
+    p.image = Some(judged);
+    Ok(failure)
 }
 
 /// Every ACL action a request needs. A debug session needs `debug` for its image instead of `exec`; the
@@ -215,5 +257,57 @@ actions = ["exec:tty"]
         let tty = serde_json::json!({"command": ["sh"], "tty": true});
         assert!(exec(&acl, web1, &claims("sre"), &params("c0ffee", sh)).is_ok());
         assert_eq!(exec(&acl, web1, &claims("sre"), &params("c0ffee", tty)).unwrap_err().code, ErrorCode::Forbidden);
+    }
+
+    /// The spellings of a path into a denied directory that once slipped past the ACL, on real directories.
+    #[test]
+    fn oci_layouts_are_judged_by_their_real_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let srv = std::fs::canonicalize(tmp.path()).unwrap().join("srv");
+        for d in ["corpus/good-busybox", "extra/x", "tools/gdb"] {
+            std::fs::create_dir_all(srv.join(d)).unwrap();
+        }
+        std::os::unix::fs::symlink(srv.join("extra/x"), srv.join("corpus/good-link")).unwrap();
+        let s = srv.display();
+        let acl = Acl::parse(&format!(
+            "[[rule]]\nsubjects=['*']\ntasks=['*']\nactions=['debug']\nimages=['oci:{s}/corpus/good-*', 'oci:{s}/extra/*']\n\n\
+             [[rule]]\neffect='deny'\nsubjects=['*']\ntasks=['*']\nactions=['debug']\nimages=['oci:{s}/extra/*']\n"
+        ))
+        .unwrap();
+        let who = Principal { user: "u", groups: &[] };
+        let judge = |spelling: &str| {
+            let mut p = params("t", serde_json::json!({"command": ["sh"]}));
+            p.image = Some(ImageRef::parse(spelling).unwrap());
+            let failure = judge_image(&mut p).unwrap();
+            let r = p.image.unwrap();
+            (acl.allows_container(&who, "t", "t", "debug", Some(&r.to_string())), r.to_string(), failure)
+        };
+        for spelling in [
+            format!("oci:{s}//extra/x"),
+            format!("oci:{s}/./extra/x"),
+            format!("oci:{s}/corpus/../extra/x"),
+            format!("oci:{s}/corpus/good-busybox/../../extra/x"),
+            format!("oci:{s}/corpus/good-link"),
+            format!("oci:{s}/extra/x"),
+        ] {
+            let (allowed, judged, failure) = judge(&spelling);
+            assert!(!allowed, "{spelling} was allowed as {judged}");
+            assert_eq!(judged, format!("oci:{s}/extra/x"), "{spelling}");
+            assert!(failure.is_none());
+        }
+        let (allowed, judged, _) = judge(&format!("oci:{s}/corpus/good-busybox:v1"));
+        assert!(allowed && judged == format!("oci:{s}/corpus/good-busybox:v1"), "{judged}");
+        // A path that does not exist is judged by its lexical form and fails only once allowed.
+        let (allowed, judged, failure) = judge(&format!("oci:{s}/corpus/good-gone/../../extra/y"));
+        assert!(!allowed && judged == format!("oci:{s}/extra/y") && failure.is_some(), "{judged}");
+        let (allowed, _, failure) = judge(&format!("oci:{s}/corpus/good-gone"));
+        assert!(
+            allowed
+                && failure
+                    .is_some_and(|f| f.code() == ErrorCode::ImageFailed && f.to_string().contains("No such file"))
+        );
+        let mut rel = params("t", serde_json::json!({"command": ["sh"]}));
+        rel.image = Some(ImageRef::parse("oci:srv/x").unwrap());
+        assert_eq!(judge_image(&mut rel).unwrap_err().code(), ErrorCode::BadRequest, "relative paths are refused");
     }
 }

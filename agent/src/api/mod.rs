@@ -130,9 +130,14 @@ async fn exec(agent: Arc<Agent>, caller: &Caller<'_>, req: Request<Incoming>, ta
         Ok(c) => c,
         Err(r) => return r.response(),
     };
-    let admitted = parse::exec_request(task.clone(), req.headers()).map_err(Refusal::from).and_then(|params| {
+    let admitted = parse::exec_request(task.clone(), req.headers()).map_err(Refusal::from).and_then(|mut params| {
         authorize::cap_add(&params, &agent.cfg.file.cap_add_allowed)?;
+        let layout_failure = authorize::judge_image(&mut params)?;
         let container = authorize::exec(&agent.acl, |t| agent.discovery.resolve(t), &claims, &params)?;
+        // A layout that cannot be read is reported only to those allowed to use it.
+        if let Some(f) = layout_failure {
+            return Err(f.into());
+        }
         Ok((params, container))
     });
     let result =
