@@ -52,6 +52,10 @@ pub struct AgentConfig {
     /// Where container runtimes keep their state.
     #[serde(default)]
     pub runtimes: RuntimesConfig,
+    /// Capabilities `--cap-add` may grant (names without `CAP_`). Keep host-root equivalents such as
+    /// SYS_ADMIN, SYS_MODULE, DAC_READ_SEARCH, MKNOD or SYS_RAWIO off this list.
+    #[serde(default = "default_cap_add_allowed")]
+    pub cap_add_allowed: Vec<String>,
     /// Debug images: cache, registries, unpack policy (`init` leaves it out: the defaults apply until an
     /// `[images]` table is added).
     #[serde(default, skip_serializing)]
@@ -109,6 +113,10 @@ impl Default for ImagesConfig {
             credentials: Default::default(),
         }
     }
+}
+
+pub fn default_cap_add_allowed() -> Vec<String> {
+    ["SYS_PTRACE", "NET_ADMIN", "NET_RAW"].map(String::from).to_vec()
 }
 
 fn default_cache_dir() -> PathBuf {

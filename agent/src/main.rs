@@ -88,7 +88,7 @@ enum ImagesCmd {
 fn main() {
     // The exec helper is this binary run from a sealed memfd; it must not start a runtime or parse flags.
     if std::env::args_os().nth(1).is_some_and(|a| a == exec::HELPER_ARG) {
-        exec::helper::main();
+        dcos_exec_container::helper::main();
     }
     let cli = Cli::parse();
     if let Err(e) = real_main(cli) {

@@ -196,17 +196,7 @@ fn read_annotations(bundle: &Path) -> Option<HashMap<String, String>> {
     Some(p.annotations)
 }
 
-/// Start time (clock ticks since boot) of `pid`, from /proc/PID/stat; `None` once it is gone or a zombie.
-pub fn proc_start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // comm may contain spaces and parentheses: fields start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let mut fields = rest.split_whitespace();
-    if matches!(fields.next(), Some("Z" | "X" | "x")) {
-        return None;
-    }
-    fields.nth(18)?.parse().ok()
-}
+pub use dcos_exec_container::procfs::start_time as proc_start_time;
 
 fn proc_state(pid: i32, start: u64) -> State {
     match proc_start_time(pid) {

@@ -4,7 +4,7 @@ use crate::acl::{Acl, Principal};
 use crate::audit::{AuditLog, DenialRecord};
 use crate::auth::{Claims, Verifier};
 use crate::config::Loaded;
-use crate::exec::memfd::SealedExe;
+use crate::exec::SealedExe;
 use crate::runtime::{Discovery, RuntimeError};
 use anyhow::{Context, Result};
 use dcos_exec_proto::{ErrorBody, ErrorCode, ExecRequest, TaskInfo, EXEC_REQUEST_HEADER, SUBPROTOCOL};
@@ -26,6 +26,8 @@ pub struct Agent {
     pub audit: AuditLog,
     pub discovery: Discovery,
     pub exe: SealedExe,
+    /// The soft RLIMIT_NOFILE the agent started with, restored in sessions.
+    pub nofile: Option<dcos_exec_container::spec::Rlimit>,
     pub puller: dcos_exec_images::pull::Puller,
     /// Pulls share it, a prune takes it alone: a prune must not remove what a pull is still assembling.
     pub cache_lock: tokio::sync::RwLock<()>,
@@ -44,7 +46,19 @@ impl Agent {
         let exe = SealedExe::new().context("copying the agent binary into a sealed memfd")?;
         let tls = Arc::new(tls_config(&cfg)?);
         let puller = puller(&cfg.file.images)?;
-        Ok(Arc::new(Agent { cfg, verifier, acl, audit, discovery, exe, puller, cache_lock: Default::default(), tls }))
+        let nofile = None;
+        Ok(Arc::new(Agent {
+            cfg,
+            verifier,
+            acl,
+            audit,
+            discovery,
+            exe,
+            nofile,
+            puller,
+            cache_lock: Default::default(),
+            tls,
+        }))
     }
 }
 
@@ -301,14 +315,14 @@ async fn exec(agent: Arc<Agent>, peer: SocketAddr, mut req: Request<Incoming>, t
         Ok(p) => p,
         Err(e) => return deny(ErrorCode::BadRequest, e),
     };
-    if !exec_req.cap_add.is_empty() {
-        if image.is_none() {
-            return deny(ErrorCode::BadRequest, "--cap-add needs --debug-image".into());
-        }
-        if let Err(e) = crate::exec::parse_caps(&exec_req.cap_add) {
-            return deny(ErrorCode::BadRequest, e);
-        }
+    if !exec_req.cap_add.is_empty() && image.is_none() {
+        return deny(ErrorCode::BadRequest, "--cap-add needs --debug-image".into());
     }
+    // Only capabilities on the agent's allowlist: the others amount to root on the host.
+    let cap_add = match crate::exec::check_cap_add(&exec_req.cap_add, &agent.cfg.file.cap_add_allowed) {
+        Ok(c) => c,
+        Err((code, msg)) => return deny(code, msg),
+    };
     // A debug session needs `debug` for its image instead of `exec`; the stdin/tty/user modifiers are the same.
     let mut actions = vec![if image.is_some() { "debug" } else { "exec" }];
     if !exec_req.cap_add.is_empty() {
@@ -363,6 +377,7 @@ async fn exec(agent: Arc<Agent>, peer: SocketAddr, mut req: Request<Incoming>, t
         request: exec_req,
         image,
         pull_policy,
+        cap_add,
         grace_ms: agent.cfg.grace_period.as_millis() as u64,
     };
     tokio::spawn(async move {

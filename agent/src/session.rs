@@ -1,8 +1,9 @@
 //! One exec session over a WebSocket: spawns the helper, pumps stdio frames both ways, ends with a status.
 
 use crate::audit::SessionRecord;
-use crate::exec::{self, HelperEvent, CTRL_SIGNAL};
+use crate::exec;
 use crate::server::Agent;
+use dcos_exec_container::channel::Event as HelperEvent;
 use dcos_exec_proto::{channel, frame, split_frame, ErrorCode, ExecRequest, SignalRequest, Started, Status, TermSize};
 use futures_util::{SinkExt, StreamExt};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use std::task::{ready, Poll};
 use std::time::Duration;
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
@@ -28,6 +29,8 @@ pub struct Context {
     /// `--debug-image`, parsed and authorized.
     pub image: Option<dcos_exec_images::reference::ImageRef>,
     pub pull_policy: dcos_exec_images::pull::PullPolicy,
+    /// `--cap-add`, checked against the allowlist, as kernel numbers.
+    pub cap_add: Vec<u32>,
     pub grace_ms: u64,
 }
 
@@ -144,21 +147,24 @@ where
         }
         None => None,
     };
-    let spec = match exec::build_spec(&ctx.container, &ctx.request, ctx.grace_ms, image.as_ref()) {
+    let (spec, layers) = match exec::build_spec(
+        &ctx.container,
+        &ctx.request,
+        ctx.grace_ms,
+        image.as_ref(),
+        &ctx.cap_add,
+        agent.nofile,
+    ) {
         Ok(s) => s,
-        Err(e) => return internal(e.to_string()),
+        Err(e) => return Status::Error { code: e.code(), message: e.to_string() },
     };
-    let mut sp = match exec::spawn(&agent.exe, &spec) {
+    let mut sp = match exec::spawn(&agent.exe, &spec, layers).await {
         Ok(s) => s,
-        Err(e) => return internal(e.to_string()),
+        Err(e) => return Status::Error { code: e.code(), message: e.to_string() },
     };
-    if let Err(e) = sp.ctrl.write_all(&exec::encode_spec(&spec)).await {
-        let _ = sp.child.wait().await;
-        return internal(format!("handing the request to the exec helper: {e}"));
-    }
-    let mut events = tokio::io::BufReader::new(sp.events).lines();
+    let events = &mut sp.events;
     let container_gone =
-        |ctx: &Context| crate::runtime::proc_start_time(ctx.container.pid) != Some(ctx.container.start_time);
+        |ctx: &Context| dcos_exec_container::procfs::start_time(ctx.container.pid) != Some(ctx.container.start_time);
     let helper_died = |ctx: &Context| {
         if container_gone(ctx) {
             Status::Error {
@@ -169,7 +175,7 @@ where
             internal("the exec helper died".into())
         }
     };
-    match next_event(&mut events).await {
+    match exec::next_event(events).await {
         Some(HelperEvent::Started { pid }) => {
             let s = serde_json::to_vec(&Started { session: id.into(), pid }).unwrap_or_default();
             let _ = tx.send(Message::Binary(frame(channel::STARTED, &s).into())).await;
@@ -228,7 +234,7 @@ where
     let input = tokio::spawn(pump_in(stream, gone, stdin, sp.ctrl, master_for_resize, bytes_in.clone()));
 
     let mut status = loop {
-        match next_event(&mut events).await {
+        match exec::next_event(events).await {
             Some(HelperEvent::Finished(s)) => break s,
             Some(HelperEvent::Started { .. }) => continue,
             None => break helper_died(ctx),
@@ -256,18 +262,6 @@ where
         };
     }
     status
-}
-
-async fn next_event<R: tokio::io::AsyncBufRead + Unpin>(lines: &mut tokio::io::Lines<R>) -> Option<HelperEvent> {
-    loop {
-        match lines.next_line().await {
-            Ok(Some(l)) => match serde_json::from_str(&l) {
-                Ok(ev) => return Some(ev),
-                Err(e) => tracing::warn!("bad helper event: {e}"),
-            },
-            _ => return None,
-        }
-    }
 }
 
 /// Sends frames in order, batching what is queued into one flush; pings the client; closes at the end.
@@ -412,7 +406,7 @@ async fn pump_in<St>(
                 if let Some(n) =
                     serde_json::from_slice::<SignalRequest>(payload).ok().and_then(|s| signal_number(&s.signal))
                 {
-                    let _ = ctrl.write_all(&[CTRL_SIGNAL, n as u8, 0, 0]).await;
+                    let _ = ctrl.write_all(&exec::signal_frame(n)).await;
                 }
             }
             _ => {}

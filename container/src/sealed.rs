@@ -1,7 +1,7 @@
 //! A sealed in-memory copy of the agent binary, executed as the exec helper (cf. CVE-2019-5736).
 //!
-//! The helper enters the container's namespaces. Running it from a sealed memfd means that even a process that
-//! could reach `/proc/PID/exe` of the helper finds an immutable anonymous file, never the agent's binary on disk.
+//! Even a process that could reach `/proc/PID/exe` of a helper finds an immutable anonymous file, never the
+//! agent's binary on disk.
 
 use nix::fcntl::{FcntlArg, SealFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
@@ -28,7 +28,7 @@ impl SealedExe {
         io::copy(&mut src, &mut dst)?;
         let seals = SealFlag::F_SEAL_SEAL | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_WRITE;
         nix::fcntl::fcntl(&dst, FcntlArg::F_ADD_SEALS(seals)).map_err(io::Error::from)?;
-        // Park it on a high fd: children remap their low fds (3, 4, 5) before exec'ing this very path.
+        // Park it on a high fd: children remap their low fds before exec'ing this very path.
         let high = nix::fcntl::fcntl(&dst, FcntlArg::F_DUPFD_CLOEXEC(1000)).map_err(io::Error::from)?;
         // SAFETY: F_DUPFD_CLOEXEC returned a new fd that nothing else owns.
         let fd = unsafe { std::os::fd::FromRawFd::from_raw_fd(high) };

@@ -1,0 +1,163 @@
+//! The agent's side of exec: turns a request and a resolved container into an [`ExecSpec`], starts the helper
+//! (crate `dcos-exec-container`) and talks to it over its typed channel.
+
+use crate::runtime::Container;
+use dcos_exec_container::channel::{self, Control, Event};
+use dcos_exec_container::spec::{self, ExecSpec, Overrides};
+use dcos_exec_proto::{ErrorCode, ExecRequest};
+use std::os::fd::OwnedFd;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub use dcos_exec_container::helper::HELPER_ARG;
+pub use dcos_exec_container::sealed::SealedExe;
+
+/// Errors before the helper runs.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("reading {path}: {cause}")]
+    Bundle { path: String, cause: String },
+    #[error("{0}")]
+    Spec(#[from] spec::SpecError),
+    #[error("opening the debug image's layer {path}: {cause}")]
+    Layer { path: String, cause: std::io::Error },
+    #[error("starting the exec helper: {0}")]
+    Spawn(#[from] std::io::Error),
+}
+
+impl ExecError {
+    /// The wire's code for this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ExecError::Bundle { .. } | ExecError::Spec(_) | ExecError::Layer { .. } => ErrorCode::StartFailed,
+            ExecError::Spawn(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+/// `--cap-add` names, checked against the agent's allowlist; kernel numbers.
+pub fn check_cap_add(names: &[String], allowed: &[String]) -> Result<Vec<u32>, (ErrorCode, String)> {
+    let caps = dcos_exec_container::caps::parse_names(names).map_err(|e| (ErrorCode::BadRequest, e))?;
+    let allowed_caps = dcos_exec_container::caps::parse_names(allowed).unwrap_or_default();
+    for (n, c) in names.iter().zip(&caps) {
+        if !allowed_caps.contains(c) {
+            let list: Vec<String> = allowed_caps.iter().map(|c| dcos_exec_container::caps::name(*c)).collect();
+            return Err((
+                ErrorCode::Forbidden,
+                format!("--cap-add {n} is not allowed by this agent (cap_add_allowed: {})", list.join(", ")),
+            ));
+        }
+    }
+    Ok(caps)
+}
+
+/// The helper's spec for this request, and the debug image's layer directories (top first), opened.
+pub fn build_spec(
+    c: &Container,
+    req: &ExecRequest,
+    grace_ms: u64,
+    image: Option<&dcos_exec_images::pull::PulledImage>,
+    cap_add: &[u32],
+    nofile: Option<spec::Rlimit>,
+) -> Result<(ExecSpec, Vec<OwnedFd>), ExecError> {
+    let path = c.bundle.join("config.json");
+    let config = oci_spec::runtime::Spec::load(&path)
+        .map_err(|e| ExecError::Bundle { path: path.display().to_string(), cause: e.to_string() })?;
+    let layers = match image {
+        Some(img) => img
+            .layers
+            .iter()
+            .rev()
+            .map(|p| {
+                // O_PATH|O_DIRECTORY|O_NOFOLLOW: the cache's own directory, nothing a link points to.
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                    .open(p)
+                    .map(OwnedFd::from)
+                    .map_err(|cause| ExecError::Layer { path: p.display().to_string(), cause })
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        None => Vec::new(),
+    };
+    let o = Overrides {
+        args: req.command.clone(),
+        env: req.env.clone(),
+        user: req.user.clone(),
+        workdir: req.workdir.clone(),
+        tty: req.tty,
+        size: req.size,
+        image_env: image.map(|i| i.env.clone()),
+        image_workdir: image.and_then(|i| i.working_dir.clone()),
+        cap_add: cap_add.to_vec(),
+        debug_layers: image.map(|_| layers.len()),
+    };
+    let mut s = spec::build(&config, c.pid, c.start_time, &o, grace_ms)?;
+    s.nofile = nofile;
+    Ok((s, layers))
+}
+
+/// A running helper and the agent's ends of its channels.
+pub struct Spawned {
+    pub child: tokio::process::Child,
+    /// Control frames; dropping it tells the helper the client is gone.
+    pub ctrl: tokio::net::unix::pipe::Sender,
+    /// Event frames.
+    pub events: tokio::net::unix::pipe::Receiver,
+    /// The agent's end of the console socket (terminal sessions).
+    pub console: Option<OwnedFd>,
+}
+
+/// Starts the helper for `spec` and hands it the spec.
+pub async fn spawn(exe: &SealedExe, spec: &ExecSpec, layers: Vec<OwnedFd>) -> Result<Spawned, ExecError> {
+    let mut l = dcos_exec_container::helper::launch(&exe.path(), spec, layers)?;
+    let mut cmd = tokio::process::Command::from(std::mem::replace(&mut l.command, std::process::Command::new("")));
+    cmd.kill_on_drop(false);
+    let child = cmd.spawn()?;
+    l.spawned();
+    let mut ctrl = tokio::net::unix::pipe::Sender::from_owned_fd(l.control)?;
+    let events = tokio::net::unix::pipe::Receiver::from_owned_fd(l.events)?;
+    ctrl.write_all(&channel::encode(&Control::Spec(Box::new(spec.clone())))).await?;
+    Ok(Spawned { child, ctrl, events, console: l.console })
+}
+
+/// The helper's next event; `None` once it is gone (or spoke nonsense).
+pub async fn next_event(r: &mut tokio::net::unix::pipe::Receiver) -> Option<Event> {
+    let mut header = [0u8; 4];
+    r.read_exact(&mut header).await.ok()?;
+    let mut body = vec![0u8; channel::body_len(header).ok()?];
+    r.read_exact(&mut body).await.ok()?;
+    match channel::decode(&body) {
+        Ok(ev) => Some(ev),
+        Err(e) => {
+            tracing::warn!("bad helper event: {e}");
+            None
+        }
+    }
+}
+
+/// A signal for the helper to deliver.
+pub fn signal_frame(n: i32) -> Vec<u8> {
+    channel::encode(&Control::Signal(n))
+}
+
+/// Receives the pty master the helper sent over the console socket.
+pub fn recv_master(sock: &OwnedFd) -> std::io::Result<OwnedFd> {
+    use std::os::fd::AsFd;
+    dcos_exec_container::pty::recv_fd(sock.as_fd())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cap_add_is_limited_to_the_allowlist() {
+        let allowed = vec!["SYS_PTRACE".to_string(), "NET_ADMIN".into(), "NET_RAW".into()];
+        assert_eq!(check_cap_add(&["sys_ptrace".into()], &allowed).unwrap(), vec![19]);
+        let (code, msg) = check_cap_add(&["SYS_ADMIN".into()], &allowed).unwrap_err();
+        assert_eq!(code, ErrorCode::Forbidden);
+        assert!(msg.contains("SYS_ADMIN") && msg.contains("SYS_PTRACE, NET_ADMIN, NET_RAW"), "{msg}");
+        assert_eq!(check_cap_add(&["FLY".into()], &allowed).unwrap_err().0, ErrorCode::BadRequest);
+    }
+}

@@ -1,0 +1,133 @@
+//! The `--debug-image` root: an overlay built detached on the host, attached in a private copy of the target's
+//! mount namespace, with the target's root at `/target`.
+//!
+//! Inside the session `/` is an overlay of the image's layer directories (read-only lowers, top first) with a
+//! writable upper on a tmpfs of its own; `/target` is a recursive clone of the target's root; `/proc`, `/dev`
+//! and `/sys` are the target's. The overlay and its tmpfs are `nosuid,nodev`: an image grants no privilege
+//! by itself. Every mount point is opened with no symlink on the way, so neither the image nor the target can
+//! redirect a mount. Nothing is mounted in the target's namespace, and every mount goes away with the
+//! session's last process.
+
+use crate::resolve::open_mount_point;
+use rustix::mount::{
+    fsconfig_create, fsconfig_set_string, fsmount, fsopen, move_mount, open_tree, FsMountFlags, FsOpenFlags,
+    MountAttrFlags, MoveMountFlags, OpenTreeFlags,
+};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+/// Errors building or entering the debug root.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct MountError {
+    what: String,
+    source: std::io::Error,
+}
+
+fn err(what: impl Into<String>) -> impl FnOnce(rustix::io::Errno) -> MountError {
+    let what = what.into();
+    move |e| MountError { what, source: e.into() }
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> MountError {
+    let what = what.into();
+    move |source| MountError { what, source }
+}
+
+/// A new detached mount of `fstype` with `opts`, `nosuid,nodev`.
+fn detached(fstype: &str, opts: &[(&str, &str)]) -> Result<OwnedFd, MountError> {
+    let fs = fsopen(fstype, FsOpenFlags::FSOPEN_CLOEXEC).map_err(err(format!("fsopen {fstype}")))?;
+    for (k, v) in opts {
+        fsconfig_set_string(&fs, *k, *v).map_err(err(format!("{fstype} option {k}")))?;
+    }
+    fsconfig_create(&fs).map_err(err(format!("creating the {fstype}")))?;
+    let attrs = MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV;
+    fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(err(format!("mounting the {fstype}")))
+}
+
+/// Builds the overlay of `layers` (directory fds, top layer first) with a per-session tmpfs upper. Runs on the
+/// host side, before the helper joins the target's mount namespace.
+pub fn build_overlay(layers: &[BorrowedFd<'_>]) -> Result<OwnedFd, MountError> {
+    if layers.is_empty() {
+        return Err(MountError { what: "the image".into(), source: std::io::Error::other("has no layers") });
+    }
+    let scratch = detached("tmpfs", &[("mode", "0755"), ("size", "1g")])?;
+    for d in ["upper", "work"] {
+        rustix::fs::mkdirat(&scratch, d, rustix::fs::Mode::from_raw_mode(0o755))
+            .map_err(err(format!("mkdir {d} on the session's tmpfs")))?;
+    }
+    // Everything by fd: the session's /proc/mounts then shows no host path.
+    let base = format!("/proc/self/fd/{}", scratch.as_raw_fd());
+    let lower = layers.iter().map(|f| format!("/proc/self/fd/{}", f.as_raw_fd())).collect::<Vec<_>>().join(":");
+    let upper = format!("{base}/upper");
+    let work = format!("{base}/work");
+    detached("overlay", &[("lowerdir", &lower), ("upperdir", &upper), ("workdir", &work)])
+}
+
+fn clone_tree(dir: impl AsFd, path: &str) -> Result<OwnedFd, MountError> {
+    let flags = OpenTreeFlags::OPEN_TREE_CLONE
+        | OpenTreeFlags::OPEN_TREE_CLOEXEC
+        | OpenTreeFlags::AT_RECURSIVE
+        | OpenTreeFlags::AT_SYMLINK_NOFOLLOW;
+    // The point is opened first with no symlink anywhere, so the clone is of exactly that directory.
+    let at = open_mount_point(dir, path).map_err(io_err(format!("opening {path}")))?;
+    open_tree(&at, "", flags | OpenTreeFlags::AT_EMPTY_PATH).map_err(err(format!("cloning {path}")))
+}
+
+fn attach(mnt: &OwnedFd, onto: &OwnedFd, what: &str) -> Result<(), MountError> {
+    let flags = MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH;
+    move_mount(mnt, "", onto, "", flags).map_err(err(format!("attaching {what}")))
+}
+
+/// Inside the target's mount namespace (after setns): makes a private copy of it and switches this process's
+/// root to the overlay, with the target's root at `target` (e.g. `/target`).
+pub fn enter(overlay: OwnedFd, target: &str) -> Result<(), MountError> {
+    let target = target.trim_start_matches('/');
+    if target.is_empty() || target.split('/').any(|p| p == ".." || p == "." || p.is_empty()) {
+        return Err(MountError {
+            what: format!("target path /{target}"),
+            source: std::io::ErrorKind::InvalidInput.into(),
+        });
+    }
+    // SAFETY: unsharing the mount namespace of this single-threaded process; no other thread shares its
+    // fs state.
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNS) }
+        .map_err(err("unshare(CLONE_NEWNS)"))?;
+    // Private from here on: nothing mounted below propagates back into the target's namespace.
+    rustix::mount::mount_change(
+        "/",
+        rustix::mount::MountPropagationFlags::PRIVATE | rustix::mount::MountPropagationFlags::REC,
+    )
+    .map_err(err("making / private"))?;
+    let root = crate::resolve::open_root().map_err(io_err("opening /"))?;
+    let target_root = clone_tree(&root, ".")?;
+    attach(&overlay, &root, "the image on /")?;
+    // The overlay's root, now on top of the target's root.
+    let new_root = open_tree(&overlay, "", OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_EMPTY_PATH)
+        .map_err(err("opening the image's root"))?;
+    mkdir_in(&new_root, target)?;
+    attach(&target_root, &open_mount_point(&new_root, target).map_err(io_err(format!("opening /{target}")))?, target)?;
+    for sub in ["proc", "dev", "sys"] {
+        let from = format!("{target}/{sub}");
+        // Only a real directory of the target, and only onto a real directory of the image.
+        let Ok(tree) = clone_tree(&new_root, &from) else {
+            continue;
+        };
+        mkdir_in(&new_root, sub)?;
+        let onto = open_mount_point(&new_root, sub).map_err(io_err(format!("opening /{sub}")))?;
+        attach(&tree, &onto, sub)?;
+    }
+    rustix::process::fchdir(&new_root).map_err(err("entering the image's root"))?;
+    // pivot_root(".", ".") stacks the old root on the new one; the detach drops it (runc's trick for when
+    // there is no directory to put the old root in).
+    rustix::process::pivot_root(".", ".").map_err(err("pivot_root"))?;
+    rustix::mount::unmount(".", rustix::mount::UnmountFlags::DETACH).map_err(err("detaching the old root"))?;
+    rustix::process::chdir("/").map_err(err("chdir /"))?;
+    Ok(())
+}
+
+fn mkdir_in(dir: &OwnedFd, name: &str) -> Result<(), MountError> {
+    match rustix::fs::mkdirat(dir, name, rustix::fs::Mode::from_raw_mode(0o755)) {
+        Ok(()) | Err(rustix::io::Errno::EXIST) => Ok(()),
+        Err(e) => Err(err(format!("mkdir /{name}"))(e)),
+    }
+}

@@ -1,0 +1,136 @@
+//! The child: the first process of the session inside the container's pid namespace. It runs between fork and
+//! exec, so it only makes raw, async-signal-safe syscalls on a [`Plan`] prepared by the joiner.
+//!
+//! It starts with the session's credentials and capabilities already in place and holds only fds 0-2 (stdio),
+//! 3 (the close-on-exec error socket) and, with a terminal, 4 (the terminal).
+
+use crate::channel::ChildFailure;
+use crate::error::{Stage, StartError};
+use crate::lsm::ExecLabel;
+use crate::seccomp::Program;
+use crate::spec::ExecSpec;
+use std::ffi::CString;
+
+/// The child's error socket.
+const ERR_FD: libc::c_int = 3;
+/// The terminal, with `-t`.
+const TTY_FD: libc::c_int = 4;
+
+/// Everything the child needs, computed before fork.
+pub struct Plan {
+    path: CString,
+    // Kept alive for the pointer arrays.
+    _argv: Vec<CString>,
+    _envp: Vec<CString>,
+    argv_ptrs: Vec<*const libc::c_char>,
+    envp_ptrs: Vec<*const libc::c_char>,
+    tty: bool,
+    /// Installed by the child only with no_new_privs (else the joiner installed it while privileged).
+    pub(crate) seccomp: Option<Program>,
+    seccomp_in_child: bool,
+    labels: Vec<ExecLabel>,
+    /// What `getppid()` must return: 0 when the supervisor is outside the child's pid namespace.
+    expected_ppid: libc::pid_t,
+}
+
+fn cstr(s: &str, what: &str) -> Result<CString, StartError> {
+    CString::new(s).map_err(|_| StartError::BadRequest(format!("{what} contains a NUL byte")))
+}
+
+impl Plan {
+    /// Prepares the child's work for `spec`, running `path` with `env`.
+    pub fn new(
+        spec: &ExecSpec,
+        path: &str,
+        env: &[String],
+        tty: bool,
+        new_pid_ns: bool,
+        supervisor: libc::pid_t,
+    ) -> Result<Plan, StartError> {
+        let argv = spec.args.iter().map(|a| cstr(a, "an argument")).collect::<Result<Vec<_>, _>>()?;
+        let envp = env.iter().map(|a| cstr(a, "an environment variable")).collect::<Result<Vec<_>, _>>()?;
+        let mut argv_ptrs: Vec<_> = argv.iter().map(|c| c.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
+        let mut envp_ptrs: Vec<_> = envp.iter().map(|c| c.as_ptr()).collect();
+        envp_ptrs.push(std::ptr::null());
+        Ok(Plan {
+            path: cstr(path, "the command")?,
+            _argv: argv,
+            _envp: envp,
+            argv_ptrs,
+            envp_ptrs,
+            tty,
+            seccomp: spec.seccomp.clone(),
+            seccomp_in_child: spec.no_new_privs,
+            labels: crate::lsm::plan(spec.apparmor_profile.as_deref(), spec.selinux_label.as_deref()),
+            expected_ppid: if new_pid_ns { 0 } else { supervisor },
+        })
+    }
+}
+
+/// What the child gets from the joiner.
+pub struct ChildArgs<'a> {
+    pub plan: &'a Plan,
+    pub old_mask: libc::sigset_t,
+}
+
+fn fail(stage: Stage) -> ! {
+    // SAFETY: errno read, write(2) of a stack buffer and _exit: async-signal-safe.
+    unsafe {
+        let errno = *libc::__errno_location();
+        let rec = ChildFailure::encode(stage, errno);
+        libc::write(ERR_FD, rec.as_ptr().cast(), rec.len());
+        libc::_exit(127)
+    }
+}
+
+/// Runs in the forked child. Only async-signal-safe calls: every allocation happened in [`Plan::new`].
+///
+/// # Safety
+/// Must be called only in the freshly cloned child of a single-threaded joiner, with fds arranged as the
+/// module describes.
+pub unsafe fn run(a: &ChildArgs<'_>) -> ! {
+    let p = a.plan;
+    // SAFETY: raw syscalls on memory prepared before the clone (see the function's contract).
+    unsafe {
+        // Die with the supervisor (our parent through CLONE_PARENT); if it is already gone, do not run at all.
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+        if libc::getppid() != p.expected_ppid {
+            *libc::__errno_location() = 0;
+            fail(Stage::Orphaned);
+        }
+        // Rust ignores SIGPIPE, and an ignored signal stays ignored across execve.
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::sigprocmask(libc::SIG_SETMASK, &a.old_mask, std::ptr::null_mut());
+        if libc::setsid() < 0 {
+            fail(Stage::Setsid);
+        }
+        if p.tty {
+            if libc::ioctl(TTY_FD, libc::TIOCSCTTY, 0) < 0 {
+                fail(Stage::Tty);
+            }
+            for target in 0..3 {
+                if libc::dup2(TTY_FD, target) < 0 {
+                    fail(Stage::Tty);
+                }
+            }
+            libc::close(TTY_FD);
+        }
+        for l in &p.labels {
+            if let Err(e) = crate::lsm::apply(l) {
+                *libc::__errno_location() = e;
+                fail(Stage::Lsm);
+            }
+        }
+        // Last before execve: the filter then governs only the command (and execve itself).
+        if p.seccomp_in_child {
+            if let Some(s) = &p.seccomp {
+                if crate::seccomp::install(&s.fprog(), s.flags) != 0 {
+                    fail(Stage::Seccomp);
+                }
+            }
+        }
+        libc::execve(p.path.as_ptr(), p.argv_ptrs.as_ptr(), p.envp_ptrs.as_ptr());
+        fail(Stage::Exec)
+    }
+}

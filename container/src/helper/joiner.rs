@@ -1,0 +1,293 @@
+//! The joiner: enters the container, prepares everything, drops to the session's credentials, and forks the
+//! child with nothing of the host left in its hands. Runs in the host's pid namespace, where the container
+//! cannot see it.
+
+use super::child::{self, Plan};
+use super::CONSOLE_FD;
+use crate::channel::JoinReport;
+use crate::error::StartError;
+use crate::resolve;
+use crate::spec::ExecSpec;
+use std::ffi::CString;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
+
+/// What the supervisor hands over (by fork).
+pub struct Joiner<'a> {
+    pub spec: &'a ExecSpec,
+    pub pidfd: OwnedFd,
+    pub ns_flags: libc::c_int,
+    /// `cgroup.procs` of each of the init's hierarchies, opened on the host.
+    pub cgroups: Vec<OwnedFd>,
+    pub overlay: Option<OwnedFd>,
+    /// The child's end of the error socket.
+    pub err_w: OwnedFd,
+    /// Fds of the supervisor's that the joiner closes at once.
+    pub err_r_in_supervisor: RawFd,
+    pub host_proc: RawFd,
+    pub last_cap: u32,
+    pub old_mask: libc::sigset_t,
+    pub supervisor: libc::pid_t,
+}
+
+/// Runs the joiner and exits; the report lands in `page`.
+pub fn run(j: Joiner<'_>, page: &mut [u8]) -> ! {
+    // Die with the supervisor; it must still be the parent (it could have died before this line).
+    // SAFETY: prctl and getppid on this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+        if libc::getppid() != j.supervisor {
+            libc::_exit(1);
+        }
+        // SAFETY: madvise on the report page, which this process owns a view of. The child must not get it.
+        libc::madvise(page.as_mut_ptr().cast(), page.len(), libc::MADV_DONTFORK);
+        // The supervisor's channels to the agent and its /proc never travel further.
+        libc::close(super::CONTROL_FD);
+        libc::close(super::EVENTS_FD);
+        libc::close(j.err_r_in_supervisor);
+        libc::close(j.host_proc);
+    }
+    let report = match join(j) {
+        Ok(pid) => JoinReport::Forked { pid },
+        Err(e) => JoinReport::Failed(e),
+    };
+    report.store(page);
+    // SAFETY: leaving without running destructors or atexit handlers of the supervisor's state.
+    unsafe { libc::_exit(0) }
+}
+
+fn errno() -> std::io::Error {
+    std::io::Error::last_os_error()
+}
+
+fn join(j: Joiner<'_>) -> Result<i32, StartError> {
+    let spec = j.spec;
+    // Join the cgroups before touching anything of the container: its device controller then governs what
+    // this root process may open in there, and its limits cover the session from the start.
+    for f in j.cgroups {
+        File::from(f).write_all(b"0").map_err(|e| StartError::setup("joining the container's cgroup", e))?;
+    }
+    if let Some(adj) = spec.oom_score_adj {
+        // Still on the host's /proc; the container's value, not the agent's (which may be -1000).
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .map_err(|e| StartError::setup("setting oom_score_adj", e))?;
+    }
+    if j.ns_flags != 0 {
+        // All namespaces in one call: the kernel orders them (user first) and the set is atomic.
+        // SAFETY: setns on a valid pidfd; this process is single-threaded, as joining mnt/user requires.
+        if unsafe { libc::setns(j.pidfd.as_raw_fd(), j.ns_flags) } != 0 {
+            let e = errno();
+            if crate::procfs::start_time(spec.init_pid) != Some(spec.init_start) {
+                return Err(StartError::ContainerGone(format!("container init {} is gone", spec.init_pid)));
+            }
+            return Err(StartError::setup("joining the container's namespaces", e));
+        }
+    }
+    drop(j.pidfd);
+    if let (Some(o), Some(d)) = (j.overlay, &spec.debug) {
+        crate::debugroot::enter(o, &d.target).map_err(|e| StartError::Setup(format!("debug image: {e}")))?;
+    }
+    // From here on every container path is resolved inside this root.
+    let root = resolve::open_root().map_err(|e| StartError::setup("opening the container's root", e))?;
+    let passwd = crate::user::parse_passwd(&resolve::read_small(root.as_fd(), "/etc/passwd"));
+    let group = crate::user::parse_group(&resolve::read_small(root.as_fd(), "/etc/group"));
+    let creds = crate::user::resolve(&spec.user, spec.user_override.as_deref(), &passwd, &group)?;
+    let mut env = spec.env.clone();
+    crate::user::fill_home(&mut env, creds.home.as_deref());
+    let path = command_path(root.as_fd(), spec, &env)?;
+
+    let slave = if spec.tty {
+        let (master, slave) = crate::pty::open(root.as_fd(), creds.uid, spec.size)
+            .map_err(|e| StartError::setup("opening the container's /dev/ptmx", e))?;
+        // SAFETY: CONSOLE_FD is the console socket by the calling convention.
+        let console = unsafe { BorrowedFd::borrow_raw(CONSOLE_FD) };
+        crate::pty::send_fd(console, master.as_fd())
+            .map_err(|e| StartError::setup("handing the terminal to the agent", e))?;
+        Some(slave)
+    } else {
+        // runc's fixStdioPermissions: the user may reopen its own stdio (`echo x > /dev/stderr`).
+        for fd in 0..3 {
+            // SAFETY: fds 0-2 are the session's stdio.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            if nix::sys::stat::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFIFO) {
+                let _ = nix::unistd::fchown(fd, Some(creds.uid.into()), None);
+            }
+        }
+        None
+    };
+    drop(root);
+    // SAFETY: the console socket has done its job; closing an fd we own by convention.
+    unsafe { libc::close(CONSOLE_FD) };
+
+    let plan = Plan::new(spec, &path, &env, slave.is_some(), j.ns_flags & libc::CLONE_NEWPID != 0, j.supervisor)?;
+
+    // Privileged steps, in runc's order.
+    for r in &spec.rlimits {
+        set_rlimit(r.resource, r.soft, r.hard)?;
+    }
+    if let Some(n) = spec.nofile.filter(|_| !spec.rlimits.iter().any(|r| r.resource == libc::RLIMIT_NOFILE as i32)) {
+        set_rlimit(n.resource, n.soft, n.hard)?;
+    }
+    if !spec.no_new_privs {
+        // Without no_new_privs a filter needs CAP_SYS_ADMIN: installed now, before the capabilities go (runc
+        // does the same); everything below then runs under it.
+        if let Some(p) = &plan.seccomp {
+            // SAFETY: the program lives in `plan`, alive across the call.
+            if unsafe { crate::seccomp::install(&p.fprog(), p.flags) } != 0 {
+                return Err(StartError::setup("installing the container's seccomp filter", errno()));
+            }
+        }
+    }
+    let cwd = CString::new(spec.cwd.as_str())
+        .map_err(|_| StartError::BadRequest("the working directory contains a NUL byte".into()))?;
+    // Tried first with privilege (a directory the user cannot enter but root can), again as the user on EACCES,
+    // as runc does.
+    // SAFETY: chdir with a NUL-terminated path.
+    let cwd_done = unsafe { libc::chdir(cwd.as_ptr()) } == 0;
+    if !cwd_done {
+        let e = errno();
+        if !matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)) {
+            return Err(StartError::Setup(format!("working directory {}: {e}", spec.cwd)));
+        }
+    }
+    drop_privileges(spec, &creds, j.last_cap)?;
+    if !cwd_done {
+        // SAFETY: as above.
+        if unsafe { libc::chdir(cwd.as_ptr()) } != 0 {
+            return Err(StartError::Setup(format!("working directory {}: {}", spec.cwd, errno())));
+        }
+    }
+    check_cwd(&spec.cwd)?;
+
+    // The child gets exactly: 0-2, the error socket at 3, the terminal at 4. Nothing else of ours.
+    let mut keep = vec![j.err_w.into_raw_fd()];
+    keep.extend(slave.map(|s| s.into_raw_fd()));
+    arrange(&keep)?;
+
+    let args = child::ChildArgs { plan: &plan, old_mask: j.old_mask };
+    // SAFETY: this process is single-threaded; the child runs only `child::run`, which makes raw syscalls on
+    // `plan` and never returns. CLONE_PARENT makes the supervisor its parent.
+    let pid =
+        unsafe { libc::syscall(libc::SYS_clone, libc::CLONE_PARENT as libc::c_ulong, 0usize, 0usize, 0usize, 0usize) };
+    match pid {
+        -1 => {
+            let e = errno();
+            // A pid namespace whose init is gone refuses new members (ENOMEM).
+            if crate::procfs::start_time(spec.init_pid) != Some(spec.init_start) {
+                return Err(StartError::ContainerGone(format!("container init {} is gone", spec.init_pid)));
+            }
+            Err(StartError::setup("fork", e))
+        }
+        // SAFETY: see above.
+        0 => unsafe { child::run(&args) },
+        p => Ok(p as i32),
+    }
+}
+
+fn set_rlimit(resource: i32, soft: u64, hard: u64) -> Result<(), StartError> {
+    let lim = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+    // SAFETY: setrlimit reads one rlimit from a valid pointer.
+    if unsafe { libc::setrlimit(resource as _, &lim) } != 0 {
+        return Err(StartError::setup(format_args!("setting rlimit {resource} to {soft}/{hard}"), errno()));
+    }
+    Ok(())
+}
+
+/// Puts `fds` (owned, raw) at 3, 4, ... (close-on-exec) and closes every other fd above 2.
+fn arrange(fds: &[RawFd]) -> Result<(), StartError> {
+    let floor = 3 + fds.len() as RawFd;
+    let mut high = Vec::with_capacity(fds.len());
+    for &fd in fds {
+        // SAFETY: duplicating an fd this process owns above every target, so no dup3 below clobbers a source.
+        let h = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, floor + 64) };
+        if h < 0 {
+            return Err(StartError::internal("fcntl", errno()));
+        }
+        high.push(h);
+    }
+    for (i, &h) in high.iter().enumerate() {
+        // SAFETY: dup3 of an open fd onto a number reserved for it.
+        if unsafe { libc::dup3(h, 3 + i as RawFd, libc::O_CLOEXEC) } < 0 {
+            return Err(StartError::internal("dup3", errno()));
+        }
+    }
+    // SAFETY: closing every fd above the kept ones (sources and their copies included); none is used again.
+    unsafe { libc::syscall(libc::SYS_close_range, floor as u32, u32::MAX, 0u32) };
+    Ok(())
+}
+
+/// The command's path: as given if it has a `/`, else found in the session's `PATH` inside its root.
+fn command_path(root: BorrowedFd<'_>, spec: &ExecSpec, env: &[String]) -> Result<String, StartError> {
+    let argv0 = spec.args.first().ok_or_else(|| StartError::BadRequest("empty command".into()))?;
+    if argv0.contains('/') {
+        return Ok(argv0.clone());
+    }
+    let path_var = env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or(crate::spec::DEFAULT_PATH);
+    match resolve::lookup_path(root, argv0, path_var) {
+        Some(resolve::Found::Executable(p) | resolve::Found::NotExecutable(p)) => Ok(p),
+        None => Err(StartError::CommandNotFound(format!("{argv0:?}: executable file not found in $PATH"))),
+    }
+}
+
+/// Bounding set, groups, gid, uid, capabilities, ambient set, no_new_privs, umask: the session's credentials.
+fn drop_privileges(spec: &ExecSpec, creds: &crate::user::Credentials, last_cap: u32) -> Result<(), StartError> {
+    let caps = &spec.caps;
+    let creds_err =
+        |e: std::io::Error| StartError::setup(format!("switching to uid {} gid {}", creds.uid, creds.gid), e);
+    // SAFETY: plain credential syscalls on this single-threaded process, with arguments checked above (ids are
+    // in 0..=i32::MAX, so never the "unchanged" -1).
+    unsafe {
+        // Bounding set first: dropping needs CAP_SETPCAP, which the uid switch may take away.
+        for c in caps.bounding_drops(last_cap) {
+            if libc::prctl(libc::PR_CAPBSET_DROP, c as libc::c_ulong, 0, 0, 0) != 0
+                && errno().raw_os_error() != Some(libc::EINVAL)
+            {
+                return Err(StartError::setup("dropping from the bounding set", errno()));
+            }
+        }
+        libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0);
+        if libc::setgroups(creds.groups.len(), creds.groups.as_ptr()) != 0 {
+            let e = errno();
+            // A user namespace with setgroups denied: runc skips them there too.
+            if !(e.raw_os_error() == Some(libc::EPERM) && creds.groups.is_empty()) {
+                return Err(creds_err(e));
+            }
+        }
+        if libc::setresgid(creds.gid, creds.gid, creds.gid) != 0
+            || libc::setresuid(creds.uid, creds.uid, creds.uid) != 0
+        {
+            return Err(creds_err(errno()));
+        }
+        libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0);
+        let hdr = crate::caps::CapHeader { version: crate::caps::CAP_VERSION_3, pid: 0 };
+        let data = caps.data(last_cap);
+        if libc::syscall(libc::SYS_capset, &hdr as *const _, data.as_ptr()) != 0 {
+            return Err(StartError::setup("setting capabilities", errno()));
+        }
+        libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+        for c in caps.raisable_ambient(last_cap) {
+            if libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE, c as libc::c_ulong, 0, 0) != 0 {
+                return Err(StartError::setup("raising ambient capabilities", errno()));
+            }
+        }
+        if spec.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return Err(StartError::setup("setting no_new_privs", errno()));
+        }
+        libc::umask(spec.umask as libc::mode_t);
+    }
+    Ok(())
+}
+
+/// The working directory must be inside the session's root (runc's check since 1.1.12): the kernel reports a
+/// directory outside the root as "(unreachable)/...", never starting with `/`.
+fn check_cwd(cwd: &str) -> Result<(), StartError> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: raw getcwd into a buffer of the given size (the raw syscall, unlike glibc's, does not hide
+    // "(unreachable)").
+    let n = unsafe { libc::syscall(libc::SYS_getcwd, buf.as_mut_ptr(), buf.len()) };
+    if n <= 0 || buf.first() != Some(&b'/') {
+        return Err(StartError::Setup(format!("working directory {cwd} is outside the container")));
+    }
+    Ok(())
+}

@@ -1,0 +1,412 @@
+//! The supervisor: on the host, invisible to the container. Starts the joiner, learns from it which child it
+//! forked, learns from the child whether `execve` succeeded, then watches the session to its end.
+
+use super::joiner::{self, Joiner};
+use super::{CONTROL_FD, EVENTS_FD, FIRST_LAYER_FD};
+use crate::channel::{self, ChildFailure, Control, Event, JoinReport, REPORT_PAGE};
+use crate::error::StartError;
+use crate::spec::ExecSpec;
+use dcos_exec_proto::Status;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+/// Namespaces, in `setns(pidfd, ...)` flag form, with their /proc/PID/ns names.
+const NAMESPACES: &[(&str, libc::c_int)] = &[
+    ("user", libc::CLONE_NEWUSER),
+    ("mnt", libc::CLONE_NEWNS),
+    ("pid", libc::CLONE_NEWPID),
+    ("net", libc::CLONE_NEWNET),
+    ("ipc", libc::CLONE_NEWIPC),
+    ("uts", libc::CLONE_NEWUTS),
+    ("cgroup", libc::CLONE_NEWCGROUP),
+    ("time", libc::CLONE_NEWTIME),
+];
+
+fn ns_id(path: &str) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+fn emit(events: &mut File, ev: &Event) {
+    let _ = channel::write(events, ev);
+}
+
+/// Entry point of the helper process; never returns.
+pub fn main() -> ! {
+    // SAFETY: prctl on this process. Not dumpable while we hold host resources (CVE-2016-9962).
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    // A panic must not print into the session's stderr (fd 2 is the user's stream): it becomes the status.
+    std::panic::set_hook(Box::new(|info| {
+        let ev = Event::Finished(StartError::Internal(format!("exec helper: {info}")).status());
+        let frame = channel::encode(&ev);
+        // SAFETY: write(2) of a buffer we own to our event fd.
+        unsafe { libc::write(EVENTS_FD, frame.as_ptr().cast(), frame.len()) };
+    }));
+    // SAFETY: fds 3 and 4 are ours by the calling convention ([`super`]) and used only through these handles.
+    let mut ctrl = unsafe { File::from_raw_fd(CONTROL_FD) };
+    // SAFETY: as above.
+    let mut events = unsafe { File::from_raw_fd(EVENTS_FD) };
+    let spec = match channel::read::<Control>(&mut ctrl) {
+        Ok(Some(Control::Spec(s))) => *s,
+        Ok(_) => std::process::exit(1),
+        Err(e) => {
+            emit(&mut events, &Event::Finished(StartError::internal("reading the spec", e).status()));
+            std::process::exit(1)
+        }
+    };
+    // Whatever the agent left open past what the convention gives us must not travel further.
+    let last = FIRST_LAYER_FD + spec.debug.as_ref().map_or(0, |d| d.layers) as RawFd;
+    // SAFETY: close_range on fds this process does not use.
+    unsafe { libc::syscall(libc::SYS_close_range, last as u32, u32::MAX, 0u32) };
+    let status = match run(&spec, &mut ctrl, &mut events) {
+        Ok(s) => s,
+        Err(e) => e.status(),
+    };
+    emit(&mut events, &Event::Finished(status));
+    std::process::exit(0)
+}
+
+fn gone(pid: i32) -> StartError {
+    StartError::ContainerGone(format!("container init {pid} is gone"))
+}
+
+/// A shared page the joiner writes its report into (not inherited by the child: `MADV_DONTFORK`).
+pub(crate) struct ReportPage {
+    ptr: *mut u8,
+}
+
+impl ReportPage {
+    fn new() -> Result<ReportPage, StartError> {
+        // SAFETY: an anonymous shared mapping of REPORT_PAGE bytes; checked for failure below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                REPORT_PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(StartError::internal("mmap", std::io::Error::last_os_error()));
+        }
+        Ok(ReportPage { ptr: ptr.cast() })
+    }
+
+    /// The page's bytes.
+    pub(crate) fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: the mapping is REPORT_PAGE bytes long, lives as long as self, and this process is
+        // single-threaded, so no other reference exists meanwhile (the joiner writes its own copy's view
+        // only while the supervisor waits for it to exit).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, REPORT_PAGE) }
+    }
+}
+
+fn run(spec: &ExecSpec, ctrl: &mut File, events: &mut File) -> Result<Status, StartError> {
+    let pid = spec.init_pid;
+    let pidfd = rustix::process::pidfd_open(
+        rustix::process::Pid::from_raw(pid).ok_or_else(|| gone(pid))?,
+        rustix::process::PidfdFlags::empty(),
+    )
+    .map_err(|_| gone(pid))?;
+    // Checked after pidfd_open: from here on the pid cannot be recycled under us.
+    if crate::procfs::start_time(pid) != Some(spec.init_start) {
+        return Err(gone(pid));
+    }
+    let mut flags = 0;
+    for (name, flag) in NAMESPACES {
+        let theirs = ns_id(&format!("/proc/{pid}/ns/{name}"));
+        if theirs.is_some() && theirs != ns_id(&format!("/proc/self/ns/{name}")) {
+            flags |= flag;
+        }
+    }
+    let cgroups = crate::cgroup::open_procs(pid)?;
+    // Read on the host: after setns, /proc/sys belongs to the container and could lie.
+    let last_cap = crate::caps::last_cap();
+    let host_proc: OwnedFd = File::open("/proc").map_err(|e| StartError::internal("opening /proc", e))?.into();
+    let overlay = match &spec.debug {
+        Some(d) => {
+            // SAFETY: the agent passed the layer directories at these fds (see the module's convention); they are
+            // owned here and closed once the overlay holds its own references.
+            let layers: Vec<OwnedFd> =
+                (0..d.layers).map(|i| unsafe { OwnedFd::from_raw_fd(FIRST_LAYER_FD + i as RawFd) }).collect();
+            let borrowed: Vec<BorrowedFd<'_>> = layers.iter().map(|l| l.as_fd()).collect();
+            let o = crate::debugroot::build_overlay(&borrowed)
+                .map_err(|e| StartError::Setup(format!("debug image: {e}")))?;
+            Some(o)
+        }
+        None => None,
+    };
+    let mut page = ReportPage::new()?;
+    let (err_r, err_w) = nix::sys::socket::socketpair(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::SeqPacket,
+        None,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| StartError::internal("socketpair", e))?;
+
+    // SIGCHLD goes through a signalfd; the child restores the mask before exec.
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGCHLD);
+    let old_mask = mask
+        .thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK)
+        .map_err(|e| StartError::internal("sigprocmask", e))?;
+
+    let joiner = Joiner {
+        spec,
+        pidfd,
+        ns_flags: flags,
+        cgroups,
+        overlay,
+        err_w,
+        err_r_in_supervisor: err_r.as_raw_fd(),
+        host_proc: host_proc.as_raw_fd(),
+        last_cap,
+        old_mask: *old_mask.as_ref(),
+        supervisor: std::process::id() as i32,
+    };
+    // SAFETY: this process is single-threaded; the joiner runs `joiner::run`, which never returns.
+    let joiner_pid = match unsafe { libc::fork() } {
+        -1 => return Err(StartError::internal("fork", std::io::Error::last_os_error())),
+        0 => joiner::run(joiner, page.bytes()),
+        p => p,
+    };
+    // Our copies of what only the joiner needed.
+    drop(joiner);
+
+    let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(|e| StartError::internal("signalfd", e))?;
+    let mut sup = Supervisor {
+        spec,
+        ctrl,
+        ctrl_open: true,
+        sfd,
+        host_proc,
+        joiner: Some(joiner_pid),
+        err_r: Some(err_r),
+        child: None,
+        status: None,
+        deadline: None,
+    };
+    sup.run(events, &mut page)
+}
+
+/// The session's state as the supervisor sees it.
+struct Supervisor<'a> {
+    spec: &'a ExecSpec,
+    ctrl: &'a mut File,
+    ctrl_open: bool,
+    sfd: SignalFd,
+    host_proc: OwnedFd,
+    /// The joiner, until it has been reaped.
+    joiner: Option<libc::pid_t>,
+    /// The child's error socket, until `execve` succeeded or failed.
+    err_r: Option<OwnedFd>,
+    /// The child (host pid), once the joiner reported it.
+    child: Option<libc::pid_t>,
+    /// The child's exit, once reaped.
+    status: Option<Status>,
+    /// Set once the client is gone: when the session gets SIGKILL.
+    deadline: Option<Instant>,
+}
+
+impl Supervisor<'_> {
+    fn run(&mut self, events: &mut File, page: &mut ReportPage) -> Result<Status, StartError> {
+        let grace = Duration::from_millis(self.spec.grace_ms);
+        let mut started = false;
+        loop {
+            if let Some(s) = &self.status {
+                // Once terminating, wait until nothing of the session is left (or the grace ran out).
+                if self.deadline.is_none() || self.signal_session(0) == 0 {
+                    return Ok(s.clone());
+                }
+            }
+            let timeout = match self.deadline {
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        self.signal_session(libc::SIGKILL);
+                        self.deadline = Some(Instant::now() + Duration::from_secs(3600));
+                        PollTimeout::from(50u16)
+                    } else {
+                        PollTimeout::try_from(left.as_millis().min(50) as i32).unwrap_or(PollTimeout::NONE)
+                    }
+                }
+                None => PollTimeout::NONE,
+            };
+            let ctrl_ready = {
+                let mut fds = vec![PollFd::new(self.sfd.as_fd(), PollFlags::POLLIN)];
+                let ctrl_at = self.ctrl_open.then(|| {
+                    fds.push(PollFd::new(self.ctrl.as_fd(), PollFlags::POLLIN));
+                    fds.len() - 1
+                });
+                // The child's socket matters only once the joiner is done (it reported the child's pid).
+                if let (Some(e), None) = (&self.err_r, self.joiner) {
+                    fds.push(PollFd::new(e.as_fd(), PollFlags::POLLIN));
+                }
+                let _ = poll(&mut fds, timeout);
+                let ready = |i: Option<usize>| i.and_then(|i| fds.get(i)?.revents()).is_some_and(|r| !r.is_empty());
+                ready(ctrl_at)
+            };
+            if ctrl_ready {
+                self.read_control(grace);
+            }
+            while let Ok(Some(_)) = self.sfd.read_signal() {}
+            if let Some(j) = self.joiner {
+                let mut ws = 0;
+                // SAFETY: non-blocking wait for our own child.
+                if unsafe { libc::waitpid(j, &mut ws, libc::WNOHANG) } == j {
+                    self.joiner = None;
+                    match JoinReport::load(page.bytes()) {
+                        Some(JoinReport::Forked { pid }) => {
+                            self.child = Some(pid);
+                            // The client may have left while the joiner worked.
+                            if !self.ctrl_open {
+                                self.signal_session(libc::SIGKILL);
+                            }
+                        }
+                        Some(JoinReport::Failed(e)) => return Err(e),
+                        None => return Err(self.died("the exec helper died before the process started")),
+                    }
+                }
+            }
+            // Checked on every turn, not only when poll says so: a child that failed and exited at once must have
+            // its record read before it is reaped.
+            if self.joiner.is_none() && self.child.is_some() && self.err_r.is_some() {
+                if let Some(e) = self.read_child_failure() {
+                    return Err(e);
+                }
+            }
+            if !started && self.child.is_some() && self.err_r.is_none() {
+                started = true;
+                let pid = self.child.and_then(|c| self.inner_pid(c)).unwrap_or(0);
+                emit(events, &Event::Started { pid });
+            }
+            self.reap_child();
+            if self.joiner.is_none() && self.child.is_none() && self.status.is_none() {
+                return Err(self.died("the exec helper died before the process started"));
+            }
+        }
+    }
+
+    fn died(&self, what: &str) -> StartError {
+        let pid = self.spec.init_pid;
+        if crate::procfs::start_time(pid) != Some(self.spec.init_start) {
+            return gone(pid);
+        }
+        StartError::Internal(what.into())
+    }
+
+    /// One control frame: a signal, or end of file (the client is gone: hang up the whole session).
+    fn read_control(&mut self, grace: Duration) {
+        match channel::read::<Control>(self.ctrl) {
+            Ok(Some(Control::Signal(n))) if (1..=64).contains(&n) && self.status.is_none() => {
+                if let Some(c) = self.child {
+                    // SAFETY: the child is unreaped (status is None), so its pid cannot have been reused.
+                    unsafe { libc::kill(c, n) };
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => {
+                self.ctrl_open = false;
+                if let Some(j) = self.joiner {
+                    // SAFETY: our own unreaped child.
+                    unsafe { libc::kill(j, libc::SIGKILL) };
+                }
+                // The whole session gets the hangup, as a closing terminal would; stopped jobs wake to see it.
+                self.signal_session(libc::SIGHUP);
+                self.signal_session(libc::SIGCONT);
+                self.deadline = Some(Instant::now() + grace);
+            }
+        }
+    }
+
+    /// The child's report: end of file means `execve` succeeded (the socket is close-on-exec).
+    fn read_child_failure(&mut self) -> Option<StartError> {
+        let sock = self.err_r.take()?;
+        let mut rec = [0u8; ChildFailure::LEN + 1];
+        let n = match nix::sys::socket::recv(sock.as_raw_fd(), &mut rec, nix::sys::socket::MsgFlags::MSG_DONTWAIT) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EAGAIN) => {
+                self.err_r = Some(sock);
+                return None;
+            }
+            Err(_) => 0,
+        };
+        if n == 0 {
+            return None;
+        }
+        let child = self.child?;
+        // Whatever the record says, this child does not run: it exits after writing one, and a record that
+        // does not decode means something wrote to its socket that should not have.
+        // SAFETY: our own unreaped child.
+        unsafe { libc::kill(child, libc::SIGKILL) };
+        // SAFETY: blocking wait for our own child, which was just killed.
+        unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
+        self.child = None;
+        let argv0 = self.spec.args.first().map(String::as_str).unwrap_or("");
+        Some(match ChildFailure::decode(&rec[..n]) {
+            Some(f) => f.stage.error(f.errno, argv0),
+            None => StartError::Internal("the process sent a malformed start report".into()),
+        })
+    }
+
+    fn reap_child(&mut self) {
+        let Some(c) = self.child.filter(|_| self.status.is_none() && self.err_r.is_none()) else {
+            return;
+        };
+        let mut ws = 0;
+        // SAFETY: non-blocking wait for our own child (CLONE_PARENT made it ours).
+        if unsafe { libc::waitpid(c, &mut ws, libc::WNOHANG | libc::__WALL) } == c {
+            self.status = Some(if libc::WIFSIGNALED(ws) {
+                Status::Signaled { signal: libc::WTERMSIG(ws) }
+            } else {
+                Status::Exited { code: libc::WEXITSTATUS(ws) }
+            });
+        }
+    }
+
+    fn inner_pid(&self, host_pid: i32) -> Option<i32> {
+        let flags = nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC;
+        let path = format!("{host_pid}/status");
+        let fd = nix::fcntl::openat(&self.host_proc, path.as_str(), flags, nix::sys::stat::Mode::empty()).ok()?;
+        let mut text = String::new();
+        File::from(fd).read_to_string(&mut text).ok()?;
+        crate::procfs::innermost_pid(&text)
+    }
+
+    /// Sends `sig` to every live process of the session (0 probes); returns how many there were. The session
+    /// is the child's (it called setsid), found by session id on the host's /proc, so process groups that a
+    /// job-control shell made are included.
+    fn signal_session(&self, sig: libc::c_int) -> usize {
+        let Some(leader) = self.child else { return 0 };
+        // SAFETY: signalling the session's own process group. Its answer only counts without /proc, because
+        // zombies answer a probe too.
+        let group = unsafe { libc::kill(-leader, sig) } == 0;
+        let Ok(dir) = self.host_proc.try_clone() else { return usize::from(group) };
+        let Ok(mut dir) = nix::dir::Dir::from_fd(dir) else { return usize::from(group) };
+        let dirfd = dir.as_raw_fd();
+        let mut n = 0;
+        for entry in dir.iter().flatten() {
+            let Some(pid) = entry.file_name().to_str().ok().and_then(|s| s.parse::<libc::pid_t>().ok()) else {
+                continue;
+            };
+            // SAFETY: dirfd belongs to `dir`, which outlives this borrow.
+            let at = unsafe { BorrowedFd::borrow_raw(dirfd) };
+            let Some(st) = crate::procfs::stat_at(at, pid) else { continue };
+            // Zombies are past signalling (and may never be reaped by a container init that does not wait).
+            // SAFETY: signalling a live process of the session just found.
+            if st.session == leader && !st.is_dead() && unsafe { libc::kill(pid, sig) } == 0 {
+                n += 1;
+            }
+        }
+        n
+    }
+}

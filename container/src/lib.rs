@@ -1,0 +1,30 @@
+//! Joining a running container, the way `runc exec` does, without runc.
+//!
+//! The agent is a multithreaded tokio process, and `setns` into a mount or user namespace needs a single
+//! thread, so every session runs the [`helper`]: a fresh process executed from a [`sealed`] copy of the agent
+//! binary. The agent talks to it only through [`channel`]; everything the helper needs is plain data in a
+//! [`spec::ExecSpec`], built from the container's `config.json` and the request by [`spec::build`].
+//!
+//! What the helper does, in modules named for it: [`procfs`] (reading `/proc/PID/stat` and `status`),
+//! [`cgroup`] (joining the init's cgroups), [`user`] (users and groups from the container's files, with id
+//! checks), [`resolve`] (opening container files inside its root, never outside), [`caps`], [`seccomp`],
+//! [`lsm`] (AppArmor and SELinux), [`pty`] (a terminal from the container's own `/dev/ptmx`) and
+//! [`debugroot`] (the `--debug-image` root). No tokio here: the helper is a plain single-threaded process.
+
+pub mod caps;
+pub mod cgroup;
+pub mod channel;
+pub mod debugroot;
+pub mod error;
+pub mod helper;
+pub mod lsm;
+pub mod procfs;
+pub mod pty;
+pub mod resolve;
+pub mod sealed;
+pub mod seccomp;
+pub mod spec;
+pub mod user;
+
+pub use error::StartError;
+pub use spec::ExecSpec;

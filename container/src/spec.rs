@@ -1,0 +1,276 @@
+//! The plain-data description of one exec, built from the container's `config.json` and the request.
+
+use crate::caps::CapSets;
+use dcos_exec_proto::TermSize;
+use oci_spec::runtime::{PosixRlimitType, Spec};
+use serde::{Deserialize, Serialize};
+
+/// One rlimit, `resource` as in setrlimit(2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    pub resource: i32,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// The container's user from `config.json`, as numbers (checked against the allowed range by the helper).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigUser {
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+}
+
+/// Everything the helper needs, sent as the first [`crate::channel::Control`] frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecSpec {
+    /// The container's init, and its start time (clock ticks after boot) against pid reuse.
+    pub init_pid: i32,
+    pub init_start: u64,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub user: ConfigUser,
+    /// `-u USER[:GROUP]`, resolved by the helper in the session's root.
+    pub user_override: Option<String>,
+    pub cwd: String,
+    pub caps: CapSets,
+    pub no_new_privs: bool,
+    pub rlimits: Vec<Rlimit>,
+    /// The soft `RLIMIT_NOFILE` the agent started with (it raises its own): restored unless the container
+    /// sets one, so the session does not inherit the agent's.
+    pub nofile: Option<Rlimit>,
+    pub umask: u32,
+    /// The container's `oomScoreAdj`, or its init's current value.
+    pub oom_score_adj: Option<i32>,
+    /// The container's seccomp filter, compiled to classic BPF by [`crate::seccomp::compile`].
+    pub seccomp: Option<crate::seccomp::Program>,
+    /// The container's AppArmor profile and SELinux label, applied when the host has them enabled.
+    pub apparmor_profile: Option<String>,
+    pub selinux_label: Option<String>,
+    pub tty: bool,
+    pub size: Option<TermSize>,
+    /// Between SIGHUP and SIGKILL once the client is gone.
+    pub grace_ms: u64,
+    /// With `--debug-image`: the session's root is built from these layers.
+    pub debug: Option<DebugRoot>,
+}
+
+/// A debug image's part of a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DebugRoot {
+    /// How many layer directories the agent passes, as descriptors, from fd [`crate::helper::FIRST_LAYER_FD`]
+    /// on; top layer first (overlay lowerdir order).
+    pub layers: usize,
+    /// Where the target's root appears in the session, e.g. `/target`.
+    pub target: String,
+}
+
+/// Where a debug session sees the target's root filesystem.
+pub const TARGET_MOUNT: &str = "/target";
+
+/// What the request (and, for a debug session, the image) changes of the container's process.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub args: Vec<String>,
+    /// `-e KEY=VAL`.
+    pub env: Vec<String>,
+    pub user: Option<String>,
+    pub workdir: Option<String>,
+    pub tty: bool,
+    pub size: Option<TermSize>,
+    /// With a debug image: its environment and working directory replace the container's.
+    pub image_env: Option<Vec<String>>,
+    pub image_workdir: Option<String>,
+    /// Capabilities added to every set (already checked against the agent's allowlist).
+    pub cap_add: Vec<u32>,
+    pub debug_layers: Option<usize>,
+}
+
+/// Errors building a spec.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("the container's config.json has no process")]
+    NoProcess,
+    #[error("the container's seccomp filter: {0}")]
+    Seccomp(#[from] crate::seccomp::SeccompError),
+}
+
+/// The default `PATH` of a process whose environment has none (runc's and docker's).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Merges `-e KEY=VAL` overrides into an environment list: a key set again replaces the earlier value.
+pub fn merge_env(base: &[String], overrides: &[String]) -> Vec<String> {
+    let key = |e: &str| e.split_once('=').map(|(k, _)| k).unwrap_or(e).to_string();
+    let mut env: Vec<String> = base.to_vec();
+    for o in overrides {
+        let k = key(o);
+        env.retain(|e| key(e) != k);
+        env.push(o.clone());
+    }
+    env
+}
+
+fn rlimit_resource(t: PosixRlimitType) -> Option<i32> {
+    let name = serde_json::to_value(t).ok()?;
+    Some(match name.as_str()? {
+        "RLIMIT_CPU" => libc::RLIMIT_CPU,
+        "RLIMIT_FSIZE" => libc::RLIMIT_FSIZE,
+        "RLIMIT_DATA" => libc::RLIMIT_DATA,
+        "RLIMIT_STACK" => libc::RLIMIT_STACK,
+        "RLIMIT_CORE" => libc::RLIMIT_CORE,
+        "RLIMIT_RSS" => libc::RLIMIT_RSS,
+        "RLIMIT_NPROC" => libc::RLIMIT_NPROC,
+        "RLIMIT_NOFILE" => libc::RLIMIT_NOFILE,
+        "RLIMIT_MEMLOCK" => libc::RLIMIT_MEMLOCK,
+        "RLIMIT_AS" => libc::RLIMIT_AS,
+        "RLIMIT_LOCKS" => libc::RLIMIT_LOCKS,
+        "RLIMIT_SIGPENDING" => libc::RLIMIT_SIGPENDING,
+        "RLIMIT_MSGQUEUE" => libc::RLIMIT_MSGQUEUE,
+        "RLIMIT_NICE" => libc::RLIMIT_NICE,
+        "RLIMIT_RTPRIO" => libc::RLIMIT_RTPRIO,
+        "RLIMIT_RTTIME" => libc::RLIMIT_RTTIME,
+        _ => return None,
+    } as i32)
+}
+
+/// The process `runc exec` would make from `config` with these overrides.
+pub fn build(
+    config: &Spec,
+    init_pid: i32,
+    init_start: u64,
+    o: &Overrides,
+    grace_ms: u64,
+) -> Result<ExecSpec, SpecError> {
+    let process = config.process().as_ref().ok_or(SpecError::NoProcess)?;
+    let base_env = match &o.image_env {
+        Some(env) if !env.is_empty() => env.clone(),
+        Some(_) => vec![format!("PATH={DEFAULT_PATH}")],
+        None => process.env().clone().unwrap_or_default(),
+    };
+    let mut env = merge_env(&base_env, &o.env);
+    // docker exec's rule: a terminal session gets a TERM unless one is set.
+    if o.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
+        env.push("TERM=xterm".into());
+    }
+    let user = process.user();
+    let mut caps = CapSets::from_oci(process.capabilities().as_ref());
+    caps.add_everywhere(&o.cap_add);
+    let rlimits: Vec<Rlimit> = process
+        .rlimits()
+        .as_ref()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| Some(Rlimit { resource: rlimit_resource(r.typ())?, soft: r.soft(), hard: r.hard() }))
+        .collect();
+    let linux = config.linux().as_ref();
+    let seccomp = match linux.and_then(|l| l.seccomp().as_ref()) {
+        Some(s) => Some(crate::seccomp::compile(s)?),
+        None => None,
+    };
+    let oom_score_adj = process.oom_score_adj().or_else(|| crate::procfs::oom_score_adj(init_pid));
+    Ok(ExecSpec {
+        init_pid,
+        init_start,
+        args: o.args.clone(),
+        env,
+        user: ConfigUser {
+            uid: user.uid(),
+            gid: user.gid(),
+            additional_gids: user.additional_gids().clone().unwrap_or_default(),
+        },
+        user_override: o.user.clone(),
+        cwd: match (&o.workdir, &o.debug_layers) {
+            (Some(w), _) => w.clone(),
+            (None, Some(_)) => o.image_workdir.clone().unwrap_or_else(|| "/".into()),
+            (None, None) => process.cwd().display().to_string(),
+        },
+        caps,
+        no_new_privs: process.no_new_privileges().unwrap_or(false),
+        rlimits,
+        nofile: None,
+        umask: user.umask().unwrap_or(0o022),
+        oom_score_adj,
+        seccomp,
+        apparmor_profile: process.apparmor_profile().clone().filter(|p| !p.is_empty()),
+        selinux_label: process.selinux_label().clone().filter(|p| !p.is_empty()),
+        tty: o.tty,
+        size: o.size,
+        grace_ms,
+        debug: o.debug_layers.map(|layers| DebugRoot { layers, target: TARGET_MOUNT.into() }),
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> ExecSpec {
+        let cfg: Spec = serde_json::from_str(CONFIG).unwrap();
+        let o = Overrides { args: vec!["sh".into()], env: vec!["B=2".into()], tty: true, ..Default::default() };
+        build(&cfg, 1, 2, &o, 5000).unwrap()
+    }
+
+    const CONFIG: &str = r#"{
+        "ociVersion": "1.0.2",
+        "process": {
+            "user": {"uid": 1000, "gid": 1000, "additionalGids": [2000, 3000], "umask": 63},
+            "args": ["sleep", "1"],
+            "env": ["PATH=/bin", "B=1", "HOME="],
+            "cwd": "/home/app",
+            "capabilities": {"bounding": ["CAP_CHOWN", "CAP_KILL"], "effective": ["CAP_KILL"],
+                             "permitted": ["CAP_KILL"], "inheritable": [], "ambient": []},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 2345, "soft": 1234}],
+            "noNewPrivileges": true,
+            "oomScoreAdj": 300,
+            "apparmorProfile": "docker-default"
+        },
+        "root": {"path": "rootfs"},
+        "linux": {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64"],
+                  "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}]}}
+    }"#;
+
+    #[test]
+    fn the_config_becomes_the_process_runc_would_make() {
+        let s = sample();
+        assert_eq!(s.user, ConfigUser { uid: 1000, gid: 1000, additional_gids: vec![2000, 3000] });
+        assert_eq!(s.env, vec!["PATH=/bin", "HOME=", "B=2", "TERM=xterm"]);
+        assert_eq!(s.cwd, "/home/app");
+        assert_eq!(s.umask, 63);
+        assert!(s.no_new_privs);
+        assert_eq!(s.oom_score_adj, Some(300));
+        assert_eq!(s.rlimits, vec![Rlimit { resource: libc::RLIMIT_NOFILE as i32, soft: 1234, hard: 2345 }]);
+        assert_eq!(s.caps.bounding, vec![0, 5]);
+        assert_eq!(s.caps.effective, vec![5]);
+        assert_eq!(s.apparmor_profile.as_deref(), Some("docker-default"));
+        assert!(s.seccomp.as_ref().is_some_and(|p| !p.bpf.is_empty() && p.bpf.len() % 8 == 0));
+        assert_eq!(s.debug, None);
+    }
+
+    #[test]
+    fn a_debug_image_brings_its_env_and_workdir_and_cap_add_joins_every_set() {
+        let cfg: Spec = serde_json::from_str(CONFIG).unwrap();
+        let o = Overrides {
+            args: vec!["sh".into()],
+            image_env: Some(vec![]),
+            image_workdir: Some("/work".into()),
+            cap_add: vec![19],
+            debug_layers: Some(2),
+            ..Default::default()
+        };
+        let s = build(&cfg, 1, 2, &o, 0).unwrap();
+        assert_eq!(s.env, vec![format!("PATH={DEFAULT_PATH}")]);
+        assert_eq!(s.cwd, "/work");
+        for set in [&s.caps.bounding, &s.caps.effective, &s.caps.permitted, &s.caps.inheritable, &s.caps.ambient] {
+            assert!(set.contains(&19), "{set:?}");
+        }
+        assert_eq!(s.debug, Some(DebugRoot { layers: 2, target: "/target".into() }));
+        let o = Overrides { workdir: Some("/tmp".into()), ..o };
+        assert_eq!(build(&cfg, 1, 2, &o, 0).unwrap().cwd, "/tmp");
+    }
+
+    #[test]
+    fn env_overrides_replace_by_key() {
+        let base = vec!["PATH=/bin".to_string(), "A=1".to_string()];
+        assert_eq!(merge_env(&base, &["A=2".into(), "B=x=y".into()]), vec!["PATH=/bin", "A=2", "B=x=y"]);
+    }
+}
