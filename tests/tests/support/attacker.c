@@ -2,8 +2,8 @@
  *
  *   attacker grab LOG MARKER    race new pids: PTRACE_SEIZE, pidfd_getfd and open("/proc/N/fd/K") of their
  *                               fds 0..63; log every fd obtained; "ESCAPE" for a directory fd or one through
- *                               which `..` reaches /tmp/MARKER; write a forged helper status into pipes and
- *                               sockets.
+ *                               which `..` reaches /tmp/MARKER; write a forged status into pipes (a JSON
+ *                               event line) and sockets (a start-failure record: "command not found").
  *   attacker stop LOG MARKER    SIGSTOP each new pid, list and open its /proc/N/fd links, SIGCONT it.
  *   attacker hold DIR COMM      SIGSTOP the first new pid whose comm is not COMM (not yet exec'd), write its
  *                               pid to DIR/held and its fd links to DIR/fds, SIGCONT it once DIR/release exists.
@@ -92,14 +92,17 @@ static void inspect(int fd, int p, int k, const char *how, const char *link) {
             closedir(d);
         }
     }
-    if (S_ISSOCK(st.st_mode) || S_ISFIFO(st.st_mode)) {
-        /* The old helper's event channel took JSON lines: try to forge an exit status of 42. */
+    if (S_ISFIFO(st.st_mode)) {
+        /* The old helper's event pipe took JSON lines: try to forge an exit status of 42. */
         static const char forged[] = "{\"finished\":{\"status\":\"exited\",\"code\":42}}\n";
         int fl = fcntl(fd, F_GETFL);
         if (fl >= 0) fcntl(fd, F_SETFL, fl | O_NONBLOCK);
-        if (send(fd, forged, sizeof forged - 1, MSG_DONTWAIT | MSG_NOSIGNAL) > 0 ||
-            write(fd, forged, sizeof forged - 1) > 0)
-            logline("FORGED pid=%d fd=%d type=%s", p, k, t);
+        if (write(fd, forged, sizeof forged - 1) > 0) logline("FORGED pid=%d fd=%d type=%s", p, k, t);
+    }
+    if (S_ISSOCK(st.st_mode)) {
+        /* A child's start report (stage 5 = execve, errno ENOENT): "command not found", exit 127. */
+        int rec[2] = {5, ENOENT};
+        if (send(fd, rec, sizeof rec, MSG_DONTWAIT | MSG_NOSIGNAL) > 0) logline("FORGED pid=%d fd=%d type=%s", p, k, t);
     }
 }
 
