@@ -61,6 +61,9 @@ fn session_with(agent: &Agent, marker: &str) -> serde_json::Value {
 
 #[test]
 fn shell_less_target_is_debugged_with_an_image_from_a_tls_registry_with_basic_auth() {
+    if skip() {
+        return;
+    }
     let _s = serial();
     let f = fixture();
     let init = f.target.init_pid().to_string();
@@ -109,6 +112,9 @@ fn shell_less_target_is_debugged_with_an_image_from_a_tls_registry_with_basic_au
 
 #[test]
 fn read_only_and_non_root_targets_get_a_writable_debug_root() {
+    if skip() {
+        return;
+    }
     let _s = serial();
     let f = fixture();
     let w = world();
@@ -131,6 +137,9 @@ fn read_only_and_non_root_targets_get_a_writable_debug_root() {
 
 #[test]
 fn whiteouts_and_opaque_directories_hide_lower_layers() {
+    if skip() {
+        return;
+    }
     let _s = serial();
     let f = fixture();
     let check = "for p in /a /a/file /b/keep /d/old /d/sub /d/new; do \
@@ -182,6 +191,9 @@ fn whiteouts_and_opaque_directories_hide_lower_layers() {
 
 #[test]
 fn dynamically_linked_tool_uses_the_libraries_of_the_image() {
+    if skip() {
+        return;
+    }
     let _s = serial();
     let f = fixture();
     let o = run(std::process::Command::new("ldd").arg("/bin/ls"));
@@ -211,6 +223,9 @@ fn dynamically_linked_tool_uses_the_libraries_of_the_image() {
 
 #[test]
 fn oci_layout_works_without_any_registry() {
+    if skip() {
+        return;
+    }
     let _s = serial();
     let f = fixture();
     let dir = f.scratch("layout");
@@ -233,6 +248,9 @@ fn oci_layout_works_without_any_registry() {
 
 #[test]
 fn pull_policies_and_references_by_digest_work_from_the_cache() {
+    if skip() {
+        return;
+    }
     let _s = serial();
     let f = fixture();
     // A registry of its own (TLS, no auth), stopped halfway.
@@ -268,6 +286,9 @@ fn pull_policies_and_references_by_digest_work_from_the_cache() {
 
 #[test]
 fn registry_failures_exit_122_and_name_the_cause() {
+    if skip() {
+        return;
+    }
     let _s = serial();
     let f = fixture();
     let t = &f.target.id;
@@ -288,6 +309,9 @@ fn registry_failures_exit_122_and_name_the_cause() {
 
 #[test]
 fn multi_platform_index_picks_the_host_platform_or_fails_clearly() {
+    if skip() {
+        return;
+    }
     let _s = serial();
     let f = fixture();
     let dir = f.scratch("index");
@@ -318,6 +342,9 @@ fn multi_platform_index_picks_the_host_platform_or_fails_clearly() {
 
 #[test]
 fn blob_that_does_not_match_its_digest_is_refused() {
+    if skip() {
+        return;
+    }
     let _s = serial();
     let f = fixture();
     let dir = f.scratch("tampered");
@@ -344,6 +371,9 @@ fn blob_that_does_not_match_its_digest_is_refused() {
 
 #[test]
 fn hostile_layer_entries_are_refused_and_nothing_is_written_outside_the_cache() {
+    if skip() {
+        return;
+    }
     let _s = serial();
     let f = fixture();
     let p = prefix();
@@ -402,6 +432,9 @@ fn hostile_layer_entries_are_refused_and_nothing_is_written_outside_the_cache() 
 
 #[test]
 fn setuid_and_setgid_bits_are_stripped() {
+    if skip() {
+        return;
+    }
     let _s = serial();
     let f = fixture();
     let dir = f.scratch("setid");
@@ -418,6 +451,9 @@ fn setuid_and_setgid_bits_are_stripped() {
 
 #[test]
 fn acl_image_patterns_decide_and_a_denied_request_pulls_nothing() {
+    if skip() {
+        return;
+    }
     let _s = serial();
     let f = fixture();
     let token = f.agent.token("dbg", &[], "10m");
@@ -447,6 +483,9 @@ fn acl_image_patterns_decide_and_a_denied_request_pulls_nothing() {
 
 #[test]
 fn audit_records_the_image_and_the_manifest_digest() {
+    if skip() {
+        return;
+    }
     let _s = serial();
     let f = fixture();
     let marker = "audit-marker";
@@ -466,6 +505,9 @@ fn audit_records_the_image_and_the_manifest_digest() {
 
 #[test]
 fn cap_add_gives_the_debug_process_more_than_the_target_has() {
+    if skip() {
+        return;
+    }
     let _s = serial();
     let f = fixture();
     let t = &f.target.id;
@@ -483,6 +525,9 @@ fn cap_add_gives_the_debug_process_more_than_the_target_has() {
 
 #[test]
 fn plain_http_registry_only_when_listed_insecure_with_docker_config_credentials() {
+    if skip() {
+        return;
+    }
     use base64::Engine;
     let _s = serial();
     let f = fixture();

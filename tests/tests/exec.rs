@@ -10,6 +10,9 @@ use support::*;
 
 #[test]
 fn stdout_stderr_and_exit_code_come_back_separately() {
+    if skip() {
+        return;
+    }
     let w = world();
     let o = w.agent.sh(&w.main_task, "echo out; echo err >&2; exit 7");
     assert_eq!(stdout(&o), "out\n");
@@ -19,6 +22,9 @@ fn stdout_stderr_and_exit_code_come_back_separately() {
 
 #[test]
 fn process_joins_every_namespace_and_the_cgroup_of_the_container_init() {
+    if skip() {
+        return;
+    }
     let w = world();
     let init = w.main.init_pid();
     let script = "for n in mnt pid net ipc uts cgroup; do echo $n $(readlink /proc/self/ns/$n); done; \
@@ -43,6 +49,9 @@ fn process_joins_every_namespace_and_the_cgroup_of_the_container_init() {
 
 #[test]
 fn process_shows_in_ps_with_a_pid_of_the_container() {
+    if skip() {
+        return;
+    }
     let w = world();
     let o = w.agent.sh(&w.main.id, "echo $$; ps -o pid,args; true");
     let out = stdout(&o);
@@ -56,6 +65,9 @@ fn process_shows_in_ps_with_a_pid_of_the_container() {
 
 #[test]
 fn stdin_is_forwarded_and_eof_reaches_the_process() {
+    if skip() {
+        return;
+    }
     let w = world();
     let o = run_with_input(w.agent.dcos().args(["task", "exec", "-i", &w.main_task, "sort"]), b"b\na\n");
     assert_eq!(stdout(&o), "a\nb\n");
@@ -67,6 +79,9 @@ fn stdin_is_forwarded_and_eof_reaches_the_process() {
 
 #[test]
 fn large_streams_arrive_intact_both_ways() {
+    if skip() {
+        return;
+    }
     let w = world();
     let data: Vec<u8> = (0..8_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     let o = run_with_input(w.agent.dcos().args(["task", "exec", "-i", &w.main.id, "cat"]), &data);
@@ -79,6 +94,9 @@ fn large_streams_arrive_intact_both_ways() {
 
 #[test]
 fn exit_codes_follow_docker_exec() {
+    if skip() {
+        return;
+    }
     let w = world();
     let code = |args: &[&str]| {
         let mut full = vec!["task", "exec", w.main.id.as_str()];
@@ -99,6 +117,9 @@ fn exit_codes_follow_docker_exec() {
 
 #[test]
 fn env_user_workdir_come_from_the_bundle_and_the_overrides() {
+    if skip() {
+        return;
+    }
     let w = world();
     let o = w.agent.sh(&w.main.id, "id -u; pwd; echo $PATH; echo $HOME");
     assert_eq!(stdout(&o), "0\n/\n/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n/root\n");
@@ -128,6 +149,9 @@ fn env_user_workdir_come_from_the_bundle_and_the_overrides() {
 
 #[test]
 fn unprivileged_container_keeps_its_user_capabilities_and_no_new_privs() {
+    if skip() {
+        return;
+    }
     let w = world();
     let o = w.agent.sh(&w.app.id, "id -u; pwd; grep -E '^(CapEff|CapPrm|CapBnd|NoNewPrivs)' /proc/self/status");
     let out = stdout(&o);
@@ -143,6 +167,9 @@ fn unprivileged_container_keeps_its_user_capabilities_and_no_new_privs() {
 
 #[test]
 fn read_only_rootfs_stays_read_only() {
+    if skip() {
+        return;
+    }
     let w = world();
     let o = w.agent.sh(&w.ro.id, "touch /x 2>&1; echo rc=$?");
     let out = stdout(&o);
@@ -151,6 +178,9 @@ fn read_only_rootfs_stays_read_only() {
 
 #[test]
 fn no_agent_fd_cwd_or_binary_reaches_the_container() {
+    if skip() {
+        return;
+    }
     let w = world();
     let o = w.agent.sh(&w.main.id, "ls /proc/$$/fd; readlink /proc/$$/cwd; readlink /proc/$$/root; for p in /proc/[0-9]*; do readlink $p/exe; done; true");
     let out = stdout(&o);
@@ -161,6 +191,9 @@ fn no_agent_fd_cwd_or_binary_reaches_the_container() {
 
 #[test]
 fn signals_are_forwarded_without_a_tty() {
+    if skip() {
+        return;
+    }
     let w = world();
     let mut child = w
         .agent
@@ -235,6 +268,9 @@ fn read_until(master: &mut std::fs::File, needle: &str, secs: u64) -> String {
 
 #[test]
 fn tty_session_has_a_container_pts_forwards_size_and_restores_the_terminal() {
+    if skip() {
+        return;
+    }
     use std::os::fd::AsFd;
     let w = world();
     let (mut master, mut child, slave) =
@@ -271,6 +307,9 @@ fn tty_session_has_a_container_pts_forwards_size_and_restores_the_terminal() {
 
 #[test]
 fn tty_without_a_local_terminal_is_refused_like_docker() {
+    if skip() {
+        return;
+    }
     let w = world();
     let o = run(w.agent.dcos().args(["task", "exec", "-it", &w.main.id, "sh"]));
     assert_eq!(o.status.code(), Some(125));
@@ -282,6 +321,9 @@ fn tty_without_a_local_terminal_is_refused_like_docker() {
 
 #[test]
 fn task_list_shows_tasks_with_their_annotation_ids() {
+    if skip() {
+        return;
+    }
     let w = world();
     let o = run(w.agent.dcos().args(["task", "list", "--json"]));
     let v: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
@@ -299,6 +341,9 @@ fn task_list_shows_tasks_with_their_annotation_ids() {
 
 #[test]
 fn sessions_are_audited_with_user_command_status_and_bytes() {
+    if skip() {
+        return;
+    }
     let w = world();
     let marker = format!("audit-marker-{}", std::process::id());
     let o = run(w.agent.dcos().args(["task", "exec", &w.main_task, "echo", &marker]));

@@ -36,6 +36,9 @@ fn start_and_vanish_with(w: &World, flags: &[&str], script: &str, marker: &str) 
 
 #[test]
 fn client_gone_means_sighup_then_sigkill_after_the_grace_period() {
+    if skip() {
+        return;
+    }
     let w = world();
     // Dies of the hangup.
     start_and_vanish(w, "echo up; sleep 4242", "sleep 4242");
@@ -76,6 +79,9 @@ fn mount_count() -> usize {
 
 #[test]
 fn a_thousand_sessions_leak_nothing() {
+    if skip() {
+        return;
+    }
     // An agent of its own, so no other test's sessions move the counters.
     let root = std::env::temp_dir().join(format!("{}-leak", prefix()));
     let c = Container::start(&root, &format!("{}-leak", prefix()), &ContainerOpts::default());

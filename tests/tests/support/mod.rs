@@ -6,8 +6,69 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, Once, OnceLock};
 use std::time::{Duration, Instant};
+
+/// True (after saying so on the terminal) when this end-to-end test cannot run here: it needs root. With
+/// `DCOS_EXEC_E2E=1` (set by scripts/test) a missing precondition fails the test instead.
+pub fn skip() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return false;
+    }
+    let name = std::thread::current().name().unwrap_or("an end-to-end test").to_string();
+    assert!(
+        std::env::var_os("DCOS_EXEC_E2E").is_none_or(|v| v != "1"),
+        "{name} needs root (runc containers, namespaces) and DCOS_EXEC_E2E=1 asks for every end-to-end test to run"
+    );
+    // Straight to the terminal: the test harness captures print!/eprint! of passing tests.
+    let _ =
+        writeln!(std::io::stderr(), "SKIPPED {name}: end-to-end tests need root (set DCOS_EXEC_E2E=1 to fail instead)");
+    true
+}
+
+type ExitHook = Box<dyn FnOnce() + Send>;
+static EXIT_HOOKS: Mutex<Vec<ExitHook>> = Mutex::new(Vec::new());
+
+/// Runs `f` when the test process exits (statics are never dropped: the shared agents, registries and
+/// containers live in them). Hooks run last-registered first.
+pub fn at_exit(f: impl FnOnce() + Send + 'static) {
+    static REGISTER: Once = Once::new();
+    REGISTER.call_once(|| {
+        extern "C" fn run_hooks() {
+            let hooks = std::mem::take(&mut *EXIT_HOOKS.lock().unwrap_or_else(|e| e.into_inner()));
+            for h in hooks.into_iter().rev() {
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(h));
+            }
+        }
+        // SAFETY: registers a function that lives as long as the program.
+        unsafe { libc::atexit(run_hooks) };
+    });
+    EXIT_HOOKS.lock().unwrap_or_else(|e| e.into_inner()).push(Box::new(f));
+}
+
+/// At exit, deletes this process's containers and everything named with its prefix in the temp dir.
+fn clean_up_at_exit() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        at_exit(|| {
+            let p = format!("{}-", prefix());
+            if let Ok(o) = Command::new("runc").args(["list", "-q"]).output() {
+                for id in String::from_utf8_lossy(&o.stdout).lines().filter(|id| id.starts_with(&p)) {
+                    let _ = Command::new("runc").args(["delete", "-f", id]).output();
+                }
+            }
+            for dir in [std::env::temp_dir(), PathBuf::from("/tmp")] {
+                let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+                for e in rd.flatten() {
+                    if e.file_name().to_string_lossy().starts_with(&p) {
+                        let _ = std::fs::remove_dir_all(e.path()).or_else(|_| std::fs::remove_file(e.path()));
+                    }
+                }
+            }
+        })
+    });
+}
 
 /// Where cargo put the binaries (this test binary lives in target/<profile>/deps).
 pub fn bin(name: &str) -> PathBuf {
@@ -30,6 +91,7 @@ fn sh(script: &str) -> Output {
 
 /// A prefix unique to this test process, for container ids.
 pub fn prefix() -> String {
+    clean_up_at_exit();
     format!("dcx{}", std::process::id())
 }
 
@@ -75,6 +137,10 @@ pub struct ContainerOpts {
     /// uid/gid 1000 and only CAP_NET_BIND_SERVICE.
     pub unprivileged: bool,
     pub annotations: Vec<(String, String)>,
+    /// Edits `config.json` after the options above are applied.
+    pub tweak: Option<fn(&mut serde_json::Value)>,
+    /// Runs on the rootfs after it is made, before the container starts.
+    pub prepare: Option<fn(&Path)>,
 }
 
 /// A runc container, deleted on drop.
@@ -85,6 +151,11 @@ pub struct Container {
 
 impl Container {
     pub fn start(root: &Path, id: &str, o: &ContainerOpts) -> Container {
+        Container::try_start(root, id, o).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`Container::start`], but a container that runc refuses to run is an error (with runc's message).
+    pub fn try_start(root: &Path, id: &str, o: &ContainerOpts) -> Result<Container, String> {
         let bundle = root.join(id);
         let _ = std::fs::remove_dir_all(&bundle);
         std::fs::create_dir_all(&bundle).unwrap();
@@ -105,12 +176,23 @@ impl Container {
         let ann: serde_json::Map<String, serde_json::Value> =
             o.annotations.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
         cfg["annotations"] = ann.into();
+        if let Some(t) = o.tweak {
+            t(&mut cfg);
+        }
+        if let Some(p) = o.prepare {
+            p(&bundle.join("rootfs"));
+        }
         std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
-        Container::run_bundle(root, id, bundle)
+        Container::try_run_bundle(root, id, bundle)
     }
 
     /// `runc run -d` of a prepared bundle.
     pub fn run_bundle(root: &Path, id: &str, bundle: PathBuf) -> Container {
+        Container::try_run_bundle(root, id, bundle).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Container::run_bundle`] that returns runc's complaint instead of panicking.
+    pub fn try_run_bundle(root: &Path, id: &str, bundle: PathBuf) -> Result<Container, String> {
         // The detached init inherits runc's stdio: a pipe would never reach EOF, so errors go to a file.
         let err_path = root.join(format!("{id}.runc-err"));
         let err = std::fs::File::create(&err_path).unwrap();
@@ -123,8 +205,35 @@ impl Container {
             .stderr(err)
             .status()
             .unwrap();
-        assert!(st.success(), "runc run {id}: {}", std::fs::read_to_string(&err_path).unwrap_or_default());
-        Container { id: id.into(), bundle }
+        let c = Container { id: id.into(), bundle };
+        if !st.success() {
+            // Dropping `c` deletes what runc left and the bundle.
+            return Err(format!("runc run {id}: {}", std::fs::read_to_string(&err_path).unwrap_or_default()));
+        }
+        Ok(c)
+    }
+
+    /// The container's root filesystem, as seen from the host.
+    pub fn rootfs(&self) -> PathBuf {
+        self.bundle.join("rootfs")
+    }
+
+    /// Runs `runc exec ARGS... ID CMD...` (output captured, stdin empty).
+    pub fn runc_exec(&self, args: &[&str], cmd: &[&str]) -> Output {
+        run(Command::new("runc").arg("exec").args(args).arg(&self.id).args(cmd).stdin(Stdio::null()))
+    }
+
+    /// Starts `CMD` in the container in the background (`runc exec -d`).
+    pub fn runc_exec_detached(&self, cmd: &[&str]) {
+        let st = Command::new("runc")
+            .args(["exec", "-d", &self.id])
+            .args(cmd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "runc exec -d {} {cmd:?}", self.id);
     }
 
     pub fn init_pid(&self) -> i32 {
@@ -145,12 +254,19 @@ impl Drop for Container {
     }
 }
 
-/// A running agent with its generated set-up.
+/// A running agent with its generated set-up; killed on drop.
 pub struct Agent {
     pub dir: PathBuf,
     pub url: String,
     pub child: Child,
     pub admin_token: String,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 pub const ACL: &str = r#"
@@ -324,6 +440,15 @@ pub fn world() -> &'static World {
                 &ContainerOpts { unprivileged: true, ..Default::default() },
             );
             let agent = Agent::start(&root.join("agent"));
+            let agent_pid = agent.pid();
+            // Before the clean-up removes its directory (hooks run last-registered first).
+            at_exit(move || {
+                // SAFETY: kill and waitpid on our own child, which is never reaped before exit.
+                unsafe {
+                    libc::kill(agent_pid, libc::SIGKILL);
+                    libc::waitpid(agent_pid, std::ptr::null_mut(), 0);
+                }
+            });
             tx.send(World { root, agent, main, ro, app, main_task }).unwrap();
             loop {
                 std::thread::park();
@@ -364,4 +489,62 @@ pub fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(100));
     }
     f()
+}
+
+/// Adds CAP_SYS_PTRACE to all five capability sets of the process.
+pub fn add_sys_ptrace(cfg: &mut serde_json::Value) {
+    for set in ["bounding", "effective", "permitted", "ambient", "inheritable"] {
+        let caps = &mut cfg["process"]["capabilities"][set];
+        if !caps.is_array() {
+            *caps = serde_json::json!([]);
+        }
+        caps.as_array_mut().unwrap().push("CAP_SYS_PTRACE".into());
+    }
+}
+
+/// A seccomp filter that allows everything except mkdir/mkdirat (ENOSYS) and IPv6 sockets (EAFNOSUPPORT).
+pub fn add_seccomp(cfg: &mut serde_json::Value) {
+    cfg["linux"]["seccomp"] = serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "syscalls": [
+            {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38},
+            {"names": ["socket"], "action": "SCMP_ACT_ERRNO", "errnoRet": 97,
+             "args": [{"index": 0, "value": 10, "op": "SCMP_CMP_EQ"}]}
+        ]
+    });
+}
+
+/// `support/attacker.c` built with `gcc -static` (busybox has no ptrace tool), once per test process.
+pub fn attacker() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("{}-attacker", prefix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("attacker");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/attacker.c");
+        let o = run(Command::new("gcc").args(["-static", "-O2", "-Wall", "-o"]).arg(&out).arg(&src));
+        assert!(o.status.success(), "gcc -static {}: {}", src.display(), stderr(&o));
+        out
+    })
+    .clone()
+}
+
+/// A directory only the host has, under the host's /tmp, with a uniquely named file in it: a session that
+/// lists it or reads the file has escaped. Removed at exit.
+pub struct HostMarker {
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+pub fn host_marker() -> &'static HostMarker {
+    static M: OnceLock<HostMarker> = OnceLock::new();
+    M.get_or_init(|| {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let name = format!("{}-hostonly-{nanos:08x}", prefix());
+        let dir = Path::new("/tmp").join(&name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("inside"), "host-marker-file\n").unwrap();
+        HostMarker { name, dir }
+    })
 }

@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use crate::support::{bin, prefix, run, stderr, stdout, world, Agent, Container};
+use crate::support::{at_exit, bin, prefix, run, stderr, stdout, world, Agent, Container};
 use sha2::{Digest as _, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -546,6 +546,17 @@ pub fn fixture() -> &'static Fixture {
             );
             let agent = start_agent(&root.join("agent"), &images, DEBUG_ACL);
             let target = start_shell_less(&root, &format!("{}-noshell", prefix()));
+            // Before the clean-up removes their directories (hooks run last-registered first).
+            at_exit(|| {
+                if let Some(f) = FIXTURE.get() {
+                    f.registry.stop();
+                    // SAFETY: kill and waitpid on our own child, which is never reaped before exit.
+                    unsafe {
+                        libc::kill(f.agent.pid(), libc::SIGKILL);
+                        libc::waitpid(f.agent.pid(), std::ptr::null_mut(), 0);
+                    }
+                }
+            });
             tx.send(Fixture { root, pki, registry, agent, target, busybox_layout, busybox }).unwrap();
             loop {
                 std::thread::park();

@@ -1,0 +1,672 @@
+//! Attacks on the exec path, performed for real: a hostile client or a hostile container (root in it, with
+//! `CAP_SYS_PTRACE` where named) tries to reach the host through the session's working directory, the descriptors
+//! of the process that joins the container, the passwd and group lookups, uid/gid -1, `--cap-add`, and tries to
+//! run outside the container's seccomp filter. Each test names the attack it performs; the host is reached when
+//! a session lists the host-only marker directory under the host's /tmp or reads the agent's token-signing key.
+
+#[path = "support/registry.rs"]
+mod registry;
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+use support::*;
+
+/// `../` often enough to climb from any host directory to the host's `/` (and to stay at `/` inside).
+const UP: &str = "../../../../../../../../../../../../../../../";
+
+/// A container of this test process, dropped (deleted) by the caller.
+fn container(name: &str, o: &ContainerOpts) -> Container {
+    Container::start(&world().root, &format!("{}-{name}", prefix()), o)
+}
+
+fn with_ptrace() -> ContainerOpts {
+    ContainerOpts { tweak: Some(add_sys_ptrace), ..Default::default() }
+}
+
+/// Puts the attacker binary at `/attacker` in the container.
+fn install_attacker(c: &Container) {
+    let dst = c.rootfs().join("attacker");
+    std::fs::copy(attacker(), &dst).unwrap();
+    std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Lines of the signing key long enough not to appear by chance.
+fn key_lines(agent: &Agent) -> Vec<String> {
+    let key = std::fs::read_to_string(agent.dir.join("token-signing.key")).expect("the agent's signing key");
+    let lines: Vec<String> =
+        key.lines().filter(|l| l.len() >= 16 && !l.starts_with("-----")).map(str::to_string).collect();
+    assert!(!lines.is_empty(), "the key has a body");
+    lines
+}
+
+fn head(s: &str) -> String {
+    s.lines().take(12).collect::<Vec<_>>().join(" | ")
+}
+
+/// One `dcos task exec OPTS TASK sh -c PROBE`: the probe lists the host-only marker and reads the signing key
+/// through `..` from wherever its cwd is. Returns a description of what went wrong, if anything: the host was
+/// reached, or the session neither failed on its working directory (exit 125) nor ran inside the container.
+fn workdir_attack(agent: &Agent, task: &str, opts: &[&str], label: &str) -> Option<String> {
+    let m = host_marker();
+    let key = agent.dir.join("token-signing.key");
+    let probe = format!(
+        "echo PWD=$(pwd -P 2>&1); \
+         if [ \"$(stat -c %d:%i \"$(pwd -P)\" 2>/dev/null)\" = \"$(stat -c %d:%i .)\" ]; then echo CWD-INSIDE; fi; \
+         ls -a {UP}tmp {UP}tmp/{name} 2>&1; cat {UP}{key} 2>&1; ls -a {UP}tmp/{name} . .. 2>&1; true",
+        name = m.name,
+        key = key.display().to_string().trim_start_matches('/'),
+    );
+    let o = run(agent.dcos().args(["task", "exec"]).args(opts).args([task, "sh", "-c", &probe]));
+    let (out, err) = (stdout(&o), stderr(&o));
+    let reached_marker = out.contains(&m.name);
+    let read_key = key_lines(agent).iter().any(|l| out.contains(l.as_str()));
+    let refused = o.status.code() == Some(125) && err.contains("working directory");
+    let inside = out.contains("CWD-INSIDE");
+    if reached_marker || read_key || !(refused || inside) {
+        Some(format!(
+            "{label}: exit {:?}, host marker listed: {reached_marker}, signing key read: {read_key}, \
+             cwd inside: {inside}; stdout: {}; stderr: {}",
+            o.status.code(),
+            head(&out),
+            head(&err)
+        ))
+    } else {
+        None
+    }
+}
+
+/// The matrix of issue 7: as the container's root and as uid 1000, with and without a terminal.
+fn variants() -> Vec<(Vec<&'static str>, &'static str)> {
+    vec![
+        (vec![], "root"),
+        (vec!["-t"], "root -t"),
+        (vec!["-u", "1000"], "uid 1000"),
+        (vec!["-u", "1000", "-t"], "uid 1000 -t"),
+    ]
+}
+
+fn report(what: &str, failures: &[String], tried: usize) {
+    assert!(failures.is_empty(), "{what}: {} of {tried} sessions failed:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn workdir_through_proc_self_fd_never_reaches_the_host() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let c = container("fdcwd", &ContainerOpts::default());
+    let mut failures = Vec::new();
+    let mut tried = 0;
+    for n in 0..=24 {
+        let wd = format!("/proc/self/fd/{n}");
+        for (opts, who) in variants() {
+            let mut all = vec!["-w", wd.as_str()];
+            all.extend(opts);
+            tried += 1;
+            failures.extend(workdir_attack(&w.agent, &c.id, &all, &format!("-w {wd} as {who}")));
+        }
+    }
+    report("-w /proc/self/fd/N", &failures, tried);
+}
+
+/// Replaces `/app` in the container's root with a symlink to `target`, as the container's root can.
+fn plant(c: &Container, path: &str, target: &str) {
+    let p = c.rootfs().join(path.trim_start_matches('/'));
+    let _ = std::fs::remove_file(&p).or_else(|_| std::fs::remove_dir_all(&p));
+    std::os::unix::fs::symlink(target, &p).unwrap();
+}
+
+#[test]
+fn planted_symlink_workdir_never_reaches_the_host() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let c = container("symcwd", &ContainerOpts::default());
+    let mut failures = Vec::new();
+    let mut tried = 0;
+    for n in 0..=24 {
+        plant(&c, "/app", &format!("/proc/self/fd/{n}"));
+        for (opts, who) in variants() {
+            let mut all = vec!["-w", "/app"];
+            all.extend(opts);
+            tried += 1;
+            failures.extend(workdir_attack(&w.agent, &c.id, &all, &format!("-w /app -> /proc/self/fd/{n} as {who}")));
+        }
+    }
+    report("planted /app symlink", &failures, tried);
+}
+
+#[test]
+fn planted_symlink_as_the_config_cwd_never_reaches_the_host() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    // The container starts in a real /app, then replaces it with a symlink (runc itself followed it at start).
+    let c = container(
+        "cfgcwd",
+        &ContainerOpts {
+            tweak: Some(|cfg| cfg["process"]["cwd"] = "/app".into()),
+            prepare: Some(|r| std::fs::create_dir_all(r.join("app")).unwrap()),
+            ..Default::default()
+        },
+    );
+    let mut failures = Vec::new();
+    let mut tried = 0;
+    for n in 0..=24 {
+        plant(&c, "/app", &format!("/proc/self/fd/{n}"));
+        for (opts, who) in variants() {
+            tried += 1;
+            failures.extend(workdir_attack(
+                &w.agent,
+                &c.id,
+                &opts,
+                &format!("config cwd /app -> /proc/self/fd/{n} as {who}"),
+            ));
+        }
+    }
+    report("config.json cwd through a planted symlink", &failures, tried);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// uid and gid -1 (setresuid(-1) changes nothing: the process would stay root).
+
+/// Exit 125 with "out of range", and the command (`id`) never ran.
+fn refused_out_of_range(o: &Output, label: &str) -> Option<String> {
+    let (out, err) = (stdout(o), stderr(o));
+    if o.status.code() == Some(125) && err.contains("out of range") && !out.contains("uid=") {
+        None
+    } else {
+        Some(format!("{label}: exit {:?}, stdout: {}, stderr: {}", o.status.code(), head(&out), head(&err)))
+    }
+}
+
+#[test]
+fn uid_and_gid_minus_one_in_the_request_are_refused() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let mut failures = Vec::new();
+    let values = ["4294967295", "1000:4294967295", "4294967295:1000", "4294967296", "1000:4294967296", "2147483648"];
+    for u in values {
+        for tty in [false, true] {
+            let mut c = w.agent.dcos();
+            c.args(["task", "exec", "-u", u]);
+            if tty {
+                c.arg("-t");
+            }
+            let o = run(c.args([&w.main.id, "id"]));
+            failures.extend(refused_out_of_range(&o, &format!("-u {u}{}", if tty { " -t" } else { "" })));
+        }
+    }
+    report("-u with ids out of range", &failures, values.len() * 2);
+}
+
+#[test]
+fn uid_and_gid_minus_one_from_passwd_and_group_are_refused() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let c = container("bigids", &ContainerOpts::default());
+    let etc = c.rootfs().join("etc");
+    let mut passwd = std::fs::read_to_string(etc.join("passwd")).unwrap();
+    passwd.push_str("bigu:x:4294967295:1000:big:/:/bin/sh\nbigg:x:1000:4294967295:big:/:/bin/sh\n");
+    passwd.push_str("hugeu:x:4294967296:1000:huge:/:/bin/sh\n");
+    std::fs::write(etc.join("passwd"), passwd).unwrap();
+    let mut group = std::fs::read_to_string(etc.join("group")).unwrap();
+    group.push_str("biggrp:x:4294967295:\n");
+    std::fs::write(etc.join("group"), group).unwrap();
+    let mut failures = Vec::new();
+    let cases = ["bigu", "bigg", "hugeu", "1000:biggrp", "app:biggrp", "bigu:1000"];
+    for u in cases {
+        let o = run(w.agent.dcos().args(["task", "exec", "-u", u, &c.id, "id"]));
+        failures.extend(refused_out_of_range(&o, &format!("-u {u}")));
+    }
+    report("ids out of range from the container's passwd and group", &failures, cases.len());
+}
+
+#[test]
+fn uid_and_gid_minus_one_from_config_json_are_refused() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    type Tweak = fn(&mut serde_json::Value);
+    let cases: [(&str, Tweak); 3] = [
+        ("process.user.uid 4294967295", |cfg| cfg["process"]["user"]["uid"] = 4294967295u32.into()),
+        ("process.user.gid 4294967295", |cfg| cfg["process"]["user"]["gid"] = 4294967295u32.into()),
+        ("process.user.additionalGids [4294967295]", |cfg| {
+            cfg["process"]["user"]["additionalGids"] = serde_json::json!([2000, 4294967295u32])
+        }),
+    ];
+    let mut failures = Vec::new();
+    for (i, (what, tweak)) in cases.iter().enumerate() {
+        let id = format!("{}-cfgid{i}", prefix());
+        let started = Container::try_start(&w.root, &id, &ContainerOpts { tweak: Some(*tweak), ..Default::default() });
+        let c = match started {
+            Ok(c) => {
+                let o = c.runc_exec(&[], &["id"]);
+                note(&format!("runc ran a container with {what}; `runc exec id` in it: {}", stdout(&o).trim()));
+                c
+            }
+            Err(e) => {
+                // runc refuses it: start it plain and then write the value into the bundle's config.json, which
+                // the agent reads for every session (whoever writes the bundle, the agent must not trust it).
+                note(&format!(
+                    "runc refuses to run a container with {what} ({}); the value is written into \
+                     the running container's config.json instead",
+                    e.lines().last().unwrap_or_default().trim()
+                ));
+                let c = Container::start(&w.root, &id, &ContainerOpts::default());
+                let path = c.bundle.join("config.json");
+                let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+                tweak(&mut cfg);
+                std::fs::write(&path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+                c
+            }
+        };
+        for u in [None, Some("app"), Some("1000:1000")] {
+            let mut cmd = w.agent.dcos();
+            cmd.args(["task", "exec"]);
+            if let Some(u) = u {
+                cmd.args(["-u", u]);
+            }
+            let o = run(cmd.args([&c.id, "id"]));
+            match u {
+                // With the config's user in use, the value reaches the credentials: refused.
+                None => failures.extend(refused_out_of_range(&o, what)),
+                // additionalGids are kept with any -u: refused too; a replaced uid/gid is simply not used.
+                Some(u) if what.contains("additionalGids") => {
+                    failures.extend(refused_out_of_range(&o, &format!("{what} with -u {u}")))
+                }
+                Some(u) => {
+                    let out = stdout(&o);
+                    if out.contains("uid=0") || out.contains("gid=0") || out.contains("4294967295") {
+                        failures.push(format!("{what} with -u {u}: {}", head(&out)));
+                    }
+                }
+            }
+        }
+    }
+    report("ids out of range from config.json", &failures, cases.len() * 3);
+}
+
+/// Says something on the terminal that the report of this run needs (the harness captures print!).
+fn note(s: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "NOTE {}: {s}", std::thread::current().name().unwrap_or("?"));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// A container-planted /etc/passwd or /etc/group that points at a host file.
+
+/// Host-only passwd and group files (mode 0600) that define `hostonly` (4242:4343) and `hostgrp` (4343, with
+/// `app` as a member).
+fn host_account_files() -> (PathBuf, PathBuf) {
+    let dir = host_marker().dir.clone();
+    let passwd = dir.join("passwd");
+    let group = dir.join("group");
+    std::fs::write(&passwd, "hostonly:x:4242:4343:host only:/tmp:/bin/sh\n").unwrap();
+    std::fs::write(&group, "hostgrp:x:4343:app,hostonly\n").unwrap();
+    for f in [&passwd, &group] {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    (passwd, group)
+}
+
+/// Points the container's /etc/`file` (passwd or group) at `target`, runs the lookups that would use an entry of
+/// the host files, and reports any session that got one of their ids.
+fn lookups_through(agent: &Agent, c: &Container, file: &str, target: &str, failures: &mut Vec<String>) {
+    let etc = c.rootfs().join("etc");
+    let original = std::fs::read(etc.join(format!("{file}.orig"))).unwrap_or_else(|_| {
+        let o = std::fs::read(etc.join(file)).unwrap();
+        std::fs::write(etc.join(format!("{file}.orig")), &o).unwrap();
+        o
+    });
+    plant(c, &format!("/etc/{file}"), target);
+    let users: &[&str] = if file == "passwd" { &["hostonly"] } else { &["1000:hostgrp", "app"] };
+    for user in users {
+        let o = run(agent.dcos().args(["task", "exec", "-u", user, &c.id, "sh", "-c", "id -u; id -g; id -G"]));
+        let out = stdout(&o);
+        if out.contains("4242") || out.contains("4343") {
+            failures.push(format!("/etc/{file} -> {target}, -u {user}: got a host id: {}", head(&out)));
+        }
+    }
+    std::fs::remove_file(etc.join(file)).unwrap();
+    std::fs::write(etc.join(file), original).unwrap();
+}
+
+/// Where a symlink could lead from a directory descriptor of the host (its /proc, its /, or anything else).
+fn through_dir(base: &str, host_file: &Path, agent_pid: i32) -> Vec<String> {
+    let h = host_file.display().to_string();
+    let rel = h.trim_start_matches('/');
+    vec![format!("{base}/1/root{h}"), format!("{base}/{agent_pid}/root{h}"), format!("{base}/{UP}{rel}")]
+}
+
+#[test]
+fn planted_passwd_and_group_symlinks_never_read_host_files() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let (passwd, group) = host_account_files();
+    let c = container("pwlink", &ContainerOpts::default());
+    let agent_pid = w.agent.pid();
+    let mut failures = Vec::new();
+    let mut tried = 0;
+    for (file, host) in [("passwd", &passwd), ("group", &group)] {
+        let h = host.display().to_string();
+        let rel = h.trim_start_matches('/').to_string();
+        let mut t = vec![
+            h.clone(),
+            format!("/proc/1/root/{UP}{rel}"),
+            format!("/proc/1/root{h}"),
+            format!("/proc/1/cwd/{UP}{rel}"),
+            format!("/proc/self/root/{UP}{rel}"),
+            format!("/proc/self/cwd/{UP}{rel}"),
+            format!("/proc/thread-self/cwd/{UP}{rel}"),
+            format!("../../../../../../..{h}"),
+        ];
+        for n in 0..=24 {
+            t.extend(through_dir(&format!("/proc/self/fd/{n}"), host, agent_pid));
+        }
+        // An absolute chain: /etc/FILE -> /etc/chain1 -> /etc/chain2 -> the host file.
+        plant(&c, "/etc/chain2", &h);
+        plant(&c, "/etc/chain1", "/etc/chain2");
+        t.push("/etc/chain1".into());
+        for target in &t {
+            tried += 1;
+            lookups_through(&w.agent, &c, file, target, &mut failures);
+        }
+    }
+    report("planted passwd/group symlinks", &failures, tried);
+}
+
+/// Waits for `path` to exist (and be non-empty) for up to `secs`.
+fn wait_file(path: &Path, secs: u64) -> Option<String> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if let Ok(s) = std::fs::read_to_string(path) {
+            if !s.is_empty() {
+                return Some(s);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+#[test]
+fn stopped_child_does_not_lend_its_descriptors_to_passwd_lookups() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let (passwd, group) = host_account_files();
+    // No extra capability: the container's root can SIGSTOP the new process and point symlinks through it.
+    let c = container("stopped", &ContainerOpts::default());
+    install_attacker(&c);
+    let hold = c.rootfs().join("tmp/hold");
+    std::fs::create_dir_all(&hold).unwrap();
+    c.runc_exec_detached(&["/attacker", "hold", "/tmp/hold", "true"]);
+    std::thread::sleep(Duration::from_millis(200));
+    // Sessions until one is caught before its execve.
+    let mut held_session = None;
+    for _ in 0..200 {
+        let child = w
+            .agent
+            .dcos()
+            .args(["task", "exec", &c.id, "true"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut child = Some(child);
+        while Instant::now() < deadline {
+            if hold.join("held").exists() {
+                held_session = child.take();
+                break;
+            }
+            if let Some(Ok(Some(_))) = child.as_mut().map(|c| c.try_wait()) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if let Some(mut ch) = child {
+            let _ = ch.wait();
+        }
+        if held_session.is_some() {
+            break;
+        }
+    }
+    let held = std::fs::read_to_string(hold.join("held")).expect("a session's process was stopped before execve");
+    let pid: i32 = held.split_whitespace().next().unwrap().parse().unwrap();
+    let fds = std::fs::read_to_string(hold.join("fds")).unwrap_or_default();
+    note(&format!("held pid {pid} ({}) with fd links: {}", held.trim(), fds.lines().collect::<Vec<_>>().join(", ")));
+    let mut failures = Vec::new();
+    let mut tried = 0;
+    for (file, host) in [("passwd", &passwd), ("group", &group)] {
+        let h = host.display().to_string();
+        let rel = h.trim_start_matches('/').to_string();
+        let mut targets = vec![
+            format!("/proc/{pid}/cwd/{UP}{rel}"),
+            format!("/proc/{pid}/root/{UP}{rel}"),
+            format!("/proc/{pid}/root{h}"),
+        ];
+        for n in 0..=24 {
+            targets.extend(through_dir(&format!("/proc/{pid}/fd/{n}"), host, w.agent.pid()));
+        }
+        for t in &targets {
+            tried += 1;
+            lookups_through(&w.agent, &c, file, t, &mut failures);
+        }
+    }
+    std::fs::write(hold.join("release"), "").unwrap();
+    let o = held_session.unwrap().wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "the held session finishes once released: {}", stderr(&o));
+    report("passwd/group through a stopped session process", &failures, tried);
+}
+
+/// Runs `attacker MODE` in `c`, then `sessions` × `dcos task exec C true`; returns the exit codes seen (code ->
+/// count) and the attacker's log.
+fn race(c: &Container, mode: &str, sessions: usize) -> (std::collections::BTreeMap<Option<i32>, usize>, String) {
+    let w = world();
+    install_attacker(c);
+    let log = c.rootfs().join(format!("tmp/{mode}.log"));
+    c.runc_exec_detached(&["/attacker", mode, &format!("/tmp/{mode}.log"), &host_marker().name]);
+    assert!(wait_file(&log, 10).is_some(), "the attacker started");
+    let mut codes = std::collections::BTreeMap::new();
+    let mut odd = Vec::new();
+    for i in 0..sessions {
+        let o = run(w.agent.dcos().args(["task", "exec", &c.id, "true"]));
+        *codes.entry(o.status.code()).or_insert(0) += 1;
+        if o.status.code() != Some(0) && odd.len() < 5 {
+            odd.push(format!("session {i}: exit {:?}: {}", o.status.code(), head(&stderr(&o))));
+        }
+    }
+    std::fs::write(log.with_extension("log.stop"), "").unwrap();
+    // Its log is complete once it says DONE.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut text = String::new();
+    while Instant::now() < deadline {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("\nDONE") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if !odd.is_empty() {
+        note(&format!("{mode}: failed sessions: {}", odd.join("; ")));
+    }
+    (codes, text)
+}
+
+/// Counts of what the attacker obtained, by how and type, and the lines that show an escape.
+fn grabbed(log: &str) -> (std::collections::BTreeMap<String, usize>, Vec<String>) {
+    let mut counts = std::collections::BTreeMap::new();
+    let mut bad = Vec::new();
+    for l in log.lines() {
+        if let Some(rest) = l.strip_prefix("GOT ") {
+            let how = rest.split_whitespace().next().unwrap_or("?");
+            let ty = rest.split_whitespace().find_map(|f| f.strip_prefix("type=")).unwrap_or("?");
+            *counts.entry(format!("{how} {ty}")).or_insert(0) += 1;
+            if ty == "dir" || ty == "reg" {
+                bad.push(l.to_string());
+            }
+        } else if l.starts_with("ESCAPE") || l.starts_with("SEIZED") || l.starts_with("FORGED") {
+            let k = l.split_whitespace().next().unwrap().to_string();
+            *counts.entry(k).or_insert(0) += 1;
+            if l.starts_with("ESCAPE") {
+                bad.push(l.to_string());
+            }
+        }
+    }
+    bad.dedup();
+    if bad.len() > 30 {
+        let n = bad.len();
+        bad.truncate(30);
+        bad.push(format!("... {n} lines in all"));
+    }
+    (counts, bad)
+}
+
+#[test]
+fn ptrace_race_on_new_processes_reaches_nothing_of_the_host() {
+    if skip() {
+        return;
+    }
+    let c = container("ptrace", &with_ptrace());
+    let o = c.runc_exec(&[], &["grep", "CapEff", "/proc/self/status"]);
+    let eff = u64::from_str_radix(stdout(&o).split_whitespace().last().unwrap_or("0"), 16).unwrap();
+    assert!(eff & (1 << 19) != 0, "CAP_SYS_PTRACE (bit 19) in the container: {}", stdout(&o));
+    let (codes, log) = race(&c, "grab", 1000);
+    let (counts, bad) = grabbed(&log);
+    note(&format!("1000 sessions under a ptrace racer: exit codes {codes:?}; attacker obtained {counts:?}"));
+    assert!(
+        codes.get(&Some(0)) == Some(&1000) && bad.is_empty(),
+        "every session exits 0 (no status forged): {codes:?}; the racer obtained {counts:?}; host directories or \
+         files reached:\n{}",
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn stopped_new_processes_hold_no_host_directory_or_file() {
+    if skip() {
+        return;
+    }
+    let c = container("stopper", &with_ptrace());
+    let (codes, log) = race(&c, "stop", 300);
+    let (counts, bad) = grabbed(&log);
+    let links: std::collections::BTreeSet<String> = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("LINK "))
+        .filter_map(|l| l.split_once(' ').and_then(|(_, r)| r.split_once(' ')).map(|(_, link)| link.to_string()))
+        // pipe:[1234] -> pipe:[]
+        .map(|l| match l.split_once('[') {
+            Some((kind, _)) => format!("{kind}[]"),
+            None => l,
+        })
+        .collect();
+    note(&format!("300 sessions, each new pid stopped and listed: exit codes {codes:?}; {counts:?}; links {links:?}"));
+    assert!(
+        codes.get(&Some(0)) == Some(&300) && bad.is_empty(),
+        "exit codes {codes:?}; a stopped session process held host directories or files:\n{}",
+        bad.join("\n")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Seccomp: the container's filter applies to exec'd processes exactly as `runc exec` applies it.
+
+const SECCOMP_PROBE: &str =
+    "rmdir /tmp/x 2>/dev/null; mkdir /tmp/x 2>&1; echo mkdir=$?; A/attacker socket 2; A/attacker socket 10; \
+                             grep '^Seccomp:' /proc/self/status";
+
+#[test]
+fn seccomp_filter_of_the_container_denies_in_exec_as_in_runc_exec() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let c = container("seccomp", &ContainerOpts { tweak: Some(add_seccomp), ..Default::default() });
+    install_attacker(&c);
+    let probe = SECCOMP_PROBE.replace("A/", "/");
+    let theirs = c.runc_exec(&[], &["sh", "-c", &probe]);
+    let ours = w.agent.sh(&c.id, &probe);
+    let want = [
+        "Function not implemented",
+        "mkdir=1",
+        "socket 2: ok",
+        "socket 10: Address family not supported",
+        "Seccomp:\t2",
+    ];
+    for s in want {
+        assert!(stdout(&theirs).contains(s), "runc exec shows {s:?}: {}", stdout(&theirs));
+    }
+    assert_eq!(stdout(&ours), stdout(&theirs), "dcos task exec shows what runc exec shows ({})", stderr(&ours));
+    // With -u and a terminal too.
+    let o = run(w.agent.dcos().args(["task", "exec", "-t", "-u", "1000", &c.id, "sh", "-c", &probe]));
+    let out = stdout(&o).replace('\r', "");
+    for s in want {
+        assert!(out.contains(s), "-t -u 1000: {s:?}: {out}");
+    }
+}
+
+#[test]
+fn debug_session_gets_the_seccomp_filter_of_the_container() {
+    if skip() {
+        return;
+    }
+    let f = registry::fixture();
+    let c = container("seccompdbg", &ContainerOpts { tweak: Some(add_seccomp), ..Default::default() });
+    install_attacker(&c);
+    let probe = SECCOMP_PROBE.replace("A/", "/target/");
+    let theirs = c.runc_exec(&[], &["sh", "-c", &SECCOMP_PROBE.replace("A/", "/")]);
+    let o = f.debug(&f.busybox, &[], &c.id, &["sh", "-c", &probe]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), stdout(&theirs), "the debug session is filtered like runc exec");
+    // --cap-add does not lift the filter.
+    let o = f.debug(&f.busybox, &["--cap-add", "SYS_PTRACE"], &c.id, &["sh", "-c", &probe]);
+    assert_eq!(stdout(&o), stdout(&theirs), "{}", stderr(&o));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// --cap-add: only the configured allowlist.
+
+#[test]
+fn debug_cap_add_of_host_root_capabilities_is_refused() {
+    if skip() {
+        return;
+    }
+    let f = registry::fixture();
+    let w = world();
+    let mut failures = Vec::new();
+    for cap in ["SYS_ADMIN", "MKNOD", "DAC_READ_SEARCH", "SYS_MODULE", "CAP_SYS_ADMIN"] {
+        let o = f.debug(&f.busybox, &["--cap-add", cap], &w.main.id, &["grep", "CapEff", "/proc/self/status"]);
+        let err = stderr(&o);
+        let names_allowlist = err.contains("cap_add_allowed") || err.to_lowercase().contains("allowlist");
+        if o.status.code() != Some(118) || !names_allowlist || !stdout(&o).is_empty() {
+            failures.push(format!(
+                "--cap-add {cap}: exit {:?}, stdout {}, stderr {}",
+                o.status.code(),
+                head(&stdout(&o)),
+                head(&err)
+            ));
+        }
+    }
+    // SYS_PTRACE is on the default allowlist and still works (bit 19).
+    let o = f.debug(&f.busybox, &["--cap-add", "SYS_PTRACE"], &w.main.id, &["grep", "CapEff", "/proc/self/status"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let eff = u64::from_str_radix(stdout(&o).split_whitespace().last().unwrap(), 16).unwrap();
+    assert!(eff & (1 << 19) != 0, "{}", stdout(&o));
+    report("--cap-add outside the allowlist", &failures, 5);
+}
