@@ -209,3 +209,37 @@ fn sigterm_hangs_up_sessions_audits_them_and_exits_within_the_grace() {
     );
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[test]
+fn a_session_cut_short_by_an_agent_crash_leaves_its_start_record_and_no_process() {
+    let w = world();
+    let root = std::env::temp_dir().join(format!("{}-crash", prefix()));
+    let mut agent = Agent::start(&root.join("agent"));
+    let mut c = agent
+        .dcos()
+        .args(["task", "exec", &w.main.id, "sh", "-c", "echo up; exec sleep 5353"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 3];
+    std::io::Read::read_exact(c.stdout.as_mut().unwrap(), &mut buf).unwrap();
+    assert_eq!(host_processes("sleep 5353"), 1);
+    // No chance to clean up: SIGKILL.
+    agent.child.kill().unwrap();
+    agent.child.wait().unwrap();
+    let out = c.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(121), "session lost: {}", stderr(&out));
+    let recs = agent.audit();
+    let start = recs
+        .iter()
+        .find(|r| r["event"] == "session_start" && r["command"][2] == "echo up; exec sleep 5353")
+        .unwrap_or_else(|| panic!("no start record: {recs:?}"));
+    assert_eq!(start["user"], "admin");
+    assert_eq!(start["container"], w.main.id.as_str());
+    assert!(start["time"].as_str().is_some() && start["session"].as_str().is_some());
+    assert!(!recs.iter().any(|r| r["event"] == "session_end"), "a killed agent writes nothing more");
+    // The helper saw its control pipe close, as when a client is lost: SIGHUP.
+    assert!(eventually(10, || host_processes("sleep 5353") == 0), "the session's process is gone");
+    let _ = std::fs::remove_dir_all(&root);
+}
