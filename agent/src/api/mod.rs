@@ -41,7 +41,7 @@ pub struct Caller<'a> {
 }
 
 /// Dispatches one request of a connection.
-pub async fn route(agent: Arc<Agent>, caller: Caller<'_>, req: Request<Incoming>) -> Response<Body> {
+pub fn route(agent: Arc<Agent>, caller: Caller<'_>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     if req.method() != http::Method::GET {
         return bad_request("only GET is supported");
@@ -53,7 +53,7 @@ pub async fn route(agent: Arc<Agent>, caller: Caller<'_>, req: Request<Incoming>
     match segs.as_slice() {
         ["v1", "tasks"] => list(&agent, &caller, &req),
         ["v1", "tasks", task, "exec"] => match parse::task_segment(task) {
-            Ok(task) => exec(agent, &caller, req, task).await,
+            Ok(task) => exec(agent, &caller, req, task),
             Err(e) => Refusal::from(e).response(),
         },
         _ => bad_request(&format!("no such endpoint: {path}")),
@@ -124,19 +124,18 @@ fn list(agent: &Agent, caller: &Caller<'_>, req: &Request<Incoming>) -> Response
 }
 
 /// `GET /v1/tasks/{task}/exec`: authenticate, parse, authorize, upgrade; the first refusal ends it.
-async fn exec(agent: Arc<Agent>, caller: &Caller<'_>, req: Request<Incoming>, task: String) -> Response<Body> {
+fn exec(agent: Arc<Agent>, caller: &Caller<'_>, req: Request<Incoming>, task: String) -> Response<Body> {
     let path = req.uri().path().to_string();
     let claims = match agent.authenticate(caller, &req) {
         Ok(c) => c,
         Err(r) => return r.response(),
     };
-    let admitted = parse::exec_request(task.clone(), req.headers()).map_err(Refusal::from).and_then(|params| {
+    let steps = |req: Request<Incoming>| -> Result<Response<Body>, Refusal> {
+        let params = parse::exec_request(task.clone(), req.headers())?;
         let container = authorize::exec(&agent.acl, |t| agent.discovery.resolve(t), &claims, &params)?;
-        Ok((params, container))
-    });
-    let result =
-        admitted.and_then(|(params, container)| upgrade::exec(&agent, caller.peer, req, &claims, params, container));
-    result.unwrap_or_else(|r| {
+        upgrade::exec(&agent, caller.peer, req, &claims, params, container)
+    };
+    steps(req).unwrap_or_else(|r| {
         agent.audit_refusal(caller.peer, &path, Some(&claims.sub), Some(&task), &r);
         r.response()
     })
