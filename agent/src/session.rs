@@ -310,6 +310,20 @@ async fn start(agent: &Agent, ctx: &Context, image: Option<&PulledImage>) -> Res
             }
         }
     });
+
+    /// The helper's next event line; `None` once its event pipe is closed.
+    async fn next_event<R: tokio::io::AsyncBufRead + Unpin>(lines: &mut tokio::io::Lines<R>) -> Option<HelperEvent> {
+        loop {
+            match lines.next_line().await {
+                Ok(Some(l)) => match serde_json::from_str(&l) {
+                    Ok(ev) => return Some(ev),
+                    Err(e) => tracing::warn!("bad helper event: {e}"),
+                },
+                _ => return None,
+            }
+        }
+    }
+
     // Events: `started` once, then the final status; the helper is reaped after its last word.
     let (started_tx, started_rx) = oneshot::channel();
     let (mut child, events) = (sp.child, sp.events);
@@ -356,18 +370,6 @@ async fn start(agent: &Agent, ctx: &Context, image: Option<&PulledImage>) -> Res
         stdin = None;
     }
     Ok(Running { pid, stdin, outputs, master, signals, exit })
-}
-
-async fn next_event<R: tokio::io::AsyncBufRead + Unpin>(lines: &mut tokio::io::Lines<R>) -> Option<HelperEvent> {
-    loop {
-        match lines.next_line().await {
-            Ok(Some(l)) => match serde_json::from_str(&l) {
-                Ok(ev) => return Some(ev),
-                Err(e) => tracing::warn!("bad helper event: {e}"),
-            },
-            _ => return None,
-        }
-    }
 }
 
 /// How the wire step ended.
