@@ -15,7 +15,7 @@ use crate::audit::DenialRecord;
 use crate::auth::Claims;
 use crate::limits::Pending;
 use crate::server::Agent;
-use dcos_exec_proto::{ErrorCode, TaskInfo};
+use dcos_exec_proto::TaskInfo;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -44,7 +44,7 @@ pub struct Caller<'a> {
 pub fn route(agent: Arc<Agent>, caller: Caller<'_>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     if req.method() != http::Method::GET {
-        return bad_request("only GET is supported");
+        return Refusal::from(parse::ParseError::Method).response();
     }
     if path == "/healthz" {
         return json_response(StatusCode::OK, &serde_json::json!({"ok": true}));
@@ -56,13 +56,9 @@ pub fn route(agent: Arc<Agent>, caller: Caller<'_>, req: Request<Incoming>) -> R
             Ok(task) => exec(agent, &caller, req, task),
             Err(e) => Refusal::from(e).response(),
         },
-        _ => bad_request(&format!("no such endpoint: {path}")),
+        // Not a request of the API at all: never audited, there is no user yet.
+        _ => Refusal::from(parse::ParseError::NoEndpoint(path)).response(),
     }
-}
-
-/// A refusal of something that is not a request of the API at all (never audited: there is no user yet).
-fn bad_request(message: &str) -> Response<Body> {
-    Refusal { code: ErrorCode::BadRequest, message: message.into() }.response()
 }
 
 impl Agent {
