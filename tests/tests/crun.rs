@@ -59,7 +59,7 @@ fn crun_world() -> &'static CrunWorld {
             let app = CrunContainer::start(
                 &root,
                 &format!("{p}-crun-app"),
-                &ContainerOpts { unprivileged: true, ..Default::default() },
+                &ContainerOpts { unprivileged: true, tweak: Some(add_seccomp), ..Default::default() },
             );
             let layout = root.join("layouts/busybox");
             std::fs::create_dir_all(layout.parent().unwrap()).unwrap();
@@ -281,6 +281,28 @@ fn user_env_and_workdir_from_the_bundle_and_the_flags() {
     assert_ne!(o.status.code(), Some(0), "{}", stdout(&o));
 }
 
+#[test]
+fn seccomp_filter_of_the_crun_container_applies_as_in_crun_exec() {
+    if skip() {
+        return;
+    }
+    let w = crun_world();
+    // `app` denies mkdir with ENOSYS and IPv6 sockets with EAFNOSUPPORT (support::add_seccomp).
+    let script = "mkdir /tmp/d$$ 2>&1; echo rc=$?; grep Seccomp: /proc/self/status";
+    let ours = ok(&w.agent.sh(&w.app.id, script));
+    assert!(ours.contains("Function not implemented\nrc=1\nSeccomp:\t2\n"), "{ours}");
+    let o = w.app.crun_exec(&["--no-new-privs"], &["sh", "-c", script]);
+    assert_eq!(o.status.code(), Some(0), "crun exec: {}", stderr(&o));
+    assert_eq!(
+        stdout(&o).replace(char::is_numeric, "#"),
+        ours.replace(char::is_numeric, "#"),
+        "crun exec: {}",
+        stdout(&o)
+    );
+    // Without a filter in its config, the root container's sessions are not filtered.
+    assert_eq!(ok(&w.agent.sh(&w.main.id, "grep Seccomp: /proc/self/status")), "Seccomp:\t0\n");
+}
+
 /// `name link` lines for every namespace of /proc/self, then `---`, then those of /proc/1, then the cgroups.
 const NS_AND_CGROUPS: &str = "for n in cgroup ipc mnt net pid time user uts; do echo $n $(readlink /proc/self/ns/$n); \
                               done; echo ---; for n in cgroup ipc mnt net pid time user uts; do \
@@ -409,9 +431,19 @@ fn created_but_not_started_crun_container_is_not_running() {
     let bundle = w.root.join(&id);
     let _ = std::fs::remove_dir_all(&bundle);
     copy_bundle(&w.main.bundle, &bundle);
-    let o = run(crun_creating().args(["create", "--bundle"]).arg(&bundle).arg(&id).stdin(Stdio::null()));
+    // The waiting init inherits crun's stdio: a pipe would never reach EOF, so errors go to a file.
+    let err_path = w.root.join(format!("{id}.crun-err"));
+    let st = crun_creating()
+        .args(["create", "--bundle"])
+        .arg(&bundle)
+        .arg(&id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .status()
+        .unwrap();
     let created = CrunContainer { id: id.clone(), bundle };
-    assert_eq!(o.status.code(), Some(0), "crun create: {}", stderr(&o));
+    assert!(st.success(), "crun create: {}", std::fs::read_to_string(&err_path).unwrap_or_default());
     assert_eq!(created.state()["status"], "created");
     assert!(Path::new("/run/crun").join(&id).join("exec.fifo").exists());
     let v: Vec<serde_json::Value> =

@@ -65,6 +65,7 @@ pub fn remove_stale_crun_containers() {
         };
         if !Path::new(&format!("/proc/{pid}")).exists() {
             let _ = Command::new("crun").args(["delete", "-f", id]).output();
+            let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("dcx{pid}-crun")));
         }
     }
 }
