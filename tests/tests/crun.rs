@@ -300,7 +300,7 @@ fn seccomp_filter_of_the_crun_container_applies_as_in_crun_exec() {
     let script = "mkdir /tmp/d$$ 2>&1; echo rc=$?; grep Seccomp: /proc/self/status";
     let ours = ok(&w.agent.sh(&w.app.id, script));
     assert!(ours.contains("Function not implemented\nrc=1\nSeccomp:\t2\n"), "{ours}");
-    let o = w.app.crun_exec(&["--no-new-privs"], &["sh", "-c", script]);
+    let o = w.app.crun_exec_as_configured(&["sh", "-c", script]);
     assert_eq!(o.status.code(), Some(0), "crun exec: {}", stderr(&o));
     assert_eq!(
         stdout(&o).replace(char::is_numeric, "#"),
@@ -312,11 +312,13 @@ fn seccomp_filter_of_the_crun_container_applies_as_in_crun_exec() {
     assert_eq!(ok(&w.agent.sh(&w.main.id, "grep Seccomp: /proc/self/status")), "Seccomp:\t0\n");
 }
 
-/// `name link` lines for every namespace of /proc/self, then `---`, then those of /proc/1, then the cgroups.
+/// `name link` lines for every namespace of /proc/self, then those of /proc/1, the cgroups of both, the
+/// capabilities, no_new_privs and seccomp mode, then the open-files limit, umask, oom_score_adj and ids.
 const NS_AND_CGROUPS: &str = "for n in cgroup ipc mnt net pid time user uts; do echo $n $(readlink /proc/self/ns/$n); \
                               done; echo ---; for n in cgroup ipc mnt net pid time user uts; do \
                               echo $n $(readlink /proc/1/ns/$n); done; echo ---; cat /proc/self/cgroup; echo ---; \
-                              cat /proc/1/cgroup; echo ---; grep -E '^(Cap|NoNewPrivs|Seccomp:)' /proc/self/status";
+                              cat /proc/1/cgroup; echo ---; grep -E '^(Cap|NoNewPrivs|Seccomp:)' /proc/self/status; \
+                              echo ---; ulimit -n; umask; cat /proc/self/oom_score_adj; id";
 
 #[test]
 fn process_joins_every_namespace_and_cgroup_of_the_init_as_crun_exec_does() {
@@ -327,7 +329,9 @@ fn process_joins_every_namespace_and_cgroup_of_the_init_as_crun_exec_does() {
     let init = w.main.init_pid();
     let out = ok(&w.agent.sh(&w.main.id, NS_AND_CGROUPS));
     let parts: Vec<&str> = out.split("---\n").collect();
-    assert_eq!(parts.len(), 5, "{out}");
+    assert_eq!(parts.len(), 6, "{out}");
+    // The rlimit of `crun spec`'s config (the agent's own limit is raised to the hard one), umask, root.
+    assert_eq!(parts[5], "1024\n0022\n0\nuid=0(root) gid=0(root)\n");
     assert_eq!(parts[0], parts[1], "namespaces of the session and of the init, from inside");
     assert_eq!(parts[0].lines().count(), 8, "{out}");
     for line in parts[0].lines() {
@@ -353,12 +357,16 @@ fn process_joins_every_namespace_and_cgroup_of_the_init_as_crun_exec_does() {
     let init_status = std::fs::read_to_string(format!("/proc/{init}/status")).unwrap();
     assert!(init_status.contains("NoNewPrivs:\t1") && parts[4].contains("NoNewPrivs:\t1"), "{}", parts[4]);
 
-    // `crun exec` gives its process the same namespaces, cgroups, capabilities, no_new_privs and seccomp mode. It
-    // needs `--no-new-privs` for the config's value: crun 1.8's exec leaves it off otherwise (runc exec and
-    // docker exec take it from the config, as the agent does).
-    let o = w.main.crun_exec(&["--no-new-privs"], &["sh", "-c", NS_AND_CGROUPS]);
+    // `crun exec` with the container's process spec gives its process the same of everything above.
+    let o = w.main.crun_exec_as_configured(&["sh", "-c", NS_AND_CGROUPS]);
     assert_eq!(o.status.code(), Some(0), "crun exec: {}", stderr(&o));
-    assert_eq!(stdout(&o), out, "dcos task exec and crun exec");
+    assert_eq!(stdout(&o), out, "dcos task exec and crun exec --process");
+    // Plain `crun exec ID CMD` (crun 1.8) leaves out the config's no_new_privs and rlimits; runc exec, docker exec
+    // and the agent apply them. The rest is the same.
+    let o = w.main.crun_exec(&[], &["sh", "-c", NS_AND_CGROUPS]);
+    let plain = stdout(&o);
+    let plain: Vec<&str> = plain.split("---\n").collect();
+    assert_eq!(plain[..4], parts[..4], "plain crun exec: {}", stdout(&o));
 }
 
 #[test]

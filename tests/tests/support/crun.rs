@@ -150,6 +150,21 @@ impl CrunContainer {
         run(Command::new("crun").arg("exec").args(args).arg(&self.id).args(cmd).stdin(Stdio::null()))
     }
 
+    /// `crun exec --process FILE ID` with the container's own `process` from its `config.json` and `args`, as
+    /// containerd and podman call it: unlike plain `crun exec ID CMD` (crun 1.8), it applies the config's
+    /// `noNewPrivileges` and `rlimits`.
+    pub fn crun_exec_as_configured(&self, args: &[&str]) -> Output {
+        let cfg: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(self.bundle.join("config.json")).unwrap()).unwrap();
+        let mut process = cfg["process"].clone();
+        process["args"] = serde_json::json!(args);
+        process["terminal"] = false.into();
+        let file = self.bundle.join("exec-process.json");
+        std::fs::write(&file, serde_json::to_vec(&process).unwrap()).unwrap();
+        let mut c = Command::new("crun");
+        run(c.args(["exec", "--process"]).arg(&file).arg(&self.id).stdin(Stdio::null()))
+    }
+
     pub fn kill(&self) {
         let o = run(Command::new("crun").args(["kill", &self.id, "KILL"]));
         assert!(o.status.success(), "crun kill {}: {}", self.id, String::from_utf8_lossy(&o.stderr));
