@@ -438,7 +438,6 @@ fn killed_crun_container_ends_the_session_and_is_refused_with_120() {
 
 /// A container that `crun create` made but nobody started yet holds crun's `exec.fifo`: it is not running.
 #[test]
-#[ignore = "needs the crun created-state check in runtime discovery (exec.fifo, as for runc)"]
 fn created_but_not_started_crun_container_is_not_running() {
     if skip() {
         return;
