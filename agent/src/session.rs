@@ -6,7 +6,7 @@
 mod flow;
 mod pty;
 
-use crate::audit::{SessionRecord, SessionStartRecord};
+use crate::audit::{SessionInfo, SessionRecord, SessionStartRecord};
 use crate::exec::{self, ExecError};
 use crate::limits::SessionSlot;
 use crate::server::Agent;
@@ -131,10 +131,7 @@ where
     let id = new_session_id();
     let start = crate::audit::now();
     tracing::info!(session = %id, user = %ctx.user, task = %ctx.task, "session start");
-    agent.audit.session_start(&SessionStartRecord {
-        event: "session_start",
-        session: id.clone(),
-        time: start.clone(),
+    let info = SessionInfo {
         user: ctx.user.clone(),
         source: ctx.source.clone(),
         task: ctx.task.clone(),
@@ -144,6 +141,12 @@ where
         stdin: ctx.request.stdin,
         run_as: ctx.request.user.clone(),
         image: ctx.image.as_ref().map(|r| r.to_string()),
+    };
+    agent.audit.session_start(&SessionStartRecord {
+        event: "session_start",
+        session: id.clone(),
+        time: start.clone(),
+        info: info.clone(),
     });
 
     let counters = Counters::default();
@@ -156,16 +159,8 @@ where
     agent.audit.session(&SessionRecord {
         event: "session_end",
         session: id,
-        user: ctx.user,
-        source: ctx.source,
-        task: ctx.task,
-        container: ctx.container.id,
-        image: image.as_ref().map(|(r, _): &(String, String)| r.clone()),
+        info: SessionInfo { image: image.as_ref().map(|(r, _): &(String, String)| r.clone()), ..info },
         image_digest: image.map(|(_, d)| d),
-        command: ctx.request.command,
-        tty: ctx.request.tty,
-        stdin: ctx.request.stdin,
-        run_as: ctx.request.user,
         start,
         end: crate::audit::now(),
         status,
