@@ -56,10 +56,10 @@ impl CapSets {
     /// The `capset(2)` payload (version 3: two 32-bit words per set), capabilities above `last_cap` dropped.
     pub fn data(&self, last_cap: u32) -> [CapData; 2] {
         let mut d = [CapData::default(); 2];
-        let bits = |set: &[u32], word: usize| {
-            set.iter().filter(|&&c| c <= last_cap && c / 32 == word as u32).fold(0u32, |acc, c| acc | 1 << (c % 32))
+        let bits = |set: &[u32], word: u32| {
+            set.iter().filter(|&&c| c <= last_cap && c / 32 == word).fold(0u32, |acc, c| acc | 1 << (c % 32))
         };
-        for (w, slot) in d.iter_mut().enumerate() {
+        for (w, slot) in (0u32..).zip(d.iter_mut()) {
             *slot = CapData {
                 effective: bits(&self.effective, w),
                 permitted: bits(&self.permitted, w),

@@ -56,7 +56,8 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
     // Serializing these plain types cannot fail; an empty body would be refused by the reader.
     let json = serde_json::to_vec(msg).unwrap_or_default();
     let mut out = Vec::with_capacity(json.len() + 4);
-    out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    // Beyond u32 (never, for these types) the prefix says u32::MAX, which the reader refuses as too large.
+    out.extend_from_slice(&u32::try_from(json.len()).unwrap_or(u32::MAX).to_le_bytes());
     out.extend_from_slice(&json);
     out
 }
@@ -114,7 +115,8 @@ impl JoinReport {
             let short = JoinReport::Failed(StartError::Internal("the exec helper's report was too long".into()));
             body = serde_json::to_vec(&short).unwrap_or_default();
         }
-        page[..4].copy_from_slice(&(body.len() as u32).to_le_bytes());
+        // The body fits the page, and a page never reaches u32::MAX bytes.
+        page[..4].copy_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_le_bytes());
         page[4..4 + body.len()].copy_from_slice(&body);
     }
 
@@ -139,7 +141,8 @@ impl ChildFailure {
 
     /// Packs without allocating (the child runs between fork and exec).
     pub const fn encode(stage: Stage, errno: i32) -> u64 {
-        Self::MAGIC | ((stage as u64) << 32) | (errno as u32 as u64)
+        // The errno's bits as they are; decode reinterprets them the same way.
+        Self::MAGIC | ((stage as u64) << 32) | (errno.cast_unsigned() as u64)
     }
 
     /// Unpacks a word; anything but a well-formed record is refused.
@@ -148,7 +151,7 @@ impl ChildFailure {
             return None;
         }
         let stage = Stage::from_u32(((word >> 32) & 0xffff) as u32)?;
-        let errno = (word & 0xffff_ffff) as u32 as i32;
+        let errno = ((word & 0xffff_ffff) as u32).cast_signed();
         (0..4096).contains(&errno).then_some(ChildFailure { stage, errno })
     }
 }
@@ -182,7 +185,7 @@ mod tests {
 
     #[test]
     fn oversized_truncated_and_garbled_frames_are_errors() {
-        let mut big = ((MAX_FRAME + 1) as u32).to_le_bytes().to_vec();
+        let mut big = u32::try_from(MAX_FRAME + 1).unwrap().to_le_bytes().to_vec();
         big.extend_from_slice(b"{}");
         assert!(matches!(read::<Event>(&mut &big[..]), Err(FrameError::TooLarge(_))));
         let mut cut = encode(&Event::Started { pid: 1 });

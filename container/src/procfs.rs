@@ -81,7 +81,7 @@ mod tests {
 
     #[test]
     fn own_process_is_readable_and_nspid_is_innermost() {
-        let me = std::process::id() as i32;
+        let me = nix::unistd::getpid().as_raw();
         assert!(start_time(me).is_some());
         assert!(stat(me).is_some_and(|s| !s.is_dead() && s.ppid > 0));
         assert_eq!(innermost_pid("Name:\tx\nNSpid:\t4242\t7\nX:\t1\n"), Some(7));

@@ -109,7 +109,7 @@ pub fn merge_env(base: &[String], overrides: &[String]) -> Vec<String> {
 
 fn rlimit_resource(t: PosixRlimitType) -> Option<i32> {
     let name = serde_json::to_value(t).ok()?;
-    Some(match name.as_str()? {
+    i32::try_from(match name.as_str()? {
         "RLIMIT_CPU" => libc::RLIMIT_CPU,
         "RLIMIT_FSIZE" => libc::RLIMIT_FSIZE,
         "RLIMIT_DATA" => libc::RLIMIT_DATA,
@@ -127,7 +127,8 @@ fn rlimit_resource(t: PosixRlimitType) -> Option<i32> {
         "RLIMIT_RTPRIO" => libc::RLIMIT_RTPRIO,
         "RLIMIT_RTTIME" => libc::RLIMIT_RTTIME,
         _ => return None,
-    } as i32)
+    })
+    .ok()
 }
 
 /// The process `runc exec` would make from `config` with these overrides.
@@ -234,7 +235,10 @@ pub(crate) mod tests {
         assert_eq!(s.umask, 63);
         assert!(s.no_new_privs);
         assert_eq!(s.oom_score_adj, Some(300));
-        assert_eq!(s.rlimits, vec![Rlimit { resource: libc::RLIMIT_NOFILE as i32, soft: 1234, hard: 2345 }]);
+        assert_eq!(
+            s.rlimits,
+            vec![Rlimit { resource: i32::try_from(libc::RLIMIT_NOFILE).unwrap(), soft: 1234, hard: 2345 }]
+        );
         assert_eq!(s.caps.bounding, vec![0, 5]);
         assert_eq!(s.caps.effective, vec![5]);
         assert_eq!(s.apparmor_profile.as_deref(), Some("docker-default"));

@@ -65,10 +65,10 @@ pub struct Credentials {
 
 /// Checks an id from `source`, for the error message.
 pub fn check_id(kind: &str, value: u64, source: &str) -> Result<u32, String> {
-    if value > MAX_ID {
-        return Err(format!("{kind} {value} from {source} is out of range (0..={MAX_ID})"));
+    match u32::try_from(value) {
+        Ok(id) if value <= MAX_ID => Ok(id),
+        _ => Err(format!("{kind} {value} from {source} is out of range (0..={MAX_ID})")),
     }
-    Ok(value as u32)
 }
 
 fn parse_numeric(kind: &str, s: &str, source: &str) -> Option<Result<u32, String>> {

@@ -690,8 +690,11 @@ impl RegistrySource<'_> {
     /// oci-client notices first as [`VerifyError`].
     async fn open_blob(&self, d: &Digest, size: u64) -> Result<Box<dyn Read + Send>, PullError> {
         use futures_util::TryStreamExt;
-        let desc =
-            oci_client::manifest::OciDescriptor { digest: d.to_string(), size: size as i64, ..Default::default() };
+        let size = i64::try_from(size).map_err(|_| PullError::Malformed {
+            reference: d.to_string(),
+            message: format!("blob size {size} is out of range"),
+        })?;
+        let desc = oci_client::manifest::OciDescriptor { digest: d.to_string(), size, ..Default::default() };
         let client = &self.puller.client;
         client.store_auth_if_needed(self.reference.resolve_registry(), &self.auth()).await;
         let stream = client.pull_blob_stream(&self.reference, &desc).await.map_err(|e| self.error(e))?;

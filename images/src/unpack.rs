@@ -1126,7 +1126,7 @@ mod tests {
         let chunk = vec![0u8; 1 << 20];
         let mut left = size;
         while left > 0 {
-            let k = left.min(chunk.len() as u64) as usize;
+            let k = usize::try_from(left).unwrap_or(usize::MAX).min(chunk.len());
             gz.write_all(&chunk[..k]).unwrap();
             left -= k as u64;
         }

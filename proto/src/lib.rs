@@ -2,6 +2,10 @@
 //!
 //! See `docs/protocol.md` for the prose version; this crate is the single source of truth.
 
+// Library code returns errors rather than panicking, and leaves the process's stdout and stderr to its
+// caller.
+#![warn(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::print_stderr)]
+
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 

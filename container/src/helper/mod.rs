@@ -43,6 +43,12 @@ pub const CONSOLE_FD: RawFd = 5;
 /// The first of the debug image's layer directories.
 pub const FIRST_LAYER_FD: RawFd = 6;
 
+/// Fd number `base + i`, for the few fds handed on by convention (the channels, a terminal, one image's
+/// layers); `None` where that is no fd number.
+pub(crate) fn fd_after(base: RawFd, i: usize) -> Option<RawFd> {
+    RawFd::try_from(i).ok()?.checked_add(base)
+}
+
 pub use supervisor::main;
 
 /// A helper ready to start: the command, and the agent's ends of its channels.
@@ -98,7 +104,8 @@ pub fn launch(exe: &str, spec: &ExecSpec, layers: Vec<OwnedFd>) -> std::io::Resu
     // fds open in the parent. Sources first move above every target, so no dup2 clobbers a later source.
     unsafe {
         command.pre_exec(move || {
-            let floor = 3 + map.len() as RawFd + 100;
+            let too_many = || std::io::Error::from_raw_os_error(libc::EMFILE);
+            let floor = fd_after(103, map.len()).ok_or_else(too_many)?;
             let mut high = Vec::with_capacity(map.len());
             for &fd in &map {
                 let h = if fd < 0 { -1 } else { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, floor) };
@@ -108,7 +115,7 @@ pub fn launch(exe: &str, spec: &ExecSpec, layers: Vec<OwnedFd>) -> std::io::Resu
                 high.push(h);
             }
             for (i, &h) in high.iter().enumerate() {
-                let target = CONTROL_FD + i as RawFd;
+                let target = fd_after(CONTROL_FD, i).ok_or_else(too_many)?;
                 if h < 0 {
                     libc::close(target);
                 } else if libc::dup2(h, target) < 0 {

@@ -239,7 +239,7 @@ impl Container {
     pub fn init_pid(&self) -> i32 {
         let o = run(Command::new("runc").args(["state", &self.id]));
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("runc state");
-        v["pid"].as_i64().expect("pid") as i32
+        i32::try_from(v["pid"].as_i64().expect("pid")).expect("pid")
     }
 
     pub fn kill(&self) {
@@ -396,7 +396,7 @@ impl Agent {
     }
 
     pub fn pid(&self) -> i32 {
-        self.child.id() as i32
+        i32::try_from(self.child.id()).unwrap()
     }
 }
 
