@@ -8,10 +8,15 @@ use std::str::FromStr;
 /// Capability sets as kernel numbers (`CAP_CHOWN` is 0), sorted.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CapSets {
+    /// The bounding set: what the process and its children can ever gain.
     pub bounding: Vec<u32>,
+    /// What the kernel checks.
     pub effective: Vec<u32>,
+    /// What the process may make effective.
     pub permitted: Vec<u32>,
+    /// What survives execve of a file with matching file capabilities.
     pub inheritable: Vec<u32>,
+    /// What survives execve of any file (for a non-root user).
     pub ambient: Vec<u32>,
 }
 
@@ -87,7 +92,9 @@ impl CapSets {
 /// `struct __user_cap_header_struct`.
 #[repr(C)]
 pub struct CapHeader {
+    /// [`CAP_VERSION_3`].
     pub version: u32,
+    /// 0: this thread.
     pub pid: libc::c_int,
 }
 
@@ -98,8 +105,11 @@ pub const CAP_VERSION_3: u32 = 0x2008_0522;
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CapData {
+    /// One 32-capability word of the effective set.
     pub effective: u32,
+    /// The same word of the permitted set.
     pub permitted: u32,
+    /// The same word of the inheritable set.
     pub inheritable: u32,
 }
 

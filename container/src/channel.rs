@@ -35,7 +35,10 @@ pub enum Control {
 #[serde(rename_all = "snake_case")]
 pub enum Event {
     /// The command was exec'd; `pid` is its pid in the container's pid namespace.
-    Started { pid: i32 },
+    Started {
+        /// The command's pid in the container's pid namespace.
+        pid: i32,
+    },
     /// The session's final status; always the last frame.
     Finished(Status),
 }
@@ -43,10 +46,13 @@ pub enum Event {
 /// Errors reading a frame.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
+    /// The length prefix announces more than [`MAX_FRAME`] bytes.
     #[error("frame of {0} bytes is larger than {MAX_FRAME}")]
     TooLarge(usize),
+    /// The pipe failed or ended inside a frame.
     #[error("reading a frame: {0}")]
     Io(#[from] std::io::Error),
+    /// The frame's body is not the message expected.
     #[error("decoding a frame: {0}")]
     Json(#[from] serde_json::Error),
 }
@@ -99,7 +105,10 @@ pub fn read<T: DeserializeOwned>(r: &mut impl Read) -> Result<Option<T>, FrameEr
 #[serde(rename_all = "snake_case")]
 pub enum JoinReport {
     /// The visible child was forked; its host pid. It reports its own failure, if any, as a [`ChildFailure`].
-    Forked { pid: i32 },
+    Forked {
+        /// The child's pid in the host's pid namespace.
+        pid: i32,
+    },
     /// Nothing was forked.
     Failed(StartError),
 }
@@ -131,7 +140,9 @@ impl JoinReport {
 /// supervisor reads from the child's memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChildFailure {
+    /// The step that failed.
     pub stage: Stage,
+    /// Its errno.
     pub errno: i32,
 }
 

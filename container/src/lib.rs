@@ -11,6 +11,8 @@
 //! [`lsm`] (AppArmor and SELinux), [`pty`] (a terminal from the container's own `/dev/ptmx`) and
 //! [`debugroot`] (the `--debug-image` root). No tokio here: the helper is a plain single-threaded process.
 
+// Public items say what they are: other crates and their authors build on them.
+#![warn(missing_docs)]
 // Library code returns errors rather than panicking, and leaves the process's stdout and stderr to its
 // caller (in the helper they are the user's process's).
 #![warn(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::print_stderr)]

@@ -8,8 +8,11 @@ use std::os::fd::BorrowedFd;
 pub struct Stat {
     /// `R`, `S`, `Z`, ...
     pub state: char,
+    /// The parent's pid.
     pub ppid: i32,
+    /// The process group.
     pub pgrp: i32,
+    /// The session id.
     pub session: i32,
     /// Clock ticks after boot.
     pub start_time: u64,

@@ -10,12 +10,16 @@ use std::str::FromStr;
 /// Errors compiling a filter.
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
+    /// Something in the profile this helper cannot apply faithfully (a seccomp agent, an out-of-range value).
     #[error("{0} is not supported")]
     Unsupported(String),
+    /// An architecture name libseccomp does not know.
     #[error("unknown architecture {0}")]
     Arch(String),
+    /// libseccomp refused a rule.
     #[error("libseccomp: {0}")]
     Lib(#[from] libseccomp::error::SeccompError),
+    /// Writing the compiled program out failed.
     #[error("exporting the filter: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -23,7 +27,9 @@ pub enum SeccompError {
 /// A compiled filter: classic BPF instructions (8 bytes each) and the `seccomp(2)` flags.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Program {
+    /// The instructions, as the kernel reads them.
     pub bpf: Vec<u8>,
+    /// `SECCOMP_FILTER_FLAG_*` for `seccomp(SECCOMP_SET_MODE_FILTER)`.
     pub flags: u32,
 }
 
@@ -144,7 +150,9 @@ pub fn compile(s: &LinuxSeccomp) -> Result<Program, SeccompError> {
 /// `struct sock_fprog`.
 #[repr(C)]
 pub struct SockFprog {
+    /// Number of instructions.
     pub len: u16,
+    /// The first instruction.
     pub filter: *const u8,
 }
 

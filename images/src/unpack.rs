@@ -65,7 +65,9 @@ impl Default for Limits {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("image budget exceeded: {limit} = {max}, but {what} {amount}")]
 pub struct BudgetExceeded {
+    /// The `[images]` configuration key, such as `max_layer_bytes`.
     pub limit: &'static str,
+    /// Its value.
     pub max: u64,
     /// The amount that crossed the limit (bytes so far, entries so far, a path's length or depth).
     pub amount: u64,
@@ -120,52 +122,96 @@ pub struct UnpackSummary {
 /// Why an entry was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RefuseReason {
+    /// A path from `/`: it would name a host file.
     #[error("absolute path")]
     AbsolutePath,
+    /// A `..` component: it could climb out of the layer.
     #[error("path contains a '..' component")]
     ParentTraversal,
+    /// A NUL byte, which no file name can hold.
     #[error("path contains a NUL byte")]
     NulByte,
+    /// No file name (only `.` components), other than the root directory entry.
     #[error("entry has no file name")]
     NoName,
+    /// A component on the way is a symlink or not a directory: writing through it could leave the
+    /// layer.
     #[error("parent component {0:?} is a symlink or not a directory")]
     ParentNotDirectory(String),
+    /// A hardlink to something outside the layer (absolute, `..`, or through a symlink).
     #[error("hardlink target {0:?} is outside the layer")]
     HardlinkOutside(String),
+    /// A hardlink to an entry not (yet) in the layer.
     #[error("hardlink target {0:?} has not been extracted")]
     HardlinkMissing(String),
+    /// A hardlink to a directory.
     #[error("hardlink target {0:?} is a directory")]
     HardlinkToDirectory(String),
+    /// A symlink or hardlink entry without its target.
     #[error("link entry has no target")]
     MissingLinkTarget,
+    /// A device node or fifo, without `allow_devices`.
     #[error("device nodes and fifos are not allowed")]
     Device,
+    /// A whiteout of nothing, `.` or `..`.
     #[error("invalid whiteout name")]
     BadWhiteout,
+    /// An overlayfs xattr (`trusted.overlay.*`, `user.overlay.*`): only the unpacker may set those.
     #[error("xattr {0:?} is reserved for overlayfs")]
     ReservedXattr(String),
+    /// A non-directory entry where a directory already is.
     #[error("would replace existing directory with a non-directory")]
     ReplacesDirectory,
+    /// An entry type that has no place in a layer.
     #[error("unsupported entry type {0:?}")]
     UnsupportedType(tar::EntryType),
+    /// A header field that does not parse or is out of range.
     #[error("invalid header field: {0}")]
     BadHeader(String),
 }
 
+/// Why a layer could not be unpacked.
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
+    /// The destination already has something in it.
     #[error("destination {0} exists and is not an empty directory")]
     DestNotFresh(PathBuf),
+    /// The destination could not be created or opened.
     #[error("cannot prepare destination {path}: {source}")]
-    Dest { path: PathBuf, source: io::Error },
+    Dest {
+        /// The destination.
+        path: PathBuf,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// The stream is not a (compressed) tar archive, or broke off.
     #[error("reading layer archive: {0}")]
     Archive(io::Error),
+    /// An entry was refused: the layer tried something it may not.
     #[error("refusing layer entry {entry:?}: {reason}")]
-    Refused { entry: String, reason: RefuseReason },
+    Refused {
+        /// The entry's path as in the archive.
+        entry: String,
+        /// Why.
+        reason: RefuseReason,
+    },
+    /// An entry could not be written.
     #[error("unpacking layer entry {entry:?}: {source}")]
-    Entry { entry: String, source: io::Error },
+    Entry {
+        /// The entry's path as in the archive.
+        entry: String,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// The uncompressed layer is not the one the image config lists.
     #[error("layer content is {actual}, but the image config says {expected}")]
-    DiffIdMismatch { expected: Digest, actual: Digest },
+    DiffIdMismatch {
+        /// The config's diff-id.
+        expected: Digest,
+        /// The content's.
+        actual: Digest,
+    },
+    /// A budget of [`Limits`] ran out.
     #[error(transparent)]
     Budget(#[from] BudgetExceeded),
 }

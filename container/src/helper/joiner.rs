@@ -15,19 +15,27 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
 
 /// What the supervisor hands over (by fork).
 pub struct Joiner<'a> {
+    /// The session as the agent sent it.
     pub spec: &'a ExecSpec,
+    /// A pidfd of the container's init, whose namespaces are joined.
     pub pidfd: OwnedFd,
+    /// `CLONE_NEW*` flags of the init's namespaces that differ from the supervisor's: the ones to join.
     pub ns_flags: libc::c_int,
     /// `cgroup.procs` of each of the init's hierarchies, opened on the host.
     pub cgroups: Vec<OwnedFd>,
+    /// The debug image's overlay, built on the host, to mount as the session's root.
     pub overlay: Option<OwnedFd>,
     /// Readable once the supervisor traces the joiner (its children are then traced from birth).
     pub traced: OwnedFd,
     /// Fds of the supervisor's that the joiner closes at once.
     pub traced_w_in_supervisor: RawFd,
+    /// The supervisor's host `/proc`, closed at once too.
     pub host_proc: RawFd,
+    /// The host's highest capability number, read before joining (the container's `/proc/sys` could lie).
     pub last_cap: u32,
+    /// The signal mask the child restores before execve.
     pub old_mask: libc::sigset_t,
+    /// The supervisor's pid: the joiner exits if its parent is anyone else.
     pub supervisor: libc::pid_t,
 }
 

@@ -53,6 +53,7 @@ pub use supervisor::main;
 
 /// A helper ready to start: the command, and the agent's ends of its channels.
 pub struct Launch {
+    /// The helper's command, with its fds arranged for the convention above; spawn it.
     pub command: Command,
     /// Write end of the control pipe. Dropping it tells the helper the client is gone.
     pub control: OwnedFd,
