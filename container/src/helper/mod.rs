@@ -32,7 +32,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
-/// argv[1] that makes the agent binary act as the helper.
+/// `argv[1]` that makes the agent binary act as the helper.
 pub const HELPER_ARG: &str = "__exec-helper";
 /// Agent to helper: [`crate::channel::Control`] frames.
 pub const CONTROL_FD: RawFd = 3;
