@@ -226,12 +226,18 @@ fn proc_state(pid: i32, start: u64) -> State {
 
 /// Seconds since a process that started at `start_ticks` began.
 pub fn age_secs(start_ticks: u64) -> u64 {
-    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as u64;
-    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0.0);
-    (uptime as u64).saturating_sub(start_ticks / ticks.max(1))
+        .flatten()
+        .and_then(|t| u64::try_from(t).ok())
+        .filter(|&t| t > 0)
+        .unwrap_or(100);
+    // Whole seconds of "SECONDS.FRACTION IDLE".
+    let uptime: u64 = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split(['.', ' ']).next()?.parse().ok())
+        .unwrap_or(0);
+    uptime.saturating_sub(start_ticks / ticks)
 }
 
 #[cfg(test)]
@@ -249,7 +255,7 @@ mod tests {
     #[test]
     fn finds_runc_and_crun_state_and_task_annotations() {
         let tmp = tempfile::tempdir().unwrap();
-        let me = std::process::id() as i32;
+        let me = nix::unistd::getpid().as_raw();
         let start = proc_start_time(me).unwrap();
         let bundle = tmp.path().join("bundle");
         std::fs::create_dir_all(&bundle).unwrap();

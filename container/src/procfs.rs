@@ -8,8 +8,11 @@ use std::os::fd::BorrowedFd;
 pub struct Stat {
     /// `R`, `S`, `Z`, ...
     pub state: char,
+    /// The parent's pid.
     pub ppid: i32,
+    /// The process group.
     pub pgrp: i32,
+    /// The session id.
     pub session: i32,
     /// Clock ticks after boot.
     pub start_time: u64,
@@ -81,7 +84,7 @@ mod tests {
 
     #[test]
     fn own_process_is_readable_and_nspid_is_innermost() {
-        let me = std::process::id() as i32;
+        let me = nix::unistd::getpid().as_raw();
         assert!(start_time(me).is_some());
         assert!(stat(me).is_some_and(|s| !s.is_dead() && s.ppid > 0));
         assert_eq!(innermost_pid("Name:\tx\nNSpid:\t4242\t7\nX:\t1\n"), Some(7));

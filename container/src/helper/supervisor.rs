@@ -12,7 +12,7 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 /// Namespaces, in `setns(pidfd, ...)` flag form, with their /proc/PID/ns names.
@@ -33,6 +33,7 @@ fn ns_id(path: &str) -> Option<(u64, u64)> {
 }
 
 fn emit(events: &mut File, ev: &Event) {
+    #[allow(clippy::let_underscore_must_use, reason = "the events pipe is the only way to tell the agent anything")]
     let _ = channel::write(events, ev);
 }
 
@@ -60,9 +61,12 @@ pub fn main() -> ! {
         }
     };
     // Whatever the agent left open past what the convention gives us must not travel further.
-    let last = FIRST_LAYER_FD + spec.debug.as_ref().map_or(0, |d| d.layers) as RawFd;
+    let Some(last) = super::fd_after(FIRST_LAYER_FD, spec.debug.as_ref().map_or(0, |d| d.layers)) else {
+        emit(&mut events, &Event::Finished(StartError::Internal("too many layer fds".into()).status()));
+        std::process::exit(1)
+    };
     // SAFETY: close_range on fds this process does not use.
-    unsafe { libc::syscall(libc::SYS_close_range, last as u32, u32::MAX, 0u32) };
+    unsafe { libc::syscall(libc::SYS_close_range, last.cast_unsigned(), u32::MAX, 0u32) };
     let status = match run(&spec, &mut ctrl, &mut events) {
         Ok(s) => s,
         Err(e) => e.status(),
@@ -132,10 +136,11 @@ fn run(spec: &ExecSpec, ctrl: &mut File, events: &mut File) -> Result<Status, St
     let host_proc: OwnedFd = File::open("/proc").map_err(|e| StartError::internal("opening /proc", e))?.into();
     let overlay = match &spec.debug {
         Some(d) => {
+            let end = super::fd_after(FIRST_LAYER_FD, d.layers)
+                .ok_or_else(|| StartError::Internal(format!("{} layer fds", d.layers)))?;
             // SAFETY: the agent passed the layer directories at these fds (see the module's convention); they are
             // owned here and closed once the overlay holds its own references.
-            let layers: Vec<OwnedFd> =
-                (0..d.layers).map(|i| unsafe { OwnedFd::from_raw_fd(FIRST_LAYER_FD + i as RawFd) }).collect();
+            let layers: Vec<OwnedFd> = (FIRST_LAYER_FD..end).map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }).collect();
             let borrowed: Vec<BorrowedFd<'_>> = layers.iter().map(|l| l.as_fd()).collect();
             let o = crate::debugroot::build_overlay(&borrowed)
                 .map_err(|e| StartError::Setup(format!("debug image: {e}")))?;
@@ -165,7 +170,7 @@ fn run(spec: &ExecSpec, ctrl: &mut File, events: &mut File) -> Result<Status, St
         host_proc: host_proc.as_raw_fd(),
         last_cap,
         old_mask: *old_mask.as_ref(),
-        supervisor: std::process::id() as i32,
+        supervisor: nix::unistd::getpid().as_raw(),
     };
     // SAFETY: this process is single-threaded; the joiner runs `joiner::run`, which never returns.
     let joiner_pid = match unsafe { libc::fork() } {
@@ -188,6 +193,10 @@ fn run(spec: &ExecSpec, ctrl: &mut File, events: &mut File) -> Result<Status, St
         }
         return Err(StartError::setup("tracing the exec helper (is ptrace disabled on this host?)", e));
     }
+    #[allow(
+        clippy::let_underscore_must_use,
+        reason = "the joiner goes on only after reading this byte, and a failed write leaves it EOF once traced_w is dropped"
+    )]
     let _ = nix::unistd::write(&traced_w, b"t");
     drop(traced_w);
 
@@ -292,6 +301,10 @@ impl Supervisor<'_> {
                 if self.ctrl_open {
                     fds.push(PollFd::new(self.ctrl.as_fd(), PollFlags::POLLIN));
                 }
+                #[allow(
+                    clippy::let_underscore_must_use,
+                    reason = "a failed poll (EINTR) reads as nothing ready; the loop polls again"
+                )]
                 let _ = poll(&mut fds, timeout);
                 fds.get(1).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty())
             };
@@ -361,7 +374,7 @@ impl Supervisor<'_> {
                             libc::ptrace(libc::PTRACE_PEEKDATA, pid, addr, 0)
                         };
                         if word != -1 || std::io::Error::last_os_error().raw_os_error() == Some(0) {
-                            self.failure = ChildFailure::decode(word as u64);
+                            self.failure = ChildFailure::decode(word.cast_unsigned());
                         }
                     }
                     // A signal on its way: hand it on.
