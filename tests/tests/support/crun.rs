@@ -136,7 +136,7 @@ impl CrunContainer {
     }
 
     pub fn init_pid(&self) -> i32 {
-        self.state()["pid"].as_i64().expect("pid") as i32
+        i32::try_from(self.state()["pid"].as_i64().expect("pid")).expect("pid fits i32")
     }
 
     /// What crun recorded in its state root (`/run/crun/ID/status`), the file the agent reads.
