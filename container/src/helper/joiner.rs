@@ -99,6 +99,19 @@ fn join(j: Joiner<'_>) -> Result<i32, StartError> {
         }
     }
     drop(j.pidfd);
+    if j.ns_flags & libc::CLONE_NEWUSER != 0 {
+        // Host root is not mapped in the container's user namespace: become its root (as runc's nsexec does),
+        // so the files this process creates there (the terminal) belong to someone the container knows.
+        // SAFETY: credential syscalls with id 0 of the namespace just joined, in which this process holds every
+        // capability; keepcaps so they survive the switch.
+        unsafe {
+            libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0);
+            if libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0 {
+                return Err(StartError::setup("becoming root of the container's user namespace", errno()));
+            }
+            libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0);
+        }
+    }
     if let (Some(o), Some(d)) = (j.overlay, &spec.debug) {
         crate::debugroot::enter(o, &d.target).map_err(|e| StartError::Setup(format!("debug image: {e}")))?;
     }

@@ -79,6 +79,27 @@ fn gone(pid: i32) -> StartError {
     StartError::ContainerGone(format!("container init {pid} is gone"))
 }
 
+/// With a user namespace, the session's stdio pipes (created by the agent, owned by host root) go to the
+/// container's root first, as runc's `InitializeIO` does: the joiner, root of that namespace, can then give them
+/// to the session's user.
+fn give_stdio_to_container_root(pid: i32) {
+    let root_of = |map: &str| {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/{map}")).ok()?;
+        crate::procfs::host_id_of_root(&text)
+    };
+    let (Some(uid), Some(gid)) = (root_of("uid_map"), root_of("gid_map")) else { return };
+    for fd in 0..3 {
+        // SAFETY: fds 0-2 are the session's stdio.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        if nix::sys::stat::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFIFO) {
+            // Best effort, as runc: a pipe left to host root reads as nobody's inside, nothing worse.
+            if nix::unistd::fchown(fd, Some(uid.into()), Some(gid.into())).is_err() {
+                continue;
+            }
+        }
+    }
+}
+
 /// A shared page the joiner writes its report into (not inherited by the child: `MADV_DONTFORK`).
 pub(crate) struct ReportPage {
     ptr: *mut u8,
@@ -129,6 +150,9 @@ fn run(spec: &ExecSpec, ctrl: &mut File, events: &mut File) -> Result<Status, St
         if theirs.is_some() && theirs != ns_id(&format!("/proc/self/ns/{name}")) {
             flags |= flag;
         }
+    }
+    if flags & libc::CLONE_NEWUSER != 0 {
+        give_stdio_to_container_root(pid);
     }
     let cgroups = crate::cgroup::open_procs(pid)?;
     // Read on the host: after setns, /proc/sys belongs to the container and could lie.
