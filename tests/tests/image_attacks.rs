@@ -339,6 +339,52 @@ fn file_capabilities_in_a_debug_image_do_not_give_root() {
     assert_eq!(xattr(&unpacked, "security.capability"), None);
 }
 
+/// The mount flags alone: with `keep_setid = true` the unpacker keeps the setuid bit and the file capability
+/// (the operator's opt-in to privileged images), so only `nosuid` on the debug root stands between them and root.
+#[test]
+fn setuid_and_file_capabilities_kept_by_keep_setid_still_give_nothing_on_the_nosuid_root() {
+    let f = fixture();
+    let dir = f.scratch("nosuid");
+    let probe = capprobe(&dir);
+    assert!(run(Command::new("setcap").arg("cap_setuid+ep").arg(&probe)).status.success());
+    let cap = xattr(&probe, "security.capability").expect("setcap wrote security.capability");
+    let target = container_without_nnp(&f.root, &format!("{}-nosuid", prefix()));
+    let data = std::fs::read(&probe).unwrap();
+    let mut b = tar::Builder::new(Vec::new());
+    // One file with the capability, one setuid-root copy.
+    b.append_pax_extensions([("SCHILY.xattr.security.capability", &cap[..])]).unwrap();
+    for (name, mode) in [("capprobe", 0o755), ("suidprobe", 0o4755)] {
+        let mut h = tar::Header::new_ustar();
+        h.set_path(name).unwrap();
+        h.set_size(u64::try_from(data.len()).unwrap());
+        h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h.set_cksum();
+        b.append(&h, &data[..]).unwrap();
+    }
+    let layer = b.into_inner().unwrap();
+    let layout = dir.join("layout");
+    write_layout(&layout, "v1", &[busybox_layer(), layer.clone()]);
+    let agent = start_agent(&dir.join("agent"), &images_table(f, &f.registry.host(), "keep_setid = true"), DEBUG_ACL);
+    let image = format!("oci:{}:v1", layout.display());
+    // The cache kept both privileges, so this is the mount's doing alone.
+    let o = debug_with(&agent, &agent.admin_token, &image, &target.id, &["/capprobe"]);
+    assert_eq!(ok(&o), "setuid=-1 uid=1000 euid=1000\n", "a kept file capability was honoured");
+    let unpacked = agent.dir.join("images/layers/sha256").join(sha256_hex(&layer));
+    assert_eq!(xattr(&unpacked.join("capprobe"), "security.capability"), Some(cap));
+    let o = debug_with(&agent, &agent.admin_token, &image, &target.id, &["/suidprobe"]);
+    assert_eq!(ok(&o), "setuid=-1 uid=1000 euid=1000\n", "a kept setuid bit was honoured");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(unpacked.join("suidprobe")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o4000, 0o4000, "the cache kept the setuid bit");
+    // And the session's root says so.
+    let o = debug_with(&agent, &agent.admin_token, &image, &target.id, &["sh", "-c", "grep ' / ' /proc/self/mounts"]);
+    let line = ok(&o);
+    assert!(line.contains("nosuid") && line.contains("nodev"), "{line}");
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // ACL spellings of `oci:` paths.
 
