@@ -80,6 +80,15 @@ pub struct Principal<'a> {
     pub groups: &'a [String],
 }
 
+/// What a rule's `tasks` patterns are matched against: every name of one resolved container.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub task_id: &'a str,
+    pub container_id: &'a str,
+    /// The runtime's name for it (Docker's container name, nerdctl's `nerdctl/name`), if any.
+    pub name: Option<&'a str>,
+}
+
 impl Acl {
     /// Loads and validates an ACL file.
     pub fn load(path: &Path) -> Result<Acl, AclError> {
@@ -149,8 +158,8 @@ impl Acl {
         self.allows_container(who, task, task, action, image)
     }
 
-    /// The decision for a resolved container: allow rules are matched against its task id, deny rules against
-    /// its task id and its container id, so naming a container by id never slips past a deny rule.
+    /// The decision for a resolved container known only by its task id and container id.
+    #[cfg(test)]
     pub fn allows_container(
         &self,
         who: &Principal<'_>,
@@ -159,6 +168,14 @@ impl Acl {
         action: &str,
         image: Option<&str>,
     ) -> bool {
+        self.allows_target(who, &Target { task_id, container_id, name: None }, action, image)
+    }
+
+    /// The decision for a resolved container: allow rules are matched against its task id and its runtime
+    /// name, deny rules against its task id, its container id and its name, so naming a container by id or by
+    /// name never slips past a deny rule written for another of its names.
+    pub fn allows_target(&self, who: &Principal<'_>, t: &Target<'_>, action: &str, image: Option<&str>) -> bool {
+        let Target { task_id, container_id, name } = *t;
         let mut allowed = false;
         for r in &self.rules {
             let subject = r.subjects.iter().any(|s| match s {
@@ -175,12 +192,13 @@ impl Acl {
             if !(subject && image_ok && action_ok) {
                 continue;
             }
+            let by_name = |m: &GlobMatcher| name.is_some_and(|n| m.is_match(n));
             if r.deny {
-                if r.tasks.iter().any(|m| m.is_match(task_id) || m.is_match(container_id)) {
+                if r.tasks.iter().any(|m| m.is_match(task_id) || m.is_match(container_id) || by_name(m)) {
                     return false;
                 }
             } else {
-                allowed |= r.tasks.iter().any(|m| m.is_match(task_id));
+                allowed |= r.tasks.iter().any(|m| m.is_match(task_id) || by_name(m));
             }
         }
         allowed

@@ -105,14 +105,22 @@ fn list(agent: &Agent, caller: &Caller<'_>, req: &Request<Incoming>) -> Response
         .discovery
         .list()
         .into_iter()
-        .filter(|c| agent.acl.allows_container(&who, &c.task_id, &c.id, "list", None))
+        .filter(|c| agent.acl.allows_target(&who, &authorize::target(c), "list", None))
         .map(|c| TaskInfo {
-            age_secs: crate::runtime::age_secs(c.start_time),
+            age_secs: if c.state == crate::runtime::State::Stopped {
+                0
+            } else {
+                crate::runtime::age_secs(c.start_time)
+            },
             id: c.task_id,
             container: c.id,
+            name: c.name.map(|n| n.trim_start_matches('/').to_string()),
             runtime: c.runtime.into(),
             state: c.state.as_str().into(),
             pid: c.pid,
+            exit_code: c.exit_code,
+            service: c.service,
+            project: c.project,
         })
         .collect();
     rows.sort_by(|a, b| a.id.cmp(&b.id));
@@ -130,7 +138,7 @@ fn exec(agent: Arc<Agent>, caller: &Caller<'_>, req: Request<Incoming>, task: St
         let mut params = parse::exec_request(task.clone(), req.headers())?;
         authorize::cap_add(&params, &agent.cfg.file.cap_add_allowed)?;
         let layout_failure = authorize::judge_image(&mut params)?;
-        let container = authorize::exec(&agent.acl, |t| agent.discovery.resolve(t), &claims, &params)?;
+        let container = authorize::exec(&agent.acl, |t, v| agent.discovery.resolve(t, v), &claims, &params)?;
         // A layout that cannot be read is reported only to those allowed to use it.
         if let Some(f) = layout_failure {
             return Err(f.into());

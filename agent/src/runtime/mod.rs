@@ -1,4 +1,9 @@
-//! Container discovery: reads the state that OCI runtimes (runc, crun) keep on the host and the bundle's config.
+//! Container discovery: reads the state that OCI runtimes (runc, crun) keep on the host and the bundle's config,
+//! and picks the container a user's name for it means ([`names`]).
+
+mod crun;
+pub mod names;
+mod runc;
 
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -9,8 +14,8 @@ use std::path::{Path, PathBuf};
 pub enum RuntimeError {
     #[error("no task {0:?} on this host")]
     NotFound(String),
-    #[error("task {task:?} has {count} containers; use the container id")]
-    Ambiguous { task: String, count: usize },
+    #[error("task {task:?} is ambiguous, it matches: {}; name one of them", candidates.join(", "))]
+    Ambiguous { task: String, candidates: Vec<String> },
     #[error("container {id} is {state}, not running")]
     NotRunning { id: String, state: String },
 }
@@ -22,17 +27,17 @@ impl RuntimeError {
         match self {
             RuntimeError::NotFound(_) => ErrorCode::TaskNotFound,
             RuntimeError::NotRunning { .. } => ErrorCode::ContainerNotRunning,
-            // The client named something that needs disambiguation: it can fix the request.
-            RuntimeError::Ambiguous { .. } => ErrorCode::BadRequest,
+            RuntimeError::Ambiguous { .. } => ErrorCode::Ambiguous,
         }
     }
 }
 
 /// What the runtime says about the container's init.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub enum State {
     Created,
     Running,
+    #[default]
     Stopped,
 }
 
@@ -47,38 +52,24 @@ impl State {
 }
 
 /// One container found on the host.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Container {
     pub id: String,
+    /// The `task_id_annotation` of its bundle, else its container id.
     pub task_id: String,
+    /// The runtime's own name for it (Docker's `/name`), when the runtime has one.
+    pub name: Option<String>,
+    /// Compose's `com.docker.compose.service` and `com.docker.compose.project` labels.
+    pub service: Option<String>,
+    pub project: Option<String>,
+    /// Exit status of a stopped container, when its runtime records one.
+    pub exit_code: Option<i32>,
     pub runtime: &'static str,
     pub pid: i32,
     /// Start time of the init in clock ticks after boot (field 22 of /proc/PID/stat): guards against pid reuse.
     pub start_time: u64,
     pub bundle: PathBuf,
     pub state: State,
-}
-
-#[derive(Deserialize)]
-struct RuncState {
-    id: String,
-    init_process_pid: i32,
-    init_process_start: u64,
-    config: RuncConfig,
-}
-
-#[derive(Deserialize)]
-struct RuncConfig {
-    #[serde(default)]
-    labels: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct CrunStatus {
-    pid: i32,
-    #[serde(rename = "process-start-time", default)]
-    process_start_time: u64,
-    bundle: PathBuf,
 }
 
 /// Finds containers under the configured state roots.
@@ -97,37 +88,31 @@ impl Discovery {
     /// writing its state while we look.
     pub fn list(&self) -> Vec<Container> {
         let mut out = Vec::new();
-        for dir in expand(&self.runc_roots) {
-            for entry in subdirs(&dir) {
-                if let Some(c) = self.read_runc(&entry) {
-                    out.push(c);
-                }
+        let found = expand(&self.runc_roots)
+            .into_iter()
+            .flat_map(|d| subdirs(&d))
+            .filter_map(|d| runc::read(&d))
+            .chain(expand(&self.crun_roots).into_iter().flat_map(|d| subdirs(&d)).filter_map(|d| crun::read(&d)));
+        for mut c in found {
+            if let Some(t) = self.task_id(&c.bundle) {
+                c.task_id = t;
             }
-        }
-        for dir in expand(&self.crun_roots) {
-            for entry in subdirs(&dir) {
-                if let Some(c) = self.read_crun(&entry) {
-                    out.push(c);
-                }
-            }
+            out.push(c);
         }
         out
     }
 
-    /// The container for a task id (or a container id), which must be running.
-    pub fn resolve(&self, task: &str) -> Result<Container, RuntimeError> {
-        let mut all = self.list();
-        // An exact container id wins over annotation values.
-        let pos = all.iter().position(|c| c.id == task);
-        let c = match pos {
-            Some(i) => all.swap_remove(i),
-            None => {
-                let mut hits: Vec<_> = all.into_iter().filter(|c| c.task_id == task).collect();
-                match hits.len() {
-                    0 => return Err(RuntimeError::NotFound(task.into())),
-                    1 => hits.remove(0),
-                    count => return Err(RuntimeError::Ambiguous { task: task.into(), count }),
-                }
+    /// The running container that `task` names among those `visible` to the caller (see [`names::pick`]).
+    /// Containers the caller may not see neither match nor make a name ambiguous.
+    pub fn resolve(&self, task: &str, visible: impl Fn(&Container) -> bool) -> Result<Container, RuntimeError> {
+        let mut all: Vec<Container> = self.list().into_iter().filter(|c| visible(c)).collect();
+        let c = match names::pick(&all, task) {
+            names::Pick::One(i) => all.swap_remove(i),
+            names::Pick::None => return Err(RuntimeError::NotFound(task.into())),
+            names::Pick::Many(hits) => {
+                let mut candidates: Vec<String> = hits.iter().map(|&i| names::describe(&all[i])).collect();
+                candidates.sort();
+                return Err(RuntimeError::Ambiguous { task: task.into(), candidates });
             }
         };
         if c.state != State::Running {
@@ -136,45 +121,8 @@ impl Discovery {
         Ok(c)
     }
 
-    fn task_id(&self, id: &str, bundle: &Path) -> String {
-        let Some(key) = &self.annotation else {
-            return id.into();
-        };
-        read_annotations(bundle).and_then(|mut a| a.remove(key)).unwrap_or_else(|| id.into())
-    }
-
-    fn read_runc(&self, dir: &Path) -> Option<Container> {
-        let s: RuncState = serde_json::from_slice(&std::fs::read(dir.join("state.json")).ok()?).ok()?;
-        let bundle = s.config.labels.iter().find_map(|l| l.strip_prefix("bundle=")).map(PathBuf::from)?;
-        let mut state = proc_state(s.init_process_pid, s.init_process_start);
-        // runc keeps exec.fifo until `runc start`: the init exists but waits.
-        if state == State::Running && dir.join("exec.fifo").exists() {
-            state = State::Created;
-        }
-        Some(Container {
-            task_id: self.task_id(&s.id, &bundle),
-            id: s.id,
-            runtime: "runc",
-            pid: s.init_process_pid,
-            start_time: s.init_process_start,
-            bundle,
-            state,
-        })
-    }
-
-    fn read_crun(&self, dir: &Path) -> Option<Container> {
-        let s: CrunStatus = serde_json::from_slice(&std::fs::read(dir.join("status")).ok()?).ok()?;
-        let id = dir.file_name()?.to_str()?.to_string();
-        let start = if s.process_start_time != 0 { s.process_start_time } else { proc_start_time(s.pid).unwrap_or(0) };
-        Some(Container {
-            task_id: self.task_id(&id, &s.bundle),
-            id,
-            runtime: "crun",
-            pid: s.pid,
-            start_time: start,
-            state: proc_state(s.pid, start),
-            bundle: s.bundle,
-        })
+    fn task_id(&self, bundle: &Path) -> Option<String> {
+        read_annotations(bundle)?.remove(self.annotation.as_ref()?)
     }
 }
 
@@ -211,7 +159,7 @@ fn read_annotations(bundle: &Path) -> Option<HashMap<String, String>> {
 
 pub use dcos_exec_container::procfs::start_time as proc_start_time;
 
-fn proc_state(pid: i32, start: u64) -> State {
+pub(crate) fn proc_state(pid: i32, start: u64) -> State {
     match proc_start_time(pid) {
         Some(t) if t == start || start == 0 => State::Running,
         _ => State::Stopped,
@@ -266,9 +214,18 @@ mod tests {
                 ("live".into(), "web.1".into(), "runc", State::Running),
             ]
         );
-        assert!(matches!(d.resolve("web.1"), Err(RuntimeError::Ambiguous { count: 2, .. })));
-        assert_eq!(d.resolve("live").unwrap().pid, me);
-        assert!(matches!(d.resolve("dead"), Err(RuntimeError::NotRunning { .. })));
-        assert!(matches!(d.resolve("nope"), Err(RuntimeError::NotFound(_))));
+        let any = |_: &Container| true;
+        match d.resolve("web.1", any) {
+            Err(RuntimeError::Ambiguous { candidates, .. }) => {
+                assert_eq!(candidates, ["web.1 (container dead)", "web.1 (container live)"])
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(d.resolve("live", any).unwrap().pid, me);
+        assert!(matches!(d.resolve("dead", any), Err(RuntimeError::NotRunning { .. })));
+        assert!(matches!(d.resolve("nope", any), Err(RuntimeError::NotFound(_))));
+        // What the caller may not see does not make a name ambiguous.
+        assert_eq!(d.resolve("web.1", |c: &Container| c.id != "dead").unwrap().id, "live");
+        assert!(matches!(d.resolve("live", |c: &Container| c.id != "live"), Err(RuntimeError::NotFound(_))));
     }
 }
