@@ -158,6 +158,27 @@ impl Acl {
         self.allows_container(who, task, task, action, image)
     }
 
+    /// True when an allow rule grants `who` the `action` on some tasks, and no deny rule takes it away on every
+    /// task (`*` or `**`). For what concerns the host rather than one task (`GET /v1/runtimes`).
+    pub fn grants_somewhere(&self, who: &Principal<'_>, action: &str) -> bool {
+        let mut allowed = false;
+        for r in &self.rules {
+            let subject = r.subjects.iter().any(|s| match s {
+                Subject::Any => true,
+                Subject::User(u) => u == who.user,
+                Subject::Group(g) => who.groups.iter().any(|x| x == g),
+            });
+            if !(subject && r.actions.iter().any(|a| a == "*" || a == action)) {
+                continue;
+            }
+            if r.deny && r.tasks.iter().any(|m| matches!(m.glob().glob(), "*" | "**")) {
+                return false;
+            }
+            allowed |= !r.deny && !r.tasks.is_empty();
+        }
+        allowed
+    }
+
     /// The decision for a resolved container known only by its task id and container id.
     #[cfg(test)]
     pub fn allows_container(
@@ -292,6 +313,23 @@ images = ["**/evil*"]
         assert!(acl.allows_container(&who, "db-1", "3f9c", "exec", None));
         // And allow rules are about task ids: a deny on the container id pattern works too.
         assert!(!acl.allows_container(&who, "web-1", "db-x", "exec:tty", None));
+    }
+
+    #[test]
+    fn host_wide_listing_needs_a_list_grant_not_denied_everywhere() {
+        let acl = Acl::parse(
+            "[[rule]]\nsubjects=['user:a','user:b','user:m']\ntasks=['web-*']\nactions=['list']\n\n\
+             [[rule]]\nsubjects=['user:x']\ntasks=['*']\nactions=['exec']\n\n\
+             [[rule]]\neffect='deny'\nsubjects=['user:b']\ntasks=['web-1']\nactions=['list']\n\n\
+             [[rule]]\neffect='deny'\nsubjects=['user:m']\ntasks=['**']\nactions=['*']\n",
+        )
+        .unwrap();
+        let p = |user| Principal { user, groups: &[] };
+        assert!(acl.grants_somewhere(&p("a"), "list"));
+        assert!(acl.grants_somewhere(&p("b"), "list"), "a deny on one task leaves the others");
+        assert!(!acl.grants_somewhere(&p("m"), "list"), "denied everywhere");
+        assert!(!acl.grants_somewhere(&p("x"), "list"), "exec is not list");
+        assert!(!acl.grants_somewhere(&p("nobody"), "list"));
     }
 
     #[test]

@@ -2,12 +2,15 @@
 //! and picks the container a user's name for it means ([`names`]).
 
 mod crun;
+pub mod docker;
 pub mod names;
 mod runc;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
 
 /// Errors resolving a task.
 #[derive(Debug, thiserror::Error)]
@@ -72,21 +75,72 @@ pub struct Container {
     pub state: State,
 }
 
-/// Finds containers under the configured state roots.
+/// How one configured runtime answered, for `GET /v1/runtimes`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RuntimeStatus {
+    /// `runc`, `crun`, `docker` or `containerd`.
+    pub runtime: &'static str,
+    /// The state root or socket.
+    pub path: PathBuf,
+    /// `ok`; `absent` (a state root that does not exist: nothing of that runtime on this host); `unreachable`.
+    pub status: &'static str,
+    /// Containers found there (state roots and engines that answered).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub containers: Option<usize>,
+    /// Why an engine is unreachable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Finds containers under the configured state roots and asks the configured engines about them.
 pub struct Discovery {
     runc_roots: Vec<PathBuf>,
     crun_roots: Vec<PathBuf>,
+    docker_sockets: Vec<PathBuf>,
+    containerd_sockets: Vec<PathBuf>,
+    timeout: Duration,
     annotation: Option<String>,
+    /// Engines last seen unreachable, so that the log warns once when one goes away and once when it is back.
+    down: Mutex<HashMap<PathBuf, String>>,
 }
 
 impl Discovery {
-    pub fn new(cfg: &crate::config::RuntimesConfig, annotation: Option<String>) -> Self {
-        Discovery { runc_roots: cfg.runc_roots.clone(), crun_roots: cfg.crun_roots.clone(), annotation }
+    pub fn new(cfg: &crate::config::RuntimesConfig, annotation: Option<String>, timeout: Duration) -> Self {
+        Discovery {
+            runc_roots: cfg.runc_roots.clone(),
+            crun_roots: cfg.crun_roots.clone(),
+            docker_sockets: cfg.docker_sockets.clone(),
+            containerd_sockets: cfg.containerd_sockets.clone(),
+            timeout,
+            annotation,
+            down: Mutex::default(),
+        }
     }
 
-    /// Every container found, in no particular order. Unreadable entries are skipped: a runtime may be
-    /// writing its state while we look.
-    pub fn list(&self) -> Vec<Container> {
+    /// Every container found, in no particular order: those in the runtimes' state (running, created, or
+    /// stopped but not yet deleted), with what the engines know about them, and the engines' stopped containers
+    /// that no state root holds any more. Unreadable entries are skipped (a runtime may be writing its state
+    /// while we look) and an engine that does not answer is left out: a list never fails.
+    pub async fn list(&self) -> Vec<Container> {
+        let mut out = self.in_state_roots();
+        let answers = futures_util::future::join_all(
+            self.docker_sockets.iter().map(|s| async move { (s, docker::containers(s, self.timeout).await) }),
+        )
+        .await;
+        for (socket, answer) in answers {
+            match answer {
+                Ok(entries) => {
+                    self.note(socket, None);
+                    merge_docker(&mut out, entries);
+                }
+                Err(e) => self.note(socket, Some(e.to_string())),
+            }
+        }
+        out
+    }
+
+    /// Containers in the runc and crun state roots, with their task ids.
+    fn in_state_roots(&self) -> Vec<Container> {
         let mut out = Vec::new();
         let found = expand(&self.runc_roots)
             .into_iter()
@@ -102,10 +156,74 @@ impl Discovery {
         out
     }
 
-    /// The running container that `task` names among those `visible` to the caller (see [`names::pick`]).
-    /// Containers the caller may not see neither match nor make a name ambiguous.
-    pub fn resolve(&self, task: &str, visible: impl Fn(&Container) -> bool) -> Result<Container, RuntimeError> {
-        let mut all: Vec<Container> = self.list().into_iter().filter(|c| visible(c)).collect();
+    /// Logs an engine going away or coming back, once per change.
+    fn note(&self, socket: &Path, error: Option<String>) {
+        let Ok(mut down) = self.down.lock() else { return };
+        match error {
+            Some(e) => {
+                if down.insert(socket.into(), e.clone()).is_none() {
+                    tracing::warn!(socket = %socket.display(), "container engine unreachable, listing without it: {e}");
+                }
+            }
+            None => {
+                if down.remove(socket).is_some() {
+                    tracing::info!(socket = %socket.display(), "container engine reachable again");
+                }
+            }
+        }
+    }
+
+    /// How each configured runtime answers now.
+    pub async fn statuses(&self) -> Vec<RuntimeStatus> {
+        let mut out = Vec::new();
+        for (runtime, roots, read) in [
+            ("runc", &self.runc_roots, runc::read as fn(&Path) -> Option<Container>),
+            ("crun", &self.crun_roots, crun::read),
+        ] {
+            for root in roots {
+                let dirs = expand(std::slice::from_ref(root));
+                let present = dirs.iter().any(|d| d.is_dir());
+                let n = dirs.iter().flat_map(|d| subdirs(d)).filter_map(|d| read(&d)).count();
+                out.push(RuntimeStatus {
+                    runtime,
+                    path: root.clone(),
+                    status: if present { "ok" } else { "absent" },
+                    containers: present.then_some(n),
+                    error: None,
+                });
+            }
+        }
+        for socket in &self.docker_sockets {
+            let r = docker::containers(socket, self.timeout).await;
+            let (status, containers, error) = match r {
+                Ok(v) => ("ok", Some(v.len()), None),
+                Err(e) => ("unreachable", None, Some(e.to_string())),
+            };
+            self.note(socket, error.clone());
+            out.push(RuntimeStatus { runtime: "docker", path: socket.clone(), status, containers, error });
+        }
+        for socket in &self.containerd_sockets {
+            // Reachability only: containerd's containers are found through its shims' runc and crun roots.
+            let r = tokio::time::timeout(self.timeout, tokio::net::UnixStream::connect(socket)).await;
+            let error = match r {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(format!("cannot connect to {}: {e}", socket.display())),
+                Err(_) => Some(format!("{}: no answer within {:?}", socket.display(), self.timeout)),
+            };
+            let status = if error.is_some() { "unreachable" } else { "ok" };
+            out.push(RuntimeStatus { runtime: "containerd", path: socket.clone(), status, containers: None, error });
+        }
+        out
+    }
+
+    /// The running container that `task` names among those of `all` that are `visible` to the caller (see
+    /// [`names::pick`]). Containers the caller may not see neither match nor make a name ambiguous.
+    pub fn resolve(
+        all: Vec<Container>,
+        task: &str,
+        visible: impl Fn(&Container) -> bool,
+    ) -> Result<Container, RuntimeError> {
+        let mut all: Vec<Container> = all.into_iter().filter(|c| visible(c)).collect();
         let c = match names::pick(&all, task) {
             names::Pick::One(i) => all.swap_remove(i),
             names::Pick::None => return Err(RuntimeError::NotFound(task.into())),
@@ -123,6 +241,38 @@ impl Discovery {
 
     fn task_id(&self, bundle: &Path) -> Option<String> {
         read_annotations(bundle)?.remove(self.annotation.as_ref()?)
+    }
+}
+
+/// Adds Docker's names and labels to the containers found in its runc root, and its stopped containers (whose
+/// runc state is gone) as stopped tasks with their exit status.
+fn merge_docker(out: &mut Vec<Container>, entries: Vec<docker::Entry>) {
+    for e in entries {
+        let known = out.iter_mut().find(|c| c.id == e.id);
+        let stopped = known.is_none();
+        let c = match known {
+            Some(c) => c,
+            // Only what the engine knows: no bundle, no pid. Listed, and refused as not running.
+            None if e.state != "running" => {
+                out.push(Container {
+                    task_id: e.id.clone(),
+                    id: e.id.clone(),
+                    runtime: "docker",
+                    ..Container::default()
+                });
+                let Some(c) = out.last_mut() else { continue };
+                c
+            }
+            // Running but in no configured runc root: the agent cannot exec into it, so it is not a task here.
+            None => continue,
+        };
+        c.runtime = "docker";
+        c.name = e.name();
+        c.service = e.label("com.docker.compose.service");
+        c.project = e.label("com.docker.compose.project");
+        if stopped || c.state == State::Stopped {
+            c.exit_code = e.exit_code();
+        }
     }
 }
 
@@ -202,9 +352,13 @@ mod tests {
         let crun_ns = tmp.path().join("crun/ns1/c2");
         std::fs::create_dir_all(&crun_ns).unwrap();
         std::fs::write(crun_ns.join("status"), format!(r#"{{"pid":{me},"bundle":"/nonexistent"}}"#)).unwrap();
-        let cfg = crate::config::RuntimesConfig { runc_roots: vec![runc], crun_roots: vec![tmp.path().join("crun/*")] };
-        let d = Discovery::new(&cfg, Some("task".into()));
-        let mut all: Vec<_> = d.list().into_iter().map(|c| (c.id, c.task_id, c.runtime, c.state)).collect();
+        let cfg = crate::config::RuntimesConfig {
+            runc_roots: vec![runc],
+            crun_roots: vec![tmp.path().join("crun/*")],
+            ..Default::default()
+        };
+        let d = Discovery::new(&cfg, Some("task".into()), Duration::from_secs(1));
+        let mut all: Vec<_> = d.in_state_roots().into_iter().map(|c| (c.id, c.task_id, c.runtime, c.state)).collect();
         all.sort();
         assert_eq!(
             all,
@@ -215,17 +369,52 @@ mod tests {
             ]
         );
         let any = |_: &Container| true;
-        match d.resolve("web.1", any) {
+        let resolve = |t: &str, v: &dyn Fn(&Container) -> bool| Discovery::resolve(d.in_state_roots(), t, v);
+        match resolve("web.1", &any) {
             Err(RuntimeError::Ambiguous { candidates, .. }) => {
                 assert_eq!(candidates, ["web.1 (container dead)", "web.1 (container live)"])
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(d.resolve("live", any).unwrap().pid, me);
-        assert!(matches!(d.resolve("dead", any), Err(RuntimeError::NotRunning { .. })));
-        assert!(matches!(d.resolve("nope", any), Err(RuntimeError::NotFound(_))));
+        assert_eq!(resolve("live", &any).unwrap().pid, me);
+        assert!(matches!(resolve("dead", &any), Err(RuntimeError::NotRunning { .. })));
+        assert!(matches!(resolve("nope", &any), Err(RuntimeError::NotFound(_))));
         // What the caller may not see does not make a name ambiguous.
-        assert_eq!(d.resolve("web.1", |c: &Container| c.id != "dead").unwrap().id, "live");
-        assert!(matches!(d.resolve("live", |c: &Container| c.id != "live"), Err(RuntimeError::NotFound(_))));
+        assert_eq!(resolve("web.1", &|c: &Container| c.id != "dead").unwrap().id, "live");
+        assert!(matches!(resolve("live", &|c: &Container| c.id != "live"), Err(RuntimeError::NotFound(_))));
+    }
+
+    #[test]
+    fn docker_adds_names_labels_and_its_stopped_containers() {
+        let running = Container {
+            id: "7fee".into(),
+            task_id: "7fee".into(),
+            runtime: "runc",
+            state: State::Running,
+            ..Container::default()
+        };
+        let mut out = vec![running];
+        let entries: Vec<docker::Entry> = serde_json::from_str(
+            r#"[{"Id":"7fee","Names":["/web-1"],"State":"running","Status":"Up 1 second",
+                 "Labels":{"com.docker.compose.service":"web","com.docker.compose.project":"shop"}},
+                {"Id":"dead","Names":["/crashed"],"State":"exited","Status":"Exited (3) 1 second ago"},
+                {"Id":"elsewhere","Names":["/x"],"State":"running","Status":"Up"}]"#,
+        )
+        .unwrap();
+        merge_docker(&mut out, entries);
+        let got: Vec<_> = out
+            .iter()
+            .map(|c| (c.id.as_str(), c.name.as_deref(), c.runtime, c.state, c.exit_code, c.service.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("7fee", Some("web-1"), "docker", State::Running, None, Some("web")),
+                ("dead", Some("crashed"), "docker", State::Stopped, Some(3), None),
+            ]
+        );
+        assert_eq!(out[0].project.as_deref(), Some("shop"));
+        let e = Discovery::resolve(out, "crash", |_| true).unwrap_err();
+        assert!(matches!(e, RuntimeError::NotRunning { .. }), "{e:?}");
     }
 }
