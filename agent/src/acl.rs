@@ -87,6 +87,9 @@ pub struct Target<'a> {
     pub container_id: &'a str,
     /// The runtime's name for it (Docker's container name, nerdctl's `nerdctl/name`), if any.
     pub name: Option<&'a str>,
+    /// The container may have a name that could not be learnt (its engine did not answer): every deny rule
+    /// for the subject and action applies, since one may have been written for that name.
+    pub name_unknown: bool,
 }
 
 impl Acl {
@@ -189,14 +192,14 @@ impl Acl {
         action: &str,
         image: Option<&str>,
     ) -> bool {
-        self.allows_target(who, &Target { task_id, container_id, name: None }, action, image)
+        self.allows_target(who, &Target { task_id, container_id, name: None, name_unknown: false }, action, image)
     }
 
     /// The decision for a resolved container: allow rules are matched against its task id and its runtime
     /// name, deny rules against its task id, its container id and its name, so naming a container by id or by
     /// name never slips past a deny rule written for another of its names.
     pub fn allows_target(&self, who: &Principal<'_>, t: &Target<'_>, action: &str, image: Option<&str>) -> bool {
-        let Target { task_id, container_id, name } = *t;
+        let Target { task_id, container_id, name, name_unknown } = *t;
         let mut allowed = false;
         for r in &self.rules {
             let subject = r.subjects.iter().any(|s| match s {
@@ -215,7 +218,8 @@ impl Acl {
             }
             let by_name = |m: &GlobMatcher| name.is_some_and(|n| m.is_match(n));
             if r.deny {
-                if r.tasks.iter().any(|m| m.is_match(task_id) || m.is_match(container_id) || by_name(m)) {
+                if name_unknown || r.tasks.iter().any(|m| m.is_match(task_id) || m.is_match(container_id) || by_name(m))
+                {
                     return false;
                 }
             } else {

@@ -123,7 +123,12 @@ pub fn actions(r: &ExecRequest, debug: bool) -> Vec<&'static str> {
 
 /// Every name the ACL judges a resolved container by.
 pub fn target(c: &Container) -> Target<'_> {
-    Target { task_id: &c.task_id, container_id: &c.id, name: c.name.as_deref().map(|n| n.trim_start_matches('/')) }
+    Target {
+        task_id: &c.task_id,
+        container_id: &c.id,
+        name: c.name.as_deref().map(|n| n.trim_start_matches('/')),
+        name_unknown: c.name_unknown,
+    }
 }
 
 /// The first action of `p` that the ACL refuses `who` on this container, as a refusal.
@@ -156,7 +161,7 @@ pub fn exec(
         }
         // Whether the task exists is only for those with a grant on the name.
         Err(e) => {
-            check(acl, &who, p, &Target { task_id: &p.task, container_id: &p.task, name: None })?;
+            check(acl, &who, p, &Target { task_id: &p.task, container_id: &p.task, name: None, name_unknown: false })?;
             Err(e.into())
         }
     }
@@ -294,6 +299,17 @@ actions = ["exec:tty"]
             assert_eq!(exec(&acl, web1, &claims("ann"), &params(name, sh.clone())).unwrap().id, "c0ffee", "{name}");
             let e = exec(&acl, web1, &claims("bob"), &params(name, sh.clone())).unwrap_err();
             assert!(matches!(e.code, ErrorCode::Forbidden | ErrorCode::TaskNotFound), "{name}: {e:?}");
+        }
+        // While Docker does not answer the name is unknown: bob's deny could be about it, so it holds; ann,
+        // with no deny rule, is not affected.
+        let unnamed =
+            |t: &str, v: &dyn Fn(&Container) -> bool| {
+                web1(t, &|c: &Container| v(&Container { name: None, name_unknown: true, ..c.clone() }))
+                    .map(|c| Container { name: None, name_unknown: true, ..c })
+            };
+        for name in ["c0ffee", "web-1"] {
+            assert_eq!(exec(&acl, unnamed, &claims("ann"), &params(name, sh.clone())).unwrap().id, "c0ffee");
+            assert!(exec(&acl, unnamed, &claims("bob"), &params(name, sh.clone())).is_err(), "{name}");
         }
         // An allow rule written for the runtime name grants it.
         let by_name = Acl::parse("[[rule]]\nsubjects=['*']\ntasks=['front']\nactions=['exec']\n").unwrap();

@@ -67,6 +67,9 @@ pub struct Container {
     pub project: Option<String>,
     /// Exit status of a stopped container, when its runtime records one.
     pub exit_code: Option<i32>,
+    /// A Docker container (its bundle is in containerd's `moby` namespace) that no engine named because one
+    /// did not answer: the ACL then applies every deny rule, in case one was written for its name.
+    pub name_unknown: bool,
     pub runtime: &'static str,
     pub pid: i32,
     /// Start time of the init in clock ticks after boot (field 22 of /proc/PID/stat): guards against pid reuse.
@@ -127,13 +130,22 @@ impl Discovery {
             self.docker_sockets.iter().map(|s| async move { (s, docker::containers(s, self.timeout).await) }),
         )
         .await;
+        let mut silent = false;
         for (socket, answer) in answers {
             match answer {
                 Ok(entries) => {
                     self.note(socket, None);
                     merge_docker(&mut out, entries);
                 }
-                Err(e) => self.note(socket, Some(e.to_string())),
+                Err(e) => {
+                    silent = true;
+                    self.note(socket, Some(e.to_string()));
+                }
+            }
+        }
+        if silent {
+            for c in out.iter_mut().filter(|c| c.runtime != "docker" && is_docker_bundle(&c.bundle)) {
+                c.name_unknown = true;
             }
         }
         out
@@ -242,6 +254,11 @@ impl Discovery {
     fn task_id(&self, bundle: &Path) -> Option<String> {
         read_annotations(bundle)?.remove(self.annotation.as_ref()?)
     }
+}
+
+/// Docker's bundles live in containerd's `moby` namespace: `.../io.containerd.runtime.v2.task/moby/ID`.
+fn is_docker_bundle(bundle: &Path) -> bool {
+    bundle.parent().and_then(Path::file_name).is_some_and(|n| n == "moby")
 }
 
 /// Adds Docker's names and labels to the containers found in its runc root, and its stopped containers (whose
@@ -416,5 +433,39 @@ mod tests {
         assert_eq!(out[0].project.as_deref(), Some("shop"));
         let e = Discovery::resolve(out, "crash", |_| true).unwrap_err();
         assert!(matches!(e, RuntimeError::NotRunning { .. }), "{e:?}");
+    }
+
+    /// With an engine silent, a container in Docker's namespace has a name nobody could learn: marked, so that
+    /// deny rules written for names still hold (see `Target::name_unknown`).
+    #[tokio::test]
+    async fn a_silent_engine_leaves_its_containers_marked_name_unknown() {
+        let tmp = tempfile::tempdir().unwrap();
+        let me = std::process::id() as i32;
+        let start = proc_start_time(me).unwrap();
+        let runc = tmp.path().join("runc");
+        let moby = tmp.path().join("io.containerd.runtime.v2.task/moby/7fee");
+        let plain = tmp.path().join("bundles/plain");
+        write_runc(&runc, "7fee", me, start, &moby);
+        write_runc(&runc, "plain", me, start, &plain);
+        let cfg = crate::config::RuntimesConfig {
+            runc_roots: vec![runc],
+            crun_roots: vec![],
+            docker_sockets: vec![tmp.path().join("gone.sock")],
+            ..Default::default()
+        };
+        let d = Discovery::new(&cfg, None, Duration::from_secs(1));
+        let mut got: Vec<_> = d.list().await.into_iter().map(|c| (c.id, c.name_unknown)).collect();
+        got.sort();
+        assert_eq!(got, [("7fee".to_string(), true), ("plain".to_string(), false)]);
+        let statuses = d.statuses().await;
+        let docker = statuses.iter().find(|s| s.runtime == "docker").unwrap();
+        assert_eq!((docker.status, docker.containers), ("unreachable", None));
+        // No engine configured: nothing to be silent, nothing marked.
+        let d = Discovery::new(
+            &crate::config::RuntimesConfig { docker_sockets: vec![], ..cfg },
+            None,
+            Duration::from_secs(1),
+        );
+        assert!(d.list().await.iter().all(|c| !c.name_unknown));
     }
 }
