@@ -127,7 +127,7 @@ fn world() -> &'static DockerWorld {
                 root.display(),
                 d.exec_root.display(),
             );
-            let agent = Agent::start_with_runtimes(&root.join("agent"), "", &runtimes);
+            let agent = Agent::start_with_runtimes(&root.join("agent"), "", &runtimes, ACL);
             let agent_pid = agent.pid();
             at_exit(move || {
                 // SAFETY: kill and waitpid on our own child, which is never reaped before exit.

@@ -1,6 +1,7 @@
 //! Container discovery: reads the state that OCI runtimes (runc, crun) keep on the host and the bundle's config,
 //! and picks the container a user's name for it means ([`names`]).
 
+pub mod containerd;
 mod crun;
 pub mod docker;
 pub mod names;
@@ -159,12 +160,16 @@ impl Discovery {
             .flat_map(|d| subdirs(&d))
             .filter_map(|d| runc::read(&d))
             .chain(expand(&self.crun_roots).into_iter().flat_map(|d| subdirs(&d)).filter_map(|d| crun::read(&d)));
+        let mut annotated = Vec::new();
         for mut c in found {
-            if let Some(t) = self.task_id(&c.bundle) {
+            let t = self.task_id(&c.bundle);
+            annotated.push(t.is_some());
+            if let Some(t) = t {
                 c.task_id = t;
             }
             out.push(c);
         }
+        containerd::name_all(&mut out, |b| read_annotations(b).unwrap_or_default(), &annotated);
         out
     }
 
@@ -258,7 +263,7 @@ impl Discovery {
 
 /// Docker's bundles live in containerd's `moby` namespace: `.../io.containerd.runtime.v2.task/moby/ID`.
 fn is_docker_bundle(bundle: &Path) -> bool {
-    bundle.parent().and_then(Path::file_name).is_some_and(|n| n == "moby")
+    containerd::namespace(bundle) == Some("moby")
 }
 
 /// Adds Docker's names and labels to the containers found in its runc root, and its stopped containers (whose
