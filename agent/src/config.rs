@@ -198,8 +198,8 @@ pub struct RuntimesConfig {
     /// Docker Engine API sockets, asked for container names, labels and exit statuses (`[]` to ask none).
     #[serde(default = "default_docker_sockets")]
     pub docker_sockets: Vec<PathBuf>,
-    /// containerd sockets, checked and reported by `GET /v1/runtimes` (their containers are found through the
-    /// runc and crun roots above).
+    /// containerd sockets, asked over containerd's API for container labels (nerdctl's name, Compose's labels);
+    /// the containers themselves are found through the runc and crun roots above.
     #[serde(default = "default_containerd_sockets")]
     pub containerd_sockets: Vec<PathBuf>,
     /// How long one engine gets to answer before a list goes on without it.

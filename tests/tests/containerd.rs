@@ -150,9 +150,18 @@ fn world() -> &'static CtdWorld {
 
 /// `ctr run -d` of the test image as `id`, with OCI annotations.
 fn ctr_run(w: &CtdWorld, id: &str, annotations: &[(&str, &str)]) {
+    ctr_run_with(w, id, "--annotation", annotations)
+}
+
+/// `ctr run -d` of the test image as `id`, with containerd labels.
+fn ctr_run_labelled(w: &CtdWorld, id: &str, labels: &[(&str, &str)]) {
+    ctr_run_with(w, id, "--label", labels)
+}
+
+fn ctr_run_with(w: &CtdWorld, id: &str, flag: &str, pairs: &[(&str, &str)]) {
     let mut a: Vec<String> = ["run", "-d", "--snapshotter", "native"].map(String::from).to_vec();
-    for (k, v) in annotations {
-        a.push("--annotation".into());
+    for (k, v) in pairs {
+        a.push(flag.into());
         a.push(format!("{k}={v}"));
     }
     a.extend([w.c.image.clone(), id.into(), "sleep".into(), "100000".into()]);
@@ -173,16 +182,29 @@ fn containerd_containers_are_tasks_as_namespace_slash_id() {
     }
     let w = world();
     let id = format!("{}-plain", prefix());
-    ctr_run(w, &id, &[]);
+    let nerd_name = format!("{}-web", prefix());
+    // nerdctl keeps a container's name in this containerd label, which only containerd's API gives.
+    ctr_run_labelled(w, &id, &[("nerdctl/name", &nerd_name), ("com.docker.compose.service", "web")]);
     let task = format!("{}/{id}", w.c.ns);
     let o = run(w.agent.dcos().args(["task", "list", "--json"]));
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
     let row = rows.iter().find(|t| t["container"] == id.as_str()).unwrap_or_else(|| panic!("{rows:?}"));
     assert_eq!((row["id"].as_str(), row["runtime"].as_str()), (Some(task.as_str()), Some("containerd")));
-    for name in [task.clone(), id.clone(), format!("{}/{}", w.c.ns, &id[..id.len() - 2])] {
+    assert_eq!((row["name"].as_str(), row["service"].as_str()), (Some(nerd_name.as_str()), Some("web")));
+    for name in [task.clone(), id.clone(), format!("{}/{}", w.c.ns, &id[..id.len() - 2]), nerd_name.clone()] {
         let o = w.agent.sh(&name, "echo in; cat /proc/1/cmdline | tr '\\0' ' '");
         assert_eq!((o.status.code(), stdout(&o)), (Some(0), "in\nsleep 100000 ".into()), "{name}: {}", stderr(&o));
     }
+    // containerd's API answers: GET /v1/runtimes counts its containers.
+    let o = run(Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(w.agent.dir.join("ca.crt"))
+        .args(["-H", &format!("Authorization: Bearer {}", w.agent.admin_token)])
+        .arg(format!("{}/v1/runtimes", w.agent.url)));
+    let v: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", stdout(&o)));
+    let ctd = v.iter().find(|r| r["runtime"] == "containerd").unwrap();
+    assert_eq!(ctd["status"], "ok", "{v:?}");
+    assert!(ctd["containers"].as_u64().unwrap() >= 1, "{v:?}");
     remove(w, &id);
 }
 

@@ -1,11 +1,13 @@
 //! containerd and Kubernetes names, from what containerd and the CRI write for every container they start: the
 //! bundle path (`.../io.containerd.runtime.v2.task/NAMESPACE/ID`) and the OCI annotations of its `config.json`
-//! (the CRI's `io.kubernetes.cri.*`, CRI-O's `io.kubernetes.*`, nerdctl's `nerdctl/name` when present). This is
-//! the same file the exec reads, so what a task is called and what is joined cannot disagree.
+//! (the CRI's `io.kubernetes.cri.*`, CRI-O's `io.kubernetes.*`), the same file the exec reads; and what only
+//! containerd's metadata holds (nerdctl's `nerdctl/name` label), from its gRPC API (`containerd-client`).
 
+use super::docker::EngineError;
 use super::{Container, State};
 use std::collections::HashMap;
 use std::path::Path;
+use std::time::Duration;
 
 const V2_TASKS: &str = "io.containerd.runtime.v2.task";
 /// Docker's containerd namespace: its names come from the engine (see `docker`).
@@ -61,7 +63,8 @@ pub fn kube(a: &HashMap<String, String>) -> Option<Kube> {
 /// (`annotations` reads them), and drops pod sandboxes. The task ids of containers whose `keep_id` is true (set
 /// by `task_id_annotation`) are kept.
 ///
-/// - containerd: task id `NAMESPACE/ID`, name nerdctl's `nerdctl/name` if the annotation is there.
+/// - containerd: task id `NAMESPACE/ID`, name a `nerdctl/name` annotation if there is one (the label comes
+///   through the API: [`merge`]).
 /// - Kubernetes: task id `NAMESPACE/POD/CONTAINER`; name `NAMESPACE/POD` while it is the pod's only application
 ///   container that is not stopped.
 pub fn name_all(all: &mut Vec<Container>, annotations: impl Fn(&Path) -> HashMap<String, String>, keep_id: &[bool]) {
@@ -110,6 +113,65 @@ pub fn name_all(all: &mut Vec<Container>, annotations: impl Fn(&Path) -> HashMap
     }
     for i in sandboxes.into_iter().rev() {
         all.remove(i);
+    }
+}
+
+/// One container as containerd's API lists it.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub namespace: String,
+    pub id: String,
+    pub labels: HashMap<String, String>,
+}
+
+/// Every container of every namespace of the containerd on `socket`, with its labels (where nerdctl keeps a
+/// container's name), through containerd's gRPC API.
+pub async fn containers(socket: &Path, timeout: Duration) -> Result<Vec<Listed>, EngineError> {
+    match tokio::time::timeout(timeout, ask(socket)).await {
+        Ok(r) => r,
+        Err(_) => Err(EngineError::Timeout(socket.into(), timeout)),
+    }
+}
+
+async fn ask(socket: &Path) -> Result<Vec<Listed>, EngineError> {
+    use containerd_client::services::v1::containers_client::ContainersClient;
+    use containerd_client::services::v1::namespaces_client::NamespacesClient;
+    use containerd_client::services::v1::{ListContainersRequest, ListNamespacesRequest};
+    use containerd_client::tonic::{metadata::MetadataValue, Request};
+    let http = |e: &dyn std::fmt::Display| EngineError::Http(socket.into(), e.to_string());
+    let channel = containerd_client::connect(socket).await.map_err(|e| http(&e))?;
+    let namespaces = NamespacesClient::new(channel.clone())
+        .list(ListNamespacesRequest::default())
+        .await
+        .map_err(|e| http(&e))?
+        .into_inner()
+        .namespaces;
+    let mut out = Vec::new();
+    let mut client = ContainersClient::new(channel);
+    for ns in namespaces {
+        // containerd scopes every call to the namespace named in this header.
+        let Ok(value) = MetadataValue::try_from(ns.name.as_str()) else { continue };
+        let mut req = Request::new(ListContainersRequest::default());
+        req.metadata_mut().insert("containerd-namespace", value);
+        let listed = client.list(req).await.map_err(|e| http(&e))?.into_inner().containers;
+        out.extend(listed.into_iter().map(|c| Listed { namespace: ns.name.clone(), id: c.id, labels: c.labels }));
+    }
+    Ok(out)
+}
+
+/// Adds what containerd's API knows (nerdctl's name, Compose's labels) to its containers found in the state
+/// roots, matched by namespace and id. Names already given by the CRI annotations stay.
+pub fn merge(all: &mut [Container], listed: Vec<Listed>) {
+    let by_key: HashMap<(String, String), Listed> =
+        listed.into_iter().map(|l| ((l.namespace.clone(), l.id.clone()), l)).collect();
+    for c in all.iter_mut() {
+        let Some(ns) = namespace(&c.bundle) else { continue };
+        let Some(l) = by_key.get(&(ns.to_string(), c.id.clone())) else { continue };
+        if c.name.is_none() {
+            c.name = l.labels.get("nerdctl/name").cloned();
+        }
+        c.service = c.service.take().or_else(|| l.labels.get("com.docker.compose.service").cloned());
+        c.project = c.project.take().or_else(|| l.labels.get("com.docker.compose.project").cloned());
     }
 }
 
@@ -187,5 +249,27 @@ mod tests {
                 ("bare", "bare", None, "runc"),
             ]
         );
+    }
+
+    #[test]
+    fn labels_from_the_api_name_containers_of_the_same_namespace_and_id() {
+        let c = |ns: &str, id: &str| Container {
+            id: id.into(),
+            task_id: format!("{ns}/{id}"),
+            bundle: format!("/run/containerd/{V2_TASKS}/{ns}/{id}").into(),
+            ..Container::default()
+        };
+        let mut all = vec![c("default", "a"), c("other", "a"), c("default", "b")];
+        all[2].name = Some("shop/pod".into());
+        let labels = |name: &str| {
+            ann(&[("nerdctl/name", name), ("com.docker.compose.service", "web"), ("com.docker.compose.project", "p")])
+        };
+        let listed = vec![
+            Listed { namespace: "default".into(), id: "a".into(), labels: labels("web-1") },
+            Listed { namespace: "default".into(), id: "b".into(), labels: labels("ignored") },
+        ];
+        merge(&mut all, listed);
+        let got: Vec<_> = all.iter().map(|c| (c.name.as_deref(), c.service.as_deref())).collect();
+        assert_eq!(got, [(Some("web-1"), Some("web")), (None, None), (Some("shop/pod"), Some("web"))]);
     }
 }

@@ -68,7 +68,7 @@ pub struct Container {
     pub project: Option<String>,
     /// Exit status of a stopped container, when its runtime records one.
     pub exit_code: Option<i32>,
-    /// A Docker container (its bundle is in containerd's `moby` namespace) that no engine named because one
+    /// A Docker or containerd container (by its bundle's containerd namespace) that has no name because an engine
     /// did not answer: the ACL then applies every deny rule, in case one was written for its name.
     pub name_unknown: bool,
     pub runtime: &'static str,
@@ -131,7 +131,11 @@ impl Discovery {
             self.docker_sockets.iter().map(|s| async move { (s, docker::containers(s, self.timeout).await) }),
         )
         .await;
-        let mut silent = false;
+        let ctd_answers = futures_util::future::join_all(
+            self.containerd_sockets.iter().map(|s| async move { (s, containerd::containers(s, self.timeout).await) }),
+        )
+        .await;
+        let mut docker_silent = false;
         for (socket, answer) in answers {
             match answer {
                 Ok(entries) => {
@@ -139,15 +143,30 @@ impl Discovery {
                     merge_docker(&mut out, entries);
                 }
                 Err(e) => {
-                    silent = true;
+                    docker_silent = true;
                     self.note(socket, Some(e.to_string()));
                 }
             }
         }
-        if silent {
-            for c in out.iter_mut().filter(|c| c.runtime != "docker" && is_docker_bundle(&c.bundle)) {
-                c.name_unknown = true;
+        let mut ctd_silent = false;
+        for (socket, answer) in ctd_answers {
+            match answer {
+                Ok(listed) => {
+                    self.note(socket, None);
+                    containerd::merge(&mut out, listed);
+                }
+                Err(e) => {
+                    ctd_silent = true;
+                    self.note(socket, Some(e.to_string()));
+                }
             }
+        }
+        // Names that a silent engine would have given: deny rules written for them must still hold.
+        for c in out.iter_mut().filter(|c| c.name.is_none()) {
+            let ns = containerd::namespace(&c.bundle);
+            let docker = c.runtime != "docker" && ns == Some("moby");
+            let ctd = ns.is_some_and(|n| n != "moby");
+            c.name_unknown = (docker && docker_silent) || (ctd && ctd_silent);
         }
         out
     }
@@ -220,15 +239,12 @@ impl Discovery {
             out.push(RuntimeStatus { runtime: "docker", path: socket.clone(), status, containers, error });
         }
         for socket in &self.containerd_sockets {
-            // Reachability only: containerd's containers are found through its shims' runc and crun roots.
-            let r = tokio::time::timeout(self.timeout, tokio::net::UnixStream::connect(socket)).await;
-            let error = match r {
-                Ok(Ok(_)) => None,
-                Ok(Err(e)) => Some(format!("cannot connect to {}: {e}", socket.display())),
-                Err(_) => Some(format!("{}: no answer within {:?}", socket.display(), self.timeout)),
+            let (status, containers, error) = match containerd::containers(socket, self.timeout).await {
+                Ok(v) => ("ok", Some(v.len()), None),
+                Err(e) => ("unreachable", None, Some(e.to_string())),
             };
-            let status = if error.is_some() { "unreachable" } else { "ok" };
-            out.push(RuntimeStatus { runtime: "containerd", path: socket.clone(), status, containers: None, error });
+            self.note(socket, error.clone());
+            out.push(RuntimeStatus { runtime: "containerd", path: socket.clone(), status, containers, error });
         }
         out
     }
@@ -259,11 +275,6 @@ impl Discovery {
     fn task_id(&self, bundle: &Path) -> Option<String> {
         read_annotations(bundle)?.remove(self.annotation.as_ref()?)
     }
-}
-
-/// Docker's bundles live in containerd's `moby` namespace: `.../io.containerd.runtime.v2.task/moby/ID`.
-fn is_docker_bundle(bundle: &Path) -> bool {
-    containerd::namespace(bundle) == Some("moby")
 }
 
 /// Adds Docker's names and labels to the containers found in its runc root, and its stopped containers (whose
@@ -456,6 +467,7 @@ mod tests {
             runc_roots: vec![runc],
             crun_roots: vec![],
             docker_sockets: vec![tmp.path().join("gone.sock")],
+            containerd_sockets: vec![],
             ..Default::default()
         };
         let d = Discovery::new(&cfg, None, Duration::from_secs(1));
