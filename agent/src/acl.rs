@@ -80,6 +80,18 @@ pub struct Principal<'a> {
     pub groups: &'a [String],
 }
 
+/// What a rule's `tasks` patterns are matched against: every name of one resolved container.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub task_id: &'a str,
+    pub container_id: &'a str,
+    /// The runtime's name for it (Docker's container name, nerdctl's `nerdctl/name`), if any.
+    pub name: Option<&'a str>,
+    /// The container may have a name that could not be learnt (its engine did not answer): every deny rule
+    /// for the subject and action applies, since one may have been written for that name.
+    pub name_unknown: bool,
+}
+
 impl Acl {
     /// Loads and validates an ACL file.
     pub fn load(path: &Path) -> Result<Acl, AclError> {
@@ -149,8 +161,29 @@ impl Acl {
         self.allows_container(who, task, task, action, image)
     }
 
-    /// The decision for a resolved container: allow rules are matched against its task id, deny rules against
-    /// its task id and its container id, so naming a container by id never slips past a deny rule.
+    /// True when an allow rule grants `who` the `action` on some tasks, and no deny rule takes it away on every
+    /// task (`*` or `**`). For what concerns the host rather than one task (`GET /v1/runtimes`).
+    pub fn grants_somewhere(&self, who: &Principal<'_>, action: &str) -> bool {
+        let mut allowed = false;
+        for r in &self.rules {
+            let subject = r.subjects.iter().any(|s| match s {
+                Subject::Any => true,
+                Subject::User(u) => u == who.user,
+                Subject::Group(g) => who.groups.iter().any(|x| x == g),
+            });
+            if !(subject && r.actions.iter().any(|a| a == "*" || a == action)) {
+                continue;
+            }
+            if r.deny && r.tasks.iter().any(|m| matches!(m.glob().glob(), "*" | "**")) {
+                return false;
+            }
+            allowed |= !r.deny && !r.tasks.is_empty();
+        }
+        allowed
+    }
+
+    /// The decision for a resolved container known only by its task id and container id.
+    #[cfg(test)]
     pub fn allows_container(
         &self,
         who: &Principal<'_>,
@@ -159,6 +192,14 @@ impl Acl {
         action: &str,
         image: Option<&str>,
     ) -> bool {
+        self.allows_target(who, &Target { task_id, container_id, name: None, name_unknown: false }, action, image)
+    }
+
+    /// The decision for a resolved container: allow rules are matched against its task id and its runtime
+    /// name, deny rules against its task id, its container id and its name, so naming a container by id or by
+    /// name never slips past a deny rule written for another of its names.
+    pub fn allows_target(&self, who: &Principal<'_>, t: &Target<'_>, action: &str, image: Option<&str>) -> bool {
+        let Target { task_id, container_id, name, name_unknown } = *t;
         let mut allowed = false;
         for r in &self.rules {
             let subject = r.subjects.iter().any(|s| match s {
@@ -175,12 +216,14 @@ impl Acl {
             if !(subject && image_ok && action_ok) {
                 continue;
             }
+            let by_name = |m: &GlobMatcher| name.is_some_and(|n| m.is_match(n));
             if r.deny {
-                if r.tasks.iter().any(|m| m.is_match(task_id) || m.is_match(container_id)) {
+                if name_unknown || r.tasks.iter().any(|m| m.is_match(task_id) || m.is_match(container_id) || by_name(m))
+                {
                     return false;
                 }
             } else {
-                allowed |= r.tasks.iter().any(|m| m.is_match(task_id));
+                allowed |= r.tasks.iter().any(|m| m.is_match(task_id) || by_name(m));
             }
         }
         allowed
@@ -274,6 +317,23 @@ images = ["**/evil*"]
         assert!(acl.allows_container(&who, "db-1", "3f9c", "exec", None));
         // And allow rules are about task ids: a deny on the container id pattern works too.
         assert!(!acl.allows_container(&who, "web-1", "db-x", "exec:tty", None));
+    }
+
+    #[test]
+    fn host_wide_listing_needs_a_list_grant_not_denied_everywhere() {
+        let acl = Acl::parse(
+            "[[rule]]\nsubjects=['user:a','user:b','user:m']\ntasks=['web-*']\nactions=['list']\n\n\
+             [[rule]]\nsubjects=['user:x']\ntasks=['*']\nactions=['exec']\n\n\
+             [[rule]]\neffect='deny'\nsubjects=['user:b']\ntasks=['web-1']\nactions=['list']\n\n\
+             [[rule]]\neffect='deny'\nsubjects=['user:m']\ntasks=['**']\nactions=['*']\n",
+        )
+        .unwrap();
+        let p = |user| Principal { user, groups: &[] };
+        assert!(acl.grants_somewhere(&p("a"), "list"));
+        assert!(acl.grants_somewhere(&p("b"), "list"), "a deny on one task leaves the others");
+        assert!(!acl.grants_somewhere(&p("m"), "list"), "denied everywhere");
+        assert!(!acl.grants_somewhere(&p("x"), "list"), "exec is not list");
+        assert!(!acl.grants_somewhere(&p("nobody"), "list"));
     }
 
     #[test]

@@ -184,8 +184,10 @@ fn default_cache_dir() -> PathBuf {
     "images".into()
 }
 
-/// State roots of the OCI runtimes the agent discovers containers in. A trailing `/*` means
-/// "every directory below" (containerd keeps one root per namespace).
+/// `[runtimes]`: where the agent finds containers. The OCI runtimes' state roots give every container with its
+/// bundle (what an exec needs); the engines' sockets add what only the engine knows (Docker's names, Compose
+/// labels, exit statuses of stopped containers). A trailing `/*` in a root means "every directory below"
+/// (containerd keeps one root per namespace). An engine that does not answer is a warning, never an error.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimesConfig {
@@ -193,11 +195,27 @@ pub struct RuntimesConfig {
     pub runc_roots: Vec<PathBuf>,
     #[serde(default = "default_crun_roots")]
     pub crun_roots: Vec<PathBuf>,
+    /// Docker Engine API sockets, asked for container names, labels and exit statuses (`[]` to ask none).
+    #[serde(default = "default_docker_sockets")]
+    pub docker_sockets: Vec<PathBuf>,
+    /// containerd sockets, asked over containerd's API for container labels (nerdctl's name, Compose's labels);
+    /// the containers themselves are found through the runc and crun roots above.
+    #[serde(default = "default_containerd_sockets")]
+    pub containerd_sockets: Vec<PathBuf>,
+    /// How long one engine gets to answer before a list goes on without it.
+    #[serde(default = "default_api_timeout")]
+    pub api_timeout: String,
 }
 
 impl Default for RuntimesConfig {
     fn default() -> Self {
-        RuntimesConfig { runc_roots: default_runc_roots(), crun_roots: default_crun_roots() }
+        RuntimesConfig {
+            runc_roots: default_runc_roots(),
+            crun_roots: default_crun_roots(),
+            docker_sockets: default_docker_sockets(),
+            containerd_sockets: default_containerd_sockets(),
+            api_timeout: default_api_timeout(),
+        }
     }
 }
 
@@ -226,6 +244,17 @@ pub fn default_shutdown_grace() -> String {
 pub fn default_runc_roots() -> Vec<PathBuf> {
     ["/run/runc", "/run/containerd/runc/*", "/run/docker/runtime-runc/moby"].iter().map(PathBuf::from).collect()
 }
+/// Docker's default socket.
+pub fn default_docker_sockets() -> Vec<PathBuf> {
+    vec!["/run/docker.sock".into()]
+}
+/// containerd's default socket.
+pub fn default_containerd_sockets() -> Vec<PathBuf> {
+    vec!["/run/containerd/containerd.sock".into()]
+}
+fn default_api_timeout() -> String {
+    "2s".into()
+}
 /// crun's default and containerd's crun roots.
 pub fn default_crun_roots() -> Vec<PathBuf> {
     ["/run/crun", "/run/containerd/crun/*"].iter().map(PathBuf::from).collect()
@@ -238,6 +267,8 @@ pub struct Loaded {
     pub grace_period: Duration,
     pub output_drain: Duration,
     pub shutdown_grace: Duration,
+    /// `[runtimes] api_timeout`.
+    pub api_timeout: Duration,
 }
 
 impl AgentConfig {
@@ -268,6 +299,7 @@ impl AgentConfig {
         let grace_period = dur("grace_period", &cfg.grace_period)?;
         let output_drain = dur("output_drain", &cfg.output_drain)?;
         let shutdown_grace = dur("shutdown_grace", &cfg.shutdown_grace)?;
+        let api_timeout = dur("runtimes.api_timeout", &cfg.runtimes.api_timeout)?;
         for (key, value, what) in [
             ("max_unauthenticated", cfg.max_unauthenticated, "connection"),
             ("max_sessions_per_user", cfg.max_sessions_per_user, "session"),
@@ -276,7 +308,7 @@ impl AgentConfig {
                 return Err(ConfigError::Zero { path: path.into(), key, what });
             }
         }
-        Ok(Loaded { file: cfg, grace_period, output_drain, shutdown_grace })
+        Ok(Loaded { file: cfg, grace_period, output_drain, shutdown_grace, api_timeout })
     }
 }
 
@@ -298,6 +330,9 @@ mod tests {
         assert_eq!(l.file.audit_log, PathBuf::from("/var/log/a.log"));
         assert_eq!(l.grace_period, Duration::from_millis(250));
         assert_eq!(l.file.runtimes.runc_roots, default_runc_roots());
+        assert_eq!(l.file.runtimes.docker_sockets, [PathBuf::from("/run/docker.sock")]);
+        assert_eq!(l.file.runtimes.containerd_sockets, [PathBuf::from("/run/containerd/containerd.sock")]);
+        assert_eq!(l.api_timeout, Duration::from_secs(2));
         assert_eq!((l.file.max_unauthenticated, l.file.max_sessions_per_user), (256, 64));
         assert_eq!(l.shutdown_grace, Duration::from_secs(10));
     }
@@ -321,6 +356,10 @@ mod tests {
             std::fs::write(&p, format!("{base}{key}=0\n")).unwrap();
             assert!(matches!(AgentConfig::load(&p), Err(ConfigError::Zero { key: k, .. }) if k == key), "{key}");
         }
+        std::fs::write(&p, format!("{base}[runtimes]\napi_timeout='whenever'\n")).unwrap();
+        assert!(matches!(AgentConfig::load(&p), Err(ConfigError::Duration { key: "runtimes.api_timeout", .. })));
+        std::fs::write(&p, format!("{base}[runtimes]\ndocker_socket='/run/docker.sock'\n")).unwrap();
+        assert!(matches!(AgentConfig::load(&p), Err(ConfigError::Parse { .. })), "a misspelt key is an error");
         std::fs::write(&p, format!("{base}max_sessions_per_user=-1\n")).unwrap();
         assert!(matches!(AgentConfig::load(&p), Err(ConfigError::Parse { .. })));
     }

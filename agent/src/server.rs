@@ -41,7 +41,7 @@ impl Agent {
         let verifier = Verifier::new(&pub_pem, &f.issuer, &f.audience)?;
         let acl = Acl::load(&f.acl)?;
         let audit = AuditLog::open(&f.audit_log).with_context(|| format!("opening {}", f.audit_log.display()))?;
-        let discovery = Discovery::new(&f.runtimes, f.task_id_annotation.clone());
+        let discovery = Discovery::new(&f.runtimes, f.task_id_annotation.clone(), cfg.api_timeout);
         let exe = SealedExe::new().context("copying the agent binary into a sealed memfd")?;
         let tls = Arc::new(tls_config(&cfg)?);
         let puller = puller(&cfg.file.images)?;
@@ -178,7 +178,7 @@ async fn connection(
         let (agent, pending) = (agent.clone(), pending.clone());
         async move {
             let caller = crate::api::Caller { peer, pending: &pending };
-            Ok::<_, std::convert::Infallible>(crate::api::route(agent, caller, req))
+            Ok::<_, std::convert::Infallible>(crate::api::route(agent, caller, req).await)
         }
     });
     let conn = hyper::server::conn::http1::Builder::new()

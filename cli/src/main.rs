@@ -10,7 +10,7 @@ mod terminal;
 
 use clap::{Parser, Subcommand};
 use client::Failure;
-use dcos_exec_proto::{exit, ExecRequest};
+use dcos_exec_proto::{exit, ExecRequest, TaskInfo};
 
 #[derive(Parser)]
 #[command(name = "dcos", version, about = "Run commands inside running tasks' containers")]
@@ -37,14 +37,28 @@ enum Top {
 
 #[derive(Subcommand)]
 enum TaskCmd {
-    /// List the tasks you may see.
-    List {
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    /// List the running tasks you may see.
+    List(ListArgs),
     /// Run a command inside a task's container.
     Exec(ExecArgs),
+}
+
+#[derive(clap::Args)]
+struct ListArgs {
+    /// Only tasks whose id or name contains PATTERN, or whose container id starts with it.
+    pattern: Option<String>,
+    /// Include stopped containers (with their exit status where the runtime records it).
+    #[arg(short, long)]
+    all: bool,
+    /// Print task ids only, one per line.
+    #[arg(short, long, conflicts_with = "json")]
+    quiet: bool,
+    /// Print JSON (every field) instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Do not shorten 64-hex container ids to 12 characters.
+    #[arg(long)]
+    no_trunc: bool,
 }
 
 #[derive(clap::Args)]
@@ -74,7 +88,7 @@ struct ExecArgs {
     /// Give the debug process a capability beyond the task's (e.g. SYS_PTRACE); repeatable.
     #[arg(long, value_name = "CAP", requires = "debug_image")]
     cap_add: Vec<String>,
-    /// Task id (or container id).
+    /// Task id, container id or name; else a unique prefix of one of them or a unique part of a task id or name.
     task: String,
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
@@ -113,28 +127,77 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
         .map_err(|e| Failure::new(exit::FAILED, e.to_string()))?;
     let agent = client::Agent::new(&settings)?;
     match cli.cmd {
-        Top::Task(TaskCmd::List { json }) => {
-            let tasks = agent.list().await?;
-            if json {
+        Top::Task(TaskCmd::List(a)) => {
+            let tasks: Vec<TaskInfo> =
+                agent.list().await?.into_iter().filter(|t| (a.all || t.state != "stopped") && matches(t, &a)).collect();
+            if a.json {
                 println!("{}", serde_json::to_string_pretty(&tasks).unwrap_or_default());
-            } else {
-                println!("{:<24} {:<24} {:<6} {:<8} {:>8} {:>8}", "ID", "CONTAINER", "RUNTIME", "STATE", "PID", "AGE");
-                for t in tasks {
-                    println!(
-                        "{:<24} {:<24} {:<6} {:<8} {:>8} {:>8}",
-                        t.id,
-                        t.container,
-                        t.runtime,
-                        t.state,
-                        t.pid,
-                        age(t.age_secs)
-                    );
+            } else if a.quiet {
+                for t in &tasks {
+                    println!("{}", t.id);
                 }
+            } else {
+                print!("{}", table(&tasks, a.no_trunc));
             }
             Ok(0)
         }
         Top::Task(TaskCmd::Exec(a)) => exec(&agent, a).await,
     }
+}
+
+/// `PATTERN` of `dcos task list`: part of a task id or name, or the start of a container id.
+fn matches(t: &TaskInfo, a: &ListArgs) -> bool {
+    let Some(p) = a.pattern.as_deref() else { return true };
+    let bare = p.strip_prefix('/').unwrap_or(p);
+    t.container.starts_with(p) || t.id.contains(p) || t.name.as_deref().is_some_and(|n| n.contains(bare))
+}
+
+/// Docker's short form of a 64-hex id.
+fn short(id: &str, no_trunc: bool) -> &str {
+    if !no_trunc && id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        &id[..12]
+    } else {
+        id
+    }
+}
+
+/// The task table, each column as wide as its widest cell.
+fn table(tasks: &[TaskInfo], no_trunc: bool) -> String {
+    let mut rows = vec![["ID", "NAME", "CONTAINER", "RUNTIME", "STATE", "PID", "AGE"].map(String::from)];
+    for t in tasks {
+        let stopped = t.state == "stopped";
+        rows.push([
+            short(&t.id, no_trunc).to_string(),
+            t.name.clone().unwrap_or_else(|| "-".into()),
+            short(&t.container, no_trunc).to_string(),
+            t.runtime.clone(),
+            match t.exit_code {
+                Some(c) if stopped => format!("{} ({c})", t.state),
+                _ => t.state.clone(),
+            },
+            if stopped { "-".into() } else { t.pid.to_string() },
+            if stopped { "-".into() } else { age(t.age_secs) },
+        ]);
+    }
+    let mut width = [0usize; 7];
+    for r in &rows {
+        for (w, cell) in width.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in &rows {
+        let mut line = String::new();
+        for (i, (cell, w)) in r.iter().zip(width).enumerate() {
+            // PID and AGE are numbers: right-aligned.
+            let cell = if i >= 5 { format!("{cell:>w$}") } else { format!("{cell:<w$}") };
+            line.push_str(&cell);
+            line.push_str("  ");
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 fn age(s: u64) -> String {
@@ -175,4 +238,46 @@ async fn exec(agent: &client::Agent, a: ExecArgs) -> Result<i32, Failure> {
         r.restore();
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_ids_keep_the_columns_aligned() {
+        let long = "3f9c0a1b2c3d4e5f3f9c0a1b2c3d4e5f3f9c0a1b2c3d4e5f3f9c0a1b2c3d4e5f".to_string();
+        let tasks = vec![
+            TaskInfo {
+                id: long.clone(),
+                container: long.clone(),
+                name: Some("web-1".into()),
+                runtime: "runc".into(),
+                state: "running".into(),
+                pid: 4242,
+                age_secs: 30,
+                ..TaskInfo::default()
+            },
+            TaskInfo {
+                id: "shop.checkout.with-a-rather-long-task-id".into(),
+                container: "c1".into(),
+                runtime: "crun".into(),
+                state: "stopped".into(),
+                exit_code: Some(137),
+                ..TaskInfo::default()
+            },
+        ];
+        for no_trunc in [false, true] {
+            let t = table(&tasks, no_trunc);
+            let lines: Vec<&str> = t.lines().collect();
+            let col = |l: &str, word: &str| l.find(word).unwrap();
+            assert_eq!(col(lines[0], "NAME"), col(lines[1], "web-1"), "{t}");
+            assert_eq!(col(lines[0], "NAME"), col(lines[2], " -  ") + 1, "{t}");
+            assert_eq!(col(lines[0], "RUNTIME"), col(lines[1], "runc"), "{t}");
+            assert_eq!(col(lines[0], "RUNTIME"), col(lines[2], "crun"), "{t}");
+            assert!(lines[2].contains("stopped (137)"), "{t}");
+            assert_eq!(lines[1].contains(&long), no_trunc, "{t}");
+            assert_eq!(lines[1].starts_with("3f9c0a1b2c3d "), !no_trunc, "{t}");
+        }
+    }
 }

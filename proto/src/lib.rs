@@ -190,6 +190,8 @@ pub enum ErrorCode {
     ImageFailed,
     /// Anything else on the agent.
     Internal,
+    /// The task name matches more than one container; the message lists them.
+    Ambiguous,
 }
 
 /// Exit codes of the CLI for failures that happen before the remote process runs.
@@ -213,6 +215,8 @@ pub mod exit {
     pub const SESSION_LOST: i32 = 121;
     /// The debug image could not be pulled, verified or unpacked.
     pub const IMAGE: i32 = 122;
+    /// The task name matches more than one container.
+    pub const AMBIGUOUS: i32 = 123;
     /// Bad request, internal agent error, failure to join the container, bad local config.
     pub const FAILED: i32 = 125;
     /// The command exists but cannot be executed.
@@ -231,6 +235,7 @@ impl ErrorCode {
             ErrorCode::ContainerNotRunning | ErrorCode::ContainerStopped => exit::CONTAINER_NOT_RUNNING,
             ErrorCode::CommandNotFound => exit::NOT_FOUND,
             ErrorCode::ImageFailed => exit::IMAGE,
+            ErrorCode::Ambiguous => exit::AMBIGUOUS,
             ErrorCode::CommandNotExecutable => exit::NOT_EXECUTABLE,
             ErrorCode::BadRequest | ErrorCode::StartFailed | ErrorCode::Internal => exit::FAILED,
         }
@@ -242,7 +247,7 @@ impl ErrorCode {
             ErrorCode::Unauthenticated => 401,
             ErrorCode::Forbidden => 403,
             ErrorCode::TaskNotFound => 404,
-            ErrorCode::ContainerNotRunning | ErrorCode::ContainerStopped => 409,
+            ErrorCode::ContainerNotRunning | ErrorCode::ContainerStopped | ErrorCode::Ambiguous => 409,
             ErrorCode::BadRequest => 400,
             ErrorCode::ImageFailed => 502,
             _ => 500,
@@ -259,21 +264,33 @@ pub struct ErrorBody {
     pub message: String,
 }
 
-/// One row of `GET /v1/tasks`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// One row of `GET /v1/tasks`: every container the caller may list, stopped ones included.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TaskInfo {
-    /// The task id, as `dcos task exec` takes it.
+    /// Task id: the agent's `task_id_annotation` of the bundle, else the container id.
     pub id: String,
     /// The container id of its runtime.
     pub container: String,
-    /// `runc` or `crun`.
+    /// The runtime's own name (Docker's container name without the leading `/`), if it has one.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `runc`, `crun`, `docker`, `containerd` or `cri-o`.
     pub runtime: String,
     /// `created`, `running` or `stopped`.
     pub state: String,
     /// The container's init process, in the agent's pid namespace.
     pub pid: i32,
-    /// Seconds since the container's init started.
+    /// Seconds since the container's init started (0 when stopped).
     pub age_secs: u64,
+    /// Exit status of a stopped container, when its runtime records it.
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// Compose's service label.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// Compose's project label.
+    #[serde(default)]
+    pub project: Option<String>,
 }
 
 /// Prefixes a payload with its channel byte.
@@ -319,6 +336,15 @@ mod tests {
         assert_eq!(nf.exit_code(), 127);
         let json = serde_json::to_string(&nf).unwrap();
         assert!(json.contains(r#""status":"error""#) && json.contains(r#""code":"command_not_found""#), "{json}");
+        let amb = serde_json::to_string(&ErrorCode::Ambiguous).unwrap();
+        assert_eq!((amb.as_str(), ErrorCode::Ambiguous.exit_code()), (r#""ambiguous""#, 123));
+    }
+
+    #[test]
+    fn task_rows_of_older_agents_still_parse() {
+        let old = r#"{"id":"t","container":"c","runtime":"runc","state":"running","pid":1,"age_secs":2}"#;
+        let t: TaskInfo = serde_json::from_str(old).unwrap();
+        assert_eq!((t.name, t.exit_code), (None, None));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Steps 3 and 4 of an exec request: resolve the task to its container, then check the ACL against what it
 //! resolved to. A caller with no grant on the name learns nothing about whether it exists.
 
-use crate::acl::{Acl, Principal};
+use crate::acl::{Acl, Principal, Target};
 use crate::api::parse::ExecParams;
 use crate::api::Refusal;
 use crate::auth::Claims;
@@ -121,35 +121,47 @@ pub fn actions(r: &ExecRequest, debug: bool) -> Vec<&'static str> {
     actions
 }
 
-/// The first action of `p` that the ACL refuses `who` on this task and container, as a refusal.
-fn check(acl: &Acl, who: &Principal<'_>, p: &ExecParams, task_id: &str, container_id: &str) -> Result<(), Denied> {
+/// Every name the ACL judges a resolved container by.
+pub fn target(c: &Container) -> Target<'_> {
+    Target {
+        task_id: &c.task_id,
+        container_id: &c.id,
+        name: c.name.as_deref().map(|n| n.trim_start_matches('/')),
+        name_unknown: c.name_unknown,
+    }
+}
+
+/// The first action of `p` that the ACL refuses `who` on this container, as a refusal.
+fn check(acl: &Acl, who: &Principal<'_>, p: &ExecParams, t: &Target<'_>) -> Result<(), Denied> {
     let image = p.image.as_ref().map(|r| r.to_string());
-    match actions(&p.request, image.is_some())
-        .into_iter()
-        .find(|a| !acl.allows_container(who, task_id, container_id, a, image.as_deref()))
-    {
+    match actions(&p.request, image.is_some()).into_iter().find(|a| !acl.allows_target(who, t, a, image.as_deref())) {
         None => Ok(()),
         Some(a) => Err(Denied { user: who.user.to_string(), action: a.into(), image, task: p.task.clone() }),
     }
 }
 
-/// Resolves the task and authorizes the request on the container it resolved to (a container id must not
-/// dodge a deny rule written for its task id).
+/// Resolves the task among the containers the caller may run this request's main action on (`exec`, or
+/// `debug` with its image), then authorizes the whole request on the container it resolved to: a container id
+/// or a name must not dodge a deny rule written for another of its names, and containers the caller may not
+/// use neither match a prefix nor make one ambiguous (nor show up in the list of candidates).
 pub fn exec(
     acl: &Acl,
-    resolve: impl FnOnce(&str) -> Result<Container, RuntimeError>,
+    resolve: impl FnOnce(&str, &dyn Fn(&Container) -> bool) -> Result<Container, RuntimeError>,
     claims: &Claims,
     p: &ExecParams,
 ) -> Result<Container, Refusal> {
     let who = Principal { user: &claims.sub, groups: &claims.groups };
-    match resolve(&p.task) {
+    let image = p.image.as_ref().map(|r| r.to_string());
+    let main = if image.is_some() { "debug" } else { "exec" };
+    let visible = |c: &Container| acl.allows_target(&who, &target(c), main, image.as_deref());
+    match resolve(&p.task, &visible) {
         Ok(c) => {
-            check(acl, &who, p, &c.task_id, &c.id)?;
+            check(acl, &who, p, &target(&c))?;
             Ok(c)
         }
         // Whether the task exists is only for those with a grant on the name.
         Err(e) => {
-            check(acl, &who, p, &p.task, &p.task)?;
+            check(acl, &who, p, &Target { task_id: &p.task, container_id: &p.task, name: None, name_unknown: false })?;
             Err(e.into())
         }
     }
@@ -208,18 +220,23 @@ actions = ["exec:tty"]
         }
     }
 
-    fn web1(name: &str) -> Result<Container, RuntimeError> {
-        match name {
-            "web-1" | "c0ffee" => Ok(Container {
-                id: "c0ffee".into(),
-                task_id: "web-1".into(),
-                runtime: "runc",
-                pid: 1,
-                start_time: 1,
-                bundle: "/nonexistent".into(),
-                state: State::Running,
-            }),
-            other => Err(RuntimeError::NotFound(other.into())),
+    /// One container, task `web-1`, container `c0ffee`, Docker name `/front`, found the way the agent does.
+    fn web1(name: &str, visible: &dyn Fn(&Container) -> bool) -> Result<Container, RuntimeError> {
+        let c = Container {
+            id: "c0ffee".into(),
+            task_id: "web-1".into(),
+            name: Some("/front".into()),
+            runtime: "runc",
+            pid: 1,
+            start_time: 1,
+            bundle: "/nonexistent".into(),
+            state: State::Running,
+            ..Container::default()
+        };
+        let all: Vec<Container> = [c].into_iter().filter(|c| visible(c)).collect();
+        match crate::runtime::names::pick(&all, name) {
+            crate::runtime::names::Pick::One(i) => Ok(all[i].clone()),
+            _ => Err(RuntimeError::NotFound(name.into())),
         }
     }
 
@@ -256,7 +273,47 @@ actions = ["exec:tty"]
         // A deny rule on the task id holds when the container is named by its id.
         let tty = serde_json::json!({"command": ["sh"], "tty": true});
         assert!(exec(&acl, web1, &claims("sre"), &params("c0ffee", sh)).is_ok());
-        assert_eq!(exec(&acl, web1, &claims("sre"), &params("c0ffee", tty)).unwrap_err().code, ErrorCode::Forbidden);
+        assert_eq!(
+            exec(&acl, web1, &claims("sre"), &params("c0ffee", tty.clone())).unwrap_err().code,
+            ErrorCode::Forbidden
+        );
+        // ... and when it is named by its runtime name, a prefix or a substring of any of them.
+        for name in ["front", "/front", "fro", "c0f", "eb-"] {
+            assert_eq!(
+                exec(&acl, web1, &claims("sre"), &params(name, tty.clone())).unwrap_err().code,
+                ErrorCode::Forbidden,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_deny_on_the_name_holds_through_the_id_and_the_task_id() {
+        let acl = Acl::parse(
+            "[[rule]]\nsubjects=['*']\ntasks=['**']\nactions=['exec']\n\n\
+             [[rule]]\neffect='deny'\nsubjects=['user:bob']\ntasks=['front']\nactions=['exec']\n",
+        )
+        .unwrap();
+        let sh = serde_json::json!({"command": ["sh"]});
+        for name in ["front", "/front", "c0ffee", "c0f", "web-1", "web"] {
+            assert_eq!(exec(&acl, web1, &claims("ann"), &params(name, sh.clone())).unwrap().id, "c0ffee", "{name}");
+            let e = exec(&acl, web1, &claims("bob"), &params(name, sh.clone())).unwrap_err();
+            assert!(matches!(e.code, ErrorCode::Forbidden | ErrorCode::TaskNotFound), "{name}: {e:?}");
+        }
+        // While Docker does not answer the name is unknown: bob's deny could be about it, so it holds; ann,
+        // with no deny rule, is not affected.
+        let unnamed =
+            |t: &str, v: &dyn Fn(&Container) -> bool| {
+                web1(t, &|c: &Container| v(&Container { name: None, name_unknown: true, ..c.clone() }))
+                    .map(|c| Container { name: None, name_unknown: true, ..c })
+            };
+        for name in ["c0ffee", "web-1"] {
+            assert_eq!(exec(&acl, unnamed, &claims("ann"), &params(name, sh.clone())).unwrap().id, "c0ffee");
+            assert!(exec(&acl, unnamed, &claims("bob"), &params(name, sh.clone())).is_err(), "{name}");
+        }
+        // An allow rule written for the runtime name grants it.
+        let by_name = Acl::parse("[[rule]]\nsubjects=['*']\ntasks=['front']\nactions=['exec']\n").unwrap();
+        assert_eq!(exec(&by_name, web1, &claims("ann"), &params("c0f", sh)).unwrap().id, "c0ffee");
     }
 
     /// The spellings of a path into a denied directory that once slipped past the ACL, on real directories.

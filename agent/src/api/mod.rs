@@ -14,6 +14,7 @@ use crate::acl::Principal;
 use crate::audit::DenialRecord;
 use crate::auth::Claims;
 use crate::limits::Pending;
+use crate::runtime::Discovery;
 use crate::server::Agent;
 use dcos_exec_proto::TaskInfo;
 use http::{header, Request, Response, StatusCode};
@@ -41,7 +42,7 @@ pub struct Caller<'a> {
 }
 
 /// Dispatches one request of a connection.
-pub fn route(agent: Arc<Agent>, caller: Caller<'_>, req: Request<Incoming>) -> Response<Body> {
+pub async fn route(agent: Arc<Agent>, caller: Caller<'_>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     if req.method() != http::Method::GET {
         return Refusal::from(parse::ParseError::Method).response();
@@ -51,9 +52,10 @@ pub fn route(agent: Arc<Agent>, caller: Caller<'_>, req: Request<Incoming>) -> R
     }
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     match segs.as_slice() {
-        ["v1", "tasks"] => list(&agent, &caller, &req),
+        ["v1", "tasks"] => list(&agent, &caller, &req).await,
+        ["v1", "runtimes"] => runtimes(&agent, &caller, &req).await,
         ["v1", "tasks", task, "exec"] => match parse::task_segment(task) {
-            Ok(task) => exec(agent, &caller, req, task),
+            Ok(task) => exec(agent, &caller, req, task).await,
             Err(e) => Refusal::from(e).response(),
         },
         // Not a request of the API at all: never audited, there is no user yet.
@@ -95,7 +97,7 @@ impl Agent {
 }
 
 /// `GET /v1/tasks`: the tasks the ACL lets the caller see.
-fn list(agent: &Agent, caller: &Caller<'_>, req: &Request<Incoming>) -> Response<Body> {
+async fn list(agent: &Agent, caller: &Caller<'_>, req: &Request<Incoming>) -> Response<Body> {
     let claims = match agent.authenticate(caller, req) {
         Ok(c) => c,
         Err(r) => return r.response(),
@@ -104,33 +106,63 @@ fn list(agent: &Agent, caller: &Caller<'_>, req: &Request<Incoming>) -> Response
     let mut rows: Vec<TaskInfo> = agent
         .discovery
         .list()
+        .await
         .into_iter()
-        .filter(|c| agent.acl.allows_container(&who, &c.task_id, &c.id, "list", None))
+        .filter(|c| agent.acl.allows_target(&who, &authorize::target(c), "list", None))
         .map(|c| TaskInfo {
-            age_secs: crate::runtime::age_secs(c.start_time),
+            age_secs: if c.state == crate::runtime::State::Stopped {
+                0
+            } else {
+                crate::runtime::age_secs(c.start_time)
+            },
             id: c.task_id,
             container: c.id,
+            name: c.name.map(|n| n.trim_start_matches('/').to_string()),
             runtime: c.runtime.into(),
             state: c.state.as_str().into(),
             pid: c.pid,
+            exit_code: c.exit_code,
+            service: c.service,
+            project: c.project,
         })
         .collect();
     rows.sort_by(|a, b| a.id.cmp(&b.id));
     json_response(StatusCode::OK, &rows)
 }
 
+/// `GET /v1/runtimes`: how each configured runtime answers, for callers the ACL grants `list` on some task.
+async fn runtimes(agent: &Agent, caller: &Caller<'_>, req: &Request<Incoming>) -> Response<Body> {
+    let claims = match agent.authenticate(caller, req) {
+        Ok(c) => c,
+        Err(r) => return r.response(),
+    };
+    let who = Principal { user: &claims.sub, groups: &claims.groups };
+    if !agent.acl.grants_somewhere(&who, "list") {
+        let r = Refusal::from(authorize::Denied {
+            user: claims.sub.clone(),
+            action: "list".into(),
+            image: None,
+            task: "*".into(),
+        });
+        agent.audit_refusal(caller.peer, req.uri().path(), Some(&claims.sub), None, &r);
+        return r.response();
+    }
+    json_response(StatusCode::OK, &agent.discovery.statuses().await)
+}
+
 /// `GET /v1/tasks/{task}/exec`: authenticate, parse, authorize, upgrade; the first refusal ends it.
-fn exec(agent: Arc<Agent>, caller: &Caller<'_>, req: Request<Incoming>, task: String) -> Response<Body> {
+async fn exec(agent: Arc<Agent>, caller: &Caller<'_>, req: Request<Incoming>, task: String) -> Response<Body> {
     let path = req.uri().path().to_string();
     let claims = match agent.authenticate(caller, &req) {
         Ok(c) => c,
         Err(r) => return r.response(),
     };
+    let all = agent.discovery.list().await;
     let steps = |req: Request<Incoming>| -> Result<Response<Body>, Refusal> {
         let mut params = parse::exec_request(task.clone(), req.headers())?;
         authorize::cap_add(&params, &agent.cfg.file.cap_add_allowed)?;
         let layout_failure = authorize::judge_image(&mut params)?;
-        let container = authorize::exec(&agent.acl, |t| agent.discovery.resolve(t), &claims, &params)?;
+        let container = authorize::exec(&agent.acl, |t, v| Discovery::resolve(all, t, v), &claims, &params)?;
         // A layout that cannot be read is reported only to those allowed to use it.
         if let Some(f) = layout_failure {
             return Err(f.into());

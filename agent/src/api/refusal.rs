@@ -51,7 +51,10 @@ mod tests {
                 RuntimeError::NotRunning { id: "c".into(), state: "stopped".into() }.into(),
                 ErrorCode::ContainerNotRunning,
             ),
-            (RuntimeError::Ambiguous { task: "t".into(), count: 2 }.into(), ErrorCode::BadRequest),
+            (
+                RuntimeError::Ambiguous { task: "t".into(), candidates: vec!["t1".into(), "t2".into()] }.into(),
+                ErrorCode::Ambiguous,
+            ),
             (
                 Denied { user: "u".into(), action: "exec".into(), image: None, task: "t".into() }.into(),
                 ErrorCode::Forbidden,

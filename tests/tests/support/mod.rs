@@ -317,6 +317,16 @@ impl Agent {
 
     /// Like [`Agent::start`], with `extra` (top-level `agent.toml` keys) added to the configuration.
     pub fn start_with(dir: &Path, extra: &str) -> Agent {
+        Agent::start_configured(dir, extra, None, ACL)
+    }
+
+    /// Like [`Agent::start_with`], with the keys of the `[runtimes]` table replaced by `runtimes` and `acl` as
+    /// the ACL.
+    pub fn start_with_runtimes(dir: &Path, extra: &str, runtimes: &str, acl: &str) -> Agent {
+        Agent::start_configured(dir, extra, Some(runtimes), acl)
+    }
+
+    fn start_configured(dir: &Path, extra: &str, runtimes: Option<&str>, acl: &str) -> Agent {
         let _ = std::fs::remove_dir_all(dir);
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
@@ -334,8 +344,13 @@ impl Agent {
             &format!("\ntask_id_annotation = \"io.dcos.task-id\"\n{extra}\n[runtimes]"),
             1,
         );
+        if let Some(r) = runtimes {
+            // `init` writes `[runtimes]` last.
+            let at = text.find("\n[runtimes]").expect("init writes [runtimes]");
+            text = format!("{}\n[runtimes]\n{r}\n", &text[..at]);
+        }
         std::fs::write(&cfg, text).unwrap();
-        std::fs::write(dir.join("acl.toml"), ACL).unwrap();
+        std::fs::write(dir.join("acl.toml"), acl).unwrap();
         let log = std::fs::File::create(dir.join("agent.log")).unwrap();
         let mut cmd = Command::new(bin("dcos-exec-agent"));
         cmd.args(["run", "--config"]).arg(&cfg).stdout(Stdio::null()).stderr(log).env("DCOS_EXEC_LOG", "debug");

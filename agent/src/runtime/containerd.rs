@@ -1,0 +1,275 @@
+//! containerd and Kubernetes names, from what containerd and the CRI write for every container they start: the
+//! bundle path (`.../io.containerd.runtime.v2.task/NAMESPACE/ID`) and the OCI annotations of its `config.json`
+//! (the CRI's `io.kubernetes.cri.*`, CRI-O's `io.kubernetes.*`), the same file the exec reads; and what only
+//! containerd's metadata holds (nerdctl's `nerdctl/name` label), from its gRPC API (`containerd-client`).
+
+use super::docker::EngineError;
+use super::{Container, State};
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+const V2_TASKS: &str = "io.containerd.runtime.v2.task";
+/// Docker's containerd namespace: its names come from the engine (see `docker`).
+const DOCKER_NAMESPACE: &str = "moby";
+
+/// The containerd namespace of a bundle, if containerd's v2 shim made it.
+pub fn namespace(bundle: &Path) -> Option<&str> {
+    let ns = bundle.parent()?;
+    if ns.parent()?.file_name()? != V2_TASKS {
+        return None;
+    }
+    ns.file_name()?.to_str()
+}
+
+/// A Kubernetes container as the CRI (containerd's plugin or CRI-O) annotated it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Kube {
+    /// The pod's sandbox (pause or infra) container: not a task.
+    Sandbox,
+    App {
+        namespace: String,
+        pod: String,
+        container: String,
+    },
+}
+
+/// What the CRI annotations say, if any.
+pub fn kube(a: &HashMap<String, String>) -> Option<Kube> {
+    let get = |k: &str| a.get(k).cloned();
+    // containerd's CRI plugin.
+    if let Some(kind) = a.get("io.kubernetes.cri.container-type") {
+        if kind == "sandbox" {
+            return Some(Kube::Sandbox);
+        }
+        return Some(Kube::App {
+            namespace: get("io.kubernetes.cri.sandbox-namespace")?,
+            pod: get("io.kubernetes.cri.sandbox-name")?,
+            container: get("io.kubernetes.cri.container-name")?,
+        });
+    }
+    // CRI-O.
+    if a.get("io.kubernetes.cri-o.ContainerType").is_some_and(|t| t == "sandbox") {
+        return Some(Kube::Sandbox);
+    }
+    let container = get("io.kubernetes.container.name")?;
+    if container == "POD" {
+        return Some(Kube::Sandbox);
+    }
+    Some(Kube::App { namespace: get("io.kubernetes.pod.namespace")?, pod: get("io.kubernetes.pod.name")?, container })
+}
+
+/// Names the containers of containerd and of Kubernetes pods in `all` from their bundles' paths and annotations
+/// (`annotations` reads them), and drops pod sandboxes. The task ids of containers whose `keep_id` is true (set
+/// by `task_id_annotation`) are kept.
+///
+/// - containerd: task id `NAMESPACE/ID`, name a `nerdctl/name` annotation if there is one (the label comes
+///   through the API: [`merge`]).
+/// - Kubernetes: task id `NAMESPACE/POD/CONTAINER`; name `NAMESPACE/POD` while it is the pod's only application
+///   container that is not stopped.
+pub fn name_all(all: &mut Vec<Container>, annotations: impl Fn(&Path) -> HashMap<String, String>, keep_id: &[bool]) {
+    let mut pods: HashMap<String, usize> = HashMap::new();
+    let mut pod_of: Vec<Option<String>> = Vec::with_capacity(all.len());
+    let mut sandboxes = Vec::new();
+    for (i, c) in all.iter_mut().enumerate() {
+        let mut pod = None;
+        let ns = namespace(&c.bundle).map(String::from);
+        if ns.as_deref() == Some(DOCKER_NAMESPACE) {
+            pod_of.push(None);
+            continue;
+        }
+        let a = annotations(&c.bundle);
+        match kube(&a) {
+            Some(Kube::Sandbox) => sandboxes.push(i),
+            Some(Kube::App { namespace, pod: p, container }) => {
+                let key = format!("{namespace}/{p}");
+                if !keep_id.get(i).copied().unwrap_or(false) {
+                    c.task_id = format!("{key}/{container}");
+                }
+                c.runtime = if a.contains_key("io.kubernetes.cri-o.ContainerType") { "cri-o" } else { "containerd" };
+                if c.state != State::Stopped {
+                    *pods.entry(key.clone()).or_default() += 1;
+                }
+                pod = Some(key);
+            }
+            None => {
+                if let Some(ns) = ns {
+                    if !keep_id.get(i).copied().unwrap_or(false) {
+                        c.task_id = format!("{ns}/{}", c.id);
+                    }
+                    c.runtime = "containerd";
+                    c.name = a.get("nerdctl/name").cloned();
+                }
+            }
+        }
+        pod_of.push(pod);
+    }
+    for (c, pod) in all.iter_mut().zip(pod_of) {
+        if let Some(p) = pod {
+            if c.state != State::Stopped && pods.get(&p) == Some(&1) {
+                c.name = Some(p);
+            }
+        }
+    }
+    for i in sandboxes.into_iter().rev() {
+        all.remove(i);
+    }
+}
+
+/// One container as containerd's API lists it.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub namespace: String,
+    pub id: String,
+    pub labels: HashMap<String, String>,
+}
+
+/// Every container of every namespace of the containerd on `socket`, with its labels (where nerdctl keeps a
+/// container's name), through containerd's gRPC API.
+pub async fn containers(socket: &Path, timeout: Duration) -> Result<Vec<Listed>, EngineError> {
+    match tokio::time::timeout(timeout, ask(socket)).await {
+        Ok(r) => r,
+        Err(_) => Err(EngineError::Timeout(socket.into(), timeout)),
+    }
+}
+
+async fn ask(socket: &Path) -> Result<Vec<Listed>, EngineError> {
+    use containerd_client::services::v1::containers_client::ContainersClient;
+    use containerd_client::services::v1::namespaces_client::NamespacesClient;
+    use containerd_client::services::v1::{ListContainersRequest, ListNamespacesRequest};
+    use containerd_client::tonic::{metadata::MetadataValue, Request};
+    let http = |e: &dyn std::fmt::Display| EngineError::Http(socket.into(), e.to_string());
+    let channel = containerd_client::connect(socket).await.map_err(|e| http(&e))?;
+    let namespaces = NamespacesClient::new(channel.clone())
+        .list(ListNamespacesRequest::default())
+        .await
+        .map_err(|e| http(&e))?
+        .into_inner()
+        .namespaces;
+    let mut out = Vec::new();
+    let mut client = ContainersClient::new(channel);
+    for ns in namespaces {
+        // containerd scopes every call to the namespace named in this header.
+        let Ok(value) = MetadataValue::try_from(ns.name.as_str()) else { continue };
+        let mut req = Request::new(ListContainersRequest::default());
+        req.metadata_mut().insert("containerd-namespace", value);
+        let listed = client.list(req).await.map_err(|e| http(&e))?.into_inner().containers;
+        out.extend(listed.into_iter().map(|c| Listed { namespace: ns.name.clone(), id: c.id, labels: c.labels }));
+    }
+    Ok(out)
+}
+
+/// Adds what containerd's API knows (nerdctl's name, Compose's labels) to its containers found in the state
+/// roots, matched by namespace and id. Names already given by the CRI annotations stay.
+pub fn merge(all: &mut [Container], listed: Vec<Listed>) {
+    let by_key: HashMap<(String, String), Listed> =
+        listed.into_iter().map(|l| ((l.namespace.clone(), l.id.clone()), l)).collect();
+    for c in all.iter_mut() {
+        let Some(ns) = namespace(&c.bundle) else { continue };
+        let Some(l) = by_key.get(&(ns.to_string(), c.id.clone())) else { continue };
+        if c.name.is_none() {
+            c.name = l.labels.get("nerdctl/name").cloned();
+        }
+        c.service = c.service.take().or_else(|| l.labels.get("com.docker.compose.service").cloned());
+        c.project = c.project.take().or_else(|| l.labels.get("com.docker.compose.project").cloned());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ann(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn cri(kind: &str, pod: &str, name: &str) -> HashMap<String, String> {
+        ann(&[
+            ("io.kubernetes.cri.container-type", kind),
+            ("io.kubernetes.cri.sandbox-namespace", "shop"),
+            ("io.kubernetes.cri.sandbox-name", pod),
+            ("io.kubernetes.cri.container-name", name),
+        ])
+    }
+
+    #[test]
+    fn namespaces_pods_and_sandboxes() {
+        let task = |ns: &str, id: &str| Container {
+            id: id.into(),
+            task_id: id.into(),
+            bundle: format!("/run/containerd/{V2_TASKS}/{ns}/{id}").into(),
+            runtime: "runc",
+            state: State::Running,
+            ..Container::default()
+        };
+        let mut all = vec![
+            task("default", "plain"),
+            task("default", "nerd"),
+            task("moby", "7fee"),
+            task("k8s.io", "pause1"),
+            task("k8s.io", "solo"),
+            task("k8s.io", "pause2"),
+            task("k8s.io", "front"),
+            task("k8s.io", "sidecar"),
+            task("k8s.io", "crio"),
+            Container {
+                id: "bare".into(),
+                task_id: "bare".into(),
+                bundle: "/srv/bundles/bare".into(),
+                ..task("x", "y")
+            },
+        ];
+        let annotations = |b: &Path| match b.file_name().and_then(|n| n.to_str()) {
+            Some("nerd") => ann(&[("nerdctl/name", "web")]),
+            Some("pause1") | Some("pause2") => cri("sandbox", "x", ""),
+            Some("solo") => cri("container", "checkout-7d9f", "app"),
+            Some("front") => cri("container", "cart-55aa", "front"),
+            Some("sidecar") => cri("container", "cart-55aa", "envoy"),
+            Some("crio") => ann(&[
+                ("io.kubernetes.container.name", "db"),
+                ("io.kubernetes.pod.name", "db-0"),
+                ("io.kubernetes.pod.namespace", "data"),
+                ("io.kubernetes.cri-o.ContainerType", "container"),
+            ]),
+            _ => HashMap::new(),
+        };
+        name_all(&mut all, annotations, &[]);
+        let got: Vec<_> =
+            all.iter().map(|c| (c.id.as_str(), c.task_id.as_str(), c.name.as_deref(), c.runtime)).collect();
+        assert_eq!(
+            got,
+            [
+                ("plain", "default/plain", None, "containerd"),
+                ("nerd", "default/nerd", Some("web"), "containerd"),
+                ("7fee", "7fee", None, "runc"),
+                ("solo", "shop/checkout-7d9f/app", Some("shop/checkout-7d9f"), "containerd"),
+                ("front", "shop/cart-55aa/front", None, "containerd"),
+                ("sidecar", "shop/cart-55aa/envoy", None, "containerd"),
+                ("crio", "data/db-0/db", Some("data/db-0"), "cri-o"),
+                ("bare", "bare", None, "runc"),
+            ]
+        );
+    }
+
+    #[test]
+    fn labels_from_the_api_name_containers_of_the_same_namespace_and_id() {
+        let c = |ns: &str, id: &str| Container {
+            id: id.into(),
+            task_id: format!("{ns}/{id}"),
+            bundle: format!("/run/containerd/{V2_TASKS}/{ns}/{id}").into(),
+            ..Container::default()
+        };
+        let mut all = vec![c("default", "a"), c("other", "a"), c("default", "b")];
+        all[2].name = Some("shop/pod".into());
+        let labels = |name: &str| {
+            ann(&[("nerdctl/name", name), ("com.docker.compose.service", "web"), ("com.docker.compose.project", "p")])
+        };
+        let listed = vec![
+            Listed { namespace: "default".into(), id: "a".into(), labels: labels("web-1") },
+            Listed { namespace: "default".into(), id: "b".into(), labels: labels("ignored") },
+        ];
+        merge(&mut all, listed);
+        let got: Vec<_> = all.iter().map(|c| (c.name.as_deref(), c.service.as_deref())).collect();
+        assert_eq!(got, [(Some("web-1"), Some("web")), (None, None), (Some("shop/pod"), Some("web"))]);
+    }
+}

@@ -1,0 +1,501 @@
+//! Container discovery: reads the state that OCI runtimes (runc, crun) keep on the host and the bundle's config,
+//! and picks the container a user's name for it means ([`names`]).
+
+pub mod containerd;
+mod crun;
+pub mod docker;
+pub mod names;
+mod runc;
+
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Errors resolving a task.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("no task {0:?} on this host")]
+    NotFound(String),
+    #[error("task {task:?} is ambiguous, it matches: {}; name one of them", candidates.join(", "))]
+    Ambiguous { task: String, candidates: Vec<String> },
+    #[error("container {id} is {state}, not running")]
+    NotRunning { id: String, state: String },
+}
+
+impl RuntimeError {
+    /// The wire code of each resolution failure.
+    pub fn code(&self) -> dcos_exec_proto::ErrorCode {
+        use dcos_exec_proto::ErrorCode;
+        match self {
+            RuntimeError::NotFound(_) => ErrorCode::TaskNotFound,
+            RuntimeError::NotRunning { .. } => ErrorCode::ContainerNotRunning,
+            RuntimeError::Ambiguous { .. } => ErrorCode::Ambiguous,
+        }
+    }
+}
+
+/// What the runtime says about the container's init.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum State {
+    Created,
+    Running,
+    #[default]
+    Stopped,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Created => "created",
+            State::Running => "running",
+            State::Stopped => "stopped",
+        }
+    }
+}
+
+/// One container found on the host.
+#[derive(Debug, Clone, Default)]
+pub struct Container {
+    pub id: String,
+    /// The `task_id_annotation` of its bundle, else its container id.
+    pub task_id: String,
+    /// The runtime's own name for it (Docker's `/name`), when the runtime has one.
+    pub name: Option<String>,
+    /// Compose's `com.docker.compose.service` and `com.docker.compose.project` labels.
+    pub service: Option<String>,
+    pub project: Option<String>,
+    /// Exit status of a stopped container, when its runtime records one.
+    pub exit_code: Option<i32>,
+    /// A Docker or containerd container (by its bundle's containerd namespace) that has no name because an engine
+    /// did not answer: the ACL then applies every deny rule, in case one was written for its name.
+    pub name_unknown: bool,
+    pub runtime: &'static str,
+    pub pid: i32,
+    /// Start time of the init in clock ticks after boot (field 22 of /proc/PID/stat): guards against pid reuse.
+    pub start_time: u64,
+    pub bundle: PathBuf,
+    pub state: State,
+}
+
+/// How one configured runtime answered, for `GET /v1/runtimes`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RuntimeStatus {
+    /// `runc`, `crun`, `docker` or `containerd`.
+    pub runtime: &'static str,
+    /// The state root or socket.
+    pub path: PathBuf,
+    /// `ok`; `absent` (a state root that does not exist: nothing of that runtime on this host); `unreachable`.
+    pub status: &'static str,
+    /// Containers found there (state roots and engines that answered).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub containers: Option<usize>,
+    /// Why an engine is unreachable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Finds containers under the configured state roots and asks the configured engines about them.
+pub struct Discovery {
+    runc_roots: Vec<PathBuf>,
+    crun_roots: Vec<PathBuf>,
+    docker_sockets: Vec<PathBuf>,
+    containerd_sockets: Vec<PathBuf>,
+    timeout: Duration,
+    annotation: Option<String>,
+    /// Engines last seen unreachable, so that the log warns once when one goes away and once when it is back.
+    down: Mutex<HashMap<PathBuf, String>>,
+}
+
+impl Discovery {
+    pub fn new(cfg: &crate::config::RuntimesConfig, annotation: Option<String>, timeout: Duration) -> Self {
+        Discovery {
+            runc_roots: cfg.runc_roots.clone(),
+            crun_roots: cfg.crun_roots.clone(),
+            docker_sockets: cfg.docker_sockets.clone(),
+            containerd_sockets: cfg.containerd_sockets.clone(),
+            timeout,
+            annotation,
+            down: Mutex::default(),
+        }
+    }
+
+    /// Every container found, in no particular order: those in the runtimes' state (running, created, or
+    /// stopped but not yet deleted), with what the engines know about them, and the engines' stopped containers
+    /// that no state root holds any more. Unreadable entries are skipped (a runtime may be writing its state
+    /// while we look) and an engine that does not answer is left out: a list never fails.
+    pub async fn list(&self) -> Vec<Container> {
+        let mut out = self.in_state_roots();
+        let answers = futures_util::future::join_all(
+            self.docker_sockets.iter().map(|s| async move { (s, docker::containers(s, self.timeout).await) }),
+        )
+        .await;
+        let ctd_answers = futures_util::future::join_all(
+            self.containerd_sockets.iter().map(|s| async move { (s, containerd::containers(s, self.timeout).await) }),
+        )
+        .await;
+        let mut docker_silent = false;
+        for (socket, answer) in answers {
+            match answer {
+                Ok(entries) => {
+                    self.note(socket, None);
+                    merge_docker(&mut out, entries);
+                }
+                Err(e) => {
+                    docker_silent = true;
+                    self.note(socket, Some(e.to_string()));
+                }
+            }
+        }
+        let mut ctd_silent = false;
+        for (socket, answer) in ctd_answers {
+            match answer {
+                Ok(listed) => {
+                    self.note(socket, None);
+                    containerd::merge(&mut out, listed);
+                }
+                Err(e) => {
+                    ctd_silent = true;
+                    self.note(socket, Some(e.to_string()));
+                }
+            }
+        }
+        // Names that a silent engine would have given: deny rules written for them must still hold.
+        for c in out.iter_mut().filter(|c| c.name.is_none()) {
+            let ns = containerd::namespace(&c.bundle);
+            let docker = c.runtime != "docker" && ns == Some("moby");
+            let ctd = ns.is_some_and(|n| n != "moby");
+            c.name_unknown = (docker && docker_silent) || (ctd && ctd_silent);
+        }
+        out
+    }
+
+    /// Containers in the runc and crun state roots, with their task ids.
+    fn in_state_roots(&self) -> Vec<Container> {
+        let mut out = Vec::new();
+        let found = expand(&self.runc_roots)
+            .into_iter()
+            .flat_map(|d| subdirs(&d))
+            .filter_map(|d| runc::read(&d))
+            .chain(expand(&self.crun_roots).into_iter().flat_map(|d| subdirs(&d)).filter_map(|d| crun::read(&d)));
+        let mut annotated = Vec::new();
+        for mut c in found {
+            let t = self.task_id(&c.bundle);
+            annotated.push(t.is_some());
+            if let Some(t) = t {
+                c.task_id = t;
+            }
+            out.push(c);
+        }
+        containerd::name_all(&mut out, |b| read_annotations(b).unwrap_or_default(), &annotated);
+        out
+    }
+
+    /// Logs an engine going away or coming back, once per change.
+    fn note(&self, socket: &Path, error: Option<String>) {
+        let Ok(mut down) = self.down.lock() else { return };
+        match error {
+            Some(e) => {
+                if down.insert(socket.into(), e.clone()).is_none() {
+                    tracing::warn!(socket = %socket.display(), "container engine unreachable, listing without it: {e}");
+                }
+            }
+            None => {
+                if down.remove(socket).is_some() {
+                    tracing::info!(socket = %socket.display(), "container engine reachable again");
+                }
+            }
+        }
+    }
+
+    /// How each configured runtime answers now.
+    pub async fn statuses(&self) -> Vec<RuntimeStatus> {
+        let mut out = Vec::new();
+        for (runtime, roots, read) in [
+            ("runc", &self.runc_roots, runc::read as fn(&Path) -> Option<Container>),
+            ("crun", &self.crun_roots, crun::read),
+        ] {
+            for root in roots {
+                let dirs = expand(std::slice::from_ref(root));
+                let present = dirs.iter().any(|d| d.is_dir());
+                let n = dirs.iter().flat_map(|d| subdirs(d)).filter_map(|d| read(&d)).count();
+                out.push(RuntimeStatus {
+                    runtime,
+                    path: root.clone(),
+                    status: if present { "ok" } else { "absent" },
+                    containers: present.then_some(n),
+                    error: None,
+                });
+            }
+        }
+        for socket in &self.docker_sockets {
+            let r = docker::containers(socket, self.timeout).await;
+            let (status, containers, error) = match r {
+                Ok(v) => ("ok", Some(v.len()), None),
+                Err(e) => ("unreachable", None, Some(e.to_string())),
+            };
+            self.note(socket, error.clone());
+            out.push(RuntimeStatus { runtime: "docker", path: socket.clone(), status, containers, error });
+        }
+        for socket in &self.containerd_sockets {
+            let (status, containers, error) = match containerd::containers(socket, self.timeout).await {
+                Ok(v) => ("ok", Some(v.len()), None),
+                Err(e) => ("unreachable", None, Some(e.to_string())),
+            };
+            self.note(socket, error.clone());
+            out.push(RuntimeStatus { runtime: "containerd", path: socket.clone(), status, containers, error });
+        }
+        out
+    }
+
+    /// The running container that `task` names among those of `all` that are `visible` to the caller (see
+    /// [`names::pick`]). Containers the caller may not see neither match nor make a name ambiguous.
+    pub fn resolve(
+        all: Vec<Container>,
+        task: &str,
+        visible: impl Fn(&Container) -> bool,
+    ) -> Result<Container, RuntimeError> {
+        let mut all: Vec<Container> = all.into_iter().filter(|c| visible(c)).collect();
+        let c = match names::pick(&all, task) {
+            names::Pick::One(i) => all.swap_remove(i),
+            names::Pick::None => return Err(RuntimeError::NotFound(task.into())),
+            names::Pick::Many(hits) => {
+                let mut candidates: Vec<String> = hits.iter().map(|&i| names::describe(&all[i])).collect();
+                candidates.sort();
+                return Err(RuntimeError::Ambiguous { task: task.into(), candidates });
+            }
+        };
+        if c.state != State::Running {
+            return Err(RuntimeError::NotRunning { id: c.id, state: c.state.as_str().into() });
+        }
+        Ok(c)
+    }
+
+    fn task_id(&self, bundle: &Path) -> Option<String> {
+        read_annotations(bundle)?.remove(self.annotation.as_ref()?)
+    }
+}
+
+/// Adds Docker's names and labels to the containers found in its runc root, and its stopped containers (whose
+/// runc state is gone) as stopped tasks with their exit status.
+fn merge_docker(out: &mut Vec<Container>, entries: Vec<docker::Entry>) {
+    for e in entries {
+        let known = out.iter_mut().find(|c| c.id == e.id);
+        let stopped = known.is_none();
+        let c = match known {
+            Some(c) => c,
+            // Only what the engine knows: no bundle, no pid. Listed, and refused as not running.
+            None if e.state != "running" => {
+                out.push(Container {
+                    task_id: e.id.clone(),
+                    id: e.id.clone(),
+                    runtime: "docker",
+                    ..Container::default()
+                });
+                let Some(c) = out.last_mut() else { continue };
+                c
+            }
+            // Running but in no configured runc root: the agent cannot exec into it, so it is not a task here.
+            None => continue,
+        };
+        c.runtime = "docker";
+        c.name = e.name();
+        c.service = e.label("com.docker.compose.service");
+        c.project = e.label("com.docker.compose.project");
+        if stopped || c.state == State::Stopped {
+            c.exit_code = e.exit_code();
+        }
+    }
+}
+
+fn expand(roots: &[PathBuf]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for r in roots {
+        if r.file_name().is_some_and(|n| n == "*") {
+            if let Some(parent) = r.parent() {
+                out.extend(subdirs(parent));
+            }
+        } else {
+            out.push(r.clone());
+        }
+    }
+    out
+}
+
+fn subdirs(dir: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    rd.filter_map(Result::ok).filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()).collect()
+}
+
+fn read_annotations(bundle: &Path) -> Option<HashMap<String, String>> {
+    #[derive(Deserialize)]
+    struct Partial {
+        #[serde(default)]
+        annotations: HashMap<String, String>,
+    }
+    let p: Partial = serde_json::from_slice(&std::fs::read(bundle.join("config.json")).ok()?).ok()?;
+    Some(p.annotations)
+}
+
+pub use dcos_exec_container::procfs::start_time as proc_start_time;
+
+pub(crate) fn proc_state(pid: i32, start: u64) -> State {
+    match proc_start_time(pid) {
+        Some(t) if t == start || start == 0 => State::Running,
+        _ => State::Stopped,
+    }
+}
+
+/// Seconds since a process that started at `start_ticks` began.
+pub fn age_secs(start_ticks: u64) -> u64 {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .and_then(|t| u64::try_from(t).ok())
+        .filter(|&t| t > 0)
+        .unwrap_or(100);
+    // Whole seconds of "SECONDS.FRACTION IDLE".
+    let uptime: u64 = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split(['.', ' ']).next()?.parse().ok())
+        .unwrap_or(0);
+    uptime.saturating_sub(start_ticks / ticks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_runc(root: &Path, id: &str, pid: i32, start: u64, bundle: &Path) {
+        let d = root.join(id);
+        std::fs::create_dir_all(&d).unwrap();
+        let json = serde_json::json!({"id": id, "init_process_pid": pid, "init_process_start": start,
+            "config": {"labels": [format!("bundle={}", bundle.display())]}});
+        std::fs::write(d.join("state.json"), json.to_string()).unwrap();
+    }
+
+    #[test]
+    fn finds_runc_and_crun_state_and_task_annotations() {
+        let tmp = tempfile::tempdir().unwrap();
+        let me = i32::try_from(std::process::id()).unwrap();
+        let start = proc_start_time(me).unwrap();
+        let bundle = tmp.path().join("bundle");
+        std::fs::create_dir_all(&bundle).unwrap();
+        std::fs::write(bundle.join("config.json"), r#"{"annotations":{"task":"web.1"}}"#).unwrap();
+        let runc = tmp.path().join("runc");
+        write_runc(&runc, "live", me, start, &bundle);
+        write_runc(&runc, "dead", me, start + 1, &bundle);
+        let crun_ns = tmp.path().join("crun/ns1/c2");
+        std::fs::create_dir_all(&crun_ns).unwrap();
+        std::fs::write(crun_ns.join("status"), format!(r#"{{"pid":{me},"bundle":"/nonexistent"}}"#)).unwrap();
+        // `crun create` without `crun start`: the fifo is still there.
+        let crun_created = tmp.path().join("crun/ns1/c3");
+        std::fs::create_dir_all(&crun_created).unwrap();
+        std::fs::write(crun_created.join("status"), format!(r#"{{"pid":{me},"bundle":"/nonexistent"}}"#)).unwrap();
+        nix::unistd::mkfifo(&crun_created.join("exec.fifo"), nix::sys::stat::Mode::S_IRUSR).unwrap();
+        let cfg = crate::config::RuntimesConfig {
+            runc_roots: vec![runc],
+            crun_roots: vec![tmp.path().join("crun/*")],
+            ..Default::default()
+        };
+        let d = Discovery::new(&cfg, Some("task".into()), Duration::from_secs(1));
+        let mut all: Vec<_> = d.in_state_roots().into_iter().map(|c| (c.id, c.task_id, c.runtime, c.state)).collect();
+        all.sort();
+        assert_eq!(
+            all,
+            vec![
+                ("c2".into(), "c2".into(), "crun", State::Running),
+                ("c3".into(), "c3".into(), "crun", State::Created),
+                ("dead".into(), "web.1".into(), "runc", State::Stopped),
+                ("live".into(), "web.1".into(), "runc", State::Running),
+            ]
+        );
+        let any = |_: &Container| true;
+        let resolve = |t: &str, v: &dyn Fn(&Container) -> bool| Discovery::resolve(d.in_state_roots(), t, v);
+        match resolve("web.1", &any) {
+            Err(RuntimeError::Ambiguous { candidates, .. }) => {
+                assert_eq!(candidates, ["web.1 (container dead)", "web.1 (container live)"])
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(resolve("live", &any).unwrap().pid, me);
+        assert!(matches!(resolve("dead", &any), Err(RuntimeError::NotRunning { .. })));
+        assert!(matches!(resolve("c3", &any), Err(RuntimeError::NotRunning { .. })));
+        assert!(matches!(resolve("nope", &any), Err(RuntimeError::NotFound(_))));
+        // What the caller may not see does not make a name ambiguous.
+        assert_eq!(resolve("web.1", &|c: &Container| c.id != "dead").unwrap().id, "live");
+        assert!(matches!(resolve("live", &|c: &Container| c.id != "live"), Err(RuntimeError::NotFound(_))));
+    }
+
+    #[test]
+    fn docker_adds_names_labels_and_its_stopped_containers() {
+        let running = Container {
+            id: "7fee".into(),
+            task_id: "7fee".into(),
+            runtime: "runc",
+            state: State::Running,
+            ..Container::default()
+        };
+        let mut out = vec![running];
+        let entries: Vec<docker::Entry> = serde_json::from_str(
+            r#"[{"Id":"7fee","Names":["/web-1"],"State":"running","Status":"Up 1 second",
+                 "Labels":{"com.docker.compose.service":"web","com.docker.compose.project":"shop"}},
+                {"Id":"dead","Names":["/crashed"],"State":"exited","Status":"Exited (3) 1 second ago"},
+                {"Id":"elsewhere","Names":["/x"],"State":"running","Status":"Up"}]"#,
+        )
+        .unwrap();
+        merge_docker(&mut out, entries);
+        let got: Vec<_> = out
+            .iter()
+            .map(|c| (c.id.as_str(), c.name.as_deref(), c.runtime, c.state, c.exit_code, c.service.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("7fee", Some("web-1"), "docker", State::Running, None, Some("web")),
+                ("dead", Some("crashed"), "docker", State::Stopped, Some(3), None),
+            ]
+        );
+        assert_eq!(out[0].project.as_deref(), Some("shop"));
+        let e = Discovery::resolve(out, "crash", |_| true).unwrap_err();
+        assert!(matches!(e, RuntimeError::NotRunning { .. }), "{e:?}");
+    }
+
+    /// With an engine silent, a container in Docker's namespace has a name nobody could learn: marked, so that
+    /// deny rules written for names still hold (see `Target::name_unknown`).
+    #[tokio::test]
+    async fn a_silent_engine_leaves_its_containers_marked_name_unknown() {
+        let tmp = tempfile::tempdir().unwrap();
+        let me = i32::try_from(std::process::id()).unwrap();
+        let start = proc_start_time(me).unwrap();
+        let runc = tmp.path().join("runc");
+        let moby = tmp.path().join("io.containerd.runtime.v2.task/moby/7fee");
+        let plain = tmp.path().join("bundles/plain");
+        write_runc(&runc, "7fee", me, start, &moby);
+        write_runc(&runc, "plain", me, start, &plain);
+        let cfg = crate::config::RuntimesConfig {
+            runc_roots: vec![runc],
+            crun_roots: vec![],
+            docker_sockets: vec![tmp.path().join("gone.sock")],
+            containerd_sockets: vec![],
+            ..Default::default()
+        };
+        let d = Discovery::new(&cfg, None, Duration::from_secs(1));
+        let mut got: Vec<_> = d.list().await.into_iter().map(|c| (c.id, c.name_unknown)).collect();
+        got.sort();
+        assert_eq!(got, [("7fee".to_string(), true), ("plain".to_string(), false)]);
+        let statuses = d.statuses().await;
+        let docker = statuses.iter().find(|s| s.runtime == "docker").unwrap();
+        assert_eq!((docker.status, docker.containers), ("unreachable", None));
+        // No engine configured: nothing to be silent, nothing marked.
+        let d = Discovery::new(
+            &crate::config::RuntimesConfig { docker_sockets: vec![], ..cfg },
+            None,
+            Duration::from_secs(1),
+        );
+        assert!(d.list().await.iter().all(|c| !c.name_unknown));
+    }
+}

@@ -1,0 +1,348 @@
+//! Docker containers as tasks, end to end: a real `dockerd` (its own data root, exec root and socket, no bridge
+//! or iptables, its own containerd), an image imported from a local busybox rootfs (no network), and the real
+//! agent and `dcos` CLI. One dockerd per test binary; it and its directories go at exit, pass or fail.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use support::*;
+
+const DOCKERD: &str = "/usr/sbin/dockerd";
+/// Debian's client, not whatever else is first on PATH.
+const DOCKER: &str = "/usr/bin/docker";
+
+struct Dockerd {
+    sock: PathBuf,
+    exec_root: PathBuf,
+    image: String,
+}
+
+struct DockerWorld {
+    d: Dockerd,
+    agent: Agent,
+}
+
+fn docker(d: &Dockerd, args: &[&str]) -> Output {
+    run(Command::new(DOCKER).arg("-H").arg(format!("unix://{}", d.sock.display())).args(args))
+}
+
+fn docker_ok(d: &Dockerd, args: &[&str]) -> String {
+    let o = docker(d, args);
+    assert!(o.status.success(), "docker {args:?}: {}", stderr(&o));
+    stdout(&o).trim().to_string()
+}
+
+/// Starts dockerd in `dir` and waits until it answers; stopped (its containers removed first) at exit.
+fn start_dockerd(dir: &Path) -> Dockerd {
+    assert!(Path::new(DOCKERD).exists(), "dockerd is missing: scripts/setup installs docker.io");
+    std::fs::create_dir_all(dir).unwrap();
+    let sock = dir.join("docker.sock");
+    let exec_root = dir.join("exec");
+    let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
+    let mut cmd = Command::new(DOCKERD);
+    cmd.arg("--data-root")
+        .arg(dir.join("data"))
+        .arg("--exec-root")
+        .arg(&exec_root)
+        .arg("--pidfile")
+        .arg(dir.join("dockerd.pid"))
+        .arg("-H")
+        .arg(format!("unix://{}", sock.display()))
+        // vfs: no overlay mounts to leave behind, and it works on any filesystem the temp dir is on.
+        .args(["--bridge=none", "--iptables=false", "--ip6tables=false", "--storage-driver=vfs"])
+        .args(["--shutdown-timeout=1", "--log-level=warn"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    // SAFETY: prctl in the child before exec; dockerd dies with the thread that started it.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("starting dockerd");
+    let pid = i32::try_from(child.id()).expect("pid fits i32");
+    let d = Dockerd { sock, exec_root, image: format!("{}-img:1", prefix()) };
+    let sock = d.sock.clone();
+    // Registered after `prefix()`'s clean-up, so it runs before the directories are removed.
+    at_exit(move || {
+        let h = format!("unix://{}", sock.display());
+        if let Ok(o) = Command::new(DOCKER).args(["-H", &h, "ps", "-aq"]).output() {
+            let ids: Vec<String> = String::from_utf8_lossy(&o.stdout).lines().map(String::from).collect();
+            if !ids.is_empty() {
+                let _ = Command::new(DOCKER).args(["-H", &h, "rm", "-f"]).args(&ids).output();
+            }
+        }
+        // SAFETY: kill on our own child.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !docker(&d, &["version"]).status.success() {
+        assert!(
+            Instant::now() < deadline,
+            "dockerd did not answer: {}",
+            std::fs::read_to_string(dir.join("dockerd.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The image: the tests' busybox rootfs, imported from a tar (no registry, no network).
+    let rootfs = dir.join("rootfs");
+    make_rootfs(&rootfs);
+    let tar = dir.join("rootfs.tar");
+    let o = run(Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tar).arg("."));
+    assert!(o.status.success(), "tar: {}", stderr(&o));
+    docker_ok(&d, &["import", &tar.display().to_string(), &d.image]);
+    d
+}
+
+static WORLD: OnceLock<DockerWorld> = OnceLock::new();
+
+fn world() -> &'static DockerWorld {
+    WORLD.get_or_init(|| {
+        // Started from a thread that lives as long as the process: the parent-death signals of dockerd and
+        // the agent fire only when the test process ends.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let root = std::env::temp_dir().join(format!("{}-docker", prefix()));
+            let d = start_dockerd(&root);
+            let runtimes = format!(
+                "runc_roots = [\"{}/runtime-runc/moby\"]\ncrun_roots = []\n\
+                 docker_sockets = [\"{}\", \"{}/no-such-engine.sock\"]\n\
+                 containerd_sockets = [\"{}/containerd/containerd.sock\"]\napi_timeout = \"1s\"",
+                d.exec_root.display(),
+                d.sock.display(),
+                root.display(),
+                d.exec_root.display(),
+            );
+            let agent = Agent::start_with_runtimes(&root.join("agent"), "", &runtimes, ACL);
+            let agent_pid = agent.pid();
+            at_exit(move || {
+                // SAFETY: kill and waitpid on our own child, which is never reaped before exit.
+                unsafe {
+                    libc::kill(agent_pid, libc::SIGKILL);
+                    libc::waitpid(agent_pid, std::ptr::null_mut(), 0);
+                }
+            });
+            tx.send(DockerWorld { d, agent }).unwrap();
+            loop {
+                std::thread::park();
+            }
+        });
+        rx.recv().expect("docker world set-up failed (see the panic above)")
+    })
+}
+
+/// `docker run -d` with `args` before the image, then `CMD`; returns the full id.
+fn run_container(w: &DockerWorld, name: &str, args: &[&str], cmd: &[&str]) -> String {
+    let mut a = vec!["run", "-d", "--name", name];
+    a.extend_from_slice(args);
+    a.push(&w.d.image);
+    a.extend_from_slice(cmd);
+    docker_ok(&w.d, &a)
+}
+
+fn list_json(w: &DockerWorld, args: &[&str]) -> Vec<serde_json::Value> {
+    let o = run(w.agent.dcos().args(["task", "list", "--json"]).args(args));
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn docker_containers_are_tasks_by_name_slash_name_short_id_and_full_id() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let name = format!("{}-web", prefix());
+    let project = format!("{}proj", prefix());
+    let id = run_container(
+        w,
+        &name,
+        &["-l", "com.docker.compose.service=web", "-l", &format!("com.docker.compose.project={project}")],
+        &["sleep", "100000"],
+    );
+    assert_eq!(id.len(), 64, "{id}");
+    let rows = list_json(w, &[]);
+    let row = rows.iter().find(|t| t["container"] == id.as_str()).unwrap_or_else(|| panic!("{rows:?}"));
+    assert_eq!(row["name"], name.as_str());
+    assert_eq!(row["runtime"], "docker");
+    assert_eq!(row["state"], "running");
+    assert_eq!((row["service"].as_str(), row["project"].as_str()), (Some("web"), Some(project.as_str())));
+    // The table shows the name and the 12-character id, in aligned columns.
+    let o = run(w.agent.dcos().args(["task", "list"]));
+    let table = stdout(&o);
+    let header = table.lines().next().unwrap();
+    let line = table.lines().find(|l| l.contains(&name)).unwrap_or_else(|| panic!("{table}"));
+    assert!(line.starts_with(&id[..12]) && !line.contains(&id), "{table}");
+    assert_eq!(header.find("NAME"), line.find(&name), "{table}");
+    assert_eq!(header.find("RUNTIME"), line.find("docker"), "{table}");
+    // The pattern filters, -q prints ids only.
+    let o = run(w.agent.dcos().args(["task", "list", "-q", &name]));
+    assert_eq!(stdout(&o), format!("{id}\n"));
+    // Docker sets HOSTNAME to the short id: the exec runs in this container, with its environment.
+    let short = &id[..12];
+    for task in [name.clone(), format!("/{name}"), short.to_string(), id[..8].to_string(), id.clone()] {
+        let o = w.agent.sh(&task, "echo $HOSTNAME");
+        assert_eq!((o.status.code(), stdout(&o)), (Some(0), format!("{short}\n")), "{task}: {}", stderr(&o));
+    }
+    docker_ok(&w.d, &["rm", "-f", &id]);
+}
+
+/// What `docker exec` gives the process (user, groups, environment, workdir), `dcos task exec` gives it too, with
+/// and without `-u`, `-e`, `-w`; and `-i` and `-t` work.
+#[test]
+fn exec_gives_what_docker_exec_gives() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let name = format!("{}-parity", prefix());
+    run_container(w, &name, &["-u", "app", "-w", "/srv", "-e", "ZONE=blue"], &["sleep", "100000"]);
+    let script = "id; pwd; echo $ZONE $HOME $PATH $HOSTNAME; cat /proc/self/status | grep -E '^Cap(Eff|Bnd)'";
+    // Not compared: `-u` naming another user or a group. Docker writes the container user's
+    // /etc/group memberships into config.json's additionalGids and `docker exec -u root` drops them, while the
+    // exec helper keeps config.json's additionalGids for every user, as `runc exec` does.
+    for opts in [&[][..], &["-u", "app"], &["-u", "1000"], &["-e", "ZONE=red", "-e", "X=1"], &["-w", "/tmp"]] {
+        let mut d = vec!["exec"];
+        d.extend_from_slice(opts);
+        d.extend_from_slice(&[&name, "sh", "-c", script]);
+        let want = docker_ok(&w.d, &d);
+        let o = run(w.agent.dcos().args(["task", "exec"]).args(opts).args([&name, "sh", "-c", script]));
+        assert_eq!(o.status.code(), Some(0), "{opts:?}: {}", stderr(&o));
+        assert_eq!(stdout(&o).trim(), want, "{opts:?}");
+    }
+    let o = run(w.agent.dcos().args(["task", "exec", "-u", "root", &name, "id", "-u"]));
+    assert_eq!(stdout(&o), "0\n", "{}", stderr(&o));
+    let o = run_with_input(w.agent.dcos().args(["task", "exec", "-i", &name, "sh", "-c", "cat; echo ."]), b"fed\n");
+    assert_eq!(stdout(&o), "fed\n.\n", "{}", stderr(&o));
+    let o = run(w.agent.dcos().args(["task", "exec", "-t", &name, "tty"]));
+    assert!(stdout(&o).starts_with("/dev/pts/"), "{}", stdout(&o));
+    docker_ok(&w.d, &["rm", "-f", &name]);
+}
+
+#[test]
+fn an_ambiguous_name_fails_with_its_candidates_and_exit_123() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let base = format!("{}-twin", prefix());
+    let one = run_container(w, &format!("{base}-1"), &[], &["sleep", "100000"]);
+    let two = run_container(w, &format!("{base}-2"), &[], &["sleep", "100000"]);
+    let o = w.agent.sh(&base, "true");
+    assert_eq!(o.status.code(), Some(123), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains(&format!("{base}-1")) && err.contains(&format!("{base}-2")), "{err}");
+    assert!(err.contains(&one[..12]) && err.contains(&two[..12]), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    // The exact name still wins, and so does a unique part.
+    assert_eq!(stdout(&w.agent.sh(&format!("{base}-2"), "echo $HOSTNAME")), format!("{}\n", &two[..12]));
+    assert_eq!(stdout(&w.agent.sh("twin-1", "echo $HOSTNAME")), format!("{}\n", &one[..12]));
+    let o = run(w.agent.dcos().args(["task", "list", "-q", &base]));
+    let mut ids: Vec<String> = stdout(&o).lines().map(String::from).collect();
+    ids.sort();
+    let mut want = vec![one.clone(), two.clone()];
+    want.sort();
+    assert_eq!(ids, want);
+    docker_ok(&w.d, &["rm", "-f", &one, &two]);
+}
+
+#[test]
+fn stopped_containers_are_listed_with_their_exit_status_and_refused() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let name = format!("{}-crashed", prefix());
+    let o = docker(&w.d, &["run", "--name", &name, &w.d.image, "sh", "-c", "exit 3"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(list_json(w, &[]).iter().all(|t| t["name"] != name.as_str()), "stopped ones only with --all");
+    let rows = list_json(w, &["--all"]);
+    let row = rows.iter().find(|t| t["name"] == name.as_str()).unwrap_or_else(|| panic!("{rows:?}"));
+    assert_eq!((row["state"].as_str(), row["exit_code"].as_i64()), (Some("stopped"), Some(3)));
+    let table = stdout(&run(w.agent.dcos().args(["task", "list", "--all", &name])));
+    assert!(table.contains("stopped (3)"), "{table}");
+    let o = w.agent.sh(&name, "true");
+    assert_eq!(o.status.code(), Some(120), "{}", stderr(&o));
+    assert!(stderr(&o).contains("not running"), "{}", stderr(&o));
+    docker_ok(&w.d, &["rm", "-f", &name]);
+}
+
+#[test]
+fn a_container_removed_mid_session_ends_it_with_container_stopped() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let name = format!("{}-doomed", prefix());
+    run_container(w, &name, &[], &["sleep", "100000"]);
+    let mut child = w
+        .agent
+        .dcos()
+        .args(["task", "exec", &name, "sh", "-c", "echo up; sleep 1000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 3];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+    docker_ok(&w.d, &["rm", "-f", &name]);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(120), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stopped"), "{}", String::from_utf8_lossy(&out.stderr));
+    let o = w.agent.sh(&name, "true");
+    assert_eq!(o.status.code(), Some(119), "gone from Docker and runc alike: {}", stderr(&o));
+}
+
+/// The agent is configured with a second Docker socket that does not exist: lists and execs work, the log warns,
+/// and `GET /v1/runtimes` says which engine is unreachable and why.
+#[test]
+fn an_unreachable_engine_is_a_warning_and_a_status_never_a_failure() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let name = format!("{}-still", prefix());
+    run_container(w, &name, &[], &["sleep", "100000"]);
+    assert!(list_json(w, &[]).iter().any(|t| t["name"] == name.as_str()));
+    assert_eq!(w.agent.sh(&name, "true").status.code(), Some(0));
+    let log = std::fs::read_to_string(w.agent.dir.join("agent.log")).unwrap();
+    assert!(log.contains("no-such-engine.sock") && log.contains("unreachable"), "{log}");
+    let get = |token: &str| {
+        run(Command::new("curl")
+            .args(["-sS", "--cacert"])
+            .arg(w.agent.dir.join("ca.crt"))
+            .args(["-H", &format!("Authorization: Bearer {token}"), "-w", "\n%{http_code}"])
+            .arg(format!("{}/v1/runtimes", w.agent.url)))
+    };
+    let o = get(&w.agent.admin_token);
+    let text = stdout(&o);
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    assert_eq!(code, "200", "{text}");
+    let v: Vec<serde_json::Value> = serde_json::from_str(body).unwrap();
+    let by = |path: &str| v.iter().find(|r| r["path"].as_str().is_some_and(|p| p.ends_with(path))).unwrap();
+    assert_eq!(by("docker.sock")["status"], "ok", "{body}");
+    assert!(by("docker.sock")["containers"].as_u64().unwrap() >= 1, "{body}");
+    assert_eq!(by("no-such-engine.sock")["status"], "unreachable", "{body}");
+    assert!(by("no-such-engine.sock")["error"].as_str().unwrap().contains("No such file"), "{body}");
+    assert_eq!(by("containerd.sock")["status"], "ok", "dockerd's own containerd: {body}");
+    assert_eq!(by("runtime-runc/moby")["status"], "ok", "{body}");
+    // Authenticated, and only for those who may list something.
+    assert!(stdout(&get("not-a-token")).ends_with("401"));
+    let mallory = w.agent.token("mallory", &[], "1h");
+    assert!(stdout(&get(&mallory)).ends_with("403"));
+    docker_ok(&w.d, &["rm", "-f", &name]);
+}
