@@ -1,4 +1,5 @@
-//! Audit trail: one JSON line per session and per refusal, appended to the configured file.
+//! Audit trail: one JSON line when a session starts, one when it ends, one per refusal, appended to the
+//! configured file.
 
 use serde::Serialize;
 use std::io::Write;
@@ -6,9 +7,32 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-/// A session that ran (or tried to).
+/// A session that got past the upgrade, written before anything is pulled or started: if the agent dies
+/// mid-session, this record is what remains.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionStartRecord {
+    /// `session_start`.
+    pub event: &'static str,
+    pub session: String,
+    pub time: String,
+    pub user: String,
+    pub source: String,
+    pub task: String,
+    pub container: String,
+    pub command: Vec<String>,
+    pub tty: bool,
+    pub stdin: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_as: Option<String>,
+    /// `--debug-image` as normalised.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+/// A session that ended: ran, failed to start, or was hung up.
 #[derive(Debug, Clone, Serialize)]
 pub struct SessionRecord {
+    /// `session_end`.
     pub event: &'static str,
     pub session: String,
     pub user: String,
@@ -77,6 +101,10 @@ impl AuditLog {
         if let Err(e) = f.write_all(&line) {
             tracing::error!("audit log write failed: {e}");
         }
+    }
+
+    pub fn session_start(&self, rec: &SessionStartRecord) {
+        self.write(rec)
     }
 
     pub fn session(&self, rec: &SessionRecord) {

@@ -1,8 +1,22 @@
 //! Bearer-token authentication: Ed25519-signed JWTs (EdDSA) with issuer, audience, expiry and not-before.
+//!
+//! Signing and verification use `ring`, the crypto provider that TLS already uses, so the agent carries one
+//! crypto stack. Only the compact serialization with `alg: EdDSA` is accepted.
 
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use dcos_exec_proto::ErrorCode;
+use ring::signature::{Ed25519KeyPair, UnparsedPublicKey, ED25519};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{PrivatePkcs8KeyDer, SubjectPublicKeyInfoDer};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Clock skew tolerated on `exp` and `nbf`, in seconds.
+const LEEWAY: u64 = 30;
+
+/// DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410): SEQUENCE { SEQUENCE { OID 1.3.101.112 }, BIT STRING }.
+const ED25519_SPKI_PREFIX: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
 
 /// The claims of a dcos-exec token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -13,6 +27,7 @@ pub struct Claims {
     #[serde(default)]
     pub groups: Vec<String>,
     pub iss: String,
+    /// One audience (what `mint` writes); a verified token may have carried several (see [`Audience`]).
     pub aud: String,
     #[serde(default)]
     pub iat: u64,
@@ -28,29 +43,80 @@ pub enum AuthError {
     #[error("authorization header is not a bearer token")]
     NotBearer,
     #[error("token refused: {0}")]
-    Invalid(String),
+    Invalid(&'static str),
     #[error("bad key: {0}")]
     Key(String),
 }
 
+impl AuthError {
+    /// Every authentication failure is `unauthenticated` on the wire.
+    pub fn code(&self) -> ErrorCode {
+        ErrorCode::Unauthenticated
+    }
+}
+
+/// The JOSE header; only `alg` matters, `typ` is optional and `crit` is refused (we understand no extension).
+#[derive(Deserialize)]
+struct Header {
+    alg: String,
+    #[serde(default)]
+    crit: Option<serde_json::Value>,
+}
+
+/// `aud` as RFC 7519 allows it: one string or an array of strings.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audience {
+    fn contains(&self, want: &str) -> bool {
+        match self {
+            Audience::One(a) => a == want,
+            Audience::Many(v) => v.iter().any(|a| a == want),
+        }
+    }
+}
+
+/// Claims as they may arrive: NumericDates may be fractional, the required ones may be missing.
+#[derive(Deserialize)]
+struct WireClaims {
+    sub: Option<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+    iss: Option<String>,
+    aud: Option<Audience>,
+    iat: Option<f64>,
+    nbf: Option<f64>,
+    exp: Option<f64>,
+}
+
 /// Verifies tokens for one issuer and audience.
 pub struct Verifier {
-    key: DecodingKey,
-    validation: Validation,
+    key: UnparsedPublicKey<Vec<u8>>,
+    issuer: String,
+    audience: String,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 impl Verifier {
     /// `public_pem` is an Ed25519 SubjectPublicKeyInfo PEM.
     pub fn new(public_pem: &[u8], issuer: &str, audience: &str) -> Result<Self, AuthError> {
-        let key = DecodingKey::from_ed_pem(public_pem).map_err(|e| AuthError::Key(e.to_string()))?;
-        // Only EdDSA: this closes `alg: none` and HS256-with-the-public-key confusion.
-        let mut validation = Validation::new(Algorithm::EdDSA);
-        validation.set_issuer(&[issuer]);
-        validation.set_audience(&[audience]);
-        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
-        validation.validate_nbf = true;
-        validation.leeway = 30;
-        Ok(Verifier { key, validation })
+        let spki = SubjectPublicKeyInfoDer::from_pem_slice(public_pem).map_err(|e| AuthError::Key(e.to_string()))?;
+        let raw = spki
+            .strip_prefix(&ED25519_SPKI_PREFIX[..])
+            .filter(|k| k.len() == 32)
+            .ok_or_else(|| AuthError::Key("not an Ed25519 public key".into()))?;
+        Ok(Verifier {
+            key: UnparsedPublicKey::new(&ED25519, raw.to_vec()),
+            issuer: issuer.into(),
+            audience: audience.into(),
+        })
     }
 
     /// Checks an `Authorization` header value and returns the claims.
@@ -61,29 +127,71 @@ impl Verifier {
         self.verify(token)
     }
 
-    /// Checks a raw token.
+    /// Checks a raw token: header, then signature, then claims (nothing unsigned is trusted).
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
-            use jsonwebtoken::errors::ErrorKind::*;
-            AuthError::Invalid(
-                match e.kind() {
-                    ExpiredSignature => "token expired",
-                    ImmatureSignature => "token not valid yet",
-                    InvalidSignature => "signature does not verify (token of another signer?)",
-                    InvalidAlgorithm | InvalidAlgorithmName => "algorithm not accepted (only EdDSA)",
-                    InvalidIssuer => "wrong issuer",
-                    InvalidAudience => "wrong audience",
-                    MissingRequiredClaim(_) => "a required claim is missing",
-                    _ => "malformed token",
-                }
-                .to_string(),
-            )
-        })?;
-        if data.claims.sub.is_empty() {
-            return Err(AuthError::Invalid("empty subject".into()));
-        }
-        Ok(data.claims)
+        self.verify_at(token, unix_now())
     }
+
+    fn verify_at(&self, token: &str, now: u64) -> Result<Claims, AuthError> {
+        const MALFORMED: AuthError = AuthError::Invalid("malformed token");
+        let mut parts = token.split('.');
+        let (Some(h64), Some(c64), Some(s64), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+            return Err(MALFORMED);
+        };
+        let b64 = |s: &str| URL_SAFE_NO_PAD.decode(s).map_err(|_| MALFORMED);
+        let header: Header = serde_json::from_slice(&b64(h64)?).map_err(|_| MALFORMED)?;
+        // Only EdDSA: this closes `alg: none` and HS256-with-the-public-key confusion.
+        if header.alg != "EdDSA" {
+            return Err(AuthError::Invalid("algorithm not accepted (only EdDSA)"));
+        }
+        if header.crit.is_some() {
+            return Err(AuthError::Invalid("critical header extensions are not supported"));
+        }
+        let sig = b64(s64)?;
+        let signed = &token[..h64.len() + 1 + c64.len()];
+        self.key
+            .verify(signed.as_bytes(), &sig)
+            .map_err(|_| AuthError::Invalid("signature does not verify (token of another signer?)"))?;
+
+        let c: WireClaims = serde_json::from_slice(&b64(c64)?).map_err(|_| MALFORMED)?;
+        let (Some(sub), Some(iss), Some(aud), Some(nbf), Some(exp)) = (c.sub, c.iss, c.aud, c.nbf, c.exp) else {
+            return Err(AuthError::Invalid("a required claim is missing"));
+        };
+        let secs = |v: f64| if v.is_finite() && v >= 0.0 { Ok(v as u64) } else { Err(MALFORMED) };
+        let (nbf, exp) = (secs(nbf)?, secs(exp)?);
+        if exp.saturating_add(LEEWAY) < now {
+            return Err(AuthError::Invalid("token expired"));
+        }
+        if nbf > now.saturating_add(LEEWAY) {
+            return Err(AuthError::Invalid("token not valid yet"));
+        }
+        if iss != self.issuer {
+            return Err(AuthError::Invalid("wrong issuer"));
+        }
+        if !aud.contains(&self.audience) {
+            return Err(AuthError::Invalid("wrong audience"));
+        }
+        if sub.is_empty() {
+            return Err(AuthError::Invalid("empty subject"));
+        }
+        let iat = c.iat.map(secs).transpose()?.unwrap_or(0);
+        Ok(Claims { sub, groups: c.groups, iss, aud: self.audience.clone(), iat, nbf, exp })
+    }
+}
+
+/// Signs `claims` with an Ed25519 PKCS#8 PEM private key, as a compact JWT with `alg: EdDSA`.
+fn sign(private_pem: &[u8], claims: &impl Serialize) -> Result<String, AuthError> {
+    let der = PrivatePkcs8KeyDer::from_pem_slice(private_pem).map_err(|e| AuthError::Key(e.to_string()))?;
+    let key = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der.secret_pkcs8_der())
+        .map_err(|e| AuthError::Key(format!("not an Ed25519 PKCS#8 key: {e}")))?;
+    let body = serde_json::to_vec(claims).map_err(|e| AuthError::Key(e.to_string()))?;
+    let mut token = URL_SAFE_NO_PAD.encode(br#"{"alg":"EdDSA","typ":"JWT"}"#);
+    token.push('.');
+    token.push_str(&URL_SAFE_NO_PAD.encode(body));
+    let sig = key.sign(token.as_bytes());
+    token.push('.');
+    token.push_str(&URL_SAFE_NO_PAD.encode(sig.as_ref()));
+    Ok(token)
 }
 
 /// Mints a token signed with an Ed25519 PKCS#8 PEM private key.
@@ -95,8 +203,7 @@ pub fn mint(
     groups: &[String],
     ttl: Duration,
 ) -> Result<String, AuthError> {
-    let key = EncodingKey::from_ed_pem(private_pem).map_err(|e| AuthError::Key(e.to_string()))?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now = unix_now();
     let claims = Claims {
         sub: user.into(),
         groups: groups.to_vec(),
@@ -106,17 +213,40 @@ pub fn mint(
         nbf: now,
         exp: now + ttl.as_secs(),
     };
-    jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &key).map_err(|e| AuthError::Key(e.to_string()))
+    sign(private_pem, &claims)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use base64::Engine;
+    use serde_json::json;
 
     fn keypair() -> (String, String) {
         let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
         (kp.serialize_pem(), kp.public_key_pem())
+    }
+
+    fn b64(s: &[u8]) -> String {
+        URL_SAFE_NO_PAD.encode(s)
+    }
+
+    /// A token with this exact header, signed correctly by `sk`.
+    fn signed_with_header(sk: &str, header: &str, claims: &serde_json::Value) -> String {
+        let der = PrivatePkcs8KeyDer::from_pem_slice(sk.as_bytes()).unwrap();
+        let key = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der.secret_pkcs8_der()).unwrap();
+        let input = format!("{}.{}", b64(header.as_bytes()), b64(claims.to_string().as_bytes()));
+        format!("{input}.{}", b64(key.sign(input.as_bytes()).as_ref()))
+    }
+
+    fn claims(now: u64) -> serde_json::Value {
+        json!({"sub": "a", "iss": "iss", "aud": "aud", "iat": now, "nbf": now, "exp": now + 60})
+    }
+
+    fn reason(r: Result<Claims, AuthError>) -> &'static str {
+        match r {
+            Err(AuthError::Invalid(m)) => m,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
     }
 
     #[test]
@@ -134,33 +264,93 @@ mod tests {
         let (other_sk, _) = keypair();
         let v = Verifier::new(pk.as_bytes(), "iss", "aud").unwrap();
         let other = mint(other_sk.as_bytes(), "iss", "aud", "a", &[], Duration::from_secs(60)).unwrap();
-        assert!(matches!(v.verify(&other), Err(AuthError::Invalid(m)) if m.contains("signature")));
+        assert!(reason(v.verify(&other)).contains("signature"));
         let wrong_iss = mint(sk.as_bytes(), "x", "aud", "a", &[], Duration::from_secs(60)).unwrap();
-        assert!(v.verify(&wrong_iss).is_err());
+        assert_eq!(reason(v.verify(&wrong_iss)), "wrong issuer");
         let wrong_aud = mint(sk.as_bytes(), "iss", "x", "a", &[], Duration::from_secs(60)).unwrap();
-        assert!(v.verify(&wrong_aud).is_err());
+        assert_eq!(reason(v.verify(&wrong_aud)), "wrong audience");
         assert!(matches!(v.verify_header(None), Err(AuthError::Missing)));
         assert!(matches!(v.verify_header(Some("Basic abc")), Err(AuthError::NotBearer)));
     }
 
     #[test]
-    fn alg_none_and_hs256_confusion_are_refused() {
-        let (_, pk) = keypair();
+    fn expiry_and_not_before_allow_only_the_leeway() {
+        let (sk, pk) = keypair();
         let v = Verifier::new(pk.as_bytes(), "iss", "aud").unwrap();
-        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
-        let body = b64(r#"{"sub":"a","iss":"iss","aud":"aud","iat":0,"nbf":0,"exp":99999999999}"#);
-        let none = format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), body);
-        assert!(v.verify(&none).is_err());
+        let t = signed_with_header(&sk, r#"{"alg":"EdDSA"}"#, &claims(1000));
+        // Valid from 1000 - 30 to 1060 + 30.
+        assert!(v.verify_at(&t, 1000 - LEEWAY).is_ok());
+        assert_eq!(reason(v.verify_at(&t, 1000 - LEEWAY - 1)), "token not valid yet");
+        assert!(v.verify_at(&t, 1060 + LEEWAY).is_ok());
+        assert_eq!(reason(v.verify_at(&t, 1060 + LEEWAY + 1)), "token expired");
+    }
+
+    #[test]
+    fn audience_may_be_an_array_that_contains_ours() {
+        let (sk, pk) = keypair();
+        let v = Verifier::new(pk.as_bytes(), "iss", "aud").unwrap();
+        let now = unix_now();
+        let mut c = claims(now);
+        c["aud"] = json!(["other", "aud"]);
+        assert!(v.verify(&signed_with_header(&sk, r#"{"alg":"EdDSA","typ":"JWT"}"#, &c)).is_ok());
+        c["aud"] = json!(["other", "aud2"]);
+        assert_eq!(reason(v.verify(&signed_with_header(&sk, r#"{"alg":"EdDSA"}"#, &c))), "wrong audience");
+        c["aud"] = json!([]);
+        assert_eq!(reason(v.verify(&signed_with_header(&sk, r#"{"alg":"EdDSA"}"#, &c))), "wrong audience");
+    }
+
+    #[test]
+    fn missing_claims_crit_headers_and_garbage_are_refused() {
+        let (sk, pk) = keypair();
+        let v = Verifier::new(pk.as_bytes(), "iss", "aud").unwrap();
+        let now = unix_now();
+        for k in ["sub", "iss", "aud", "nbf", "exp"] {
+            let mut c = claims(now);
+            c.as_object_mut().unwrap().remove(k);
+            let t = signed_with_header(&sk, r#"{"alg":"EdDSA"}"#, &c);
+            assert_eq!(reason(v.verify(&t)), "a required claim is missing", "without {k}");
+        }
+        let mut c = claims(now);
+        c["sub"] = json!("");
+        assert_eq!(reason(v.verify(&signed_with_header(&sk, r#"{"alg":"EdDSA"}"#, &c))), "empty subject");
+        let crit = signed_with_header(&sk, r#"{"alg":"EdDSA","crit":["exp"],"exp":1}"#, &claims(now));
+        assert!(reason(v.verify(&crit)).contains("critical"));
+        let good = signed_with_header(&sk, r#"{"alg":"EdDSA"}"#, &claims(now));
+        for bad in ["", "a.b", "a.b.c.d", &format!("{good}.x"), &good.replace('.', "..")] {
+            assert_eq!(reason(v.verify(bad)), "malformed token", "{bad:?}");
+        }
+        // A claims part that was changed after signing.
+        let (h, rest) = good.split_once('.').unwrap();
+        let (_, s) = rest.split_once('.').unwrap();
+        let mut c = claims(now);
+        c["sub"] = json!("root");
+        let tampered = format!("{h}.{}.{s}", b64(c.to_string().as_bytes()));
+        assert!(reason(v.verify(&tampered)).contains("signature"));
+    }
+
+    #[test]
+    fn alg_none_hs256_confusion_and_other_algs_are_refused() {
+        let (sk, pk) = keypair();
+        let v = Verifier::new(pk.as_bytes(), "iss", "aud").unwrap();
+        let body = b64(br#"{"sub":"a","iss":"iss","aud":"aud","iat":0,"nbf":0,"exp":99999999999}"#);
+        let none = format!("{}.{}.", b64(br#"{"alg":"none","typ":"JWT"}"#), body);
+        assert!(reason(v.verify(&none)).contains("algorithm"));
         // HS256 keyed with the public key PEM: the classic confusion attack.
-        let hs = jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
-            &serde_json::from_str::<serde_json::Value>(
-                r#"{"sub":"a","iss":"iss","aud":"aud","iat":0,"nbf":0,"exp":99999999999}"#,
-            )
-            .unwrap(),
-            &EncodingKey::from_secret(pk.as_bytes()),
-        )
-        .unwrap();
-        assert!(matches!(v.verify(&hs), Err(AuthError::Invalid(m)) if m.contains("algorithm")));
+        let input = format!("{}.{}", b64(br#"{"alg":"HS256","typ":"JWT"}"#), body);
+        let mac = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, pk.as_bytes()), input.as_bytes());
+        let hs = format!("{input}.{}", b64(mac.as_ref()));
+        assert!(reason(v.verify(&hs)).contains("algorithm"));
+        // A valid Ed25519 signature under another alg name (or a case variant) is still refused.
+        for alg in ["eddsa", "Ed25519", "ES256"] {
+            let t = signed_with_header(&sk, &format!(r#"{{"alg":"{alg}"}}"#), &claims(unix_now()));
+            assert!(reason(v.verify(&t)).contains("algorithm"), "{alg}");
+        }
+    }
+
+    #[test]
+    fn keys_of_other_types_are_refused() {
+        let rsa_like = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        assert!(matches!(Verifier::new(rsa_like.public_key_pem().as_bytes(), "i", "a"), Err(AuthError::Key(_))));
+        assert!(mint(rsa_like.serialize_pem().as_bytes(), "i", "a", "u", &[], Duration::from_secs(1)).is_err());
     }
 }

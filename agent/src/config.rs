@@ -46,6 +46,15 @@ pub struct AgentConfig {
     /// After the process exits, how long to keep forwarding output that processes it left behind still write.
     #[serde(default = "default_drain")]
     pub output_drain: String,
+    /// Connections accepted but not yet past authentication (TLS handshake, first request); more are closed at once.
+    #[serde(default = "default_max_unauthenticated")]
+    pub max_unauthenticated: usize,
+    /// Sessions one user may have open at once; more are refused with `forbidden`.
+    #[serde(default = "default_max_sessions_per_user")]
+    pub max_sessions_per_user: usize,
+    /// On SIGTERM or SIGINT, how long live sessions get to be hung up, audited and told before the agent exits.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: String,
     /// OCI annotation whose value is the task id; containers without it are known by their container id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_id_annotation: Option<String>,
@@ -81,7 +90,8 @@ pub struct ImagesConfig {
     /// Create device nodes and fifos found in layers (refused by default).
     #[serde(default)]
     pub allow_devices: bool,
-    /// Keep setuid/setgid bits of files in layers (stripped by default).
+    /// Keep setuid/setgid bits and file capabilities (`security.capability`) of files in layers (stripped by
+    /// default).
     #[serde(default)]
     pub keep_setid: bool,
     /// Cache size (bytes) above which the agent prunes what no cached image needs after a pull; 0 for no cap.
@@ -90,6 +100,50 @@ pub struct ImagesConfig {
     /// Credentials by registry, e.g. `[images.credentials."registry.example:5000"]`.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub credentials: std::collections::BTreeMap<String, RegistryCredentials>,
+    /// Bytes one layer may unpack to (its uncompressed stream, and the file content written).
+    #[serde(default = "default_max_layer_bytes")]
+    pub max_layer_bytes: u64,
+    /// Bytes all layers unpacked by one pull may take together.
+    #[serde(default = "default_max_image_bytes")]
+    pub max_image_bytes: u64,
+    /// Entries of one layer.
+    #[serde(default = "default_max_entries")]
+    pub max_entries: u64,
+    /// Bytes of an entry's path or link target.
+    #[serde(default = "default_max_path_len")]
+    pub max_path_len: u64,
+    /// Components of an entry's path.
+    #[serde(default = "default_max_depth")]
+    pub max_depth: u64,
+}
+
+impl ImagesConfig {
+    /// The budgets as the unpacker takes them.
+    pub fn limits(&self) -> dcos_exec_images::unpack::Limits {
+        dcos_exec_images::unpack::Limits {
+            max_layer_bytes: self.max_layer_bytes,
+            max_image_bytes: self.max_image_bytes,
+            max_entries: self.max_entries,
+            max_path_len: self.max_path_len,
+            max_depth: self.max_depth,
+        }
+    }
+}
+
+fn default_max_layer_bytes() -> u64 {
+    dcos_exec_images::unpack::Limits::default().max_layer_bytes
+}
+fn default_max_image_bytes() -> u64 {
+    dcos_exec_images::unpack::Limits::default().max_image_bytes
+}
+fn default_max_entries() -> u64 {
+    dcos_exec_images::unpack::Limits::default().max_entries
+}
+fn default_max_path_len() -> u64 {
+    dcos_exec_images::unpack::Limits::default().max_path_len
+}
+fn default_max_depth() -> u64 {
+    dcos_exec_images::unpack::Limits::default().max_depth
 }
 
 /// Basic-auth credentials of one registry (also used for its token service).
@@ -111,6 +165,11 @@ impl Default for ImagesConfig {
             keep_setid: false,
             max_cache_bytes: 0,
             credentials: Default::default(),
+            max_layer_bytes: default_max_layer_bytes(),
+            max_image_bytes: default_max_image_bytes(),
+            max_entries: default_max_entries(),
+            max_path_len: default_max_path_len(),
+            max_depth: default_max_depth(),
         }
     }
 }
@@ -152,6 +211,15 @@ fn default_grace() -> String {
 fn default_drain() -> String {
     "1s".into()
 }
+pub fn default_max_unauthenticated() -> usize {
+    256
+}
+pub fn default_max_sessions_per_user() -> usize {
+    64
+}
+pub fn default_shutdown_grace() -> String {
+    "10s".into()
+}
 /// runc's own default, containerd's runc v2 shim (one root per namespace) and Docker's.
 pub fn default_runc_roots() -> Vec<PathBuf> {
     ["/run/runc", "/run/containerd/runc/*", "/run/docker/runtime-runc/moby"].iter().map(PathBuf::from).collect()
@@ -167,6 +235,7 @@ pub struct Loaded {
     pub file: AgentConfig,
     pub grace_period: Duration,
     pub output_drain: Duration,
+    pub shutdown_grace: Duration,
 }
 
 impl AgentConfig {
@@ -196,7 +265,8 @@ impl AgentConfig {
         };
         let grace_period = dur("grace_period", &cfg.grace_period)?;
         let output_drain = dur("output_drain", &cfg.output_drain)?;
-        Ok(Loaded { file: cfg, grace_period, output_drain })
+        let shutdown_grace = dur("shutdown_grace", &cfg.shutdown_grace)?;
+        Ok(Loaded { file: cfg, grace_period, output_drain, shutdown_grace })
     }
 }
 
@@ -218,6 +288,8 @@ mod tests {
         assert_eq!(l.file.audit_log, PathBuf::from("/var/log/a.log"));
         assert_eq!(l.grace_period, Duration::from_millis(250));
         assert_eq!(l.file.runtimes.runc_roots, default_runc_roots());
+        assert_eq!((l.file.max_unauthenticated, l.file.max_sessions_per_user), (256, 64));
+        assert_eq!(l.shutdown_grace, Duration::from_secs(10));
     }
 
     #[test]
@@ -232,5 +304,23 @@ mod tests {
         assert!(matches!(AgentConfig::load(&p), Err(ConfigError::Parse { .. })));
         std::fs::write(&p, "listen='x'\ntls_cert='c'\ntls_key='k'\ntoken_public_key='t'\nacl='a'\naudit_log='l'\ngrace_period='soon'\n").unwrap();
         assert!(matches!(AgentConfig::load(&p), Err(ConfigError::Duration { .. })));
+    }
+
+    #[test]
+    fn image_budgets_default_and_can_be_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agent.toml");
+        let base = "listen='x'\ntls_cert='c'\ntls_key='k'\ntoken_public_key='t'\nacl='a'\naudit_log='l'\n";
+        std::fs::write(&p, base).unwrap();
+        let l = AgentConfig::load(&p).unwrap().file.images.limits();
+        assert_eq!(
+            (l.max_layer_bytes, l.max_image_bytes, l.max_entries, l.max_path_len, l.max_depth),
+            (4 << 30, 8 << 30, 500_000, 4096, 128)
+        );
+        std::fs::write(&p, format!("{base}[images]\nmax_layer_bytes = 67108864\nmax_depth = 8\n")).unwrap();
+        let l = AgentConfig::load(&p).unwrap().file.images.limits();
+        assert_eq!((l.max_layer_bytes, l.max_depth, l.max_entries), (64 << 20, 8, 500_000));
+        std::fs::write(&p, format!("{base}[images]\nmax_layer_byte = 1\n")).unwrap();
+        assert!(matches!(AgentConfig::load(&p), Err(ConfigError::Parse { .. })));
     }
 }

@@ -34,22 +34,6 @@ impl ExecError {
     }
 }
 
-/// `--cap-add` names, checked against the agent's allowlist; kernel numbers.
-pub fn check_cap_add(names: &[String], allowed: &[String]) -> Result<Vec<u32>, (ErrorCode, String)> {
-    let caps = dcos_exec_container::caps::parse_names(names).map_err(|e| (ErrorCode::BadRequest, e))?;
-    let allowed_caps = dcos_exec_container::caps::parse_names(allowed).unwrap_or_default();
-    for (n, c) in names.iter().zip(&caps) {
-        if !allowed_caps.contains(c) {
-            let list: Vec<String> = allowed_caps.iter().map(|c| dcos_exec_container::caps::name(*c)).collect();
-            return Err((
-                ErrorCode::Forbidden,
-                format!("--cap-add {n} is not allowed by this agent (cap_add_allowed: {})", list.join(", ")),
-            ));
-        }
-    }
-    Ok(caps)
-}
-
 /// The helper's spec for this request, and the debug image's layer directories (top first), opened.
 pub fn build_spec(
     c: &Container,
@@ -57,7 +41,6 @@ pub fn build_spec(
     grace_ms: u64,
     image: Option<&dcos_exec_images::pull::PulledImage>,
     cap_add: &[u32],
-    nofile: Option<spec::Rlimit>,
 ) -> Result<(ExecSpec, Vec<OwnedFd>), ExecError> {
     let path = c.bundle.join("config.json");
     let config = oci_spec::runtime::Spec::load(&path)
@@ -92,9 +75,7 @@ pub fn build_spec(
         cap_add: cap_add.to_vec(),
         debug_layers: image.map(|_| layers.len()),
     };
-    let mut s = spec::build(&config, c.pid, c.start_time, &o, grace_ms)?;
-    s.nofile = nofile;
-    Ok((s, layers))
+    Ok((spec::build(&config, c.pid, c.start_time, &o, grace_ms)?, layers))
 }
 
 /// A running helper and the agent's ends of its channels.
@@ -145,19 +126,4 @@ pub fn signal_frame(n: i32) -> Vec<u8> {
 pub fn recv_master(sock: &OwnedFd) -> std::io::Result<OwnedFd> {
     use std::os::fd::AsFd;
     dcos_exec_container::pty::recv_fd(sock.as_fd())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cap_add_is_limited_to_the_allowlist() {
-        let allowed = vec!["SYS_PTRACE".to_string(), "NET_ADMIN".into(), "NET_RAW".into()];
-        assert_eq!(check_cap_add(&["sys_ptrace".into()], &allowed).unwrap(), vec![19]);
-        let (code, msg) = check_cap_add(&["SYS_ADMIN".into()], &allowed).unwrap_err();
-        assert_eq!(code, ErrorCode::Forbidden);
-        assert!(msg.contains("SYS_ADMIN") && msg.contains("SYS_PTRACE, NET_ADMIN, NET_RAW"), "{msg}");
-        assert_eq!(check_cap_add(&["FLY".into()], &allowed).unwrap_err().0, ErrorCode::BadRequest);
-    }
 }

@@ -5,7 +5,21 @@ use anyhow::{bail, Context, Result};
 use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+/// The CA outlives many server certificates: re-issuing the server certificate must not mean redistributing it.
+pub const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// A server certificate is re-issued (`init --force` or an operator's CA) well within this.
+pub const SERVER_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Certificates start a little in the past, so a client whose clock lags accepts a fresh one.
+const BACKDATE: Duration = Duration::from_secs(300);
+
+/// Sets the validity window `[now - BACKDATE, now + lifetime]`.
+fn validity(params: &mut CertificateParams, lifetime: Duration) {
+    let now = SystemTime::now();
+    params.not_before = (now - BACKDATE).into();
+    params.not_after = (now + lifetime).into();
+}
 
 /// Options of `init`.
 pub struct InitOptions<'a> {
@@ -44,6 +58,7 @@ pub fn init(o: &InitOptions<'_>) -> Result<String> {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, "dcos-exec agent CA");
     ca_params.distinguished_name = dn;
+    validity(&mut ca_params, CA_LIFETIME);
     let ca_key = KeyPair::generate()?;
     let ca_cert = ca_params.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca_params, &ca_key);
@@ -61,6 +76,7 @@ pub fn init(o: &InitOptions<'_>) -> Result<String> {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, "dcos-exec agent");
     srv_params.distinguished_name = dn;
+    validity(&mut srv_params, SERVER_LIFETIME);
     let srv_key = KeyPair::generate()?;
     let srv_cert = srv_params.signed_by(&srv_key, &issuer)?;
 
@@ -85,6 +101,9 @@ pub fn init(o: &InitOptions<'_>) -> Result<String> {
         audit_log: "audit.log".into(),
         grace_period: "5s".into(),
         output_drain: "1s".into(),
+        max_unauthenticated: crate::config::default_max_unauthenticated(),
+        max_sessions_per_user: crate::config::default_max_sessions_per_user(),
+        shutdown_grace: crate::config::default_shutdown_grace(),
         task_id_annotation: None,
         runtimes: RuntimesConfig::default(),
         cap_add_allowed: crate::config::default_cap_add_allowed(),
@@ -96,7 +115,7 @@ pub fn init(o: &InitOptions<'_>) -> Result<String> {
 
     let acl = format!(
         "# Deny by default; each [[rule]] grants (or, with effect = \"deny\", refuses) actions.\n\
-         [[rule]]\nsubjects = [\"user:{}\"]\ntasks = [\"*\"]\nactions = [\"*\"]\nimages = [\"*\"]\n",
+         [[rule]]\nsubjects = [\"user:{}\"]\ntasks = [\"**\"]\nactions = [\"*\"]\nimages = [\"**\"]\n",
         o.admin
     );
     write(&dir.join("acl.toml"), acl.as_bytes(), 0o644)?;
@@ -113,4 +132,44 @@ pub fn init(o: &InitOptions<'_>) -> Result<String> {
         dir.join("ca.crt").display(),
         dir.join("admin.token").display()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validity_of(pem_path: &Path) -> (i64, i64, bool) {
+        let pem = std::fs::read(pem_path).unwrap();
+        let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+        let cert = pem.parse_x509().unwrap();
+        let v = cert.validity();
+        (v.not_before.timestamp(), v.not_after.timestamp(), cert.is_ca())
+    }
+
+    #[test]
+    fn certificates_have_bounded_lifetimes() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        let o = InitOptions {
+            dir: dir.path(),
+            listen: "127.0.0.1:7443",
+            admin: "admin",
+            ttl: Duration::from_secs(60),
+            force: false,
+        };
+        init(&o).unwrap();
+        let day = 24 * 3600;
+        let (nb, na, ca) = validity_of(&dir.path().join("ca.crt"));
+        assert!(ca);
+        assert!((now - 600..=now).contains(&nb), "CA not_before {nb} vs now {now}");
+        assert!((na - now - CA_LIFETIME.as_secs() as i64).abs() < day, "CA valid for about 10 years: {}", na - now);
+        let (nb, na, ca) = validity_of(&dir.path().join("server.crt"));
+        assert!(!ca);
+        assert!((now - 600..=now).contains(&nb), "server not_before {nb} vs now {now}");
+        assert!(
+            (na - now - SERVER_LIFETIME.as_secs() as i64).abs() < day,
+            "server valid for about a year: {}",
+            na - now
+        );
+    }
 }

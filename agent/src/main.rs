@@ -1,14 +1,17 @@
 //! `dcos-exec-agent`: the per-host agent. `init` sets up keys and config, `run` serves, `token` mints tokens.
 
 mod acl;
+mod api;
 mod audit;
 mod auth;
 mod config;
 mod exec;
 mod init;
+mod limits;
 mod runtime;
 mod server;
 mod session;
+mod shutdown;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -126,10 +129,19 @@ fn real_main(cli: Cli) -> Result<()> {
                 .with_writer(std::io::stderr)
                 .init();
             let cfg = config::AgentConfig::load(&config)?;
+            match limits::raise_nofile() {
+                Ok((soft, hard)) if soft < hard => tracing::info!("open files limit raised from {soft} to {hard}"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("raising the open files limit: {e}"),
+            }
             // One crypto provider for every TLS client in the process (the registry client finds it here).
             let _ = rustls::crypto::ring::default_provider().install_default();
             let agent = server::Agent::new(cfg)?;
-            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(server::serve(agent))
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let served = rt.block_on(server::serve(agent));
+            // A pull's blocking unpack may still run; the shutdown grace is over, so do not wait for it.
+            rt.shutdown_background();
+            served
         }
     }
 }

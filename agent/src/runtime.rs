@@ -15,6 +15,19 @@ pub enum RuntimeError {
     NotRunning { id: String, state: String },
 }
 
+impl RuntimeError {
+    /// The wire code of each resolution failure.
+    pub fn code(&self) -> dcos_exec_proto::ErrorCode {
+        use dcos_exec_proto::ErrorCode;
+        match self {
+            RuntimeError::NotFound(_) => ErrorCode::TaskNotFound,
+            RuntimeError::NotRunning { .. } => ErrorCode::ContainerNotRunning,
+            // The client named something that needs disambiguation: it can fix the request.
+            RuntimeError::Ambiguous { .. } => ErrorCode::BadRequest,
+        }
+    }
+}
+
 /// What the runtime says about the container's init.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum State {

@@ -1,20 +1,30 @@
-//! One exec session over a WebSocket: spawns the helper, pumps stdio frames both ways, ends with a status.
+//! One exec session over a WebSocket, in four steps that [`drive`] runs in order: [`pull`] the debug image
+//! (if any), [`start`] the process through the exec helper, [`wire`] its stdio to the client until it exits,
+//! and [`finish`] into the final status. [`run`] writes the `session_start` record before them and the
+//! `session_end` record after them. The pumps and their flow-control rules are in [`flow`].
 
-use crate::audit::SessionRecord;
-use crate::exec;
+mod flow;
+mod pty;
+
+use crate::audit::{SessionRecord, SessionStartRecord};
+use crate::exec::{self, ExecError};
+use crate::limits::SessionSlot;
 use crate::server::Agent;
+use crate::shutdown::{Live, ShuttingDown};
 use dcos_exec_container::channel::Event as HelperEvent;
-use dcos_exec_proto::{channel, frame, split_frame, ErrorCode, ExecRequest, SignalRequest, Started, Status, TermSize};
-use futures_util::{SinkExt, StreamExt};
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::pin::Pin;
+use dcos_exec_container::spec::Rlimit;
+use dcos_exec_images::pull::{PullError, PulledImage};
+use dcos_exec_images::reference::ImageRef;
+use dcos_exec_proto::{channel, frame, ErrorCode, ExecRequest, Started, Status};
+use flow::{Reader, Writer};
+use futures_util::StreamExt;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Poll};
 use std::time::Duration;
-use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::sync::{mpsc, watch};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
@@ -27,21 +37,74 @@ pub struct Context {
     pub container: crate::runtime::Container,
     pub request: ExecRequest,
     /// `--debug-image`, parsed and authorized.
-    pub image: Option<dcos_exec_images::reference::ImageRef>,
+    pub image: Option<ImageRef>,
     pub pull_policy: dcos_exec_images::pull::PullPolicy,
-    /// `--cap-add`, checked against the allowlist, as kernel numbers.
+    /// `--cap-add`, allowed by the agent and the ACL, as kernel numbers.
     pub cap_add: Vec<u32>,
     pub grace_ms: u64,
 }
 
-const PING_EVERY: Duration = Duration::from_secs(20);
-/// No message at all (not even a pong) for this long means the client is gone.
-const CLIENT_SILENCE: Duration = Duration::from_secs(65);
-/// Output is read (and framed) in pieces up to this large: fewer frames per byte, at a per-session memory cost.
-const CHUNK: usize = 64 * 1024;
+/// What admitted the session; held (for its `Drop`) until the session has ended and told its client.
+pub struct Admission {
+    /// Counts the session against `max_sessions_per_user`.
+    pub _slot: SessionSlot,
+    /// Makes the agent's shutdown wait for the session.
+    pub _live: Live,
+}
 
-type Reader = Box<dyn AsyncRead + Unpin + Send>;
-type Writer = Box<dyn AsyncWrite + Unpin + Send>;
+/// Why a session ended without its process's own exit status.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("{0}")]
+    Pull(PullError),
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    #[error("receiving the terminal: {0}")]
+    Terminal(std::io::Error),
+    #[error("no console socket")]
+    NoConsole,
+    #[error("setting up the terminal: {0}")]
+    TerminalSetup(std::io::Error),
+    #[error("the exec helper died")]
+    HelperDied,
+    #[error("the client went away before the process started")]
+    ClientGone,
+    #[error("container {0} stopped")]
+    ContainerStopped(String),
+    #[error("container {0} stopped during the session")]
+    StoppedDuring(String),
+    #[error(transparent)]
+    ShuttingDown(#[from] ShuttingDown),
+}
+
+impl SessionError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            SessionError::Pull(e) => e.code(),
+            SessionError::Exec(e) => e.code(),
+            SessionError::ShuttingDown(e) => e.code(),
+            SessionError::ContainerStopped(_) | SessionError::StoppedDuring(_) => ErrorCode::ContainerStopped,
+            SessionError::Terminal(_)
+            | SessionError::NoConsole
+            | SessionError::TerminalSetup(_)
+            | SessionError::HelperDied
+            | SessionError::ClientGone => ErrorCode::Internal,
+        }
+    }
+}
+
+impl From<SessionError> for Status {
+    fn from(e: SessionError) -> Status {
+        Status::Error { code: e.code(), message: e.to_string() }
+    }
+}
+
+/// Bytes moved, for the end record.
+#[derive(Default)]
+struct Counters {
+    bytes_in: Arc<AtomicU64>,
+    bytes_out: Arc<AtomicU64>,
+}
 
 fn new_session_id() -> String {
     let mut b = [0u8; 8];
@@ -49,8 +112,8 @@ fn new_session_id() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Runs the session to its end and writes its audit record.
-pub async fn run<S>(agent: Arc<Agent>, io: S, ctx: Context)
+/// Runs the session to its end, with its start and end records.
+pub async fn run<S>(agent: Arc<Agent>, io: S, ctx: Context, admission: Admission)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -61,24 +124,37 @@ where
         .read_buffer_size(16 << 10);
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(cfg)).await;
     let (sink, stream) = ws.split();
-    let (tx, rx) = mpsc::channel::<Message>(16);
+    let (tx, rx) = mpsc::channel::<Message>(flow::QUEUE);
     // Set when the client can no longer be written to: the session then ends as if the client had left.
     let (gone_tx, gone_rx) = watch::channel(false);
-    let writer = tokio::spawn(write_loop(sink, rx, gone_tx));
+    let writer = tokio::spawn(flow::write_loop(sink, rx, gone_tx));
     let id = new_session_id();
     let start = crate::audit::now();
-    let bytes_in = Arc::new(AtomicU64::new(0));
-    let bytes_out = Arc::new(AtomicU64::new(0));
     tracing::info!(session = %id, user = %ctx.user, task = %ctx.task, "session start");
+    agent.audit.session_start(&SessionStartRecord {
+        event: "session_start",
+        session: id.clone(),
+        time: start.clone(),
+        user: ctx.user.clone(),
+        source: ctx.source.clone(),
+        task: ctx.task.clone(),
+        container: ctx.container.id.clone(),
+        command: ctx.request.command.clone(),
+        tty: ctx.request.tty,
+        stdin: ctx.request.stdin,
+        run_as: ctx.request.user.clone(),
+        image: ctx.image.as_ref().map(|r| r.to_string()),
+    });
 
+    let counters = Counters::default();
     let mut image = None;
-    let status = drive(&agent, &ctx, &id, &mut image, &tx, (stream, gone_rx), &bytes_in, &bytes_out).await;
+    let status = drive(&agent, &ctx, &id, &mut image, &tx, (stream, gone_rx), &counters).await;
 
     let json = serde_json::to_vec(&status).unwrap_or_default();
     tracing::info!(session = %id, status = ?status, "session end");
     // Audited before the client learns the outcome: whoever saw a session end can find its record.
     agent.audit.session(&SessionRecord {
-        event: "session",
+        event: "session_end",
         session: id,
         user: ctx.user,
         source: ctx.source,
@@ -93,14 +169,16 @@ where
         start,
         end: crate::audit::now(),
         status,
-        bytes_in: bytes_in.load(Ordering::Relaxed),
-        bytes_out: bytes_out.load(Ordering::Relaxed),
+        bytes_in: counters.bytes_in.load(Ordering::Relaxed),
+        bytes_out: counters.bytes_out.load(Ordering::Relaxed),
     });
     let _ = tx.send(Message::Binary(frame(channel::STATUS, &json).into())).await;
     drop(tx);
     let _ = writer.await;
+    drop(admission);
 }
 
+/// Pull, start, wire, finish. A shutdown of the agent ends any of them with [`ShuttingDown`].
 #[allow(clippy::too_many_arguments)]
 async fn drive<St>(
     agent: &Agent,
@@ -108,32 +186,20 @@ async fn drive<St>(
     id: &str,
     image_info: &mut Option<(String, String)>,
     tx: &mpsc::Sender<Message>,
-    (stream, gone): (St, watch::Receiver<bool>),
-    bytes_in: &Arc<AtomicU64>,
-    bytes_out: &Arc<AtomicU64>,
+    client: (St, watch::Receiver<bool>),
+    counters: &Counters,
 ) -> Status
 where
     St: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin + Send + 'static,
 {
-    let internal = |m: String| Status::Error { code: ErrorCode::Internal, message: m };
-    // Pulled only now, after authorization and the upgrade, so progress reaches the client as it happens.
+    let stop = &agent.shutdown;
     let image = match &ctx.image {
+        None => None,
         Some(r) => {
-            let ptx = tx.clone();
-            let progress = move |line: String| {
-                // Progress is best effort: a full queue drops a line rather than stalling the pull.
-                let _ = ptx.try_send(Message::Binary(frame(channel::PROGRESS, line.as_bytes()).into()));
+            let pulled = tokio::select! {
+                p = pull(agent, ctx, r, tx) => p,
+                _ = stop.stopping() => return SessionError::from(ShuttingDown).into(),
             };
-            let pulled = {
-                let _shared = agent.cache_lock.read().await;
-                agent.puller.pull(r, ctx.pull_policy, &progress).await
-            };
-            let cap = agent.cfg.file.images.max_cache_bytes;
-            if cap > 0 && agent.puller.size() > cap {
-                let _alone = agent.cache_lock.write().await;
-                let p = agent.puller.prune();
-                tracing::info!(blobs = p.blobs, layers = p.layers, bytes = p.bytes, "image cache over its cap: pruned");
-            }
             match pulled {
                 Ok(img) => {
                     *image_info = Some((img.reference.clone(), img.digest.to_string()));
@@ -141,111 +207,235 @@ where
                 }
                 Err(e) => {
                     *image_info = Some((r.to_string(), String::new()));
-                    return Status::Error { code: ErrorCode::ImageFailed, message: e.to_string() };
+                    return SessionError::Pull(e).into();
                 }
             }
         }
-        None => None,
     };
-    let (spec, layers) = match exec::build_spec(
-        &ctx.container,
-        &ctx.request,
-        ctx.grace_ms,
-        image.as_ref(),
-        &ctx.cap_add,
-        agent.nofile,
-    ) {
-        Ok(s) => s,
-        Err(e) => return Status::Error { code: e.code(), message: e.to_string() },
+    let mut gone = client.1.clone();
+    let running = tokio::select! {
+        r = start(agent, ctx, image.as_ref()) => r,
+        // Dropping the half-started session closes the helper's control pipe: it hangs up whatever it started
+        // (a start that blocks, say on a FUSE mount the container serves, included).
+        _ = stop.stopping() => return SessionError::from(ShuttingDown).into(),
+        _ = gone.wait_for(|g| *g) => return SessionError::ClientGone.into(),
     };
-    let mut sp = match exec::spawn(&agent.exe, &spec, layers).await {
-        Ok(s) => s,
-        Err(e) => return Status::Error { code: e.code(), message: e.to_string() },
+    let running = match running {
+        Ok(r) => r,
+        Err(status) => return status,
     };
-    let events = &mut sp.events;
-    let container_gone =
-        |ctx: &Context| dcos_exec_container::procfs::start_time(ctx.container.pid) != Some(ctx.container.start_time);
-    let helper_died = |ctx: &Context| {
-        if container_gone(ctx) {
-            Status::Error {
-                code: ErrorCode::ContainerStopped,
-                message: format!("container {} stopped", ctx.container.id),
-            }
-        } else {
-            internal("the exec helper died".into())
-        }
+    let s = serde_json::to_vec(&Started { session: id.into(), pid: running.pid }).unwrap_or_default();
+    let _ = tx.send(Message::Binary(frame(channel::STARTED, &s).into())).await;
+    let wired = wire(agent, running, tx, client, counters).await;
+    finish(ctx, wired).await
+}
+
+/// Step 1: pulls the debug image (after authorization and the upgrade, so progress reaches the client as it
+/// happens), then prunes the cache if it is over its cap.
+async fn pull(
+    agent: &Agent,
+    ctx: &Context,
+    r: &ImageRef,
+    tx: &mpsc::Sender<Message>,
+) -> Result<PulledImage, PullError> {
+    let ptx = tx.clone();
+    let progress = move |line: String| {
+        // Progress is best effort: a full queue drops a line rather than stalling the pull.
+        let _ = ptx.try_send(Message::Binary(frame(channel::PROGRESS, line.as_bytes()).into()));
     };
-    match exec::next_event(events).await {
-        Some(HelperEvent::Started { pid }) => {
-            let s = serde_json::to_vec(&Started { session: id.into(), pid }).unwrap_or_default();
-            let _ = tx.send(Message::Binary(frame(channel::STARTED, &s).into())).await;
-        }
-        Some(HelperEvent::Finished(s)) => {
-            let _ = sp.child.wait().await;
-            return s;
-        }
-        None => {
-            let _ = sp.child.wait().await;
-            return helper_died(ctx);
+    let pulled = {
+        let _shared = agent.cache_lock.read().await;
+        agent.puller.pull(r, ctx.pull_policy, &progress).await
+    };
+    let cap = agent.cfg.file.images.max_cache_bytes;
+    if cap > 0 && agent.puller.size() > cap {
+        let _alone = agent.cache_lock.write().await;
+        let p = agent.puller.prune();
+        tracing::info!(blobs = p.blobs, layers = p.layers, bytes = p.bytes, "image cache over its cap: pruned");
+    }
+    pulled
+}
+
+/// A process started in the container, as the rest of the session sees it.
+struct Running {
+    /// In the container's pid namespace.
+    pid: i32,
+    stdin: Option<Writer>,
+    outputs: Vec<(u8, Reader)>,
+    /// The pty master, for window resizes (`-t`).
+    master: Option<OwnedFd>,
+    /// Signals for the process. Dropping the last sender hangs the session up: the helper sends SIGHUP to the
+    /// session, then SIGKILL after `grace_period`.
+    signals: mpsc::Sender<i32>,
+    /// The helper's final status, once it has been reaped; `None` if it died without one.
+    exit: JoinHandle<Option<Status>>,
+}
+
+/// The agent raised its own soft open-files limit at start; a process in the container gets the limit the
+/// agent was started with, unless the container's config sets one.
+fn restore_nofile(rlimits: &mut Vec<Rlimit>) {
+    let nofile = libc::RLIMIT_NOFILE as i32;
+    if let Some((soft, hard)) = crate::limits::original_nofile() {
+        if !rlimits.iter().any(|r| r.resource == nofile) {
+            rlimits.push(Rlimit { resource: nofile, soft, hard });
         }
     }
+}
 
-    // Wire up stdio: pipes, or the pty master the helper sent before it forked.
-    let mut stdin: Option<Writer> = None;
+/// Step 2: builds the helper's spec, spawns the helper and waits until it has exec'd the command. Everything
+/// that speaks the helper's protocol is here; the returned [`Running`] hides it. On failure, the final status
+/// (the helper's own, such as `command_not_found`, or the session's error).
+async fn start(agent: &Agent, ctx: &Context, image: Option<&PulledImage>) -> Result<Running, Status> {
+    let (mut spec, layers) = exec::build_spec(&ctx.container, &ctx.request, ctx.grace_ms, image, &ctx.cap_add)
+        .map_err(SessionError::from)?;
+    restore_nofile(&mut spec.rlimits);
+    let mut sp = exec::spawn(&agent.exe, &spec, layers).await.map_err(SessionError::from)?;
+    // Pipes, unless the session has a terminal (its master comes over the console socket below).
+    let mut stdin: Option<Writer> = sp.child.stdin.take().map(|w| Box::new(w) as Writer);
     let mut outputs: Vec<(u8, Reader)> = Vec::new();
-    let mut master_for_resize: Option<OwnedFd> = None;
+    if let Some(r) = sp.child.stdout.take() {
+        // A deeper pipe lets a fast writer run ahead between our reads (the default is 64 KiB).
+        let _ = nix::fcntl::fcntl(&r, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
+        outputs.push((channel::STDOUT, Box::new(r)));
+    }
+    if let Some(r) = sp.child.stderr.take() {
+        outputs.push((channel::STDERR, Box::new(r)));
+    }
+
+    // Signals become control records; when the last sender is gone the pipe closes: the helper's hang-up.
+    let (signals, mut signal_rx) = mpsc::channel::<i32>(8);
+    let mut ctrl = sp.ctrl;
+    tokio::spawn(async move {
+        while let Some(n) = signal_rx.recv().await {
+            if ctrl.write_all(&exec::signal_frame(n)).await.is_err() {
+                break;
+            }
+        }
+    });
+    // Events: `started` once, then the final status; the helper is reaped after its last word.
+    let (started_tx, started_rx) = oneshot::channel();
+    let (mut child, mut events) = (sp.child, sp.events);
+    let exit = tokio::spawn(async move {
+        let mut started_tx = Some(started_tx);
+        let status = loop {
+            match exec::next_event(&mut events).await {
+                Some(HelperEvent::Started { pid }) => {
+                    if let Some(t) = started_tx.take() {
+                        let _ = t.send(pid);
+                    }
+                }
+                Some(HelperEvent::Finished(s)) => break Some(s),
+                None => break None,
+            }
+        };
+        let _ = child.wait().await;
+        status
+    });
+    let Ok(pid) = started_rx.await else {
+        // The helper's last word came before `started`.
+        return Err(match exit.await.ok().flatten() {
+            Some(s) => s,
+            None => helper_died(ctx).into(),
+        });
+    };
+
+    let mut master = None;
     if spec.tty {
-        let master = match sp.console.as_ref().map(exec::recv_master) {
+        let m = match sp.console.as_ref().map(exec::recv_master) {
             Some(Ok(m)) => m,
-            Some(Err(e)) => return internal(format!("receiving the terminal: {e}")),
-            None => return internal("no console socket".into()),
+            Some(Err(e)) => return Err(SessionError::Terminal(e).into()),
+            None => return Err(SessionError::NoConsole.into()),
         };
-        let (r, w, m) = match (Pty::new(&master), Pty::new(&master), master.try_clone()) {
-            (Ok(r), Ok(w), Ok(m)) => (r, w, m),
-            _ => return internal("setting up the terminal".into()),
-        };
+        let (r, w, m) = (|| Ok((pty::Pty::new(&m)?, pty::Pty::new(&m)?, m.try_clone()?)))()
+            .map_err(|e: std::io::Error| SessionError::TerminalSetup(e))?;
         outputs.push((channel::STDOUT, Box::new(r)));
         stdin = Some(Box::new(w));
-        master_for_resize = Some(m);
-    } else {
-        if let Some(w) = sp.child.stdin.take() {
-            stdin = Some(Box::new(w));
-        }
-        if let Some(r) = sp.child.stdout.take() {
-            // A deeper pipe lets a fast writer run ahead between our reads (the default is 64 KiB).
-            let _ = nix::fcntl::fcntl(&r, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
-            outputs.push((channel::STDOUT, Box::new(r)));
-        }
-        if let Some(r) = sp.child.stderr.take() {
-            outputs.push((channel::STDERR, Box::new(r)));
-        }
+        master = Some(m);
     }
     if !ctx.request.stdin {
         // No -i: the process sees EOF on stdin at once, as with docker exec.
         stdin = None;
     }
+    Ok(Running { pid, stdin, outputs, master, signals, exit })
+}
 
+/// How the wire step ended.
+struct Wired {
+    /// The helper's final status; `None` if it died without one, or did not finish within the shutdown grace.
+    status: Option<Status>,
+    /// The agent hung the session up because it is shutting down.
+    shut_down: bool,
+}
+
+/// Step 3: pumps stdio between the client and the process until the helper reports the end (see [`flow`]), or
+/// until the agent shuts down: then the session is hung up and given until the shutdown's deadline to end.
+async fn wire<St>(
+    agent: &Agent,
+    running: Running,
+    tx: &mpsc::Sender<Message>,
+    (stream, gone): (St, watch::Receiver<bool>),
+    counters: &Counters,
+) -> Wired
+where
+    St: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin + Send + 'static,
+{
+    let Running { stdin, outputs, master, signals, mut exit, .. } = running;
     let (exited_tx, exited_rx) = watch::channel(false);
     let drain = agent.cfg.output_drain;
     let pumps: Vec<_> = outputs
         .into_iter()
-        .map(|(ch, r)| tokio::spawn(pump_out(ch, r, tx.clone(), bytes_out.clone(), exited_rx.clone(), drain)))
+        .map(|(ch, r)| {
+            tokio::spawn(flow::pump_out(ch, r, tx.clone(), counters.bytes_out.clone(), exited_rx.clone(), drain))
+        })
         .collect();
-    let input = tokio::spawn(pump_in(stream, gone, stdin, sp.ctrl, master_for_resize, bytes_in.clone()));
-
-    let mut status = loop {
-        match exec::next_event(events).await {
-            Some(HelperEvent::Finished(s)) => break s,
-            Some(HelperEvent::Started { .. }) => continue,
-            None => break helper_died(ctx),
+    // `pump_in` owns the only signal sender: when it returns (client gone) or is aborted, the session hangs up.
+    let input = tokio::spawn(flow::pump_in(stream, gone, stdin, signals, master, counters.bytes_in.clone()));
+    let stop = &agent.shutdown;
+    let wired = tokio::select! {
+        s = &mut exit => Wired { status: s.ok().flatten(), shut_down: false },
+        _ = stop.stopping() => {
+            input.abort();
+            let status = tokio::select! {
+                s = &mut exit => s.ok().flatten(),
+                _ = stop.hangup_deadline() => None,
+            };
+            Wired { status, shut_down: true }
         }
     };
     let _ = exited_tx.send(true);
     for p in pumps {
-        let _ = p.await;
+        if wired.shut_down {
+            // No drain for a client that is about to be told the agent is leaving.
+            p.abort();
+        } else {
+            let _ = p.await;
+        }
     }
     input.abort();
-    let _ = sp.child.wait().await;
+    wired
+}
+
+fn container_gone(ctx: &Context) -> bool {
+    dcos_exec_container::procfs::start_time(ctx.container.pid) != Some(ctx.container.start_time)
+}
+
+/// The helper ended without a status: because the container went away, or on its own.
+fn helper_died(ctx: &Context) -> SessionError {
+    if container_gone(ctx) {
+        SessionError::ContainerStopped(ctx.container.id.clone())
+    } else {
+        SessionError::HelperDied
+    }
+}
+
+/// Step 4: the final status, telling a process killed by its container's end from one killed otherwise.
+async fn finish(ctx: &Context, wired: Wired) -> Status {
+    if wired.shut_down {
+        return SessionError::from(ShuttingDown).into();
+    }
+    let Some(status) = wired.status else {
+        return helper_died(ctx).into();
+    };
     // SIGKILL is how a dying pid namespace takes its processes; the init may need a moment to be reaped.
     if status == (Status::Signaled { signal: libc::SIGKILL }) {
         for _ in 0..20 {
@@ -256,222 +446,9 @@ where
         }
     }
     if matches!(status, Status::Signaled { .. }) && container_gone(ctx) {
-        status = Status::Error {
-            code: ErrorCode::ContainerStopped,
-            message: format!("container {} stopped during the session", ctx.container.id),
-        };
+        return SessionError::StoppedDuring(ctx.container.id.clone()).into();
     }
     status
-}
-
-/// Sends frames in order, batching what is queued into one flush; pings the client; closes at the end.
-async fn write_loop<Si>(mut sink: Si, mut rx: mpsc::Receiver<Message>, gone: watch::Sender<bool>)
-where
-    Si: futures_util::Sink<Message> + Unpin,
-{
-    use tokio::time::timeout;
-    let mut ping = tokio::time::interval(PING_EVERY);
-    ping.tick().await;
-    // A client that takes no data for this long (stopped reading, or vanished) is treated as gone.
-    let stall = CLIENT_SILENCE;
-    loop {
-        let ok = tokio::select! {
-            m = rx.recv() => match m {
-                Some(m) => {
-                    let batch = async {
-                        sink.feed(m).await?;
-                        while let Ok(m) = rx.try_recv() {
-                            sink.feed(m).await?;
-                        }
-                        sink.flush().await
-                    };
-                    matches!(timeout(stall, batch).await, Ok(Ok(())))
-                }
-                None => {
-                    let _ = timeout(stall, sink.send(Message::Close(None))).await;
-                    let _ = timeout(stall, sink.close()).await;
-                    return;
-                }
-            },
-            _ = ping.tick() => matches!(timeout(stall, sink.send(Message::Ping(Vec::new().into()))).await, Ok(Ok(()))),
-        };
-        if !ok {
-            let _ = gone.send(true);
-            return;
-        }
-    }
-}
-
-/// Resolves `drain` after `exited` turned true; never before.
-async fn idle_after_exit(exited: &mut watch::Receiver<bool>, drain: Duration) {
-    while !*exited.borrow_and_update() {
-        if exited.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
-    tokio::time::sleep(drain).await;
-}
-
-/// Copies one output stream into frames. The bounded channel is the flow control: a slow client stalls this
-/// read, the pipe fills, and the process blocks in write(2), so nothing buffers without bound.
-async fn pump_out(
-    ch: u8,
-    mut r: Reader,
-    tx: mpsc::Sender<Message>,
-    count: Arc<AtomicU64>,
-    mut exited: watch::Receiver<bool>,
-    drain: Duration,
-) {
-    let mut buf = vec![0u8; CHUNK + 1];
-    loop {
-        let n = tokio::select! {
-            n = r.read(&mut buf[1..]) => match n { Ok(0) | Err(_) => return, Ok(n) => n },
-            // Output still open after the process exited (a background child holds it): stop after a quiet spell.
-            _ = idle_after_exit(&mut exited, drain) => return,
-        };
-        buf[0] = ch;
-        count.fetch_add(n as u64, Ordering::Relaxed);
-        if tx.send(Message::Binary(buf[..=n].to_vec().into())).await.is_err() {
-            return;
-        }
-    }
-}
-
-fn signal_number(name: &str) -> Option<i32> {
-    use std::str::FromStr;
-    if let Ok(n) = name.parse::<i32>() {
-        return (1..=64).contains(&n).then_some(n);
-    }
-    let up = name.to_ascii_uppercase();
-    let full = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
-    nix::sys::signal::Signal::from_str(&full).ok().map(|s| s as i32)
-}
-
-/// Client to process: stdin bytes, stdin close, resize, signals. Returns when the client is gone, which drops the
-/// control pipe and so tells the helper to hang up the session.
-async fn pump_in<St>(
-    mut stream: St,
-    mut gone: watch::Receiver<bool>,
-    mut stdin: Option<Writer>,
-    mut ctrl: tokio::net::unix::pipe::Sender,
-    master: Option<OwnedFd>,
-    count: Arc<AtomicU64>,
-) where
-    St: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
-{
-    loop {
-        let msg = tokio::select! {
-            m = tokio::time::timeout(CLIENT_SILENCE, stream.next()) => match m {
-                Ok(Some(Ok(m))) => m,
-                _ => return,
-            },
-            _ = gone.wait_for(|g| *g) => return,
-        };
-        let data = match msg {
-            Message::Binary(b) => b,
-            Message::Close(_) => return,
-            _ => continue,
-        };
-        let Ok((ch, payload)) = split_frame(&data) else {
-            continue;
-        };
-        match ch {
-            channel::STDIN => {
-                if let Some(w) = stdin.as_mut() {
-                    // A process that stops reading stalls this write (that is the flow control); a client found
-                    // gone meanwhile still ends the session.
-                    let written = tokio::select! {
-                        r = w.write_all(payload) => r.is_ok(),
-                        _ = gone.wait_for(|g| *g) => return,
-                    };
-                    if written {
-                        count.fetch_add(payload.len() as u64, Ordering::Relaxed);
-                    } else {
-                        stdin = None;
-                    }
-                }
-            }
-            // Dropping the write end is what makes the process read EOF (pipes; a terminal keeps its master).
-            channel::CLOSE if payload.first() == Some(&channel::STDIN) && master.is_none() => {
-                stdin = None;
-            }
-            channel::RESIZE => {
-                if let (Some(m), Ok(sz)) = (&master, serde_json::from_slice::<TermSize>(payload)) {
-                    let ws = libc::winsize { ws_row: sz.height, ws_col: sz.width, ws_xpixel: 0, ws_ypixel: 0 };
-                    // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer; the fd is our pty master.
-                    unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
-                }
-            }
-            channel::SIGNAL => {
-                if let Some(n) =
-                    serde_json::from_slice::<SignalRequest>(payload).ok().and_then(|s| signal_number(&s.signal))
-                {
-                    let _ = ctrl.write_all(&exec::signal_frame(n)).await;
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
-/// Async reads and writes on a pty master.
-struct Pty {
-    fd: AsyncFd<OwnedFd>,
-}
-
-impl Pty {
-    fn new(master: &OwnedFd) -> std::io::Result<Pty> {
-        let fd = master.try_clone()?;
-        let flags = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL).map_err(std::io::Error::from)?;
-        let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
-        nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(flags)).map_err(std::io::Error::from)?;
-        // SAFETY: `fd` is an OwnedFd moved into the AsyncFd, so it stays open and the same for its lifetime.
-        let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| std::io::Error::other(e.to_string()))?;
-        Ok(Pty { fd })
-    }
-}
-
-impl AsyncRead for Pty {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        loop {
-            let mut guard = ready!(self.fd.poll_read_ready(cx))?;
-            let unfilled = buf.initialize_unfilled();
-            match guard.try_io(|fd| nix::unistd::read(fd.get_ref(), unfilled).map_err(std::io::Error::from)) {
-                Ok(Ok(n)) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                // EIO: every slave fd is closed, the terminal's end of file.
-                Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return Poll::Ready(Ok(())),
-                Ok(Err(e)) => return Poll::Ready(Err(e)),
-                Err(_would_block) => continue,
-            }
-        }
-    }
-}
-
-impl AsyncWrite for Pty {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
-        loop {
-            let mut guard = ready!(self.fd.poll_write_ready(cx))?;
-            match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(std::io::Error::from)) {
-                Ok(r) => return Poll::Ready(r),
-                Err(_would_block) => continue,
-            }
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
 }
 
 #[cfg(test)]
@@ -479,12 +456,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn signal_names_and_numbers() {
-        assert_eq!(signal_number("INT"), Some(libc::SIGINT));
-        assert_eq!(signal_number("SIGTERM"), Some(libc::SIGTERM));
-        assert_eq!(signal_number("hup"), Some(libc::SIGHUP));
-        assert_eq!(signal_number("9"), Some(9));
-        assert_eq!(signal_number("NOPE"), None);
-        assert_eq!(signal_number("0"), None);
+    fn session_errors_map_to_their_wire_codes() {
+        let cases = [
+            (SessionError::from(ShuttingDown), ErrorCode::Internal),
+            (SessionError::ContainerStopped("c".into()), ErrorCode::ContainerStopped),
+            (SessionError::StoppedDuring("c".into()), ErrorCode::ContainerStopped),
+            (SessionError::HelperDied, ErrorCode::Internal),
+            (
+                SessionError::Exec(ExecError::Bundle { path: "config.json".into(), cause: "gone".into() }),
+                ErrorCode::StartFailed,
+            ),
+            (SessionError::Exec(ExecError::Spawn(std::io::Error::other("EPIPE"))), ErrorCode::Internal),
+        ];
+        for (e, want) in cases {
+            let msg = e.to_string();
+            match Status::from(e) {
+                Status::Error { code, message } => assert_eq!((code, message), (want, msg)),
+                other => panic!("{other:?}"),
+            }
+        }
+        let Status::Error { message, .. } = Status::from(SessionError::from(ShuttingDown)) else { unreachable!() };
+        assert!(message.contains("agent is shutting down"), "{message}");
+    }
+
+    #[test]
+    fn the_original_open_files_limit_goes_to_the_process_unless_the_container_sets_one() {
+        crate::limits::raise_nofile().unwrap();
+        let (soft, hard) = crate::limits::original_nofile().unwrap();
+        let mut none = Vec::new();
+        restore_nofile(&mut none);
+        assert_eq!(none.len(), 1);
+        assert_eq!((none[0].resource, none[0].soft, none[0].hard), (libc::RLIMIT_NOFILE as i32, soft, hard));
+        let mut own = vec![Rlimit { resource: libc::RLIMIT_NOFILE as i32, soft: 5, hard: 6 }];
+        restore_nofile(&mut own);
+        assert_eq!((own.len(), own[0].soft), (1, 5));
     }
 }

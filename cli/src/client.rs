@@ -100,14 +100,13 @@ fn tls_config(verify: &SslVerify) -> Result<rustls::ClientConfig, Failure> {
     Ok(cfg)
 }
 
+/// Every byte outside RFC 3986's unreserved set is escaped.
+const SEGMENT: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
 /// Percent-encodes a path segment (task ids are usually plain, but never let one escape its segment).
 fn encode_segment(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
 }
 
 fn refusal(status: u16, body: &[u8]) -> Failure {

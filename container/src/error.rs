@@ -69,12 +69,10 @@ pub enum Stage {
     Tty = 2,
     /// Writing the AppArmor profile or SELinux label for exec.
     Lsm = 3,
-    /// Installing the seccomp filter.
-    Seccomp = 4,
     /// `execve` itself.
-    Exec = 5,
+    Exec = 4,
     /// The helper that forked the child went away before the child ran.
-    Orphaned = 6,
+    Orphaned = 5,
 }
 
 impl Stage {
@@ -84,9 +82,8 @@ impl Stage {
             1 => Stage::Setsid,
             2 => Stage::Tty,
             3 => Stage::Lsm,
-            4 => Stage::Seccomp,
-            5 => Stage::Exec,
-            6 => Stage::Orphaned,
+            4 => Stage::Exec,
+            5 => Stage::Orphaned,
             _ => return None,
         })
     }
@@ -105,7 +102,6 @@ impl Stage {
             Stage::Setsid => StartError::setup("setsid", e),
             Stage::Tty => StartError::setup("attaching the terminal", e),
             Stage::Lsm => StartError::setup("applying the container's AppArmor profile or SELinux label", e),
-            Stage::Seccomp => StartError::setup("installing the container's seccomp filter", e),
             Stage::Orphaned => StartError::Internal("the exec helper went away".into()),
         }
     }
@@ -121,13 +117,13 @@ mod tests {
         assert_eq!(Stage::Exec.error(libc::EACCES, "x").code(), ErrorCode::CommandNotExecutable);
         assert_eq!(Stage::Exec.error(libc::ENOEXEC, "x").code(), ErrorCode::CommandNotExecutable);
         assert_eq!(Stage::Exec.error(libc::E2BIG, "x").code(), ErrorCode::StartFailed);
-        assert_eq!(Stage::Seccomp.error(libc::EINVAL, "x").code(), ErrorCode::StartFailed);
+        assert_eq!(Stage::Lsm.error(libc::EINVAL, "x").code(), ErrorCode::StartFailed);
         assert_eq!(Stage::Orphaned.error(0, "x").code(), ErrorCode::Internal);
-        for n in 1..=6 {
+        for n in 1..=5 {
             assert_eq!(Stage::from_u32(n).map(|s| s as u32), Some(n));
         }
         assert_eq!(Stage::from_u32(0), None);
-        assert_eq!(Stage::from_u32(7), None);
+        assert_eq!(Stage::from_u32(6), None);
     }
 
     #[test]

@@ -36,9 +36,6 @@ pub struct ExecSpec {
     pub caps: CapSets,
     pub no_new_privs: bool,
     pub rlimits: Vec<Rlimit>,
-    /// The soft `RLIMIT_NOFILE` the agent started with (it raises its own): restored unless the container
-    /// sets one, so the session does not inherit the agent's.
-    pub nofile: Option<Rlimit>,
     pub umask: u32,
     /// The container's `oomScoreAdj`, or its init's current value.
     pub oom_score_adj: Option<i32>,
@@ -187,7 +184,6 @@ pub fn build(
         caps,
         no_new_privs: process.no_new_privileges().unwrap_or(false),
         rlimits,
-        nofile: None,
         umask: user.umask().unwrap_or(0o022),
         oom_score_adj,
         seccomp,

@@ -49,25 +49,115 @@ impl Flights {
 
 /// On-disk layout under `root`: `blobs/sha256/<hex>`, `layers/sha256/<hex>/` (by diff-id) and `tmp/` for
 /// in-progress writes, which sits on the same filesystem so the final `rename` is atomic.
+///
+/// Each open cache is an owner, `owners/<name>`, a file it holds an exclusive `flock` on while open; its
+/// temporaries are called `tmp/<name>~...`. Opening a cache removes the temporaries of owners nobody holds
+/// (left by a crash or a kill), so a pull cut short leaves nothing behind past the next start, even with
+/// other processes using the cache at the same time.
 pub struct Cache {
     root: PathBuf,
     blob_flights: Flights,
     // Separate from blobs: an uncompressed layer's blob digest equals its diff-id, and fetching the blob
     // from inside a layer flight must not deadlock.
     layer_flights: Flights,
+    owner: String,
+    // Never read: holding it open keeps the lock that marks `owner` as alive.
+    _owner_lock: File,
+}
+
+/// Prefix of an owner file being set up: it is locked before it gets its final name.
+const CLAIMING: &str = ".claiming-";
+
+/// Takes an exclusive `flock` on `f` without waiting; false if another open file description holds it.
+fn try_lock(f: &File) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor this function borrows; no memory is passed.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
+/// Whether the owner file at `path` is held by a live cache.
+fn held(path: &Path) -> io::Result<bool> {
+    match File::open(path) {
+        Ok(f) => try_lock(&f).map(|got| !got),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn remove_any(path: &Path) -> Result<(), CacheError> {
+    let res = match fs::symlink_metadata(path) {
+        Ok(md) if md.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) => Err(e),
+    };
+    match res {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_at(path)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Removes temporaries whose owner is not held, then the owner files nobody holds.
+fn sweep(root: &Path) -> Result<(), CacheError> {
+    let (tmp, owners) = (root.join("tmp"), root.join("owners"));
+    let mut alive: HashMap<String, bool> = HashMap::new();
+    for entry in fs::read_dir(&tmp).map_err(io_at(&tmp))? {
+        let entry = entry.map_err(io_at(&tmp))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let live = match name.split_once('~') {
+            Some((owner, _)) => match alive.get(owner) {
+                Some(l) => *l,
+                None => {
+                    let p = owners.join(owner);
+                    let l = held(&p).map_err(io_at(&p))?;
+                    alive.insert(owner.to_string(), l);
+                    l
+                }
+            },
+            None => false,
+        };
+        if !live {
+            remove_any(&entry.path())?;
+        }
+    }
+    for entry in fs::read_dir(&owners).map_err(io_at(&owners))? {
+        let entry = entry.map_err(io_at(&owners))?;
+        let path = entry.path();
+        if !entry.file_name().to_string_lossy().starts_with(CLAIMING) && !held(&path).map_err(io_at(&path))? {
+            remove_any(&path)?;
+        }
+    }
+    Ok(())
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl Cache {
-    /// Open (creating if needed) a cache rooted at `root`.
+    /// Open (creating if needed) a cache rooted at `root`, removing temporaries no live cache holds.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, CacheError> {
         let root = root.into();
-        for sub in ["blobs/sha256", "layers/sha256", "tmp"] {
+        for sub in ["blobs/sha256", "layers/sha256", "tmp", "owners"] {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(io_at(&p))?;
         }
-        Ok(Self { root, blob_flights: Flights::default(), layer_flights: Flights::default() })
+        sweep(&root)?;
+        let owner = format!("{}.{}", std::process::id(), TEMP_COUNTER.fetch_add(1, Ordering::Relaxed));
+        let claiming = root.join("owners").join(format!("{CLAIMING}{owner}"));
+        let lock = File::create(&claiming).map_err(io_at(&claiming))?;
+        if !try_lock(&lock).map_err(io_at(&claiming))? {
+            return Err(io_at(&claiming)(io::Error::other("owner file is locked by someone else")));
+        }
+        let path = root.join("owners").join(&owner);
+        fs::rename(&claiming, &path).map_err(io_at(&path))?;
+        Ok(Self { root, blob_flights: Flights::default(), layer_flights: Flights::default(), owner, _owner_lock: lock })
     }
 
     pub fn root(&self) -> &Path {
@@ -142,18 +232,6 @@ impl Cache {
         })
     }
 
-    /// Delete leftovers of interrupted writes. Only safe while no other process writes to this cache.
-    pub fn remove_stale_temps(&self) -> Result<(), CacheError> {
-        let tmp = self.root.join("tmp");
-        for entry in fs::read_dir(&tmp).map_err(io_at(&tmp))? {
-            let path = entry.map_err(io_at(&tmp))?.path();
-            let is_dir = fs::symlink_metadata(&path).map_err(io_at(&path))?.is_dir();
-            let res = if is_dir { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
-            res.map_err(io_at(&path))?;
-        }
-        Ok(())
-    }
-
     /// A layer straight from its blob stream: `unpack` reads the blob bytes as they arrive (each byte is also
     /// written to a temp blob file and hashed on the way) and unpacks into a temp dir. Nothing is published
     /// unless the blob matched `blob` and `size` at its end and `unpack` succeeded; then the blob and the layer
@@ -193,7 +271,20 @@ impl Cache {
 
     fn temp_path(&self, digest: &Digest) -> PathBuf {
         let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        self.root.join("tmp").join(format!("{}.{}.{n}", digest.hex(), std::process::id()))
+        self.root.join("tmp").join(format!("{}~{}.{n}", self.owner, digest.hex()))
+    }
+}
+
+impl Drop for Cache {
+    fn drop(&mut self) {
+        // Temporaries still here belong to writes that failed; the lock goes with the descriptor.
+        let prefix = format!("{}~", self.owner);
+        if let Ok(rd) = fs::read_dir(self.root.join("tmp")) {
+            for e in rd.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&prefix)) {
+                let _ = remove_any(&e.path());
+            }
+        }
+        let _ = fs::remove_file(self.root.join("owners").join(&self.owner));
     }
 }
 
@@ -301,7 +392,7 @@ mod tests {
         // A failing source is cleaned up the same way.
         let err = cache.ensure_blob(&d, 8, || Err::<&[u8], _>(io::Error::other("network down"))).unwrap_err();
         assert!(err.to_string().contains("network down"), "{err}");
-        assert_eq!(count(&tmp.path().join("tmp")), 0);
+        assert_eq!(count(&cache.root().join("tmp")), 0);
     }
 
     #[test]
@@ -378,7 +469,7 @@ mod tests {
         let err = cache.ensure_layer(&diff_id, |dir| unpack_layer(&bad[..], dir, &UnpackOptions::default()));
         assert!(matches!(err, Err(CacheError::Layer { .. })), "{err:?}");
         assert!(!cache.has_layer(&diff_id));
-        assert_eq!(count(&tmp.path().join("tmp")), 0);
+        assert_eq!(count(&cache.root().join("tmp")), 0);
 
         let calls = AtomicUsize::new(0);
         for _ in 0..2 {
@@ -392,7 +483,7 @@ mod tests {
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         assert!(cache.has_layer(&diff_id));
-        assert_eq!(count(&tmp.path().join("tmp")), 0);
+        assert_eq!(count(&cache.root().join("tmp")), 0);
     }
 
     #[test]
@@ -409,21 +500,41 @@ mod tests {
         let err = cache.ensure_layer_streaming(&wrong, tar.len() as u64, &diff_id, &tampered[..], unpack);
         assert!(matches!(err, Err(CacheError::Layer { .. })), "{err:?}");
         assert!(!cache.has_layer(&diff_id) && !cache.has_blob(&wrong));
-        assert_eq!(count(&tmp.path().join("tmp")), 0);
+        assert_eq!(count(&cache.root().join("tmp")), 0);
         // Verified: blob and layer both land.
         let p = cache.ensure_layer_streaming(&blob, tar.len() as u64, &diff_id, &tar[..], unpack).unwrap();
         assert_eq!(fs::read(p.join("hello")).unwrap(), b"hi");
         assert_eq!(fs::read(cache.blob_path(&blob)).unwrap(), tar);
-        assert_eq!(count(&tmp.path().join("tmp")), 0);
+        assert_eq!(count(&cache.root().join("tmp")), 0);
     }
 
     #[test]
-    fn stale_temps_removed() {
+    fn open_removes_temporaries_that_no_open_cache_holds() {
         let tmp = tempfile::tempdir().unwrap();
-        let cache = Cache::open(tmp.path()).unwrap();
+        let first = Cache::open(tmp.path()).unwrap();
+        let live = first.temp_path(&Digest::of(b"x"));
+        fs::write(&live, b"in progress").unwrap();
+        // What a killed process leaves: its owner file (unlocked now), a half-written layer, and a stray file.
+        fs::write(tmp.path().join("owners/4242.0"), b"").unwrap();
+        fs::create_dir_all(tmp.path().join("tmp/4242.0~abc.0/etc")).unwrap();
         fs::write(tmp.path().join("tmp/half"), b"x").unwrap();
-        fs::create_dir(tmp.path().join("tmp/halfdir")).unwrap();
-        cache.remove_stale_temps().unwrap();
-        assert_eq!(count(&tmp.path().join("tmp")), 0);
+        let second = Cache::open(tmp.path()).unwrap();
+        let names = |d: &str| {
+            let mut v: Vec<_> = fs::read_dir(tmp.path().join(d))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names("tmp"), vec![live.file_name().unwrap().to_string_lossy().into_owned()]);
+        let mut owners = vec![first.owner.clone(), second.owner.clone()];
+        owners.sort();
+        assert_eq!(names("owners"), owners);
+        drop(second);
+        assert_eq!(names("owners"), vec![first.owner.clone()]);
+        drop(first);
+        assert_eq!(count(&tmp.path().join("tmp")), 0, "a cache's own temporaries outlive it");
+        assert_eq!(count(&tmp.path().join("owners")), 0);
     }
 }

@@ -77,6 +77,36 @@ impl fmt::Debug for Digest {
     }
 }
 
+/// Why a stream did not match the descriptor it was fetched by. Carried inside the `io::Error` (kind
+/// `InvalidData`) that [`VerifyingReader`] returns, so callers can tell it apart from a transport error with
+/// [`VerifyError::find`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("size mismatch for {digest}: expected {expected} bytes, got {got}")]
+    ShortOrLong { digest: Digest, expected: u64, got: u64 },
+    #[error("size mismatch for {digest}: expected {expected} bytes, got at least {got}")]
+    Oversized { digest: Digest, expected: u64, got: u64 },
+    #[error("digest mismatch: expected {expected}, got {actual}")]
+    Mismatch { expected: Digest, actual: Digest },
+}
+
+impl VerifyError {
+    /// The verification failure inside `e`, if that is what `e` is.
+    pub fn find(e: &io::Error) -> Option<&VerifyError> {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = e.get_ref().map(|x| x as _);
+        while let Some(err) = cur {
+            if let Some(v) = err.downcast_ref::<VerifyError>() {
+                return Some(v);
+            }
+            if let Some(v) = err.downcast_ref::<io::Error>().and_then(VerifyError::find) {
+                return Some(v);
+            }
+            cur = err.source();
+        }
+        None
+    }
+}
+
 /// Wraps a reader, hashing everything read; at EOF fails with `InvalidData` unless both the byte count and the
 /// digest match. Also fails as soon as more bytes than `expected_size` arrive, so an oversized stream cannot fill
 /// the disk before being rejected.
@@ -94,38 +124,25 @@ impl<R: Read> VerifyingReader<R> {
         Self { inner, hasher: Sha256::new(), expected_digest, expected_size, read: 0, verified: false }
     }
 
-    /// Bytes read so far.
-    pub fn bytes_read(&self) -> u64 {
-        self.read
-    }
-
-    /// True once EOF was reached and size and digest matched.
-    pub fn is_verified(&self) -> bool {
-        self.verified
-    }
-
-    pub fn into_inner(self) -> R {
-        self.inner
-    }
-
     fn finish(&mut self) -> io::Result<()> {
         if self.read != self.expected_size {
-            return Err(invalid(format!(
-                "size mismatch for {}: expected {} bytes, got {}",
-                self.expected_digest, self.expected_size, self.read
-            )));
+            return Err(invalid(VerifyError::ShortOrLong {
+                digest: self.expected_digest,
+                expected: self.expected_size,
+                got: self.read,
+            }));
         }
         let actual = Digest::from_bytes(self.hasher.clone().finalize().into());
         if actual != self.expected_digest {
-            return Err(invalid(format!("digest mismatch: expected {}, got {actual}", self.expected_digest)));
+            return Err(invalid(VerifyError::Mismatch { expected: self.expected_digest, actual }));
         }
         self.verified = true;
         Ok(())
     }
 }
 
-fn invalid(msg: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg)
+fn invalid(e: VerifyError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
 impl<R: Read> Read for VerifyingReader<R> {
@@ -142,10 +159,11 @@ impl<R: Read> Read for VerifyingReader<R> {
         }
         self.read += n as u64;
         if self.read > self.expected_size {
-            return Err(invalid(format!(
-                "size mismatch for {}: expected {} bytes, got at least {}",
-                self.expected_digest, self.expected_size, self.read
-            )));
+            return Err(invalid(VerifyError::Oversized {
+                digest: self.expected_digest,
+                expected: self.expected_size,
+                got: self.read,
+            }));
         }
         self.hasher.update(&buf[..n]);
         Ok(n)
@@ -188,7 +206,7 @@ mod tests {
         let mut r = VerifyingReader::new(data, d, size);
         let mut out = Vec::new();
         r.read_to_end(&mut out)?;
-        assert!(r.is_verified());
+        assert!(r.verified);
         Ok(out)
     }
 
@@ -207,6 +225,7 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains(&Digest::of(b"hellp").to_string()), "{msg}");
         assert!(msg.contains(&Digest::of(b"hello").to_string()), "{msg}");
+        assert!(matches!(VerifyError::find(&err), Some(VerifyError::Mismatch { .. })));
     }
 
     #[test]
@@ -214,6 +233,7 @@ mod tests {
         let err = read_all(b"hell", Digest::of(b"hello"), 5).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert!(err.to_string().contains("expected 5 bytes, got 4"), "{err}");
+        assert!(matches!(VerifyError::find(&err), Some(VerifyError::ShortOrLong { expected: 5, got: 4, .. })));
     }
 
     #[test]
@@ -225,6 +245,7 @@ mod tests {
         let err = r.read(&mut buf).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert!(err.to_string().contains("expected 5 bytes"), "{err}");
-        assert!(!r.is_verified());
+        assert!(!r.verified);
+        assert!(matches!(VerifyError::find(&err), Some(VerifyError::Oversized { expected: 5, .. })));
     }
 }

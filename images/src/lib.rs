@@ -2,6 +2,7 @@
 
 pub mod cache;
 pub mod digest;
+pub mod layout;
 pub mod pull;
 pub mod reference;
 pub mod unpack;

@@ -1,15 +1,23 @@
 //! Pulls: resolves a reference (registry or OCI layout) to a platform manifest, verifies and caches every blob,
-//! unpacks layers, and remembers which manifest a reference resolved to.
+//! unpacks layers within the configured budgets, and remembers which manifest a reference resolved to.
+//!
+//! Where the bytes come from is [`Source`]'s business alone (a registry or a layout directory held open by
+//! descriptor); everything else (verification, single flight, budgets, caching) is the same for both.
 
 use crate::cache::{Cache, CacheError};
-use crate::digest::Digest;
-use crate::reference::ImageRef;
-use crate::unpack::{unpack_layer, UnpackError, UnpackOptions};
-use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
+use crate::digest::{Digest, VerifyError};
+use crate::layout::LayoutDir;
+use crate::reference::{ImageRef, DOCKER_HUB};
+use crate::unpack::{unpack_layer_of_image, BudgetExceeded, UnpackError, UnpackOptions, UnpackSummary};
+use dcos_exec_proto::ErrorCode;
+use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest};
 use std::collections::HashMap;
-use std::io::Read;
+use std::future::Future;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 const MAX_MANIFEST: u64 = 4 << 20;
 const MAX_CONFIG: u64 = 16 << 20;
@@ -19,6 +27,7 @@ const MANIFEST_TYPES: &[&str] = &[
     "application/vnd.docker.distribution.manifest.list.v2+json",
     "application/vnd.docker.distribution.manifest.v2+json",
 ];
+const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// When to contact the registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -44,14 +53,16 @@ impl std::str::FromStr for PullPolicy {
 /// Why an image could not be made ready.
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
+    /// The registry could not be reached, answered with an error, or the transfer broke off.
     #[error("registry {registry}: {message}")]
     Registry { registry: String, message: String },
     #[error("registry {registry} refused the credentials (401)")]
     Unauthorized { registry: String },
     #[error("{reference} not found")]
     NotFound { reference: String },
-    #[error("{what} of {reference} does not match its digest: {message}")]
-    Verify { reference: String, what: String, message: String },
+    /// Bytes that do not match the digest or size they were fetched by.
+    #[error("{what} of {reference} does not match its digest: {source}")]
+    Verify { reference: String, what: String, source: VerifyError },
     #[error("{reference}: {message}")]
     Malformed { reference: String, message: String },
     #[error("{reference} has no image for {platform}")]
@@ -60,8 +71,33 @@ pub enum PullError {
     NotCached { reference: String },
     #[error("OCI layout {path}: {message}")]
     Layout { path: PathBuf, message: String },
+    /// A budget of the configuration ran out; the message names the key, its value and the amount.
+    #[error("{reference}: {source}")]
+    Budget { reference: String, source: BudgetExceeded },
+    /// A layer was refused or could not be unpacked.
+    #[error("{reference}: layer {blob}: {source}")]
+    Unpack { reference: String, blob: Digest, source: Box<UnpackError> },
     #[error("{reference}: {source}")]
     Cache { reference: String, source: Box<CacheError> },
+}
+
+impl PullError {
+    /// The wire error code of this failure.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            PullError::Registry { .. }
+            | PullError::Unauthorized { .. }
+            | PullError::NotFound { .. }
+            | PullError::Verify { .. }
+            | PullError::Malformed { .. }
+            | PullError::NoPlatform { .. }
+            | PullError::NotCached { .. }
+            | PullError::Layout { .. }
+            | PullError::Budget { .. }
+            | PullError::Unpack { .. }
+            | PullError::Cache { .. } => ErrorCode::ImageFailed,
+        }
+    }
 }
 
 /// Credentials for one registry.
@@ -82,8 +118,10 @@ pub struct RegistryOptions {
     pub credentials: HashMap<String, Credentials>,
     /// A Docker-style `config.json` whose `auths` add credentials.
     pub docker_config: Option<PathBuf>,
-    /// Unpack options (device nodes, setid bits).
+    /// Unpack options (device nodes, setid bits, budgets).
     pub unpack: UnpackOptions,
+    /// How long a registry may stay silent mid-response (default 60 s).
+    pub read_timeout: Option<Duration>,
 }
 
 /// A verified, unpacked image ready to mount.
@@ -102,11 +140,33 @@ pub struct PulledImage {
 /// Receives human-readable progress lines.
 pub type Progress<'a> = &'a (dyn Fn(String) + Send + Sync);
 
+/// Per-digest async locks: concurrent pulls that need one blob download it once (the others wait and then
+/// find it in the cache). Entries are dropped when unused.
+#[derive(Default)]
+struct Flights(Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>);
+
+impl Flights {
+    async fn run<T>(&self, key: Digest, f: impl Future<Output = T>) -> T {
+        let slot = Arc::clone(self.0.lock().unwrap_or_else(PoisonError::into_inner).entry(key).or_default());
+        let out = {
+            let _turn = slot.lock().await;
+            f.await
+        };
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        // Clones are only taken under the map lock, so a count of 2 (map + ours) means nobody else waits.
+        if Arc::strong_count(&slot) == 2 {
+            map.remove(&key);
+        }
+        out
+    }
+}
+
 /// Pulls images into a cache.
 pub struct Puller {
     cache: Arc<Cache>,
     client: oci_client::Client,
     opts: RegistryOptions,
+    flights: Flights,
 }
 
 fn host_platform() -> (&'static str, &'static str) {
@@ -122,6 +182,26 @@ fn host_platform() -> (&'static str, &'static str) {
     ("linux", arch)
 }
 
+/// The manifest of `index` for this host's platform.
+fn pick_platform(index: &ImageIndex) -> Option<&Descriptor> {
+    let (os, arch) = host_platform();
+    index.manifests().iter().find(|m| {
+        m.platform().as_ref().is_some_and(|p| p.os().to_string() == os && p.architecture().to_string() == arch)
+    })
+}
+
+/// The key credentials are filed under: `host[:port]`, with Docker Hub's other names (`index.docker.io`, as
+/// `docker login` writes it, with or without `https://` and `/v1/`; `registry-1.docker.io`) as `docker.io`,
+/// the name references normalise to.
+fn registry_key(host: &str) -> String {
+    let host = host.trim_start_matches("https://").trim_start_matches("http://");
+    let host = host.split('/').next().unwrap_or(host);
+    match host {
+        "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB.to_string(),
+        h => h.to_string(),
+    }
+}
+
 fn parse_docker_config(path: &Path) -> HashMap<String, Credentials> {
     use base64::Engine;
     let mut out = HashMap::new();
@@ -135,9 +215,7 @@ fn parse_docker_config(path: &Path) -> HashMap<String, Credentials> {
                 .and_then(|a| base64::engine::general_purpose::STANDARD.decode(a).ok())
                 .and_then(|b| String::from_utf8(b).ok());
             if let Some((u, p)) = decoded.as_deref().and_then(|d| d.split_once(':')) {
-                let host = host.trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/');
-                let host = host.split('/').next().unwrap_or(host);
-                out.insert(host.to_string(), Credentials { username: u.into(), password: p.into() });
+                out.insert(registry_key(host), Credentials { username: u.into(), password: p.into() });
             }
         }
     }
@@ -146,11 +224,14 @@ fn parse_docker_config(path: &Path) -> HashMap<String, Credentials> {
 
 impl Puller {
     pub fn new(cache: Arc<Cache>, mut opts: RegistryOptions) -> Puller {
+        let mut credentials: HashMap<String, Credentials> =
+            opts.credentials.drain().map(|(k, v)| (registry_key(&k), v)).collect();
         if let Some(p) = &opts.docker_config {
             for (k, v) in parse_docker_config(p) {
-                opts.credentials.entry(k).or_insert(v);
+                credentials.entry(k).or_insert(v);
             }
         }
+        opts.credentials = credentials;
         let cfg = oci_client::client::ClientConfig {
             protocol: if opts.insecure.is_empty() {
                 oci_client::client::ClientProtocol::Https
@@ -167,15 +248,11 @@ impl Puller {
                 .collect(),
             // We pick the platform ourselves so that "none fits" is a clear error.
             platform_resolver: None,
-            connect_timeout: Some(std::time::Duration::from_secs(10)),
-            read_timeout: Some(std::time::Duration::from_secs(60)),
+            connect_timeout: Some(Duration::from_secs(10)),
+            read_timeout: Some(opts.read_timeout.unwrap_or(DEFAULT_READ_TIMEOUT)),
             ..Default::default()
         };
-        Puller { cache, client: oci_client::Client::new(cfg), opts }
-    }
-
-    pub fn cache(&self) -> &Cache {
-        &self.cache
+        Puller { cache, client: oci_client::Client::new(cfg), opts, flights: Flights::default() }
     }
 
     /// Makes `r` ready under `policy`: from the cache when possible, else from its source.
@@ -194,44 +271,28 @@ impl Puller {
                 return Err(PullError::NotCached { reference: name });
             }
         }
-        let src = match r {
-            ImageRef::Registry { .. } => Source::Registry(self.reference(r)?),
-            ImageRef::Layout { path, .. } => Source::Layout(path.clone()),
-        };
+        let src = Source::new(self, r)?;
         progress(format!("resolving {name}"));
-        let (manifest_digest, manifest) = self.resolve_manifest(&src, r).await?;
+        let (manifest_digest, manifest) = self.resolve_manifest(&src, &name).await?;
         let cfg_desc = manifest.config();
         let cfg_digest = to_digest(cfg_desc.digest().to_string(), &name)?;
         if cfg_desc.size() > MAX_CONFIG {
             return Err(malformed(&name, "image config is too large"));
         }
-        self.fetch_blob(&src, &name, &cfg_digest, cfg_desc.size(), progress).await?;
+        self.fetch_blob(&src, &name, cfg_digest, cfg_desc.size(), progress).await?;
         let config = self.read_config(&cfg_digest, &name)?;
         let diff_ids = config.rootfs().diff_ids();
         if diff_ids.len() != manifest.layers().len() {
             return Err(malformed(&name, "layer count of manifest and config differ"));
         }
+        // What this pull unpacks, all layers together, against max_image_bytes.
+        let image_bytes = Arc::new(AtomicU64::new(0));
         let jobs = manifest.layers().iter().zip(diff_ids.iter()).map(|(l, d)| {
-            let src = &src;
-            let name = &name;
+            let (src, name, image_bytes) = (&src, &name, image_bytes.clone());
             async move {
                 let blob = to_digest(l.digest().to_string(), name)?;
                 let diff_id = to_digest(d.clone(), name)?;
-                if self.cache.has_layer(&diff_id) {
-                    progress(format!("layer {} cached", short(&blob)));
-                    return Ok(self.cache.layer_path(&diff_id));
-                }
-                let path = match src {
-                    // From a registry, layers unpack while they download; nothing is published unverified.
-                    Source::Registry(reference) => {
-                        self.stream_layer(reference, name, blob, l.size(), diff_id, progress).await?
-                    }
-                    Source::Layout(_) => {
-                        self.fetch_blob(src, name, &blob, l.size(), progress).await?;
-                        self.unpack(&blob, diff_id, name).await?
-                    }
-                };
-                progress(format!("layer {} unpacked", short(&blob)));
+                let path = self.fetch_layer(src, name, blob, l.size(), diff_id, image_bytes, progress).await?;
                 Ok::<_, PullError>(path)
             }
         });
@@ -246,244 +307,122 @@ impl Puller {
         })
     }
 
-    fn reference(&self, r: &ImageRef) -> Result<oci_client::Reference, PullError> {
-        let ImageRef::Registry { registry, repository, tag, digest } = r else {
-            return Err(malformed(&r.to_string(), "not a registry reference"));
-        };
-        Ok(match (tag, digest) {
-            (_, Some(d)) => oci_client::Reference::with_digest(registry.clone(), repository.clone(), d.to_string()),
-            (Some(t), None) => oci_client::Reference::with_tag(registry.clone(), repository.clone(), t.clone()),
-            (None, None) => oci_client::Reference::with_tag(registry.clone(), repository.clone(), "latest".into()),
-        })
+    fn credentials(&self, registry: &str) -> Option<&Credentials> {
+        self.opts.credentials.get(&registry_key(registry))
     }
 
-    fn auth(&self, r: &oci_client::Reference) -> oci_client::secrets::RegistryAuth {
-        match self.opts.credentials.get(r.registry()) {
-            Some(c) => oci_client::secrets::RegistryAuth::Basic(c.username.clone(), c.password.clone()),
-            None => oci_client::secrets::RegistryAuth::Anonymous,
-        }
-    }
-
-    fn registry_error(&self, r: &oci_client::Reference, e: oci_client::errors::OciDistributionError) -> PullError {
-        use oci_client::errors::OciDistributionError as E;
-        let registry = r.registry().to_string();
-        match &e {
-            E::AuthenticationFailure(_) | E::UnauthorizedError { .. } => PullError::Unauthorized { registry },
-            E::ImageManifestNotFoundError(_) => PullError::NotFound { reference: r.whole() },
-            E::ServerError { code: 404, .. } => PullError::NotFound { reference: r.whole() },
-            E::ServerError { code: 401, .. } => PullError::Unauthorized { registry },
-            E::RegistryError { envelope, .. }
-                if envelope.errors.iter().any(|x| format!("{:?}", x.code).contains("Unknown")) =>
-            {
-                PullError::NotFound { reference: r.whole() }
-            }
-            E::RegistryError { envelope, .. }
-                if envelope.errors.iter().any(|x| format!("{:?}", x.code).contains("Unauthorized")) =>
-            {
-                PullError::Unauthorized { registry }
-            }
-            _ => PullError::Registry { registry, message: one_line(&e) },
-        }
-    }
-
-    /// The raw manifest (or index) at `r`, and its verified digest.
+    /// The manifest (or index) at `at` (or the reference's own), verified against the digest it was asked by.
     async fn fetch_manifest(
         &self,
-        src: &Source,
-        r: &ImageRef,
-        at: Option<&Digest>,
+        src: &Source<'_>,
+        name: &str,
+        at: Option<Digest>,
     ) -> Result<(Vec<u8>, Digest), PullError> {
-        let name = r.to_string();
-        let (raw, want) = match src {
-            Source::Registry(reference) => {
-                let reference = match at {
-                    Some(d) => oci_client::Reference::with_digest(
-                        reference.registry().into(),
-                        reference.repository().into(),
-                        d.to_string(),
-                    ),
-                    None => reference.clone(),
-                };
-                let (bytes, _) = self
-                    .client
-                    .pull_manifest_raw(&reference, &self.auth(&reference), MANIFEST_TYPES)
-                    .await
-                    .map_err(|e| self.registry_error(&reference, e))?;
-                let want = match (at, r) {
-                    (Some(d), _) => Some(*d),
-                    (None, ImageRef::Registry { digest, .. }) => *digest,
-                    _ => None,
-                };
-                (bytes.to_vec(), want)
-            }
-            Source::Layout(path) => {
-                let tag = match r {
-                    ImageRef::Layout { tag, .. } => tag.clone(),
-                    _ => None,
-                };
-                let d = match at {
-                    Some(d) => *d,
-                    None => layout_entry(path, tag.as_deref())?,
-                };
-                (read_layout_blob(path, &d, MAX_MANIFEST)?, Some(d))
-            }
-        };
+        let (raw, want) = src.manifest(at).await?;
         if raw.len() as u64 > MAX_MANIFEST {
-            return Err(malformed(&name, "manifest is too large"));
+            return Err(malformed(name, "manifest is too large"));
         }
         let got = Digest::of(&raw);
         if let Some(w) = want {
             if got != w {
-                return Err(PullError::Verify {
-                    reference: name,
-                    what: "manifest".into(),
-                    message: format!("expected {w}, got {got}"),
-                });
+                let source = VerifyError::Mismatch { expected: w, actual: got };
+                return Err(PullError::Verify { reference: name.into(), what: "manifest".into(), source });
             }
         }
         Ok((raw, got))
     }
 
-    async fn resolve_manifest(&self, src: &Source, r: &ImageRef) -> Result<(Digest, ImageManifest), PullError> {
-        let name = r.to_string();
-        let (raw, digest) = self.fetch_manifest(src, r, None).await?;
-        let v: serde_json::Value = serde_json::from_slice(&raw).map_err(|e| malformed(&name, &e.to_string()))?;
-        let is_index = v.get("manifests").is_some();
-        let (raw, digest) = if is_index {
+    async fn resolve_manifest(&self, src: &Source<'_>, name: &str) -> Result<(Digest, ImageManifest), PullError> {
+        let (raw, digest) = self.fetch_manifest(src, name, None).await?;
+        let v: serde_json::Value = serde_json::from_slice(&raw).map_err(|e| malformed(name, &e.to_string()))?;
+        let (raw, digest) = if v.get("manifests").is_some() {
             // Kept too, so that a reference by the index digest resolves from the cache next time.
-            self.cache
-                .put_blob(&digest, raw.len() as u64, &raw[..])
-                .map_err(|source| PullError::Cache { reference: name.clone(), source: Box::new(source) })?;
-            let index = ImageIndex::from_reader(&raw[..]).map_err(|e| malformed(&name, &e.to_string()))?;
-            let (os, arch) = host_platform();
-            let pick = index.manifests().iter().find(|m| {
-                m.platform().as_ref().is_some_and(|p| p.os().to_string() == os && p.architecture().to_string() == arch)
-            });
-            let Some(m) = pick else {
-                return Err(PullError::NoPlatform { reference: name, platform: format!("{os}/{arch}") });
+            self.cache.put_blob(&digest, raw.len() as u64, &raw[..]).map_err(|e| cache_error(name, e))?;
+            let index = ImageIndex::from_reader(&raw[..]).map_err(|e| malformed(name, &e.to_string()))?;
+            let Some(m) = pick_platform(&index) else {
+                let (os, arch) = host_platform();
+                return Err(PullError::NoPlatform { reference: name.into(), platform: format!("{os}/{arch}") });
             };
-            let d = to_digest(m.digest().to_string(), &name)?;
-            self.fetch_manifest(src, r, Some(&d)).await?
+            let d = to_digest(m.digest().to_string(), name)?;
+            self.fetch_manifest(src, name, Some(d)).await?
         } else {
             (raw, digest)
         };
         // Keep the verified manifest: a later pull by digest needs no round trip.
-        self.cache
-            .put_blob(&digest, raw.len() as u64, &raw[..])
-            .map_err(|source| PullError::Cache { reference: name.clone(), source: Box::new(source) })?;
-        let m = ImageManifest::from_reader(&raw[..]).map_err(|e| malformed(&name, &e.to_string()))?;
+        self.cache.put_blob(&digest, raw.len() as u64, &raw[..]).map_err(|e| cache_error(name, e))?;
+        let m = ImageManifest::from_reader(&raw[..]).map_err(|e| malformed(name, &e.to_string()))?;
         Ok((digest, m))
     }
 
-    /// Stores blob `d` in the cache, verified against digest and size, unless it is there already.
+    /// Stores blob `d` in the cache, verified against digest and size, unless it is there already; concurrent
+    /// callers for one digest fetch it once.
     async fn fetch_blob(
         &self,
-        src: &Source,
+        src: &Source<'_>,
         name: &str,
-        d: &Digest,
-        size: u64,
-        progress: Progress<'_>,
-    ) -> Result<(), PullError> {
-        if self.cache.has_blob(d) {
-            return Ok(());
-        }
-        match src {
-            Source::Layout(path) => {
-                let file = path.join("blobs").join(d.algorithm()).join(d.hex());
-                self.cache
-                    .ensure_blob(d, size, || std::fs::File::open(&file))
-                    .map_err(|e| verify_or_cache(name, d, e))?;
-            }
-            Source::Registry(reference) => {
-                let (cache, d2) = (self.cache.clone(), *d);
-                self.with_registry_blob(reference, *d, size, progress, move |r| cache.put_blob(&d2, size, r))
-                    .await?
-                    .map_err(|e| verify_or_cache(name, d, e))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Streams blob `d` from the registry into `job`, which runs on a blocking thread with a reader over the bytes
-    /// as they arrive, while progress is reported by bytes received.
-    async fn with_registry_blob<T: Send + 'static>(
-        &self,
-        reference: &oci_client::Reference,
         d: Digest,
         size: u64,
         progress: Progress<'_>,
-        job: impl FnOnce(Box<dyn Read + Send>) -> T + Send + 'static,
-    ) -> Result<T, PullError> {
-        use futures_util::TryStreamExt;
-        let desc =
-            oci_client::manifest::OciDescriptor { digest: d.to_string(), size: size as i64, ..Default::default() };
-        self.client.store_auth_if_needed(reference.resolve_registry(), &self.auth(reference)).await;
-        let stream =
-            self.client.pull_blob_stream(reference, &desc).await.map_err(|e| self.registry_error(reference, e))?;
-        let reader = tokio_util::io::StreamReader::new(stream.stream.map_err(std::io::Error::other));
-        let label = short(&d);
-        let report = |done: u64| progress(format!("layer {label} {} / {}", human(done), human(size)));
-        report(0);
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
-        let task = tokio::task::spawn_blocking(move || {
-            job(Box::new(Counted { inner: tokio_util::io::SyncIoBridge::new(reader), n: 0, last: 0, tx }))
-        });
-        let mut task = std::pin::pin!(task);
-        let res = loop {
-            tokio::select! {
-                r = &mut task => break r,
-                Some(done) = rx.recv() => report(done),
-            }
-        };
-        res.map_err(|e| PullError::Registry { registry: reference.registry().into(), message: e.to_string() })
+    ) -> Result<(), PullError> {
+        self.flights
+            .run(d, async {
+                if self.cache.has_blob(&d) {
+                    return Ok(());
+                }
+                let reader = src.open_blob(&d, size).await?;
+                let cache = self.cache.clone();
+                with_reader(reader, &d, size, progress, move |r| cache.put_blob(&d, size, r))
+                    .await?
+                    .map(|_| ())
+                    .map_err(|e| cache_error(name, e))
+            })
+            .await
     }
 
-    /// Downloads layer `blob` and unpacks it as the bytes arrive (see [`Cache::ensure_layer_streaming`]).
-    async fn stream_layer(
+    /// The unpacked layer `diff_id`, downloaded (once across concurrent callers) and unpacked as the bytes
+    /// arrive (see [`Cache::ensure_layer_streaming`]) unless it is cached.
+    #[allow(clippy::too_many_arguments)]
+    async fn fetch_layer(
         &self,
-        reference: &oci_client::Reference,
+        src: &Source<'_>,
         name: &str,
         blob: Digest,
         size: u64,
         diff_id: Digest,
+        image_bytes: Arc<AtomicU64>,
         progress: Progress<'_>,
     ) -> Result<PathBuf, PullError> {
-        let cache = self.cache.clone();
-        let opts = self.opts.unpack;
-        let res = self
-            .with_registry_blob(reference, blob, size, progress, move |r| {
-                cache
-                    .ensure_layer_streaming(&blob, size, &diff_id, r, |rd, tmp| unpack_checked(rd, tmp, &opts, diff_id))
+        let limits = self.opts.unpack.limits;
+        // The blob's declared size bounds what the source may send (VerifyingReader), so a blob declared
+        // larger than a layer may unpack to is refused before a byte is fetched.
+        if size > limits.max_layer_bytes {
+            let source = BudgetExceeded::new("max_layer_bytes", limits.max_layer_bytes, "its blob declares", size);
+            return Err(PullError::Budget { reference: name.into(), source });
+        }
+        self.flights
+            .run(blob, async {
+                if self.cache.has_layer(&diff_id) {
+                    progress(format!("layer {} cached", short(&blob)));
+                    return Ok(self.cache.layer_path(&diff_id));
+                }
+                let reader = src.open_blob(&blob, size).await?;
+                let (cache, opts) = (self.cache.clone(), self.opts.unpack);
+                let path = with_reader(reader, &blob, size, progress, move |r| {
+                    cache.ensure_layer_streaming(&blob, size, &diff_id, r, |rd, tmp| {
+                        unpack_checked(rd, tmp, &opts, diff_id, &image_bytes)
+                    })
+                })
+                .await?
+                .map_err(|e| layer_error(name, blob, e))?;
+                progress(format!("layer {} unpacked", short(&blob)));
+                Ok(path)
             })
-            .await?;
-        res.map_err(|e| match &e {
-            CacheError::Layer { source: UnpackError::Archive(io), .. }
-                if io.kind() == std::io::ErrorKind::InvalidData || io.to_string().contains("digest") =>
-            {
-                PullError::Verify { reference: name.into(), what: format!("layer {blob}"), message: one_line(io) }
-            }
-            _ => PullError::Cache { reference: name.into(), source: Box::new(e) },
-        })
+            .await
     }
 
     fn read_config(&self, d: &Digest, name: &str) -> Result<ImageConfiguration, PullError> {
         let f = std::fs::File::open(self.cache.blob_path(d)).map_err(|e| malformed(name, &e.to_string()))?;
         ImageConfiguration::from_reader(f.take(MAX_CONFIG)).map_err(|e| malformed(name, &format!("image config: {e}")))
-    }
-
-    async fn unpack(&self, blob: &Digest, diff_id: Digest, name: &str) -> Result<PathBuf, PullError> {
-        let cache = self.cache.clone();
-        let blob_path = cache.blob_path(blob);
-        let opts = self.opts.unpack;
-        let r = tokio::task::spawn_blocking(move || {
-            cache.ensure_layer(&diff_id, |tmp| {
-                let f = std::fs::File::open(&blob_path).map_err(UnpackError::Archive)?;
-                unpack_checked(&mut std::io::BufReader::with_capacity(1 << 20, f), tmp, &opts, diff_id)
-            })
-        })
-        .await
-        .map_err(|e| malformed(name, &e.to_string()))?;
-        r.map_err(|source| PullError::Cache { reference: name.into(), source: Box::new(source) })
     }
 
     fn ref_file(&self, r: &ImageRef) -> PathBuf {
@@ -515,10 +454,7 @@ impl Puller {
         let raw = if serde_json::from_slice::<serde_json::Value>(&raw).ok()?.get("manifests").is_some() {
             // A cached index: follow it to the platform manifest.
             let index = ImageIndex::from_reader(&raw[..]).ok()?;
-            let (os, arch) = host_platform();
-            let m = index.manifests().iter().find(|m| {
-                m.platform().as_ref().is_some_and(|p| p.os().to_string() == os && p.architecture().to_string() == arch)
-            })?;
+            let m = pick_platform(&index)?;
             std::fs::read(self.cache.blob_path(&m.digest().to_string().parse().ok()?)).ok()?
         } else {
             raw
@@ -666,9 +602,219 @@ impl Puller {
     }
 }
 
-enum Source {
-    Registry(oci_client::Reference),
-    Layout(PathBuf),
+/// Where an image's bytes come from: a registry or a layout directory. Each knows how to hand out a manifest and
+/// a reader over a blob; everything else (verification, single flight, budgets, caching) is the same for both.
+enum Source<'a> {
+    Registry(RegistrySource<'a>),
+    Layout(LayoutSource),
+}
+
+impl<'a> Source<'a> {
+    fn new(puller: &'a Puller, r: &ImageRef) -> Result<Source<'a>, PullError> {
+        Ok(match r {
+            ImageRef::Registry { registry, repository, tag, digest } => {
+                let reference = match (tag, digest) {
+                    (_, Some(d)) => {
+                        oci_client::Reference::with_digest(registry.clone(), repository.clone(), d.to_string())
+                    }
+                    (t, None) => oci_client::Reference::with_tag(
+                        registry.clone(),
+                        repository.clone(),
+                        t.clone().unwrap_or_else(|| crate::reference::DEFAULT_TAG.into()),
+                    ),
+                };
+                Source::Registry(RegistrySource { puller, reference, digest: *digest })
+            }
+            ImageRef::Layout { path, tag, dir } => {
+                let dir = match dir {
+                    Some(d) => d.clone(),
+                    None => LayoutDir::open(path)
+                        .map_err(|e| PullError::Layout { path: path.clone(), message: e.to_string() })?,
+                };
+                Source::Layout(LayoutSource { dir, tag: tag.clone() })
+            }
+        })
+    }
+
+    /// The raw manifest at `at` (or the reference's own), and the digest it must have if one is known.
+    async fn manifest(&self, at: Option<Digest>) -> Result<(Vec<u8>, Option<Digest>), PullError> {
+        match self {
+            Source::Registry(s) => s.manifest(at).await,
+            Source::Layout(s) => s.manifest(at),
+        }
+    }
+
+    /// A reader over blob `d` as the source sends it; nothing is verified here (callers wrap it in a
+    /// [`crate::digest::VerifyingReader`] through the cache).
+    async fn open_blob(&self, d: &Digest, size: u64) -> Result<Box<dyn Read + Send>, PullError> {
+        match self {
+            Source::Registry(s) => s.open_blob(d, size).await,
+            Source::Layout(s) => s.open_blob(d),
+        }
+    }
+}
+
+/// A transfer that broke off or stalled mid-blob, as opposed to a local I/O error or bytes that fail verification.
+#[derive(Debug, thiserror::Error)]
+#[error("registry {registry}: {message}")]
+struct Transport {
+    registry: String,
+    message: String,
+}
+
+struct RegistrySource<'a> {
+    puller: &'a Puller,
+    reference: oci_client::Reference,
+    /// The digest the reference names, which the manifest must have.
+    digest: Option<Digest>,
+}
+
+impl RegistrySource<'_> {
+    async fn manifest(&self, at: Option<Digest>) -> Result<(Vec<u8>, Option<Digest>), PullError> {
+        let r = &self.reference;
+        let reference = match at {
+            Some(d) => oci_client::Reference::with_digest(r.registry().into(), r.repository().into(), d.to_string()),
+            None => r.clone(),
+        };
+        let (bytes, _) = self
+            .puller
+            .client
+            .pull_manifest_raw(&reference, &self.auth(), MANIFEST_TYPES)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok((bytes.to_vec(), at.or(self.digest)))
+    }
+
+    /// The blob as it streams; errors of the transfer itself read as [`Transport`], a digest mismatch that
+    /// oci-client notices first as [`VerifyError`].
+    async fn open_blob(&self, d: &Digest, size: u64) -> Result<Box<dyn Read + Send>, PullError> {
+        use futures_util::TryStreamExt;
+        let desc =
+            oci_client::manifest::OciDescriptor { digest: d.to_string(), size: size as i64, ..Default::default() };
+        let client = &self.puller.client;
+        client.store_auth_if_needed(self.reference.resolve_registry(), &self.auth()).await;
+        let stream = client.pull_blob_stream(&self.reference, &desc).await.map_err(|e| self.error(e))?;
+        let (expected, registry) = (*d, self.reference.registry().to_string());
+        let stream = stream.stream.map_err(move |e| {
+            let inner = e.get_ref().and_then(|x| x.downcast_ref::<oci_client::errors::DigestError>());
+            match inner {
+                Some(oci_client::errors::DigestError::VerificationError { actual, .. }) => io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    VerifyError::Mismatch { expected, actual: actual.parse().unwrap_or(Digest::from_bytes([0; 32])) },
+                ),
+                _ => io::Error::other(Transport { registry: registry.clone(), message: one_line(&e) }),
+            }
+        });
+        Ok(Box::new(tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream))))
+    }
+
+    fn auth(&self) -> oci_client::secrets::RegistryAuth {
+        match self.puller.credentials(self.reference.registry()) {
+            Some(c) => oci_client::secrets::RegistryAuth::Basic(c.username.clone(), c.password.clone()),
+            None => oci_client::secrets::RegistryAuth::Anonymous,
+        }
+    }
+
+    /// The typed error for what oci-client reported, by its error variants and the registry's error codes.
+    fn error(&self, e: oci_client::errors::OciDistributionError) -> PullError {
+        use oci_client::errors::{OciDistributionError as E, OciErrorCode as C};
+        let registry = self.reference.registry().to_string();
+        let reference = self.reference.whole();
+        let in_envelope = |codes: &[C]| match &e {
+            E::RegistryError { envelope, .. } => envelope.errors.iter().any(|x| codes.contains(&x.code)),
+            _ => false,
+        };
+        match &e {
+            E::AuthenticationFailure(_) | E::UnauthorizedError { .. } | E::ServerError { code: 401, .. } => {
+                PullError::Unauthorized { registry }
+            }
+            E::ImageManifestNotFoundError(_) | E::ServerError { code: 404, .. } => PullError::NotFound { reference },
+            _ if in_envelope(&[C::Unauthorized, C::Denied]) => PullError::Unauthorized { registry },
+            _ if in_envelope(&[C::ManifestUnknown, C::BlobUnknown, C::NameUnknown, C::NotFound]) => {
+                PullError::NotFound { reference }
+            }
+            _ => PullError::Registry { registry, message: one_line(&e) },
+        }
+    }
+}
+
+/// A layout directory held open: every read is relative to it (see [`LayoutDir`]).
+struct LayoutSource {
+    dir: LayoutDir,
+    tag: Option<String>,
+}
+
+impl LayoutSource {
+    fn manifest(&self, at: Option<Digest>) -> Result<(Vec<u8>, Option<Digest>), PullError> {
+        let d = match at {
+            Some(d) => d,
+            None => self.entry()?,
+        };
+        let mut raw = Vec::new();
+        self.open_blob(&d)?
+            .take(MAX_MANIFEST + 1)
+            .read_to_end(&mut raw)
+            .map_err(|e| self.error(format!("manifest {d}: {e}")))?;
+        Ok((raw, Some(d)))
+    }
+
+    fn open_blob(&self, d: &Digest) -> Result<Box<dyn Read + Send>, PullError> {
+        let f = self
+            .dir
+            .open_file(&["blobs", d.algorithm(), &d.hex()])
+            .map_err(|e| self.error(format!("blob {d}: {e}")))?;
+        Ok(Box::new(io::BufReader::with_capacity(1 << 20, f)))
+    }
+
+    /// The manifest digest `index.json` names for the tag (or its only entry).
+    fn entry(&self) -> Result<Digest, PullError> {
+        let f = self.dir.open_file(&["index.json"]).map_err(|e| self.error(format!("index.json: {e}")))?;
+        let index =
+            ImageIndex::from_reader(f.take(MAX_MANIFEST)).map_err(|e| self.error(format!("index.json: {e}")))?;
+        let ms = index.manifests();
+        let tag = self.tag.as_deref();
+        let hit = match tag {
+            Some(t) => ms.iter().find(|m| {
+                m.annotations()
+                    .as_ref()
+                    .and_then(|a| a.get("org.opencontainers.image.ref.name"))
+                    .is_some_and(|n| n == t)
+            }),
+            None if ms.len() == 1 => ms.first(),
+            None => return Err(self.error(format!("{} images in the layout: name one with oci:PATH:TAG", ms.len()))),
+        };
+        let m = hit.ok_or_else(|| self.error(format!("no image tagged {:?}", tag.unwrap_or(""))))?;
+        m.digest().to_string().parse().map_err(|_| self.error(format!("bad digest {}", m.digest())))
+    }
+
+    fn error(&self, message: String) -> PullError {
+        PullError::Layout { path: self.dir.path().to_path_buf(), message }
+    }
+}
+
+/// Runs `job` on a blocking thread with `reader` (counted for progress by bytes received) and reports progress
+/// while it runs.
+async fn with_reader<T: Send + 'static>(
+    reader: Box<dyn Read + Send>,
+    d: &Digest,
+    size: u64,
+    progress: Progress<'_>,
+    job: impl FnOnce(Box<dyn Read + Send>) -> T + Send + 'static,
+) -> Result<T, PullError> {
+    let label = short(d);
+    let report = |done: u64| progress(format!("layer {label} {} / {}", human(done), human(size)));
+    report(0);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    let task = tokio::task::spawn_blocking(move || job(Box::new(Counted { inner: reader, n: 0, last: 0, tx })));
+    let mut task = std::pin::pin!(task);
+    let res = loop {
+        tokio::select! {
+            r = &mut task => break r,
+            Some(done) = rx.recv() => report(done),
+        }
+    };
+    // The job returns its own errors; this one is the blocking thread itself failing (a panic).
+    res.map_err(|e| PullError::Malformed { reference: d.to_string(), message: format!("blob job failed: {e}") })
 }
 
 /// Counts bytes for progress without a report per read.
@@ -680,7 +826,7 @@ struct Counted<R> {
 }
 
 impl<R: Read> Read for Counted<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let k = self.inner.read(buf)?;
         self.n += k as u64;
         if self.n - self.last >= 4 << 20 || (k == 0 && self.n != self.last) {
@@ -697,39 +843,63 @@ fn unpack_checked(
     tmp: &Path,
     opts: &UnpackOptions,
     diff_id: Digest,
-) -> Result<crate::unpack::UnpackSummary, UnpackError> {
-    let s = unpack_layer(rd, tmp, opts)?;
+    image_bytes: &AtomicU64,
+) -> Result<UnpackSummary, UnpackError> {
+    let s = unpack_layer_of_image(rd, tmp, opts, image_bytes)?;
     if s.diff_id != diff_id {
         return Err(UnpackError::DiffIdMismatch { expected: diff_id, actual: s.diff_id });
     }
     Ok(s)
 }
 
-fn layout_entry(path: &Path, tag: Option<&str>) -> Result<Digest, PullError> {
-    let lay = |message: String| PullError::Layout { path: path.into(), message };
-    let f = std::fs::File::open(path.join("index.json")).map_err(|e| lay(format!("index.json: {e}")))?;
-    let index = ImageIndex::from_reader(f.take(MAX_MANIFEST)).map_err(|e| lay(format!("index.json: {e}")))?;
-    let ms = index.manifests();
-    let hit = match tag {
-        Some(t) => ms.iter().find(|m| {
-            m.annotations().as_ref().and_then(|a| a.get("org.opencontainers.image.ref.name")).is_some_and(|n| n == t)
-        }),
-        None if ms.len() == 1 => ms.first(),
-        None => return Err(lay(format!("{} images in the layout: name one with oci:PATH:TAG", ms.len()))),
-    };
-    let m = hit.ok_or_else(|| lay(format!("no image tagged {:?}", tag.unwrap_or(""))))?;
-    m.digest().to_string().parse().map_err(|_| lay(format!("bad digest {}", m.digest())))
+fn transport(e: &io::Error) -> Option<&Transport> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = e.get_ref().map(|x| x as _);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<Transport>() {
+            return Some(t);
+        }
+        if let Some(t) = err.downcast_ref::<io::Error>().and_then(transport) {
+            return Some(t);
+        }
+        cur = err.source();
+    }
+    None
 }
 
-fn read_layout_blob(path: &Path, d: &Digest, max: u64) -> Result<Vec<u8>, PullError> {
-    let p = path.join("blobs").join(d.algorithm()).join(d.hex());
-    let f = std::fs::File::open(&p)
-        .map_err(|e| PullError::Layout { path: path.into(), message: format!("blob {d}: {e}") })?;
-    let mut buf = Vec::new();
-    f.take(max + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| PullError::Layout { path: path.into(), message: e.to_string() })?;
-    Ok(buf)
+/// What an I/O error met while storing blob `d` means: bad bytes, a broken transfer, or neither.
+fn classify_io(name: &str, what: String, e: &io::Error) -> Option<PullError> {
+    if let Some(v) = VerifyError::find(e) {
+        return Some(PullError::Verify { reference: name.into(), what, source: v.clone() });
+    }
+    let t = transport(e)?;
+    Some(PullError::Registry { registry: t.registry.clone(), message: t.message.clone() })
+}
+
+fn cache_error(name: &str, e: CacheError) -> PullError {
+    let classified = match &e {
+        CacheError::Blob { digest, source } => classify_io(name, format!("blob {digest}"), source),
+        _ => None,
+    };
+    classified.unwrap_or_else(|| PullError::Cache { reference: name.into(), source: Box::new(e) })
+}
+
+fn layer_error(name: &str, blob: Digest, e: CacheError) -> PullError {
+    match e {
+        CacheError::Layer { source: UnpackError::Budget(b), .. } => {
+            PullError::Budget { reference: name.into(), source: b }
+        }
+        CacheError::Layer { source, .. } => {
+            let io = match &source {
+                UnpackError::Archive(io) | UnpackError::Entry { source: io, .. } => Some(io),
+                _ => None,
+            };
+            match io.and_then(|io| classify_io(name, format!("layer {blob}"), io)) {
+                Some(p) => p,
+                None => PullError::Unpack { reference: name.into(), blob, source: Box::new(source) },
+            }
+        }
+        other => cache_error(name, other),
+    }
 }
 
 fn to_digest(s: String, name: &str) -> Result<Digest, PullError> {
@@ -738,15 +908,6 @@ fn to_digest(s: String, name: &str) -> Result<Digest, PullError> {
 
 fn malformed(name: &str, message: &str) -> PullError {
     PullError::Malformed { reference: name.into(), message: message.into() }
-}
-
-fn verify_or_cache(name: &str, d: &Digest, e: CacheError) -> PullError {
-    match &e {
-        CacheError::Blob { source, .. } if source.kind() == std::io::ErrorKind::InvalidData => {
-            PullError::Verify { reference: name.into(), what: format!("blob {d}"), message: source.to_string() }
-        }
-        _ => PullError::Cache { reference: name.into(), source: Box::new(e) },
-    }
 }
 
 /// The error and its causes on one line ("error sending request: ...: Connection refused"), each cause once.
@@ -770,4 +931,52 @@ fn short(d: &Digest) -> String {
 
 fn human(n: u64) -> String {
     format!("{:.1} MiB", n as f64 / (1024.0 * 1024.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+
+    fn puller(dir: &Path, opts: RegistryOptions) -> Puller {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Puller::new(Arc::new(Cache::open(dir.join("cache")).unwrap()), opts)
+    }
+
+    fn basic(p: &Puller, reference: &str) -> Option<(String, String)> {
+        let Source::Registry(src) = Source::new(p, &ImageRef::parse(reference).unwrap()).unwrap() else {
+            panic!("{reference} is not a registry reference")
+        };
+        match src.auth() {
+            oci_client::secrets::RegistryAuth::Basic(u, pw) => Some((u, pw)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn docker_hub_credentials_are_found_for_docker_io_references() {
+        let tmp = tempfile::tempdir().unwrap();
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        for key in ["https://index.docker.io/v1/", "index.docker.io", "registry-1.docker.io", "docker.io"] {
+            let cfg = tmp.path().join("config.json");
+            let json = serde_json::json!({"auths": {
+                key: {"auth": b64("hubuser:hubpass")},
+                "registry.example:5000": {"auth": b64("u:p")},
+            }});
+            std::fs::write(&cfg, serde_json::to_vec(&json).unwrap()).unwrap();
+            let p = puller(tmp.path(), RegistryOptions { docker_config: Some(cfg), ..Default::default() });
+            let hub = Some(("hubuser".to_string(), "hubpass".to_string()));
+            assert_eq!(basic(&p, "busybox"), hub, "{key}");
+            assert_eq!(basic(&p, "index.docker.io/library/alpine:3"), hub, "{key}");
+            assert_eq!(basic(&p, "registry.example:5000/x"), Some(("u".into(), "p".into())));
+            assert_eq!(basic(&p, "quay.io/x/y"), None);
+        }
+        // The agent's own credentials table is keyed the same way.
+        let credentials = HashMap::from([(
+            "index.docker.io".to_string(),
+            Credentials { username: "own".into(), password: "pw".into() },
+        )]);
+        let p = puller(tmp.path(), RegistryOptions { credentials, ..Default::default() });
+        assert_eq!(basic(&p, "busybox"), Some(("own".into(), "pw".into())));
+    }
 }

@@ -1,6 +1,11 @@
 //! Image references: `[registry[:port]/]repo[:tag][@digest]` with Docker Hub normalisation, or `oci:PATH[:TAG]`.
+//!
+//! Parsed here rather than with `oci_spec::distribution::Reference`, which normalises `busybox` the same way but
+//! not `registry-1.docker.io` (only `index.docker.io` becomes `docker.io`), accepts `sha384`/`sha512` digests that
+//! the cache cannot address, and reports errors without the part at fault.
 
 use crate::digest::{Digest, DigestError};
+use crate::layout::LayoutDir;
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -36,8 +41,9 @@ pub enum ReferenceError {
 pub enum ImageRef {
     /// An image in a registry. `tag` is `latest` when neither tag nor digest was given.
     Registry { registry: String, repository: String, tag: Option<String>, digest: Option<Digest> },
-    /// An OCI image layout directory on local disk.
-    Layout { path: PathBuf, tag: Option<String> },
+    /// An OCI image layout directory on local disk; `dir` is set once it was opened (see
+    /// [`ImageRef::open_layout`]), and then `path` is the real path of what was opened.
+    Layout { path: PathBuf, tag: Option<String>, dir: Option<LayoutDir> },
 }
 
 impl ImageRef {
@@ -51,6 +57,32 @@ impl ImageRef {
         match s.strip_prefix("oci:") {
             Some(rest) => parse_layout(s, rest),
             None => parse_registry(s),
+        }
+    }
+}
+
+impl ImageRef {
+    /// For an `oci:` reference, opens its layout directory and returns the reference naming it by the real path
+    /// of what was opened (absolute; no `.`, `..` or `//`; no symlinks), holding it open so that the pull reads
+    /// that directory whatever happens to the path afterwards. Other references come back unchanged.
+    pub fn open_layout(&self) -> std::io::Result<ImageRef> {
+        match self {
+            ImageRef::Layout { path, tag, .. } => {
+                let dir = LayoutDir::open(path)?;
+                Ok(ImageRef::Layout { path: dir.path().to_path_buf(), tag: tag.clone(), dir: Some(dir) })
+            }
+            other => Ok(other.clone()),
+        }
+    }
+
+    /// The reference with an `oci:` path in lexical normal form (see [`crate::layout::lexically_normal`]), for
+    /// judging a layout that could not be opened.
+    pub fn lexically_normal(&self) -> ImageRef {
+        match self {
+            ImageRef::Layout { path, tag, .. } => {
+                ImageRef::Layout { path: crate::layout::lexically_normal(path), tag: tag.clone(), dir: None }
+            }
+            other => other.clone(),
         }
     }
 }
@@ -76,7 +108,7 @@ impl fmt::Display for ImageRef {
                 }
                 Ok(())
             }
-            ImageRef::Layout { path, tag } => {
+            ImageRef::Layout { path, tag, .. } => {
                 write!(f, "oci:{}", path.display())?;
                 if let Some(tag) = tag {
                     write!(f, ":{tag}")?;
@@ -100,7 +132,7 @@ fn parse_layout(whole: &str, rest: &str) -> Result<ImageRef, ReferenceError> {
     if path.is_empty() {
         return Err(ReferenceError::EmptyLayoutPath(whole.to_string()));
     }
-    Ok(ImageRef::Layout { path: PathBuf::from(path), tag })
+    Ok(ImageRef::Layout { path: PathBuf::from(path), tag, dir: None })
 }
 
 fn parse_registry(s: &str) -> Result<ImageRef, ReferenceError> {
@@ -367,14 +399,17 @@ mod tests {
     fn oci_layout() {
         assert_eq!(
             ImageRef::parse("oci:/var/lib/images/tools").unwrap(),
-            ImageRef::Layout { path: "/var/lib/images/tools".into(), tag: None }
+            ImageRef::Layout { path: "/var/lib/images/tools".into(), tag: None, dir: None }
         );
         assert_eq!(
             ImageRef::parse("oci:./tools:v1.0").unwrap(),
-            ImageRef::Layout { path: "./tools".into(), tag: Some("v1.0".into()) }
+            ImageRef::Layout { path: "./tools".into(), tag: Some("v1.0".into()), dir: None }
         );
         // A colon inside a directory name is part of the path.
-        assert_eq!(ImageRef::parse("oci:/a:b/c").unwrap(), ImageRef::Layout { path: "/a:b/c".into(), tag: None });
+        assert_eq!(
+            ImageRef::parse("oci:/a:b/c").unwrap(),
+            ImageRef::Layout { path: "/a:b/c".into(), tag: None, dir: None }
+        );
         assert_eq!(ImageRef::parse("oci:/x:t").unwrap().to_string(), "oci:/x:t");
         assert!(matches!(ImageRef::parse("oci:"), Err(ReferenceError::EmptyLayoutPath(_))));
         assert!(matches!(ImageRef::parse("oci::tag"), Err(ReferenceError::EmptyLayoutPath(_))));

@@ -11,6 +11,7 @@ use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use xattr::FileExt as _;
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
@@ -23,8 +24,84 @@ const PAX_XATTR_PREFIX: &str = "SCHILY.xattr.";
 pub struct UnpackOptions {
     /// Create character/block devices and fifos instead of refusing them.
     pub allow_devices: bool,
-    /// Keep setuid/setgid bits instead of stripping them.
+    /// Keep setuid/setgid bits and file capabilities (`security.capability`) instead of stripping them: the
+    /// operator's choice to let images carry privilege (ping's `cap_net_raw`, sudo's setuid bit).
     pub keep_setid: bool,
+    /// What one layer and one image may take.
+    pub limits: Limits,
+}
+
+/// Budgets that bound what an image can make the unpacker write. Named as the `[images]` keys of the agent's
+/// configuration, so that an error names the key to raise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes of one layer as unpacked (its uncompressed tar stream, and the file content written).
+    pub max_layer_bytes: u64,
+    /// Bytes of all layers unpacked by one pull, together.
+    pub max_image_bytes: u64,
+    /// Tar entries of one layer.
+    pub max_entries: u64,
+    /// Bytes of an entry's path or link target.
+    pub max_path_len: u64,
+    /// Components of an entry's path.
+    pub max_depth: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_layer_bytes: 4 << 30,
+            max_image_bytes: 8 << 30,
+            max_entries: 500_000,
+            max_path_len: 4096,
+            max_depth: 128,
+        }
+    }
+}
+
+/// A budget of [`Limits`] ran out: which one (its configuration key), its value and how far the image got.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("image budget exceeded: {limit} = {max}, but {what} {amount}")]
+pub struct BudgetExceeded {
+    pub limit: &'static str,
+    pub max: u64,
+    /// The amount that crossed the limit (bytes so far, entries so far, a path's length or depth).
+    pub amount: u64,
+    what: &'static str,
+}
+
+impl BudgetExceeded {
+    /// The budget error somewhere in `e`'s chain of causes.
+    fn find(e: &io::Error) -> Option<BudgetExceeded> {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = e.get_ref().map(|x| x as _);
+        while let Some(err) = cur {
+            if let Some(b) = err.downcast_ref::<BudgetExceeded>() {
+                return Some(b.clone());
+            }
+            if let Some(io) = err.downcast_ref::<io::Error>() {
+                if let Some(b) = BudgetExceeded::find(io) {
+                    return Some(b);
+                }
+            }
+            cur = err.source();
+        }
+        None
+    }
+}
+
+impl BudgetExceeded {
+    /// `amount` (described by `what`, e.g. "the layer's blob declares") crossed `limit` = `max`.
+    pub fn new(limit: &'static str, max: u64, what: &'static str, amount: u64) -> BudgetExceeded {
+        BudgetExceeded { limit, max, amount, what }
+    }
+}
+
+fn over(limit: &'static str, max: u64, what: &'static str, amount: u64) -> Result<(), BudgetExceeded> {
+    if amount > max {
+        Err(BudgetExceeded { limit, max, amount, what })
+    } else {
+        Ok(())
+    }
 }
 
 /// What was unpacked.
@@ -87,14 +164,45 @@ pub enum UnpackError {
     Entry { entry: String, source: io::Error },
     #[error("layer content is {actual}, but the image config says {expected}")]
     DiffIdMismatch { expected: Digest, actual: Digest },
+    #[error(transparent)]
+    Budget(#[from] BudgetExceeded),
+}
+
+impl UnpackError {
+    /// `e` as a budget error if a budget check caused it (the check runs inside readers, so it arrives as I/O),
+    /// else as what `other` makes of it.
+    fn from_io(e: io::Error, other: impl FnOnce(io::Error) -> UnpackError) -> UnpackError {
+        match BudgetExceeded::find(&e) {
+            Some(b) => UnpackError::Budget(b),
+            None => other(e),
+        }
+    }
 }
 
 /// Unpack one layer stream (plain, gzip or zstd, detected by magic bytes) into `dest`, which must not exist
 /// or be an empty directory. On error `dest` may be partially populated; callers unpack into a temporary
 /// directory and discard it on failure.
 pub fn unpack_layer<R: Read>(stream: R, dest: &Path, opts: &UnpackOptions) -> Result<UnpackSummary, UnpackError> {
+    unpack_layer_of_image(stream, dest, opts, &AtomicU64::new(0))
+}
+
+/// [`unpack_layer`] for one layer of an image whose layers share `max_image_bytes`: `image_bytes` counts the
+/// uncompressed bytes of all of them (they may unpack concurrently).
+pub fn unpack_layer_of_image<R: Read>(
+    stream: R,
+    dest: &Path,
+    opts: &UnpackOptions,
+    image_bytes: &AtomicU64,
+) -> Result<UnpackSummary, UnpackError> {
     let root = prepare_dest(dest)?;
-    let reader = HashingReader { inner: decompress(stream).map_err(UnpackError::Archive)?, hasher: Sha256::new() };
+    let archive_err = |e| UnpackError::from_io(e, UnpackError::Archive);
+    let reader = HashingReader {
+        inner: decompress(stream).map_err(archive_err)?,
+        hasher: Sha256::new(),
+        n: 0,
+        limits: opts.limits,
+        image_bytes,
+    };
     let mut archive = tar::Archive::new(reader);
     let mut u = Unpacker {
         root,
@@ -103,31 +211,42 @@ pub fn unpack_layer<R: Read>(stream: R, dest: &Path, opts: &UnpackOptions) -> Re
         deferred_dirs: Vec::new(),
         summary: UnpackSummary { entries: 0, bytes: 0, diff_id: Digest::from_bytes([0; 32]) },
     };
-    for entry in archive.entries().map_err(UnpackError::Archive)? {
-        let mut entry = entry.map_err(UnpackError::Archive)?;
+    for entry in archive.entries().map_err(archive_err)? {
+        let mut entry = entry.map_err(archive_err)?;
+        over("max_entries", opts.limits.max_entries, "the layer has at least", u.summary.entries + 1)?;
         let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         u.entry(&mut entry, &name)?;
         u.summary.entries += 1;
     }
     u.finish_dirs()?;
-    // The diff-id covers the whole uncompressed stream, padding after the end-of-archive blocks included.
+    // The diff-id covers the whole uncompressed stream, padding after the end-of-archive blocks included (and
+    // the stream's budget bounds how much of that there can be).
     let mut rest = archive.into_inner();
-    io::copy(&mut rest, &mut io::sink()).map_err(UnpackError::Archive)?;
+    io::copy(&mut rest, &mut io::sink()).map_err(archive_err)?;
     u.summary.diff_id = Digest::from_bytes(rest.hasher.finalize().into());
     Ok(u.summary)
 }
 
-/// Hashes what the tar reader consumes: the uncompressed layer, whose sha256 is the diff-id.
-struct HashingReader<R> {
+/// Hashes what the tar reader consumes: the uncompressed layer, whose sha256 is the diff-id. It also enforces
+/// the byte budgets on that stream, so a decompression bomb stops at the limit, not at the end of the disk.
+struct HashingReader<'a, R> {
     inner: R,
     hasher: Sha256,
+    n: u64,
+    limits: Limits,
+    image_bytes: &'a AtomicU64,
 }
 
-impl<R: Read> Read for HashingReader<R> {
+impl<R: Read> Read for HashingReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
+        let k = self.inner.read(buf)?;
+        self.n += k as u64;
+        let image = self.image_bytes.fetch_add(k as u64, Ordering::Relaxed) + k as u64;
+        over("max_layer_bytes", self.limits.max_layer_bytes, "the layer unpacks to at least", self.n)
+            .and_then(|()| over("max_image_bytes", self.limits.max_image_bytes, "the image unpacks to at least", image))
+            .map_err(io::Error::other)?;
+        self.hasher.update(&buf[..k]);
+        Ok(k)
     }
 }
 
@@ -201,7 +320,12 @@ impl Unpacker {
         let io_err = |source| UnpackError::Entry { entry: name.to_string(), source };
 
         let kind = entry.header().entry_type();
+        let limits = self.opts.limits;
+        let path_len = entry.path_bytes().len() as u64;
+        let link_len = entry.link_name_bytes().map_or(0, |l| l.len() as u64);
+        over("max_path_len", limits.max_path_len, "an entry's path or link target has", path_len.max(link_len))?;
         let components = split_path(&entry.path_bytes()).map_err(refuse)?;
+        over("max_depth", limits.max_depth, "an entry's path has a depth of", components.len() as u64)?;
         let meta = self.read_meta(entry).map_err(refuse)?;
 
         // The root entry ("./") only carries metadata for dest itself.
@@ -238,10 +362,12 @@ impl Unpacker {
         let existing_dir = self.clear_slot(&parent, last, is_dir).map_err(|e| e.into_unpack(name))?;
         match kind {
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
-                let mut file = create_file_at(&parent, last).map_err(io_err)?;
-                let n = io::copy(entry, &mut file).map_err(io_err)?;
-                self.summary.bytes += n;
-                drop(file);
+                let file = create_file_at(&parent, last).map_err(io_err)?;
+                // Counted as written too: a sparse entry can write more than the stream carries.
+                let mut out = BudgetWriter { file, written: self.summary.bytes, max: limits.max_layer_bytes };
+                io::copy(entry, &mut out).map_err(|e| UnpackError::from_io(e, io_err))?;
+                self.summary.bytes = out.written;
+                drop(out);
                 self.apply_all(&parent, last, &meta, true).map_err(io_err)?;
             }
             tar::EntryType::Directory => {
@@ -314,7 +440,9 @@ impl Unpacker {
                     if attr.starts_with("trusted.overlay.") || attr.starts_with("user.overlay.") {
                         return Err(RefuseReason::ReservedXattr(attr.to_string()));
                     }
-                    xattrs.push((attr.to_string(), value.to_vec()));
+                    if xattr_kept(attr, self.opts.keep_setid) {
+                        xattrs.push((attr.to_string(), value.to_vec()));
+                    }
                 } else if key == "uid" || key == "gid" {
                     let v = std::str::from_utf8(value)
                         .ok()
@@ -493,6 +621,37 @@ fn classify_open(e: io::Error, c: &CStr) -> ResolveError {
     match e.raw_os_error() {
         Some(libc::ELOOP | libc::ENOTDIR) => ResolveError::NotDir(c.to_string_lossy().into_owned()),
         _ => ResolveError::Io(e),
+    }
+}
+
+/// Whether an xattr from a layer is written. Only `user.*` and POSIX ACLs, and file capabilities with
+/// `keep_setid`: the other namespaces carry privilege (`security.capability` gives file capabilities,
+/// `security.selinux`/`SMACK64EXEC` pick a label, IMA/EVM signatures vouch for a file, `trusted.*` is what
+/// root-only tools such as overlayfs trust), and a debug image must grant nothing by itself.
+fn xattr_kept(name: &str, keep_setid: bool) -> bool {
+    name.starts_with("user.")
+        || name == "system.posix_acl_access"
+        || name == "system.posix_acl_default"
+        || (keep_setid && name == "security.capability")
+}
+
+/// Writes file content while counting it against `max_layer_bytes`, refusing before the write that would cross.
+struct BudgetWriter {
+    file: File,
+    written: u64,
+    max: u64,
+}
+
+impl io::Write for BudgetWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        over("max_layer_bytes", self.max, "the layer unpacks to at least", self.written + buf.len() as u64)
+            .map_err(io::Error::other)?;
+        let k = self.file.write(buf)?;
+        self.written += k as u64;
+        Ok(k)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
     }
 }
 
@@ -800,12 +959,7 @@ mod tests {
     #[test]
     fn owners_xattrs_and_pax_mtime_kept() {
         let data = Tar::new()
-            .pax(&[
-                ("uid", b"1234"),
-                ("gid", b"5678"),
-                ("SCHILY.xattr.trusted.test", b"v1"),
-                ("mtime", b"1700000000.5"),
-            ])
+            .pax(&[("uid", b"1234"), ("gid", b"5678"), ("SCHILY.xattr.user.test", b"v1"), ("mtime", b"1700000000.5")])
             .file("f", b"x", 0o644)
             .pax(&[("uid", b"4321")])
             .symlink("l", "f")
@@ -817,8 +971,152 @@ mod tests {
         if root() {
             assert_eq!((md.uid(), md.gid()), (1234, 5678));
             assert_eq!(fs::symlink_metadata(e.dest.join("l")).unwrap().uid(), 4321);
-            assert_eq!(xattr::get(e.dest.join("f"), "trusted.test").unwrap().as_deref(), Some(&b"v1"[..]));
+            assert_eq!(xattr::get(e.dest.join("f"), "user.test").unwrap().as_deref(), Some(&b"v1"[..]));
         }
+    }
+
+    /// cap_setuid+ep as `setcap` writes it (VFS_CAP_REVISION_2, permitted bit 7, effective).
+    const CAP_SETUID_EP: &[u8] = &[0x01, 0, 0, 0x02, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+
+    #[test]
+    fn privilege_carrying_xattrs_are_dropped() {
+        let data = Tar::new()
+            .pax(&[
+                ("SCHILY.xattr.security.capability", CAP_SETUID_EP),
+                ("SCHILY.xattr.security.selinux", b"system_u:object_r:unconfined_exec_t:s0"),
+                ("SCHILY.xattr.security.ima", b"\x03\x02"),
+                ("SCHILY.xattr.trusted.test", b"v1"),
+                ("SCHILY.xattr.user.kept", b"v2"),
+            ])
+            .file("tool", b"#!/bin/sh\n", 0o755)
+            .bytes();
+        let e = env();
+        e.unpack(&data, UnpackOptions::default()).unwrap();
+        let f = e.dest.join("tool");
+        let names: Vec<String> = xattr::list(&f)
+            .unwrap()
+            .map(|n| n.to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with("user."))
+            .collect();
+        assert!(names.is_empty(), "privileged xattrs written: {names:?}");
+        assert_eq!(xattr::get(&f, "security.capability").unwrap(), None);
+        // keep_setid is the operator's choice to let images carry privilege: then the capability is written
+        // (which also shows that the check above could see one), the other privileged xattrs still are not.
+        if root() {
+            let e = env();
+            e.unpack(&data, UnpackOptions { keep_setid: true, ..Default::default() }).unwrap();
+            let f = e.dest.join("tool");
+            assert_eq!(xattr::get(&f, "security.capability").unwrap().as_deref(), Some(CAP_SETUID_EP));
+            assert_eq!(xattr::get(&f, "security.selinux").unwrap(), None);
+            assert_eq!(xattr::get(&f, "trusted.test").unwrap(), None);
+        }
+    }
+
+    fn budget(res: Result<UnpackSummary, UnpackError>, limit: &str) -> BudgetExceeded {
+        match res {
+            Err(UnpackError::Budget(b)) => {
+                assert_eq!(b.limit, limit, "{b}");
+                assert!(b.amount > b.max, "{b}");
+                let msg = b.to_string();
+                assert!(msg.contains(limit) && msg.contains(&b.amount.to_string()), "{msg}");
+                b
+            }
+            other => panic!("expected a {limit} budget error, got {other:?}"),
+        }
+    }
+
+    /// Counts what the unpacker pulled from the (compressed) source.
+    struct Counting<R>(R, std::rc::Rc<std::cell::Cell<u64>>);
+    impl<R: Read> Read for Counting<R> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.0.read(buf)?;
+            self.1.set(self.1.get() + n as u64);
+            Ok(n)
+        }
+    }
+
+    fn gzip_of_zero_file(size: u64) -> Vec<u8> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        let mut h = Header::new_gnu();
+        h.set_path("zeros").unwrap();
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_cksum();
+        gz.write_all(h.as_bytes()).unwrap();
+        let chunk = vec![0u8; 1 << 20];
+        let mut left = size;
+        while left > 0 {
+            let k = left.min(chunk.len() as u64) as usize;
+            gz.write_all(&chunk[..k]).unwrap();
+            left -= k as u64;
+        }
+        gz.write_all(&[0u8; 1024]).unwrap();
+        gz.finish().unwrap()
+    }
+
+    #[test]
+    fn decompression_bomb_stops_at_max_layer_bytes() {
+        let bomb = gzip_of_zero_file(256 << 20);
+        assert!(bomb.len() < 1 << 20, "{}", bomb.len());
+        let e = env();
+        let read = std::rc::Rc::new(std::cell::Cell::new(0));
+        let limits = Limits { max_layer_bytes: 4 << 20, ..Limits::default() };
+        let res =
+            unpack_layer(Counting(&bomb[..], read.clone()), &e.dest, &UnpackOptions { limits, ..Default::default() });
+        let b = budget(res, "max_layer_bytes");
+        assert_eq!(b.max, 4 << 20);
+        // Stopped at once: a fraction of the compressed stream was read and little more than the budget written.
+        assert!(read.get() < bomb.len() as u64 / 4, "read {} of {}", read.get(), bomb.len());
+        let written = fs::metadata(e.dest.join("zeros")).map(|m| m.len()).unwrap_or(0);
+        assert!(written <= 4 << 20, "{written}");
+        // Zeros after the end of the archive are hashed (they count for the diff-id), and bounded the same way.
+        let mut padded = Tar::new().file("f", b"x", 0o644).bytes();
+        padded.extend(std::iter::repeat_n(0u8, 8 << 20));
+        let e = env();
+        budget(e.unpack(&padded, UnpackOptions { limits, ..Default::default() }), "max_layer_bytes");
+    }
+
+    #[test]
+    fn image_budget_is_shared_by_the_layers_of_one_image() {
+        let layer = Tar::new().file("f", &[1u8; 300_000], 0o644).bytes();
+        let limits = Limits { max_image_bytes: 800_000, ..Limits::default() };
+        let opts = UnpackOptions { limits, ..Default::default() };
+        let used = AtomicU64::new(0);
+        let tmp = tempfile::tempdir().unwrap();
+        unpack_layer_of_image(&layer[..], &tmp.path().join("a"), &opts, &used).unwrap();
+        unpack_layer_of_image(&layer[..], &tmp.path().join("b"), &opts, &used).unwrap();
+        let res = unpack_layer_of_image(&layer[..], &tmp.path().join("c"), &opts, &used);
+        assert_eq!(budget(res, "max_image_bytes").max, 800_000);
+        // Each layer alone is fine.
+        unpack_layer(&layer[..], &tmp.path().join("d"), &opts).unwrap();
+    }
+
+    #[test]
+    fn entry_count_path_length_and_depth_are_bounded() {
+        let limits = Limits { max_entries: 3, max_path_len: 40, max_depth: 4, ..Limits::default() };
+        let opts = UnpackOptions { limits, ..Default::default() };
+        let mut t = Tar::new();
+        for i in 0..4 {
+            t.file(&format!("f{i}"), b"x", 0o644);
+        }
+        let e = env();
+        assert_eq!(budget(e.unpack(&t.bytes(), opts), "max_entries").amount, 4);
+        let e = env();
+        let long = "a".repeat(41);
+        assert_eq!(budget(e.unpack(&Tar::new().file(&long, b"x", 0o644).bytes(), opts), "max_path_len").amount, 41);
+        let e = env();
+        let link = Tar::new().symlink("l", &"b/".repeat(30)).bytes();
+        assert_eq!(budget(e.unpack(&link, opts), "max_path_len").amount, 60);
+        let e = env();
+        let deep = Tar::new().file("a/b/c/d/e", b"x", 0o644).bytes();
+        assert_eq!(budget(e.unpack(&deep, opts), "max_depth").amount, 5);
+        // At the limits exactly: fine.
+        let e = env();
+        let ok = Tar::new().file("a/b/c/d", b"x", 0o644).file(&"a".repeat(40), b"x", 0o644).bytes();
+        e.unpack(&ok, opts).unwrap();
     }
 
     #[test]

@@ -53,10 +53,9 @@ fn interfaces(pid: &str) -> Vec<String> {
 }
 
 fn session_with(agent: &Agent, marker: &str) -> serde_json::Value {
-    let found =
-        agent.audit().into_iter().rev().find(|r| {
-            r["event"] == "session" && r["command"].as_array().is_some_and(|c| c.iter().any(|a| a == marker))
-        });
+    let found = agent.audit().into_iter().rev().find(|r| {
+        r["event"] == "session_end" && r["command"].as_array().is_some_and(|c| c.iter().any(|a| a == marker))
+    });
     found.unwrap_or_else(|| panic!("no session record with {marker:?} in the audit log"))
 }
 

@@ -349,8 +349,10 @@ fn sessions_are_audited_with_user_command_status_and_bytes() {
     let o = run(w.agent.dcos().args(["task", "exec", &w.main_task, "echo", &marker]));
     assert_eq!(o.status.code(), Some(0));
     let recs = w.agent.audit();
-    let r =
-        recs.iter().find(|r| r["event"] == "session" && r["command"][1] == marker.as_str()).expect("session record");
+    let r = recs
+        .iter()
+        .find(|r| r["event"] == "session_end" && r["command"][1] == marker.as_str())
+        .expect("session record");
     assert_eq!(r["user"], "admin");
     assert_eq!(r["task"], w.main_task.as_str());
     assert_eq!(r["container"], w.main.id.as_str());

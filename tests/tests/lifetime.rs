@@ -4,6 +4,7 @@
 mod support;
 
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 use support::*;
 
 fn running(w: &World, pattern: &str) -> bool {
@@ -126,6 +127,91 @@ fn a_thousand_sessions_leak_nothing() {
     assert_eq!(mount_count(), mounts0, "no mounts left on the host");
     let o = run(agent.dcos().args(["task", "exec", &c.id, "ps", "-o", "stat"]));
     assert!(!stdout(&o).lines().any(|l| l.trim().starts_with('Z')), "no zombies in the container: {}", stdout(&o));
-    let sessions = agent.audit().iter().filter(|r| r["event"] == "session").count();
-    assert_eq!(sessions, 1006, "every session audited");
+    let count = |ev: &str| agent.audit().iter().filter(|r| r["event"] == ev).count();
+    assert_eq!(count("session_end"), 1006, "every session audited");
+    assert_eq!(count("session_start"), 1006, "every session's start audited");
+}
+
+/// Processes on the host (any pid namespace) whose command line is `argv` (words joined by spaces).
+fn host_processes(argv: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.trim_end() == argv)
+        .count()
+}
+
+#[test]
+fn sigterm_hangs_up_sessions_audits_them_and_exits_within_the_grace() {
+    let w = world();
+    // An agent of its own (it sees the same runc containers), to be stopped.
+    let root = std::env::temp_dir().join(format!("{}-term", prefix()));
+    let mut agent = Agent::start_with(&root.join("agent"), "shutdown_grace = \"5s\"");
+    let spawn = |script: &str| {
+        let mut c = agent
+            .dcos()
+            .args(["task", "exec", &w.main.id, "sh", "-c", script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut buf = [0u8; 3];
+        std::io::Read::read_exact(c.stdout.as_mut().unwrap(), &mut buf).unwrap();
+        c
+    };
+    // One that dies of the hangup, one that ignores it and needs the SIGKILL after grace_period (1s here).
+    let plain = spawn("echo up; sleep 4747");
+    let stubborn = spawn("trap '' HUP; echo up; sleep 4848 & sleep 4949; wait");
+    assert_eq!(host_processes("sleep 4747"), 1);
+    assert_eq!(host_processes("sleep 4949"), 1);
+    // Both sessions left a start record while they run: a crash now would still leave a trace.
+    let starts = agent.audit().into_iter().filter(|r| r["event"] == "session_start").count();
+    assert_eq!(starts, 2, "{:?}", agent.audit());
+
+    let t0 = Instant::now();
+    // SAFETY: kill(2) on the agent, our own child.
+    assert_eq!(unsafe { libc::kill(agent.pid(), libc::SIGTERM) }, 0);
+    let exited = loop {
+        if let Some(st) = agent.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "agent still running 30 s after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = t0.elapsed();
+    eprintln!("agent exited {took:?} after SIGTERM");
+    assert!(exited.success(), "agent exit status {exited:?}");
+    // shutdown_grace bounds the exit (plus process start-up slack for the tokio runtime to wind down).
+    assert!(took < Duration::from_millis(5500), "agent took {took:?} to exit after SIGTERM");
+
+    for (client, marker) in [(plain, "4747"), (stubborn, "4949")] {
+        let out = client.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(125), "{marker}: {err}");
+        assert!(err.contains("agent is shutting down"), "{marker}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        let end = agent
+            .audit()
+            .into_iter()
+            .find(|r| r["event"] == "session_end" && r["command"][2].as_str().unwrap().contains(marker))
+            .unwrap_or_else(|| panic!("no end record for {marker}: {:?}", agent.audit()));
+        assert_eq!(end["status"]["code"], "internal");
+        assert!(end["status"]["message"].as_str().unwrap().contains("agent is shutting down"));
+    }
+    let recs = agent.audit();
+    let ids = |ev: &str| {
+        let mut v: Vec<String> =
+            recs.iter().filter(|r| r["event"] == ev).map(|r| r["session"].as_str().unwrap().to_string()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(ids("session_start"), ids("session_end"), "every started session has its end record");
+    assert!(
+        eventually(10, || host_processes("sleep 4747") + host_processes("sleep 4848") + host_processes("sleep 4949")
+            == 0),
+        "the sessions' processes are gone"
+    );
+    let _ = std::fs::remove_dir_all(&root);
 }

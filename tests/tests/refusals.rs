@@ -49,6 +49,16 @@ fn missing_malformed_and_foreign_tokens_are_unauthenticated() {
     let _ = std::fs::remove_dir_all(&other);
 }
 
+/// A compact JWT with `alg: EdDSA`, signed with an Ed25519 PKCS#8 PEM key (as the agent's `token` does).
+fn sign_eddsa(key_pem: &[u8], claims: &serde_json::Value) -> String {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(key_pem).unwrap();
+    let key = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der.secret_pkcs8_der()).unwrap();
+    let unsigned = forge(r#"{"alg":"EdDSA","typ":"JWT"}"#, claims, "");
+    let sig = key.sign(unsigned.trim_end_matches('.').as_bytes());
+    format!("{unsigned}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig.as_ref()))
+}
+
 fn forge(header: &str, claims: &serde_json::Value, sig: &str) -> String {
     let b = |s: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
     format!("{}.{}.{}", b(header.as_bytes()), b(claims.to_string().as_bytes()), sig)
@@ -65,12 +75,7 @@ fn expired_future_none_and_hs256_tokens_are_refused() {
     let sign = |exp: u64, nbf: u64| {
         let claims = serde_json::json!({"sub": "admin", "groups": [], "iss": "dcos-exec-agent", "aud": "dcos-exec",
             "iat": now, "nbf": nbf, "exp": exp});
-        jsonwebtoken::encode(
-            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA),
-            &claims,
-            &jsonwebtoken::EncodingKey::from_ed_pem(&key).unwrap(),
-        )
-        .unwrap()
+        sign_eddsa(&key, &claims)
     };
     let (code, _, err) = exec_as(w, &sign(now - 3600, now - 7200), &[], &w.main_task);
     assert_eq!(code, Some(117));
@@ -83,12 +88,13 @@ fn expired_future_none_and_hs256_tokens_are_refused() {
     let none = forge(r#"{"alg":"none","typ":"JWT"}"#, &claims, "");
     assert_eq!(exec_as(w, &none, &[], &w.main_task).0, Some(117));
     let pubkey = std::fs::read(w.agent.dir.join("token-signing.pub")).unwrap();
-    let hs = jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(&pubkey),
-    )
-    .unwrap();
+    // HS256 keyed with the agent's public key PEM: the classic algorithm confusion.
+    let unsigned = forge(r#"{"alg":"HS256","typ":"JWT"}"#, &claims, "");
+    let mac = ring::hmac::sign(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &pubkey),
+        unsigned.trim_end_matches('.').as_bytes(),
+    );
+    let hs = format!("{unsigned}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.as_ref()));
     let (code, _, err) = exec_as(w, &hs, &[], &w.main_task);
     assert_eq!(code, Some(117));
     assert!(err.contains("algorithm"), "{err}");
@@ -189,4 +195,94 @@ fn stopped_container_is_refused_and_a_dying_one_ends_the_session() {
     );
     let o = run(w.agent.dcos().args(["task", "exec", &doomed.id, "true"]));
     assert!(stderr(&o).contains("not running"), "{}", stderr(&o));
+}
+
+/// `dcos task exec TASK sh -c SCRIPT` left running once it printed its first three bytes.
+fn long_session(agent: &Agent, token: &str, task: &str, script: &str) -> std::process::Child {
+    let mut c = agent
+        .dcos_as(token)
+        .args(["task", "exec", task, "sh", "-c", script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 3];
+    std::io::Read::read_exact(c.stdout.as_mut().unwrap(), &mut buf).unwrap();
+    c
+}
+
+#[test]
+fn sessions_per_user_are_capped() {
+    let w = world();
+    // An agent of its own (it sees the same runc containers), so other tests' sessions do not count.
+    let root = std::env::temp_dir().join(format!("{}-peruser", prefix()));
+    let agent = Agent::start_with(&root.join("agent"), "max_sessions_per_user = 2");
+    let admin = agent.admin_token.clone();
+    let mut first = long_session(&agent, &admin, &w.main.id, "echo up; sleep 5151");
+    let mut second = long_session(&agent, &admin, &w.main.id, "echo up; sleep 5151");
+    let third = run(agent.dcos().args(["task", "exec", &w.main.id, "echo", "ran"]));
+    let err = stderr(&third);
+    assert_eq!(third.status.code(), Some(118), "{err}");
+    assert!(stdout(&third).is_empty(), "nothing ran");
+    assert!(err.contains("max_sessions_per_user") && err.contains('2'), "{err}");
+    one_line(&err);
+    assert!(agent.audit().iter().any(|r| r["event"] == "denied"
+        && r["user"] == "admin"
+        && r["code"] == "forbidden"
+        && r["reason"].as_str().unwrap().contains("max_sessions_per_user")));
+    // Another user is not affected.
+    let olga = agent.token("olga", &["ops"], "1h");
+    let o = run(agent.dcos_as(&olga).args(["task", "exec", &w.main.id, "echo", "ran"]));
+    assert_eq!((o.status.code(), stdout(&o).as_str()), (Some(0), "ran\n"), "{}", stderr(&o));
+    // A session that ends frees its slot.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(eventually(10, || run(agent.dcos().args(["task", "exec", &w.main.id, "true"])).status.success()));
+    second.kill().unwrap();
+    second.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// True when the agent closed `c` without a word (read gives EOF or a reset) within a short wait.
+fn closed_at_once(c: &mut std::net::TcpStream) -> bool {
+    c.set_read_timeout(Some(std::time::Duration::from_millis(500))).unwrap();
+    let mut b = [0u8; 1];
+    match std::io::Read::read(c, &mut b) {
+        Ok(0) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        Ok(_) => false,
+    }
+}
+
+#[test]
+fn connections_not_yet_authenticated_are_capped() {
+    let w = world();
+    let root = std::env::temp_dir().join(format!("{}-unauth", prefix()));
+    let agent = Agent::start_with(&root.join("agent"), "max_unauthenticated = 3");
+    let addr = agent.url.trim_start_matches("https://").to_string();
+    // Authenticated connections (two live sessions) do not count against the cap.
+    let admin = agent.admin_token.clone();
+    let mut sessions: Vec<_> =
+        (0..2).map(|_| long_session(&agent, &admin, &w.main.id, "echo up; sleep 5252")).collect();
+    // Three connections that never say anything fill it: each is still open.
+    let mut idle: Vec<_> = (0..3).map(|_| std::net::TcpStream::connect(&addr).unwrap()).collect();
+    for c in &mut idle {
+        assert!(!closed_at_once(c), "a connection under the cap stays open");
+    }
+    // The next one is closed at once, and a real client cannot get through either.
+    let mut extra = std::net::TcpStream::connect(&addr).unwrap();
+    assert!(closed_at_once(&mut extra), "a connection over the cap is closed");
+    let o = run(agent.dcos().args(["task", "list"]));
+    assert!(!o.status.success(), "{}", stdout(&o));
+    // Sessions already running are not disturbed, and the refusals are logged.
+    let log = std::fs::read_to_string(agent.dir.join("agent.log")).unwrap();
+    assert!(log.contains("max_unauthenticated"), "{log}");
+    // Once the idle connections go, clients get through again.
+    drop(idle);
+    assert!(eventually(10, || run(agent.dcos().args(["task", "list"])).status.success()));
+    for s in &mut sessions {
+        s.kill().unwrap();
+        s.wait().unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&root);
 }

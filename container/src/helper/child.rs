@@ -1,8 +1,8 @@
 //! The child: the first process of the session inside the container's pid namespace. It runs between fork and
 //! exec, so it only makes raw, async-signal-safe syscalls on a [`Plan`] prepared by the joiner.
 //!
-//! It starts with the session's credentials and capabilities already in place and holds only fds 0-2 (stdio),
-//! 3 (the close-on-exec error socket) and, with a terminal, 4 (the terminal).
+//! It starts with the session's credentials, capabilities and seccomp filter already in place and holds only
+//! fds 0-2 (stdio), 3 (the close-on-exec error socket) and, with a terminal, 4 (the terminal).
 
 use crate::channel::ChildFailure;
 use crate::error::{Stage, StartError};
@@ -25,9 +25,9 @@ pub struct Plan {
     argv_ptrs: Vec<*const libc::c_char>,
     envp_ptrs: Vec<*const libc::c_char>,
     tty: bool,
-    /// Installed by the child only with no_new_privs (else the joiner installed it while privileged).
+    /// Installed by the joiner (before the credential switch without no_new_privs, just before the fork with
+    /// it), so the child is filtered from its first instant.
     pub(crate) seccomp: Option<Program>,
-    seccomp_in_child: bool,
     labels: Vec<ExecLabel>,
     /// What `getppid()` must return: 0 when the supervisor is outside the child's pid namespace.
     expected_ppid: libc::pid_t,
@@ -61,7 +61,6 @@ impl Plan {
             envp_ptrs,
             tty,
             seccomp: spec.seccomp.clone(),
-            seccomp_in_child: spec.no_new_privs,
             labels: crate::lsm::plan(spec.apparmor_profile.as_deref(), spec.selinux_label.as_deref()),
             expected_ppid: if new_pid_ns { 0 } else { supervisor },
         })
@@ -120,14 +119,6 @@ pub unsafe fn run(a: &ChildArgs<'_>) -> ! {
             if let Err(e) = crate::lsm::apply(l) {
                 *libc::__errno_location() = e;
                 fail(Stage::Lsm);
-            }
-        }
-        // Last before execve: the filter then governs only the command (and execve itself).
-        if p.seccomp_in_child {
-            if let Some(s) = &p.seccomp {
-                if crate::seccomp::install(&s.fprog(), s.flags) != 0 {
-                    fail(Stage::Seccomp);
-                }
             }
         }
         libc::execve(p.path.as_ptr(), p.argv_ptrs.as_ptr(), p.envp_ptrs.as_ptr());

@@ -126,18 +126,10 @@ fn join(j: Joiner<'_>) -> Result<i32, StartError> {
     for r in &spec.rlimits {
         set_rlimit(r.resource, r.soft, r.hard)?;
     }
-    if let Some(n) = spec.nofile.filter(|_| !spec.rlimits.iter().any(|r| r.resource == libc::RLIMIT_NOFILE as i32)) {
-        set_rlimit(n.resource, n.soft, n.hard)?;
-    }
     if !spec.no_new_privs {
         // Without no_new_privs a filter needs CAP_SYS_ADMIN: installed now, before the capabilities go (runc
         // does the same); everything below then runs under it.
-        if let Some(p) = &plan.seccomp {
-            // SAFETY: the program lives in `plan`, alive across the call.
-            if unsafe { crate::seccomp::install(&p.fprog(), p.flags) } != 0 {
-                return Err(StartError::setup("installing the container's seccomp filter", errno()));
-            }
-        }
+        install_seccomp(&plan)?;
     }
     let cwd = CString::new(spec.cwd.as_str())
         .map_err(|_| StartError::BadRequest("the working directory contains a NUL byte".into()))?;
@@ -164,6 +156,11 @@ fn join(j: Joiner<'_>) -> Result<i32, StartError> {
     let mut keep = vec![j.err_w.into_raw_fd()];
     keep.extend(slave.map(|s| s.into_raw_fd()));
     arrange(&keep)?;
+    if spec.no_new_privs {
+        // With no_new_privs the filter goes on last, as the session's user: the child is then governed by it
+        // from its first instant, so even a tracer in the container cannot make it step around the filter.
+        install_seccomp(&plan)?;
+    }
 
     let args = child::ChildArgs { plan: &plan, old_mask: j.old_mask };
     // SAFETY: this process is single-threaded; the child runs only `child::run`, which makes raw syscalls on
@@ -183,6 +180,16 @@ fn join(j: Joiner<'_>) -> Result<i32, StartError> {
         0 => unsafe { child::run(&args) },
         p => Ok(p as i32),
     }
+}
+
+fn install_seccomp(plan: &Plan) -> Result<(), StartError> {
+    if let Some(p) = &plan.seccomp {
+        // SAFETY: the program lives in `plan`, alive across the call.
+        if unsafe { crate::seccomp::install(&p.fprog(), p.flags) } != 0 {
+            return Err(StartError::setup("installing the container's seccomp filter", errno()));
+        }
+    }
+    Ok(())
 }
 
 fn set_rlimit(resource: i32, soft: u64, hard: u64) -> Result<(), StartError> {
@@ -274,7 +281,7 @@ fn drop_privileges(spec: &ExecSpec, creds: &crate::user::Credentials, last_cap: 
         if spec.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             return Err(StartError::setup("setting no_new_privs", errno()));
         }
-        libc::umask(spec.umask as libc::mode_t);
+        libc::umask((spec.umask & 0o777) as libc::mode_t);
     }
     Ok(())
 }

@@ -310,6 +310,11 @@ fn free_port() -> u16 {
 impl Agent {
     /// `init` into `dir`, tune the config for tests, start `run` and wait until it answers.
     pub fn start(dir: &Path) -> Agent {
+        Agent::start_with(dir, "")
+    }
+
+    /// Like [`Agent::start`], with `extra` (top-level `agent.toml` keys) added to the configuration.
+    pub fn start_with(dir: &Path, extra: &str) -> Agent {
         let _ = std::fs::remove_dir_all(dir);
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
@@ -318,7 +323,15 @@ impl Agent {
         let cfg = dir.join("agent.toml");
         let mut text = std::fs::read_to_string(&cfg).unwrap();
         text = text.replace("grace_period = \"5s\"", "grace_period = \"1s\"");
-        text = text.replacen("\n[runtimes]", "\ntask_id_annotation = \"io.dcos.task-id\"\n\n[runtimes]", 1);
+        // A key in `extra` replaces the one `init` wrote.
+        for key in extra.lines().filter_map(|l| l.split_once('=')).map(|(k, _)| format!("{} =", k.trim())) {
+            text = text.lines().filter(|l| !l.starts_with(&key)).map(|l| format!("{l}\n")).collect();
+        }
+        text = text.replacen(
+            "\n[runtimes]",
+            &format!("\ntask_id_annotation = \"io.dcos.task-id\"\n{extra}\n[runtimes]"),
+            1,
+        );
         std::fs::write(&cfg, text).unwrap();
         std::fs::write(dir.join("acl.toml"), ACL).unwrap();
         let log = std::fs::File::create(dir.join("agent.log")).unwrap();

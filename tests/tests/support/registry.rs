@@ -21,7 +21,7 @@ pub const DEBUG_ACL: &str = r#"
 subjects = ["user:admin"]
 tasks = ["*"]
 actions = ["*"]
-images = ["*"]
+images = ["**"]
 
 [[rule]]
 subjects = ["user:dbg"]
@@ -177,8 +177,10 @@ impl Registry {
         }
         std::fs::write(dir.join("config.yml"), cfg).unwrap();
         let log = std::fs::File::create(dir.join("registry.log")).unwrap();
+        // docker-registry writes its access log (combined log format) to stdout.
+        let access = std::fs::File::create(dir.join("access.log")).unwrap();
         let mut cmd = Command::new("docker-registry");
-        cmd.arg("serve").arg(dir.join("config.yml")).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+        cmd.arg("serve").arg(dir.join("config.yml")).stdin(Stdio::null()).stdout(access).stderr(log);
         die_with_parent(&mut cmd);
         let child = cmd.spawn().expect("starting docker-registry (scripts/setup installs it)");
         wait_for_port(&format!("127.0.0.1:{port}"), 20);
@@ -227,6 +229,22 @@ impl Registry {
                 .arg(format!("docker://{reference}")),
         );
         o.stdout
+    }
+
+    /// Successful GETs of blobs so far, by digest (`sha256:...`), from the registry's access log.
+    pub fn blob_gets(&self) -> std::collections::HashMap<String, usize> {
+        let log = std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default();
+        let mut out = std::collections::HashMap::new();
+        for line in log.lines() {
+            // ... "GET /v2/REPO/blobs/sha256:HEX HTTP/1.1" 200 SIZE ...
+            let Some((_, req)) = line.split_once("\"GET ") else { continue };
+            let Some((path, rest)) = req.split_once(' ') else { continue };
+            let ok = rest.split_once("\" ").is_some_and(|(_, after)| after.starts_with("200 "));
+            if let (Some((_, digest)), true) = (path.split_once("/blobs/"), ok) {
+                *out.entry(digest.to_string()).or_default() += 1;
+            }
+        }
+        out
     }
 
     /// `sha256:...` of the manifest the registry serves for `reference`.

@@ -1,0 +1,60 @@
+//! Step 5 of an exec request: admit the session (the agent is not stopping, the user is under
+//! `max_sessions_per_user`), answer `101 Switching Protocols` and hand the connection to the session.
+
+use crate::api::parse::ExecParams;
+use crate::api::{Body, Refusal};
+use crate::auth::Claims;
+use crate::runtime::Container;
+use crate::server::Agent;
+use crate::shutdown::ShuttingDown;
+use dcos_exec_proto::SUBPROTOCOL;
+use http::{header, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Admits the session and switches protocols; the session runs in its own task from here on.
+pub fn exec(
+    agent: &Arc<Agent>,
+    peer: SocketAddr,
+    mut req: Request<Incoming>,
+    claims: &Claims,
+    p: ExecParams,
+    container: Container,
+) -> Result<Response<Body>, Refusal> {
+    if agent.shutdown.is_stopping() {
+        return Err(ShuttingDown.into());
+    }
+    // Both guards live as long as the session: the slot counts it for its user, `live` holds the shutdown.
+    let admission =
+        crate::session::Admission { _slot: agent.user_sessions.acquire(&claims.sub)?, _live: agent.shutdown.track() };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(p.ws_key.as_bytes());
+    let ctx = crate::session::Context {
+        user: claims.sub.clone(),
+        source: peer.to_string(),
+        task: p.task,
+        container,
+        request: p.request,
+        image: p.image,
+        pull_policy: p.pull_policy,
+        cap_add: p.cap_add,
+        grace_ms: agent.cfg.grace_period.as_millis() as u64,
+    };
+    let agent = agent.clone();
+    tokio::spawn(async move {
+        match hyper::upgrade::on(&mut req).await {
+            Ok(upgraded) => crate::session::run(agent, TokioIo::new(upgraded), ctx, admission).await,
+            Err(e) => tracing::debug!("upgrade from {peer} failed: {e}"),
+        }
+    });
+    Ok(Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .header(header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL)
+        .body(Full::new(Bytes::new()))
+        .unwrap_or_default())
+}

@@ -1,0 +1,454 @@
+//! Attacks on `--debug-image` performed through the real `dcos` CLI against a real agent, registry and runc
+//! containers: a gzip bomb layer, ten concurrent sessions on one uncached image, an image file carrying
+//! `cap_setuid+ep`, and `oci:` spellings that once slipped past the ACL.
+
+#[path = "support/registry.rs"]
+mod registry;
+mod support;
+
+use registry::*;
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use support::*;
+
+fn ok(o: &Output) -> String {
+    assert_eq!(o.status.code(), Some(0), "stdout: {}\nstderr: {}", stdout(o), stderr(o));
+    stdout(o)
+}
+
+/// The `[images]` table of an agent that trusts the fixture's CA and holds credentials for `registry`.
+fn images_table(f: &Fixture, registry: &str, extra: &str) -> String {
+    format!(
+        "[images]\nca_files = [\"{ca}\"]\n{extra}\n\n[images.credentials.\"{registry}\"]\nusername = \"{REGISTRY_USER}\"\npassword = \"{REGISTRY_PASSWORD}\"\n",
+        ca = f.pki.ca().display(),
+    )
+}
+
+fn debug_with(agent: &Agent, token: &str, image: &str, task: &str, cmd: &[&str]) -> Output {
+    run(agent.dcos_as(token).args(["task", "exec", "--debug-image", image]).arg(task).args(cmd))
+}
+
+/// Bytes below `dir` (files, not following symlinks).
+fn disk_bytes(dir: &Path) -> u64 {
+    tree(dir)
+        .iter()
+        .filter_map(|p| std::fs::symlink_metadata(dir.join(p)).ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// A gzip bomb.
+
+/// A gzip of a tar holding one file of `gib` GiB of zeros, built without compressing gigabytes: a 1 MiB run of
+/// zeros is deflated once after a full flush (which resets the compressor's history, so the block stands alone)
+/// and repeated; the trailer's CRC is combined arithmetically. About 1 KiB of output per MiB of zeros.
+fn gzip_bomb(gib: u64) -> Vec<u8> {
+    use flate2::{Compress, Compression, Crc, FlushCompress};
+    let mut header = tar::Header::new_gnu();
+    header.set_path("zeros").unwrap();
+    header.set_size(gib << 30);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_cksum();
+    let deflate = |c: &mut Compress, input: &[u8], flush: FlushCompress| {
+        let mut out = Vec::with_capacity(input.len() / 100 + 4096);
+        let before = c.total_in();
+        loop {
+            let done = (c.total_in() - before) as usize;
+            c.compress_vec(&input[done..], &mut out, flush).unwrap();
+            if (c.total_in() - before) as usize == input.len() && out.len() < out.capacity() {
+                return out;
+            }
+            out.reserve(out.capacity());
+        }
+    };
+    let mut c = Compress::new(Compression::best(), false);
+    let mut body = deflate(&mut c, header.as_bytes(), FlushCompress::Full);
+    let zeros = vec![0u8; 1 << 20];
+    let first = deflate(&mut c, &zeros, FlushCompress::Full);
+    let again = deflate(&mut c, &zeros, FlushCompress::Full);
+    assert_eq!(first, again, "a full flush must make the zero block repeatable");
+    let mut crc = Crc::new();
+    crc.update(header.as_bytes());
+    let mut zero_crc = Crc::new();
+    zero_crc.update(&zeros);
+    for _ in 0..(gib << 10) {
+        body.extend_from_slice(&first);
+        crc.combine(&zero_crc);
+    }
+    // The end-of-archive blocks, and the end of the deflate stream.
+    let end = [0u8; 1024];
+    body.extend(deflate(&mut c, &end, FlushCompress::Finish));
+    crc.update(&end);
+    let mut gz = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3];
+    gz.extend(body);
+    gz.extend(crc.sum().to_le_bytes());
+    gz.extend(crc.amount().to_le_bytes());
+    gz
+}
+
+/// An OCI layout of busybox plus `bomb` (already gzipped); the bomb's diff-id is made up, it is refused first.
+fn write_bomb_layout(dir: &Path, bomb: &[u8]) {
+    let _ = std::fs::remove_dir_all(dir);
+    let busybox = busybox_layer();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&busybox).unwrap();
+    let busybox_gz = gz.finish().unwrap();
+    let gzip = "application/vnd.oci.image.layer.v1.tar+gzip";
+    let layers = vec![put_blob(dir, gzip, &busybox_gz), put_blob(dir, gzip, bomb)];
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux", "config": {"Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": [
+            format!("sha256:{}", sha256_hex(&busybox)), format!("sha256:{}", sha256_hex(b"never unpacked in full"))
+        ]},
+    });
+    let config = put_blob(dir, "application/vnd.oci.image.config.v1+json", &serde_json::to_vec(&config).unwrap());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": config, "layers": layers,
+    });
+    let desc = put_blob(dir, "application/vnd.oci.image.manifest.v1+json", &serde_json::to_vec(&manifest).unwrap());
+    tag_layout(dir, "latest", &desc);
+}
+
+#[test]
+fn a_gzip_bomb_layer_stops_at_the_layer_budget_and_leaves_nothing() {
+    const BUDGET: u64 = 64 << 20;
+    let f = fixture();
+    let dir = f.scratch("bomb");
+    let bomb = gzip_bomb(5);
+    // The attack of the report: about 5 MB that inflate to 5 GiB (checked on the first 256 MiB here).
+    assert!(bomb.len() < 8 << 20, "{}", bomb.len());
+    let mut head = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(flate2::read::GzDecoder::new(&bomb[..]), (256 << 20) + 512),
+        &mut head,
+    )
+    .unwrap();
+    assert_eq!(head.len(), (256 << 20) + 512);
+    assert!(head[512..].iter().all(|b| *b == 0));
+    drop(head);
+    let layout = dir.join("layout");
+    write_bomb_layout(&layout, &bomb);
+
+    let agent = start_agent(
+        &dir.join("agent"),
+        &images_table(f, &f.registry.host(), &format!("max_layer_bytes = {BUDGET}")),
+        DEBUG_ACL,
+    );
+    let cache = agent.dir.join("images");
+    let before = disk_bytes(&cache);
+    // Watch the cache while the pull runs: its peak, not just what is left, must stay within the budget.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (cache, stop) = (cache.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(disk_bytes(&cache));
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            peak
+        })
+    };
+    let image = format!("oci:{}", layout.display());
+    let o = debug_with(&agent, &agent.admin_token, &image, &f.target.id, &["echo", "bomb"]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = watcher.join().unwrap();
+
+    assert_eq!(o.status.code(), Some(122), "stdout: {}\nstderr: {}", stdout(&o), stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains(&format!("max_layer_bytes = {BUDGET}")), "the refusal names the limit: {err}");
+    let amount: u64 = err
+        .split("at least ")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the refusal names the amount: {err}"));
+    assert!(amount > BUDGET, "{err}");
+    assert!(stdout(&o).is_empty());
+    // Nothing partial: no bomb blob, no bomb layer, no temporaries.
+    let bomb_hex = sha256_hex(&bomb);
+    assert!(!cache.join("blobs/sha256").join(&bomb_hex).exists(), "the bomb's blob was kept");
+    assert!(count(&cache.join("layers/sha256")) <= 1, "only the busybox layer may be unpacked");
+    assert_eq!(count(&cache.join("tmp")), 0, "temporaries left behind");
+    let after = disk_bytes(&cache);
+    // The busybox layer (about 2 MB unpacked, and its blob) may stay; the bomb may use at most its budget.
+    let slack = 16 << 20;
+    assert!(peak <= before + BUDGET + slack, "cache peaked at {peak} bytes (was {before})");
+    assert!(after <= before + slack, "cache grew from {before} to {after} bytes");
+    eprintln!(
+        "gzip bomb: {} compressed bytes, refused at {amount} bytes; cache peak {peak}, after {after}",
+        bomb.len()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Single flight.
+
+#[test]
+fn ten_concurrent_sessions_on_one_uncached_image_get_each_blob_once() {
+    let f = fixture();
+    let dir = f.scratch("flight");
+    let reg = Registry::start(&dir.join("registry"), &f.pki, true);
+    let layout = dir.join("layout");
+    let extra = tar_layer(&[Entry::file("flight", 0o644, &vec![7u8; 4 << 20])]);
+    write_layout(&layout, "v1", &[busybox_layer(), extra]);
+    let image = reg.push(&layout, "v1", "tools/flight:v1", false);
+    let agent = start_agent(&dir.join("agent"), &images_table(f, &reg.host(), ""), DEBUG_ACL);
+    assert!(reg.blob_gets().is_empty());
+
+    let outputs: Vec<Output> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..10)
+            .map(|i| {
+                let (agent, image, target) = (&agent, &image, &f.target.id);
+                s.spawn(move || {
+                    debug_with(agent, &agent.admin_token, image, target, &["echo", &format!("session {i}")])
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, o) in outputs.iter().enumerate() {
+        assert_eq!(ok(o), format!("session {i}\n"));
+    }
+    // Every blob of the image: the layers and the config, each fetched once.
+    let raw: serde_json::Value = serde_json::from_slice(&reg.raw_manifest(&image)).unwrap();
+    let mut blobs: Vec<String> =
+        raw["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_string()).collect();
+    blobs.push(raw["config"]["digest"].as_str().unwrap().to_string());
+    let gets = reg.blob_gets();
+    eprintln!("blob GETs in the access log: {gets:?}");
+    for b in &blobs {
+        assert_eq!(gets.get(b).copied().unwrap_or(0), 1, "blob {b}: {gets:?}");
+    }
+    assert_eq!(gets.len(), blobs.len(), "{gets:?}");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// File capabilities.
+
+const CAPPROBE_C: &str = r#"
+#include <stdio.h>
+#include <unistd.h>
+int main(void) {
+    int r = setuid(0);
+    printf("setuid=%d uid=%d euid=%d\n", r, (int)getuid(), (int)geteuid());
+    return 0;
+}
+"#;
+
+/// A static binary that tries `setuid(0)` and prints what it got.
+fn capprobe(dir: &Path) -> PathBuf {
+    let src = dir.join("capprobe.c");
+    std::fs::write(&src, CAPPROBE_C).unwrap();
+    let bin = dir.join("capprobe");
+    let o = run(Command::new("gcc").args(["-static", "-O1", "-o"]).arg(&bin).arg(&src));
+    assert!(o.status.success(), "gcc: {}", stderr(&o));
+    bin
+}
+
+fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let p = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid C strings and a buffer of the length passed.
+    let len = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if len < 0 {
+        return None;
+    }
+    buf.truncate(len as usize);
+    Some(buf)
+}
+
+/// A uid-1000 container whose bounding set holds CAP_SETUID (as docker's default does) and which does not
+/// set noNewPrivileges: file capabilities on an executable would be honoured in it.
+fn container_without_nnp(root: &Path, id: &str) -> Container {
+    let bundle = root.join(id);
+    let _ = std::fs::remove_dir_all(&bundle);
+    std::fs::create_dir_all(&bundle).unwrap();
+    make_rootfs(&bundle.join("rootfs"));
+    let _ = Command::new("runc").args(["delete", "-f", id]).output();
+    let o = run(Command::new("runc").current_dir(&bundle).arg("spec"));
+    assert!(o.status.success(), "runc spec: {}", stderr(&o));
+    let cfg_path = bundle.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    cfg["process"]["terminal"] = false.into();
+    cfg["process"]["args"] = serde_json::json!(["sleep", "100000"]);
+    cfg["process"]["user"] = serde_json::json!({"uid": 1000, "gid": 1000});
+    cfg["process"]["cwd"] = "/".into();
+    cfg["process"]["noNewPrivileges"] = false.into();
+    let bounding = serde_json::json!(["CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_NET_BIND_SERVICE"]);
+    cfg["process"]["capabilities"] =
+        serde_json::json!({"bounding": bounding, "effective": [], "permitted": [], "inheritable": [], "ambient": []});
+    cfg["root"]["readonly"] = false.into();
+    cfg["annotations"] = serde_json::json!({"io.dcos.task-id": id});
+    std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+    Container::run_bundle(root, id, bundle)
+}
+
+#[test]
+fn file_capabilities_in_a_debug_image_do_not_give_root() {
+    let f = fixture();
+    let dir = f.scratch("filecaps");
+    let probe = capprobe(&dir);
+    // The exact bytes setcap writes for cap_setuid+ep.
+    let o = run(Command::new("setcap").arg("cap_setuid+ep").arg(&probe));
+    assert!(o.status.success(), "setcap: {}", stderr(&o));
+    let cap = xattr(&probe, "security.capability").expect("setcap wrote security.capability");
+    let target = container_without_nnp(&f.root, &format!("{}-nnp", prefix()));
+
+    // Control: the same file with its capability on the container's own filesystem does give uid 0 to the
+    // uid-1000 process, so the container is one in which the attack works.
+    let in_root = target.bundle.join("rootfs/capprobe");
+    std::fs::copy(&probe, &in_root).unwrap();
+    assert!(run(Command::new("setcap").arg("cap_setuid+ep").arg(&in_root)).status.success());
+    let o = run(f.agent.dcos().args(["task", "exec", &target.id, "/capprobe"]));
+    assert_eq!(ok(&o), "setuid=0 uid=0 euid=0\n", "control: file capabilities work in this container");
+    std::fs::remove_file(&in_root).unwrap();
+
+    // The attack: the capability as a PAX xattr of the file in a debug image's layer.
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([("SCHILY.xattr.security.capability", &cap[..])]).unwrap();
+    let data = std::fs::read(&probe).unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_path("capprobe").unwrap();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o755);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_700_000_000);
+    h.set_cksum();
+    b.append(&h, &data[..]).unwrap();
+    let layer = b.into_inner().unwrap();
+    let layout = dir.join("layout");
+    write_layout(&layout, "v1", &[busybox_layer(), layer.clone()]);
+    let o = f.debug(&format!("oci:{}:v1", layout.display()), &[], &target.id, &["/capprobe"]);
+    assert_eq!(ok(&o), "setuid=-1 uid=1000 euid=1000\n", "a file capability from the image was honoured");
+    // And the unpacked file carries no capability at all.
+    let unpacked = f.cache().join("layers/sha256").join(sha256_hex(&layer)).join("capprobe");
+    assert!(unpacked.exists(), "{}", unpacked.display());
+    assert_eq!(xattr(&unpacked, "security.capability"), None);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// ACL spellings of `oci:` paths.
+
+/// Opens and reads of the watched paths, by inotify.
+struct Watch {
+    fd: i32,
+    names: HashMap<i32, PathBuf>,
+}
+
+impl Watch {
+    fn new(paths: &[PathBuf]) -> Watch {
+        // SAFETY: plain syscalls on a descriptor this struct owns.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        assert!(fd >= 0);
+        let mut names = HashMap::new();
+        for p in paths {
+            let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+            // SAFETY: as above, with a valid C string.
+            let wd = unsafe { libc::inotify_add_watch(fd, c.as_ptr(), libc::IN_OPEN | libc::IN_ACCESS) };
+            assert!(wd >= 0, "watching {}", p.display());
+            names.insert(wd, p.clone());
+        }
+        Watch { fd, names }
+    }
+
+    /// Events so far as (watched path, name of the child or "" for the path itself).
+    fn events(&self) -> Vec<(PathBuf, String)> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            // SAFETY: reading into a buffer of the length passed.
+            let n = unsafe { libc::read(self.fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                return out;
+            }
+            let mut off = 0usize;
+            let head = std::mem::size_of::<libc::inotify_event>();
+            while off + head <= n as usize {
+                // SAFETY: the kernel wrote a whole event at `off`; read_unaligned copes with the byte buffer.
+                let ev: libc::inotify_event = unsafe { std::ptr::read_unaligned(buf[off..].as_ptr().cast()) };
+                let name = &buf[off + head..off + head + ev.len as usize];
+                let name = String::from_utf8_lossy(name.split(|b| *b == 0).next().unwrap_or_default()).into_owned();
+                out.push((self.names.get(&ev.wd).cloned().unwrap_or_default(), name));
+                off += head + ev.len as usize;
+            }
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        // SAFETY: closing the descriptor this struct owns.
+        unsafe { libc::close(self.fd) };
+    }
+}
+
+#[test]
+fn oci_spellings_of_a_denied_layout_are_refused_without_reading_it() {
+    let f = fixture();
+    let dir = f.scratch("acl-spellings");
+    let srv = dir.join("srv");
+    let good = srv.join("corpus/good-busybox");
+    let denied = srv.join("extra/x");
+    write_layout(&good, "latest", &[busybox_layer()]);
+    let denied_layer = tar_layer(&[Entry::file("denied-marker", 0o644, b"the denied layout was read\n")]);
+    write_layout(&denied, "latest", &[busybox_layer(), denied_layer.clone()]);
+    std::os::unix::fs::symlink(&denied, srv.join("corpus/good-link")).unwrap();
+    let s = srv.display();
+    let acl = format!(
+        "[[rule]]\nsubjects = [\"user:admin\"]\ntasks = [\"**\"]\nactions = [\"*\"]\nimages = [\"**\"]\n\n\
+         [[rule]]\nsubjects = [\"user:dbg\"]\ntasks = [\"*\"]\nactions = [\"debug\"]\nimages = [\"oci:{s}/corpus/good-*\"]\n\n\
+         [[rule]]\neffect = \"deny\"\nsubjects = [\"*\"]\ntasks = [\"**\"]\nactions = [\"debug\"]\nimages = [\"oci:{s}/extra/*\"]\n"
+    );
+    let agent = start_agent(&dir.join("agent"), &images_table(f, &f.registry.host(), ""), &acl);
+    let dbg = agent.token("dbg", &[], "10m");
+    // Allowed: the layout the rule names.
+    let o = debug_with(&agent, &dbg, &format!("oci:{}", good.display()), &f.target.id, &["echo", "good"]);
+    assert_eq!(ok(&o), "good\n");
+
+    let watch = Watch::new(&[denied.clone(), denied.join("blobs/sha256")]);
+    let attempts = [
+        (&agent.admin_token, format!("oci:{s}//extra/x")),
+        (&agent.admin_token, format!("oci:{s}/./extra/x")),
+        (&agent.admin_token, format!("oci:{s}/corpus/../extra/x")),
+        (&agent.admin_token, format!("oci:{s}/extra/x")),
+        (&dbg, format!("oci:{s}/corpus/good-busybox/../../extra/x")),
+        (&dbg, format!("oci:{s}/corpus/good-link")),
+        (&dbg, format!("oci:{s}/corpus/good-busybox/../../extra/./x")),
+    ];
+    for (token, image) in &attempts {
+        let o = debug_with(&agent, token, image, &f.target.id, &["cat", "/denied-marker"]);
+        assert_eq!(o.status.code(), Some(118), "{image}: stdout {} stderr {}", stdout(&o), stderr(&o));
+        assert!(stderr(&o).contains(&format!("oci:{s}/extra/x")), "the refusal names the real path: {}", stderr(&o));
+        assert!(stdout(&o).is_empty());
+    }
+    // Opening the directory itself is how its real path is learnt; nothing in it was opened or read.
+    let events = watch.events();
+    let inside: Vec<_> = events.iter().filter(|(p, name)| !(p == &denied && name.is_empty())).collect();
+    assert!(inside.is_empty(), "the agent read the denied layout: {inside:?}");
+    assert!(!agent.dir.join("images/layers/sha256").join(sha256_hex(&denied_layer)).exists());
+    let cached: Vec<_> = std::fs::read_dir(denied.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| agent.dir.join("images/blobs/sha256").join(n).exists())
+        .collect();
+    // The busybox layer and its neighbours are shared with the good layout; the denied layout's own are not.
+    let denied_only = sha256_hex(&{
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&denied_layer).unwrap();
+        gz.finish().unwrap()
+    });
+    assert!(!cached.iter().any(|n| n.to_string_lossy() == denied_only), "{cached:?}");
+}
