@@ -101,8 +101,9 @@ static void inspect(int fd, int p, int k, const char *how, const char *link) {
         if (write(fd, forged, sizeof forged - 1) > 0) logline("FORGED pid=%d fd=%d type=%s", p, k, t);
     }
     if (S_ISSOCK(st.st_mode)) {
-        /* A child's start report (stage 5 = execve, errno ENOENT): "command not found", exit 127. */
-        int rec[2] = {5, ENOENT};
+        /* A child's start report (container/src/error.rs Stage::Exec = 4, errno ENOENT): "command not found",
+         * exit 127. Any well-formed record forges a start failure. */
+        int rec[2] = {4, ENOENT};
         if (send(fd, rec, sizeof rec, MSG_DONTWAIT | MSG_NOSIGNAL) > 0) logline("FORGED pid=%d fd=%d type=%s", p, k, t);
     }
 }
