@@ -46,10 +46,37 @@ fn head(s: &str) -> String {
     s.lines().take(12).collect::<Vec<_>>().join(" | ")
 }
 
+/// How the sessions of a workdir attack ended: refused on their working directory, or run with a cwd inside the
+/// container; everything else is a failure (described).
+#[derive(Default)]
+struct Outcomes {
+    refused: usize,
+    inside: usize,
+    failures: Vec<String>,
+}
+
+impl Outcomes {
+    fn add(&mut self, agent: &Agent, task: &str, opts: &[&str], label: &str) {
+        match workdir_attack(agent, task, opts, label) {
+            Ok(true) => self.refused += 1,
+            Ok(false) => self.inside += 1,
+            Err(e) => self.failures.push(e),
+        }
+    }
+
+    fn check(&self, what: &str) {
+        note(&format!(
+            "{what}: {} sessions refused on their working directory, {} ran inside",
+            self.refused, self.inside
+        ));
+        report(what, &self.failures, self.refused + self.inside + self.failures.len());
+    }
+}
+
 /// One `dcos task exec OPTS TASK sh -c PROBE`: the probe lists the host-only marker and reads the signing key
-/// through `..` from wherever its cwd is. Returns a description of what went wrong, if anything: the host was
-/// reached, or the session neither failed on its working directory (exit 125) nor ran inside the container.
-fn workdir_attack(agent: &Agent, task: &str, opts: &[&str], label: &str) -> Option<String> {
+/// through `..` from wherever its cwd is. Ok(true) when the session failed on its working directory (exit 125),
+/// Ok(false) when it ran with a cwd inside the container, otherwise a description of what went wrong.
+fn workdir_attack(agent: &Agent, task: &str, opts: &[&str], label: &str) -> Result<bool, String> {
     let m = host_marker();
     let key = agent.dir.join("token-signing.key");
     let probe = format!(
@@ -66,7 +93,7 @@ fn workdir_attack(agent: &Agent, task: &str, opts: &[&str], label: &str) -> Opti
     let refused = o.status.code() == Some(125) && err.contains("working directory");
     let inside = out.contains("CWD-INSIDE");
     if reached_marker || read_key || !(refused || inside) {
-        Some(format!(
+        Err(format!(
             "{label}: exit {:?}, host marker listed: {reached_marker}, signing key read: {read_key}, \
              cwd inside: {inside}; stdout: {}; stderr: {}",
             o.status.code(),
@@ -74,7 +101,7 @@ fn workdir_attack(agent: &Agent, task: &str, opts: &[&str], label: &str) -> Opti
             head(&err)
         ))
     } else {
-        None
+        Ok(refused)
     }
 }
 
@@ -99,18 +126,16 @@ fn workdir_through_proc_self_fd_never_reaches_the_host() {
     }
     let w = world();
     let c = container("fdcwd", &ContainerOpts::default());
-    let mut failures = Vec::new();
-    let mut tried = 0;
+    let mut seen = Outcomes::default();
     for n in 0..=24 {
         let wd = format!("/proc/self/fd/{n}");
         for (opts, who) in variants() {
             let mut all = vec!["-w", wd.as_str()];
             all.extend(opts);
-            tried += 1;
-            failures.extend(workdir_attack(&w.agent, &c.id, &all, &format!("-w {wd} as {who}")));
+            seen.add(&w.agent, &c.id, &all, &format!("-w {wd} as {who}"));
         }
     }
-    report("-w /proc/self/fd/N", &failures, tried);
+    seen.check("-w /proc/self/fd/N");
 }
 
 #[test]
@@ -120,18 +145,16 @@ fn debug_workdir_through_proc_self_fd_never_reaches_the_host() {
     }
     let f = registry::fixture();
     let c = container("dbgcwd", &ContainerOpts::default());
-    let mut failures = Vec::new();
-    let mut tried = 0;
+    let mut seen = Outcomes::default();
     for n in 0..=24 {
         let wd = format!("/proc/self/fd/{n}");
         for (opts, who) in variants() {
             let mut all = vec!["--debug-image", f.busybox.as_str(), "-w", wd.as_str()];
             all.extend(opts);
-            tried += 1;
-            failures.extend(workdir_attack(&f.agent, &c.id, &all, &format!("--debug-image -w {wd} as {who}")));
+            seen.add(&f.agent, &c.id, &all, &format!("--debug-image -w {wd} as {who}"));
         }
     }
-    report("--debug-image -w /proc/self/fd/N", &failures, tried);
+    seen.check("--debug-image -w /proc/self/fd/N");
 }
 
 /// Replaces `/app` in the container's root with a symlink to `target`, as the container's root can.
@@ -148,18 +171,16 @@ fn planted_symlink_workdir_never_reaches_the_host() {
     }
     let w = world();
     let c = container("symcwd", &ContainerOpts::default());
-    let mut failures = Vec::new();
-    let mut tried = 0;
+    let mut seen = Outcomes::default();
     for n in 0..=24 {
         plant(&c, "/app", &format!("/proc/self/fd/{n}"));
         for (opts, who) in variants() {
             let mut all = vec!["-w", "/app"];
             all.extend(opts);
-            tried += 1;
-            failures.extend(workdir_attack(&w.agent, &c.id, &all, &format!("-w /app -> /proc/self/fd/{n} as {who}")));
+            seen.add(&w.agent, &c.id, &all, &format!("-w /app -> /proc/self/fd/{n} as {who}"));
         }
     }
-    report("planted /app symlink", &failures, tried);
+    seen.check("planted /app symlink");
 }
 
 #[test]
@@ -177,21 +198,14 @@ fn planted_symlink_as_the_config_cwd_never_reaches_the_host() {
             ..Default::default()
         },
     );
-    let mut failures = Vec::new();
-    let mut tried = 0;
+    let mut seen = Outcomes::default();
     for n in 0..=24 {
         plant(&c, "/app", &format!("/proc/self/fd/{n}"));
         for (opts, who) in variants() {
-            tried += 1;
-            failures.extend(workdir_attack(
-                &w.agent,
-                &c.id,
-                &opts,
-                &format!("config cwd /app -> /proc/self/fd/{n} as {who}"),
-            ));
+            seen.add(&w.agent, &c.id, &opts, &format!("config cwd /app -> /proc/self/fd/{n} as {who}"));
         }
     }
-    report("config.json cwd through a planted symlink", &failures, tried);
+    seen.check("config.json cwd through a planted symlink");
 }
 
 // ---------------------------------------------------------------------------------------------------------------
