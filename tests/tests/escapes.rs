@@ -510,10 +510,16 @@ fn stopped_child_does_not_lend_its_descriptors_to_passwd_lookups() {
     report("passwd/group through a stopped session process", &failures, tried);
 }
 
-/// Runs `attacker MODE` in `c`, then `sessions` × `dcos task exec C true` one after another; returns the exit codes
+/// Runs `attacker MODE` in `c`, then `sessions` × `dcos task exec OPTS C true` one after another (session i with
+/// `variants[i % len]`); returns the exit codes
 /// seen (code -> count; `None` for a session still running after a minute, which is then killed; the run stops
 /// after three of those) and the attacker's log.
-fn race(c: &Container, mode: &str, sessions: usize) -> (std::collections::BTreeMap<Option<i32>, usize>, String) {
+fn race(
+    c: &Container,
+    mode: &str,
+    sessions: usize,
+    variants: &[&[&str]],
+) -> (std::collections::BTreeMap<Option<i32>, usize>, String) {
     let w = world();
     install_attacker(c);
     let log = c.rootfs().join(format!("tmp/{mode}.log"));
@@ -525,7 +531,9 @@ fn race(c: &Container, mode: &str, sessions: usize) -> (std::collections::BTreeM
         let mut child = w
             .agent
             .dcos()
-            .args(["task", "exec", &c.id, "true"])
+            .args(["task", "exec"])
+            .args(variants[i % variants.len()])
+            .args([&c.id, "true"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -614,7 +622,7 @@ fn ptrace_race_on_new_processes_reaches_nothing_of_the_host() {
     let o = c.runc_exec(&[], &["grep", "CapEff", "/proc/self/status"]);
     let eff = u64::from_str_radix(stdout(&o).split_whitespace().last().unwrap_or("0"), 16).unwrap();
     assert!(eff & (1 << 19) != 0, "CAP_SYS_PTRACE (bit 19) in the container: {}", stdout(&o));
-    let (codes, log) = race(&c, "grab", 1000);
+    let (codes, log) = race(&c, "grab", 1000, &[&[]]);
     let (counts, bad) = grabbed(&log);
     note(&format!("1000 sessions under a ptrace racer: exit codes {codes:?}; attacker obtained {counts:?}"));
     assert!(
@@ -631,7 +639,7 @@ fn ptrace_racer_keeping_session_sockets_neither_hangs_nor_forges_a_session() {
         return;
     }
     let c = container("keeper", &with_ptrace());
-    let (codes, log) = race(&c, "keep", 200);
+    let (codes, log) = race(&c, "keep", 200, &[&[]]);
     let (counts, _) = grabbed(&log);
     note(&format!("200 sessions, the racer keeping copies of their sockets: exit codes {codes:?}; {counts:?}"));
     assert_eq!(codes.get(&Some(0)), Some(&200), "every session ends, with exit 0: {codes:?}; {counts:?}");
@@ -643,7 +651,8 @@ fn stopped_new_processes_hold_no_host_directory_or_file() {
         return;
     }
     let c = container("stopper", &with_ptrace());
-    let (codes, log) = race(&c, "stop", 300);
+    // Half of them with a terminal: the pty's master must never be in the container's reach either.
+    let (codes, log) = race(&c, "stop", 300, &[&[], &["-t"]]);
     let (counts, bad) = grabbed(&log);
     let links: std::collections::BTreeSet<String> = log
         .lines()
@@ -656,9 +665,11 @@ fn stopped_new_processes_hold_no_host_directory_or_file() {
         })
         .collect();
     note(&format!("300 sessions, each new pid stopped and listed: exit codes {codes:?}; {counts:?}; links {links:?}"));
+    let masters: Vec<&String> = links.iter().filter(|l| l.contains("ptmx")).collect();
     assert!(
-        codes.get(&Some(0)) == Some(&300) && bad.is_empty(),
-        "exit codes {codes:?}; a stopped session process held host directories or files:\n{}",
+        codes.get(&Some(0)) == Some(&300) && bad.is_empty() && masters.is_empty(),
+        "exit codes {codes:?}; pty masters held: {masters:?}; a stopped session process held host directories or \
+         files:\n{}",
         bad.join("\n")
     );
 }
