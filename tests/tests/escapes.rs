@@ -651,8 +651,23 @@ fn stopped_new_processes_hold_no_host_directory_or_file() {
         return;
     }
     let c = container("stopper", &with_ptrace());
-    // Half of them with a terminal: the pty's master must never be in the container's reach either.
-    let (codes, log) = race(&c, "stop", 300, &[&[], &["-t"]]);
+    let o = c.runc_exec(&[], &["grep", "CapEff", "/proc/self/status"]);
+    let container_caps = u64::from_str_radix(stdout(&o).split_whitespace().last().unwrap_or("0"), 16).unwrap();
+    // A third of them with a terminal (the pty's master must never be in the container's reach either), a third
+    // as uid 1000.
+    let (codes, log) = race(&c, "stop", 300, &[&[], &["-t"], &["-u", "1000"]]);
+    // Caught before execve (comm is not yet `true`), a process already has no capability the container lacks.
+    let mut before_exec = std::collections::BTreeSet::new();
+    let mut over_privileged = Vec::new();
+    for l in log.lines().filter(|l| l.starts_with("STATUS ") && !l.contains(" comm=true ")) {
+        let field = |k: &str| l.split_whitespace().find_map(|f| f.strip_prefix(k)).unwrap_or("?").to_string();
+        let caps = u64::from_str_radix(&field("CapEff="), 16).unwrap_or(u64::MAX);
+        if caps & !container_caps != 0 {
+            over_privileged.push(l.to_string());
+        }
+        before_exec.insert(format!("comm={} CapEff={} Uid={}", field("comm="), field("CapEff="), field("Uid=")));
+    }
+    note(&format!("processes stopped before execve: {before_exec:?}"));
     let (counts, bad) = grabbed(&log);
     let links: std::collections::BTreeSet<String> = log
         .lines()
@@ -667,9 +682,9 @@ fn stopped_new_processes_hold_no_host_directory_or_file() {
     note(&format!("300 sessions, each new pid stopped and listed: exit codes {codes:?}; {counts:?}; links {links:?}"));
     let masters: Vec<&String> = links.iter().filter(|l| l.contains("ptmx")).collect();
     assert!(
-        codes.get(&Some(0)) == Some(&300) && bad.is_empty() && masters.is_empty(),
-        "exit codes {codes:?}; pty masters held: {masters:?}; a stopped session process held host directories or \
-         files:\n{}",
+        codes.get(&Some(0)) == Some(&300) && bad.is_empty() && masters.is_empty() && over_privileged.is_empty(),
+        "exit codes {codes:?}; pty masters held: {masters:?}; capabilities beyond the container's \
+         ({container_caps:x}) before execve: {over_privileged:?}; host directories or files held:\n{}",
         bad.join("\n")
     );
 }

@@ -173,9 +173,28 @@ static void keep(int p) {
     close(pfd);
 }
 
+/* Logs the comm and the effective capabilities of pid p (from /proc/p/status). */
+static void log_status(int p) {
+    char path[64], line[256], comm[64] = "?", capeff[64] = "?", uid[64] = "?";
+    snprintf(path, sizeof path, "/proc/%d/status", p);
+    FILE *f = fopen(path, "r");
+    if (!f) return;
+    while (fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\n")] = 0;
+        if (strncmp(line, "Name:\t", 6) == 0) snprintf(comm, sizeof comm, "%.60s", line + 6);
+        if (strncmp(line, "CapEff:\t", 8) == 0) snprintf(capeff, sizeof capeff, "%.60s", line + 8);
+        if (strncmp(line, "Uid:\t", 5) == 0) snprintf(uid, sizeof uid, "%.60s", line + 5);
+    }
+    fclose(f);
+    for (char *c = uid; *c; c++)
+        if (*c == '\t') *c = ',';
+    logline("STATUS pid=%d comm=%s CapEff=%s Uid=%s", p, comm, capeff, uid);
+}
+
 static void stop_and_list(int p) {
     if (kill(p, SIGSTOP) != 0) return;
     logline("STOPPED pid=%d", p);
+    log_status(p);
     for (int k = 0; k < 64; k++) {
         char path[64], link[4096];
         snprintf(path, sizeof path, "/proc/%d/fd/%d", p, k);
