@@ -504,10 +504,53 @@ fn stopped_child_does_not_lend_its_descriptors_to_passwd_lookups() {
             lookups_through(&w.agent, &c, file, t, &mut failures);
         }
     }
+    tried += ptmx_through(&w.agent, &c, pid, &mut failures);
     std::fs::write(hold.join("release"), "").unwrap();
     let o = held_session.unwrap().wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(0), "the held session finishes once released: {}", stderr(&o));
     report("passwd/group through a stopped session process", &failures, tried);
+}
+
+/// Points the container's /dev/ptmx (on its /dev tmpfs, so from inside) at a host file through the stopped
+/// process `pid` and out of the root, runs a terminal session for each, and reports every one after which the host
+/// file had been opened (inotify). Returns how many were tried.
+fn ptmx_through(agent: &Agent, c: &Container, pid: i32, failures: &mut Vec<String>) -> usize {
+    let dir = host_marker().dir.join("dev");
+    std::fs::create_dir_all(&dir).unwrap();
+    let target = dir.join("ptmx");
+    std::fs::write(&target, "").unwrap();
+    let h = target.display().to_string();
+    let rel = h.trim_start_matches('/').to_string();
+    let mut targets = vec![h.clone(), format!("/proc/1/root{h}"), format!("/proc/{pid}/cwd/{UP}{rel}")];
+    for n in 0..=24 {
+        targets.extend(through_dir(&format!("/proc/{pid}/fd/{n}"), &target, agent.pid()));
+    }
+    // SAFETY: inotify_init1 and inotify_add_watch with a NUL-terminated path; the fd is owned below.
+    let ino = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+    assert!(ino >= 0);
+    // SAFETY: ino is a fresh fd that nothing else owns.
+    let ino = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(ino) };
+    let cdir = std::ffi::CString::new(dir.display().to_string()).unwrap();
+    // SAFETY: valid fd and C string.
+    assert!(
+        unsafe { libc::inotify_add_watch(std::os::fd::AsRawFd::as_raw_fd(&ino), cdir.as_ptr(), libc::IN_OPEN) } >= 0
+    );
+    let opened = || {
+        let mut buf = [0u8; 4096];
+        // SAFETY: read into a buffer we own.
+        unsafe { libc::read(std::os::fd::AsRawFd::as_raw_fd(&ino), buf.as_mut_ptr().cast(), buf.len()) > 0 }
+    };
+    for t in &targets {
+        let o = c.runc_exec(&[], &["sh", "-c", &format!("rm -f /dev/ptmx && ln -s '{t}' /dev/ptmx")]);
+        assert!(o.status.success(), "planting /dev/ptmx: {}", stderr(&o));
+        let o = run(agent.dcos().args(["task", "exec", "-t", &c.id, "true"]));
+        if opened() {
+            failures.push(format!("/dev/ptmx -> {t}: the host file was opened (session exit {:?})", o.status.code()));
+        }
+    }
+    let o = c.runc_exec(&[], &["sh", "-c", "rm -f /dev/ptmx && ln -s pts/ptmx /dev/ptmx"]);
+    assert!(o.status.success());
+    targets.len()
 }
 
 /// Runs `attacker MODE` in `c`, then `sessions` × `dcos task exec OPTS C true` one after another (session i with
