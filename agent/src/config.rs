@@ -13,6 +13,8 @@ pub enum ConfigError {
     Parse { path: PathBuf, cause: toml::de::Error },
     #[error("{path}: {key} is not a duration like \"5s\": {value}")]
     Duration { path: PathBuf, key: &'static str, value: String },
+    #[error("{path}: {key} must be at least 1 (0 would refuse every {what})")]
+    Zero { path: PathBuf, key: &'static str, what: &'static str },
 }
 
 /// `agent.toml`. Relative paths are relative to the directory holding the file.
@@ -266,6 +268,14 @@ impl AgentConfig {
         let grace_period = dur("grace_period", &cfg.grace_period)?;
         let output_drain = dur("output_drain", &cfg.output_drain)?;
         let shutdown_grace = dur("shutdown_grace", &cfg.shutdown_grace)?;
+        for (key, value, what) in [
+            ("max_unauthenticated", cfg.max_unauthenticated, "connection"),
+            ("max_sessions_per_user", cfg.max_sessions_per_user, "session"),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Zero { path: path.into(), key, what });
+            }
+        }
         Ok(Loaded { file: cfg, grace_period, output_drain, shutdown_grace })
     }
 }
@@ -304,6 +314,15 @@ mod tests {
         assert!(matches!(AgentConfig::load(&p), Err(ConfigError::Parse { .. })));
         std::fs::write(&p, "listen='x'\ntls_cert='c'\ntls_key='k'\ntoken_public_key='t'\nacl='a'\naudit_log='l'\ngrace_period='soon'\n").unwrap();
         assert!(matches!(AgentConfig::load(&p), Err(ConfigError::Duration { .. })));
+        let base = "listen='x'\ntls_cert='c'\ntls_key='k'\ntoken_public_key='t'\nacl='a'\naudit_log='l'\n";
+        std::fs::write(&p, format!("{base}shutdown_grace='later'\n")).unwrap();
+        assert!(matches!(AgentConfig::load(&p), Err(ConfigError::Duration { key: "shutdown_grace", .. })));
+        for key in ["max_unauthenticated", "max_sessions_per_user"] {
+            std::fs::write(&p, format!("{base}{key}=0\n")).unwrap();
+            assert!(matches!(AgentConfig::load(&p), Err(ConfigError::Zero { key: k, .. }) if k == key), "{key}");
+        }
+        std::fs::write(&p, format!("{base}max_sessions_per_user=-1\n")).unwrap();
+        assert!(matches!(AgentConfig::load(&p), Err(ConfigError::Parse { .. })));
     }
 
     #[test]

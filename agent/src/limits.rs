@@ -51,7 +51,6 @@ impl Drop for Unauthenticated {
 }
 
 /// The per-connection state the requests of one connection share: whether it still holds a gate slot.
-#[derive(Default)]
 pub struct Pending(Mutex<Option<Unauthenticated>>);
 
 impl Pending {

@@ -178,7 +178,7 @@ async fn connection(
         let (agent, pending) = (agent.clone(), pending.clone());
         async move {
             let caller = crate::api::Caller { peer, pending: &pending };
-            Ok::<_, std::convert::Infallible>(crate::api::route(agent, caller, req).await)
+            Ok::<_, std::convert::Infallible>(crate::api::route(agent, caller, req))
         }
     });
     let conn = hyper::server::conn::http1::Builder::new()

@@ -312,6 +312,7 @@ async fn start(agent: &Agent, ctx: &Context, image: Option<&PulledImage>) -> Res
             }
         }
     });
+
     // Events: `started` once, then the final status; the helper is reaped after its last word.
     let (started_tx, started_rx) = oneshot::channel();
     let (mut child, mut events) = (sp.child, sp.events);

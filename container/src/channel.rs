@@ -5,8 +5,9 @@
 //! - Event pipe (helper to agent, fd 4): [`Event`] frames: `Started` once the command runs, then `Finished`.
 //! - Console socket (fd 5, TTY sessions): the pty master, passed with `SCM_RIGHTS` ([`crate::pty`]).
 //! - Joiner to supervisor: a [`JoinReport`] in a shared memory page, read once the joiner has exited.
-//! - Visible child to supervisor: one [`ChildFailure`] record on a `SOCK_SEQPACKET` socket, or end of file when
-//!   `execve` succeeded (the socket is close-on-exec). A socket cannot be reopened through `/proc/PID/fd`.
+//! - Visible child to supervisor: nothing on any descriptor. The supervisor traces the child from its birth
+//!   (`CLONE_PTRACE`), so `execve` is the kernel's `PTRACE_EVENT_EXEC`; a child that fails first leaves a
+//!   [`ChildFailure`] word in its memory, which the supervisor reads at its `PTRACE_EVENT_EXIT`.
 //!
 //! Frames are a 4-byte little-endian length and a JSON body of at most [`MAX_FRAME`] bytes.
 
@@ -124,8 +125,8 @@ impl JoinReport {
     }
 }
 
-/// The visible child's only message: the stage it failed at, and errno. Fixed size, so a short or long
-/// write is recognisably not one.
+/// The visible child's only message: the stage it failed at, and errno, packed in one machine word that the
+/// supervisor reads from the child's memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChildFailure {
     pub stage: Stage,
@@ -133,24 +134,21 @@ pub struct ChildFailure {
 }
 
 impl ChildFailure {
-    /// Bytes on the wire.
-    pub const LEN: usize = 8;
+    /// Marks a word as written (a zero word means the child wrote nothing).
+    const MAGIC: u64 = 0xdc05 << 48;
 
-    /// Encodes without allocating (the child runs between fork and exec).
-    pub fn encode(stage: Stage, errno: i32) -> [u8; Self::LEN] {
-        let mut rec = [0u8; Self::LEN];
-        rec[..4].copy_from_slice(&(stage as u32).to_ne_bytes());
-        rec[4..].copy_from_slice(&errno.to_ne_bytes());
-        rec
+    /// Packs without allocating (the child runs between fork and exec).
+    pub const fn encode(stage: Stage, errno: i32) -> u64 {
+        Self::MAGIC | ((stage as u64) << 32) | (errno as u32 as u64)
     }
 
-    /// Decodes a record; anything but exactly one well-formed record is refused.
-    pub fn decode(rec: &[u8]) -> Option<ChildFailure> {
-        if rec.len() != Self::LEN {
+    /// Unpacks a word; anything but a well-formed record is refused.
+    pub fn decode(word: u64) -> Option<ChildFailure> {
+        if word & (0xffff << 48) != Self::MAGIC {
             return None;
         }
-        let stage = Stage::from_u32(u32::from_ne_bytes(rec[..4].try_into().ok()?))?;
-        let errno = i32::from_ne_bytes(rec[4..].try_into().ok()?);
+        let stage = Stage::from_u32(((word >> 32) & 0xffff) as u32)?;
+        let errno = (word & 0xffff_ffff) as u32 as i32;
         (0..4096).contains(&errno).then_some(ChildFailure { stage, errno })
     }
 }
@@ -212,13 +210,11 @@ mod tests {
 
     #[test]
     fn child_failures_are_exact_records() {
-        let rec = ChildFailure::encode(Stage::Exec, libc::ENOENT);
-        assert_eq!(ChildFailure::decode(&rec), Some(ChildFailure { stage: Stage::Exec, errno: libc::ENOENT }));
-        assert_eq!(ChildFailure::decode(&rec[..7]), None);
-        assert_eq!(ChildFailure::decode(&[rec.as_slice(), b"x"].concat()), None);
-        assert_eq!(ChildFailure::decode(&ChildFailure::encode(Stage::Exec, -1)), None);
-        let mut bad_stage = rec;
-        bad_stage[..4].copy_from_slice(&99u32.to_ne_bytes());
-        assert_eq!(ChildFailure::decode(&bad_stage), None);
+        let w = ChildFailure::encode(Stage::Exec, libc::ENOENT);
+        assert_eq!(ChildFailure::decode(w), Some(ChildFailure { stage: Stage::Exec, errno: libc::ENOENT }));
+        assert_eq!(ChildFailure::decode(0), None);
+        assert_eq!(ChildFailure::decode(w & !(1 << 60)), None);
+        assert_eq!(ChildFailure::decode(ChildFailure::encode(Stage::Exec, -1)), None);
+        assert_eq!(ChildFailure::decode((w & !(0xffff << 32)) | (99 << 32)), None);
     }
 }

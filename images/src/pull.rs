@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -393,17 +393,18 @@ impl Puller {
         progress: Progress<'_>,
     ) -> Result<PathBuf, PullError> {
         let limits = self.opts.unpack.limits;
-        // The blob's declared size bounds what the source may send (VerifyingReader), so a blob declared
-        // larger than a layer may unpack to is refused before a byte is fetched.
-        if size > limits.max_layer_bytes {
-            let source = BudgetExceeded::new("max_layer_bytes", limits.max_layer_bytes, "its blob declares", size);
-            return Err(PullError::Budget { reference: name.into(), source });
-        }
         self.flights
             .run(blob, async {
                 if self.cache.has_layer(&diff_id) {
                     progress(format!("layer {} cached", short(&blob)));
                     return Ok(self.cache.layer_path(&diff_id));
+                }
+                // The blob's declared size bounds what the source may send (VerifyingReader), so a blob declared
+                // larger than a layer may unpack to is refused before a byte is fetched.
+                if size > limits.max_layer_bytes {
+                    let max = limits.max_layer_bytes;
+                    let source = BudgetExceeded::new("max_layer_bytes", max, "its blob declares", size);
+                    return Err(PullError::Budget { reference: name.into(), source });
                 }
                 let reader = src.open_blob(&blob, size).await?;
                 let (cache, opts) = (self.cache.clone(), self.opts.unpack);
@@ -805,7 +806,12 @@ async fn with_reader<T: Send + 'static>(
     let report = |done: u64| progress(format!("layer {label} {} / {}", human(done), human(size)));
     report(0);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
-    let task = tokio::task::spawn_blocking(move || job(Box::new(Counted { inner: reader, n: 0, last: 0, tx })));
+    // When this future is dropped (a sibling layer failed, or the session went away), the blocking job must
+    // stop too rather than download the rest: its next read fails and it cleans up as after any error.
+    let abandoned = Arc::new(AtomicBool::new(false));
+    let _abandon_on_drop = AbandonOnDrop(abandoned.clone());
+    let counted = Counted { inner: reader, n: 0, last: 0, tx, abandoned };
+    let task = tokio::task::spawn_blocking(move || job(Box::new(counted)));
     let mut task = std::pin::pin!(task);
     let res = loop {
         tokio::select! {
@@ -817,16 +823,28 @@ async fn with_reader<T: Send + 'static>(
     res.map_err(|e| PullError::Malformed { reference: d.to_string(), message: format!("blob job failed: {e}") })
 }
 
-/// Counts bytes for progress without a report per read.
+struct AbandonOnDrop(Arc<AtomicBool>);
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Counts bytes for progress without a report per read, and stops reading once the pull is abandoned.
 struct Counted<R> {
     inner: R,
     n: u64,
     last: u64,
     tx: tokio::sync::mpsc::UnboundedSender<u64>,
+    abandoned: Arc<AtomicBool>,
 }
 
 impl<R: Read> Read for Counted<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.abandoned.load(Ordering::Relaxed) {
+            return Err(io::Error::other("the pull was abandoned"));
+        }
         let k = self.inner.read(buf)?;
         self.n += k as u64;
         if self.n - self.last >= 4 << 20 || (k == 0 && self.n != self.last) {

@@ -167,8 +167,8 @@ fn sigterm_hangs_up_sessions_audits_them_and_exits_within_the_grace() {
     // One that dies of the hangup, one that ignores it and needs the SIGKILL after grace_period (1s here).
     let plain = spawn("echo up; sleep 4747");
     let stubborn = spawn("trap '' HUP; echo up; sleep 4848 & sleep 4949; wait");
-    assert_eq!(host_processes("sleep 4747"), 1);
-    assert_eq!(host_processes("sleep 4949"), 1);
+    // "up" comes before the shell starts the sleeps.
+    assert!(eventually(10, || host_processes("sleep 4747") == 1 && host_processes("sleep 4949") == 1));
     // Both sessions left a start record while they run: a crash now would still leave a trace.
     let starts = agent.audit().into_iter().filter(|r| r["event"] == "session_start").count();
     assert_eq!(starts, 2, "{:?}", agent.audit());
@@ -216,5 +216,81 @@ fn sigterm_hangs_up_sessions_audits_them_and_exits_within_the_grace() {
             == 0),
         "the sessions' processes are gone"
     );
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn a_session_cut_short_by_an_agent_crash_leaves_its_start_record_and_no_process() {
+    let w = world();
+    let root = std::env::temp_dir().join(format!("{}-crash", prefix()));
+    let mut agent = Agent::start(&root.join("agent"));
+    let mut c = agent
+        .dcos()
+        .args(["task", "exec", &w.main.id, "sh", "-c", "echo up; exec sleep 5353"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 3];
+    std::io::Read::read_exact(c.stdout.as_mut().unwrap(), &mut buf).unwrap();
+    assert!(eventually(10, || host_processes("sleep 5353") == 1));
+    // No chance to clean up: SIGKILL.
+    agent.child.kill().unwrap();
+    agent.child.wait().unwrap();
+    let out = c.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(121), "session lost: {}", stderr(&out));
+    let recs = agent.audit();
+    let start = recs
+        .iter()
+        .find(|r| r["event"] == "session_start" && r["command"][2] == "echo up; exec sleep 5353")
+        .unwrap_or_else(|| panic!("no start record: {recs:?}"));
+    assert_eq!(start["user"], "admin");
+    assert_eq!(start["container"], w.main.id.as_str());
+    assert!(start["time"].as_str().is_some() && start["session"].as_str().is_some());
+    assert!(!recs.iter().any(|r| r["event"] == "session_end"), "a killed agent writes nothing more");
+    // The helper saw its control pipe close, as when a client is lost: SIGHUP.
+    assert!(eventually(10, || host_processes("sleep 5353") == 0), "the session's process is gone");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// `(soft, hard)` of "Max open files" in /proc/PID/limits.
+fn nofile_of(pid: i32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let f: Vec<u64> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    (f[0], f[1])
+}
+
+#[test]
+fn the_agent_raises_its_open_files_limit_and_container_processes_get_the_original() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft0, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    let low = 1024.min(hard / 2);
+    // A container whose config sets no RLIMIT_NOFILE (runc spec's default sets one).
+    let root = std::env::temp_dir().join(format!("{}-nofile", prefix()));
+    let id = format!("{}-nofile", prefix());
+    let bundle = root.join(&id);
+    let _ = std::fs::remove_dir_all(&bundle);
+    make_rootfs(&bundle.join("rootfs"));
+    assert!(run(Command::new("runc").arg("spec").current_dir(&bundle)).status.success());
+    let cfg_path = bundle.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    cfg["process"]["terminal"] = false.into();
+    cfg["process"]["args"] = serde_json::json!(["sleep", "100000"]);
+    cfg["process"].as_object_mut().unwrap().remove("rlimits");
+    std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+    let c = Container::run_bundle(&root, &id, bundle);
+    // The agent starts with a low soft limit, as under systemd's default.
+    setrlimit(Resource::RLIMIT_NOFILE, low, hard).unwrap();
+    let agent = Agent::start(&root.join("agent"));
+    setrlimit(Resource::RLIMIT_NOFILE, soft0, hard).unwrap();
+    assert_eq!(nofile_of(agent.pid()), (hard, hard), "the agent raised its soft limit to the hard one");
+    let o = agent.sh(&c.id, "ulimit -Sn; ulimit -Hn");
+    assert_eq!(stdout(&o), format!("{low}\n{hard}\n"), "{}", stderr(&o));
+    // A container that sets its own keeps it.
+    let w = world();
+    let o = agent.sh(&w.main.id, "ulimit -Sn; ulimit -Hn");
+    assert_eq!(stdout(&o), "1024\n1024\n", "{}", stderr(&o));
+    drop(c);
     let _ = std::fs::remove_dir_all(&root);
 }

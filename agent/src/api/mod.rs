@@ -15,7 +15,7 @@ use crate::audit::DenialRecord;
 use crate::auth::Claims;
 use crate::limits::Pending;
 use crate::server::Agent;
-use dcos_exec_proto::{ErrorCode, TaskInfo};
+use dcos_exec_proto::TaskInfo;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -41,10 +41,10 @@ pub struct Caller<'a> {
 }
 
 /// Dispatches one request of a connection.
-pub async fn route(agent: Arc<Agent>, caller: Caller<'_>, req: Request<Incoming>) -> Response<Body> {
+pub fn route(agent: Arc<Agent>, caller: Caller<'_>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     if req.method() != http::Method::GET {
-        return bad_request("only GET is supported");
+        return Refusal::from(parse::ParseError::Method).response();
     }
     if path == "/healthz" {
         return json_response(StatusCode::OK, &serde_json::json!({"ok": true}));
@@ -53,16 +53,12 @@ pub async fn route(agent: Arc<Agent>, caller: Caller<'_>, req: Request<Incoming>
     match segs.as_slice() {
         ["v1", "tasks"] => list(&agent, &caller, &req),
         ["v1", "tasks", task, "exec"] => match parse::task_segment(task) {
-            Ok(task) => exec(agent, &caller, req, task).await,
+            Ok(task) => exec(agent, &caller, req, task),
             Err(e) => Refusal::from(e).response(),
         },
-        _ => bad_request(&format!("no such endpoint: {path}")),
+        // Not a request of the API at all: never audited, there is no user yet.
+        _ => Refusal::from(parse::ParseError::NoEndpoint(path)).response(),
     }
-}
-
-/// A refusal of something that is not a request of the API at all (never audited: there is no user yet).
-fn bad_request(message: &str) -> Response<Body> {
-    Refusal { code: ErrorCode::BadRequest, message: message.into() }.response()
 }
 
 impl Agent {
@@ -124,13 +120,14 @@ fn list(agent: &Agent, caller: &Caller<'_>, req: &Request<Incoming>) -> Response
 }
 
 /// `GET /v1/tasks/{task}/exec`: authenticate, parse, authorize, upgrade; the first refusal ends it.
-async fn exec(agent: Arc<Agent>, caller: &Caller<'_>, req: Request<Incoming>, task: String) -> Response<Body> {
+fn exec(agent: Arc<Agent>, caller: &Caller<'_>, req: Request<Incoming>, task: String) -> Response<Body> {
     let path = req.uri().path().to_string();
     let claims = match agent.authenticate(caller, &req) {
         Ok(c) => c,
         Err(r) => return r.response(),
     };
-    let admitted = parse::exec_request(task.clone(), req.headers()).map_err(Refusal::from).and_then(|mut params| {
+    let steps = |req: Request<Incoming>| -> Result<Response<Body>, Refusal> {
+        let mut params = parse::exec_request(task.clone(), req.headers())?;
         authorize::cap_add(&params, &agent.cfg.file.cap_add_allowed)?;
         let layout_failure = authorize::judge_image(&mut params)?;
         let container = authorize::exec(&agent.acl, |t| agent.discovery.resolve(t), &claims, &params)?;
@@ -138,11 +135,9 @@ async fn exec(agent: Arc<Agent>, caller: &Caller<'_>, req: Request<Incoming>, ta
         if let Some(f) = layout_failure {
             return Err(f.into());
         }
-        Ok((params, container))
-    });
-    let result =
-        admitted.and_then(|(params, container)| upgrade::exec(&agent, caller.peer, req, &claims, params, container));
-    result.unwrap_or_else(|r| {
+        upgrade::exec(&agent, caller.peer, req, &claims, params, container)
+    };
+    steps(req).unwrap_or_else(|r| {
         agent.audit_refusal(caller.peer, &path, Some(&claims.sub), Some(&task), &r);
         r.response()
     })

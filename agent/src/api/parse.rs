@@ -24,6 +24,10 @@ pub struct ExecParams {
 /// What is wrong with a request. All of it is the client's to fix: `bad_request`.
 #[derive(Debug, thiserror::Error)]
 pub enum ParseError {
+    #[error("only GET is supported")]
+    Method,
+    #[error("no such endpoint: {0}")]
+    NoEndpoint(String),
     #[error("task id is not valid percent-encoded UTF-8")]
     TaskEncoding,
     #[error("missing {EXEC_REQUEST_HEADER} header")]

@@ -188,6 +188,123 @@ pub async fn pump_in<St>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dcos_exec_proto::frame;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    fn bin(ch: u8, payload: &[u8]) -> Result<Message, tokio_tungstenite::tungstenite::Error> {
+        Ok(Message::Binary(frame(ch, payload).into()))
+    }
+
+    #[tokio::test]
+    async fn input_reaches_the_process_and_a_leaving_client_hangs_up() {
+        let (w, mut r) = tokio::io::duplex(1024);
+        let (signals, mut signal_rx) = mpsc::channel(8);
+        let (_gone_tx, gone) = watch::channel(false);
+        let count = Arc::new(AtomicU64::new(0));
+        let client = futures_util::stream::iter(vec![
+            bin(channel::STDIN, b"hello"),
+            bin(channel::SIGNAL, br#"{"signal":"INT"}"#),
+            bin(channel::STDIN, b" world"),
+        ]);
+        // The client's stream ends after these frames: it left.
+        pump_in(client, gone, Some(Box::new(w)), signals, None, count.clone()).await;
+        let mut got = String::new();
+        r.read_to_string(&mut got).await.unwrap();
+        assert_eq!(got, "hello world", "stdin delivered, then EOF");
+        assert_eq!(count.load(Ordering::Relaxed), 11);
+        assert_eq!(signal_rx.recv().await, Some(libc::SIGINT));
+        assert_eq!(signal_rx.recv().await, None, "the signal sender is gone: the helper sees a hang-up");
+    }
+
+    #[tokio::test]
+    async fn closing_stdin_gives_the_process_eof_while_the_session_goes_on() {
+        let (w, mut r) = tokio::io::duplex(1024);
+        let (signals, _signal_rx) = mpsc::channel(8);
+        let (_gone_tx, gone) = watch::channel(false);
+        let (client_tx, client_rx) = mpsc::unbounded_channel();
+        client_tx.send(bin(channel::STDIN, b"data")).unwrap();
+        client_tx.send(bin(channel::CLOSE, &[channel::STDIN])).unwrap();
+        let client = stream_of(client_rx);
+        let input = tokio::spawn(pump_in(client, gone, Some(Box::new(w)), signals, None, Default::default()));
+        let mut got = String::new();
+        r.read_to_string(&mut got).await.unwrap();
+        assert_eq!(got, "data");
+        assert!(!input.is_finished(), "the client is still there");
+        drop(client_tx);
+        input.await.unwrap();
+    }
+
+    /// A stream of the messages sent on `rx`, ending when every sender is gone.
+    fn stream_of(
+        mut rx: mpsc::UnboundedReceiver<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    ) -> impl futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin {
+        Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_client_stalls_the_process_instead_of_buffering() {
+        let (mut w, r) = tokio::io::duplex(64 * 1024);
+        // Nobody takes the frames: the queue (one frame here) fills and stays full.
+        let (tx, _rx) = mpsc::channel(1);
+        let (_exited_tx, exited) = watch::channel(false);
+        let count = Arc::new(AtomicU64::new(0));
+        let pump = tokio::spawn(pump_out(channel::STDOUT, Box::new(r), tx, count.clone(), exited, Duration::ZERO));
+        let big = vec![b'x'; 8 << 20];
+        let wrote = tokio::time::timeout(Duration::from_secs(3600), w.write_all(&big)).await;
+        assert!(wrote.is_err(), "the writer blocks");
+        // What the pump read is bounded by the queue and one chunk, not by what the process wrote.
+        assert!(count.load(Ordering::Relaxed) <= 2 * CHUNK as u64, "{}", count.load(Ordering::Relaxed));
+        pump.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn output_held_open_after_exit_is_forwarded_until_quiet() {
+        let (mut w, r) = tokio::io::duplex(1024);
+        let (tx, mut rx) = mpsc::channel(16);
+        let (exited_tx, exited) = watch::channel(false);
+        let drain = Duration::from_secs(1);
+        let pump = tokio::spawn(pump_out(channel::STDERR, Box::new(r), tx, Default::default(), exited, drain));
+        w.write_all(b"before").await.unwrap();
+        let Some(Message::Binary(m)) = rx.recv().await else { panic!("a frame") };
+        assert_eq!(&m[..], &frame(channel::STDERR, b"before")[..]);
+        exited_tx.send(true).unwrap();
+        let t0 = tokio::time::Instant::now();
+        // `w` stays open (a background child holds it), yet the pump ends after `drain`.
+        pump.await.unwrap();
+        assert_eq!(t0.elapsed(), drain);
+        drop(w);
+    }
+
+    /// A client that takes nothing.
+    struct Stuck;
+
+    impl futures_util::Sink<Message> for Stuck {
+        type Error = std::io::Error;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Pending
+        }
+        fn start_send(self: Pin<&mut Self>, _: Message) -> Result<(), Self::Error> {
+            Ok(())
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Pending
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_takes_nothing_is_gone_after_the_silence_limit() {
+        let (tx, rx) = mpsc::channel(16);
+        let (gone_tx, mut gone) = watch::channel(false);
+        tx.send(Message::Binary(frame(channel::STDOUT, b"x").into())).await.unwrap();
+        let t0 = tokio::time::Instant::now();
+        write_loop(Stuck, rx, gone_tx).await;
+        assert!(*gone.borrow_and_update());
+        assert_eq!(t0.elapsed(), CLIENT_SILENCE);
+    }
 
     #[test]
     fn signal_names_and_numbers() {

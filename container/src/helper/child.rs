@@ -1,8 +1,8 @@
 //! The child: the first process of the session inside the container's pid namespace. It runs between fork and
 //! exec, so it only makes raw, async-signal-safe syscalls on a [`Plan`] prepared by the joiner.
 //!
-//! It starts with the session's credentials, capabilities and seccomp filter already in place and holds only
-//! fds 0-2 (stdio), 3 (the close-on-exec error socket) and, with a terminal, 4 (the terminal).
+//! It starts with the session's credentials, capabilities and seccomp filter already in place, traced by the
+//! supervisor (so nothing else can trace it), and holds only fds 0-2 (stdio) and, with a terminal, 3.
 
 use crate::channel::ChildFailure;
 use crate::error::{Stage, StartError};
@@ -10,11 +10,14 @@ use crate::lsm::ExecLabel;
 use crate::seccomp::Program;
 use crate::spec::ExecSpec;
 use std::ffi::CString;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-/// The child's error socket.
-const ERR_FD: libc::c_int = 3;
 /// The terminal, with `-t`.
-const TTY_FD: libc::c_int = 4;
+pub(crate) const TTY_FD: libc::c_int = 3;
+
+/// Where a child that fails before `execve` leaves its [`ChildFailure`] word: the supervisor reads it from the
+/// child's memory at the same address (the child is a fork of a fork of the supervisor, so the layout is one).
+pub(crate) static FAILURE: AtomicU64 = AtomicU64::new(0);
 
 /// Everything the child needs, computed before fork.
 pub struct Plan {
@@ -74,11 +77,10 @@ pub struct ChildArgs<'a> {
 }
 
 fn fail(stage: Stage) -> ! {
-    // SAFETY: errno read, write(2) of a stack buffer and _exit: async-signal-safe.
+    // SAFETY: reading errno, a store to a static and _exit: async-signal-safe.
     unsafe {
         let errno = *libc::__errno_location();
-        let rec = ChildFailure::encode(stage, errno);
-        libc::write(ERR_FD, rec.as_ptr().cast(), rec.len());
+        FAILURE.store(ChildFailure::encode(stage, errno), Ordering::SeqCst);
         libc::_exit(127)
     }
 }

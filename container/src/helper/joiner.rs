@@ -21,10 +21,10 @@ pub struct Joiner<'a> {
     /// `cgroup.procs` of each of the init's hierarchies, opened on the host.
     pub cgroups: Vec<OwnedFd>,
     pub overlay: Option<OwnedFd>,
-    /// The child's end of the error socket.
-    pub err_w: OwnedFd,
+    /// Readable once the supervisor traces the joiner (its children are then traced from birth).
+    pub traced: OwnedFd,
     /// Fds of the supervisor's that the joiner closes at once.
-    pub err_r_in_supervisor: RawFd,
+    pub traced_w_in_supervisor: RawFd,
     pub host_proc: RawFd,
     pub last_cap: u32,
     pub old_mask: libc::sigset_t,
@@ -45,8 +45,14 @@ pub fn run(j: Joiner<'_>, page: &mut [u8]) -> ! {
         // The supervisor's channels to the agent and its /proc never travel further.
         libc::close(super::CONTROL_FD);
         libc::close(super::EVENTS_FD);
-        libc::close(j.err_r_in_supervisor);
+        libc::close(j.traced_w_in_supervisor);
         libc::close(j.host_proc);
+    }
+    // Nothing happens before the supervisor traces us: the child must be traced from its first instant.
+    let mut b = [0u8; 1];
+    if !matches!(nix::unistd::read(&j.traced, &mut b), Ok(1)) {
+        // SAFETY: leaving at once; the supervisor failed to trace us and reports it.
+        unsafe { libc::_exit(1) };
     }
     let report = match join(j) {
         Ok(pid) => JoinReport::Forked { pid },
@@ -152,9 +158,9 @@ fn join(j: Joiner<'_>) -> Result<i32, StartError> {
     }
     check_cwd(&spec.cwd)?;
 
-    // The child gets exactly: 0-2, the error socket at 3, the terminal at 4. Nothing else of ours.
-    let mut keep = vec![j.err_w.into_raw_fd()];
-    keep.extend(slave.map(|s| s.into_raw_fd()));
+    // The child gets exactly: 0-2 and the terminal at 3. Nothing else of ours.
+    drop(j.traced);
+    let keep: Vec<RawFd> = slave.map(|s| s.into_raw_fd()).into_iter().collect();
     arrange(&keep)?;
     if spec.no_new_privs {
         // With no_new_privs the filter goes on last, as the session's user: the child is then governed by it
@@ -163,10 +169,12 @@ fn join(j: Joiner<'_>) -> Result<i32, StartError> {
     }
 
     let args = child::ChildArgs { plan: &plan, old_mask: j.old_mask };
+    // CLONE_PARENT makes the supervisor the child's parent, CLONE_PTRACE its tracer from birth: nothing in the
+    // container can trace it, and its execve is the kernel's word, not a message.
+    let flags = (libc::CLONE_PARENT | libc::CLONE_PTRACE) as libc::c_ulong;
     // SAFETY: this process is single-threaded; the child runs only `child::run`, which makes raw syscalls on
-    // `plan` and never returns. CLONE_PARENT makes the supervisor its parent.
-    let pid =
-        unsafe { libc::syscall(libc::SYS_clone, libc::CLONE_PARENT as libc::c_ulong, 0usize, 0usize, 0usize, 0usize) };
+    // `plan` and never returns.
+    let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
     match pid {
         -1 => {
             let e = errno();

@@ -2,18 +2,22 @@
 //!
 //! 1. The **supervisor** ([`supervisor`]) is what the agent starts (from the sealed copy of its binary). It
 //!    stays on the host, in the host's pid namespace, invisible to the container. It holds the agent's control
-//!    and event pipes and the host's `/proc`, forks the joiner, and then watches the session: signals from the
-//!    agent, the hang-up when the client is gone, the exit status.
+//!    and event pipes and the host's `/proc`, forks the joiner and traces it (`PTRACE_SEIZE`) before the joiner
+//!    does anything, and then watches the session: signals from the agent, the hang-up when the client is
+//!    gone, the exit status.
 //! 2. The **joiner** ([`joiner`]) joins the container's cgroups and namespaces, builds the debug root, resolves
 //!    the user and the command inside the container's root, opens the terminal, applies rlimits, and drops to
 //!    the session's credentials and capabilities. It is still in the host's pid namespace (joining a pid
 //!    namespace only affects children), so the container cannot see, signal or trace it. Before it forks it
-//!    closes everything but the session's stdio, the terminal and one error socket.
-//! 3. The **child** ([`child`]) is forked by the joiner with `CLONE_PARENT` (so the supervisor is its parent)
-//!    into the container's pid namespace. From its first instant it has the session's credentials and holds
-//!    only stdio, the terminal and a close-on-exec `SOCK_SEQPACKET` socket (which `/proc/PID/fd` cannot reopen).
-//!    It makes the terminal its controlling terminal, applies AppArmor/SELinux and the seccomp filter, and
-//!    calls `execve`. A failure is one [`crate::channel::ChildFailure`] record on that socket.
+//!    closes everything but the session's stdio and the terminal.
+//! 3. The **child** ([`child`]) is forked by the joiner with `CLONE_PARENT | CLONE_PTRACE` (the supervisor is
+//!    its parent and its tracer) into the container's pid namespace. From its first instant it has the
+//!    session's credentials, capabilities and seccomp filter, holds only stdio and the terminal, and cannot be
+//!    traced by anything in the container (a process has one tracer). It makes the terminal its controlling
+//!    terminal, applies AppArmor/SELinux and calls `execve`. The supervisor learns of the exec from the
+//!    kernel (`PTRACE_EVENT_EXEC`) and detaches; a child that fails first leaves a
+//!    [`crate::channel::ChildFailure`] word in its memory, read at its `PTRACE_EVENT_EXIT`. No descriptor
+//!    carries status, so nothing in the container can forge one.
 //!
 //! File descriptors of the supervisor on entry: 0-2 the session's stdio (pipes, or /dev/null with a terminal),
 //! [`CONTROL_FD`], [`EVENTS_FD`], [`CONSOLE_FD`] (terminal sessions), and the debug image's layer directories

@@ -144,13 +144,8 @@ fn run(spec: &ExecSpec, ctrl: &mut File, events: &mut File) -> Result<Status, St
         None => None,
     };
     let mut page = ReportPage::new()?;
-    let (err_r, err_w) = nix::sys::socket::socketpair(
-        nix::sys::socket::AddressFamily::Unix,
-        nix::sys::socket::SockType::SeqPacket,
-        None,
-        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(|e| StartError::internal("socketpair", e))?;
+    let (traced_r, traced_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| StartError::internal("pipe", e))?;
 
     // SIGCHLD goes through a signalfd; the child restores the mask before exec.
     let mut mask = SigSet::empty();
@@ -165,8 +160,8 @@ fn run(spec: &ExecSpec, ctrl: &mut File, events: &mut File) -> Result<Status, St
         ns_flags: flags,
         cgroups,
         overlay,
-        err_w,
-        err_r_in_supervisor: err_r.as_raw_fd(),
+        traced: traced_r,
+        traced_w_in_supervisor: traced_w.as_raw_fd(),
         host_proc: host_proc.as_raw_fd(),
         last_cap,
         old_mask: *old_mask.as_ref(),
@@ -180,6 +175,21 @@ fn run(spec: &ExecSpec, ctrl: &mut File, events: &mut File) -> Result<Status, St
     };
     // Our copies of what only the joiner needed.
     drop(joiner);
+    // Traced before it does anything, so that the child it forks is traced from birth (CLONE_PTRACE):
+    // exec events, exit events, and the tracees die with us.
+    let opts = libc::PTRACE_O_TRACEEXEC | libc::PTRACE_O_TRACEEXIT | libc::PTRACE_O_EXITKILL;
+    // SAFETY: PTRACE_SEIZE of our own child with option flags; no memory is passed.
+    if unsafe { libc::ptrace(libc::PTRACE_SEIZE, joiner_pid, 0, opts as libc::c_long) } != 0 {
+        let e = std::io::Error::last_os_error();
+        // SAFETY: our own child, killed and reaped.
+        unsafe {
+            libc::kill(joiner_pid, libc::SIGKILL);
+            libc::waitpid(joiner_pid, std::ptr::null_mut(), 0);
+        }
+        return Err(StartError::setup("tracing the exec helper (is ptrace disabled on this host?)", e));
+    }
+    let _ = nix::unistd::write(&traced_w, b"t");
+    drop(traced_w);
 
     let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(|e| StartError::internal("signalfd", e))?;
@@ -190,8 +200,10 @@ fn run(spec: &ExecSpec, ctrl: &mut File, events: &mut File) -> Result<Status, St
         sfd,
         host_proc,
         joiner: Some(joiner_pid),
-        err_r: Some(err_r),
+        reported: None,
         child: None,
+        exec_seen: false,
+        failure: None,
         status: None,
         deadline: None,
     };
@@ -207,14 +219,22 @@ struct Supervisor<'a> {
     host_proc: OwnedFd,
     /// The joiner, until it has been reaped.
     joiner: Option<libc::pid_t>,
-    /// The child's error socket, until `execve` succeeded or failed.
-    err_r: Option<OwnedFd>,
-    /// The child (host pid), once the joiner reported it.
+    /// What the joiner reported, once it exited.
+    reported: Option<JoinReport>,
+    /// The child (host pid): our only other child, traced from birth.
     child: Option<libc::pid_t>,
+    /// The child's `PTRACE_EVENT_EXEC` came: the command runs (and is no longer traced).
+    exec_seen: bool,
+    /// What a child that failed before `execve` left in its memory.
+    failure: Option<ChildFailure>,
     /// The child's exit, once reaped.
     status: Option<Status>,
     /// Set once the client is gone: when the session gets SIGKILL.
     deadline: Option<Instant>,
+}
+
+fn event(ws: libc::c_int) -> libc::c_int {
+    (ws >> 16) & 0xff
 }
 
 impl Supervisor<'_> {
@@ -222,10 +242,36 @@ impl Supervisor<'_> {
         let grace = Duration::from_millis(self.spec.grace_ms);
         let mut started = false;
         loop {
+            // Before the exit is looked at: a command may run and exit between two turns.
+            if !started && self.exec_seen {
+                started = true;
+                let pid = self.child.and_then(|c| self.inner_pid(c)).unwrap_or(0);
+                emit(events, &Event::Started { pid });
+            }
             if let Some(s) = &self.status {
+                if !started {
+                    return Err(self.start_failure());
+                }
                 // Once terminating, wait until nothing of the session is left (or the grace ran out).
                 if self.deadline.is_none() || self.signal_session(0) == 0 {
                     return Ok(s.clone());
+                }
+            }
+            if self.joiner.is_none() {
+                match self.reported.clone() {
+                    Some(JoinReport::Failed(e)) => {
+                        self.kill_child();
+                        return Err(e);
+                    }
+                    Some(JoinReport::Forked { pid }) if self.child.is_some_and(|c| c != pid) => {
+                        self.kill_child();
+                        return Err(StartError::Internal("the exec helper reported another process".into()));
+                    }
+                    Some(JoinReport::Forked { pid }) => self.child = Some(pid),
+                    None if self.child.is_none() => {
+                        return Err(self.died("the exec helper died before the process started"))
+                    }
+                    None => {}
                 }
             }
             let timeout = match self.deadline {
@@ -243,56 +289,17 @@ impl Supervisor<'_> {
             };
             let ctrl_ready = {
                 let mut fds = vec![PollFd::new(self.sfd.as_fd(), PollFlags::POLLIN)];
-                let ctrl_at = self.ctrl_open.then(|| {
+                if self.ctrl_open {
                     fds.push(PollFd::new(self.ctrl.as_fd(), PollFlags::POLLIN));
-                    fds.len() - 1
-                });
-                // The child's socket matters only once the joiner is done (it reported the child's pid).
-                if let (Some(e), None) = (&self.err_r, self.joiner) {
-                    fds.push(PollFd::new(e.as_fd(), PollFlags::POLLIN));
                 }
                 let _ = poll(&mut fds, timeout);
-                let ready = |i: Option<usize>| i.and_then(|i| fds.get(i)?.revents()).is_some_and(|r| !r.is_empty());
-                ready(ctrl_at)
+                fds.get(1).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty())
             };
             if ctrl_ready {
                 self.read_control(grace);
             }
             while let Ok(Some(_)) = self.sfd.read_signal() {}
-            if let Some(j) = self.joiner {
-                let mut ws = 0;
-                // SAFETY: non-blocking wait for our own child.
-                if unsafe { libc::waitpid(j, &mut ws, libc::WNOHANG) } == j {
-                    self.joiner = None;
-                    match JoinReport::load(page.bytes()) {
-                        Some(JoinReport::Forked { pid }) => {
-                            self.child = Some(pid);
-                            // The client may have left while the joiner worked.
-                            if !self.ctrl_open {
-                                self.signal_session(libc::SIGKILL);
-                            }
-                        }
-                        Some(JoinReport::Failed(e)) => return Err(e),
-                        None => return Err(self.died("the exec helper died before the process started")),
-                    }
-                }
-            }
-            // Checked on every turn, not only when poll says so: a child that failed and exited at once must have
-            // its record read before it is reaped.
-            if self.joiner.is_none() && self.child.is_some() && self.err_r.is_some() {
-                if let Some(e) = self.read_child_failure() {
-                    return Err(e);
-                }
-            }
-            if !started && self.child.is_some() && self.err_r.is_none() {
-                started = true;
-                let pid = self.child.and_then(|c| self.inner_pid(c)).unwrap_or(0);
-                emit(events, &Event::Started { pid });
-            }
-            self.reap_child();
-            if self.joiner.is_none() && self.child.is_none() && self.status.is_none() {
-                return Err(self.died("the exec helper died before the process started"));
-            }
+            self.reap(page);
         }
     }
 
@@ -302,6 +309,86 @@ impl Supervisor<'_> {
             return gone(pid);
         }
         StartError::Internal(what.into())
+    }
+
+    /// Why a child that exited before `execve` did.
+    fn start_failure(&self) -> StartError {
+        let argv0 = self.spec.args.first().map(String::as_str).unwrap_or("");
+        match self.failure {
+            Some(f) => f.stage.error(f.errno, argv0),
+            None => self.died("the process died before it started"),
+        }
+    }
+
+    fn kill_child(&mut self) {
+        if let Some(c) = self.child.filter(|_| self.status.is_none()) {
+            // SAFETY: our own unreaped child.
+            unsafe {
+                libc::kill(c, libc::SIGKILL);
+                libc::waitpid(c, std::ptr::null_mut(), libc::__WALL);
+            }
+        }
+    }
+
+    /// Every state change of our children: the joiner and the child, stops (they are traced) and exits.
+    fn reap(&mut self, page: &mut ReportPage) {
+        loop {
+            let mut ws = 0;
+            // SAFETY: non-blocking wait for any of our children (the joiner and, through CLONE_PARENT, the child).
+            let pid = unsafe { libc::waitpid(-1, &mut ws, libc::WNOHANG | libc::__WALL) };
+            if pid <= 0 {
+                return;
+            }
+            let is_joiner = Some(pid) == self.joiner;
+            if libc::WIFSTOPPED(ws) {
+                let mut sig = 0;
+                match event(ws) {
+                    libc::PTRACE_EVENT_EXEC if !is_joiner => {
+                        self.child.get_or_insert(pid);
+                        self.exec_seen = true;
+                        // The command runs untraced, as it would under runc: its users may trace it themselves.
+                        // SAFETY: detaching a tracee of ours that is in a ptrace stop.
+                        unsafe { libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0) };
+                        continue;
+                    }
+                    libc::PTRACE_EVENT_EXIT if !is_joiner => {
+                        self.child.get_or_insert(pid);
+                        let addr = &super::child::FAILURE as *const _ as *mut libc::c_void;
+                        // SAFETY: reading one word of a stopped tracee at the address of our own static, which the
+                        // tracee shares by fork. errno tells a failed read from a read of -1.
+                        let word = unsafe {
+                            *libc::__errno_location() = 0;
+                            libc::ptrace(libc::PTRACE_PEEKDATA, pid, addr, 0)
+                        };
+                        if word != -1 || std::io::Error::last_os_error().raw_os_error() == Some(0) {
+                            self.failure = ChildFailure::decode(word as u64);
+                        }
+                    }
+                    // A signal on its way: hand it on.
+                    0 => sig = libc::WSTOPSIG(ws),
+                    // The initial stop of a child traced from birth, group stops, the joiner's own events.
+                    _ => {}
+                }
+                if !is_joiner {
+                    self.child.get_or_insert(pid);
+                }
+                // SAFETY: resuming a tracee of ours that is in a ptrace stop.
+                unsafe { libc::ptrace(libc::PTRACE_CONT, pid, 0, sig as libc::c_long) };
+                continue;
+            }
+            let status = if libc::WIFSIGNALED(ws) {
+                Status::Signaled { signal: libc::WTERMSIG(ws) }
+            } else {
+                Status::Exited { code: libc::WEXITSTATUS(ws) }
+            };
+            if is_joiner {
+                self.joiner = None;
+                self.reported = JoinReport::load(page.bytes());
+            } else {
+                self.child.get_or_insert(pid);
+                self.status = Some(status);
+            }
+        }
     }
 
     /// One control frame: a signal, or end of file (the client is gone: hang up the whole session).
@@ -320,56 +407,18 @@ impl Supervisor<'_> {
                     // SAFETY: our own unreaped child.
                     unsafe { libc::kill(j, libc::SIGKILL) };
                 }
+                if !self.exec_seen {
+                    // Not started yet: nothing to hang up gracefully.
+                    if let Some(c) = self.child.filter(|_| self.status.is_none()) {
+                        // SAFETY: our own unreaped child.
+                        unsafe { libc::kill(c, libc::SIGKILL) };
+                    }
+                }
                 // The whole session gets the hangup, as a closing terminal would; stopped jobs wake to see it.
                 self.signal_session(libc::SIGHUP);
                 self.signal_session(libc::SIGCONT);
                 self.deadline = Some(Instant::now() + grace);
             }
-        }
-    }
-
-    /// The child's report: end of file means `execve` succeeded (the socket is close-on-exec).
-    fn read_child_failure(&mut self) -> Option<StartError> {
-        let sock = self.err_r.take()?;
-        let mut rec = [0u8; ChildFailure::LEN + 1];
-        let n = match nix::sys::socket::recv(sock.as_raw_fd(), &mut rec, nix::sys::socket::MsgFlags::MSG_DONTWAIT) {
-            Ok(n) => n,
-            Err(nix::errno::Errno::EAGAIN) => {
-                self.err_r = Some(sock);
-                return None;
-            }
-            Err(_) => 0,
-        };
-        if n == 0 {
-            return None;
-        }
-        let child = self.child?;
-        // Whatever the record says, this child does not run: it exits after writing one, and a record that
-        // does not decode means something wrote to its socket that should not have.
-        // SAFETY: our own unreaped child.
-        unsafe { libc::kill(child, libc::SIGKILL) };
-        // SAFETY: blocking wait for our own child, which was just killed.
-        unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
-        self.child = None;
-        let argv0 = self.spec.args.first().map(String::as_str).unwrap_or("");
-        Some(match ChildFailure::decode(&rec[..n]) {
-            Some(f) => f.stage.error(f.errno, argv0),
-            None => StartError::Internal("the process sent a malformed start report".into()),
-        })
-    }
-
-    fn reap_child(&mut self) {
-        let Some(c) = self.child.filter(|_| self.status.is_none() && self.err_r.is_none()) else {
-            return;
-        };
-        let mut ws = 0;
-        // SAFETY: non-blocking wait for our own child (CLONE_PARENT made it ours).
-        if unsafe { libc::waitpid(c, &mut ws, libc::WNOHANG | libc::__WALL) } == c {
-            self.status = Some(if libc::WIFSIGNALED(ws) {
-                Status::Signaled { signal: libc::WTERMSIG(ws) }
-            } else {
-                Status::Exited { code: libc::WEXITSTATUS(ws) }
-            });
         }
     }
 
