@@ -46,6 +46,15 @@ const VARIANTS: &[Variant] = &[
     },
     Variant { name: "-u 0", dcos: &["-u", "0"], runc: &["--user", "0"], user_without_group: true, tty: false },
     Variant { name: "-t", dcos: &["-t"], runc: &["-t"], user_without_group: false, tty: true },
+    Variant { name: "-w /tmp", dcos: &["-w", "/tmp"], runc: &["--cwd", "/tmp"], user_without_group: false, tty: false },
+    // A new variable only: for one the config already has, runc appends a duplicate where docker replaces it.
+    Variant {
+        name: "-e NEW=1 -u 1000:1000",
+        dcos: &["-e", "NEW=1", "-u", "1000:1000"],
+        runc: &["--env", "NEW=1", "--user", "1000:1000"],
+        user_without_group: false,
+        tty: false,
+    },
     Variant {
         name: "-t -u 1000:1000",
         dcos: &["-t", "-u", "1000:1000"],
