@@ -563,7 +563,17 @@ fn race(
     sessions: usize,
     variants: &[&[&str]],
 ) -> (std::collections::BTreeMap<Option<i32>, usize>, String) {
-    let w = world();
+    race_with(&world().agent, c, mode, sessions, variants)
+}
+
+/// [`race`] through `agent`.
+fn race_with(
+    agent: &Agent,
+    c: &Container,
+    mode: &str,
+    sessions: usize,
+    variants: &[&[&str]],
+) -> (std::collections::BTreeMap<Option<i32>, usize>, String) {
     install_attacker(c);
     let log = c.rootfs().join(format!("tmp/{mode}.log"));
     c.runc_exec_detached(&["/attacker", mode, &format!("/tmp/{mode}.log"), &host_marker().name]);
@@ -571,8 +581,7 @@ fn race(
     let mut codes = std::collections::BTreeMap::new();
     let mut odd = Vec::new();
     for i in 0..sessions {
-        let mut child = w
-            .agent
+        let mut child = agent
             .dcos()
             .args(["task", "exec"])
             .args(variants[i % variants.len()])
@@ -627,7 +636,8 @@ fn race(
     (codes, text)
 }
 
-/// Counts of what the attacker obtained, by how and type, and the lines that show an escape.
+/// Counts of what the attacker obtained, by how and type, and the lines that show an escape (a directory or
+/// regular file, a pty master, or an ESCAPE line).
 fn grabbed(log: &str) -> (std::collections::BTreeMap<String, usize>, Vec<String>) {
     let mut counts = std::collections::BTreeMap::new();
     let mut bad = Vec::new();
@@ -636,7 +646,8 @@ fn grabbed(log: &str) -> (std::collections::BTreeMap<String, usize>, Vec<String>
             let how = rest.split_whitespace().next().unwrap_or("?");
             let ty = rest.split_whitespace().find_map(|f| f.strip_prefix("type=")).unwrap_or("?");
             *counts.entry(format!("{how} {ty}")).or_insert(0) += 1;
-            if ty == "dir" || ty == "reg" {
+            // A directory or file, or a terminal's master (5:2): input could be injected into the session.
+            if ty == "dir" || ty == "reg" || (ty == "chr" && rest.contains(" rdev=5:2 ")) {
                 bad.push(l.to_string());
             }
         } else if ["ESCAPE", "SEIZED", "FORGED", "KEPT"].iter().any(|p| l.starts_with(p)) {
@@ -670,6 +681,26 @@ fn ptrace_race_on_new_processes_reaches_nothing_of_the_host() {
     note(&format!("1000 sessions under a ptrace racer: exit codes {codes:?}; attacker obtained {counts:?}"));
     assert!(
         codes.get(&Some(0)) == Some(&1000) && bad.is_empty(),
+        "every session exits 0 (no status forged): {codes:?}; the racer obtained {counts:?}; host directories or \
+         files reached:\n{}",
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn ptrace_race_on_debug_sessions_reaches_nothing_of_the_host() {
+    if skip() {
+        return;
+    }
+    let f = registry::fixture();
+    let c = container("ptracedbg", &with_ptrace());
+    let image = f.busybox.as_str();
+    let (codes, log) =
+        race_with(&f.agent, &c, "grab", 300, &[&["--debug-image", image], &["--debug-image", image, "-t"]]);
+    let (counts, bad) = grabbed(&log);
+    note(&format!("300 debug sessions under a ptrace racer: exit codes {codes:?}; attacker obtained {counts:?}"));
+    assert!(
+        codes.get(&Some(0)) == Some(&300) && bad.is_empty(),
         "every session exits 0 (no status forged): {codes:?}; the racer obtained {counts:?}; host directories or \
          files reached:\n{}",
         bad.join("\n")

@@ -24,6 +24,7 @@
 #include <sys/ptrace.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -72,7 +73,9 @@ static void inspect(int fd, int p, int k, const char *how, const char *link) {
     struct stat st;
     if (fstat(fd, &st) != 0) return;
     const char *t = kind(st.st_mode);
-    logline("GOT %s pid=%d fd=%d type=%s link=%s", how, p, k, t, link ? link : "?");
+    /* A pty master is the character device 5:2 (ptmx), a slave is 136+:N. */
+    logline("GOT %s pid=%d fd=%d type=%s rdev=%u:%u link=%s", how, p, k, t, major(st.st_rdev), minor(st.st_rdev),
+            link ? link : "?");
     if (S_ISDIR(st.st_mode)) {
         logline("ESCAPE directory fd pid=%d fd=%d link=%s", p, k, link ? link : "?");
         char rel[4096];
