@@ -678,7 +678,11 @@ fn ptrace_race_on_new_processes_reaches_nothing_of_the_host() {
     assert!(eff & (1 << 19) != 0, "CAP_SYS_PTRACE (bit 19) in the container: {}", stdout(&o));
     let (codes, log) = race(&c, "grab", 1000, &[&[]]);
     let (counts, bad) = grabbed(&log);
-    note(&format!("1000 sessions under a ptrace racer: exit codes {codes:?}; attacker obtained {counts:?}"));
+    let seized_before_exec = log.lines().filter(|l| l.starts_with("SEIZED ") && !l.ends_with(" comm=true")).count();
+    note(&format!(
+        "1000 sessions under a ptrace racer: exit codes {codes:?}; attacker obtained {counts:?}; \
+         {seized_before_exec} processes seized before their execve"
+    ));
     assert!(
         codes.get(&Some(0)) == Some(&1000) && bad.is_empty(),
         "every session exits 0 (no status forged): {codes:?}; the racer obtained {counts:?}; host directories or \

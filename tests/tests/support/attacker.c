@@ -113,9 +113,26 @@ static void inspect(int fd, int p, int k, const char *how, const char *link) {
 
 static int stopped(void) { return access(stop_path, F_OK) == 0; }
 
+static int read_comm(int p, char *out, size_t len) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/comm", p);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t n = read(fd, out, len - 1);
+    close(fd);
+    if (n <= 0) return -1;
+    out[n] = 0;
+    if (n > 0 && out[n - 1] == '\n') out[n - 1] = 0;
+    return 0;
+}
+
 static void grab(int p) {
     int seized = ptrace(PTRACE_SEIZE, p, 0, 0) == 0;
-    if (seized) logline("SEIZED pid=%d", p);
+    if (seized) {
+        char c[64] = "?";
+        read_comm(p, c, sizeof c);
+        logline("SEIZED pid=%d comm=%s", p, c);
+    }
     int pfd = syscall(SYS_pidfd_open, p, 0);
     if (pfd < 0 && errno == ESRCH && !seized) return; /* not born yet */
     if (pfd >= 0) {
@@ -228,19 +245,6 @@ static void race(void (*act)(int)) {
         for (int p = seen + 1; p <= last && p > last - 3; p++) act(p);
         seen = last;
     }
-}
-
-static int read_comm(int p, char *out, size_t len) {
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%d/comm", p);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    ssize_t n = read(fd, out, len - 1);
-    close(fd);
-    if (n <= 0) return -1;
-    out[n] = 0;
-    if (n > 0 && out[n - 1] == '\n') out[n - 1] = 0;
-    return 0;
 }
 
 static int hold(const char *dir, const char *comm) {
