@@ -12,7 +12,8 @@ use std::process::{Command, Stdio};
 use support::*;
 
 /// What the probe prints: ids, groups, capabilities, no_new_privs, seccomp; cgroups; namespaces; limits;
-/// oom_score_adj; umask; environment; cwd; and the owner of the terminal or of the stdio pipes.
+/// oom_score_adj; umask; environment; cwd; the mount table it sees (masked and read-only paths: mount point and
+/// options); and the owner of the terminal or of the stdio pipes.
 const PROBE: &str =
     "grep -E '^(Uid|Gid|Groups|CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status; \
      sed 's/^/cgroup /' /proc/self/cgroup; \
@@ -22,6 +23,7 @@ const PROBE: &str =
      echo \"umask $(umask)\"; \
      env | sort | sed 's/^/env /'; \
      echo \"pwd $(pwd)\"; \
+     awk '{print \"mount\", $5, $6}' /proc/self/mountinfo; \
      if t=$(tty); then stat -c \"tty %u %g %a\" $t; else stat -L -c 'stdout %u %g' /proc/self/fd/1; \
      stat -L -c 'stderr %u %g' /proc/self/fd/2; fi";
 
