@@ -7,26 +7,46 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
+/// What both records of a session say about it: who asked, from where, for which container, to run
+/// what. Flattened into each record, so the JSON fields stay top-level.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionInfo {
+    /// The token's subject.
+    pub user: String,
+    /// The client's address as the agent saw it.
+    pub source: String,
+    /// The task id as requested.
+    pub task: String,
+    /// The container id the task resolved to.
+    pub container: String,
+    /// The command and its arguments.
+    pub command: Vec<String>,
+    /// Whether a terminal was requested.
+    pub tty: bool,
+    /// Whether stdin was requested.
+    pub stdin: bool,
+    /// `--user` as requested, when given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_as: Option<String>,
+    /// `--debug-image`: as normalised in the start record, as pulled in the end record (absent if the
+    /// pull failed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
 /// A session that got past the upgrade, written before anything is pulled or started: if the agent dies
 /// mid-session, this record is what remains.
 #[derive(Debug, Clone, Serialize)]
 pub struct SessionStartRecord {
     /// `session_start`.
     pub event: &'static str,
+    /// The session id, shared with the end record.
     pub session: String,
+    /// When the session started.
     pub time: String,
-    pub user: String,
-    pub source: String,
-    pub task: String,
-    pub container: String,
-    pub command: Vec<String>,
-    pub tty: bool,
-    pub stdin: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub run_as: Option<String>,
-    /// `--debug-image` as normalised.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub image: Option<String>,
+    /// Who, where and what.
+    #[serde(flatten)]
+    pub info: SessionInfo,
 }
 
 /// A session that ended: ran, failed to start, or was hung up.
@@ -34,26 +54,23 @@ pub struct SessionStartRecord {
 pub struct SessionRecord {
     /// `session_end`.
     pub event: &'static str,
+    /// The session id, shared with the start record.
     pub session: String,
-    pub user: String,
-    pub source: String,
-    pub task: String,
-    pub container: String,
-    pub command: Vec<String>,
-    pub tty: bool,
-    pub stdin: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub run_as: Option<String>,
-    /// `--debug-image` as normalised, and the manifest digest it resolved to (empty if the pull failed).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub image: Option<String>,
+    /// Who, where and what.
+    #[serde(flatten)]
+    pub info: SessionInfo,
+    /// The manifest digest `image` resolved to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image_digest: Option<String>,
+    /// When the session started (the start record's `time`).
     pub start: String,
+    /// When the session ended.
     pub end: String,
     /// The final status as sent to the client.
     pub status: dcos_exec_proto::Status,
+    /// Bytes received from the client (stdin).
     pub bytes_in: u64,
+    /// Bytes sent to the client (stdout and stderr).
     pub bytes_out: u64,
 }
 
@@ -113,5 +130,86 @@ impl AuditLog {
 
     pub fn denial(&self, rec: &DenialRecord) {
         self.write(rec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(image: Option<&str>) -> SessionInfo {
+        SessionInfo {
+            user: "alice".into(),
+            source: "10.0.0.1:5000".into(),
+            task: "web.1".into(),
+            container: "c1".into(),
+            command: vec!["sh".into(), "-c".into(), "id".into()],
+            tty: true,
+            stdin: false,
+            run_as: Some("1000".into()),
+            image: image.map(Into::into),
+        }
+    }
+
+    /// The records are read by operators' tools and by the end-to-end tests: the flattened shared part
+    /// must leave the field names and their order exactly as they were when each record spelled them out.
+    #[test]
+    fn records_keep_their_field_names_and_order() {
+        let start = SessionStartRecord {
+            event: "session_start",
+            session: "s1".into(),
+            time: "t0".into(),
+            info: info(Some("docker.io/library/busybox:latest")),
+        };
+        assert_eq!(
+            serde_json::to_string(&start).unwrap(),
+            r#"{"event":"session_start","session":"s1","time":"t0","user":"alice","source":"10.0.0.1:5000","task":"web.1","container":"c1","command":["sh","-c","id"],"tty":true,"stdin":false,"run_as":"1000","image":"docker.io/library/busybox:latest"}"#
+        );
+        let end = SessionRecord {
+            event: "session_end",
+            session: "s1".into(),
+            info: info(Some("docker.io/library/busybox:latest")),
+            image_digest: Some("sha256:ab".into()),
+            start: "t0".into(),
+            end: "t1".into(),
+            status: dcos_exec_proto::Status::Exited { code: 3 },
+            bytes_in: 5,
+            bytes_out: 7,
+        };
+        assert_eq!(
+            serde_json::to_string(&end).unwrap(),
+            r#"{"event":"session_end","session":"s1","user":"alice","source":"10.0.0.1:5000","task":"web.1","container":"c1","command":["sh","-c","id"],"tty":true,"stdin":false,"run_as":"1000","image":"docker.io/library/busybox:latest","image_digest":"sha256:ab","start":"t0","end":"t1","status":{"status":"exited","code":3},"bytes_in":5,"bytes_out":7}"#
+        );
+    }
+
+    /// Absent optional values leave their keys out in both records, as before.
+    #[test]
+    fn absent_options_are_omitted() {
+        let mut i = info(None);
+        i.run_as = None;
+        let start =
+            SessionStartRecord { event: "session_start", session: "s".into(), time: "t".into(), info: i.clone() };
+        let v = serde_json::to_value(&start).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            ["command", "container", "event", "session", "source", "stdin", "task", "time", "tty", "user"]
+        );
+        let end = SessionRecord {
+            event: "session_end",
+            session: "s".into(),
+            info: i,
+            image_digest: None,
+            start: "t".into(),
+            end: "t".into(),
+            status: dcos_exec_proto::Status::Signaled { signal: 9 },
+            bytes_in: 0,
+            bytes_out: 0,
+        };
+        let v = serde_json::to_value(&end).unwrap();
+        for k in ["run_as", "image", "image_digest"] {
+            assert!(v.get(k).is_none(), "{k} present in {v}");
+        }
+        assert_eq!(v["status"]["signal"], 9);
     }
 }

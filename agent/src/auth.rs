@@ -157,6 +157,11 @@ impl Verifier {
         let (Some(sub), Some(iss), Some(aud), Some(nbf), Some(exp)) = (c.sub, c.iss, c.aud, c.nbf, c.exp) else {
             return Err(AuthError::Invalid("a required claim is missing"));
         };
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "finite and not negative: `as` drops the fraction of a NumericDate and saturates past u64::MAX"
+        )]
         let secs = |v: f64| if v.is_finite() && v >= 0.0 { Ok(v as u64) } else { Err(MALFORMED) };
         let (nbf, exp) = (secs(nbf)?, secs(exp)?);
         if exp.saturating_add(LEEWAY) < now {

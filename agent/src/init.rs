@@ -149,7 +149,8 @@ mod tests {
     #[test]
     fn certificates_have_bounded_lifetimes() {
         let dir = tempfile::tempdir().unwrap();
-        let now = SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        let now = SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let now = i64::try_from(now).unwrap();
         let o = InitOptions {
             dir: dir.path(),
             listen: "127.0.0.1:7443",
@@ -162,12 +163,16 @@ mod tests {
         let (nb, na, ca) = validity_of(&dir.path().join("ca.crt"));
         assert!(ca);
         assert!((now - 600..=now).contains(&nb), "CA not_before {nb} vs now {now}");
-        assert!((na - now - CA_LIFETIME.as_secs() as i64).abs() < day, "CA valid for about 10 years: {}", na - now);
+        assert!(
+            (na - now - i64::try_from(CA_LIFETIME.as_secs()).unwrap()).abs() < day,
+            "CA valid for about 10 years: {}",
+            na - now
+        );
         let (nb, na, ca) = validity_of(&dir.path().join("server.crt"));
         assert!(!ca);
         assert!((now - 600..=now).contains(&nb), "server not_before {nb} vs now {now}");
         assert!(
-            (na - now - SERVER_LIFETIME.as_secs() as i64).abs() < day,
+            (na - now - i64::try_from(SERVER_LIFETIME.as_secs()).unwrap()).abs() < day,
             "server valid for about a year: {}",
             na - now
         );

@@ -1,5 +1,8 @@
 //! `dcos-exec-agent`: the per-host agent. `init` sets up keys and config, `run` serves, `token` mints tokens.
 
+// Nothing a user, a container, a registry or the network controls may panic the process.
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
 mod acl;
 mod api;
 mod audit;

@@ -166,13 +166,19 @@ impl Discovery {
         let s: CrunStatus = serde_json::from_slice(&std::fs::read(dir.join("status")).ok()?).ok()?;
         let id = dir.file_name()?.to_str()?.to_string();
         let start = if s.process_start_time != 0 { s.process_start_time } else { proc_start_time(s.pid).unwrap_or(0) };
+        let mut state = proc_state(s.pid, start);
+        // Like runc, crun keeps exec.fifo until `crun start`: the init is still crun itself, waiting, and its
+        // namespaces are not the container's finished ones yet.
+        if state == State::Running && dir.join("exec.fifo").exists() {
+            state = State::Created;
+        }
         Some(Container {
             task_id: self.task_id(&id, &s.bundle),
             id,
             runtime: "crun",
             pid: s.pid,
             start_time: start,
-            state: proc_state(s.pid, start),
+            state,
             bundle: s.bundle,
         })
     }
@@ -220,12 +226,18 @@ fn proc_state(pid: i32, start: u64) -> State {
 
 /// Seconds since a process that started at `start_ticks` began.
 pub fn age_secs(start_ticks: u64) -> u64 {
-    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as u64;
-    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0.0);
-    (uptime as u64).saturating_sub(start_ticks / ticks.max(1))
+        .flatten()
+        .and_then(|t| u64::try_from(t).ok())
+        .filter(|&t| t > 0)
+        .unwrap_or(100);
+    // Whole seconds of "SECONDS.FRACTION IDLE".
+    let uptime: u64 = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split(['.', ' ']).next()?.parse().ok())
+        .unwrap_or(0);
+    uptime.saturating_sub(start_ticks / ticks)
 }
 
 #[cfg(test)]
@@ -243,7 +255,7 @@ mod tests {
     #[test]
     fn finds_runc_and_crun_state_and_task_annotations() {
         let tmp = tempfile::tempdir().unwrap();
-        let me = std::process::id() as i32;
+        let me = nix::unistd::getpid().as_raw();
         let start = proc_start_time(me).unwrap();
         let bundle = tmp.path().join("bundle");
         std::fs::create_dir_all(&bundle).unwrap();
@@ -254,6 +266,11 @@ mod tests {
         let crun_ns = tmp.path().join("crun/ns1/c2");
         std::fs::create_dir_all(&crun_ns).unwrap();
         std::fs::write(crun_ns.join("status"), format!(r#"{{"pid":{me},"bundle":"/nonexistent"}}"#)).unwrap();
+        // `crun create` without `crun start`: the fifo is still there.
+        let crun_created = tmp.path().join("crun/ns1/c3");
+        std::fs::create_dir_all(&crun_created).unwrap();
+        std::fs::write(crun_created.join("status"), format!(r#"{{"pid":{me},"bundle":"/nonexistent"}}"#)).unwrap();
+        nix::unistd::mkfifo(&crun_created.join("exec.fifo"), nix::sys::stat::Mode::S_IRUSR).unwrap();
         let cfg = crate::config::RuntimesConfig { runc_roots: vec![runc], crun_roots: vec![tmp.path().join("crun/*")] };
         let d = Discovery::new(&cfg, Some("task".into()));
         let mut all: Vec<_> = d.list().into_iter().map(|c| (c.id, c.task_id, c.runtime, c.state)).collect();
@@ -262,6 +279,7 @@ mod tests {
             all,
             vec![
                 ("c2".into(), "c2".into(), "crun", State::Running),
+                ("c3".into(), "c3".into(), "crun", State::Created),
                 ("dead".into(), "web.1".into(), "runc", State::Stopped),
                 ("live".into(), "web.1".into(), "runc", State::Running),
             ]
@@ -269,6 +287,7 @@ mod tests {
         assert!(matches!(d.resolve("web.1"), Err(RuntimeError::Ambiguous { count: 2, .. })));
         assert_eq!(d.resolve("live").unwrap().pid, me);
         assert!(matches!(d.resolve("dead"), Err(RuntimeError::NotRunning { .. })));
+        assert!(matches!(d.resolve("c3"), Err(RuntimeError::NotRunning { .. })));
         assert!(matches!(d.resolve("nope"), Err(RuntimeError::NotFound(_))));
     }
 }

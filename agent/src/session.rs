@@ -6,7 +6,7 @@
 mod flow;
 mod pty;
 
-use crate::audit::{SessionRecord, SessionStartRecord};
+use crate::audit::{SessionInfo, SessionRecord, SessionStartRecord};
 use crate::exec::{self, ExecError};
 use crate::limits::SessionSlot;
 use crate::server::Agent;
@@ -131,10 +131,7 @@ where
     let id = new_session_id();
     let start = crate::audit::now();
     tracing::info!(session = %id, user = %ctx.user, task = %ctx.task, "session start");
-    agent.audit.session_start(&SessionStartRecord {
-        event: "session_start",
-        session: id.clone(),
-        time: start.clone(),
+    let info = SessionInfo {
         user: ctx.user.clone(),
         source: ctx.source.clone(),
         task: ctx.task.clone(),
@@ -144,6 +141,12 @@ where
         stdin: ctx.request.stdin,
         run_as: ctx.request.user.clone(),
         image: ctx.image.as_ref().map(|r| r.to_string()),
+    };
+    agent.audit.session_start(&SessionStartRecord {
+        event: "session_start",
+        session: id.clone(),
+        time: start.clone(),
+        info: info.clone(),
     });
 
     let counters = Counters::default();
@@ -156,16 +159,8 @@ where
     agent.audit.session(&SessionRecord {
         event: "session_end",
         session: id,
-        user: ctx.user,
-        source: ctx.source,
-        task: ctx.task,
-        container: ctx.container.id,
-        image: image.as_ref().map(|(r, _): &(String, String)| r.clone()),
+        info: SessionInfo { image: image.as_ref().map(|(r, _): &(String, String)| r.clone()), ..info },
         image_digest: image.map(|(_, d)| d),
-        command: ctx.request.command,
-        tty: ctx.request.tty,
-        stdin: ctx.request.stdin,
-        run_as: ctx.request.user,
         start,
         end: crate::audit::now(),
         status,
@@ -274,7 +269,7 @@ struct Running {
 /// The agent raised its own soft open-files limit at start; a process in the container gets the limit the
 /// agent was started with, unless the container's config sets one.
 fn restore_nofile(rlimits: &mut Vec<Rlimit>) {
-    let nofile = libc::RLIMIT_NOFILE as i32;
+    let Ok(nofile) = i32::try_from(libc::RLIMIT_NOFILE) else { return };
     if let Some((soft, hard)) = crate::limits::original_nofile() {
         if !rlimits.iter().any(|r| r.resource == nofile) {
             rlimits.push(Rlimit { resource: nofile, soft, hard });
@@ -484,11 +479,12 @@ mod tests {
     fn the_original_open_files_limit_goes_to_the_process_unless_the_container_sets_one() {
         crate::limits::raise_nofile().unwrap();
         let (soft, hard) = crate::limits::original_nofile().unwrap();
+        let nofile = i32::try_from(libc::RLIMIT_NOFILE).unwrap();
         let mut none = Vec::new();
         restore_nofile(&mut none);
         assert_eq!(none.len(), 1);
-        assert_eq!((none[0].resource, none[0].soft, none[0].hard), (libc::RLIMIT_NOFILE as i32, soft, hard));
-        let mut own = vec![Rlimit { resource: libc::RLIMIT_NOFILE as i32, soft: 5, hard: 6 }];
+        assert_eq!((none[0].resource, none[0].soft, none[0].hard), (nofile, soft, hard));
+        let mut own = vec![Rlimit { resource: nofile, soft: 5, hard: 6 }];
         restore_nofile(&mut own);
         assert_eq!((own.len(), own[0].soft), (1, 5));
     }

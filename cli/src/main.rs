@@ -1,5 +1,8 @@
 //! `dcos`: `dcos task list` and `dcos task exec` against dcos-exec agents.
 
+// Nothing a user, a container, a registry or the network controls may panic the process.
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
 mod client;
 mod config;
 mod session;

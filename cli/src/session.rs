@@ -88,6 +88,7 @@ fn bar(text: &str) -> Option<String> {
     let (head, total) = text.strip_suffix(" MiB")?.rsplit_once(" / ")?;
     let done = head.rsplit(' ').nth(1)?.parse::<f64>().ok()?;
     let total = total.parse::<f64>().ok().filter(|t| *t > 0.0)?;
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "a whole number in 0..=20")]
     let filled = ((done / total).clamp(0.0, 1.0) * 20.0).round() as usize;
     Some(format!("[{}{}]", "#".repeat(filled), ".".repeat(20 - filled)))
 }

@@ -8,10 +8,15 @@ use std::str::FromStr;
 /// Capability sets as kernel numbers (`CAP_CHOWN` is 0), sorted.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CapSets {
+    /// The bounding set: what the process and its children can ever gain.
     pub bounding: Vec<u32>,
+    /// What the kernel checks.
     pub effective: Vec<u32>,
+    /// What the process may make effective.
     pub permitted: Vec<u32>,
+    /// What survives execve of a file with matching file capabilities.
     pub inheritable: Vec<u32>,
+    /// What survives execve of any file (for a non-root user).
     pub ambient: Vec<u32>,
 }
 
@@ -56,10 +61,10 @@ impl CapSets {
     /// The `capset(2)` payload (version 3: two 32-bit words per set), capabilities above `last_cap` dropped.
     pub fn data(&self, last_cap: u32) -> [CapData; 2] {
         let mut d = [CapData::default(); 2];
-        let bits = |set: &[u32], word: usize| {
-            set.iter().filter(|&&c| c <= last_cap && c / 32 == word as u32).fold(0u32, |acc, c| acc | 1 << (c % 32))
+        let bits = |set: &[u32], word: u32| {
+            set.iter().filter(|&&c| c <= last_cap && c / 32 == word).fold(0u32, |acc, c| acc | 1 << (c % 32))
         };
-        for (w, slot) in d.iter_mut().enumerate() {
+        for (w, slot) in (0u32..).zip(d.iter_mut()) {
             *slot = CapData {
                 effective: bits(&self.effective, w),
                 permitted: bits(&self.permitted, w),
@@ -87,7 +92,9 @@ impl CapSets {
 /// `struct __user_cap_header_struct`.
 #[repr(C)]
 pub struct CapHeader {
+    /// [`CAP_VERSION_3`].
     pub version: u32,
+    /// 0: this thread.
     pub pid: libc::c_int,
 }
 
@@ -98,8 +105,11 @@ pub const CAP_VERSION_3: u32 = 0x2008_0522;
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CapData {
+    /// One 32-capability word of the effective set.
     pub effective: u32,
+    /// The same word of the permitted set.
     pub permitted: u32,
+    /// The same word of the inheritable set.
     pub inheritable: u32,
 }
 

@@ -35,7 +35,10 @@ pub enum Control {
 #[serde(rename_all = "snake_case")]
 pub enum Event {
     /// The command was exec'd; `pid` is its pid in the container's pid namespace.
-    Started { pid: i32 },
+    Started {
+        /// The command's pid in the container's pid namespace.
+        pid: i32,
+    },
     /// The session's final status; always the last frame.
     Finished(Status),
 }
@@ -43,10 +46,13 @@ pub enum Event {
 /// Errors reading a frame.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
+    /// The length prefix announces more than [`MAX_FRAME`] bytes.
     #[error("frame of {0} bytes is larger than {MAX_FRAME}")]
     TooLarge(usize),
+    /// The pipe failed or ended inside a frame.
     #[error("reading a frame: {0}")]
     Io(#[from] std::io::Error),
+    /// The frame's body is not the message expected.
     #[error("decoding a frame: {0}")]
     Json(#[from] serde_json::Error),
 }
@@ -56,7 +62,8 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
     // Serializing these plain types cannot fail; an empty body would be refused by the reader.
     let json = serde_json::to_vec(msg).unwrap_or_default();
     let mut out = Vec::with_capacity(json.len() + 4);
-    out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    // Beyond u32 (never, for these types) the prefix says u32::MAX, which the reader refuses as too large.
+    out.extend_from_slice(&u32::try_from(json.len()).unwrap_or(u32::MAX).to_le_bytes());
     out.extend_from_slice(&json);
     out
 }
@@ -98,7 +105,10 @@ pub fn read<T: DeserializeOwned>(r: &mut impl Read) -> Result<Option<T>, FrameEr
 #[serde(rename_all = "snake_case")]
 pub enum JoinReport {
     /// The visible child was forked; its host pid. It reports its own failure, if any, as a [`ChildFailure`].
-    Forked { pid: i32 },
+    Forked {
+        /// The child's pid in the host's pid namespace.
+        pid: i32,
+    },
     /// Nothing was forked.
     Failed(StartError),
 }
@@ -114,7 +124,8 @@ impl JoinReport {
             let short = JoinReport::Failed(StartError::Internal("the exec helper's report was too long".into()));
             body = serde_json::to_vec(&short).unwrap_or_default();
         }
-        page[..4].copy_from_slice(&(body.len() as u32).to_le_bytes());
+        // The body fits the page, and a page never reaches u32::MAX bytes.
+        page[..4].copy_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_le_bytes());
         page[4..4 + body.len()].copy_from_slice(&body);
     }
 
@@ -129,7 +140,9 @@ impl JoinReport {
 /// supervisor reads from the child's memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChildFailure {
+    /// The step that failed.
     pub stage: Stage,
+    /// Its errno.
     pub errno: i32,
 }
 
@@ -139,7 +152,8 @@ impl ChildFailure {
 
     /// Packs without allocating (the child runs between fork and exec).
     pub const fn encode(stage: Stage, errno: i32) -> u64 {
-        Self::MAGIC | ((stage as u64) << 32) | (errno as u32 as u64)
+        // The errno's bits as they are; decode reinterprets them the same way.
+        Self::MAGIC | ((stage as u64) << 32) | (errno.cast_unsigned() as u64)
     }
 
     /// Unpacks a word; anything but a well-formed record is refused.
@@ -148,7 +162,7 @@ impl ChildFailure {
             return None;
         }
         let stage = Stage::from_u32(((word >> 32) & 0xffff) as u32)?;
-        let errno = (word & 0xffff_ffff) as u32 as i32;
+        let errno = ((word & 0xffff_ffff) as u32).cast_signed();
         (0..4096).contains(&errno).then_some(ChildFailure { stage, errno })
     }
 }
@@ -182,7 +196,7 @@ mod tests {
 
     #[test]
     fn oversized_truncated_and_garbled_frames_are_errors() {
-        let mut big = ((MAX_FRAME + 1) as u32).to_le_bytes().to_vec();
+        let mut big = u32::try_from(MAX_FRAME + 1).unwrap().to_le_bytes().to_vec();
         big.extend_from_slice(b"{}");
         assert!(matches!(read::<Event>(&mut &big[..]), Err(FrameError::TooLarge(_))));
         let mut cut = encode(&Event::Started { pid: 1 });

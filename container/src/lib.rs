@@ -11,6 +11,15 @@
 //! [`lsm`] (AppArmor and SELinux), [`pty`] (a terminal from the container's own `/dev/ptmx`) and
 //! [`debugroot`] (the `--debug-image` root). No tokio here: the helper is a plain single-threaded process.
 
+// Public items say what they are: other crates and their authors build on them.
+#![warn(missing_docs)]
+// Library code returns errors rather than panicking, and leaves the process's stdout and stderr to its
+// caller (in the helper they are the user's process's).
+#![warn(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::print_stderr)]
+// Each step of joining a container is a security step: an ignored result (the terminal's fchown was one)
+// is a step that silently did not happen.
+#![warn(clippy::let_underscore_must_use)]
+
 pub mod caps;
 pub mod cgroup;
 pub mod channel;

@@ -11,6 +11,7 @@ use std::ffi::CString;
 pub struct ExecLabel {
     /// Path inside the container's `/proc` of the calling thread's attr file.
     pub path: CString,
+    /// The label to write there.
     pub value: Vec<u8>,
 }
 

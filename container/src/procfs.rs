@@ -8,8 +8,11 @@ use std::os::fd::BorrowedFd;
 pub struct Stat {
     /// `R`, `S`, `Z`, ...
     pub state: char,
+    /// The parent's pid.
     pub ppid: i32,
+    /// The process group.
     pub pgrp: i32,
+    /// The session id.
     pub session: i32,
     /// Clock ticks after boot.
     pub start_time: u64,
@@ -59,6 +62,17 @@ pub fn innermost_pid(status: &str) -> Option<i32> {
     status.lines().find_map(|l| l.strip_prefix("NSpid:")).and_then(|v| v.split_whitespace().last()?.parse().ok())
 }
 
+/// The host id that id 0 of a user namespace maps to, from the text of its `uid_map` or `gid_map`.
+pub fn host_id_of_root(map: &str) -> Option<u32> {
+    map.lines().find_map(|l| {
+        let mut f = l.split_whitespace().map(|x| x.parse::<u32>().ok());
+        match (f.next()??, f.next()??, f.next()??) {
+            (0, host, n) if n > 0 => Some(host),
+            _ => None,
+        }
+    })
+}
+
 /// The current `oom_score_adj` of a process.
 pub fn oom_score_adj(pid: i32) -> Option<i32> {
     std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).ok()?.trim().parse().ok()
@@ -81,11 +95,18 @@ mod tests {
 
     #[test]
     fn own_process_is_readable_and_nspid_is_innermost() {
-        let me = std::process::id() as i32;
+        let me = nix::unistd::getpid().as_raw();
         assert!(start_time(me).is_some());
         assert!(stat(me).is_some_and(|s| !s.is_dead() && s.ppid > 0));
         assert_eq!(innermost_pid("Name:\tx\nNSpid:\t4242\t7\nX:\t1\n"), Some(7));
         assert_eq!(innermost_pid("NSpid:\t4242\n"), Some(4242));
         assert_eq!(innermost_pid("Name:\tx\n"), None);
+        assert_eq!(host_id_of_root("         0     100000      65536\n"), Some(100000));
+        assert_eq!(
+            host_id_of_root("      1000       2000          1\n         0     100000       1000\n"),
+            Some(100000)
+        );
+        assert_eq!(host_id_of_root("      1000       2000          1\n"), None);
+        assert_eq!(host_id_of_root("garbage"), None);
     }
 }

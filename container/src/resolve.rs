@@ -40,7 +40,9 @@ pub fn read_small(root: BorrowedFd<'_>, path: &str) -> String {
         return String::new();
     }
     let mut buf = Vec::new();
-    let _ = f.take(MAX_READ).read_to_end(&mut buf);
+    if f.take(MAX_READ).read_to_end(&mut buf).is_err() {
+        return String::new();
+    }
     String::from_utf8_lossy(&buf).into_owned()
 }
 

@@ -10,12 +10,16 @@ use std::str::FromStr;
 /// Errors compiling a filter.
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
+    /// Something in the profile this helper cannot apply faithfully (a seccomp agent, an out-of-range value).
     #[error("{0} is not supported")]
     Unsupported(String),
+    /// An architecture name libseccomp does not know.
     #[error("unknown architecture {0}")]
     Arch(String),
+    /// libseccomp refused a rule.
     #[error("libseccomp: {0}")]
     Lib(#[from] libseccomp::error::SeccompError),
+    /// Writing the compiled program out failed.
     #[error("exporting the filter: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -23,7 +27,9 @@ pub enum SeccompError {
 /// A compiled filter: classic BPF instructions (8 bytes each) and the `seccomp(2)` flags.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Program {
+    /// The instructions, as the kernel reads them.
     pub bpf: Vec<u8>,
+    /// `SECCOMP_FILTER_FLAG_*` for `seccomp(SECCOMP_SET_MODE_FILTER)`.
     pub flags: u32,
 }
 
@@ -34,13 +40,20 @@ fn name<T: Serialize>(v: T) -> String {
     serde_json::to_value(v).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
 }
 
+/// The config's `errnoRet` (EPERM if absent) as the action's argument type; a value that does not fit is
+/// refused rather than wrapped or cut to another errno.
+fn errno_ret<T: TryFrom<u32>>(errno: Option<u32>) -> Result<T, SeccompError> {
+    let e = errno.unwrap_or(libc::EPERM.cast_unsigned());
+    T::try_from(e).map_err(|_| SeccompError::Unsupported(format!("errnoRet {e}")))
+}
+
 fn action(a: LinuxSeccompAction, errno: Option<u32>) -> Result<ScmpAction, SeccompError> {
     Ok(match a {
         LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => ScmpAction::KillThread,
         LinuxSeccompAction::ScmpActKillProcess => ScmpAction::KillProcess,
         LinuxSeccompAction::ScmpActTrap => ScmpAction::Trap,
-        LinuxSeccompAction::ScmpActErrno => ScmpAction::Errno(errno.unwrap_or(libc::EPERM as u32) as i32),
-        LinuxSeccompAction::ScmpActTrace => ScmpAction::Trace(errno.unwrap_or(libc::EPERM as u32) as u16),
+        LinuxSeccompAction::ScmpActErrno => ScmpAction::Errno(errno_ret(errno)?),
+        LinuxSeccompAction::ScmpActTrace => ScmpAction::Trace(errno_ret(errno)?),
         LinuxSeccompAction::ScmpActLog => ScmpAction::Log,
         LinuxSeccompAction::ScmpActAllow => ScmpAction::Allow,
         LinuxSeccompAction::ScmpActNotify => {
@@ -100,9 +113,11 @@ pub fn compile(s: &LinuxSeccomp) -> Result<Program, SeccompError> {
             .flatten()
             .map(|a| {
                 let (op, datum) = compare(a.op(), a.value(), a.value_two());
-                ScmpArgCompare::new(a.index() as u32, op, datum)
+                let index = u32::try_from(a.index())
+                    .map_err(|_| SeccompError::Unsupported(format!("argument index {}", a.index())))?;
+                Ok(ScmpArgCompare::new(index, op, datum))
             })
-            .collect();
+            .collect::<Result<_, SeccompError>>()?;
         let mut indices: Vec<usize> = rule.args().iter().flatten().map(|a| a.index()).collect();
         indices.sort_unstable();
         let repeated = indices.windows(2).any(|w| w[0] == w[1]);
@@ -135,14 +150,18 @@ pub fn compile(s: &LinuxSeccomp) -> Result<Program, SeccompError> {
 /// `struct sock_fprog`.
 #[repr(C)]
 pub struct SockFprog {
+    /// Number of instructions.
     pub len: u16,
+    /// The first instruction.
     pub filter: *const u8,
 }
 
 impl Program {
     /// The kernel's view of this program; valid as long as `self` is.
     pub fn fprog(&self) -> SockFprog {
-        SockFprog { len: (self.bpf.len() / 8) as u16, filter: self.bpf.as_ptr() }
+        // `compile` refuses longer programs; one that arrived some other way gets length 0, which the kernel
+        // refuses, rather than a prefix of itself.
+        SockFprog { len: u16::try_from(self.bpf.len() / 8).unwrap_or(0), filter: self.bpf.as_ptr() }
     }
 }
 

@@ -8,34 +8,49 @@ use serde::{Deserialize, Serialize};
 /// One rlimit, `resource` as in setrlimit(2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rlimit {
+    /// `RLIMIT_*`.
     pub resource: i32,
+    /// The limit enforced.
     pub soft: u64,
+    /// The ceiling the soft limit may be raised to.
     pub hard: u64,
 }
 
 /// The container's user from `config.json`, as numbers (checked against the allowed range by the helper).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigUser {
+    /// `process.user.uid`.
     pub uid: u32,
+    /// `process.user.gid`.
     pub gid: u32,
+    /// `process.user.additionalGids`.
     pub additional_gids: Vec<u32>,
 }
 
 /// Everything the helper needs, sent as the first [`crate::channel::Control`] frame.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExecSpec {
-    /// The container's init, and its start time (clock ticks after boot) against pid reuse.
+    /// The container's init, whose namespaces and cgroups the session joins.
     pub init_pid: i32,
+    /// The init's start time (clock ticks after boot), against pid reuse.
     pub init_start: u64,
+    /// The command and its arguments.
     pub args: Vec<String>,
+    /// The process's environment, overrides merged.
     pub env: Vec<String>,
+    /// The container's user, used unless `user_override` is given.
     pub user: ConfigUser,
     /// `-u USER[:GROUP]`, resolved by the helper in the session's root.
     pub user_override: Option<String>,
+    /// The working directory inside the session's root.
     pub cwd: String,
+    /// The capabilities the process runs with (the container's, plus `--cap-add`).
     pub caps: CapSets,
+    /// The container's `noNewPrivileges`.
     pub no_new_privs: bool,
+    /// The container's rlimits.
     pub rlimits: Vec<Rlimit>,
+    /// The container's umask (0o022 if unset).
     pub umask: u32,
     /// The container's `oomScoreAdj`, or its init's current value.
     pub oom_score_adj: Option<i32>,
@@ -43,8 +58,11 @@ pub struct ExecSpec {
     pub seccomp: Option<crate::seccomp::Program>,
     /// The container's AppArmor profile and SELinux label, applied when the host has them enabled.
     pub apparmor_profile: Option<String>,
+    /// See `apparmor_profile`.
     pub selinux_label: Option<String>,
+    /// Whether the process gets a terminal.
     pub tty: bool,
+    /// The terminal's initial size.
     pub size: Option<TermSize>,
     /// Between SIGHUP and SIGKILL once the client is gone.
     pub grace_ms: u64,
@@ -68,26 +86,35 @@ pub const TARGET_MOUNT: &str = "/target";
 /// What the request (and, for a debug session, the image) changes of the container's process.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
+    /// The command and its arguments.
     pub args: Vec<String>,
     /// `-e KEY=VAL`.
     pub env: Vec<String>,
+    /// `-u USER[:GROUP]`.
     pub user: Option<String>,
+    /// `-w DIR`.
     pub workdir: Option<String>,
+    /// `-t`.
     pub tty: bool,
+    /// The client's terminal size, with `tty`.
     pub size: Option<TermSize>,
     /// With a debug image: its environment and working directory replace the container's.
     pub image_env: Option<Vec<String>>,
+    /// See `image_env`.
     pub image_workdir: Option<String>,
     /// Capabilities added to every set (already checked against the agent's allowlist).
     pub cap_add: Vec<u32>,
+    /// With a debug image: how many layer directories the agent passes (see [`DebugRoot::layers`]).
     pub debug_layers: Option<usize>,
 }
 
 /// Errors building a spec.
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
+    /// `config.json` has no `process` to take the user, capabilities and limits from.
     #[error("the container's config.json has no process")]
     NoProcess,
+    /// The container's seccomp profile cannot be compiled.
     #[error("the container's seccomp filter: {0}")]
     Seccomp(#[from] crate::seccomp::SeccompError),
 }
@@ -109,7 +136,7 @@ pub fn merge_env(base: &[String], overrides: &[String]) -> Vec<String> {
 
 fn rlimit_resource(t: PosixRlimitType) -> Option<i32> {
     let name = serde_json::to_value(t).ok()?;
-    Some(match name.as_str()? {
+    i32::try_from(match name.as_str()? {
         "RLIMIT_CPU" => libc::RLIMIT_CPU,
         "RLIMIT_FSIZE" => libc::RLIMIT_FSIZE,
         "RLIMIT_DATA" => libc::RLIMIT_DATA,
@@ -127,7 +154,8 @@ fn rlimit_resource(t: PosixRlimitType) -> Option<i32> {
         "RLIMIT_RTPRIO" => libc::RLIMIT_RTPRIO,
         "RLIMIT_RTTIME" => libc::RLIMIT_RTTIME,
         _ => return None,
-    } as i32)
+    })
+    .ok()
 }
 
 /// The process `runc exec` would make from `config` with these overrides.
@@ -234,7 +262,10 @@ pub(crate) mod tests {
         assert_eq!(s.umask, 63);
         assert!(s.no_new_privs);
         assert_eq!(s.oom_score_adj, Some(300));
-        assert_eq!(s.rlimits, vec![Rlimit { resource: libc::RLIMIT_NOFILE as i32, soft: 1234, hard: 2345 }]);
+        assert_eq!(
+            s.rlimits,
+            vec![Rlimit { resource: i32::try_from(libc::RLIMIT_NOFILE).unwrap(), soft: 1234, hard: 2345 }]
+        );
         assert_eq!(s.caps.bounding, vec![0, 5]);
         assert_eq!(s.caps.effective, vec![5]);
         assert_eq!(s.apparmor_profile.as_deref(), Some("docker-default"));

@@ -12,17 +12,24 @@ pub const MAX_ID: u64 = i32::MAX as u64;
 /// One line of `/etc/passwd`; ids kept wide so that out-of-range ones can be refused when chosen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PasswdEntry {
+    /// The user name.
     pub name: String,
+    /// The user id.
     pub uid: u64,
+    /// The primary group id.
     pub gid: u64,
+    /// The home directory.
     pub home: String,
 }
 
 /// One line of `/etc/group`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupEntry {
+    /// The group name.
     pub name: String,
+    /// The group id.
     pub gid: u64,
+    /// User names listed as members.
     pub members: Vec<String>,
 }
 
@@ -55,7 +62,9 @@ pub fn parse_group(text: &str) -> Vec<GroupEntry> {
 /// The credentials a session runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credentials {
+    /// The user id.
     pub uid: u32,
+    /// The primary group id.
     pub gid: u32,
     /// Supplementary groups, in order, without duplicates.
     pub groups: Vec<u32>,
@@ -65,10 +74,10 @@ pub struct Credentials {
 
 /// Checks an id from `source`, for the error message.
 pub fn check_id(kind: &str, value: u64, source: &str) -> Result<u32, String> {
-    if value > MAX_ID {
-        return Err(format!("{kind} {value} from {source} is out of range (0..={MAX_ID})"));
+    match u32::try_from(value) {
+        Ok(id) if value <= MAX_ID => Ok(id),
+        _ => Err(format!("{kind} {value} from {source} is out of range (0..={MAX_ID})")),
     }
-    Ok(value as u32)
 }
 
 fn parse_numeric(kind: &str, s: &str, source: &str) -> Option<Result<u32, String>> {

@@ -9,14 +9,33 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+/// Errors of the cache's own files.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
+    /// A file or directory of the cache could not be read or written.
     #[error("cache I/O on {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// A blob could not be stored (including one that did not match its digest).
     #[error("storing blob {digest}: {source}")]
-    Blob { digest: Digest, source: io::Error },
+    Blob {
+        /// The blob's digest.
+        digest: Digest,
+        /// What went wrong.
+        source: io::Error,
+    },
+    /// A layer could not be unpacked into the cache.
     #[error("unpacking layer {diff_id}: {source}")]
-    Layer { diff_id: Digest, source: UnpackError },
+    Layer {
+        /// The layer's diff-id.
+        diff_id: Digest,
+        /// Why.
+        source: UnpackError,
+    },
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
@@ -160,22 +179,27 @@ impl Cache {
         Ok(Self { root, blob_flights: Flights::default(), layer_flights: Flights::default(), owner, _owner_lock: lock })
     }
 
+    /// The cache's directory.
     pub fn root(&self) -> &Path {
         &self.root
     }
 
+    /// Where the blob `digest` is (or would be) stored.
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
         self.root.join("blobs").join(digest.algorithm()).join(digest.hex())
     }
 
+    /// Whether the blob `digest` is stored (only verified blobs ever are).
     pub fn has_blob(&self, digest: &Digest) -> bool {
         self.blob_path(digest).is_file()
     }
 
+    /// Where the layer with `diff_id` is (or would be) unpacked.
     pub fn layer_path(&self, diff_id: &Digest) -> PathBuf {
         self.root.join("layers").join(diff_id.algorithm()).join(diff_id.hex())
     }
 
+    /// Whether the layer with `diff_id` is unpacked (only verified layers are published).
     pub fn has_layer(&self, diff_id: &Digest) -> bool {
         self.layer_path(diff_id).is_dir()
     }

@@ -8,10 +8,13 @@ use std::str::FromStr;
 /// Errors from parsing a digest string.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DigestError {
+    /// No `ALGORITHM:` prefix.
     #[error("digest {0:?} has no algorithm prefix (expected sha256:<hex>)")]
     MissingAlgorithm(String),
+    /// An algorithm other than sha256.
     #[error("unsupported digest algorithm {0:?} (only sha256 is supported)")]
     UnsupportedAlgorithm(String),
+    /// Not 64 lowercase hex characters after `sha256:`.
     #[error("sha256 digest {0:?} must be 64 lowercase hex characters")]
     BadHex(String),
 }
@@ -28,10 +31,12 @@ impl Digest {
         Self::from_bytes(Sha256::digest(data).into())
     }
 
+    /// The digest whose sha256 value is `bytes`.
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
         Self { bytes }
     }
 
+    /// The raw sha256 value.
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.bytes
     }
@@ -82,12 +87,34 @@ impl fmt::Debug for Digest {
 /// [`VerifyError::find`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {
+    /// The stream ended at a size other than the descriptor's.
     #[error("size mismatch for {digest}: expected {expected} bytes, got {got}")]
-    ShortOrLong { digest: Digest, expected: u64, got: u64 },
+    ShortOrLong {
+        /// The descriptor's digest.
+        digest: Digest,
+        /// The descriptor's size.
+        expected: u64,
+        /// The bytes the stream had.
+        got: u64,
+    },
+    /// The stream went on past the descriptor's size (reading stopped there).
     #[error("size mismatch for {digest}: expected {expected} bytes, got at least {got}")]
-    Oversized { digest: Digest, expected: u64, got: u64 },
+    Oversized {
+        /// The descriptor's digest.
+        digest: Digest,
+        /// The descriptor's size.
+        expected: u64,
+        /// The bytes read before stopping.
+        got: u64,
+    },
+    /// The content hashes to another digest.
     #[error("digest mismatch: expected {expected}, got {actual}")]
-    Mismatch { expected: Digest, actual: Digest },
+    Mismatch {
+        /// The descriptor's digest.
+        expected: Digest,
+        /// The content's.
+        actual: Digest,
+    },
 }
 
 impl VerifyError {
@@ -120,6 +147,7 @@ pub struct VerifyingReader<R> {
 }
 
 impl<R: Read> VerifyingReader<R> {
+    /// Reads `inner`, which must be exactly `expected_size` bytes hashing to `expected_digest`.
     pub fn new(inner: R, expected_digest: Digest, expected_size: u64) -> Self {
         Self { inner, hasher: Sha256::new(), expected_digest, expected_size, read: 0, verified: false }
     }

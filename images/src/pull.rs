@@ -32,9 +32,12 @@ const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// When to contact the registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PullPolicy {
+    /// Ask the registry for the manifest every time (layers already cached are not downloaded again).
     Always,
+    /// Use the cached image if there is one.
     #[default]
     IfNotPresent,
+    /// Use only the cache; a missing image is an error.
     Never,
 }
 
@@ -55,30 +58,90 @@ impl std::str::FromStr for PullPolicy {
 pub enum PullError {
     /// The registry could not be reached, answered with an error, or the transfer broke off.
     #[error("registry {registry}: {message}")]
-    Registry { registry: String, message: String },
+    Registry {
+        /// The registry's host.
+        registry: String,
+        /// What happened, on one line.
+        message: String,
+    },
+    /// The registry wants other credentials, or some.
     #[error("registry {registry} refused the credentials (401)")]
-    Unauthorized { registry: String },
+    Unauthorized {
+        /// The registry's host.
+        registry: String,
+    },
+    /// No such repository, tag or manifest.
     #[error("{reference} not found")]
-    NotFound { reference: String },
+    NotFound {
+        /// The reference as normalised.
+        reference: String,
+    },
     /// Bytes that do not match the digest or size they were fetched by.
     #[error("{what} of {reference} does not match its digest: {source}")]
-    Verify { reference: String, what: String, source: VerifyError },
+    Verify {
+        /// The reference as normalised.
+        reference: String,
+        /// Which part: the manifest, the config or a layer.
+        what: String,
+        /// How it did not match.
+        source: VerifyError,
+    },
+    /// A manifest, index or config that is not what the OCI specs describe.
     #[error("{reference}: {message}")]
-    Malformed { reference: String, message: String },
+    Malformed {
+        /// The reference (or blob) concerned.
+        reference: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// An index without a manifest for the host's platform.
     #[error("{reference} has no image for {platform}")]
-    NoPlatform { reference: String, platform: String },
+    NoPlatform {
+        /// The reference as normalised.
+        reference: String,
+        /// The host's `os/architecture`.
+        platform: String,
+    },
+    /// [`PullPolicy::Never`] and the image is not in the cache.
     #[error("{reference} is not cached and the pull policy is never")]
-    NotCached { reference: String },
+    NotCached {
+        /// The reference as normalised.
+        reference: String,
+    },
+    /// An OCI layout directory that cannot be read as one.
     #[error("OCI layout {path}: {message}")]
-    Layout { path: PathBuf, message: String },
+    Layout {
+        /// The layout's directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
     /// A budget of the configuration ran out; the message names the key, its value and the amount.
     #[error("{reference}: {source}")]
-    Budget { reference: String, source: BudgetExceeded },
+    Budget {
+        /// The reference as normalised.
+        reference: String,
+        /// Which budget, and by how much.
+        source: BudgetExceeded,
+    },
     /// A layer was refused or could not be unpacked.
     #[error("{reference}: layer {blob}: {source}")]
-    Unpack { reference: String, blob: Digest, source: Box<UnpackError> },
+    Unpack {
+        /// The reference as normalised.
+        reference: String,
+        /// The layer's blob digest.
+        blob: Digest,
+        /// Why.
+        source: Box<UnpackError>,
+    },
+    /// The cache's own files failed.
     #[error("{reference}: {source}")]
-    Cache { reference: String, source: Box<CacheError> },
+    Cache {
+        /// The reference as normalised.
+        reference: String,
+        /// What failed.
+        source: Box<CacheError>,
+    },
 }
 
 impl PullError {
@@ -103,7 +166,9 @@ impl PullError {
 /// Credentials for one registry.
 #[derive(Debug, Clone)]
 pub struct Credentials {
+    /// Sent with HTTP basic authentication (and exchanged for a bearer token where the registry asks).
     pub username: String,
+    /// See `username`.
     pub password: String,
 }
 
@@ -133,7 +198,9 @@ pub struct PulledImage {
     pub digest: Digest,
     /// Unpacked layer dirs, bottom layer first.
     pub layers: Vec<PathBuf>,
+    /// The image config's `Env`: the debug process's environment.
     pub env: Vec<String>,
+    /// The image config's `WorkingDir`, if set.
     pub working_dir: Option<String>,
 }
 
@@ -223,6 +290,7 @@ fn parse_docker_config(path: &Path) -> HashMap<String, Credentials> {
 }
 
 impl Puller {
+    /// A puller that keeps images in `cache` and reaches registries as `opts` says.
     pub fn new(cache: Arc<Cache>, mut opts: RegistryOptions) -> Puller {
         let mut credentials: HashMap<String, Credentials> =
             opts.credentials.drain().map(|(k, v)| (registry_key(&k), v)).collect();
@@ -495,7 +563,9 @@ fn read_ref(p: &Path) -> Option<RefRecord> {
 /// One cached image, for `images list`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CachedImage {
+    /// The reference it was pulled by, as normalised.
     pub reference: String,
+    /// The digest of its platform manifest.
     pub manifest: String,
     /// Bytes of its blobs in the cache (compressed layers, config, manifest).
     pub size: u64,
@@ -504,8 +574,11 @@ pub struct CachedImage {
 /// What `prune` removed.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct Pruned {
+    /// Blobs removed.
     pub blobs: u64,
+    /// Unpacked layers removed.
     pub layers: u64,
+    /// Bytes freed, blobs and layers together.
     pub bytes: u64,
 }
 
@@ -690,8 +763,11 @@ impl RegistrySource<'_> {
     /// oci-client notices first as [`VerifyError`].
     async fn open_blob(&self, d: &Digest, size: u64) -> Result<Box<dyn Read + Send>, PullError> {
         use futures_util::TryStreamExt;
-        let desc =
-            oci_client::manifest::OciDescriptor { digest: d.to_string(), size: size as i64, ..Default::default() };
+        let size = i64::try_from(size).map_err(|_| PullError::Malformed {
+            reference: d.to_string(),
+            message: format!("blob size {size} is out of range"),
+        })?;
+        let desc = oci_client::manifest::OciDescriptor { digest: d.to_string(), size, ..Default::default() };
         let client = &self.puller.client;
         client.store_auth_if_needed(self.reference.resolve_registry(), &self.auth()).await;
         let stream = client.pull_blob_stream(&self.reference, &desc).await.map_err(|e| self.error(e))?;

@@ -10,7 +10,9 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+/// The registry of references without one (`busybox` is `docker.io/library/busybox`).
 pub const DOCKER_HUB: &str = "docker.io";
+/// The tag of references with neither tag nor digest.
 pub const DEFAULT_TAG: &str = "latest";
 const MAX_NAME_LEN: usize = 255;
 const MAX_TAG_LEN: usize = 128;
@@ -18,20 +20,28 @@ const MAX_TAG_LEN: usize = 128;
 /// Errors from parsing an image reference; each carries the offending text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReferenceError {
+    /// Nothing at all.
     #[error("empty image reference")]
     Empty,
+    /// Whitespace or control characters anywhere.
     #[error("image reference {0:?} contains whitespace or control characters")]
     BadCharacter(String),
+    /// A registry part that is not `host[:port]`.
     #[error("invalid registry {0:?}: expected host[:port]")]
     BadRegistry(String),
+    /// A repository outside the distribution spec's grammar.
     #[error("invalid repository {0:?}: components must be lowercase [a-z0-9] separated by '.', '_', '__' or '-'")]
     BadRepository(String),
+    /// A repository name beyond the distribution spec's length.
     #[error("repository {0:?} is longer than {MAX_NAME_LEN} characters")]
     NameTooLong(String),
+    /// A tag outside the distribution spec's grammar.
     #[error("invalid tag {0:?}: expected [A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}")]
     BadTag(String),
+    /// An `@digest` that is not a sha256 digest.
     #[error("invalid digest in image reference: {0}")]
     BadDigest(#[from] DigestError),
+    /// `oci:` with no path after it.
     #[error("oci: reference {0:?} has an empty layout path")]
     EmptyLayoutPath(String),
 }
@@ -40,13 +50,30 @@ pub enum ReferenceError {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ImageRef {
     /// An image in a registry. `tag` is `latest` when neither tag nor digest was given.
-    Registry { registry: String, repository: String, tag: Option<String>, digest: Option<Digest> },
+    Registry {
+        /// `host[:port]`; [`DOCKER_HUB`] when none was given.
+        registry: String,
+        /// The repository, with `library/` for Docker Hub's official images.
+        repository: String,
+        /// The tag, if any.
+        tag: Option<String>,
+        /// The manifest digest, if pinned; it wins over the tag.
+        digest: Option<Digest>,
+    },
     /// An OCI image layout directory on local disk; `dir` is set once it was opened (see
     /// [`ImageRef::open_layout`]), and then `path` is the real path of what was opened.
-    Layout { path: PathBuf, tag: Option<String>, dir: Option<LayoutDir> },
+    Layout {
+        /// The layout's directory.
+        path: PathBuf,
+        /// The `org.opencontainers.image.ref.name` to pick from its index, if given.
+        tag: Option<String>,
+        /// The directory, once opened.
+        dir: Option<LayoutDir>,
+    },
 }
 
 impl ImageRef {
+    /// Parses and normalises `s`: a registry reference, or `oci:PATH[:TAG]`.
     pub fn parse(s: &str) -> Result<Self, ReferenceError> {
         if s.is_empty() {
             return Err(ReferenceError::Empty);

@@ -1,6 +1,7 @@
 //! Safe unpacking of one OCI layer tar stream into a fresh directory, converting whiteouts to overlay form.
 //!
-//! Every path is resolved component by component from a directory fd with `O_NOFOLLOW`, and every final
+//! Every directory below `dest` is opened with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` from the
+//! layer root's fd (on kernels without openat2, component by component with `O_NOFOLLOW`), and every final
 //! name is created with a `*at` call that does not follow symlinks, so no entry can write outside `dest`.
 
 use crate::digest::Digest;
@@ -12,6 +13,7 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use xattr::FileExt as _;
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
@@ -63,7 +65,9 @@ impl Default for Limits {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("image budget exceeded: {limit} = {max}, but {what} {amount}")]
 pub struct BudgetExceeded {
+    /// The `[images]` configuration key, such as `max_layer_bytes`.
     pub limit: &'static str,
+    /// Its value.
     pub max: u64,
     /// The amount that crossed the limit (bytes so far, entries so far, a path's length or depth).
     pub amount: u64,
@@ -118,52 +122,96 @@ pub struct UnpackSummary {
 /// Why an entry was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RefuseReason {
+    /// A path from `/`: it would name a host file.
     #[error("absolute path")]
     AbsolutePath,
+    /// A `..` component: it could climb out of the layer.
     #[error("path contains a '..' component")]
     ParentTraversal,
+    /// A NUL byte, which no file name can hold.
     #[error("path contains a NUL byte")]
     NulByte,
+    /// No file name (only `.` components), other than the root directory entry.
     #[error("entry has no file name")]
     NoName,
+    /// A component on the way is a symlink or not a directory: writing through it could leave the
+    /// layer.
     #[error("parent component {0:?} is a symlink or not a directory")]
     ParentNotDirectory(String),
+    /// A hardlink to something outside the layer (absolute, `..`, or through a symlink).
     #[error("hardlink target {0:?} is outside the layer")]
     HardlinkOutside(String),
+    /// A hardlink to an entry not (yet) in the layer.
     #[error("hardlink target {0:?} has not been extracted")]
     HardlinkMissing(String),
+    /// A hardlink to a directory.
     #[error("hardlink target {0:?} is a directory")]
     HardlinkToDirectory(String),
+    /// A symlink or hardlink entry without its target.
     #[error("link entry has no target")]
     MissingLinkTarget,
+    /// A device node or fifo, without `allow_devices`.
     #[error("device nodes and fifos are not allowed")]
     Device,
+    /// A whiteout of nothing, `.` or `..`.
     #[error("invalid whiteout name")]
     BadWhiteout,
+    /// An overlayfs xattr (`trusted.overlay.*`, `user.overlay.*`): only the unpacker may set those.
     #[error("xattr {0:?} is reserved for overlayfs")]
     ReservedXattr(String),
+    /// A non-directory entry where a directory already is.
     #[error("would replace existing directory with a non-directory")]
     ReplacesDirectory,
+    /// An entry type that has no place in a layer.
     #[error("unsupported entry type {0:?}")]
     UnsupportedType(tar::EntryType),
+    /// A header field that does not parse or is out of range.
     #[error("invalid header field: {0}")]
     BadHeader(String),
 }
 
+/// Why a layer could not be unpacked.
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
+    /// The destination already has something in it.
     #[error("destination {0} exists and is not an empty directory")]
     DestNotFresh(PathBuf),
+    /// The destination could not be created or opened.
     #[error("cannot prepare destination {path}: {source}")]
-    Dest { path: PathBuf, source: io::Error },
+    Dest {
+        /// The destination.
+        path: PathBuf,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// The stream is not a (compressed) tar archive, or broke off.
     #[error("reading layer archive: {0}")]
     Archive(io::Error),
+    /// An entry was refused: the layer tried something it may not.
     #[error("refusing layer entry {entry:?}: {reason}")]
-    Refused { entry: String, reason: RefuseReason },
+    Refused {
+        /// The entry's path as in the archive.
+        entry: String,
+        /// Why.
+        reason: RefuseReason,
+    },
+    /// An entry could not be written.
     #[error("unpacking layer entry {entry:?}: {source}")]
-    Entry { entry: String, source: io::Error },
+    Entry {
+        /// The entry's path as in the archive.
+        entry: String,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// The uncompressed layer is not the one the image config lists.
     #[error("layer content is {actual}, but the image config says {expected}")]
-    DiffIdMismatch { expected: Digest, actual: Digest },
+    DiffIdMismatch {
+        /// The config's diff-id.
+        expected: Digest,
+        /// The content's.
+        actual: Digest,
+    },
+    /// A budget of [`Limits`] ran out.
     #[error(transparent)]
     Budget(#[from] BudgetExceeded),
 }
@@ -194,6 +242,16 @@ pub fn unpack_layer_of_image<R: Read>(
     opts: &UnpackOptions,
     image_bytes: &AtomicU64,
 ) -> Result<UnpackSummary, UnpackError> {
+    unpack_with(stream, dest, opts, image_bytes, Resolver::detect())
+}
+
+fn unpack_with<R: Read>(
+    stream: R,
+    dest: &Path,
+    opts: &UnpackOptions,
+    image_bytes: &AtomicU64,
+    resolver: Resolver,
+) -> Result<UnpackSummary, UnpackError> {
     let root = prepare_dest(dest)?;
     let archive_err = |e| UnpackError::from_io(e, UnpackError::Archive);
     let reader = HashingReader {
@@ -207,6 +265,7 @@ pub fn unpack_layer_of_image<R: Read>(
     let mut u = Unpacker {
         root,
         opts: *opts,
+        resolver,
         is_root: is_root(),
         deferred_dirs: Vec::new(),
         summary: UnpackSummary { entries: 0, bytes: 0, diff_id: Digest::from_bytes([0; 32]) },
@@ -304,9 +363,45 @@ struct DeferredDir {
     mtime: libc::timespec,
 }
 
+/// How directories below the layer root are opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resolver {
+    /// `openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`: the kernel resolves a whole path and refuses any
+    /// symlink in it and anything that would leave the root.
+    Openat2,
+    /// Kernels without openat2 (before 5.6, or a seccomp filter that hides it): one component at a time from
+    /// directory fds with `O_NOFOLLOW`.
+    Walk,
+}
+
+impl Resolver {
+    /// [`Resolver::Openat2`] if the kernel has it, probed once per process.
+    fn detect() -> Resolver {
+        static HAS_OPENAT2: OnceLock<bool> = OnceLock::new();
+        let has = *HAS_OPENAT2.get_or_init(|| {
+            let probe = rustix::fs::openat2(
+                rustix::fs::CWD,
+                ".",
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+                rustix::fs::ResolveFlags::BENEATH,
+            );
+            // Opening "." beneath itself cannot be refused on its merits: ENOSYS means no openat2, and EPERM is
+            // how older container seccomp profiles answer a syscall they do not know.
+            !matches!(probe, Err(rustix::io::Errno::NOSYS | rustix::io::Errno::PERM))
+        });
+        if has {
+            Resolver::Openat2
+        } else {
+            Resolver::Walk
+        }
+    }
+}
+
 struct Unpacker {
     root: File,
     opts: UnpackOptions,
+    resolver: Resolver,
     is_root: bool,
     /// Directory modes and mtimes are applied last: children would bump the mtime, and a read-only mode
     /// would block creating them.
@@ -465,9 +560,20 @@ impl Unpacker {
 
     /// Open the directory at `components` below root, creating missing ones (0755) when `create`.
     fn resolve(&self, components: &[CString], create: bool) -> Result<File, ResolveError> {
+        if self.resolver == Resolver::Openat2 && !components.is_empty() {
+            let path = CString::new(components.iter().map(|c| c.to_bytes()).collect::<Vec<_>>().join(&b'/'))
+                .map_err(|e| ResolveError::Io(e.into()))?;
+            match open_dir_beneath(&self.root, &path) {
+                Ok(f) => return Ok(f),
+                // Missing directories are created, and a refusal is named by its component, one step at a time
+                // below (each step still through openat2).
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ELOOP | libc::ENOTDIR)) => {}
+                Err(e) => return Err(ResolveError::Io(e)),
+            }
+        }
         let mut cur = self.root.try_clone().map_err(ResolveError::Io)?;
         for c in components {
-            let next = match open_dir_at(&cur, c) {
+            let next = match self.open_dir_at(&cur, c) {
                 Ok(f) => f,
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) && create => {
                     match mkdir_at(&cur, c, 0o755) {
@@ -475,13 +581,21 @@ impl Unpacker {
                         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
                         Err(e) => return Err(ResolveError::Io(e)),
                     }
-                    open_dir_at(&cur, c).map_err(|e| classify_open(e, c))?
+                    self.open_dir_at(&cur, c).map_err(|e| classify_open(e, c))?
                 }
                 Err(e) => return Err(classify_open(e, c)),
             };
             cur = next;
         }
         Ok(cur)
+    }
+
+    /// Open the directory `name` (one component) in `parent`, never through a symlink.
+    fn open_dir_at(&self, parent: &File, name: &CStr) -> io::Result<File> {
+        match self.resolver {
+            Resolver::Openat2 => open_dir_beneath(parent, name),
+            Resolver::Walk => open_dir_raw(parent.as_raw_fd(), name),
+        }
     }
 
     /// Make room for a new entry called `name`: a prior non-directory is unlinked (later entries win).
@@ -708,8 +822,13 @@ fn open_dir_raw(dirfd: libc::c_int, name: &CStr) -> io::Result<File> {
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
-fn open_dir_at(parent: &File, name: &CStr) -> io::Result<File> {
-    open_dir_raw(parent.as_raw_fd(), name)
+/// Open the directory at relative `path` below `dir`: the kernel refuses a symlink in any component (ELOOP)
+/// and any step out of `dir`.
+fn open_dir_beneath(dir: &File, path: &CStr) -> io::Result<File> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat2(dir, path, flags, Mode::empty(), ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS)?;
+    Ok(File::from(fd))
 }
 
 fn create_file_at(parent: &File, name: &CStr) -> io::Result<File> {
@@ -840,6 +959,10 @@ mod tests {
     impl Env {
         fn unpack(&self, data: &[u8], opts: UnpackOptions) -> Result<UnpackSummary, UnpackError> {
             unpack_layer(data, &self.dest, &opts)
+        }
+
+        fn unpack_by(&self, data: &[u8], resolver: Resolver) -> Result<UnpackSummary, UnpackError> {
+            unpack_with(data, &self.dest, &UnpackOptions::default(), &AtomicU64::new(0), resolver)
         }
 
         /// Nothing may appear next to dest or in the sibling sentinel dir.
@@ -1049,7 +1172,7 @@ mod tests {
         let chunk = vec![0u8; 1 << 20];
         let mut left = size;
         while left > 0 {
-            let k = left.min(chunk.len() as u64) as usize;
+            let k = usize::try_from(left).unwrap_or(usize::MAX).min(chunk.len());
             gz.write_all(&chunk[..k]).unwrap();
             left -= k as u64;
         }
@@ -1188,8 +1311,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn refuses_writing_through_symlinks() {
+    /// Every kind of entry whose parent is a symlink out of the layer (absolute, relative, through a
+    /// directory) is refused by name, through `resolver`, and nothing lands outside dest.
+    fn refuses_entries_through_symlinks(resolver: Resolver) {
         let cases = [
             ("file", "link/evil"),
             ("dir", "link/evil"),
@@ -1211,11 +1335,59 @@ mod tests {
                     "hardlink" => t.hardlink(entry, "a/f"),
                     _ => t.file(entry, b"pwned", 0o644),
                 };
-                let r = assert_refused(e.unpack(&t.bytes(), UnpackOptions::default()), entry);
-                assert_eq!(r, RefuseReason::ParentNotDirectory("link".into()), "{what} via {target}");
+                let r = assert_refused(e.unpack_by(&t.bytes(), resolver), entry);
+                assert_eq!(r, RefuseReason::ParentNotDirectory("link".into()), "{what} via {target} ({resolver:?})");
                 e.assert_contained();
             }
         }
+        // A symlink deeper down, below directories that resolve fine.
+        let e = env();
+        let data =
+            Tar::new().dir("a/b", 0o755).symlink("a/b/c", "../../../sentinel").file("a/b/c/d/e", b"x", 0o644).bytes();
+        let r = assert_refused(e.unpack_by(&data, resolver), "a/b/c/d/e");
+        assert_eq!(r, RefuseReason::ParentNotDirectory("c".into()), "{resolver:?}");
+        e.assert_contained();
+    }
+
+    #[test]
+    fn refuses_writing_through_symlinks() {
+        refuses_entries_through_symlinks(Resolver::detect());
+    }
+
+    #[test]
+    fn openat2_refuses_a_through_symlink_entry() {
+        if Resolver::detect() != Resolver::Openat2 {
+            eprintln!("skipped: this kernel has no openat2");
+            return;
+        }
+        // The kernel itself refuses the symlinked parent, whole path or single component.
+        let e = env();
+        fs::create_dir_all(e.dest.join("a/b")).unwrap();
+        std::os::unix::fs::symlink(&e.sentinel, e.dest.join("a/link")).unwrap();
+        let root = File::open(&e.dest).unwrap();
+        fs::create_dir(e.sentinel.join("x")).unwrap();
+        // A symlink in the middle of the path is ELOOP; as the last component (O_NOFOLLOW | O_DIRECTORY), ENOTDIR.
+        for (path, errno) in [(c"a/link/x", libc::ELOOP), (c"a/link", libc::ENOTDIR), (c"a/b/../link", libc::ENOTDIR)] {
+            let err = open_dir_beneath(&root, path).unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(errno), "{path:?}");
+        }
+        fs::remove_dir(e.sentinel.join("x")).unwrap();
+        assert!(open_dir_beneath(&root, c"a/b").is_ok());
+        // And the unpacker's openat2 path turns that into a refusal naming the entry and the component.
+        refuses_entries_through_symlinks(Resolver::Openat2);
+        let e = env();
+        let data = Tar::new().dir("a/b/c", 0o755).file("a/b/c/f", b"deep", 0o644).file("x/y/z", b"new", 0o644).bytes();
+        e.unpack_by(&data, Resolver::Openat2).unwrap();
+        assert_eq!(fs::read(e.dest.join("a/b/c/f")).unwrap(), b"deep");
+        assert_eq!(fs::read(e.dest.join("x/y/z")).unwrap(), b"new");
+    }
+
+    #[test]
+    fn component_walk_refuses_the_same_entries() {
+        refuses_entries_through_symlinks(Resolver::Walk);
+        let e = env();
+        e.unpack_by(&sample(), Resolver::Walk).unwrap();
+        check_sample(&e.dest);
     }
 
     #[test]

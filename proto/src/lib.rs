@@ -2,6 +2,12 @@
 //!
 //! See `docs/protocol.md` for the prose version; this crate is the single source of truth.
 
+// Public items say what they are: other crates and their authors build on them.
+#![warn(missing_docs)]
+// Library code returns errors rather than panicking, and leaves the process's stdout and stderr to its
+// caller.
+#![warn(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::print_stderr)]
+
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
@@ -74,10 +80,13 @@ pub struct ExecRequest {
 /// Errors decoding a request header or a frame.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
+    /// The header value is not unpadded base64url.
     #[error("request header is not base64url: {0}")]
     Base64(#[from] base64::DecodeError),
+    /// The decoded bytes are not a request (unknown fields included).
     #[error("request is not valid JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// A WebSocket message without even its channel byte.
     #[error("empty frame")]
     EmptyFrame,
 }
@@ -99,13 +108,16 @@ impl ExecRequest {
 /// Terminal size in character cells.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TermSize {
+    /// Columns.
     pub width: u16,
+    /// Rows.
     pub height: u16,
 }
 
 /// A signal to deliver to the remote process, by name without the `SIG` prefix (`INT`, `TERM`, `HUP`, ...).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SignalRequest {
+    /// The signal's name, such as `INT`.
     pub signal: String,
 }
 
@@ -123,11 +135,22 @@ pub struct Started {
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Status {
     /// The process exited with `code`.
-    Exited { code: i32 },
+    Exited {
+        /// The exit code.
+        code: i32,
+    },
     /// The process was killed by `signal`.
-    Signaled { signal: i32 },
+    Signaled {
+        /// The signal number.
+        signal: i32,
+    },
     /// The process never ran, or the session failed; `code` says why.
-    Error { code: ErrorCode, message: String },
+    Error {
+        /// The kind of failure, stable for scripts.
+        code: ErrorCode,
+        /// What happened, for people.
+        message: String,
+    },
 }
 
 impl Status {
@@ -230,17 +253,24 @@ impl ErrorCode {
 /// Body of every refused HTTP request.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ErrorBody {
+    /// The kind of refusal, stable for scripts.
     pub code: ErrorCode,
+    /// What was refused and why, for people.
     pub message: String,
 }
 
 /// One row of `GET /v1/tasks`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TaskInfo {
+    /// The task id, as `dcos task exec` takes it.
     pub id: String,
+    /// The container id of its runtime.
     pub container: String,
+    /// `runc` or `crun`.
     pub runtime: String,
+    /// `created`, `running` or `stopped`.
     pub state: String,
+    /// The container's init process, in the agent's pid namespace.
     pub pid: i32,
     /// Seconds since the container's init started.
     pub age_secs: u64,

@@ -83,7 +83,7 @@ fn large_streams_arrive_intact_both_ways() {
         return;
     }
     let w = world();
-    let data: Vec<u8> = (0..8_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let data: Vec<u8> = (0..8_000_000u32).map(|i| ((i.wrapping_mul(2_654_435_761) >> 13) & 0xff) as u8).collect();
     let o = run_with_input(w.agent.dcos().args(["task", "exec", "-i", &w.main.id, "cat"]), &data);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(o.stdout == data, "8 MB echoed back byte for byte (got {} bytes)", o.stdout.len());
@@ -213,7 +213,11 @@ fn signals_are_forwarded_without_a_tty() {
     let mut buf = [0u8; 6];
     out.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"ready\n");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
     let mut rest = String::new();
     out.read_to_string(&mut rest).unwrap();
     let st = child.wait().unwrap();
@@ -287,7 +291,11 @@ fn tty_session_has_a_container_pts_forwards_size_and_restores_the_terminal() {
     let ws = libc::winsize { ws_row: 40, ws_col: 120, ws_xpixel: 0, ws_ypixel: 0 };
     // SAFETY: TIOCSWINSZ with a valid winsize on our pty master.
     unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&master), libc::TIOCSWINSZ, &ws) };
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGWINCH).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        nix::sys::signal::Signal::SIGWINCH,
+    )
+    .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     master.write_all(b"stty size; sleep 30\r").unwrap();
     let out = read_until(&mut master, "40 120", 10);

@@ -62,9 +62,9 @@ fn gzip_bomb(gib: u64) -> Vec<u8> {
         let mut out = Vec::with_capacity(input.len() / 100 + 4096);
         let before = c.total_in();
         loop {
-            let done = (c.total_in() - before) as usize;
+            let done = usize::try_from(c.total_in() - before).unwrap();
             c.compress_vec(&input[done..], &mut out, flush).unwrap();
-            if (c.total_in() - before) as usize == input.len() && out.len() < out.capacity() {
+            if usize::try_from(c.total_in() - before).unwrap() == input.len() && out.len() < out.capacity() {
                 return out;
             }
             out.reserve(out.capacity());
@@ -271,7 +271,7 @@ fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
     if len < 0 {
         return None;
     }
-    buf.truncate(len as usize);
+    buf.truncate(usize::try_from(len).ok()?);
     Some(buf)
 }
 
@@ -385,7 +385,7 @@ impl Watch {
             }
             let mut off = 0usize;
             let head = std::mem::size_of::<libc::inotify_event>();
-            while off + head <= n as usize {
+            while off + head <= n.unsigned_abs() {
                 // SAFETY: the kernel wrote a whole event at `off`; read_unaligned copes with the byte buffer.
                 let ev: libc::inotify_event = unsafe { std::ptr::read_unaligned(buf[off..].as_ptr().cast()) };
                 let name = &buf[off + head..off + head + ev.len as usize];

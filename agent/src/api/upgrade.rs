@@ -40,7 +40,7 @@ pub fn exec(
         image: p.image,
         pull_policy: p.pull_policy,
         cap_add: p.cap_add,
-        grace_ms: agent.cfg.grace_period.as_millis() as u64,
+        grace_ms: u64::try_from(agent.cfg.grace_period.as_millis()).unwrap_or(u64::MAX),
     };
     let agent = agent.clone();
     tokio::spawn(async move {

@@ -72,7 +72,9 @@ impl Plan {
 
 /// What the child gets from the joiner.
 pub struct ChildArgs<'a> {
+    /// Everything the child does, resolved before fork.
     pub plan: &'a Plan,
+    /// The signal mask to restore before execve (the supervisor blocks SIGCHLD for its signalfd).
     pub old_mask: libc::sigset_t,
 }
 

@@ -15,19 +15,27 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
 
 /// What the supervisor hands over (by fork).
 pub struct Joiner<'a> {
+    /// The session as the agent sent it.
     pub spec: &'a ExecSpec,
+    /// A pidfd of the container's init, whose namespaces are joined.
     pub pidfd: OwnedFd,
+    /// `CLONE_NEW*` flags of the init's namespaces that differ from the supervisor's: the ones to join.
     pub ns_flags: libc::c_int,
     /// `cgroup.procs` of each of the init's hierarchies, opened on the host.
     pub cgroups: Vec<OwnedFd>,
+    /// The debug image's overlay, built on the host, to mount as the session's root.
     pub overlay: Option<OwnedFd>,
     /// Readable once the supervisor traces the joiner (its children are then traced from birth).
     pub traced: OwnedFd,
     /// Fds of the supervisor's that the joiner closes at once.
     pub traced_w_in_supervisor: RawFd,
+    /// The supervisor's host `/proc`, closed at once too.
     pub host_proc: RawFd,
+    /// The host's highest capability number, read before joining (the container's `/proc/sys` could lie).
     pub last_cap: u32,
+    /// The signal mask the child restores before execve.
     pub old_mask: libc::sigset_t,
+    /// The supervisor's pid: the joiner exits if its parent is anyone else.
     pub supervisor: libc::pid_t,
 }
 
@@ -91,6 +99,19 @@ fn join(j: Joiner<'_>) -> Result<i32, StartError> {
         }
     }
     drop(j.pidfd);
+    if j.ns_flags & libc::CLONE_NEWUSER != 0 {
+        // Host root is not mapped in the container's user namespace: become its root (as runc's nsexec does),
+        // so the files this process creates there (the terminal) belong to someone the container knows.
+        // SAFETY: credential syscalls with id 0 of the namespace just joined, in which this process holds every
+        // capability; keepcaps so they survive the switch.
+        unsafe {
+            libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0);
+            if libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0 {
+                return Err(StartError::setup("becoming root of the container's user namespace", errno()));
+            }
+            libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0);
+        }
+    }
     if let (Some(o), Some(d)) = (j.overlay, &spec.debug) {
         crate::debugroot::enter(o, &d.target).map_err(|e| StartError::Setup(format!("debug image: {e}")))?;
     }
@@ -117,7 +138,12 @@ fn join(j: Joiner<'_>) -> Result<i32, StartError> {
             // SAFETY: fds 0-2 are the session's stdio.
             let fd = unsafe { BorrowedFd::borrow_raw(fd) };
             if nix::sys::stat::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFIFO) {
-                let _ = nix::unistd::fchown(fd, Some(creds.uid.into()), None);
+                match nix::unistd::fchown(fd, Some(creds.uid.into()), None) {
+                    // As runc: EINVAL (the uid is not mapped in the container's user namespace) and EPERM (the
+                    // pipe's owner is not) leave the pipe as it is rather than fail the session.
+                    Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::EPERM) => {}
+                    Err(e) => return Err(StartError::setup("giving the session's stdio to the user", e)),
+                }
             }
         }
         None
@@ -186,7 +212,7 @@ fn join(j: Joiner<'_>) -> Result<i32, StartError> {
         }
         // SAFETY: see above.
         0 => unsafe { child::run(&args) },
-        p => Ok(p as i32),
+        p => libc::pid_t::try_from(p).map_err(|_| StartError::Internal(format!("clone returned {p}"))),
     }
 }
 
@@ -202,8 +228,11 @@ fn install_seccomp(plan: &Plan) -> Result<(), StartError> {
 
 fn set_rlimit(resource: i32, soft: u64, hard: u64) -> Result<(), StartError> {
     let lim = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+    let Ok(which) = resource.try_into() else {
+        return Err(StartError::Internal(format!("rlimit resource {resource}")));
+    };
     // SAFETY: setrlimit reads one rlimit from a valid pointer.
-    if unsafe { libc::setrlimit(resource as _, &lim) } != 0 {
+    if unsafe { libc::setrlimit(which, &lim) } != 0 {
         return Err(StartError::setup(format_args!("setting rlimit {resource} to {soft}/{hard}"), errno()));
     }
     Ok(())
@@ -211,7 +240,8 @@ fn set_rlimit(resource: i32, soft: u64, hard: u64) -> Result<(), StartError> {
 
 /// Puts `fds` (owned, raw) at 3, 4, ... (close-on-exec) and closes every other fd above 2.
 fn arrange(fds: &[RawFd]) -> Result<(), StartError> {
-    let floor = 3 + fds.len() as RawFd;
+    let too_many = || StartError::Internal(format!("{} fds to hand on", fds.len()));
+    let floor = super::fd_after(3, fds.len()).ok_or_else(too_many)?;
     let mut high = Vec::with_capacity(fds.len());
     for &fd in fds {
         // SAFETY: duplicating an fd this process owns above every target, so no dup3 below clobbers a source.
@@ -222,13 +252,14 @@ fn arrange(fds: &[RawFd]) -> Result<(), StartError> {
         high.push(h);
     }
     for (i, &h) in high.iter().enumerate() {
+        let target = super::fd_after(3, i).ok_or_else(too_many)?;
         // SAFETY: dup3 of an open fd onto a number reserved for it.
-        if unsafe { libc::dup3(h, 3 + i as RawFd, libc::O_CLOEXEC) } < 0 {
+        if unsafe { libc::dup3(h, target, libc::O_CLOEXEC) } < 0 {
             return Err(StartError::internal("dup3", errno()));
         }
     }
     // SAFETY: closing every fd above the kept ones (sources and their copies included); none is used again.
-    unsafe { libc::syscall(libc::SYS_close_range, floor as u32, u32::MAX, 0u32) };
+    unsafe { libc::syscall(libc::SYS_close_range, floor.cast_unsigned(), u32::MAX, 0u32) };
     Ok(())
 }
 

@@ -32,7 +32,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
-/// argv[1] that makes the agent binary act as the helper.
+/// `argv[1]` that makes the agent binary act as the helper.
 pub const HELPER_ARG: &str = "__exec-helper";
 /// Agent to helper: [`crate::channel::Control`] frames.
 pub const CONTROL_FD: RawFd = 3;
@@ -43,10 +43,17 @@ pub const CONSOLE_FD: RawFd = 5;
 /// The first of the debug image's layer directories.
 pub const FIRST_LAYER_FD: RawFd = 6;
 
+/// Fd number `base + i`, for the few fds handed on by convention (the channels, a terminal, one image's
+/// layers); `None` where that is no fd number.
+pub(crate) fn fd_after(base: RawFd, i: usize) -> Option<RawFd> {
+    RawFd::try_from(i).ok()?.checked_add(base)
+}
+
 pub use supervisor::main;
 
 /// A helper ready to start: the command, and the agent's ends of its channels.
 pub struct Launch {
+    /// The helper's command, with its fds arranged for the convention above; spawn it.
     pub command: Command,
     /// Write end of the control pipe. Dropping it tells the helper the client is gone.
     pub control: OwnedFd,
@@ -98,7 +105,8 @@ pub fn launch(exe: &str, spec: &ExecSpec, layers: Vec<OwnedFd>) -> std::io::Resu
     // fds open in the parent. Sources first move above every target, so no dup2 clobbers a later source.
     unsafe {
         command.pre_exec(move || {
-            let floor = 3 + map.len() as RawFd + 100;
+            let too_many = || std::io::Error::from_raw_os_error(libc::EMFILE);
+            let floor = fd_after(103, map.len()).ok_or_else(too_many)?;
             let mut high = Vec::with_capacity(map.len());
             for &fd in &map {
                 let h = if fd < 0 { -1 } else { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, floor) };
@@ -108,7 +116,7 @@ pub fn launch(exe: &str, spec: &ExecSpec, layers: Vec<OwnedFd>) -> std::io::Resu
                 high.push(h);
             }
             for (i, &h) in high.iter().enumerate() {
-                let target = CONTROL_FD + i as RawFd;
+                let target = fd_after(CONTROL_FD, i).ok_or_else(too_many)?;
                 if h < 0 {
                     libc::close(target);
                 } else if libc::dup2(h, target) < 0 {

@@ -12,7 +12,7 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 /// Namespaces, in `setns(pidfd, ...)` flag form, with their /proc/PID/ns names.
@@ -33,6 +33,7 @@ fn ns_id(path: &str) -> Option<(u64, u64)> {
 }
 
 fn emit(events: &mut File, ev: &Event) {
+    #[allow(clippy::let_underscore_must_use, reason = "the events pipe is the only way to tell the agent anything")]
     let _ = channel::write(events, ev);
 }
 
@@ -60,9 +61,12 @@ pub fn main() -> ! {
         }
     };
     // Whatever the agent left open past what the convention gives us must not travel further.
-    let last = FIRST_LAYER_FD + spec.debug.as_ref().map_or(0, |d| d.layers) as RawFd;
+    let Some(last) = super::fd_after(FIRST_LAYER_FD, spec.debug.as_ref().map_or(0, |d| d.layers)) else {
+        emit(&mut events, &Event::Finished(StartError::Internal("too many layer fds".into()).status()));
+        std::process::exit(1)
+    };
     // SAFETY: close_range on fds this process does not use.
-    unsafe { libc::syscall(libc::SYS_close_range, last as u32, u32::MAX, 0u32) };
+    unsafe { libc::syscall(libc::SYS_close_range, last.cast_unsigned(), u32::MAX, 0u32) };
     let status = match run(&spec, &mut ctrl, &mut events) {
         Ok(s) => s,
         Err(e) => e.status(),
@@ -73,6 +77,27 @@ pub fn main() -> ! {
 
 fn gone(pid: i32) -> StartError {
     StartError::ContainerGone(format!("container init {pid} is gone"))
+}
+
+/// With a user namespace, the session's stdio pipes (created by the agent, owned by host root) go to the
+/// container's root first, as runc's `InitializeIO` does: the joiner, root of that namespace, can then give them
+/// to the session's user.
+fn give_stdio_to_container_root(pid: i32) {
+    let root_of = |map: &str| {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/{map}")).ok()?;
+        crate::procfs::host_id_of_root(&text)
+    };
+    let (Some(uid), Some(gid)) = (root_of("uid_map"), root_of("gid_map")) else { return };
+    for fd in 0..3 {
+        // SAFETY: fds 0-2 are the session's stdio.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        if nix::sys::stat::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFIFO) {
+            // Best effort, as runc: a pipe left to host root reads as nobody's inside, nothing worse.
+            if nix::unistd::fchown(fd, Some(uid.into()), Some(gid.into())).is_err() {
+                continue;
+            }
+        }
+    }
 }
 
 /// A shared page the joiner writes its report into (not inherited by the child: `MADV_DONTFORK`).
@@ -126,16 +151,20 @@ fn run(spec: &ExecSpec, ctrl: &mut File, events: &mut File) -> Result<Status, St
             flags |= flag;
         }
     }
+    if flags & libc::CLONE_NEWUSER != 0 {
+        give_stdio_to_container_root(pid);
+    }
     let cgroups = crate::cgroup::open_procs(pid)?;
     // Read on the host: after setns, /proc/sys belongs to the container and could lie.
     let last_cap = crate::caps::last_cap();
     let host_proc: OwnedFd = File::open("/proc").map_err(|e| StartError::internal("opening /proc", e))?.into();
     let overlay = match &spec.debug {
         Some(d) => {
+            let end = super::fd_after(FIRST_LAYER_FD, d.layers)
+                .ok_or_else(|| StartError::Internal(format!("{} layer fds", d.layers)))?;
             // SAFETY: the agent passed the layer directories at these fds (see the module's convention); they are
             // owned here and closed once the overlay holds its own references.
-            let layers: Vec<OwnedFd> =
-                (0..d.layers).map(|i| unsafe { OwnedFd::from_raw_fd(FIRST_LAYER_FD + i as RawFd) }).collect();
+            let layers: Vec<OwnedFd> = (FIRST_LAYER_FD..end).map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }).collect();
             let borrowed: Vec<BorrowedFd<'_>> = layers.iter().map(|l| l.as_fd()).collect();
             let o = crate::debugroot::build_overlay(&borrowed)
                 .map_err(|e| StartError::Setup(format!("debug image: {e}")))?;
@@ -165,7 +194,7 @@ fn run(spec: &ExecSpec, ctrl: &mut File, events: &mut File) -> Result<Status, St
         host_proc: host_proc.as_raw_fd(),
         last_cap,
         old_mask: *old_mask.as_ref(),
-        supervisor: std::process::id() as i32,
+        supervisor: nix::unistd::getpid().as_raw(),
     };
     // SAFETY: this process is single-threaded; the joiner runs `joiner::run`, which never returns.
     let joiner_pid = match unsafe { libc::fork() } {
@@ -188,6 +217,10 @@ fn run(spec: &ExecSpec, ctrl: &mut File, events: &mut File) -> Result<Status, St
         }
         return Err(StartError::setup("tracing the exec helper (is ptrace disabled on this host?)", e));
     }
+    #[allow(
+        clippy::let_underscore_must_use,
+        reason = "the joiner goes on only after reading this byte, and a failed write leaves it EOF once traced_w is dropped"
+    )]
     let _ = nix::unistd::write(&traced_w, b"t");
     drop(traced_w);
 
@@ -292,6 +325,10 @@ impl Supervisor<'_> {
                 if self.ctrl_open {
                     fds.push(PollFd::new(self.ctrl.as_fd(), PollFlags::POLLIN));
                 }
+                #[allow(
+                    clippy::let_underscore_must_use,
+                    reason = "a failed poll (EINTR) reads as nothing ready; the loop polls again"
+                )]
                 let _ = poll(&mut fds, timeout);
                 fds.get(1).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty())
             };
@@ -361,7 +398,7 @@ impl Supervisor<'_> {
                             libc::ptrace(libc::PTRACE_PEEKDATA, pid, addr, 0)
                         };
                         if word != -1 || std::io::Error::last_os_error().raw_os_error() == Some(0) {
-                            self.failure = ChildFailure::decode(word as u64);
+                            self.failure = ChildFailure::decode(word.cast_unsigned());
                         }
                     }
                     // A signal on its way: hand it on.

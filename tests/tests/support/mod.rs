@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod crun;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -245,7 +247,7 @@ impl Container {
     pub fn init_pid(&self) -> i32 {
         let o = run(Command::new("runc").args(["state", &self.id]));
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("runc state");
-        v["pid"].as_i64().expect("pid") as i32
+        i32::try_from(v["pid"].as_i64().expect("pid")).expect("pid")
     }
 
     pub fn kill(&self) {
@@ -402,7 +404,7 @@ impl Agent {
     }
 
     pub fn pid(&self) -> i32 {
-        self.child.id() as i32
+        i32::try_from(self.child.id()).unwrap()
     }
 }
 
