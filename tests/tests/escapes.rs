@@ -525,16 +525,16 @@ fn ptmx_through(agent: &Agent, c: &Container, pid: i32, failures: &mut Vec<Strin
     for n in 0..=24 {
         targets.extend(through_dir(&format!("/proc/{pid}/fd/{n}"), &target, agent.pid()));
     }
-    // SAFETY: inotify_init1 and inotify_add_watch with a NUL-terminated path; the fd is owned below.
+    // SAFETY: inotify_init1 takes flags and returns a new fd (owned below) or -1.
     let ino = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
     assert!(ino >= 0);
     // SAFETY: ino is a fresh fd that nothing else owns.
     let ino = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(ino) };
     let cdir = std::ffi::CString::new(dir.display().to_string()).unwrap();
-    // SAFETY: valid fd and C string.
-    assert!(
-        unsafe { libc::inotify_add_watch(std::os::fd::AsRawFd::as_raw_fd(&ino), cdir.as_ptr(), libc::IN_OPEN) } >= 0
-    );
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&ino);
+    // SAFETY: a valid inotify fd and a NUL-terminated path that outlives the call.
+    let watch = unsafe { libc::inotify_add_watch(raw, cdir.as_ptr(), libc::IN_OPEN) };
+    assert!(watch >= 0);
     let opened = || {
         let mut buf = [0u8; 4096];
         // SAFETY: read into a buffer we own.
