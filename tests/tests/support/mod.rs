@@ -73,9 +73,15 @@ fn clean_up_at_exit() {
 }
 
 /// Where cargo put the binaries (this test binary lives in target/<profile>/deps).
+/// `DCOS_EXEC_E2E_BIN_DIR` runs the tests against binaries built elsewhere (an older commit, a release build).
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let dir = match std::env::var_os("DCOS_EXEC_E2E_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let exe = std::env::current_exe().expect("current_exe");
+            exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+        }
+    };
     let p = dir.join(name);
     assert!(p.exists(), "{} is missing: run `cargo build --workspace` first", p.display());
     p
