@@ -10,7 +10,8 @@ use serde::Deserialize;
 use std::path::Path;
 
 /// Actions a rule can grant.
-pub const ACTIONS: &[&str] = &["list", "exec", "exec:stdin", "exec:tty", "exec:user", "debug", "debug:caps"];
+pub const ACTIONS: &[&str] =
+    &["list", "exec", "exec:stdin", "exec:tty", "exec:user", "debug", "debug:caps", "debug:write"];
 
 /// Errors loading an ACL file.
 #[derive(Debug, thiserror::Error)]

@@ -20,6 +20,8 @@ pub enum ExecError {
     Spec(#[from] spec::SpecError),
     #[error("opening the debug image's layer {path}: {cause}")]
     Layer { path: String, cause: std::io::Error },
+    #[error("the stopped container's files cannot be opened: {what}: {cause}")]
+    Stopped { what: String, cause: std::io::Error },
     #[error("starting the exec helper: {0}")]
     Spawn(#[from] std::io::Error),
 }
@@ -28,7 +30,9 @@ impl ExecError {
     /// The wire's code for this error.
     pub fn code(&self) -> ErrorCode {
         match self {
-            ExecError::Bundle { .. } | ExecError::Spec(_) | ExecError::Layer { .. } => ErrorCode::StartFailed,
+            ExecError::Bundle { .. } | ExecError::Spec(_) | ExecError::Layer { .. } | ExecError::Stopped { .. } => {
+                ErrorCode::StartFailed
+            }
             ExecError::Spawn(_) => ErrorCode::Internal,
         }
     }
@@ -41,11 +45,12 @@ pub fn build_spec(
     grace_ms: u64,
     image: Option<&dcos_exec_images::pull::PulledImage>,
     cap_add: &[u32],
+    writable: bool,
 ) -> Result<(ExecSpec, Vec<OwnedFd>), ExecError> {
     let path = c.bundle.join("config.json");
     let config = oci_spec::runtime::Spec::load(&path)
         .map_err(|e| ExecError::Bundle { path: path.display().to_string(), cause: e.to_string() })?;
-    let layers = match image {
+    let mut layers = match image {
         Some(img) => img
             .layers
             .iter()
@@ -63,6 +68,16 @@ pub fn build_spec(
             .collect::<Result<Vec<_>, _>>()?,
         None => Vec::new(),
     };
+    let debug_layers = image.map(|_| layers.len());
+    // A stopped container has no init to join: its root and bind mounts go to the helper as descriptors.
+    let stopped = match (image, c.state) {
+        (Some(_), crate::runtime::State::Stopped) => {
+            let (target, fds) = stopped_target(c, &config, writable)?;
+            layers.extend(fds);
+            Some(target)
+        }
+        _ => None,
+    };
     let o = Overrides {
         args: req.command.clone(),
         env: req.env.clone(),
@@ -73,9 +88,42 @@ pub fn build_spec(
         image_env: image.map(|i| i.env.clone()),
         image_workdir: image.and_then(|i| i.working_dir.clone()),
         cap_add: cap_add.to_vec(),
-        debug_layers: image.map(|_| layers.len()),
+        debug_layers,
+        stopped,
     };
     Ok((spec::build(&config, c.pid, c.start_time, &o, grace_ms)?, layers))
+}
+
+fn open_dir(p: &std::path::Path) -> std::io::Result<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC).open(p).map(OwnedFd::from)
+}
+
+/// A stopped container's root filesystem (from `root.path`, relative to the bundle) and the bind mounts of its
+/// `config.json` whose sources are directories, opened; files and other mount types are left out.
+fn stopped_target(
+    c: &Container,
+    config: &oci_spec::runtime::Spec,
+    writable: bool,
+) -> Result<(spec::StoppedTarget, Vec<OwnedFd>), ExecError> {
+    let root_path = config.root().as_ref().map(|r| r.path().clone()).unwrap_or_else(|| "rootfs".into());
+    let root_path = if root_path.is_absolute() { root_path } else { c.bundle.join(root_path) };
+    let root = open_dir(&root_path)
+        .map_err(|cause| ExecError::Stopped { what: format!("its root filesystem {}", root_path.display()), cause })?;
+    let mut fds = vec![root];
+    let mut binds = Vec::new();
+    for m in config.mounts().iter().flatten() {
+        let opts = m.options().clone().unwrap_or_default();
+        let is_bind = m.typ().as_deref() == Some("bind") || opts.iter().any(|o| o == "bind" || o == "rbind");
+        let Some(source) = m.source().as_ref().filter(|_| is_bind) else { continue };
+        let Ok(fd) = open_dir(source) else { continue };
+        fds.push(fd);
+        binds.push(spec::StoppedBind {
+            destination: m.destination().display().to_string(),
+            readonly: opts.iter().any(|o| o == "ro"),
+        });
+    }
+    Ok((spec::StoppedTarget { binds, writable }, fds))
 }
 
 /// A running helper and the agent's ends of its channels.

@@ -41,6 +41,8 @@ pub struct Context {
     pub pull_policy: dcos_exec_images::pull::PullPolicy,
     /// `--cap-add`, allowed by the agent and the ACL, as kernel numbers.
     pub cap_add: Vec<u32>,
+    /// A debug session on a stopped container may write to its files (ACL `debug:write`).
+    pub writable: bool,
     pub grace_ms: u64,
 }
 
@@ -281,8 +283,9 @@ fn restore_nofile(rlimits: &mut Vec<Rlimit>) {
 /// that speaks the helper's protocol is here; the returned [`Running`] hides it. On failure, the final status
 /// (the helper's own, such as `command_not_found`, or the session's error).
 async fn start(agent: &Agent, ctx: &Context, image: Option<&PulledImage>) -> Result<Running, Status> {
-    let (mut spec, layers) = exec::build_spec(&ctx.container, &ctx.request, ctx.grace_ms, image, &ctx.cap_add)
-        .map_err(SessionError::from)?;
+    let (mut spec, layers) =
+        exec::build_spec(&ctx.container, &ctx.request, ctx.grace_ms, image, &ctx.cap_add, ctx.writable)
+            .map_err(SessionError::from)?;
     restore_nofile(&mut spec.rlimits);
     let mut sp = exec::spawn(&agent.exe, &spec, layers).await.map_err(SessionError::from)?;
     // Pipes, unless the session has a terminal (its master comes over the console socket below).
@@ -411,8 +414,11 @@ where
     wired
 }
 
+/// Whether the container's init went away during the session. Never, for a debug sandbox on a stopped
+/// container: there was none to begin with.
 fn container_gone(ctx: &Context) -> bool {
-    dcos_exec_container::procfs::start_time(ctx.container.pid) != Some(ctx.container.start_time)
+    ctx.container.state == crate::runtime::State::Running
+        && dcos_exec_container::procfs::start_time(ctx.container.pid) != Some(ctx.container.start_time)
 }
 
 /// The helper ended without a status: because the container went away, or on its own.

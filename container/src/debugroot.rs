@@ -125,6 +125,147 @@ pub fn enter(overlay: OwnedFd, target: &str) -> Result<(), MountError> {
     Ok(())
 }
 
+/// A detached, recursive clone of the tree at `dir` (read-only unless `writable`), made in the host's mount
+/// namespace, where `dir` is: a clone can only be made of mounts in the caller's own namespace.
+pub fn detached_clone(dir: &OwnedFd, writable: bool, what: &str) -> Result<OwnedFd, MountError> {
+    let flags = OpenTreeFlags::OPEN_TREE_CLONE
+        | OpenTreeFlags::OPEN_TREE_CLOEXEC
+        | OpenTreeFlags::AT_RECURSIVE
+        | OpenTreeFlags::AT_EMPTY_PATH;
+    let tree = open_tree(dir, "", flags).map_err(err(format!("cloning {what}")))?;
+    if !writable {
+        set_readonly(&tree, what)?;
+    }
+    Ok(tree)
+}
+
+/// One bind mount of a stopped container: a detached clone of its source, and where it goes inside the
+/// container's root.
+#[derive(Debug)]
+pub struct Bind<'a> {
+    /// The source's tree, from [`detached_clone`].
+    pub source: OwnedFd,
+    /// Its destination inside the container's root.
+    pub destination: &'a str,
+}
+
+/// `struct mount_attr` of `mount_setattr(2)`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// Makes a detached tree read-only, recursively.
+fn set_readonly(tree: &OwnedFd, what: &str) -> Result<(), MountError> {
+    const MOUNT_ATTR_RDONLY: u64 = 1;
+    let attr = MountAttr { attr_set: MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    let empty = c"";
+    let flags = libc::AT_EMPTY_PATH | libc::AT_RECURSIVE;
+    // SAFETY: mount_setattr on a mount fd with an empty path, reading one mount_attr of the size passed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r != 0 {
+        return Err(MountError { what: format!("making {what} read-only"), source: std::io::Error::last_os_error() });
+    }
+    Ok(())
+}
+
+/// A `/dev` of the session's own: null, zero, full, random, urandom, tty, and a new devpts instance for `-t`.
+fn attach_dev(new_root: &OwnedFd) -> Result<(), MountError> {
+    use rustix::fs::{makedev, mknodat, symlinkat, FileType, Mode};
+    let fs = fsopen("tmpfs", FsOpenFlags::FSOPEN_CLOEXEC).map_err(err("fsopen tmpfs for /dev"))?;
+    for (k, v) in [("mode", "0755"), ("size", "1m")] {
+        fsconfig_set_string(&fs, k, v).map_err(err(format!("/dev option {k}")))?;
+    }
+    fsconfig_create(&fs).map_err(err("creating /dev"))?;
+    // Devices must work here: nosuid and noexec, not nodev.
+    let attrs = MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NOEXEC;
+    let dev = fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(err("mounting /dev"))?;
+    mkdir_in(new_root, "dev")?;
+    attach(&dev, &open_mount_point(new_root, "dev").map_err(io_err("opening /dev"))?, "/dev")?;
+    let dev = open_mount_point(new_root, "dev").map_err(io_err("opening /dev"))?;
+    for (name, major, minor) in
+        [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)]
+    {
+        mknodat(&dev, name, FileType::CharacterDevice, Mode::from_raw_mode(0o666), makedev(major, minor))
+            .map_err(err(format!("mknod /dev/{name}")))?;
+        // The umask narrowed it.
+        rustix::fs::chmodat(&dev, name, Mode::from_raw_mode(0o666), rustix::fs::AtFlags::empty())
+            .map_err(err(format!("chmod /dev/{name}")))?;
+    }
+    mkdir_in(&dev, "pts")?;
+    let pts = fsopen("devpts", FsOpenFlags::FSOPEN_CLOEXEC).map_err(err("fsopen devpts"))?;
+    for (k, v) in [("ptmxmode", "0666"), ("mode", "0620"), ("gid", "5")] {
+        fsconfig_set_string(&pts, k, v).map_err(err(format!("devpts option {k}")))?;
+    }
+    fsconfig_create(&pts).map_err(err("creating devpts"))?;
+    let attrs = MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NOEXEC;
+    let pts = fsmount(&pts, FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(err("mounting devpts"))?;
+    attach(&pts, &open_mount_point(&dev, "pts").map_err(io_err("opening /dev/pts"))?, "/dev/pts")?;
+    symlinkat("pts/ptmx", &dev, "ptmx").map_err(err("symlink /dev/ptmx"))?;
+    Ok(())
+}
+
+/// In fresh namespaces (after `unshare`, in a private copy of the host's mounts): switches this process's root to
+/// the overlay, with a stopped container's root filesystem (`target_root`, a [`detached_clone`]) at `target` and
+/// its directory bind mounts inside it, a `/dev` of the session's own, and no `/proc` or `/sys` (the container
+/// has no processes, and the host's must not show). Nothing of the host stays reachable: the old root is
+/// detached.
+pub fn enter_stopped(
+    overlay: OwnedFd,
+    target: &str,
+    target_root: OwnedFd,
+    binds: Vec<Bind<'_>>,
+) -> Result<(), MountError> {
+    let target = target.trim_start_matches('/');
+    if target.is_empty() || target.split('/').any(|p| p == ".." || p == "." || p.is_empty()) {
+        return Err(MountError {
+            what: format!("target path /{target}"),
+            source: std::io::ErrorKind::InvalidInput.into(),
+        });
+    }
+    // Private from here on: nothing mounted below propagates back into the host's namespace.
+    rustix::mount::mount_change(
+        "/",
+        rustix::mount::MountPropagationFlags::PRIVATE | rustix::mount::MountPropagationFlags::REC,
+    )
+    .map_err(err("making / private"))?;
+    let host_root = crate::resolve::open_root().map_err(io_err("opening /"))?;
+    attach(&overlay, &host_root, "the image on /")?;
+    let new_root = open_tree(&overlay, "", OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_EMPTY_PATH)
+        .map_err(err("opening the image's root"))?;
+    mkdir_in(&new_root, target)?;
+    attach(&target_root, &open_mount_point(&new_root, target).map_err(io_err(format!("opening /{target}")))?, target)?;
+    for b in binds {
+        let dest = b.destination.trim_matches('/');
+        if dest.is_empty() || dest.split('/').any(|p| p == ".." || p == "." || p.is_empty()) {
+            continue;
+        }
+        // Only onto a real directory of the container's root, reached without a symlink.
+        let Ok(onto) = open_mount_point(&new_root, &format!("{target}/{dest}")) else {
+            continue;
+        };
+        attach(&b.source, &onto, dest)?;
+    }
+    attach_dev(&new_root)?;
+    rustix::process::fchdir(&new_root).map_err(err("entering the image's root"))?;
+    rustix::process::pivot_root(".", ".").map_err(err("pivot_root"))?;
+    rustix::mount::unmount(".", rustix::mount::UnmountFlags::DETACH).map_err(err("detaching the old root"))?;
+    rustix::process::chdir("/").map_err(err("chdir /"))?;
+    Ok(())
+}
+
 fn mkdir_in(dir: &OwnedFd, name: &str) -> Result<(), MountError> {
     match rustix::fs::mkdirat(dir, name, rustix::fs::Mode::from_raw_mode(0o755)) {
         Ok(()) | Err(rustix::io::Errno::EXIST) => Ok(()),

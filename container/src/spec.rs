@@ -78,6 +78,35 @@ pub struct DebugRoot {
     pub layers: usize,
     /// Where the target's root appears in the session, e.g. `/target`.
     pub target: String,
+    /// A stopped container: there is no init to join, so the session gets fresh namespaces and the container's
+    /// root filesystem (and its bind mounts) from descriptors that follow the layers'.
+    pub stopped: Option<StoppedTarget>,
+}
+
+impl DebugRoot {
+    /// How many descriptors the agent passes from [`crate::helper::FIRST_LAYER_FD`] on.
+    pub fn fds(&self) -> usize {
+        self.layers + self.stopped.as_ref().map_or(0, |s| 1 + s.binds.len())
+    }
+}
+
+/// The part of a debug session on a stopped container: its root's descriptor comes right after the layers',
+/// then one per bind mount, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoppedTarget {
+    /// The bind mounts of its `config.json` whose sources are directories.
+    pub binds: Vec<StoppedBind>,
+    /// Whether the session may write to the container's files (ACL action `debug:write`); read-only otherwise.
+    pub writable: bool,
+}
+
+/// One bind mount of a stopped container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoppedBind {
+    /// Where it is mounted inside the container's root.
+    pub destination: String,
+    /// `ro` in its options.
+    pub readonly: bool,
 }
 
 /// Where a debug session sees the target's root filesystem.
@@ -106,6 +135,8 @@ pub struct Overrides {
     pub cap_add: Vec<u32>,
     /// With a debug image: how many layer directories the agent passes (see [`DebugRoot::layers`]).
     pub debug_layers: Option<usize>,
+    /// With a debug image on a stopped container.
+    pub stopped: Option<StoppedTarget>,
 }
 
 /// Errors building a spec.
@@ -220,7 +251,11 @@ pub fn build(
         tty: o.tty,
         size: o.size,
         grace_ms,
-        debug: o.debug_layers.map(|layers| DebugRoot { layers, target: TARGET_MOUNT.into() }),
+        debug: o.debug_layers.map(|layers| DebugRoot {
+            layers,
+            target: TARGET_MOUNT.into(),
+            stopped: o.stopped.clone(),
+        }),
     })
 }
 
@@ -290,7 +325,11 @@ pub(crate) mod tests {
         for set in [&s.caps.bounding, &s.caps.effective, &s.caps.permitted, &s.caps.inheritable, &s.caps.ambient] {
             assert!(set.contains(&19), "{set:?}");
         }
-        assert_eq!(s.debug, Some(DebugRoot { layers: 2, target: "/target".into() }));
+        assert_eq!(s.debug, Some(DebugRoot { layers: 2, target: "/target".into(), stopped: None }));
+        assert_eq!(s.debug.as_ref().map(DebugRoot::fds), Some(2));
+        let binds = vec![StoppedBind { destination: "/data".into(), readonly: true }];
+        let stopped = Overrides { stopped: Some(StoppedTarget { binds, writable: false }), ..o.clone() };
+        assert_eq!(build(&cfg, 0, 0, &stopped, 0).unwrap().debug.as_ref().map(DebugRoot::fds), Some(4));
         let o = Overrides { workdir: Some("/tmp".into()), ..o };
         assert_eq!(build(&cfg, 1, 2, &o, 0).unwrap().cwd, "/tmp");
     }

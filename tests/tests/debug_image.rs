@@ -570,3 +570,89 @@ fn plain_http_registry_only_when_listed_insecure_with_docker_config_credentials(
     assert_eq!(o.status.code(), Some(122), "{}", stderr(&o));
     assert!(stderr(&o).contains("refused the credentials"), "{}", stderr(&o));
 }
+
+/// The bind mount the crashed container below had: a host directory the test makes.
+fn stopped_data_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("{}-stopped-data", prefix()))
+}
+
+/// A container that writes its log and exits 3, with a read-only bind mount at /data.
+fn crashing(cfg: &mut serde_json::Value) {
+    cfg["process"]["args"] = serde_json::json!(["sh", "-c", "echo crashed > /root/app.log; exit 3"]);
+    let mounts = cfg["mounts"].as_array_mut().unwrap();
+    mounts.push(serde_json::json!({
+        "destination": "/data", "type": "bind", "source": stopped_data_dir(), "options": ["rbind", "ro"]
+    }));
+}
+
+#[test]
+fn a_stopped_container_is_debugged_in_a_sandbox_on_its_files() {
+    if skip() {
+        return;
+    }
+    let f = fixture();
+    let dir = f.scratch("stopped");
+    let data = stopped_data_dir();
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("note"), "from a bind mount\n").unwrap();
+    std::fs::create_dir_all(Path::new(&f.root).join("stopped-bundles")).unwrap();
+    let opts = ContainerOpts {
+        tweak: Some(crashing),
+        prepare: Some(|root| std::fs::create_dir_all(root.join("data")).unwrap()),
+        ..Default::default()
+    };
+    let c = Container::start(&f.root.join("stopped-bundles"), &format!("{}-crashed", prefix()), &opts);
+    let state = || {
+        let o = run(std::process::Command::new("runc").args(["state", &c.id]));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).map(|v| v["status"].clone()).unwrap_or_default()
+    };
+    assert!(eventually(10, || state() == "stopped"), "the container exits");
+    let acl = r#"
+[[rule]]
+subjects = ["user:admin"]
+tasks = ["*"]
+actions = ["*"]
+images = ["**"]
+
+[[rule]]
+subjects = ["user:ro"]
+tasks = ["*"]
+actions = ["debug", "exec:tty"]
+images = ["**"]
+
+[[rule]]
+subjects = ["user:rw"]
+tasks = ["*"]
+actions = ["debug", "debug:write"]
+images = ["**"]
+"#;
+    let agent = start_agent(&dir.join("agent"), "", acl);
+    let layout = dir.join("layout");
+    write_layout(&layout, "v1", &[busybox_layer()]);
+    let image = format!("oci:{}:v1", layout.display());
+    let probe = "cat /target/root/app.log /target/data/note; echo pid=$$; ls /proc 2>/dev/null | wc -l; \
+                 ip -o link | wc -l; touch /target/root/written 2>/dev/null; echo touch=$?";
+    // Plain exec has nothing to join.
+    let o = run(agent.dcos().args(["task", "exec", &c.id, "true"]));
+    assert_eq!(o.status.code(), Some(120), "{}", stderr(&o));
+    // A reader: the crashed container's files and mounts, in namespaces of the session's own, read-only.
+    let ro = agent.token("ro", &[], "1h");
+    let o = run(agent.dcos_as(&ro).args(["task", "exec", "--debug-image", &image, &c.id, "sh", "-c", probe]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(lines, ["crashed", "from a bind mount", "pid=1", "0", "1", "touch=1"], "{out}");
+    assert!(!c.bundle.join("rootfs/root/written").exists());
+    // With debug:write the same session may change the container's files (not its read-only bind mount).
+    let rw = agent.token("rw", &[], "1h");
+    let o = run(agent.dcos_as(&rw).args(["task", "exec", "--debug-image", &image, &c.id, "sh", "-c", probe]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("touch=0"), "{}", stdout(&o));
+    assert!(c.bundle.join("rootfs/root/written").exists());
+    let o = run(agent.dcos_as(&rw).args(["task", "exec", "--debug-image", &image, &c.id, "touch", "/target/data/x"]));
+    assert_ne!(o.status.code(), Some(0), "the read-only bind mount stays read-only");
+    // A terminal works in the sandbox, and the container stayed stopped throughout.
+    let o = run(agent.dcos_as(&ro).args(["task", "exec", "-t", "--debug-image", &image, &c.id, "tty"]));
+    assert!(stdout(&o).trim().starts_with("/dev/pts/"), "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(state(), "stopped");
+}

@@ -140,6 +140,14 @@ fn check(acl: &Acl, who: &Principal<'_>, p: &ExecParams, t: &Target<'_>) -> Resu
     }
 }
 
+/// Whether a debug session on a stopped container may write to the container's files (ACL action
+/// `debug:write`, for the request's image). Without it the sandbox mounts them read-only.
+pub fn may_write(acl: &Acl, claims: &Claims, p: &ExecParams, c: &Container) -> bool {
+    let who = Principal { user: &claims.sub, groups: &claims.groups };
+    let image = p.image.as_ref().map(|r| r.to_string());
+    image.is_some() && acl.allows_target(&who, &target(c), "debug:write", image.as_deref())
+}
+
 /// Resolves the task among the containers the caller may run this request's main action on (`exec`, or
 /// `debug` with its image), then authorizes the whole request on the container it resolved to: a container id
 /// or a name must not dodge a deny rule written for another of its names, and containers the caller may not

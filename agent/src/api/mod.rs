@@ -162,12 +162,14 @@ async fn exec(agent: Arc<Agent>, caller: &Caller<'_>, req: Request<Incoming>, ta
         let mut params = parse::exec_request(task.clone(), req.headers())?;
         authorize::cap_add(&params, &agent.cfg.file.cap_add_allowed)?;
         let layout_failure = authorize::judge_image(&mut params)?;
-        let container = authorize::exec(&agent.acl, |t, v| Discovery::resolve(all, t, v), &claims, &params)?;
+        let debug = params.image.is_some();
+        let container = authorize::exec(&agent.acl, |t, v| Discovery::resolve(all, t, v, debug), &claims, &params)?;
         // A layout that cannot be read is reported only to those allowed to use it.
         if let Some(f) = layout_failure {
             return Err(f.into());
         }
-        upgrade::exec(&agent, caller.peer, req, &claims, params, container)
+        let writable = authorize::may_write(&agent.acl, &claims, &params, &container);
+        upgrade::exec(&agent, caller.peer, req, &claims, params, container, writable)
     };
     steps(req).unwrap_or_else(|r| {
         agent.audit_refusal(caller.peer, &path, Some(&claims.sub), Some(&task), &r);

@@ -23,6 +23,7 @@ pub fn exec(
     claims: &Claims,
     p: ExecParams,
     container: Container,
+    writable: bool,
 ) -> Result<Response<Body>, Refusal> {
     if agent.shutdown.is_stopping() {
         return Err(ShuttingDown.into());
@@ -40,6 +41,7 @@ pub fn exec(
         image: p.image,
         pull_policy: p.pull_policy,
         cap_add: p.cap_add,
+        writable,
         grace_ms: u64::try_from(agent.cfg.grace_period.as_millis()).unwrap_or(u64::MAX),
     };
     let agent = agent.clone();

@@ -250,11 +250,13 @@ impl Discovery {
     }
 
     /// The running container that `task` names among those of `all` that are `visible` to the caller (see
-    /// [`names::pick`]). Containers the caller may not see neither match nor make a name ambiguous.
+    /// [`names::pick`]). Containers the caller may not see neither match nor make a name ambiguous. A stopped
+    /// container is an answer only when `stopped_ok` (a debug session, which gets a sandbox on its files).
     pub fn resolve(
         all: Vec<Container>,
         task: &str,
         visible: impl Fn(&Container) -> bool,
+        stopped_ok: bool,
     ) -> Result<Container, RuntimeError> {
         let mut all: Vec<Container> = all.into_iter().filter(|c| visible(c)).collect();
         let c = match names::pick(&all, task) {
@@ -266,7 +268,7 @@ impl Discovery {
                 return Err(RuntimeError::Ambiguous { task: task.into(), candidates });
             }
         };
-        if c.state != State::Running {
+        if c.state != State::Running && !(stopped_ok && c.state == State::Stopped) {
             return Err(RuntimeError::NotRunning { id: c.id, state: c.state.as_str().into() });
         }
         Ok(c)
@@ -414,7 +416,7 @@ mod tests {
             ]
         );
         let any = |_: &Container| true;
-        let resolve = |t: &str, v: &dyn Fn(&Container) -> bool| Discovery::resolve(d.in_state_roots(), t, v);
+        let resolve = |t: &str, v: &dyn Fn(&Container) -> bool| Discovery::resolve(d.in_state_roots(), t, v, false);
         match resolve("web.1", &any) {
             Err(RuntimeError::Ambiguous { candidates, .. }) => {
                 assert_eq!(candidates, ["web.1 (container dead)", "web.1 (container live)"])
@@ -425,6 +427,12 @@ mod tests {
         assert!(matches!(resolve("dead", &any), Err(RuntimeError::NotRunning { .. })));
         assert!(matches!(resolve("c3", &any), Err(RuntimeError::NotRunning { .. })));
         assert!(matches!(resolve("nope", &any), Err(RuntimeError::NotFound(_))));
+        // A debug session may have a stopped container (not a created one).
+        assert_eq!(Discovery::resolve(d.in_state_roots(), "dead", any, true).unwrap().state, State::Stopped);
+        assert!(matches!(
+            Discovery::resolve(d.in_state_roots(), "c3", any, true),
+            Err(RuntimeError::NotRunning { .. })
+        ));
         // What the caller may not see does not make a name ambiguous.
         assert_eq!(resolve("web.1", &|c: &Container| c.id != "dead").unwrap().id, "live");
         assert!(matches!(resolve("live", &|c: &Container| c.id != "live"), Err(RuntimeError::NotFound(_))));
@@ -460,7 +468,7 @@ mod tests {
             ]
         );
         assert_eq!(out[0].project.as_deref(), Some("shop"));
-        let e = Discovery::resolve(out, "crash", |_| true).unwrap_err();
+        let e = Discovery::resolve(out, "crash", |_| true, false).unwrap_err();
         assert!(matches!(e, RuntimeError::NotRunning { .. }), "{e:?}");
     }
 

@@ -17,12 +17,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
 pub struct Joiner<'a> {
     /// The session as the agent sent it.
     pub spec: &'a ExecSpec,
-    /// A pidfd of the container's init, whose namespaces are joined.
-    pub pidfd: OwnedFd,
-    /// `CLONE_NEW*` flags of the init's namespaces that differ from the supervisor's: the ones to join.
-    pub ns_flags: libc::c_int,
-    /// `cgroup.procs` of each of the init's hierarchies, opened on the host.
-    pub cgroups: Vec<OwnedFd>,
+    /// The running container's namespaces and cgroups to join, or a stopped container's files for fresh ones.
+    pub entry: super::supervisor::Entry,
     /// The debug image's overlay, built on the host, to mount as the session's root.
     pub overlay: Option<OwnedFd>,
     /// Readable once the supervisor traces the joiner (its children are then traced from birth).
@@ -77,29 +73,37 @@ fn errno() -> std::io::Error {
 
 fn join(j: Joiner<'_>) -> Result<i32, StartError> {
     let spec = j.spec;
-    // Join the cgroups before touching anything of the container: its device controller then governs what
-    // this root process may open in there, and its limits cover the session from the start.
-    for f in j.cgroups {
-        File::from(f).write_all(b"0").map_err(|e| StartError::setup("joining the container's cgroup", e))?;
-    }
-    if let Some(adj) = spec.oom_score_adj {
-        // Still on the host's /proc; the container's value, not the agent's (which may be -1000).
-        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
-            .map_err(|e| StartError::setup("setting oom_score_adj", e))?;
-    }
-    if j.ns_flags != 0 {
-        // All namespaces in one call: the kernel orders them (user first) and the set is atomic.
-        // SAFETY: setns on a valid pidfd; this process is single-threaded, as joining mnt/user requires.
-        if unsafe { libc::setns(j.pidfd.as_raw_fd(), j.ns_flags) } != 0 {
-            let e = errno();
-            if crate::procfs::start_time(spec.init_pid) != Some(spec.init_start) {
-                return Err(StartError::ContainerGone(format!("container init {} is gone", spec.init_pid)));
+    let (ns_flags, stopped) = match j.entry {
+        super::supervisor::Entry::Join { pidfd, flags, cgroups } => {
+            // Join the cgroups before touching anything of the container: its device controller then governs
+            // what this root process may open in there, and its limits cover the session from the start.
+            for f in cgroups {
+                File::from(f).write_all(b"0").map_err(|e| StartError::setup("joining the container's cgroup", e))?;
             }
-            return Err(StartError::setup("joining the container's namespaces", e));
+            set_oom_score_adj(spec)?;
+            if flags != 0 {
+                // All namespaces in one call: the kernel orders them (user first) and the set is atomic.
+                // SAFETY: setns on a valid pidfd; this process is single-threaded, as joining mnt/user requires.
+                if unsafe { libc::setns(pidfd.as_raw_fd(), flags) } != 0 {
+                    let e = errno();
+                    if crate::procfs::start_time(spec.init_pid) != Some(spec.init_start) {
+                        return Err(StartError::ContainerGone(format!("container init {} is gone", spec.init_pid)));
+                    }
+                    return Err(StartError::setup("joining the container's namespaces", e));
+                }
+            }
+            (flags, None)
         }
-    }
-    drop(j.pidfd);
-    if j.ns_flags & libc::CLONE_NEWUSER != 0 {
+        super::supervisor::Entry::Fresh { flags, root, binds } => {
+            set_oom_score_adj(spec)?;
+            // SAFETY: unshare of this single-threaded process; the pid namespace applies to its children.
+            if unsafe { libc::unshare(flags) } != 0 {
+                return Err(StartError::setup("creating the session's namespaces", errno()));
+            }
+            (flags, Some((root, binds)))
+        }
+    };
+    if ns_flags & libc::CLONE_NEWUSER != 0 {
         // Host root is not mapped in the container's user namespace: become its root (as runc's nsexec does),
         // so the files this process creates there (the terminal) belong to someone the container knows.
         // SAFETY: credential syscalls with id 0 of the namespace just joined, in which this process holds every
@@ -113,7 +117,18 @@ fn join(j: Joiner<'_>) -> Result<i32, StartError> {
         }
     }
     if let (Some(o), Some(d)) = (j.overlay, &spec.debug) {
-        crate::debugroot::enter(o, &d.target).map_err(|e| StartError::Setup(format!("debug image: {e}")))?;
+        let r = match (stopped, &d.stopped) {
+            (Some((root, bind_fds)), Some(s)) => {
+                let binds: Vec<crate::debugroot::Bind> = bind_fds
+                    .into_iter()
+                    .zip(&s.binds)
+                    .map(|(fd, b)| crate::debugroot::Bind { source: fd, destination: &b.destination })
+                    .collect();
+                crate::debugroot::enter_stopped(o, &d.target, root, binds)
+            }
+            _ => crate::debugroot::enter(o, &d.target),
+        };
+        r.map_err(|e| StartError::Setup(format!("debug image: {e}")))?;
     }
     // From here on every container path is resolved inside this root.
     let root = resolve::open_root().map_err(|e| StartError::setup("opening the container's root", e))?;
@@ -152,7 +167,7 @@ fn join(j: Joiner<'_>) -> Result<i32, StartError> {
     // SAFETY: the console socket has done its job; closing an fd we own by convention.
     unsafe { libc::close(CONSOLE_FD) };
 
-    let plan = Plan::new(spec, &path, &env, slave.is_some(), j.ns_flags & libc::CLONE_NEWPID != 0, j.supervisor)?;
+    let plan = Plan::new(spec, &path, &env, slave.is_some(), ns_flags & libc::CLONE_NEWPID != 0, j.supervisor)?;
 
     // Privileged steps, in runc's order.
     for r in &spec.rlimits {
@@ -214,6 +229,15 @@ fn join(j: Joiner<'_>) -> Result<i32, StartError> {
         0 => unsafe { child::run(&args) },
         p => libc::pid_t::try_from(p).map_err(|_| StartError::Internal(format!("clone returned {p}"))),
     }
+}
+
+/// The container's `oomScoreAdj` (or its init's), not the agent's (which may be -1000). Still on the host's /proc.
+fn set_oom_score_adj(spec: &ExecSpec) -> Result<(), StartError> {
+    if let Some(adj) = spec.oom_score_adj {
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .map_err(|e| StartError::setup("setting oom_score_adj", e))?;
+    }
+    Ok(())
 }
 
 fn install_seccomp(plan: &Plan) -> Result<(), StartError> {

@@ -61,7 +61,7 @@ pub fn main() -> ! {
         }
     };
     // Whatever the agent left open past what the convention gives us must not travel further.
-    let Some(last) = super::fd_after(FIRST_LAYER_FD, spec.debug.as_ref().map_or(0, |d| d.layers)) else {
+    let Some(last) = super::fd_after(FIRST_LAYER_FD, spec.debug.as_ref().map_or(0, |d| d.fds())) else {
         emit(&mut events, &Event::Finished(StartError::Internal("too many layer fds".into()).status()));
         std::process::exit(1)
     };
@@ -133,7 +133,33 @@ impl ReportPage {
     }
 }
 
-fn run(spec: &ExecSpec, ctrl: &mut File, events: &mut File) -> Result<Status, StartError> {
+/// A stopped container's session gets these fresh namespaces (no network: a new one with only `lo`).
+const SANDBOX_NAMESPACES: libc::c_int =
+    libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+
+/// What the joiner enters: a running container's namespaces, or fresh ones for a stopped container.
+pub enum Entry {
+    /// `setns` into the init's namespaces.
+    Join {
+        /// The init, pinned.
+        pidfd: OwnedFd,
+        /// `CLONE_NEW*` flags of the init's namespaces that differ from the supervisor's.
+        flags: libc::c_int,
+        /// `cgroup.procs` of each of the init's hierarchies, opened on the host.
+        cgroups: Vec<OwnedFd>,
+    },
+    /// `unshare` fresh namespaces for a stopped container.
+    Fresh {
+        /// The namespaces to create.
+        flags: libc::c_int,
+        /// The container's root filesystem.
+        root: OwnedFd,
+        /// The sources of its directory bind mounts, in the order of the spec's `binds`.
+        binds: Vec<OwnedFd>,
+    },
+}
+
+fn join_running(spec: &ExecSpec) -> Result<Entry, StartError> {
     let pid = spec.init_pid;
     let pidfd = rustix::process::pidfd_open(
         rustix::process::Pid::from_raw(pid).ok_or_else(|| gone(pid))?,
@@ -155,6 +181,35 @@ fn run(spec: &ExecSpec, ctrl: &mut File, events: &mut File) -> Result<Status, St
         give_stdio_to_container_root(pid);
     }
     let cgroups = crate::cgroup::open_procs(pid)?;
+    Ok(Entry::Join { pidfd, flags, cgroups })
+}
+
+fn run(spec: &ExecSpec, ctrl: &mut File, events: &mut File) -> Result<Status, StartError> {
+    let entry = match spec.debug.as_ref().and_then(|d| Some((d.layers, d.stopped.as_ref()?))) {
+        Some((layers, stopped)) => {
+            let fd = |i: usize| {
+                super::fd_after(FIRST_LAYER_FD, layers + i)
+                    // SAFETY: the agent passed the stopped container's root and bind sources at these fds, right
+                    // after the layers (see the module's convention); each is owned here once.
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+                    .ok_or_else(|| StartError::Internal("too many descriptors".into()))
+            };
+            // Cloned here, in the host's mount namespace where they are; the joiner attaches the clones.
+            let clone = |f: OwnedFd, writable: bool, what: &str| {
+                crate::debugroot::detached_clone(&f, writable, what)
+                    .map_err(|e| StartError::Setup(format!("debug image: {e}")))
+            };
+            let root = clone(fd(0)?, stopped.writable, "the container's root")?;
+            let binds = stopped
+                .binds
+                .iter()
+                .enumerate()
+                .map(|(i, b)| clone(fd(1 + i)?, stopped.writable && !b.readonly, &b.destination))
+                .collect::<Result<Vec<_>, _>>()?;
+            Entry::Fresh { flags: SANDBOX_NAMESPACES, root, binds }
+        }
+        None => join_running(spec)?,
+    };
     // Read on the host: after setns, /proc/sys belongs to the container and could lie.
     let last_cap = crate::caps::last_cap();
     let host_proc: OwnedFd = File::open("/proc").map_err(|e| StartError::internal("opening /proc", e))?.into();
@@ -185,9 +240,7 @@ fn run(spec: &ExecSpec, ctrl: &mut File, events: &mut File) -> Result<Status, St
 
     let joiner = Joiner {
         spec,
-        pidfd,
-        ns_flags: flags,
-        cgroups,
+        entry,
         overlay,
         traced: traced_r,
         traced_w_in_supervisor: traced_w.as_raw_fd(),
@@ -342,7 +395,8 @@ impl Supervisor<'_> {
 
     fn died(&self, what: &str) -> StartError {
         let pid = self.spec.init_pid;
-        if crate::procfs::start_time(pid) != Some(self.spec.init_start) {
+        let sandbox = self.spec.debug.as_ref().is_some_and(|d| d.stopped.is_some());
+        if !sandbox && crate::procfs::start_time(pid) != Some(self.spec.init_start) {
             return gone(pid);
         }
         StartError::Internal(what.into())
