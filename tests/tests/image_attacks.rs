@@ -301,19 +301,25 @@ fn container_without_nnp(root: &Path, id: &str) -> Container {
     Container::run_bundle(root, id, bundle)
 }
 
+/// The pieces of a file-capability attack: a scratch dir, the probe with `cap_setuid+ep`, the exact xattr bytes
+/// setcap wrote, and a uid-1000 target without noNewPrivileges.
+fn capability_attack(f: &Fixture, name: &str) -> (PathBuf, PathBuf, Vec<u8>, Container) {
+    let dir = f.scratch(name);
+    let probe = capprobe(&dir);
+    let o = run(Command::new("setcap").arg("cap_setuid+ep").arg(&probe));
+    assert!(o.status.success(), "setcap: {}", stderr(&o));
+    let cap = xattr(&probe, "security.capability").expect("setcap wrote security.capability");
+    let target = container_without_nnp(&f.root, &format!("{}-{name}", prefix()));
+    (dir, probe, cap, target)
+}
+
 #[test]
 fn file_capabilities_in_a_debug_image_do_not_give_root() {
     if skip() {
         return;
     }
     let f = fixture();
-    let dir = f.scratch("filecaps");
-    let probe = capprobe(&dir);
-    // The exact bytes setcap writes for cap_setuid+ep.
-    let o = run(Command::new("setcap").arg("cap_setuid+ep").arg(&probe));
-    assert!(o.status.success(), "setcap: {}", stderr(&o));
-    let cap = xattr(&probe, "security.capability").expect("setcap wrote security.capability");
-    let target = container_without_nnp(&f.root, &format!("{}-nnp", prefix()));
+    let (dir, probe, cap, target) = capability_attack(f, "filecaps");
 
     // Control: the same file with its capability on the container's own filesystem does give uid 0 to the
     // uid-1000 process, so the container is one in which the attack works.
@@ -356,11 +362,7 @@ fn setuid_and_file_capabilities_kept_by_keep_setid_still_give_nothing_on_the_nos
         return;
     }
     let f = fixture();
-    let dir = f.scratch("nosuid");
-    let probe = capprobe(&dir);
-    assert!(run(Command::new("setcap").arg("cap_setuid+ep").arg(&probe)).status.success());
-    let cap = xattr(&probe, "security.capability").expect("setcap wrote security.capability");
-    let target = container_without_nnp(&f.root, &format!("{}-nosuid", prefix()));
+    let (dir, probe, cap, target) = capability_attack(f, "nosuid");
     let data = std::fs::read(&probe).unwrap();
     let mut b = tar::Builder::new(Vec::new());
     // One file with the capability, one setuid-root copy.

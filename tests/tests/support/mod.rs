@@ -5,7 +5,7 @@
 
 pub mod crun;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, Once, OnceLock};
@@ -570,4 +570,50 @@ pub fn host_marker() -> &'static HostMarker {
         std::fs::write(dir.join("inside"), "host-marker-file\n").unwrap();
         HostMarker { name, dir }
     })
+}
+
+/// Runs `cmd` on a new pseudo-terminal of `rows`×`cols` as its controlling terminal: (master, child, slave).
+pub fn on_pty(cmd: &mut Command, rows: u16, cols: u16) -> (std::fs::File, std::process::Child, std::os::fd::OwnedFd) {
+    use std::os::fd::AsRawFd;
+    let ws = nix::pty::Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    let pty = nix::pty::openpty(Some(&ws), None).unwrap();
+    let slave = pty.slave;
+    let s = slave.as_raw_fd();
+    cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave.try_clone().unwrap()));
+    // SAFETY: setsid and TIOCSCTTY between fork and exec, both async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, move || {
+            libc::setsid();
+            libc::ioctl(0, libc::TIOCSCTTY, 0);
+            let _ = s;
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    (std::fs::File::from(pty.master), child, slave)
+}
+
+/// Reads the master until `needle` shows up or `secs` pass; what was read.
+pub fn read_until(master: &mut std::fs::File, needle: &str, secs: u64) -> String {
+    use std::os::fd::AsRawFd;
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    let mut acc = Vec::new();
+    let mut buf = [0u8; 4096];
+    while std::time::Instant::now() < deadline {
+        let mut fds = [libc::pollfd { fd: master.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+        // SAFETY: poll on one valid pollfd.
+        if unsafe { libc::poll(fds.as_mut_ptr(), 1, 100) } <= 0 {
+            continue;
+        }
+        match master.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => acc.extend_from_slice(&buf[..n]),
+        }
+        if String::from_utf8_lossy(&acc).contains(needle) {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&acc).into_owned()
 }
