@@ -125,19 +125,27 @@ pub fn enter(overlay: OwnedFd, target: &str) -> Result<(), MountError> {
     Ok(())
 }
 
-/// A detached, recursive clone of the tree at `dir` (read-only unless `writable`), made in the host's mount
-/// namespace, where `dir` is: a clone can only be made of mounts in the caller's own namespace.
+/// A detached, recursive clone of the tree at `dir`, made in the host's mount namespace, where `dir` is (a clone
+/// can only be made of mounts in the caller's own namespace). Always `nosuid,nodev`: the sandbox has no device
+/// cgroup, so a device node the session makes there (with the container's `CAP_MKNOD`) must not open; read-only
+/// unless `writable`.
 pub fn detached_clone(dir: &OwnedFd, writable: bool, what: &str) -> Result<OwnedFd, MountError> {
     let flags = OpenTreeFlags::OPEN_TREE_CLONE
         | OpenTreeFlags::OPEN_TREE_CLOEXEC
         | OpenTreeFlags::AT_RECURSIVE
         | OpenTreeFlags::AT_EMPTY_PATH;
     let tree = open_tree(dir, "", flags).map_err(err(format!("cloning {what}")))?;
+    let mut attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
     if !writable {
-        set_readonly(&tree, what)?;
+        attrs |= MOUNT_ATTR_RDONLY;
     }
+    set_attrs(&tree, attrs, what)?;
     Ok(tree)
 }
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
 
 /// One bind mount of a stopped container: a detached clone of its source, and where it goes inside the
 /// container's root.
@@ -158,10 +166,9 @@ struct MountAttr {
     userns_fd: u64,
 }
 
-/// Makes a detached tree read-only, recursively.
-fn set_readonly(tree: &OwnedFd, what: &str) -> Result<(), MountError> {
-    const MOUNT_ATTR_RDONLY: u64 = 1;
-    let attr = MountAttr { attr_set: MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
+/// Sets mount attributes on a detached tree, recursively.
+fn set_attrs(tree: &OwnedFd, attrs: u64, what: &str) -> Result<(), MountError> {
+    let attr = MountAttr { attr_set: attrs, attr_clr: 0, propagation: 0, userns_fd: 0 };
     let empty = c"";
     let flags = libc::AT_EMPTY_PATH | libc::AT_RECURSIVE;
     // SAFETY: mount_setattr on a mount fd with an empty path, reading one mount_attr of the size passed.
@@ -176,33 +183,43 @@ fn set_readonly(tree: &OwnedFd, what: &str) -> Result<(), MountError> {
         )
     };
     if r != 0 {
-        return Err(MountError { what: format!("making {what} read-only"), source: std::io::Error::last_os_error() });
+        return Err(MountError { what: format!("restricting {what}"), source: std::io::Error::last_os_error() });
     }
     Ok(())
 }
 
-/// A `/dev` of the session's own: null, zero, full, random, urandom, tty, and a new devpts instance for `-t`.
+/// A `/dev` of the session's own: the host's null, zero, full, random, urandom and tty bound onto a `nodev`
+/// tmpfs (so that a node the session makes there with `CAP_MKNOD` does not open: the sandbox has no device
+/// cgroup), and a new devpts instance for `-t`. Runs before the host's root is detached, where `/dev` is the
+/// host's.
 fn attach_dev(new_root: &OwnedFd) -> Result<(), MountError> {
-    use rustix::fs::{makedev, mknodat, symlinkat, FileType, Mode};
+    use rustix::fs::{symlinkat, Mode, OFlags};
     let fs = fsopen("tmpfs", FsOpenFlags::FSOPEN_CLOEXEC).map_err(err("fsopen tmpfs for /dev"))?;
     for (k, v) in [("mode", "0755"), ("size", "1m")] {
         fsconfig_set_string(&fs, k, v).map_err(err(format!("/dev option {k}")))?;
     }
     fsconfig_create(&fs).map_err(err("creating /dev"))?;
-    // Devices must work here: nosuid and noexec, not nodev.
-    let attrs = MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NOEXEC;
+    let attrs =
+        MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NOEXEC | MountAttrFlags::MOUNT_ATTR_NODEV;
     let dev = fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(err("mounting /dev"))?;
     mkdir_in(new_root, "dev")?;
     attach(&dev, &open_mount_point(new_root, "dev").map_err(io_err("opening /dev"))?, "/dev")?;
     let dev = open_mount_point(new_root, "dev").map_err(io_err("opening /dev"))?;
-    for (name, major, minor) in
-        [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)]
-    {
-        mknodat(&dev, name, FileType::CharacterDevice, Mode::from_raw_mode(0o666), makedev(major, minor))
-            .map_err(err(format!("mknod /dev/{name}")))?;
-        // The umask narrowed it.
-        rustix::fs::chmodat(&dev, name, Mode::from_raw_mode(0o666), rustix::fs::AtFlags::empty())
-            .map_err(err(format!("chmod /dev/{name}")))?;
+    let host_dev = rustix::fs::open("/dev", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(err("opening the host's /dev"))?;
+    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let flags =
+            OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_SYMLINK_NOFOLLOW;
+        let node = open_tree(&host_dev, name, flags).map_err(err(format!("cloning /dev/{name}")))?;
+        set_attrs(&node, MOUNT_ATTR_NOSUID, name)?;
+        let point = rustix::fs::openat(
+            &dev,
+            name,
+            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::from_raw_mode(0o666),
+        )
+        .map_err(err(format!("creating /dev/{name}")))?;
+        attach(&node, &point, name)?;
     }
     mkdir_in(&dev, "pts")?;
     let pts = fsopen("devpts", FsOpenFlags::FSOPEN_CLOEXEC).map_err(err("fsopen devpts"))?;

@@ -579,6 +579,11 @@ fn stopped_data_dir() -> PathBuf {
 /// A container that writes its log and exits 3, with a read-only bind mount at /data.
 fn crashing(cfg: &mut serde_json::Value) {
     cfg["process"]["args"] = serde_json::json!(["sh", "-c", "echo crashed > /root/app.log; exit 3"]);
+    // Docker's default set has CAP_MKNOD: the sandbox (which has no device cgroup) must not make it a way to the
+    // host's disk.
+    for set in ["bounding", "effective", "permitted"] {
+        cfg["process"]["capabilities"][set].as_array_mut().unwrap().push("CAP_MKNOD".into());
+    }
     let mounts = cfg["mounts"].as_array_mut().unwrap();
     mounts.push(serde_json::json!({
         "destination": "/data", "type": "bind", "source": stopped_data_dir(), "options": ["rbind", "ro"]
@@ -651,6 +656,24 @@ images = ["**"]
     assert!(c.bundle.join("rootfs/root/written").exists());
     let o = run(agent.dcos_as(&rw).args(["task", "exec", "--debug-image", &image, &c.id, "touch", "/target/data/x"]));
     assert_ne!(o.status.code(), Some(0), "the read-only bind mount stays read-only");
+    // The attack: a node for the host's console screen (/dev/vcs, c 7:0: the host's root opens it here; a disk
+    // would do worse), made with the container's CAP_MKNOD where the session may write (the container's root with
+    // debug:write, the sandbox's /dev and /tmp), then opened.
+    assert!(std::fs::File::open("/dev/vcs").is_ok(), "the host's root opens /dev/vcs, so the attack means something");
+    let mut open_host = String::new();
+    for dir in ["/target/root", "/dev", "/tmp"] {
+        open_host +=
+            &format!("mknod {dir}/vcs c 7 0 && echo made; (exec 3<{dir}/vcs && echo OPENED {dir}) 2>/dev/null; ");
+    }
+    let o = run(agent.dcos_as(&rw).args(["task", "exec", "--debug-image", &image, &c.id, "sh", "-c", &open_host]));
+    let out = stdout(&o);
+    assert_eq!(
+        out.matches("made").count(),
+        3,
+        "CAP_MKNOD works in the sandbox, so the attack is tried: {out}{}",
+        stderr(&o)
+    );
+    assert!(!out.contains("OPENED"), "a host device opened in the sandbox: {out}");
     // A terminal works in the sandbox, and the container stayed stopped throughout.
     let o = run(agent.dcos_as(&ro).args(["task", "exec", "-t", "--debug-image", &image, &c.id, "tty"]));
     assert!(stdout(&o).trim().starts_with("/dev/pts/"), "{}{}", stdout(&o), stderr(&o));
