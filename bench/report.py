@@ -138,6 +138,12 @@ if dd and dk:
       f"`dcos task exec NAME true` {dd[0]*1e3:.2f} ms median ({dd[3]} runs), `docker exec NAME true` "
       f"{dk[0]*1e3:.2f} ms: {dd[0]/dk[0]:.2f}x.")
     w("")
+dc, ct = hf("exec_dcos_containerd.json"), hf("exec_ctr.json")
+if dc and ct:
+    w(f"A containerd task NAMESPACE/ID (a third agent reading a standalone containerd; both commands through bash, "
+      f"whose start-up hyperfine subtracts): `dcos task exec NS/ID true` {dc[0]*1e3:.2f} ms median ({dc[3]} runs), "
+      f"`ctr task exec` {ct[0]*1e3:.2f} ms: {dc[0]/ct[0]:.2f}x.")
+    w("")
 c = load("cpu_exec.json")
 if c:
     w(f"CPU per `dcos task exec T true` (average of {c['runs']} sequential runs, {c['failures']} failed; wall "
