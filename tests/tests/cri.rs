@@ -14,6 +14,7 @@ mod registry;
 mod support;
 
 use containerd_client::tonic::transport::Channel;
+use containerd_client::tonic::{Response, Status};
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use std::collections::BTreeSet;
@@ -51,7 +52,7 @@ impl Cri {
     /// Runs one CRI call, bounded in time so that a hung containerd fails the test instead of blocking it.
     fn call<T, F>(&self, what: &str, f: impl FnOnce(RuntimeServiceClient<Channel>) -> F) -> T
     where
-        F: std::future::Future<Output = Result<containerd_client::tonic::Response<T>, containerd_client::tonic::Status>>,
+        F: std::future::Future<Output = Result<Response<T>, Status>>,
     {
         let fut = f(self.client.clone());
         match self.rt.block_on(tokio::time::timeout(Duration::from_secs(60), fut)) {
@@ -82,9 +83,7 @@ impl Cri {
                 config: Some(container_config(cname)),
                 sandbox_config: Some(config.clone()),
             };
-            let cid = self
-                .call("CreateContainer", |mut c| async move { c.create_container(req).await })
-                .container_id;
+            let cid = self.call("CreateContainer", |mut c| async move { c.create_container(req).await }).container_id;
             let start = cri::StartContainerRequest { container_id: cid.clone() };
             self.call("StartContainer", |mut c| async move { c.start_container(start).await });
             pod.containers.push((cname.to_string(), cid));
@@ -111,9 +110,12 @@ impl Cri {
     }
 
     fn pod_count(&self) -> usize {
-        self.call("ListPodSandbox", |mut c| async move { c.list_pod_sandbox(cri::ListPodSandboxRequest::default()).await })
-            .items
-            .len()
+        self.call(
+            "ListPodSandbox",
+            |mut c| async move { c.list_pod_sandbox(cri::ListPodSandboxRequest::default()).await },
+        )
+        .items
+        .len()
     }
 }
 
@@ -164,6 +166,7 @@ fn pod_config(ns: &str, name: &str) -> cri::PodSandboxConfig {
             attempt: 0,
         }),
         linux: Some(cri::LinuxPodSandboxConfig {
+            cgroup_parent: format!("/{}", cgroup_parent()),
             security_context: Some(cri::LinuxSandboxSecurityContext {
                 namespace_options: Some(namespaces(cri::NamespaceMode::Pod)),
                 ..Default::default()
@@ -172,6 +175,11 @@ fn pod_config(ns: &str, name: &str) -> cri::PodSandboxConfig {
         }),
         ..Default::default()
     }
+}
+
+/// The cgroup (in every hierarchy) that the pods' cgroups go under, as a kubelet's `kubepods`.
+fn cgroup_parent() -> String {
+    format!("{}-pods", prefix())
 }
 
 fn container_config(name: &str) -> cri::ContainerConfig {
@@ -211,22 +219,24 @@ fn import_pause(c: &ctd::Containerd, dir: &Path) {
     ctd::import(c, &layout);
 }
 
-/// The namespaces of `pid` as the host sees them, in the order the exec script prints its own.
+/// The namespaces that [`PROBE`] prints, in its order.
 const NAMESPACES: [&str; 6] = ["mnt", "pid", "uts", "ipc", "net", "cgroup"];
 const PROBE: &str = "for n in mnt pid uts ipc net cgroup; do readlink /proc/self/ns/$n; done; \
                      cat /proc/sys/kernel/hostname /proc/self/cgroup; tr '\\0' ' ' < /proc/1/cmdline";
 
 /// What [`PROBE`] prints when it runs in the container whose init is `pid`: its namespaces, its hostname, its
-/// cgroups, and its init's command line.
+/// cgroups as seen from its cgroup namespace, and its init's command line.
 fn expected_probe(pid: i32) -> String {
     let mut s = String::new();
     for n in NAMESPACES {
         s.push_str(&format!("{}\n", std::fs::read_link(format!("/proc/{pid}/ns/{n}")).unwrap().display()));
     }
-    let o = run(Command::new("nsenter").args(["-t", &pid.to_string(), "-u", "cat", "/proc/sys/kernel/hostname"]));
+    let pid = pid.to_string();
+    let o = run(Command::new("nsenter")
+        .args(["-t", &pid, "-u", "-C", "cat", "/proc/sys/kernel/hostname"])
+        .arg(format!("/proc/{pid}/cgroup")));
     assert!(o.status.success(), "nsenter: {}", stderr(&o));
     s.push_str(&stdout(&o));
-    s.push_str(&std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap());
     s.push_str("sleep 100000 ");
     s
 }
@@ -247,11 +257,21 @@ fn shop_rows(agent: &Agent, all: bool) -> Vec<serde_json::Value> {
 /// only fires when the test process ends, after the exit hook has stopped it and its containers.
 fn start(root: &Path) -> (ctd::Containerd, Agent) {
     let root = root.to_path_buf();
+    // Registered before containerd's hook, so it runs after that has removed the containers.
+    let parent = cgroup_parent();
+    at_exit(move || {
+        let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else { return };
+        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(&parent));
+        for h in hierarchies.flatten() {
+            let _ = std::fs::remove_dir(h.path().join(&parent));
+        }
+    });
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let c = ctd::start(&root, ctd::CRI_NAMESPACE, Some(PAUSE_IMAGE));
         let plugins = ctd::ctr_ok(&c, &["plugins", "ls"]);
-        let cri_ok = |l: &str| l.split_whitespace().collect::<Vec<_>>() == ["io.containerd.grpc.v1", "cri", "linux/amd64", "ok"];
+        let cri_ok =
+            |l: &str| l.split_whitespace().collect::<Vec<_>>() == ["io.containerd.grpc.v1", "cri", "linux/amd64", "ok"];
         assert!(plugins.lines().any(cri_ok), "the CRI plugin is not running: {plugins}");
         import_pause(&c, &root);
         ctd::import_busybox(&c, &root.join("app-layout"), APP_IMAGE);
@@ -287,11 +307,8 @@ fn pods_run_through_containerds_cri_service_are_tasks_by_pod_and_container() {
     guard.ids.push(solo.id.clone());
     let duo = cri.run_pod("shop", &duo_name, &["front", "envoy"]);
     guard.ids.push(duo.id.clone());
-    let (app, front, envoy) = (
-        format!("shop/{solo_name}/app"),
-        format!("shop/{duo_name}/front"),
-        format!("shop/{duo_name}/envoy"),
-    );
+    let (app, front, envoy) =
+        (format!("shop/{solo_name}/app"), format!("shop/{duo_name}/front"), format!("shop/{duo_name}/envoy"));
 
     // The CRI's own containers, pause containers among them, as the agent lists them: three tasks, named by
     // namespace, pod and container; the one-container pod's by its pod name too.
@@ -301,7 +318,12 @@ fn pods_run_through_containerds_cri_service_are_tasks_by_pod_and_container() {
             .iter()
             .filter(|t| t["id"].as_str().is_some_and(|i| i.starts_with("shop/")))
             .map(|t| {
-                (t["id"].as_str().unwrap(), t["container"].as_str().unwrap(), t["name"].as_str(), t["runtime"].as_str().unwrap())
+                (
+                    t["id"].as_str().unwrap(),
+                    t["container"].as_str().unwrap(),
+                    t["name"].as_str(),
+                    t["runtime"].as_str().unwrap(),
+                )
             })
             .collect();
         got.sort();
@@ -316,7 +338,10 @@ fn pods_run_through_containerds_cri_service_are_tasks_by_pod_and_container() {
             "all={all}: {rows:?}"
         );
         for sandbox in [&solo.id, &duo.id] {
-            assert!(rows.iter().all(|t| t["container"] != sandbox.as_str()), "pause container {sandbox} listed: {rows:?}");
+            assert!(
+                rows.iter().all(|t| t["container"] != sandbox.as_str()),
+                "pause container {sandbox} listed: {rows:?}"
+            );
         }
     }
     let o = run(agent.dcos().args(["task", "list"]));

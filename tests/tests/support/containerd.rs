@@ -38,13 +38,17 @@ pub fn ctr_ok(c: &Containerd, args: &[&str]) -> String {
 /// The CRI plugin's part of the configuration: pods get `sandbox_image`, images are unpacked with the native
 /// snapshotter (as `ctr images import --snapshotter native` does), runc keeps its state under `dir` rather than
 /// in the host's `/run/containerd/runc/k8s.io`, and CNI looks for its configuration in `dir`, not in the host's
-/// `/etc/cni/net.d` (host-network pods need none). AppArmor stays off: the tests' pods never ask for it.
+/// `/etc/cni/net.d` (host-network pods need none). AppArmor stays off: the tests' pods never ask for it. Pause
+/// containers' `oomScoreAdj` is kept no lower than containerd's own, as for a containerd that may not lower it
+/// (where the machine denies that, runc fails with "failed to update /proc/self/oom_score_adj: Permission
+/// denied").
 fn cri_config(dir: &Path, sandbox_image: &str) -> String {
     let d = dir.display();
     format!(
         "[plugins.\"io.containerd.grpc.v1.cri\"]\n\
          sandbox_image = \"{sandbox_image}\"\n\
          disable_apparmor = true\n\
+         restrict_oom_score_adj = true\n\
          stream_server_address = \"127.0.0.1\"\n\
          stream_server_port = \"0\"\n\
          [plugins.\"io.containerd.grpc.v1.cri\".cni]\n\
@@ -139,12 +143,8 @@ pub fn start(dir: &Path, ns: &str, cri: Option<&str>) -> Containerd {
 /// `/dev/shm`s, container roots), so the directory can be removed.
 pub fn unmount_under(dir: &Path) {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return };
-    let mut points: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(PathBuf::from)
-        .filter(|p| p.starts_with(dir))
-        .collect();
+    let mut points: Vec<PathBuf> =
+        info.lines().filter_map(|l| l.split(' ').nth(4)).map(PathBuf::from).filter(|p| p.starts_with(dir)).collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     for p in points {
         let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
