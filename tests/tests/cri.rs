@@ -17,7 +17,6 @@ use containerd_client::tonic::transport::Channel;
 use containerd_client::tonic::{Response, Status};
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -55,7 +54,7 @@ impl Cri {
         F: std::future::Future<Output = Result<Response<T>, Status>>,
     {
         let fut = f(self.client.clone());
-        match self.rt.block_on(tokio::time::timeout(Duration::from_secs(60), fut)) {
+        match self.rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), fut).await }) {
             Ok(Ok(r)) => r.into_inner(),
             Ok(Err(e)) => panic!("CRI {what}: {e}"),
             Err(_) => panic!("CRI {what}: no answer in 60 s"),
@@ -259,13 +258,7 @@ fn start(root: &Path) -> (ctd::Containerd, Agent) {
     let root = root.to_path_buf();
     // Registered before containerd's hook, so it runs after that has removed the containers.
     let parent = cgroup_parent();
-    at_exit(move || {
-        let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else { return };
-        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(&parent));
-        for h in hierarchies.flatten() {
-            let _ = std::fs::remove_dir(h.path().join(&parent));
-        }
-    });
+    at_exit(move || ctd::remove_cgroup(&parent));
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let c = ctd::start(&root, ctd::CRI_NAMESPACE, Some(PAUSE_IMAGE));

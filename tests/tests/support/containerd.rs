@@ -126,6 +126,10 @@ pub fn start(dir: &Path, ns: &str, cri: Option<&str>) -> Containerd {
         if !runc_root.starts_with(&dir) {
             let _ = std::fs::remove_dir_all(&runc_root);
         }
+        // `ctr run` puts a container's cgroup at /NAMESPACE/ID; the CRI's pods go where the test says.
+        if ns != CRI_NAMESPACE {
+            remove_cgroup(&ns);
+        }
     });
     let deadline = Instant::now() + Duration::from_secs(30);
     while !ctr(&c, &["version"]).status.success() {
@@ -148,6 +152,16 @@ pub fn unmount_under(dir: &Path) {
     points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     for p in points {
         let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Removes the cgroup `/name` of every hierarchy (cgroup v1 and v2), if it is empty.
+pub fn remove_cgroup(name: &str) {
+    let top = Path::new("/sys/fs/cgroup");
+    let _ = std::fs::remove_dir(top.join(name));
+    let Ok(hierarchies) = std::fs::read_dir(top) else { return };
+    for h in hierarchies.flatten() {
+        let _ = std::fs::remove_dir(h.path().join(name));
     }
 }
 
