@@ -263,8 +263,11 @@ fn start(root: &Path) -> (ctd::Containerd, Agent) {
     std::thread::spawn(move || {
         let c = ctd::start(&root, ctd::CRI_NAMESPACE, Some(PAUSE_IMAGE));
         let plugins = ctd::ctr_ok(&c, &["plugins", "ls"]);
-        let cri_ok =
-            |l: &str| l.split_whitespace().collect::<Vec<_>>() == ["io.containerd.grpc.v1", "cri", "linux/amd64", "ok"];
+        // `TYPE ID PLATFORMS STATUS`: `io.containerd.grpc.v1 cri linux/amd64 ok`.
+        let cri_ok = |l: &str| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() == 4 && f[..2] == ["io.containerd.grpc.v1", "cri"] && f[3] == "ok"
+        };
         assert!(plugins.lines().any(cri_ok), "the CRI plugin is not running: {plugins}");
         import_pause(&c, &root);
         ctd::import_busybox(&c, &root.join("app-layout"), APP_IMAGE);
