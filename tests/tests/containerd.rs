@@ -2,17 +2,20 @@
 //! off), an image imported with `ctr images import` from an OCI archive written here (no network), containers
 //! started with `ctr run`, and the real agent and `dcos` CLI. One containerd per test binary, stopped at exit.
 //!
-//! The Kubernetes test gives `ctr run` the annotations that containerd's CRI plugin writes into every pod
-//! container's `config.json`; it does not run pods through the CRI service itself.
+//! The Kubernetes test here gives `ctr run` the annotations that containerd's CRI plugin writes into every pod
+//! container's `config.json`, with CRI-O's too in the unit tests; `cri.rs` runs real pods through the CRI
+//! service itself.
 
+#[path = "support/containerd.rs"]
+mod ctd;
 #[path = "support/registry.rs"]
 mod registry;
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use ctd::{ctr, ctr_ok, Containerd};
+use std::path::Path;
+use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 use support::*;
 
 /// `*` never crosses `/`: containerd's tasks (`NAMESPACE/ID`) and pods (`NAMESPACE/POD/CONTAINER`) need `**`.
@@ -28,92 +31,22 @@ tasks = ["shop/*"]
 actions = ["list", "exec"]
 "#;
 
-struct Containerd {
-    sock: PathBuf,
-    ns: String,
+/// The containerd of this test binary, with the image its containers run.
+struct Daemon {
+    c: Containerd,
     image: String,
 }
 
 struct CtdWorld {
-    c: Containerd,
+    c: Daemon,
     agent: Agent,
 }
 
-fn ctr(c: &Containerd, args: &[&str]) -> Output {
-    run(Command::new("ctr").arg("-a").arg(&c.sock).args(["-n", &c.ns]).args(args))
-}
-
-fn ctr_ok(c: &Containerd, args: &[&str]) -> String {
-    let o = ctr(c, args);
-    assert!(o.status.success(), "ctr {args:?}: {}", stderr(&o));
-    stdout(&o)
-}
-
-fn start_containerd(dir: &Path) -> Containerd {
-    std::fs::create_dir_all(dir).unwrap();
-    let sock = dir.join("containerd.sock");
-    let config = dir.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-             [grpc]\naddress = \"{s}\"\n[ttrpc]\naddress = \"{s}.ttrpc\"\n[debug]\naddress = \"\"\n",
-            d = dir.display(),
-            s = sock.display()
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
-    let mut cmd = Command::new("containerd");
-    cmd.arg("--config").arg(&config).stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
-    // SAFETY: prctl in the child before exec; containerd dies with the thread that started it.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().expect("starting containerd (scripts/setup installs it with docker.io)");
-    let pid = i32::try_from(child.id()).expect("pid fits i32");
-    let c = Containerd { sock, ns: format!("{}-ns", prefix()), image: format!("docker.io/library/{}bb:1", prefix()) };
-    let (sock, ns) = (c.sock.clone(), c.ns.clone());
-    // Registered after `prefix()`'s clean-up, so it runs before the directories are removed.
-    at_exit(move || {
-        let ctr = |args: &[&str]| Command::new("ctr").arg("-a").arg(&sock).args(["-n", &ns]).args(args).output();
-        if let Ok(o) = ctr(&["containers", "ls", "-q"]) {
-            for id in String::from_utf8_lossy(&o.stdout).lines() {
-                let _ = ctr(&["tasks", "kill", "-s", "KILL", id]);
-                let _ = ctr(&["tasks", "rm", "-f", id]);
-                let _ = ctr(&["containers", "rm", id]);
-            }
-        }
-        // SAFETY: kill on our own child.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline && !matches!(child.try_wait(), Ok(Some(_))) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        let _ = std::fs::remove_dir_all(format!("/run/containerd/runc/{ns}"));
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ctr(&c, &["version"]).status.success() {
-        assert!(
-            Instant::now() < deadline,
-            "containerd did not answer: {}",
-            std::fs::read_to_string(dir.join("containerd.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let layout = dir.join("layout");
-    registry::write_layout(&layout, &c.image, &[registry::busybox_layer()]);
-    let tar = dir.join("image.tar");
-    let o = run(Command::new("tar").arg("-C").arg(&layout).arg("-cf").arg(&tar).arg("."));
-    assert!(o.status.success(), "tar: {}", stderr(&o));
-    ctr_ok(&c, &["images", "import", "--snapshotter", "native", &tar.display().to_string()]);
-    c
+fn start_containerd(dir: &Path) -> Daemon {
+    let c = ctd::start(dir, &format!("{}-ns", prefix()), None);
+    let image = format!("docker.io/library/{}bb:1", prefix());
+    ctd::import_busybox(&c, &dir.join("layout"), &image);
+    Daemon { c, image }
 }
 
 static WORLD: OnceLock<CtdWorld> = OnceLock::new();
@@ -125,10 +58,10 @@ fn world() -> &'static CtdWorld {
             let root = std::env::temp_dir().join(format!("{}-containerd", prefix()));
             let c = start_containerd(&root);
             let runtimes = format!(
-                "runc_roots = [\"/run/containerd/runc/{}\"]\ncrun_roots = []\ndocker_sockets = []\n\
+                "runc_roots = [\"{}\"]\ncrun_roots = []\ndocker_sockets = []\n\
                  containerd_sockets = [\"{}\"]",
-                c.ns,
-                c.sock.display()
+                c.c.runc_root.display(),
+                c.c.sock.display()
             );
             let agent = Agent::start_with_runtimes(&root.join("agent"), "", &runtimes, ACL);
             let agent_pid = agent.pid();
@@ -166,13 +99,13 @@ fn ctr_run_with(w: &CtdWorld, id: &str, flag: &str, pairs: &[(&str, &str)]) {
     }
     a.extend([w.c.image.clone(), id.into(), "sleep".into(), "100000".into()]);
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
-    ctr_ok(&w.c, &a);
+    ctr_ok(&w.c.c, &a);
 }
 
 fn remove(w: &CtdWorld, id: &str) {
-    let _ = ctr(&w.c, &["tasks", "kill", "-s", "KILL", id]);
-    let _ = ctr(&w.c, &["tasks", "rm", "-f", id]);
-    let _ = ctr(&w.c, &["containers", "rm", id]);
+    let _ = ctr(&w.c.c, &["tasks", "kill", "-s", "KILL", id]);
+    let _ = ctr(&w.c.c, &["tasks", "rm", "-f", id]);
+    let _ = ctr(&w.c.c, &["containers", "rm", id]);
 }
 
 #[test]
@@ -185,13 +118,13 @@ fn containerd_containers_are_tasks_as_namespace_slash_id() {
     let nerd_name = format!("{}-web", prefix());
     // nerdctl keeps a container's name in this containerd label, which only containerd's API gives.
     ctr_run_labelled(w, &id, &[("nerdctl/name", &nerd_name), ("com.docker.compose.service", "web")]);
-    let task = format!("{}/{id}", w.c.ns);
+    let task = format!("{}/{id}", w.c.c.ns);
     let o = run(w.agent.dcos().args(["task", "list", "--json"]));
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
     let row = rows.iter().find(|t| t["container"] == id.as_str()).unwrap_or_else(|| panic!("{rows:?}"));
     assert_eq!((row["id"].as_str(), row["runtime"].as_str()), (Some(task.as_str()), Some("containerd")));
     assert_eq!((row["name"].as_str(), row["service"].as_str()), (Some(nerd_name.as_str()), Some("web")));
-    for name in [task.clone(), id.clone(), format!("{}/{}", w.c.ns, &id[..id.len() - 2]), nerd_name.clone()] {
+    for name in [task.clone(), id.clone(), format!("{}/{}", w.c.c.ns, &id[..id.len() - 2]), nerd_name.clone()] {
         let o = w.agent.sh(&name, "echo in; cat /proc/1/cmdline | tr '\\0' ' '");
         assert_eq!((o.status.code(), stdout(&o)), (Some(0), "in\nsleep 100000 ".into()), "{name}: {}", stderr(&o));
     }

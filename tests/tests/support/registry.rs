@@ -409,13 +409,18 @@ pub fn put_blob(dir: &Path, media_type: &str, data: &[u8]) -> serde_json::Value 
 
 /// Writes config, gzipped layers and the manifest of an image for linux/`arch`; returns the manifest descriptor.
 pub fn put_image(dir: &Path, arch: &str, layers: &[Vec<u8>]) -> serde_json::Value {
+    put_image_with(dir, arch, layers, serde_json::json!({"Env": ["PATH=/bin:/usr/bin"], "WorkingDir": "/"}))
+}
+
+/// [`put_image`] with `config` as the image configuration's `config` (entrypoint, command, env, workdir).
+pub fn put_image_with(dir: &Path, arch: &str, layers: &[Vec<u8>], config: serde_json::Value) -> serde_json::Value {
     let diff_ids: Vec<String> = layers.iter().map(|l| format!("sha256:{}", sha256_hex(l))).collect();
     let layer_descs: Vec<serde_json::Value> =
         layers.iter().map(|l| put_blob(dir, "application/vnd.oci.image.layer.v1.tar+gzip", &gzip(l))).collect();
     let config = serde_json::json!({
         "architecture": arch,
         "os": "linux",
-        "config": {"Env": ["PATH=/bin:/usr/bin"], "WorkingDir": "/"},
+        "config": config,
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
     });
     let config_desc = put_blob(dir, "application/vnd.oci.image.config.v1+json", &serde_json::to_vec(&config).unwrap());
