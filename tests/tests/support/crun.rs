@@ -8,7 +8,7 @@
 //! every v1 hierarchy, and the container keeps the cgroup2 cgroup of whoever started it. The container itself
 //! and every later crun command (`state`, `exec`, `kill`, `delete`) live in the host's namespaces as usual.
 
-use super::{make_rootfs, prefix, run, stdout, ContainerOpts};
+use super::{prefix, run, stdout, ContainerOpts};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Once;
@@ -80,34 +80,7 @@ impl CrunContainer {
     /// A bundle like [`super::Container::start`]'s (from `crun spec`, with the same options), run detached.
     pub fn start(root: &Path, id: &str, o: &ContainerOpts) -> CrunContainer {
         delete_ours_at_exit();
-        let bundle = root.join(id);
-        let _ = std::fs::remove_dir_all(&bundle);
-        std::fs::create_dir_all(&bundle).unwrap();
-        make_rootfs(&bundle.join("rootfs"));
-        let _ = Command::new("crun").args(["delete", "-f", id]).output();
-        let spec = run(Command::new("crun").arg("spec").current_dir(&bundle));
-        assert!(spec.status.success(), "crun spec: {}", String::from_utf8_lossy(&spec.stderr));
-        let cfg_path = bundle.join("config.json");
-        let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
-        cfg["process"]["terminal"] = false.into();
-        cfg["process"]["args"] = serde_json::json!(["sleep", "100000"]);
-        cfg["root"]["readonly"] = o.readonly.into();
-        if o.unprivileged {
-            cfg["process"]["user"] = serde_json::json!({"uid": 1000, "gid": 1000});
-            cfg["process"]["cwd"] = "/home/app".into();
-            let caps = serde_json::json!(["CAP_NET_BIND_SERVICE"]);
-            cfg["process"]["capabilities"] = serde_json::json!({"bounding": caps, "effective": caps, "permitted": caps, "ambient": caps, "inheritable": caps});
-        }
-        let ann: serde_json::Map<String, serde_json::Value> =
-            o.annotations.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
-        cfg["annotations"] = ann.into();
-        if let Some(t) = o.tweak {
-            t(&mut cfg);
-        }
-        if let Some(p) = o.prepare {
-            p(&bundle.join("rootfs"));
-        }
-        std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+        let bundle = super::prepare_bundle("crun", root, id, o);
         // The detached init inherits crun's stdio: a pipe would never reach EOF, so errors go to a file.
         let err_path = root.join(format!("{id}.crun-err"));
         let err = std::fs::File::create(&err_path).unwrap();

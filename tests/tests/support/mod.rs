@@ -164,36 +164,46 @@ impl Container {
 
     /// Like [`Container::start`], but a container that runc refuses to run is an error (with runc's message).
     pub fn try_start(root: &Path, id: &str, o: &ContainerOpts) -> Result<Container, String> {
-        let bundle = root.join(id);
-        let _ = std::fs::remove_dir_all(&bundle);
-        std::fs::create_dir_all(&bundle).unwrap();
-        make_rootfs(&bundle.join("rootfs"));
-        let _ = Command::new("runc").args(["delete", "-f", id]).output();
-        sh(&format!("cd {} && runc spec", bundle.display()));
-        let cfg_path = bundle.join("config.json");
-        let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
-        cfg["process"]["terminal"] = false.into();
-        cfg["process"]["args"] = serde_json::json!(["sleep", "100000"]);
-        cfg["root"]["readonly"] = o.readonly.into();
-        if o.unprivileged {
-            cfg["process"]["user"] = serde_json::json!({"uid": 1000, "gid": 1000});
-            cfg["process"]["cwd"] = "/home/app".into();
-            let caps = serde_json::json!(["CAP_NET_BIND_SERVICE"]);
-            cfg["process"]["capabilities"] = serde_json::json!({"bounding": caps, "effective": caps, "permitted": caps, "ambient": caps, "inheritable": caps});
-        }
-        let ann: serde_json::Map<String, serde_json::Value> =
-            o.annotations.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
-        cfg["annotations"] = ann.into();
-        if let Some(t) = o.tweak {
-            t(&mut cfg);
-        }
-        if let Some(p) = o.prepare {
-            p(&bundle.join("rootfs"));
-        }
-        std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+        let bundle = prepare_bundle("runc", root, id, o);
         Container::try_run_bundle(root, id, bundle)
     }
+}
 
+/// A bundle for `id` under `root`: the busybox rootfs and `RUNTIME spec`'s config.json (runc or crun) with the
+/// options applied; any container of that id is deleted first.
+pub fn prepare_bundle(runtime: &str, root: &Path, id: &str, o: &ContainerOpts) -> PathBuf {
+    let bundle = root.join(id);
+    let _ = std::fs::remove_dir_all(&bundle);
+    std::fs::create_dir_all(&bundle).unwrap();
+    make_rootfs(&bundle.join("rootfs"));
+    let _ = Command::new(runtime).args(["delete", "-f", id]).output();
+    let spec = run(Command::new(runtime).arg("spec").current_dir(&bundle));
+    assert!(spec.status.success(), "{runtime} spec: {}", String::from_utf8_lossy(&spec.stderr));
+    let cfg_path = bundle.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    cfg["process"]["terminal"] = false.into();
+    cfg["process"]["args"] = serde_json::json!(["sleep", "100000"]);
+    cfg["root"]["readonly"] = o.readonly.into();
+    if o.unprivileged {
+        cfg["process"]["user"] = serde_json::json!({"uid": 1000, "gid": 1000});
+        cfg["process"]["cwd"] = "/home/app".into();
+        let caps = serde_json::json!(["CAP_NET_BIND_SERVICE"]);
+        cfg["process"]["capabilities"] = serde_json::json!({"bounding": caps, "effective": caps, "permitted": caps, "ambient": caps, "inheritable": caps});
+    }
+    let ann: serde_json::Map<String, serde_json::Value> =
+        o.annotations.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
+    cfg["annotations"] = ann.into();
+    if let Some(t) = o.tweak {
+        t(&mut cfg);
+    }
+    if let Some(p) = o.prepare {
+        p(&bundle.join("rootfs"));
+    }
+    std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+    bundle
+}
+
+impl Container {
     /// `runc run -d` of a prepared bundle.
     pub fn run_bundle(root: &Path, id: &str, bundle: PathBuf) -> Container {
         Container::try_run_bundle(root, id, bundle).unwrap_or_else(|e| panic!("{e}"))
