@@ -64,14 +64,7 @@ fn world() -> &'static CtdWorld {
                 c.c.sock.display()
             );
             let agent = Agent::start_with_runtimes(&root.join("agent"), "", &runtimes, ACL);
-            let agent_pid = agent.pid();
-            at_exit(move || {
-                // SAFETY: kill and waitpid on our own child, which is never reaped before exit.
-                unsafe {
-                    libc::kill(agent_pid, libc::SIGKILL);
-                    libc::waitpid(agent_pid, std::ptr::null_mut(), 0);
-                }
-            });
+            agent.kill_at_exit();
             tx.send(CtdWorld { c, agent }).unwrap();
             loop {
                 std::thread::park();

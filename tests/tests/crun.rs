@@ -66,14 +66,7 @@ fn crun_world() -> &'static CrunWorld {
             registry::umoci_image(&layout, "latest", &[&registry::populate_busybox]);
             // The default `[runtimes]` that `init` writes: crun's state root is found without configuration.
             let agent = registry::start_agent(&root.join("agent"), "", ACL);
-            let agent_pid = agent.pid();
-            at_exit(move || {
-                // SAFETY: kill and waitpid on our own child, which is never reaped before exit.
-                unsafe {
-                    libc::kill(agent_pid, libc::SIGKILL);
-                    libc::waitpid(agent_pid, std::ptr::null_mut(), 0);
-                }
-            });
+            agent.kill_at_exit();
             tx.send(CrunWorld { root, agent, main, app, main_task, layout }).unwrap();
             loop {
                 std::thread::park();

@@ -128,14 +128,7 @@ fn world() -> &'static DockerWorld {
                 d.exec_root.display(),
             );
             let agent = Agent::start_with_runtimes(&root.join("agent"), "", &runtimes, ACL);
-            let agent_pid = agent.pid();
-            at_exit(move || {
-                // SAFETY: kill and waitpid on our own child, which is never reaped before exit.
-                unsafe {
-                    libc::kill(agent_pid, libc::SIGKILL);
-                    libc::waitpid(agent_pid, std::ptr::null_mut(), 0);
-                }
-            });
+            agent.kill_at_exit();
             tx.send(DockerWorld { d, agent }).unwrap();
             loop {
                 std::thread::park();

@@ -280,6 +280,21 @@ pub struct Agent {
     pub admin_token: String,
 }
 
+impl Agent {
+    /// For agents kept in statics (never dropped): killed and reaped when the test process exits, before the
+    /// clean-up removes their directories (hooks run last-registered first).
+    pub fn kill_at_exit(&self) {
+        let pid = self.pid();
+        at_exit(move || {
+            // SAFETY: kill and waitpid on our own child, which is never reaped before exit.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+        });
+    }
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -473,15 +488,7 @@ pub fn world() -> &'static World {
                 &ContainerOpts { unprivileged: true, ..Default::default() },
             );
             let agent = Agent::start(&root.join("agent"));
-            let agent_pid = agent.pid();
-            // Before the clean-up removes its directory (hooks run last-registered first).
-            at_exit(move || {
-                // SAFETY: kill and waitpid on our own child, which is never reaped before exit.
-                unsafe {
-                    libc::kill(agent_pid, libc::SIGKILL);
-                    libc::waitpid(agent_pid, std::ptr::null_mut(), 0);
-                }
-            });
+            agent.kill_at_exit();
             tx.send(World { root, agent, main, ro, app, main_task }).unwrap();
             loop {
                 std::thread::park();
