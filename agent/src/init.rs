@@ -120,8 +120,14 @@ pub fn init(o: &InitOptions<'_>) -> Result<String> {
     );
     write(&dir.join("acl.toml"), acl.as_bytes(), 0o644)?;
 
-    let token =
-        crate::auth::mint(token_key.serialize_pem().as_bytes(), &cfg.issuer, &cfg.audience, o.admin, &[], o.ttl)?;
+    let token = dcos_exec_access::auth::mint(
+        token_key.serialize_pem().as_bytes(),
+        &cfg.issuer,
+        &cfg.audience,
+        o.admin,
+        &[],
+        o.ttl,
+    )?;
     write(&dir.join("admin.token"), token.as_bytes(), 0o600)?;
 
     let url_host = if host.is_empty() || host == "0.0.0.0" || host == "::" { "localhost" } else { host };

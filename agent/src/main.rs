@@ -3,10 +3,7 @@
 // Nothing a user, a container, a registry or the network controls may panic the process.
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
-mod acl;
 mod api;
-mod audit;
-mod auth;
 mod config;
 mod exec;
 mod init;
@@ -18,6 +15,7 @@ mod shutdown;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use dcos_exec_access::auth;
 use std::path::PathBuf;
 
 #[derive(Parser)]

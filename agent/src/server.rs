@@ -1,15 +1,15 @@
 //! The agent's server: its shared state, the TLS listener, admission of connections, and the orderly shutdown.
 //! What happens to a request once it arrives is in [`crate::api`].
 
-use crate::acl::Acl;
-use crate::audit::AuditLog;
-use crate::auth::Verifier;
 use crate::config::Loaded;
 use crate::exec::SealedExe;
 use crate::limits::{ConnectionGate, Pending, UserSessions};
 use crate::runtime::Discovery;
 use crate::shutdown::Shutdown;
 use anyhow::{Context, Result};
+use dcos_exec_access::acl::Acl;
+use dcos_exec_access::audit::AuditLog;
+use dcos_exec_access::auth::Verifier;
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 use std::time::Duration;

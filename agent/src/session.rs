@@ -6,11 +6,11 @@
 mod flow;
 mod pty;
 
-use crate::audit::{SessionInfo, SessionRecord, SessionStartRecord};
 use crate::exec::{self, ExecError};
 use crate::limits::SessionSlot;
 use crate::server::Agent;
 use crate::shutdown::{Live, ShuttingDown};
+use dcos_exec_access::audit::{SessionInfo, SessionRecord, SessionStartRecord};
 use dcos_exec_container::channel::Event as HelperEvent;
 use dcos_exec_container::spec::Rlimit;
 use dcos_exec_images::pull::{PullError, PulledImage};
@@ -131,7 +131,7 @@ where
     let (gone_tx, gone_rx) = watch::channel(false);
     let writer = tokio::spawn(flow::write_loop(sink, rx, gone_tx));
     let id = new_session_id();
-    let start = crate::audit::now();
+    let start = dcos_exec_access::audit::now();
     tracing::info!(session = %id, user = %ctx.user, task = %ctx.task, "session start");
     let info = SessionInfo {
         user: ctx.user.clone(),
@@ -164,7 +164,7 @@ where
         info: SessionInfo { image: image.as_ref().map(|(r, _): &(String, String)| r.clone()), ..info },
         image_digest: image.map(|(_, d)| d),
         start,
-        end: crate::audit::now(),
+        end: dcos_exec_access::audit::now(),
         status,
         bytes_in: counters.bytes_in.load(Ordering::Relaxed),
         bytes_out: counters.bytes_out.load(Ordering::Relaxed),

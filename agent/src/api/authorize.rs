@@ -1,11 +1,11 @@
 //! Steps 3 and 4 of an exec request: resolve the task to its container, then check the ACL against what it
 //! resolved to. A caller with no grant on the name learns nothing about whether it exists.
 
-use crate::acl::{Acl, Principal, Target};
 use crate::api::parse::ExecParams;
 use crate::api::Refusal;
-use crate::auth::Claims;
 use crate::runtime::{Container, RuntimeError};
+use dcos_exec_access::acl::{Acl, Principal, Target};
+use dcos_exec_access::auth::Claims;
 use dcos_exec_images::reference::ImageRef;
 use dcos_exec_proto::{ErrorCode, ExecRequest};
 

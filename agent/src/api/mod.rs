@@ -10,12 +10,12 @@ pub mod upgrade;
 
 pub use refusal::Refusal;
 
-use crate::acl::Principal;
-use crate::audit::DenialRecord;
-use crate::auth::Claims;
 use crate::limits::Pending;
 use crate::runtime::Discovery;
 use crate::server::Agent;
+use dcos_exec_access::acl::Principal;
+use dcos_exec_access::audit::DenialRecord;
+use dcos_exec_access::auth::Claims;
 use dcos_exec_proto::TaskInfo;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -68,7 +68,7 @@ impl Agent {
     fn audit_refusal(&self, peer: SocketAddr, path: &str, user: Option<&str>, task: Option<&str>, r: &Refusal) {
         self.audit.denial(&DenialRecord {
             event: "denied",
-            time: crate::audit::now(),
+            time: dcos_exec_access::audit::now(),
             user: user.map(String::from),
             source: peer.to_string(),
             path: path.to_string(),

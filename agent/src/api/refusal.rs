@@ -2,10 +2,10 @@
 
 use crate::api::authorize::{CapNotAllowed, Denied, ImageRefusal};
 use crate::api::parse::ParseError;
-use crate::auth::AuthError;
 use crate::limits::TooManySessions;
 use crate::runtime::RuntimeError;
 use crate::shutdown::ShuttingDown;
+use dcos_exec_access::auth::AuthError;
 use dcos_exec_proto::{ErrorBody, ErrorCode};
 use http::{Response, StatusCode};
 

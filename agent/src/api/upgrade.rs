@@ -3,10 +3,10 @@
 
 use crate::api::parse::ExecParams;
 use crate::api::{Body, Refusal};
-use crate::auth::Claims;
 use crate::runtime::Container;
 use crate::server::Agent;
 use crate::shutdown::ShuttingDown;
+use dcos_exec_access::auth::Claims;
 use dcos_exec_proto::SUBPROTOCOL;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::Full;

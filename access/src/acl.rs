@@ -184,7 +184,6 @@ impl Acl {
     }
 
     /// The decision for a resolved container known only by its task id and container id.
-    #[cfg(test)]
     pub fn allows_container(
         &self,
         who: &Principal<'_>,
