@@ -9,7 +9,8 @@
 
 use dcos_exec_proto::ErrorCode;
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+/// The counter type of [`Metrics::stdin_bytes`] and [`Metrics::output_bytes`].
+pub use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
@@ -171,11 +172,7 @@ impl Metrics {
             m.session_errors.clone(),
         );
         registry.register("sessions_active", "Sessions open now", m.active.clone());
-        registry.register(
-            "denials",
-            "API requests refused (audited as denied), by wire error code",
-            m.denials.clone(),
-        );
+        registry.register("denials", "API requests refused (audited as denied), by wire error code", m.denials.clone());
         registry.register(
             "session_start_seconds",
             "From the upgrade to the process running (a debug session's pull included), by kind: exec or debug",
@@ -206,12 +203,9 @@ impl Metrics {
         }
     }
 
-    /// A request was refused with `code`; `session` when it asked for a session (an exec).
-    pub fn refused(&self, code: ErrorCode, session: bool) {
+    /// A request was refused with `code` (an exec refused so is also a session ended as `Refused`).
+    pub fn refused(&self, code: ErrorCode) {
         self.denials.get_or_create(&CodeLabel { code: code_name(code) }).inc();
-        if session {
-            self.sessions.get_or_create(&OutcomeLabel { outcome: SessionOutcome::Refused.as_str() }).inc();
-        }
     }
 
     /// Counts a session as active until the guard is dropped.
@@ -279,8 +273,9 @@ mod tests {
         m.session_ended(SessionOutcome::Exited, None);
         m.session_ended(SessionOutcome::Exited, None);
         m.session_ended(SessionOutcome::Failed, Some(ErrorCode::CommandNotFound));
-        m.refused(ErrorCode::Forbidden, true);
-        m.refused(ErrorCode::Unauthenticated, false);
+        m.refused(ErrorCode::Forbidden);
+        m.session_ended(SessionOutcome::Refused, None);
+        m.refused(ErrorCode::Unauthenticated);
         let guard = m.active_session();
         m.started(false, Duration::from_millis(3));
         m.started(true, Duration::from_millis(1500));

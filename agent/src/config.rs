@@ -67,10 +67,28 @@ pub struct AgentConfig {
     /// SYS_ADMIN, SYS_MODULE, DAC_READ_SEARCH, MKNOD or SYS_RAWIO off this list.
     #[serde(default = "default_cap_add_allowed")]
     pub cap_add_allowed: Vec<String>,
+    /// `text` (the default) or `json`: one JSON object per log line on stderr.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// Address of a plain-HTTP listener serving `/metrics`, `/healthz` and `/readyz` without authentication
+    /// (none by default: `/metrics` is then only on the API port, for tokens granted `metrics`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
     /// Debug images: cache, registries, unpack policy (`init` leaves it out: the defaults apply until an
     /// `[images]` table is added).
     #[serde(default, skip_serializing)]
     pub images: ImagesConfig,
+}
+
+/// How the agent writes its log to stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines, coloured only when stderr is a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line (for journald, Fluent Bit, Loki and the like).
+    Json,
 }
 
 /// `[images]`: where `--debug-image` images are cached and how registries are reached.
