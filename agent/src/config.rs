@@ -383,6 +383,21 @@ mod tests {
     }
 
     #[test]
+    fn log_format_and_metrics_listen_default_off_and_can_be_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agent.toml");
+        let base = "listen='x'\ntls_cert='c'\ntls_key='k'\ntoken_public_key='t'\nacl='a'\naudit_log='l'\n";
+        std::fs::write(&p, base).unwrap();
+        let l = AgentConfig::load(&p).unwrap().file;
+        assert_eq!((l.log_format, l.metrics_listen), (LogFormat::Text, None));
+        std::fs::write(&p, format!("{base}log_format='json'\nmetrics_listen='127.0.0.1:9464'\n")).unwrap();
+        let l = AgentConfig::load(&p).unwrap().file;
+        assert_eq!((l.log_format, l.metrics_listen.as_deref()), (LogFormat::Json, Some("127.0.0.1:9464")));
+        std::fs::write(&p, format!("{base}log_format='logfmt'\n")).unwrap();
+        assert!(matches!(AgentConfig::load(&p), Err(ConfigError::Parse { .. })), "an unknown format is an error");
+    }
+
+    #[test]
     fn image_budgets_default_and_can_be_set() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("agent.toml");
