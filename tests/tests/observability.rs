@@ -10,7 +10,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use support::*;
 
 /// The admin may do anything with any image; `scraper` may only read metrics; `alice` may only list.
@@ -156,6 +156,21 @@ fn metrics_count_real_sessions_refusals_and_pulls_and_the_json_log_records_them_
     let o = debug("nope", "always");
     assert_eq!(o.status.code(), Some(122), "{}", stderr(&o));
 
+    // A client killed mid-session: active while it runs, then lost (its process hung up).
+    let mut gone = agent
+        .dcos()
+        .args(["task", "exec", &task, "sleep", "1000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let active =
+        |want: f64| samples(&http_get(&metrics_addr, "/metrics").1).get("dcos_exec_sessions_active") == Some(&want);
+    assert!(eventually(30, || active(1.0)), "the session never showed as active");
+    gone.kill().unwrap();
+    gone.wait().unwrap();
+    assert!(eventually(30, || active(0.0)), "the lost session still counts as active");
+
     // Who may scrape on the API port: a token granted `metrics`; not one without it, not none.
     let scraper = agent.token("scraper", &[], "1h");
     let alice = agent.token("alice", &[], "1h");
@@ -172,21 +187,23 @@ fn metrics_count_real_sessions_refusals_and_pulls_and_the_json_log_records_them_
     assert_eq!(status, 200);
     let after = samples(&page);
     let d = |k: &str| delta(&before, &after, k);
-    // exec: 3 exited + 1 command_not_found; debug: 2 exited + 1 image_failed.
+    // exec: 3 exited + 1 command_not_found + 1 lost; debug: 2 exited + 1 image_failed.
     assert_eq!(d(r#"dcos_exec_sessions_total{outcome="exited"}"#), 5.0, "{page}");
     assert_eq!(d(r#"dcos_exec_sessions_total{outcome="failed"}"#), 2.0, "{page}");
     assert_eq!(d(r#"dcos_exec_session_errors_total{code="command_not_found"}"#), 1.0, "{page}");
     assert_eq!(d(r#"dcos_exec_session_errors_total{code="image_failed"}"#), 1.0, "{page}");
     assert_eq!(d(r#"dcos_exec_sessions_total{outcome="refused"}"#), 3.0, "{page}");
+    assert_eq!(d(r#"dcos_exec_sessions_total{outcome="lost"}"#), 1.0, "{page}");
+    assert_eq!(d(r#"dcos_exec_sessions_total{outcome="signaled"}"#), 0.0, "a hung-up session is lost: {page}");
     // Exec refusals, then alice's and the token-less scrape of /metrics.
     assert_eq!(d(r#"dcos_exec_denials_total{code="forbidden"}"#), 2.0, "{page}");
     assert_eq!(d(r#"dcos_exec_denials_total{code="unauthenticated"}"#), 3.0, "{page}");
     assert_eq!(after.get("dcos_exec_sessions_active"), Some(&0.0), "{page}");
     // Every session whose process ran was timed from the upgrade to the start.
-    assert_eq!(d(r#"dcos_exec_session_start_seconds_count{kind="exec"}"#), 3.0, "{page}");
+    assert_eq!(d(r#"dcos_exec_session_start_seconds_count{kind="exec"}"#), 4.0, "{page}");
     assert_eq!(d(r#"dcos_exec_session_start_seconds_count{kind="debug"}"#), 2.0, "{page}");
     let inf = r#"dcos_exec_session_start_seconds_bucket{le="+Inf",kind="exec"}"#;
-    assert_eq!(d(inf), 3.0, "{page}");
+    assert_eq!(d(inf), 4.0, "{page}");
     assert!(d(r#"dcos_exec_session_start_seconds_sum{kind="exec"}"#) > 0.0, "{page}");
     // Bytes: "abcd" in; "hello" "err", "abcd" "e2", "dbg\n" twice out. The audit log agrees.
     assert_eq!(d("dcos_exec_stdin_bytes_total"), 4.0, "{page}");
