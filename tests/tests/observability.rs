@@ -112,11 +112,13 @@ fn metrics_count_real_sessions_refusals_and_pulls_and_the_json_log_records_them_
         &ContainerOpts { annotations: vec![("io.dcos.task-id".into(), task.clone())], ..Default::default() },
     );
     let metrics_addr = free_addr();
-    let agent = Agent::start_with_runtimes(
+    // Everything the agent and its libraries log, down to trace, must be free of tokens.
+    let agent = Agent::start_logging(
         &root.join("agent"),
         &format!("log_format = \"json\"\nmetrics_listen = \"{metrics_addr}\""),
-        RUNTIMES,
+        Some(RUNTIMES),
         ACL,
+        "trace",
     );
     let layout = root.join("layout");
     registry::write_layout(&layout, "v1", &[registry::busybox_layer()]);
@@ -259,6 +261,9 @@ fn metrics_count_real_sessions_refusals_and_pulls_and_the_json_log_records_them_
         lines.iter().any(|l| l["message"] == "session end" && l["error"] == "command_not_found"),
         "the failed start is logged with its code:\n{log}"
     );
+    let targets: std::collections::BTreeSet<_> =
+        lines.iter().filter(|l| l["level"] == "TRACE").filter_map(|l| l["target"].as_str()).collect();
+    assert!(targets.iter().any(|t| t.starts_with("rustls")), "the libraries' trace lines are in the log: {targets:?}");
     for (what, secret) in
         [("admin", &agent.admin_token), ("mallory", &mallory), ("forged", &forged), ("scraper", &scraper)]
     {
