@@ -110,6 +110,8 @@ struct Counters {
     lost: AtomicBool,
     /// The agent hung the session up because it is shutting down.
     shut_down: AtomicBool,
+    /// A pull or prune may have changed the image cache's size, measured once the client has its status.
+    cache_changed: AtomicBool,
 }
 
 impl Counters {
@@ -119,6 +121,7 @@ impl Counters {
             bytes_out: Tally::new(m.output_bytes()),
             lost: AtomicBool::new(false),
             shut_down: AtomicBool::new(false),
+            cache_changed: AtomicBool::new(false),
         }
     }
 
@@ -237,6 +240,10 @@ where
     let _ = writer.await;
     drop(active);
     drop(admission);
+    if counters.cache_changed.load(Ordering::Relaxed) {
+        // Walking the cache takes a while on a big one: off the session's path, and off the async threads.
+        let _ = tokio::task::spawn_blocking(move || agent.metrics.set_image_cache_bytes(agent.puller.size())).await;
+    }
 }
 
 /// Pull, start, wire, finish. A shutdown of the agent ends any of them with [`ShuttingDown`].
@@ -263,7 +270,7 @@ where
         None => None,
         Some(r) => {
             let pulled = tokio::select! {
-                p = pull(agent, ctx, r, tx) => p,
+                p = pull(agent, ctx, r, tx, &counters.cache_changed) => p,
                 _ = stop.stopping() => return shutting_down(),
             };
             match pulled {
@@ -310,6 +317,7 @@ async fn pull(
     ctx: &Context,
     r: &ImageRef,
     tx: &mpsc::Sender<Message>,
+    cache_changed: &AtomicBool,
 ) -> Result<PulledImage, PullError> {
     let ptx = tx.clone();
     let progress = move |line: String| {
@@ -331,14 +339,14 @@ async fn pull(
         Err(e) => tracing::info!(image = %r, error = %e, "debug image failed"),
     }
     let cap = agent.cfg.file.images.max_cache_bytes;
-    let mut size = agent.puller.size();
-    if cap > 0 && size > cap {
+    let mut changed = !cached;
+    if cap > 0 && agent.puller.size() > cap {
         let _alone = agent.cache_lock.write().await;
         let p = agent.puller.prune();
         tracing::info!(blobs = p.blobs, layers = p.layers, bytes = p.bytes, "image cache over its cap: pruned");
-        size = agent.puller.size();
+        changed = true;
     }
-    agent.metrics.set_image_cache_bytes(size);
+    cache_changed.store(changed, Ordering::Relaxed);
     pulled
 }
 
