@@ -356,3 +356,61 @@ fn a_build_outside_a_git_checkout_says_unknown() {
     assert!(stdout(&o).contains("cargo:rustc-env=DCOS_EXEC_REVISION=unknown"), "{}", stdout(&o));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn on_sigterm_readyz_turns_false_and_hung_up_sessions_end_as_shutdown() {
+    if skip() {
+        return;
+    }
+    remove_stale_containers();
+    let p = prefix();
+    let root = std::env::temp_dir().join(format!("{p}-obsdown"));
+    std::fs::create_dir_all(&root).unwrap();
+    let task = format!("web-{p}-obsdown");
+    let _c = Container::start(
+        &root,
+        &format!("{p}-obsdown"),
+        &ContainerOpts { annotations: vec![("io.dcos.task-id".into(), task.clone())], ..Default::default() },
+    );
+    let metrics_addr = free_addr();
+    // The session's process ignores the hang-up and outlives the shutdown: the agent ends it as shut down.
+    let mut agent = Agent::start_with_runtimes(
+        &root.join("agent"),
+        &format!(
+            "log_format = \"json\"\nmetrics_listen = \"{metrics_addr}\"\nshutdown_grace = \"6s\"\ngrace_period = \"60s\""
+        ),
+        RUNTIMES,
+        ACL,
+    );
+    assert!(eventually(30, || http_get(&metrics_addr, "/readyz").0 == 200), "never ready");
+    let mut session = agent
+        .dcos()
+        .args(["task", "exec", &task, "sh", "-c", "trap '' HUP; echo up; exec sleep 1000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 3];
+    session.stdout.as_mut().unwrap().read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"up\n");
+    // SAFETY: kill(2) on the agent this test started.
+    assert_eq!(unsafe { libc::kill(agent.pid(), libc::SIGTERM) }, 0);
+    // While it waits for the session, the agent is alive but not ready.
+    let (status, body) = http_get(&metrics_addr, "/readyz");
+    assert_eq!(status, 503, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((v["ready"].as_bool(), v["shutting_down"].as_bool()), (Some(false), Some(true)), "{body}");
+    assert_eq!(http_get(&metrics_addr, "/healthz").0, 200);
+    let (status, page) = http_get(&metrics_addr, "/metrics");
+    assert_eq!(status, 200);
+    assert_eq!(samples(&page).get("dcos_exec_sessions_active"), Some(&1.0), "{page}");
+    let out = session.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(125), "{}", String::from_utf8_lossy(&out.stderr));
+    agent.child.wait().unwrap();
+    let log = std::fs::read_to_string(agent.dir.join("agent.log")).unwrap();
+    let end = json_lines(&log)
+        .into_iter()
+        .find(|l| l["message"] == "session end" && l["task"] == task.as_str())
+        .unwrap_or_else(|| panic!("no session end in the log:\n{log}"));
+    assert_eq!((end["outcome"].as_str(), end["error"].as_str()), (Some("shutdown"), Some("internal")), "{end}");
+}
