@@ -188,7 +188,7 @@ impl Metrics {
             );
             registry.register(
                 "image_cache_bytes",
-                "Bytes in the debug-image cache, as of the last pull or prune",
+                "Bytes in the debug-image cache, as of start or the last pull that fetched or pruned",
                 m.image_cache_bytes.clone(),
             );
         }
@@ -235,7 +235,7 @@ impl Metrics {
         self.image_pulls.get_or_create(&ResultLabel { result: result.as_str() }).inc();
     }
 
-    /// The image cache's size, after a pull or prune.
+    /// The image cache's size, measured at start and after a pull that fetched or pruned.
     pub fn set_image_cache_bytes(&self, bytes: u64) {
         self.image_cache_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
