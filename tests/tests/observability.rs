@@ -395,7 +395,7 @@ fn on_sigterm_readyz_turns_false_and_hung_up_sessions_end_as_shutdown() {
     let mut agent = Agent::start_with_runtimes(
         &root.join("agent"),
         &format!(
-            "log_format = \"json\"\nmetrics_listen = \"{metrics_addr}\"\nshutdown_grace = \"6s\"\ngrace_period = \"60s\""
+            "log_format = \"json\"\nmetrics_listen = \"{metrics_addr}\"\nshutdown_grace = \"10s\"\ngrace_period = \"60s\""
         ),
         RUNTIMES,
         ACL,
@@ -413,7 +413,8 @@ fn on_sigterm_readyz_turns_false_and_hung_up_sessions_end_as_shutdown() {
     assert_eq!(&first, b"up\n");
     // SAFETY: kill(2) on the agent this test started.
     assert_eq!(unsafe { libc::kill(agent.pid(), libc::SIGTERM) }, 0);
-    // While it waits for the session, the agent is alive but not ready.
+    // Once the signal is handled, and while it waits for the session, the agent is alive but not ready.
+    assert!(eventually(5, || http_get(&metrics_addr, "/readyz").0 == 503), "still ready after SIGTERM");
     let (status, body) = http_get(&metrics_addr, "/readyz");
     assert_eq!(status, 503, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
