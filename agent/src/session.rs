@@ -585,6 +585,22 @@ mod tests {
     }
 
     #[test]
+    fn a_session_outcome_says_shutdown_then_lost_before_the_status() {
+        let m = Metrics::new(dcos_exec_access::metrics::Component::Agent, "0", "r");
+        let exited = Status::Exited { code: 3 };
+        let signaled = Status::Signaled { signal: libc::SIGHUP };
+        let failed = Status::Error { code: ErrorCode::CommandNotFound, message: String::new() };
+        let c = Counters::new(&m);
+        assert_eq!(c.outcome(&exited), SessionOutcome::Exited);
+        assert_eq!(c.outcome(&signaled), SessionOutcome::Signaled);
+        assert_eq!(c.outcome(&failed), SessionOutcome::Failed);
+        c.lost.store(true, Ordering::Relaxed);
+        assert_eq!(c.outcome(&signaled), SessionOutcome::Lost, "the hang-up of a vanished client");
+        c.shut_down.store(true, Ordering::Relaxed);
+        assert_eq!(c.outcome(&signaled), SessionOutcome::Shutdown, "the agent hung up first");
+    }
+
+    #[test]
     fn the_original_open_files_limit_goes_to_the_process_unless_the_container_sets_one() {
         crate::limits::raise_nofile().unwrap();
         let (soft, hard) = crate::limits::original_nofile().unwrap();
