@@ -71,7 +71,15 @@ impl Agent {
     /// Writes the `denied` record of a refusal, logs it and counts it.
     fn audit_refusal(&self, peer: SocketAddr, path: &str, user: Option<&str>, task: Option<&str>, r: &Refusal) {
         let code = dcos_exec_access::metrics::code_name(r.code);
-        tracing::info!(code, user = user.unwrap_or("-"), task = task.unwrap_or("-"), source = %peer, path, reason = %r.message, "refused");
+        tracing::info!(
+            code,
+            user = user.unwrap_or("-"),
+            task = task.unwrap_or("-"),
+            source = %peer,
+            path,
+            reason = %r.message,
+            "refused"
+        );
         self.metrics.refused(r.code);
         self.audit.denial(&DenialRecord {
             event: "denied",
