@@ -286,6 +286,31 @@ async fn exec(agent: &Client, a: ExecArgs) -> Result<i32, Failure> {
 mod tests {
     use super::*;
 
+    /// Every argument and subcommand, at every level, with its path, that has no help text.
+    fn undocumented(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+        for a in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
+            if a.get_help().is_none() && a.get_long_help().is_none() {
+                out.push(format!("{path} {}", a.get_id()));
+            }
+        }
+        for s in cmd.get_subcommands() {
+            let p = format!("{path} {}", s.get_name());
+            if s.get_about().is_none() && s.get_long_about().is_none() {
+                out.push(p.clone());
+            }
+            undocumented(s, &p, out);
+        }
+    }
+
+    #[test]
+    fn every_argument_has_help() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        undocumented(&cmd, "dcos", &mut missing);
+        assert!(missing.is_empty(), "without help text: {missing:?}");
+    }
+
     #[test]
     fn long_ids_keep_the_columns_aligned() {
         let long = "3f9c0a1b2c3d4e5f3f9c0a1b2c3d4e5f3f9c0a1b2c3d4e5f3f9c0a1b2c3d4e5f".to_string();

@@ -173,7 +173,8 @@ fn load(path: &Path) -> Result<File, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
     toml::from_str::<File>(&text).map_err(|e| {
         // One line: toml's own Display draws the source snippet over several.
-        let line = e.span().map(|s| text.as_bytes()[..s.start.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1);
+        let line =
+            e.span().map(|s| text.as_bytes()[..s.start.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1);
         err(match line {
             Some(l) => format!("line {l}: {}", e.message()),
             None => e.message().to_string(),
