@@ -60,14 +60,17 @@ impl Client {
 
     /// A client for resolved settings (what the CLI builds from its flags with [`config::resolve`]).
     pub fn from_settings(s: &Settings) -> Result<Client, Error> {
-        let mut c = Client::new(&s.url, s.token.clone(), s.tls.clone())?;
+        let mut c = Client::new(&s.url, s.token.clone(), s.tls.clone()).map_err(|e| match e {
+            Error::InvalidUrl(m) => Error::InvalidUrl(format!("{m} (from the {})", s.url_origin)),
+            e => e,
+        })?;
         c.config_file.clone_from(&s.config_file);
         Ok(c)
     }
 
     /// A client for the agent at `url` (`https://HOST[:PORT]`), with a bearer token and a TLS trust.
     pub fn new(url: &str, token: Option<String>, tls: TlsOptions) -> Result<Client, Error> {
-        let bad = |why: &str| Error::InvalidUrl(format!("agent URL {url:?} {why} (from DCOS_URL, --url or dcos_url)"));
+        let bad = |why: &str| Error::InvalidUrl(format!("agent URL {url:?} {why}"));
         let uri: Uri = url.parse().map_err(|_| bad("is not a URL"))?;
         if uri.scheme_str() != Some("https") {
             return Err(bad("must start with https://"));
@@ -107,6 +110,11 @@ impl Client {
 
     /// The tasks the token may list (`GET /v1/tasks`), stopped ones included.
     pub async fn tasks(&self) -> Result<Vec<TaskInfo>, Error> {
+        self.get_json("/v1/tasks").await
+    }
+
+    /// `GET path` with the token; a 200 answer's JSON body.
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
         use http_body_util::{BodyExt, Empty};
         let auth = self.auth_header()?;
         let tls = self.connect().await?;
@@ -114,7 +122,7 @@ impl Client {
         let (mut send, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.map_err(|e| lost(&e))?;
         tokio::spawn(conn);
-        let req = http::Request::get("/v1/tasks")
+        let req = http::Request::get(path)
             .header(http::header::HOST, &self.host)
             .header(http::header::AUTHORIZATION, auth)
             .body(Empty::<hyper::body::Bytes>::new())
@@ -125,7 +133,8 @@ impl Client {
         if status != 200 {
             return Err(refusal(status, &body));
         }
-        serde_json::from_slice(&body).map_err(|e| Error::Protocol(format!("bad task list from {}: {e}", self.url)))
+        serde_json::from_slice(&body)
+            .map_err(|e| Error::Protocol(format!("bad answer to {path} from {}: {e}", self.url)))
     }
 
     /// Runs `argv` in `task`'s container and collects its output, like [`std::process::Command::output`]:

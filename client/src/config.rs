@@ -47,6 +47,8 @@ pub enum Origin {
     },
     /// Nothing set it: the default.
     Default,
+    /// Set by the program through the library's API ([`TlsOptions::ca_file`] and the like).
+    Api,
 }
 
 impl std::fmt::Display for Origin {
@@ -55,7 +57,8 @@ impl std::fmt::Display for Origin {
             Origin::Flag(name) => write!(f, "flag --{name}"),
             Origin::Env(name) => write!(f, "variable {name}"),
             Origin::File { path, key } => write!(f, "key {key} in {}", path.display()),
-            Origin::Default => write!(f, "default"),
+            Origin::Default => write!(f, "the default"),
+            Origin::Api => write!(f, "set by the program"),
         }
     }
 }
@@ -72,17 +75,17 @@ pub struct TlsOptions {
 impl TlsOptions {
     /// Trust the CA certificates of a PEM bundle.
     pub fn ca_file(path: impl Into<PathBuf>) -> TlsOptions {
-        TlsOptions { verify: SslVerify::CaFile(path.into()), origin: Origin::Default }
+        TlsOptions { verify: SslVerify::CaFile(path.into()), origin: Origin::Api }
     }
 
     /// Trust the system's roots.
     pub fn system() -> TlsOptions {
-        TlsOptions { verify: SslVerify::System, origin: Origin::Default }
+        TlsOptions { verify: SslVerify::System, origin: Origin::Api }
     }
 
     /// No verification at all: anyone on the path can read the token and the session.
     pub fn insecure() -> TlsOptions {
-        TlsOptions { verify: SslVerify::Off, origin: Origin::Default }
+        TlsOptions { verify: SslVerify::Off, origin: Origin::Api }
     }
 }
 
@@ -91,6 +94,8 @@ impl TlsOptions {
 pub struct Settings {
     /// The agent's `https://` URL.
     pub url: String,
+    /// Where `url` was set (named in errors about it).
+    pub url_origin: Origin,
     /// The bearer token, if any.
     pub token: Option<String>,
     /// The TLS trust.
@@ -224,7 +229,7 @@ pub fn resolve(over: Overrides) -> Result<Settings, ConfigError> {
             .or_else(|| env(var).map(|v| (v, Origin::Env(var))))
             .or_else(|| get(&file.core).map(|v| (v, file_origin("core", key))))
     };
-    let (url, _) = pick(over.url, "url", |s| s.dcos_url.clone(), "DCOS_URL", "dcos_url")
+    let (url, url_origin) = pick(over.url, "url", |s| s.dcos_url.clone(), "DCOS_URL", "dcos_url")
         .ok_or_else(|| ConfigError::NoUrl(shown()))?;
     let token = pick(over.token, "acs-token", |s| s.dcos_acs_token.clone(), "DCOS_ACS_TOKEN", "dcos_acs_token")
         .map(|(t, _)| t.trim().to_string())
@@ -233,7 +238,7 @@ pub fn resolve(over: Overrides) -> Result<Settings, ConfigError> {
         Some((v, origin)) => TlsOptions { verify: SslVerify::parse(&v), origin },
         None => TlsOptions { verify: SslVerify::System, origin: Origin::Default },
     };
-    Ok(Settings { url, token, tls, config_file: path, profile: profile_name })
+    Ok(Settings { url, url_origin, token, tls, config_file: path, profile: profile_name })
 }
 
 #[cfg(test)]

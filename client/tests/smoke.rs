@@ -197,6 +197,7 @@ impl World {
             .args(["--user", "pipeline-4711", "--group", "ci", "--ttl", "10m"]));
         let settings = Settings {
             url: format!("https://{listen}"),
+            url_origin: dcos_exec::Origin::Api,
             token: Some(token.trim().to_string()),
             tls: TlsOptions::ca_file(agent_dir.join("ca.crt")),
             config_file: None,

@@ -254,6 +254,14 @@ fn tls_and_token_errors_say_what_to_set() {
     ] {
         assert!(err.contains(want), "{want:?}: {err}");
     }
+    // A URL that is not https names where it was set.
+    let o = run(w.agent.dcos().env("DCOS_URL", w.agent.url.replace("https:", "http:")).args(["task", "list"]));
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        stderr(&o).contains("must start with https://") && stderr(&o).contains("variable DCOS_URL"),
+        "{}",
+        stderr(&o)
+    );
     // No URL anywhere.
     let o = run(bare_dcos(&home).args(["task", "list"]));
     assert_eq!(o.status.code(), Some(125));
