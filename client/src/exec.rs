@@ -175,10 +175,11 @@ impl<'c> Command<'c> {
         &self.req
     }
 
-    /// Runs the command and collects its output; stdin gets [`Command::stdin_bytes`] or nothing.
+    /// Runs the command and collects its output; stdin gets [`Command::stdin_bytes`], then EOF.
     pub async fn output(self) -> Result<Output, Error> {
         let input = self.input.clone();
         let mut s = self.spawn().await?;
+        // Without input bytes an interactive command's stdin is dropped here: it reads EOF.
         if let (Some(bytes), Some(stdin)) = (input, s.stdin()) {
             // Written from a task of its own, so a command that prints before it reads cannot deadlock us.
             tokio::spawn(async move {
@@ -238,10 +239,28 @@ impl Control {
 }
 
 /// The write end of a session's stdin; taken once with [`Session::stdin`]. A slow agent pushes back on
-/// writes. Dropping it without [`Stdin::close`] leaves the process's stdin open.
+/// writes. Dropping it closes the process's stdin, as dropping a [`std::process::ChildStdin`] does.
 #[derive(Debug)]
 pub struct Stdin {
-    tx: mpsc::Sender<Message>,
+    tx: Option<mpsc::Sender<Message>>,
+}
+
+fn close_frame() -> Message {
+    Message::Binary(frame(channel::CLOSE, &[channel::STDIN]).into())
+}
+
+impl Drop for Stdin {
+    fn drop(&mut self) {
+        let Some(tx) = self.tx.take() else { return };
+        if let Err(mpsc::error::TrySendError::Full(m)) = tx.try_send(close_frame()) {
+            // Behind queued input: sent once there is room, if a runtime is there to send it.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = tx.send(m).await;
+                });
+            }
+        }
+    }
 }
 
 /// Bytes per STDIN frame.
@@ -250,9 +269,9 @@ const CHUNK: usize = 32 * 1024;
 impl Stdin {
     /// Writes bytes to the process's stdin.
     pub async fn write(&self, data: &[u8]) -> Result<(), Error> {
+        let Some(tx) = &self.tx else { return Ok(()) };
         for c in data.chunks(CHUNK) {
-            self.tx
-                .send(Message::Binary(frame(channel::STDIN, c).into()))
+            tx.send(Message::Binary(frame(channel::STDIN, c).into()))
                 .await
                 .map_err(|_| Error::SessionLost("the session ended before stdin was written".into()))?;
         }
@@ -261,22 +280,26 @@ impl Stdin {
 
     /// [`Stdin::write`] from a thread outside the runtime (a blocking reader of a local file or terminal).
     pub fn blocking_write(&self, data: &[u8]) -> Result<(), Error> {
+        let Some(tx) = &self.tx else { return Ok(()) };
         for c in data.chunks(CHUNK) {
-            self.tx
-                .blocking_send(Message::Binary(frame(channel::STDIN, c).into()))
+            tx.blocking_send(Message::Binary(frame(channel::STDIN, c).into()))
                 .map_err(|_| Error::SessionLost("the session ended before stdin was written".into()))?;
         }
         Ok(())
     }
 
     /// Closes the process's stdin: it reads EOF.
-    pub async fn close(self) {
-        let _ = self.tx.send(Message::Binary(frame(channel::CLOSE, &[channel::STDIN]).into())).await;
+    pub async fn close(mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(close_frame()).await;
+        }
     }
 
     /// [`Stdin::close`] from a thread outside the runtime.
-    pub fn blocking_close(self) {
-        let _ = self.tx.blocking_send(Message::Binary(frame(channel::CLOSE, &[channel::STDIN]).into()));
+    pub fn blocking_close(mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.blocking_send(close_frame());
+        }
     }
 }
 
@@ -322,7 +345,7 @@ impl Session {
         let (data_tx, data_rx) = mpsc::channel::<Message>(8);
         let (ctl, ctl_rx) = mpsc::unbounded_channel::<Message>();
         let writer = tokio::spawn(write_loop(sink, data_rx, ctl_rx));
-        let stdin = stdin.then_some(Stdin { tx: data_tx });
+        let stdin = stdin.then_some(Stdin { tx: Some(data_tx) });
         Session { stream, stdin, ctl, writer, done: false }
     }
 

@@ -97,6 +97,16 @@ async fn a_session_streams_and_takes_stdin_and_signals() {
     assert_eq!(out, "ready\ngot hello\n");
     assert_eq!(status.signal(), Some(15));
     assert!(s.next_event().await.unwrap().is_none(), "nothing after the exit");
+    // Dropping the stdin writer closes the process's stdin, as with std's ChildStdin.
+    let mut s = c.command(&w.main_task, ["cat"]).interactive(true).spawn().await.unwrap();
+    let stdin = s.stdin().unwrap();
+    stdin.write(b"last words").await.unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(std::time::Duration::from_secs(20), s.output()).await.unwrap().unwrap();
+    assert_eq!((out.stdout_text().as_str(), out.status.code()), ("last words", Some(0)));
+    // Interactive without input: EOF at once.
+    let out = c.command(&w.main_task, ["cat"]).interactive(true).output().await.unwrap();
+    assert!(out.status.success() && out.stdout.is_empty());
 }
 
 #[tokio::test]
