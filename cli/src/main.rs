@@ -37,19 +37,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Top {
-    /// Tasks and what to do with them.
-    #[command(subcommand)]
-    Task(TaskCmd),
     /// Print a shell completion script (bash: `source <(dcos completion bash)`).
+    #[command(display_order = 90)]
     Completion {
         /// The shell.
         shell: clap_complete::Shell,
     },
     /// Write the man pages of dcos (dcos.1, dcos-task-exec.1, ...) into DIR.
+    #[command(display_order = 91)]
     Man {
         /// Directory to write the pages into (created if missing).
         dir: PathBuf,
     },
+    /// Tasks and what to do with them.
+    #[command(subcommand)]
+    Task(TaskCmd),
 }
 
 #[derive(Subcommand)]
@@ -160,6 +162,8 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
         eprintln!("dcos: warning: TLS verification is off (DCOS_SSL_VERIFY=false)");
     }
     match cli.cmd {
+        // Handled in main.
+        Top::Completion { .. } | Top::Man { .. } => Ok(0),
         Top::Task(TaskCmd::List(a)) => {
             let tasks: Vec<TaskInfo> = agent
                 .tasks()
@@ -179,8 +183,6 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             Ok(0)
         }
         Top::Task(TaskCmd::Exec(a)) => exec(&agent, a).await,
-        // Handled in main.
-        Top::Completion { .. } | Top::Man { .. } => Ok(0),
     }
 }
 
