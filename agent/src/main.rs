@@ -120,12 +120,6 @@ fn main() {
 
 fn real_main(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Man { dir } => {
-            use clap::CommandFactory;
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            clap_mangen::generate_to(Cli::command(), &dir)
-                .with_context(|| format!("writing man pages into {}", dir.display()))
-        }
         Cmd::Init { dir, listen, admin, ttl, force } => {
             let lines = init::init(&init::InitOptions { dir: &dir, listen: &listen, admin: &admin, ttl, force })?;
             print!("{lines}");
@@ -138,6 +132,12 @@ fn real_main(cli: Cli) -> Result<()> {
             let t = auth::mint(&key, &cfg.file.issuer, &cfg.file.audience, &user, &groups, ttl)?;
             println!("{t}");
             Ok(())
+        }
+        Cmd::Man { dir } => {
+            use clap::CommandFactory;
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("writing man pages into {}", dir.display()))
         }
         Cmd::Images { config, cmd } => {
             let cfg = config::AgentConfig::load(&config)?;
