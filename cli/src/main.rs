@@ -253,7 +253,10 @@ fn age(s: u64) -> String {
 async fn exec(agent: &Client, a: ExecArgs) -> Result<i32, Failure> {
     let env = env::collect(&a.env_file, &a.env, |k| std::env::var(k).ok())?;
     if a.tty && a.interactive && !terminal::is_tty(0) {
-        return Err(Failure::new(exit::FAILED, "the input device is not a TTY (drop -t, or run from a terminal)"));
+        return Err(Failure::new(
+            exit::FAILED,
+            "the input device is not a TTY: drop the -t flag, or run dcos from a terminal",
+        ));
     }
     let mut cmd = agent.command(&a.task, a.command).interactive(a.interactive).envs(env);
     if a.tty {

@@ -10,10 +10,10 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// How a command that ran ended, like [`std::process::ExitStatus`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ExitStatus(Status2);
+pub struct ExitStatus(Ended);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Status2 {
+enum Ended {
     Exited(i32),
     Signaled(i32),
 }
@@ -21,30 +21,30 @@ enum Status2 {
 impl ExitStatus {
     /// True when the command exited with 0.
     pub fn success(&self) -> bool {
-        self.0 == Status2::Exited(0)
+        self.0 == Ended::Exited(0)
     }
 
     /// The exit code, if the command exited (rather than being killed by a signal).
     pub fn code(&self) -> Option<i32> {
         match self.0 {
-            Status2::Exited(c) => Some(c),
-            Status2::Signaled(_) => None,
+            Ended::Exited(c) => Some(c),
+            Ended::Signaled(_) => None,
         }
     }
 
     /// The signal that killed the command, if one did.
     pub fn signal(&self) -> Option<i32> {
         match self.0 {
-            Status2::Signaled(s) => Some(s),
-            Status2::Exited(_) => None,
+            Ended::Signaled(s) => Some(s),
+            Ended::Exited(_) => None,
         }
     }
 
     /// One number, as a shell and `dcos task exec` report it: the code, or 128 + the signal.
     pub fn shell_code(&self) -> i32 {
         match self.0 {
-            Status2::Exited(c) => c,
-            Status2::Signaled(s) => 128 + s,
+            Ended::Exited(c) => c,
+            Ended::Signaled(s) => 128 + s,
         }
     }
 }
@@ -52,8 +52,8 @@ impl ExitStatus {
 impl std::fmt::Display for ExitStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.0 {
-            Status2::Exited(c) => write!(f, "exit status: {c}"),
-            Status2::Signaled(s) => write!(f, "signal: {s}"),
+            Ended::Exited(c) => write!(f, "exit status: {c}"),
+            Ended::Signaled(s) => write!(f, "signal: {s}"),
         }
     }
 }
@@ -391,8 +391,8 @@ impl Session {
                     let status = serde_json::from_slice::<Status>(payload)
                         .map_err(|e| Error::Protocol(format!("bad exit status from the agent: {e}")));
                     return match status {
-                        Ok(Status::Exited { code }) => self.finish(Status2::Exited(code)),
-                        Ok(Status::Signaled { signal }) => self.finish(Status2::Signaled(signal)),
+                        Ok(Status::Exited { code }) => self.finish(Ended::Exited(code)),
+                        Ok(Status::Signaled { signal }) => self.finish(Ended::Signaled(signal)),
                         Ok(Status::Error { code, message }) => Err(self.end(Error::from_wire(code, message))),
                         Err(e) => Err(self.end(e)),
                     };
@@ -404,7 +404,7 @@ impl Session {
         Ok(None)
     }
 
-    fn finish(&mut self, s: Status2) -> Result<Option<Event>, Error> {
+    fn finish(&mut self, s: Ended) -> Result<Option<Event>, Error> {
         self.done = true;
         self.writer.abort();
         Ok(Some(Event::Exit(ExitStatus(s))))
