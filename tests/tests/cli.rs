@@ -80,19 +80,26 @@ fn man_pages_of_both_binaries_render_with_man() {
         let out = dir.join(binary);
         let o = run(Command::new(bin(binary)).arg("man").arg(&out));
         assert!(o.status.success(), "{binary} man: {}", stderr(&o));
+        let mut written: Vec<String> =
+            std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        written.sort();
         for page in pages {
+            assert!(written.iter().any(|w| w == page), "{binary} man wrote {written:?}, not {page}");
+        }
+        // Every page, one per command and subcommand.
+        for page in &written {
             // man -l renders a file with groff; warnings (bad roff) go to stderr.
             let o = run(Command::new("man").args(["-P", "cat", "-l"]).arg(out.join(page)).env("MANWIDTH", "100"));
             assert!(o.status.success(), "{page}: {}", stderr(&o));
             assert!(stderr(&o).is_empty(), "{page}: {}", stderr(&o));
             let text = stdout(&o);
             assert!(text.contains("NAME") && text.contains("SYNOPSIS"), "{page}: {text}");
-            if *page == "dcos-task-exec.1" {
+            if page == "dcos-task-exec.1" {
                 for want in ["--env-file", "--debug-image", "DCOS_SSL_VERIFY", "<TASK>"] {
                     assert!(text.contains(want), "{page} lacks {want}: {text}");
                 }
             }
-            if *page == "dcos-exec-agent-token.1" {
+            if page == "dcos-exec-agent-token.1" {
                 assert!(text.contains("--group <GROUP>") && text.contains("repeatable"), "{text}");
             }
         }
