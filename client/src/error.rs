@@ -77,6 +77,9 @@ pub enum Error {
     /// The agent answered something that is not the protocol (a non-JSON refusal, a bad task list).
     #[error("{0}")]
     Protocol(String),
+    /// The blocking client could not start its runtime.
+    #[error("cannot start the client's runtime: {0}")]
+    Runtime(std::io::Error),
     /// The connection dropped before the command's exit status arrived.
     #[error("connection to the agent lost: {0}")]
     SessionLost(String),
@@ -117,7 +120,11 @@ impl Error {
     /// The exit code the `dcos` CLI uses for this error (see `dcos_exec_proto::exit`).
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Config(_) | Error::InvalidUrl(_) | Error::InvalidRequest(_) | Error::Protocol(_) => exit::FAILED,
+            Error::Config(_)
+            | Error::InvalidUrl(_)
+            | Error::InvalidRequest(_)
+            | Error::Protocol(_)
+            | Error::Runtime(_) => exit::FAILED,
             Error::Unreachable { .. } => exit::UNREACHABLE,
             Error::Tls { .. } => exit::TLS,
             Error::NoToken { .. } => exit::UNAUTHENTICATED,

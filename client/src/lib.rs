@@ -64,7 +64,8 @@
 //! # }
 //! ```
 //!
-//! The library uses tokio; call it from a tokio runtime (`#[tokio::test]` in tests). It never prints.
+//! The library uses tokio; call it from a tokio runtime (`#[tokio::test]` in tests), or use [`blocking`] from
+//! plain code. It never prints.
 
 // Public items say what they are: other crates and their authors build on them.
 #![warn(missing_docs)]
@@ -72,6 +73,7 @@
 // caller.
 #![warn(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::print_stderr)]
 
+pub mod blocking;
 mod client;
 pub mod config;
 mod error;

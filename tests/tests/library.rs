@@ -176,3 +176,24 @@ async fn refusals_are_typed_errors_with_their_exit_codes() {
         Ok(st) => assert_eq!(st.signal(), Some(9), "killed with its container"),
     }
 }
+
+/// The blocking client, from a plain test.
+#[test]
+fn the_blocking_client_runs_without_a_runtime() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let c = dcos_exec::blocking::Client::new(
+        &w.agent.url,
+        Some(w.agent.admin_token.clone()),
+        TlsOptions::ca_file(w.agent.dir.join("ca.crt")),
+    )
+    .unwrap();
+    let out = c.exec(&w.main_task, ["sh", "-c", "echo hi; exit 2"]).unwrap();
+    assert_eq!((out.stdout_text().as_str(), out.status.code()), ("hi\n", Some(2)));
+    let out = c.output(c.inner().command(&w.main_task, ["sort"]).stdin_bytes("b\na\n")).unwrap();
+    assert_eq!(out.stdout_text(), "a\nb\n");
+    assert!(c.tasks().unwrap().iter().any(|t| t.id == w.main_task));
+    assert!(matches!(c.exec("no-such-task", ["true"]), Err(Error::TaskNotFound(_))));
+}
