@@ -1,6 +1,6 @@
 //! [`Client`]: one agent (its URL, token and TLS trust), its task list, and the exec upgrade.
 
-use crate::config::{self, Overrides, Settings, SslVerify, TlsOptions};
+use crate::config::{self, Origin, Overrides, Settings, SslVerify, TlsOptions};
 use crate::exec::Command;
 use crate::{tls, Error, Output};
 use dcos_exec_proto::{ErrorBody, ExecRequest, TaskInfo, EXEC_REQUEST_HEADER, SUBPROTOCOL};
@@ -20,6 +20,7 @@ pub struct Client {
     host: String,
     port: u16,
     url: String,
+    url_origin: Origin,
     token: Option<String>,
     tls: TlsOptions,
     config_file: Option<PathBuf>,
@@ -65,6 +66,7 @@ impl Client {
             e => e,
         })?;
         c.config_file.clone_from(&s.config_file);
+        c.url_origin = s.url_origin.clone();
         Ok(c)
     }
 
@@ -81,6 +83,7 @@ impl Client {
         let cfg = tls::client_config(&tls)?;
         Ok(Client {
             url: format!("https://{}:{port}", bracket(&host)),
+            url_origin: Origin::Api,
             host,
             port,
             token: token.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()),
@@ -170,7 +173,12 @@ impl Client {
     }
 
     async fn connect(&self) -> Result<TlsStream<TcpStream>, Error> {
-        let unreachable = |message: String| Error::Unreachable { url: self.url.clone(), message };
+        // Where the URL came from, when a setting chose it: a stale variable or profile is a common cause.
+        let from = match &self.url_origin {
+            Origin::Api | Origin::Default => String::new(),
+            o => format!(" (the URL is from the {o})"),
+        };
+        let unreachable = |message: String| Error::Unreachable { url: self.url.clone(), message: message + &from };
         let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect((self.host.as_str(), self.port)))
             .await
             .map_err(|_| unreachable("timed out".into()))?
@@ -225,6 +233,13 @@ mod tests {
     fn task_ids_cannot_escape_their_path_segment() {
         assert_eq!(encode_segment("web.1_a-b"), "web.1_a-b");
         assert_eq!(encode_segment("../x?y"), "..%2Fx%3Fy");
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_token() {
+        let c = Client::new("https://a:1", Some("secret-token".into()), TlsOptions::system()).unwrap();
+        let d = format!("{c:?}");
+        assert!(d.contains("https://a:1") && !d.contains("secret-token"), "{d}");
     }
 
     #[test]

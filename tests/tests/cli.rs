@@ -195,6 +195,7 @@ fn profiles_select_a_cluster_by_flag_or_variable() {
     let list = |c: &mut Command| run(c.args(["task", "list", "-q"]));
     let o = list(bare_dcos(&home).env("DCOS_ACS_TOKEN", "x"));
     assert_eq!(o.status.code(), Some(115), "no profile: [core]: {}", stderr(&o));
+    assert!(stderr(&o).contains("(the URL is from the key core.dcos_url in "), "{}", stderr(&o));
     for o in
         [list(bare_dcos(&home).args(["--profile", "staging"])), list(bare_dcos(&home).env("DCOS_PROFILE", "staging"))]
     {
@@ -206,6 +207,9 @@ fn profiles_select_a_cluster_by_flag_or_variable() {
     assert!(o.status.success(), "{}", stderr(&o));
     let o = list(bare_dcos(&home).args(["--profile", "staging", "--url", &format!("https://127.0.0.1:{dead}")]));
     assert_eq!(o.status.code(), Some(115), "{}", stderr(&o));
+    assert!(stderr(&o).contains("(the URL is from the flag --url)"), "{}", stderr(&o));
+    let o = list(bare_dcos(&home).env("DCOS_ACS_TOKEN", "x").args(["--profile", "other"]));
+    assert!(stderr(&o).contains("key profiles.other.dcos_url in "), "{}", stderr(&o));
     // The profile wins over the DCOS_* variables (which often linger from another cluster).
     let o = list(bare_dcos(&home).env("DCOS_URL", format!("https://127.0.0.1:{dead}")).env("DCOS_PROFILE", "staging"));
     assert!(o.status.success(), "{}", stderr(&o));
