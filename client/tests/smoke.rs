@@ -106,6 +106,9 @@ async fn smoke_checks_pass_in_a_test_container() {
 
 struct World {
     dir: PathBuf,
+    /// The runc container id (prefixed so the test suite's clean-up finds it after a crash).
+    container: String,
+    /// Its task id, from its annotation: what the pipeline names.
     task: String,
     agent: Child,
     settings: Settings,
@@ -142,7 +145,8 @@ impl World {
             eprintln!("SKIPPED: the smoke example needs root (runc)");
             return None;
         }
-        let id = format!("ci-smoke-{}", std::process::id());
+        let id = format!("dcx{}-ci-smoke", std::process::id());
+        let task = format!("ci-smoke-{}", std::process::id());
         let dir = std::env::temp_dir().join(&id);
         let _ = std::fs::remove_dir_all(&dir);
         // The container, as the README's demo makes it: a busybox rootfs and `runc spec` (read-only root).
@@ -160,6 +164,8 @@ impl World {
         let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
         spec["process"]["terminal"] = false.into();
         spec["process"]["args"] = serde_json::json!(["sleep", "100000"]);
+        // The task id the pipeline knows it by; the agent reads it with `task_id_annotation`.
+        spec["annotations"] = serde_json::json!({ "org.example.ci-task": task });
         std::fs::write(&cfg, serde_json::to_vec(&spec).unwrap()).unwrap();
         let st = Command::new("runc")
             .args(["run", "-d", "--bundle"])
@@ -178,6 +184,11 @@ impl World {
         let listen = format!("127.0.0.1:{port}");
         run(Command::new(bin("dcos-exec-agent")).args(["init", "--listen", &listen, "--dir"]).arg(&agent_dir));
         std::fs::write(agent_dir.join("acl.toml"), ACL).unwrap();
+        let cfg = agent_dir.join("agent.toml");
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        // A top-level key, so before the first table.
+        let text = text.replacen("\n[", "\ntask_id_annotation = \"org.example.ci-task\"\n\n[", 1);
+        std::fs::write(&cfg, text).unwrap();
         let agent = Command::new(bin("dcos-exec-agent"))
             .args(["run", "--config"])
             .arg(agent_dir.join("agent.toml"))
@@ -203,7 +214,7 @@ impl World {
             config_file: None,
             profile: None,
         };
-        Some(World { dir, task: id, agent, settings })
+        Some(World { dir, container: id, task, agent, settings })
     }
 }
 
@@ -211,7 +222,7 @@ impl Drop for World {
     fn drop(&mut self) {
         let _ = self.agent.kill();
         let _ = self.agent.wait();
-        let _ = Command::new("runc").args(["delete", "-f", &self.task]).output();
+        let _ = Command::new("runc").args(["delete", "-f", &self.container]).output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
