@@ -88,6 +88,8 @@ pub struct Command<'c> {
     task: String,
     req: ExecRequest,
     input: Option<Vec<u8>>,
+    /// The first malformed variable name given to [`Command::env`], refused at [`Command::spawn`].
+    bad_env: Option<String>,
 }
 
 impl<'c> Command<'c> {
@@ -97,6 +99,7 @@ impl<'c> Command<'c> {
             task: task.to_string(),
             req: ExecRequest { command: argv, ..ExecRequest::default() },
             input: None,
+            bad_env: None,
         }
     }
 
@@ -113,9 +116,14 @@ impl<'c> Command<'c> {
         self
     }
 
-    /// Sets `KEY=VAL` in the command's environment, over the container's value.
+    /// Sets `KEY=VAL` in the command's environment, over the container's value. A `KEY` that is empty or holds
+    /// `=` or NUL makes [`Command::spawn`] fail with [`Error::InvalidRequest`].
     pub fn env(mut self, key: impl AsRef<str>, val: impl AsRef<str>) -> Self {
-        self.req.env.push(format!("{}={}", key.as_ref(), val.as_ref()));
+        let key = key.as_ref();
+        if self.bad_env.is_none() && (key.is_empty() || key.contains(['=', '\0'])) {
+            self.bad_env = Some(key.to_string());
+        }
+        self.req.env.push(format!("{key}={}", val.as_ref()));
         self
     }
 
@@ -196,6 +204,9 @@ impl<'c> Command<'c> {
     pub async fn spawn(self) -> Result<Session, Error> {
         if self.req.command.is_empty() {
             return Err(Error::InvalidRequest("no command to run".into()));
+        }
+        if let Some(k) = &self.bad_env {
+            return Err(Error::InvalidRequest(format!("{k:?} is not a variable name (empty, or with = or NUL)")));
         }
         let ws = self.client.upgrade(&self.task, &self.req).await?;
         Ok(Session::new(ws, self.req.stdin))
@@ -433,5 +444,24 @@ impl Session {
     /// Reads the session to its end, discarding output, and returns how the command ended.
     pub async fn wait(self) -> Result<ExitStatus, Error> {
         self.output().await.map(|o| o.status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Client, Error, TlsOptions};
+
+    #[tokio::test]
+    async fn malformed_requests_fail_before_connecting() {
+        // Nothing listens on port 1: these must fail on their own, not as unreachable.
+        let c = Client::new("https://127.0.0.1:1", Some("t".into()), TlsOptions::system()).unwrap();
+        for key in ["", "A=B", "A\0"] {
+            let e = c.command("t", ["env"]).env(key, "v").spawn().await.err().unwrap();
+            assert!(matches!(e, Error::InvalidRequest(_)), "{key:?}: {e:?}");
+        }
+        let e = c.exec("t", Vec::<String>::new()).await.unwrap_err();
+        assert!(matches!(e, Error::InvalidRequest(_)), "{e:?}");
+        let e = c.exec("t", ["true"]).await.unwrap_err();
+        assert!(matches!(e, Error::Unreachable { .. }), "{e:?}");
     }
 }

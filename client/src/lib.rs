@@ -15,7 +15,9 @@
 //!   token, ...), plus TLS, unreachable agent and lost session; [`Error::exit_code`] is the CLI's exit code.
 //!
 //! A command that ran is `Ok` whatever its exit code, as with `std::process::Command::output`; a command that
-//! could not run is an `Err`.
+//! could not run is an `Err`. There is no timeout of its own: wrap a call in `tokio::time::timeout`. Dropping
+//! a [`Session`], or a future of [`Client::exec`] or [`Command::output`], closes the connection, and the agent
+//! hangs up the process (`SIGHUP`, then `SIGKILL` after its `grace_period`).
 //!
 //! ```no_run
 //! # async fn smoke() -> Result<(), dcos_exec::Error> {

@@ -107,6 +107,25 @@ async fn a_session_streams_and_takes_stdin_and_signals() {
     // Interactive without input: EOF at once.
     let out = c.command(&w.main_task, ["cat"]).interactive(true).output().await.unwrap();
     assert!(out.status.success() && out.stdout.is_empty());
+    // A timeout drops the session: the agent hangs up the process (the test agent's grace period is 1 s).
+    let pidfile = format!("/tmp/lib-timeout-{}", std::process::id());
+    let script = format!("echo $$ > {pidfile}; exec sleep 60");
+    let r =
+        tokio::time::timeout(std::time::Duration::from_millis(1500), c.exec(&w.main_task, ["sh", "-c", &script])).await;
+    assert!(r.is_err(), "sleep 60 ended within 1.5 s: {r:?}");
+    let pid = std::fs::read_to_string(w.main.rootfs().join(pidfile.trim_start_matches('/'))).unwrap();
+    let alive = || w.main.runc_exec(&[], &["kill", "-0", pid.trim()]).status.success();
+    // Waiting without blocking the runtime, which closes the dropped session's connection.
+    let mut gone = false;
+    for _ in 0..100 {
+        gone = !alive();
+        if gone {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the process {pid} outlived its dropped session");
+    let _ = std::fs::remove_file(w.main.rootfs().join(pidfile.trim_start_matches('/')));
 }
 
 #[tokio::test]
