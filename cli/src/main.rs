@@ -157,9 +157,10 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
         ssl_verify: cli.ssl_verify,
         profile: cli.profile,
     };
-    let agent = Client::from_settings(&dcos_exec::config::resolve(over)?)?;
+    let settings = dcos_exec::config::resolve(over)?;
+    let agent = Client::from_settings(&settings)?;
     if agent.verification_off() {
-        eprintln!("dcos: warning: TLS verification is off (DCOS_SSL_VERIFY=false)");
+        eprintln!("dcos: warning: TLS verification is off (false from the {})", settings.tls.origin);
     }
     match cli.cmd {
         // Handled in main.

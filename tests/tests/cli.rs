@@ -252,6 +252,10 @@ fn tls_and_token_errors_say_what_to_set() {
     let o = run(w.agent.dcos().env("DCOS_SSL_VERIFY", home.join("missing.crt")).args(["task", "list"]));
     assert_eq!(o.status.code(), Some(116));
     assert!(stderr(&o).contains("missing.crt"), "{}", stderr(&o));
+    // Verification off: it works, with a warning that says where that was set.
+    let o = run(w.agent.dcos().env("DCOS_SSL_VERIFY", "false").args(["task", "list", "-q"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stderr(&o), "dcos: warning: TLS verification is off (false from the variable DCOS_SSL_VERIFY)\n");
     // No token anywhere: where a token is read from, without a round trip.
     let o = run(w.agent.dcos().env_remove("DCOS_ACS_TOKEN").env("XDG_CONFIG_HOME", &home).args(["task", "list"]));
     assert_eq!(o.status.code(), Some(117));
