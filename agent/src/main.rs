@@ -127,7 +127,13 @@ fn real_main(cli: Cli) -> Result<()> {
         }
         Cmd::Token { config, user, groups, ttl } => {
             let cfg = config::AgentConfig::load(&config)?;
-            let key_path = cfg.file.token_private_key.context("the config has no token_private_key")?;
+            let key_path = cfg.file.token_private_key.with_context(|| {
+                format!(
+                    "{} has no token_private_key: set it to the Ed25519 key that signs tokens (init writes \
+                     token-signing.key), on a host that mints tokens",
+                    config.display()
+                )
+            })?;
             let key = std::fs::read(&key_path).with_context(|| format!("reading {}", key_path.display()))?;
             let t = auth::mint(&key, &cfg.file.issuer, &cfg.file.audience, &user, &groups, ttl)?;
             println!("{t}");

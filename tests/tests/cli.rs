@@ -349,3 +349,27 @@ fn ci_smoke_check_runs_on_a_read_only_container_and_says_why_checks_fail() {
     assert!(stderr(&o).contains("dcos not found") && stderr(&o).contains("DCOS="), "{}", stderr(&o));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn minting_without_a_signing_key_says_which_key_to_set() {
+    let dir = scratch("nokey");
+    let o = run(Command::new(bin("dcos-exec-agent")).args(["init", "--dir"]).arg(&dir));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cfg = dir.join("agent.toml");
+    let text: String = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("token_private_key"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&cfg, text).unwrap();
+    let o = run(Command::new(bin("dcos-exec-agent")).args(["token", "--user", "u", "--config"]).arg(&cfg));
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&cfg.display().to_string()) && err.contains("set it to") && err.contains("token-signing.key"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
