@@ -38,6 +38,7 @@ struct Cli {
 enum Cmd {
     /// Write a CA, server certificate, token key pair, agent.toml, acl.toml and an admin token into DIR.
     Init {
+        /// Directory to write the set-up into (created if missing).
         #[arg(long)]
         dir: PathBuf,
         /// Address to listen on.
@@ -55,11 +56,13 @@ enum Cmd {
     },
     /// Serve the exec API.
     Run {
+        /// The agent configuration (agent.toml).
         #[arg(long)]
         config: PathBuf,
     },
     /// Manage the debug-image cache: pull, list, rm, prune.
     Images {
+        /// The agent configuration (agent.toml), for its [images] table.
         #[arg(long)]
         config: PathBuf,
         #[command(subcommand)]
@@ -67,14 +70,23 @@ enum Cmd {
     },
     /// Mint a token for a user (needs token_private_key in the config).
     Token {
+        /// The agent configuration (agent.toml), for token_private_key, issuer and audience.
         #[arg(long)]
         config: PathBuf,
+        /// The user (`sub` claim), as ACL subjects name it (`user:NAME`).
         #[arg(long)]
         user: String,
-        #[arg(long = "group")]
+        /// A group of the user (`groups` claim, `group:NAME` in the ACL); repeatable.
+        #[arg(long = "group", value_name = "GROUP")]
         groups: Vec<String>,
+        /// Lifetime of the token.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: std::time::Duration,
+    },
+    /// Write the man pages of dcos-exec-agent (dcos-exec-agent.1, dcos-exec-agent-run.1, ...) into DIR.
+    Man {
+        /// Directory to write the pages into (created if missing).
+        dir: PathBuf,
     },
 }
 
@@ -82,6 +94,7 @@ enum Cmd {
 enum ImagesCmd {
     /// Pull (and verify and unpack) an image into the cache.
     Pull {
+        /// Image reference: `[registry/]repo[:tag][@digest]` or `oci:PATH[:TAG]`.
         image: String,
         /// always, if-not-present or never.
         #[arg(long, default_value = "always")]
@@ -89,11 +102,15 @@ enum ImagesCmd {
     },
     /// List cached images.
     List {
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Forget a cached image (its content goes with the next prune).
-    Rm { image: String },
+    Rm {
+        /// Image reference, as pulled.
+        image: String,
+    },
     /// Remove blobs and layers no cached image needs.
     Prune,
 }
@@ -119,11 +136,23 @@ fn real_main(cli: Cli) -> Result<()> {
         }
         Cmd::Token { config, user, groups, ttl } => {
             let cfg = config::AgentConfig::load(&config)?;
-            let key_path = cfg.file.token_private_key.context("the config has no token_private_key")?;
+            let key_path = cfg.file.token_private_key.with_context(|| {
+                format!(
+                    "{} has no token_private_key: set it to the Ed25519 key that signs tokens (init writes \
+                     token-signing.key), on a host that mints tokens",
+                    config.display()
+                )
+            })?;
             let key = std::fs::read(&key_path).with_context(|| format!("reading {}", key_path.display()))?;
             let t = auth::mint(&key, &cfg.file.issuer, &cfg.file.audience, &user, &groups, ttl)?;
             println!("{t}");
             Ok(())
+        }
+        Cmd::Man { dir } => {
+            use clap::CommandFactory;
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("writing man pages into {}", dir.display()))
         }
         Cmd::Images { config, cmd } => {
             let cfg = config::AgentConfig::load(&config)?;
@@ -187,4 +216,34 @@ fn images_cmd(puller: &dcos_exec_images::pull::Puller, cmd: ImagesCmd) -> Result
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every argument and subcommand, at every level, with its path, that has no help text.
+    fn undocumented(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+        for a in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
+            if a.get_help().is_none() && a.get_long_help().is_none() {
+                out.push(format!("{path} {}", a.get_id()));
+            }
+        }
+        for s in cmd.get_subcommands() {
+            let p = format!("{path} {}", s.get_name());
+            if s.get_about().is_none() && s.get_long_about().is_none() {
+                out.push(p.clone());
+            }
+            undocumented(s, &p, out);
+        }
+    }
+
+    #[test]
+    fn every_argument_has_help() {
+        let mut cmd = super::Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        undocumented(&cmd, "dcos-exec-agent", &mut missing);
+        assert!(missing.is_empty(), "without help text: {missing:?}");
+    }
 }

@@ -1,16 +1,20 @@
-//! `dcos`: `dcos task list` and `dcos task exec` against dcos-exec agents.
+//! `dcos`: `dcos task list` and `dcos task exec` against dcos-exec agents. The sessions themselves are the
+//! `dcos_exec` library's; this binary adds the command line, the terminal and the table.
 
 // Nothing a user, a container, a registry or the network controls may panic the process.
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
-mod client;
-mod config;
+mod env;
+mod failure;
+mod generate;
 mod session;
 mod terminal;
 
-use clap::{Parser, Subcommand};
-use client::Failure;
-use dcos_exec_proto::{exit, ExecRequest, TaskInfo};
+use clap::{CommandFactory, Parser, Subcommand};
+use dcos_exec::Client;
+use dcos_exec_proto::{exit, TaskInfo};
+use failure::Failure;
+use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(
@@ -18,21 +22,36 @@ use dcos_exec_proto::{exit, ExecRequest, TaskInfo};
     version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("DCOS_EXEC_REVISION"), ")"),
     about = "Run commands inside running tasks' containers")]
 struct Cli {
-    /// Agent URL (else DCOS_URL, else core.dcos_url in the config file).
-    #[arg(long, global = true)]
+    /// Agent URL (else the profile's dcos_url, else the DCOS_URL variable, else dcos_url under [core] in dcos.toml).
+    #[arg(long, global = true, value_name = "URL")]
     url: Option<String>,
-    /// Bearer token (else DCOS_ACS_TOKEN, else core.dcos_acs_token). Prefer the variable: flags show in `ps`.
-    #[arg(long = "acs-token", global = true)]
+    /// Bearer token (else the profile's, else the DCOS_ACS_TOKEN variable, else [core]). Prefer the variable: flags show in `ps`.
+    #[arg(long = "acs-token", global = true, value_name = "TOKEN")]
     acs_token: Option<String>,
-    /// CA bundle path, `true` (system roots) or `false` (no verification) (else DCOS_SSL_VERIFY, else core.ssl_verify).
-    #[arg(long = "ssl-verify", global = true)]
+    /// CA bundle path, `true` (system roots) or `false` (no verification) (else the profile's, else the DCOS_SSL_VERIFY variable, else [core]).
+    #[arg(long = "ssl-verify", global = true, value_name = "CA_FILE|true|false")]
     ssl_verify: Option<String>,
+    /// Use the [profiles.NAME] table of dcos.toml (else the DCOS_PROFILE variable).
+    #[arg(long, global = true, value_name = "NAME")]
+    profile: Option<String>,
     #[command(subcommand)]
     cmd: Top,
 }
 
 #[derive(Subcommand)]
 enum Top {
+    /// Print a shell completion script (bash: `source <(dcos completion bash)`).
+    #[command(display_order = 90)]
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages of dcos (dcos.1, dcos-task-exec.1, ...) into DIR.
+    #[command(display_order = 91)]
+    Man {
+        /// Directory to write the pages into (created if missing).
+        dir: PathBuf,
+    },
     /// Tasks and what to do with them.
     #[command(subcommand)]
     Task(TaskCmd),
@@ -78,9 +97,12 @@ struct ExecArgs {
     /// Working directory inside the container.
     #[arg(short = 'w', long)]
     workdir: Option<String>,
-    /// Set an environment variable (KEY=VAL); repeatable.
-    #[arg(short, long = "env", value_name = "KEY=VAL")]
+    /// Set an environment variable; KEY alone passes this shell's value of KEY (unset: left out); repeatable.
+    #[arg(short, long = "env", value_name = "KEY[=VAL]")]
     env: Vec<String>,
+    /// Read variables from FILE: KEY=VAL or KEY lines, `#` comments (docker's format); -e wins over it.
+    #[arg(long = "env-file", value_name = "FILE")]
+    env_file: Vec<PathBuf>,
     /// Run CMD from this OCI image (`[registry/]repo[:tag][@digest]` or `oci:PATH[:TAG]`), inside the task's
     /// namespaces, with the task's root filesystem at /target.
     #[arg(long, value_name = "IMAGE")]
@@ -107,6 +129,15 @@ fn main() {
             std::process::exit(code);
         }
     };
+    // Generated from the clap definitions: no agent, no settings.
+    let generated = match &cli.cmd {
+        Top::Completion { shell } => Some(generate::completion(Cli::command(), *shell)),
+        Top::Man { dir } => Some(generate::man_pages(Cli::command(), dir)),
+        _ => None,
+    };
+    if let Some(r) = generated {
+        std::process::exit(r.map_or_else(|f| f.report(), |()| 0));
+    }
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -116,23 +147,34 @@ fn main() {
     };
     let code = match rt.block_on(run(cli)) {
         Ok(code) => code,
-        Err(f) => {
-            eprintln!("dcos: {}", f.message);
-            f.exit
-        }
+        Err(f) => f.report(),
     };
     // exit() rather than returning: the stdin reader thread may still sit in read(2).
     std::process::exit(code);
 }
 
 async fn run(cli: Cli) -> Result<i32, Failure> {
-    let settings = config::resolve(cli.url, cli.acs_token, cli.ssl_verify)
-        .map_err(|e| Failure::new(exit::FAILED, e.to_string()))?;
-    let agent = client::Agent::new(&settings)?;
+    let over = dcos_exec::config::Overrides {
+        url: cli.url,
+        token: cli.acs_token,
+        ssl_verify: cli.ssl_verify,
+        profile: cli.profile,
+    };
+    let settings = dcos_exec::config::resolve(over)?;
+    let agent = Client::from_settings(&settings)?;
+    if agent.verification_off() {
+        eprintln!("dcos: warning: TLS verification is off (false from the {})", settings.tls.origin);
+    }
     match cli.cmd {
+        // Handled in main.
+        Top::Completion { .. } | Top::Man { .. } => Ok(0),
         Top::Task(TaskCmd::List(a)) => {
-            let tasks: Vec<TaskInfo> =
-                agent.list().await?.into_iter().filter(|t| (a.all || t.state != "stopped") && matches(t, &a)).collect();
+            let tasks: Vec<TaskInfo> = agent
+                .tasks()
+                .await?
+                .into_iter()
+                .filter(|t| (a.all || t.state != "stopped") && matches(t, &a))
+                .collect();
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&tasks).unwrap_or_default());
             } else if a.quiet {
@@ -212,31 +254,37 @@ fn age(s: u64) -> String {
     }
 }
 
-async fn exec(agent: &client::Agent, a: ExecArgs) -> Result<i32, Failure> {
-    for e in &a.env {
-        if !e.contains('=') || e.starts_with('=') {
-            return Err(Failure::new(exit::USAGE, format!("-e {e:?}: expected KEY=VAL")));
-        }
-    }
+async fn exec(agent: &Client, a: ExecArgs) -> Result<i32, Failure> {
+    let env = env::collect(&a.env_file, &a.env, |k| std::env::var(k).ok())?;
     if a.tty && a.interactive && !terminal::is_tty(0) {
-        return Err(Failure::new(exit::FAILED, "the input device is not a TTY (drop -t, or run from a terminal)"));
+        return Err(Failure::new(
+            exit::FAILED,
+            "the input device is not a TTY: drop the -t flag, or run dcos from a terminal",
+        ));
     }
-    let req = ExecRequest {
-        command: a.command,
-        stdin: a.interactive,
-        tty: a.tty,
-        user: a.user,
-        workdir: a.workdir,
-        env: a.env,
-        size: if a.tty { terminal::size() } else { None },
-        debug_image: a.debug_image,
-        pull_policy: a.pull_policy,
-        cap_add: a.cap_add,
-    };
-    let ws = agent.exec(&a.task, &req).await?;
+    let mut cmd = agent.command(&a.task, a.command).interactive(a.interactive).envs(env);
+    if a.tty {
+        cmd = cmd.tty(terminal::size());
+    }
+    if let Some(u) = a.user {
+        cmd = cmd.user(u);
+    }
+    if let Some(w) = a.workdir {
+        cmd = cmd.workdir(w);
+    }
+    if let Some(i) = a.debug_image {
+        cmd = cmd.debug_image(i);
+    }
+    if let Some(p) = a.pull_policy {
+        cmd = cmd.pull_policy(p);
+    }
+    for c in a.cap_add {
+        cmd = cmd.cap_add(c);
+    }
+    let s = cmd.spawn().await?;
     // Raw mode only once the session exists, so refusals print on a normal terminal; restored on every path.
     let mut raw = if a.tty && a.interactive { terminal::RawMode::enter().ok() } else { None };
-    let r = session::run(ws, a.interactive, a.tty).await;
+    let r = session::run(s, a.tty).await;
     if let Some(r) = raw.as_mut() {
         r.restore();
     }
@@ -246,6 +294,31 @@ async fn exec(agent: &client::Agent, a: ExecArgs) -> Result<i32, Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every argument and subcommand, at every level, with its path, that has no help text.
+    fn undocumented(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+        for a in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
+            if a.get_help().is_none() && a.get_long_help().is_none() {
+                out.push(format!("{path} {}", a.get_id()));
+            }
+        }
+        for s in cmd.get_subcommands() {
+            let p = format!("{path} {}", s.get_name());
+            if s.get_about().is_none() && s.get_long_about().is_none() {
+                out.push(p.clone());
+            }
+            undocumented(s, &p, out);
+        }
+    }
+
+    #[test]
+    fn every_argument_has_help() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        undocumented(&cmd, "dcos", &mut missing);
+        assert!(missing.is_empty(), "without help text: {missing:?}");
+    }
 
     #[test]
     fn long_ids_keep_the_columns_aligned() {

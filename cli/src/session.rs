@@ -1,18 +1,17 @@
-//! The CLI side of an exec session: stdin, signals and resizes up; stdout, stderr and the final status down.
+//! The terminal side of an exec session: this process's stdin, signals and window size go up; stdout, stderr
+//! and pull progress come down. The session itself is the library's [`dcos_exec::Session`].
 
-use crate::client::{Failure, Ws};
+use crate::failure::Failure;
 use crate::terminal;
-use dcos_exec_proto::{channel, exit, frame, split_frame, SignalRequest, Status};
-use futures_util::{SinkExt, StreamExt};
+use dcos_exec::{Event, Session, Stdin};
+use dcos_exec_proto::exit;
 use std::io::Write;
 use std::os::fd::FromRawFd;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
 
-/// Reads stdin on a plain thread (a blocking read must never hold up the runtime's shutdown) and queues STDIN
-/// frames, then the stdin close, for the writer. The bounded queue makes a slow agent push back on the reader.
-fn spawn_stdin_reader(tx: mpsc::Sender<Message>) {
+/// Reads stdin on a plain thread (a blocking read must never hold up the runtime's shutdown) and writes it to
+/// the session, then closes the session's stdin. The session's bounded queue makes a slow agent push back.
+fn spawn_stdin_reader(tx: Stdin) {
     std::thread::spawn(move || {
         // SAFETY: fd 0 is open for the life of the process; ManuallyDrop keeps it open after this thread.
         let mut stdin = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(0) });
@@ -21,33 +20,14 @@ fn spawn_stdin_reader(tx: mpsc::Sender<Message>) {
             match std::io::Read::read(&mut *stdin, &mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if tx.blocking_send(Message::Binary(frame(channel::STDIN, &buf[..n]).into())).is_err() {
+                    if tx.blocking_write(&buf[..n]).is_err() {
                         return;
                     }
                 }
             }
         }
-        let _ = tx.blocking_send(Message::Binary(frame(channel::CLOSE, &[channel::STDIN]).into()));
+        tx.blocking_close();
     });
-}
-
-/// Owns the sending half, so that reading output never waits on a send (which could deadlock with an agent
-/// that waits for us to read). Control frames (signals, resizes) go before queued stdin.
-async fn write_loop<Si>(mut sink: Si, mut data: mpsc::Receiver<Message>, mut ctl: mpsc::UnboundedReceiver<Message>)
-where
-    Si: futures_util::Sink<Message> + Unpin,
-{
-    let mut data_open = true;
-    loop {
-        let m = tokio::select! {
-            biased;
-            m = ctl.recv() => match m { Some(m) => m, None => return },
-            m = data.recv(), if data_open => match m { Some(m) => m, None => { data_open = false; continue } },
-        };
-        if sink.send(m).await.is_err() {
-            return;
-        }
-    }
 }
 
 fn out(fd: i32) -> std::mem::ManuallyDrop<std::fs::File> {
@@ -93,17 +73,12 @@ fn bar(text: &str) -> Option<String> {
     Some(format!("[{}{}]", "#".repeat(filled), ".".repeat(20 - filled)))
 }
 
-/// Pumps the session until the agent sends its status; returns the exit code.
-pub async fn run(ws: Ws, stdin: bool, tty: bool) -> Result<i32, Failure> {
-    let (sink, mut stream) = ws.split();
-    let (data_tx, data_rx) = mpsc::channel::<Message>(8);
-    let (ctl_tx, ctl_rx) = mpsc::unbounded_channel::<Message>();
-    let writer = tokio::spawn(write_loop(sink, data_rx, ctl_rx));
-    if stdin {
-        spawn_stdin_reader(data_tx);
-    } else {
-        drop(data_tx);
+/// Pumps the session until the command's status arrives; returns the exit code.
+pub async fn run(mut session: Session, tty: bool) -> Result<i32, Failure> {
+    if let Some(tx) = session.stdin() {
+        spawn_stdin_reader(tx);
     }
+    let control = session.control();
     let sig = |k| signal(k).map_err(|e| Failure::new(exit::FAILED, format!("installing signal handlers: {e}")));
     let (mut sint, mut sterm, mut shup, mut swinch) = (
         sig(SignalKind::interrupt())?,
@@ -112,58 +87,28 @@ pub async fn run(ws: Ws, stdin: bool, tty: bool) -> Result<i32, Failure> {
         sig(SignalKind::window_change())?,
     );
     let (mut stdout, mut stderr) = (out(1), out(2));
-    let mut status: Option<Status> = None;
     let mut progress = Progress { tty: terminal::is_tty(2), open: false };
-    let lost = |e: String| Failure::new(exit::SESSION_LOST, format!("connection to the agent lost: {e}"));
-
     loop {
-        let forward: Option<&str> = tokio::select! {
-            msg = stream.next() => {
-                let m = match msg {
-                    Some(Ok(m)) => m,
-                    Some(Err(e)) => return status.map(|s| s.exit_code()).ok_or_else(|| lost(e.to_string())),
-                    None => break,
-                };
-                let data = match m {
-                    Message::Binary(b) => b,
-                    Message::Close(_) => break,
-                    _ => continue,
-                };
-                let Ok((ch, payload)) = split_frame(&data) else { continue };
-                match ch {
-                    // Our reader went away (`| head`): end like a shell pipeline would.
-                    channel::STDOUT if stdout.write_all(payload).is_err() => return Ok(128 + libc::SIGPIPE),
-                    channel::STDERR => { let _ = stderr.write_all(payload); }
-                    channel::PROGRESS => progress.line(&mut *stderr, payload),
-                    channel::STARTED => progress.finish(&mut *stderr),
-                    channel::STATUS => {
-                        status = serde_json::from_slice(payload).ok();
-                    }
-                    _ => {}
-                }
-                None
-            }
-            _ = sint.recv() => Some("INT"),
-            _ = sterm.recv() => Some("TERM"),
-            _ = shup.recv() => Some("HUP"),
+        tokio::select! {
+            ev = session.next_event() => match ev? {
+                // Our reader went away (`| head`): end like a shell pipeline would.
+                Some(Event::Stdout(b)) => if stdout.write_all(&b).is_err() { return Ok(128 + libc::SIGPIPE) },
+                Some(Event::Stderr(b)) => { let _ = stderr.write_all(&b); }
+                Some(Event::Progress(line)) => progress.line(&mut *stderr, line.as_bytes()),
+                Some(Event::Started(_)) => progress.finish(&mut *stderr),
+                Some(Event::Exit(status)) => return Ok(status.shell_code()),
+                Some(_) => {}
+                None => return Err(Failure::new(exit::SESSION_LOST, "the session had already ended")),
+            },
+            _ = sint.recv() => control.signal("INT"),
+            _ = sterm.recv() => control.signal("TERM"),
+            _ = shup.recv() => control.signal("HUP"),
             _ = swinch.recv(), if tty => {
                 if let Some(sz) = terminal::size() {
-                    let j = serde_json::to_vec(&sz).unwrap_or_default();
-                    let _ = ctl_tx.send(Message::Binary(frame(channel::RESIZE, &j).into()));
+                    control.resize(sz);
                 }
-                None
             }
-        };
-        if let Some(name) = forward {
-            let j = serde_json::to_vec(&SignalRequest { signal: name.into() }).unwrap_or_default();
-            let _ = ctl_tx.send(Message::Binary(frame(channel::SIGNAL, &j).into()));
         }
-    }
-    writer.abort();
-    match status {
-        Some(Status::Error { code, message }) => Err(Failure::new(code.exit_code(), message)),
-        Some(s) => Ok(s.exit_code()),
-        None => Err(lost("closed before the command's exit status arrived".into())),
     }
 }
 

@@ -1,0 +1,34 @@
+//! A failure of the CLI: one line for the user and the exit code.
+
+use dcos_exec_proto::exit;
+
+/// A failure with the exit code the CLI should use.
+#[derive(Debug)]
+pub struct Failure {
+    pub exit: i32,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(exit: i32, message: impl Into<String>) -> Failure {
+        Failure { exit, message: message.into() }
+    }
+
+    /// Prints the one line on stderr and returns the exit code.
+    pub fn report(&self) -> i32 {
+        eprintln!("dcos: {}", self.message);
+        self.exit
+    }
+}
+
+impl From<dcos_exec::Error> for Failure {
+    fn from(e: dcos_exec::Error) -> Failure {
+        Failure::new(e.exit_code(), e.to_string())
+    }
+}
+
+impl From<dcos_exec::config::ConfigError> for Failure {
+    fn from(e: dcos_exec::config::ConfigError) -> Failure {
+        Failure::new(exit::FAILED, e.to_string())
+    }
+}

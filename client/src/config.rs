@@ -1,0 +1,269 @@
+//! Where a client finds the agent URL, the token and the TLS trust: explicit values (the CLI's flags), then
+//! the selected profile of `dcos.toml`, then the `DCOS_*` variables, then `[core]` of `dcos.toml`.
+//!
+//! The file is `$XDG_CONFIG_HOME/dcos/dcos.toml`, else `~/.config/dcos/dcos.toml` (`[core]` as the DC/OS CLI
+//! has it). A profile is a `[profiles.NAME]` table with the same keys as `[core]`, selected by name
+//! (`--profile`, else `DCOS_PROFILE`). Unknown keys are errors, so a typo never silently falls back to a default.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// How the agent's certificate is checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SslVerify {
+    /// The system's trusted roots.
+    System,
+    /// A PEM bundle of CA certificates.
+    CaFile(PathBuf),
+    /// No verification (`DCOS_SSL_VERIFY=false`): for experiments only.
+    Off,
+}
+
+impl SslVerify {
+    /// Parses a `DCOS_SSL_VERIFY` value: `true`/`false` (and their usual spellings) or a path to a CA bundle.
+    pub fn parse(v: &str) -> SslVerify {
+        match v.trim() {
+            "false" | "False" | "0" | "no" => SslVerify::Off,
+            "" | "true" | "True" | "1" | "yes" => SslVerify::System,
+            path => SslVerify::CaFile(PathBuf::from(path)),
+        }
+    }
+}
+
+/// Where one setting came from, so that errors can say what to change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// Given by the caller (the CLI's flag `--NAME`).
+    Flag(&'static str),
+    /// An environment variable.
+    Env(&'static str),
+    /// A key of the config file: `[core]` or `[profiles.NAME]`.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The table and key, such as `profiles.prod.ssl_verify`.
+        key: String,
+    },
+    /// Nothing set it: the default.
+    Default,
+    /// Set by the program through the library's API ([`TlsOptions::ca_file`] and the like).
+    Api,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Flag(name) => write!(f, "flag --{name}"),
+            Origin::Env(name) => write!(f, "variable {name}"),
+            Origin::File { path, key } => write!(f, "key {key} in {}", path.display()),
+            Origin::Default => write!(f, "the default"),
+            Origin::Api => write!(f, "set by the program"),
+        }
+    }
+}
+
+/// How to trust the agent's TLS certificate, and where that choice came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// The trust.
+    pub verify: SslVerify,
+    /// Where `verify` was set (named in TLS errors).
+    pub origin: Origin,
+}
+
+impl TlsOptions {
+    /// Trust the CA certificates of a PEM bundle.
+    pub fn ca_file(path: impl Into<PathBuf>) -> TlsOptions {
+        TlsOptions { verify: SslVerify::CaFile(path.into()), origin: Origin::Api }
+    }
+
+    /// Trust the system's roots.
+    pub fn system() -> TlsOptions {
+        TlsOptions { verify: SslVerify::System, origin: Origin::Api }
+    }
+
+    /// No verification at all: anyone on the path can read the token and the session.
+    pub fn insecure() -> TlsOptions {
+        TlsOptions { verify: SslVerify::Off, origin: Origin::Api }
+    }
+}
+
+/// Resolved settings: what [`crate::Client::from_settings`] needs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The agent's `https://` URL.
+    pub url: String,
+    /// Where `url` was set (named in errors about it).
+    pub url_origin: Origin,
+    /// The bearer token, if any.
+    pub token: Option<String>,
+    /// The TLS trust.
+    pub tls: TlsOptions,
+    /// The config file that was consulted (whether or not it exists), for messages.
+    pub config_file: Option<PathBuf>,
+    /// The profile in use, if any.
+    pub profile: Option<String>,
+}
+
+/// Values given explicitly (the CLI's flags); each wins over everything else.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--url`.
+    pub url: Option<String>,
+    /// `--acs-token`.
+    pub token: Option<String>,
+    /// `--ssl-verify`.
+    pub ssl_verify: Option<String>,
+    /// `--profile`.
+    pub profile: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    core: Section,
+    #[serde(default)]
+    profiles: BTreeMap<String, Section>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Section {
+    dcos_url: Option<String>,
+    dcos_acs_token: Option<String>,
+    ssl_verify: Option<String>,
+}
+
+/// Errors resolving settings.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// No URL anywhere.
+    #[error("no agent URL: set the DCOS_URL variable, pass the --url flag, or set dcos_url under [core] in {0}")]
+    NoUrl(String),
+    /// The config file cannot be read or parsed (unknown keys included).
+    #[error("config file {path}: {message}")]
+    File {
+        /// The file.
+        path: String,
+        /// What is wrong, with the line and the key.
+        message: String,
+    },
+    /// The selected profile is not in the file.
+    #[error("profile {name:?} (from the {origin}) is not in {path}; it has: {known}")]
+    NoProfile {
+        /// The profile asked for.
+        name: String,
+        /// Where it was asked for.
+        origin: Origin,
+        /// The config file.
+        path: String,
+        /// The profiles the file has.
+        known: String,
+    },
+}
+
+/// The config file path: `$XDG_CONFIG_HOME/dcos/dcos.toml`, else `~/.config/dcos/dcos.toml`.
+pub fn config_path() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("dcos").join("dcos.toml"))
+}
+
+fn load(path: &Path) -> Result<File, ConfigError> {
+    let err = |message: String| ConfigError::File { path: path.display().to_string(), message };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    toml::from_str::<File>(&text).map_err(|e| {
+        // One line: toml's own Display draws the source snippet over several.
+        let line =
+            e.span().map(|s| text.as_bytes()[..s.start.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1);
+        err(match line {
+            Some(l) => format!("line {l}: {}", e.message()),
+            None => e.message().to_string(),
+        })
+    })
+}
+
+/// Resolves the settings from `over`, the environment and the config file.
+pub fn resolve(over: Overrides) -> Result<Settings, ConfigError> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let path = config_path();
+    let file = match &path {
+        Some(p) if p.exists() => load(p)?,
+        _ => File::default(),
+    };
+    let shown = || path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "dcos.toml".into());
+    let (profile_name, profile_origin) = match (over.profile, env("DCOS_PROFILE")) {
+        (Some(p), _) => (Some(p), Origin::Flag("profile")),
+        (None, Some(p)) => (Some(p), Origin::Env("DCOS_PROFILE")),
+        (None, None) => (None, Origin::Default),
+    };
+    let profile = match &profile_name {
+        Some(name) => Some(file.profiles.get(name).cloned().ok_or_else(|| ConfigError::NoProfile {
+            name: name.clone(),
+            origin: profile_origin,
+            path: shown(),
+            known: if file.profiles.is_empty() {
+                "no [profiles.NAME] table".into()
+            } else {
+                file.profiles.keys().cloned().collect::<Vec<_>>().join(", ")
+            },
+        })?),
+        None => None,
+    };
+    let file_origin =
+        |table: &str, key: &str| Origin::File { path: path.clone().unwrap_or_default(), key: format!("{table}.{key}") };
+    let profile_table = profile_name.as_ref().map(|n| format!("profiles.{n}")).unwrap_or_default();
+    // One setting: the flag, then the profile, then the variable, then [core].
+    let pick = |flag: Option<String>,
+                flag_name: &'static str,
+                get: fn(&Section) -> Option<String>,
+                var: &'static str,
+                key: &str|
+     -> Option<(String, Origin)> {
+        flag.map(|v| (v, Origin::Flag(flag_name)))
+            .or_else(|| profile.as_ref().and_then(get).map(|v| (v, file_origin(&profile_table, key))))
+            .or_else(|| env(var).map(|v| (v, Origin::Env(var))))
+            .or_else(|| get(&file.core).map(|v| (v, file_origin("core", key))))
+    };
+    let (url, url_origin) = pick(over.url, "url", |s| s.dcos_url.clone(), "DCOS_URL", "dcos_url")
+        .ok_or_else(|| ConfigError::NoUrl(shown()))?;
+    let token = pick(over.token, "acs-token", |s| s.dcos_acs_token.clone(), "DCOS_ACS_TOKEN", "dcos_acs_token")
+        .map(|(t, _)| t.trim().to_string())
+        .filter(|t| !t.is_empty());
+    let tls = match pick(over.ssl_verify, "ssl-verify", |s| s.ssl_verify.clone(), "DCOS_SSL_VERIFY", "ssl_verify") {
+        Some((v, origin)) => TlsOptions { verify: SslVerify::parse(&v), origin },
+        None => TlsOptions { verify: SslVerify::System, origin: Origin::Default },
+    };
+    Ok(Settings { url, url_origin, token, tls, config_file: path, profile: profile_name })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ssl_verify_values() {
+        assert_eq!(SslVerify::parse("false"), SslVerify::Off);
+        assert_eq!(SslVerify::parse("true"), SslVerify::System);
+        assert_eq!(SslVerify::parse("/etc/ca.pem"), SslVerify::CaFile("/etc/ca.pem".into()));
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_line() {
+        let dir = std::env::temp_dir().join(format!("dcos-exec-client-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("dcos.toml");
+        std::fs::write(&p, "[core]\ndcos_url = \"https://a\"\n\n[profiles.b]\ndcos_ur = \"https://b\"\n").unwrap();
+        let e = load(&p).unwrap_err().to_string();
+        assert!(e.contains("line 5") && e.contains("dcos_ur"), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+        std::fs::write(&p, "[core]\ndcos_url = \"https://a\"\n[marathon]\nurl = 1\n").unwrap();
+        let e = load(&p).unwrap_err().to_string();
+        assert!(e.contains("marathon"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,375 @@
+//! CLI conventions against the real binaries and a real agent: shell completion, man pages, `-e KEY` and
+//! `--env-file`, `dcos.toml` (unknown keys, profiles), errors that say what to do, and the CI smoke script.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use support::*;
+
+/// A fresh directory of this test process.
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("{}-cli-{name}", prefix()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// `dcos` with only a config directory of its own: no DCOS_* variables.
+fn bare_dcos(cfg_home: &Path) -> Command {
+    let mut c = Command::new(bin("dcos"));
+    c.env_clear().env("PATH", "/usr/bin:/bin").env("XDG_CONFIG_HOME", cfg_home).stdin(std::process::Stdio::null());
+    c
+}
+
+fn write_config(cfg_home: &Path, text: &str) -> PathBuf {
+    let p = cfg_home.join("dcos").join("dcos.toml");
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn one_line(err: &str) {
+    assert_eq!(err.lines().count(), 1, "one line: {err:?}");
+    assert!(err.starts_with("dcos: "), "{err:?}");
+}
+
+#[test]
+fn bash_completion_is_sourced_and_completes_task_exec() {
+    // No agent needed, nor root.
+    let dir = scratch("completion");
+    for shell in ["bash", "zsh", "fish"] {
+        let o = run(Command::new(bin("dcos")).args(["completion", shell]));
+        assert!(o.status.success(), "{shell}: {}", stderr(&o));
+        assert!(stdout(&o).contains("exec") && stdout(&o).contains("env-file"), "{shell}: {}", stdout(&o));
+        std::fs::write(dir.join(shell), &o.stdout).unwrap();
+    }
+    // Sourced under `set -eu` (an error in the script, or an unset variable it reads, fails the shell), then
+    // asked what follows `dcos task ex` and `dcos task exec --e`, as bash asks on TAB.
+    let script = r#"set -eu
+        source "$1"
+        complete -p dcos
+        COMP_WORDS=(dcos task ex); COMP_CWORD=2; COMP_LINE="dcos task ex"; COMP_POINT=${#COMP_LINE}
+        _dcos dcos ex task; echo "task: ${COMPREPLY[*]}"
+        COMP_WORDS=(dcos task exec --e); COMP_CWORD=3; COMP_LINE="dcos task exec --e"; COMP_POINT=${#COMP_LINE}
+        _dcos dcos --e exec; echo "exec: ${COMPREPLY[*]}"
+        COMP_WORDS=(dcos ""); COMP_CWORD=1; COMP_LINE="dcos "; COMP_POINT=${#COMP_LINE}
+        _dcos dcos "" dcos; echo "top: ${COMPREPLY[*]}""#;
+    let o = run(Command::new("bash").arg("-c").arg(script).arg("bash").arg(dir.join("bash")));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).is_empty(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("-F _dcos dcos"), "{out}");
+    assert!(out.contains("task: exec\n"), "{out}");
+    assert!(out.contains("exec: --env --env-file\n"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("top: ") && l.contains("task") && l.contains("completion")), "{out}");
+    // A shell that is not one of them is a usage error naming the choices.
+    let o = run(Command::new(bin("dcos")).args(["completion", "tcsh"]));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("bash") && stderr(&o).contains("fish"), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn man_pages_of_both_binaries_render_with_man() {
+    let dir = scratch("man");
+    for (binary, pages) in [
+        ("dcos", &["dcos.1", "dcos-task.1", "dcos-task-exec.1", "dcos-task-list.1"][..]),
+        ("dcos-exec-agent", &["dcos-exec-agent.1", "dcos-exec-agent-run.1", "dcos-exec-agent-token.1"][..]),
+    ] {
+        let out = dir.join(binary);
+        let o = run(Command::new(bin(binary)).arg("man").arg(&out));
+        assert!(o.status.success(), "{binary} man: {}", stderr(&o));
+        let mut written: Vec<String> =
+            std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        written.sort();
+        for page in pages {
+            assert!(written.iter().any(|w| w == page), "{binary} man wrote {written:?}, not {page}");
+        }
+        // Every page, one per command and subcommand.
+        for page in &written {
+            // man -l renders a file with groff; warnings (bad roff) go to stderr.
+            let o = run(Command::new("man").args(["-P", "cat", "-l"]).arg(out.join(page)).env("MANWIDTH", "100"));
+            assert!(o.status.success(), "{page}: {}", stderr(&o));
+            assert!(stderr(&o).is_empty(), "{page}: {}", stderr(&o));
+            let text = stdout(&o);
+            assert!(text.contains("NAME") && text.contains("SYNOPSIS"), "{page}: {text}");
+            if page == "dcos-task-exec.1" {
+                for want in ["--env-file", "--debug-image", "DCOS_SSL_VERIFY", "<TASK>"] {
+                    assert!(text.contains(want), "{page} lacks {want}: {text}");
+                }
+            }
+            if page == "dcos-exec-agent-token.1" {
+                assert!(text.contains("--group <GROUP>") && text.contains("repeatable"), "{text}");
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn env_keys_alone_take_the_local_value_and_env_files_are_read() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let dir = scratch("envfile");
+    let file = dir.join("vars.env");
+    std::fs::write(
+        &file,
+        "# the CI job's variables\nFROM_FILE=file value\n\n  OVERRIDDEN=from-file\nPASSED\nNOT_SET_HERE\n",
+    )
+    .unwrap();
+    let o = run(w
+        .agent
+        .dcos()
+        .env("LOCAL_ONLY", "local value")
+        .env("PASSED", "passed through the file")
+        .args(["task", "exec", "-e", "LOCAL_ONLY", "-e", "OVERRIDDEN=from-flag", "-e", "ALSO_UNSET"])
+        .arg("--env-file")
+        .arg(&file)
+        .args([&w.main_task, "env"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let env = stdout(&o);
+    for want in [
+        "LOCAL_ONLY=local value\n",
+        "FROM_FILE=file value\n",
+        "OVERRIDDEN=from-flag\n",
+        "PASSED=passed through the file\n",
+    ] {
+        assert!(env.contains(want), "{want:?} not in {env}");
+    }
+    // Unset locally: left out, as docker does (not set to an empty value).
+    assert!(!env.contains("NOT_SET_HERE") && !env.contains("ALSO_UNSET"), "{env}");
+    assert!(!env.contains("from-file"), "{env}");
+    // A malformed file is a usage error naming the file and line, before anything runs.
+    std::fs::write(&file, "GOOD=1\nBAD NAME=2\n").unwrap();
+    let o = run(w.agent.dcos().args(["task", "exec", "--env-file"]).arg(&file).args([&w.main_task, "true"]));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("line 2") && stderr(&o).contains("BAD NAME"), "{}", stderr(&o));
+    one_line(&stderr(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn unknown_config_keys_are_errors_naming_the_key() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let home = scratch("unknown-key");
+    let ca = w.agent.dir.join("ca.crt");
+    let p = write_config(&home, &format!("[core]\ndcos_url = \"{}\"\nssl_verfy = \"{}\"\n", w.agent.url, ca.display()));
+    let o = run(bare_dcos(&home).env("DCOS_ACS_TOKEN", &w.agent.admin_token).args(["task", "list"]));
+    assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
+    let err = stderr(&o);
+    one_line(&err);
+    assert!(err.contains("ssl_verfy") && err.contains("line 3") && err.contains(&p.display().to_string()), "{err}");
+    // An unknown table too.
+    write_config(&home, &format!("[core]\ndcos_url = \"{}\"\n[cluster]\nname = \"x\"\n", w.agent.url));
+    let o = run(bare_dcos(&home).args(["task", "list"]));
+    assert_eq!(o.status.code(), Some(125));
+    assert!(stderr(&o).contains("cluster"), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&home);
+}
+
+#[test]
+fn profiles_select_a_cluster_by_flag_or_variable() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let home = scratch("profiles");
+    // [core] points at a port where nothing listens; the profile at the agent.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    write_config(
+        &home,
+        &format!(
+            "[core]\ndcos_url = \"https://127.0.0.1:{dead}\"\n\n[profiles.staging]\ndcos_url = \"{}\"\n\
+             dcos_acs_token = \"{}\"\nssl_verify = \"{}\"\n\n[profiles.other]\ndcos_url = \"https://127.0.0.1:{dead}\"\n",
+            w.agent.url,
+            w.agent.admin_token,
+            w.agent.dir.join("ca.crt").display()
+        ),
+    );
+    let list = |c: &mut Command| run(c.args(["task", "list", "-q"]));
+    let o = list(bare_dcos(&home).env("DCOS_ACS_TOKEN", "x"));
+    assert_eq!(o.status.code(), Some(115), "no profile: [core]: {}", stderr(&o));
+    assert!(stderr(&o).contains("(the URL is from the key core.dcos_url in "), "{}", stderr(&o));
+    for o in
+        [list(bare_dcos(&home).args(["--profile", "staging"])), list(bare_dcos(&home).env("DCOS_PROFILE", "staging"))]
+    {
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(stdout(&o).lines().any(|l| l == w.main_task), "{}", stdout(&o));
+    }
+    // The flag wins over the variable, and a flag for a setting wins over the profile.
+    let o = list(bare_dcos(&home).env("DCOS_PROFILE", "other").args(["--profile", "staging"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = list(bare_dcos(&home).args(["--profile", "staging", "--url", &format!("https://127.0.0.1:{dead}")]));
+    assert_eq!(o.status.code(), Some(115), "{}", stderr(&o));
+    assert!(stderr(&o).contains("(the URL is from the flag --url)"), "{}", stderr(&o));
+    let o = list(bare_dcos(&home).env("DCOS_ACS_TOKEN", "x").args(["--profile", "other"]));
+    assert!(stderr(&o).contains("key profiles.other.dcos_url in "), "{}", stderr(&o));
+    // The profile wins over the DCOS_* variables (which often linger from another cluster).
+    let o = list(bare_dcos(&home).env("DCOS_URL", format!("https://127.0.0.1:{dead}")).env("DCOS_PROFILE", "staging"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    // An unknown profile names itself, where it came from, and the ones there are.
+    let o = list(bare_dcos(&home).env("DCOS_PROFILE", "prod"));
+    assert_eq!(o.status.code(), Some(125));
+    let err = stderr(&o);
+    one_line(&err);
+    assert!(err.contains("\"prod\"") && err.contains("DCOS_PROFILE") && err.contains("other, staging"), "{err}");
+    let _ = std::fs::remove_dir_all(&home);
+}
+
+#[test]
+fn tls_and_token_errors_say_what_to_set() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let home = scratch("tls");
+    // Another agent's CA: the handshake fails, and the message names the variable and the file it read.
+    let other = home.join("other");
+    let o = run(Command::new(bin("dcos-exec-agent")).args(["init", "--dir"]).arg(&other));
+    assert!(o.status.success());
+    let other_ca = other.join("ca.crt");
+    let o = run(w.agent.dcos().env("DCOS_SSL_VERIFY", &other_ca).args(["task", "list"]));
+    assert_eq!(o.status.code(), Some(116));
+    let err = stderr(&o);
+    one_line(&err);
+    assert!(err.contains("DCOS_SSL_VERIFY") && err.contains(&format!("the CA file {}", other_ca.display())), "{err}");
+    assert!(err.contains("variable DCOS_SSL_VERIFY"), "where it was set: {err}");
+    // Set by the flag: the flag is named as where it came from.
+    let o = run(w.agent.dcos().arg("--ssl-verify").arg(&other_ca).args(["task", "list"]));
+    assert_eq!(o.status.code(), Some(116));
+    assert!(stderr(&o).contains("flag --ssl-verify"), "{}", stderr(&o));
+    // No CA configured: the system's roots do not know the agent's CA.
+    let o = run(w.agent.dcos().env_remove("DCOS_SSL_VERIFY").args(["task", "list"]));
+    assert_eq!(o.status.code(), Some(116));
+    assert!(stderr(&o).contains("system's trusted roots") && stderr(&o).contains("DCOS_SSL_VERIFY"), "{}", stderr(&o));
+    // An unreadable CA file.
+    let o = run(w.agent.dcos().env("DCOS_SSL_VERIFY", home.join("missing.crt")).args(["task", "list"]));
+    assert_eq!(o.status.code(), Some(116));
+    assert!(stderr(&o).contains("missing.crt"), "{}", stderr(&o));
+    // Verification off: it works, with a warning that says where that was set.
+    let o = run(w.agent.dcos().env("DCOS_SSL_VERIFY", "false").args(["task", "list", "-q"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stderr(&o), "dcos: warning: TLS verification is off (false from the variable DCOS_SSL_VERIFY)\n");
+    // No token anywhere: where a token is read from, without a round trip.
+    let o = run(w.agent.dcos().env_remove("DCOS_ACS_TOKEN").env("XDG_CONFIG_HOME", &home).args(["task", "list"]));
+    assert_eq!(o.status.code(), Some(117));
+    let err = stderr(&o);
+    one_line(&err);
+    for want in [
+        "DCOS_ACS_TOKEN variable",
+        "--acs-token flag",
+        "dcos_acs_token",
+        &home.join("dcos/dcos.toml").display().to_string(),
+    ] {
+        assert!(err.contains(want), "{want:?}: {err}");
+    }
+    // A URL that is not https names where it was set.
+    let o = run(w.agent.dcos().env("DCOS_URL", w.agent.url.replace("https:", "http:")).args(["task", "list"]));
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        stderr(&o).contains("must start with https://") && stderr(&o).contains("variable DCOS_URL"),
+        "{}",
+        stderr(&o)
+    );
+    // No URL anywhere.
+    let o = run(bare_dcos(&home).args(["task", "list"]));
+    assert_eq!(o.status.code(), Some(125));
+    assert!(stderr(&o).contains("DCOS_URL variable") && stderr(&o).contains("--url flag"), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&home);
+}
+
+/// The CI example on a container made as `runc spec` makes it (read-only root, so /tmp is read-only).
+#[test]
+fn ci_smoke_check_runs_on_a_read_only_container_and_says_why_checks_fail() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/ci-smoke-check.sh");
+    let dcos_dir = bin("dcos").parent().unwrap().to_path_buf();
+    let sh = |task: &str, path: &str, dcos: Option<&Path>| {
+        let mut c = Command::new("sh");
+        c.env_clear()
+            .env("PATH", path)
+            .env("DCOS_URL", &w.agent.url)
+            .env("DCOS_SSL_VERIFY", w.agent.dir.join("ca.crt"))
+            .env("DCOS_ACS_TOKEN", &w.agent.admin_token)
+            .arg(&script)
+            .arg(task);
+        if let Some(d) = dcos {
+            c.env("DCOS", d);
+        }
+        run(&mut c)
+    };
+    // The read-only container, with dcos on PATH.
+    let ro = w.ro.id.clone();
+    let o = sh(&ro, &format!("{}:/usr/bin:/bin", dcos_dir.display()), None);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    assert_eq!(out.lines().filter(|l| l.starts_with("ok   ")).count(), 4, "{out}");
+    assert!(out.contains("ok   a scratch directory is writable"), "{out}");
+    // dcos named by $DCOS, not on PATH.
+    let o = sh(&w.main_task, "/usr/bin:/bin", Some(&bin("dcos")));
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    // An unknown task: every check fails, each saying why and that it never ran.
+    let o = sh("no-such-task", "/usr/bin:/bin", Some(&bin("dcos")));
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    assert_eq!(out.lines().filter(|l| l.starts_with("FAIL ") && l.contains("(exit 119)")).count(), 4, "{out}");
+    assert!(out.contains("no-such-task") && out.contains("the check did not run"), "{out}");
+    // A check that runs and fails prints what the command said, and the other checks still run.
+    let broken = Container::start(
+        &w.root,
+        &format!("{}-nopasswd", prefix()),
+        &ContainerOpts {
+            readonly: true,
+            prepare: Some(|root| std::fs::write(root.join("etc/passwd"), "").unwrap()),
+            ..Default::default()
+        },
+    );
+    let o = sh(&broken.id, "/usr/bin:/bin", Some(&bin("dcos")));
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("FAIL config is present (exit 1)\n     | /etc/passwd is missing or empty\n"), "{out}");
+    assert!(!out.contains("did not run"), "{out}");
+    assert_eq!(out.lines().filter(|l| l.starts_with("ok   ")).count(), 3, "{out}");
+    drop(broken);
+    // dcos nowhere: copied away from the checkout's target/, with PATH without it.
+    let dir = scratch("smoke");
+    std::fs::copy(&script, dir.join("ci-smoke-check.sh")).unwrap();
+    let o =
+        run(Command::new("sh").env_clear().env("PATH", "/usr/bin:/bin").arg(dir.join("ci-smoke-check.sh")).arg("x"));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("dcos not found") && stderr(&o).contains("DCOS="), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn minting_without_a_signing_key_says_which_key_to_set() {
+    let dir = scratch("nokey");
+    let o = run(Command::new(bin("dcos-exec-agent")).args(["init", "--dir"]).arg(&dir));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cfg = dir.join("agent.toml");
+    let text: String = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("token_private_key"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&cfg, text).unwrap();
+    let o = run(Command::new(bin("dcos-exec-agent")).args(["token", "--user", "u", "--config"]).arg(&cfg));
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&cfg.display().to_string()) && err.contains("set it to") && err.contains("token-signing.key"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
