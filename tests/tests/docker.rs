@@ -2,6 +2,8 @@
 //! or iptables, its own containerd), an image imported from a local busybox rootfs (no network), and the real
 //! agent and `dcos` CLI. One dockerd per test binary; it and its directories go at exit, pass or fail.
 
+#[path = "support/registry.rs"]
+mod registry;
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -110,6 +112,21 @@ fn start_dockerd(dir: &Path) -> Dockerd {
 
 static WORLD: OnceLock<DockerWorld> = OnceLock::new();
 
+/// Debug sessions: `ro` may look at a stopped container's files, `rw` may change them too.
+const DEBUG_RULES: &str = r#"
+[[rule]]
+subjects = ["user:admin", "user:rw"]
+tasks = ["*"]
+actions = ["list", "debug", "debug:write"]
+images = ["**"]
+
+[[rule]]
+subjects = ["user:ro"]
+tasks = ["*"]
+actions = ["list", "debug"]
+images = ["**"]
+"#;
+
 fn world() -> &'static DockerWorld {
     WORLD.get_or_init(|| {
         // Started from a thread that lives as long as the process: the parent-death signals of dockerd and
@@ -127,7 +144,7 @@ fn world() -> &'static DockerWorld {
                 root.display(),
                 d.exec_root.display(),
             );
-            let agent = Agent::start_with_runtimes(&root.join("agent"), "", &runtimes, ACL);
+            let agent = Agent::start_with_runtimes(&root.join("agent"), "", &runtimes, &format!("{ACL}{DEBUG_RULES}"));
             agent.kill_at_exit();
             tx.send(DockerWorld { d, agent }).unwrap();
             loop {
@@ -338,4 +355,83 @@ fn an_unreachable_engine_is_a_warning_and_a_status_never_a_failure() {
     let mallory = w.agent.token("mallory", &[], "1h");
     assert!(stdout(&get(&mallory)).ends_with("403"));
     docker_ok(&w.d, &["rm", "-f", &name]);
+}
+
+/// The debug image: the tests' busybox as an OCI layout (no registry).
+fn debug_image(dir: &Path) -> String {
+    let layout = dir.join("layout");
+    registry::write_layout(&layout, "v1", &[registry::busybox_layer()]);
+    format!("oci:{}:v1", layout.display())
+}
+
+/// What a debug session sees of a crashed container: its log in its root, its named volume, its read-only bind
+/// mount of a host directory, its hostname; no network; and whether it may write to the container's root.
+const PROBE: &str = "cat /target/root/app.log /target/vol/note /target/host/note; hostname; ip -o link | wc -l; \
+                     touch /target/root/written 2>/dev/null; echo touch=$?";
+
+/// A container of a real dockerd that wrote a file and exited 3: Docker removed its bundle and runc state, so its
+/// files come from the engine (inspect's GraphDriver, Mounts, Config). Listed with its exit status, refused to
+/// plain exec, debugged read-only without `debug:write` and read-write with it, in a sandbox without network;
+/// and once removed, gone.
+#[test]
+fn a_crashed_docker_container_is_debugged_in_a_sandbox_on_its_files() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let p = prefix();
+    let name = format!("{p}-dbg");
+    let dir = std::env::temp_dir().join(format!("{p}-docker-dbg"));
+    let host = dir.join("host");
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(host.join("note"), "from the host\n").unwrap();
+    let image = debug_image(&dir);
+    let o = docker(
+        &w.d,
+        &[
+            "run",
+            "--name",
+            &name,
+            "--hostname",
+            "crashbox",
+            "-v",
+            &format!("{p}-vol:/vol"),
+            "-v",
+            &format!("{}:/host:ro", host.display()),
+            &w.d.image,
+            "sh",
+            "-c",
+            "echo crashed > /root/app.log; echo kept > /vol/note; exit 3",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let rows = list_json(w, &["--all"]);
+    let row = rows.iter().find(|t| t["name"] == name.as_str()).unwrap_or_else(|| panic!("{rows:?}"));
+    assert_eq!((row["state"].as_str(), row["exit_code"].as_i64()), (Some("stopped"), Some(3)));
+    // Plain exec has nothing to join.
+    let o = w.agent.sh(&name, "true");
+    assert_eq!(o.status.code(), Some(120), "{}", stderr(&o));
+    let debug = |user: &str, cmd: &[&str]| {
+        let token = w.agent.token(user, &[], "1h");
+        run(w.agent.dcos_as(&token).args(["task", "exec", "--debug-image", &image, &name]).args(cmd))
+    };
+    let o = debug("ro", &["sh", "-c", PROBE]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(lines, ["crashed", "kept", "from the host", "crashbox", "1", "touch=1"], "{out}");
+    let cp = |path: &str| docker(&w.d, &["cp", &format!("{name}:{path}"), "-"]).status.success();
+    assert!(!cp("/root/written"));
+    // With debug:write the session changes the container's own files (Docker sees them), not its read-only bind.
+    let o = debug("rw", &["sh", "-c", PROBE]);
+    assert!(stdout(&o).contains("touch=0"), "{}{}", stdout(&o), stderr(&o));
+    assert!(cp("/root/written"), "Docker sees the file the session wrote");
+    let o = debug("rw", &["touch", "/target/host/x"]);
+    assert_ne!(o.status.code(), Some(0), "the read-only bind mount stays read-only");
+    assert!(!host.join("x").exists());
+    assert_eq!(docker_ok(&w.d, &["inspect", "-f", "{{.State.Status}}", &name]), "exited");
+    docker_ok(&w.d, &["rm", &name]);
+    let o = debug("ro", &["true"]);
+    assert_eq!(o.status.code(), Some(119), "{}", stderr(&o));
+    let _ = docker(&w.d, &["volume", "rm", &format!("{p}-vol")]);
 }
