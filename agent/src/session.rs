@@ -283,16 +283,14 @@ fn restore_nofile(rlimits: &mut Vec<Rlimit>) {
     }
 }
 
-/// A stopped container whose bundle is gone (Docker removes it, and containerd once the task is deleted): its
-/// files come from its engine. `None` where the bundle is there (runc, crun, a containerd task not yet deleted).
+/// A stopped container of an engine (Docker, containerd): its files come from the engine, whatever is left of
+/// its bundle (Docker removes it; containerd's shim unmounts its `rootfs` when the task exits and removes the
+/// rest with the task). `None` for runc and crun containers, whose bundles stay as they were.
 async fn engine_files(agent: &Agent, ctx: &Context, debug: bool) -> Result<Option<StoppedFiles>, Status> {
     let c = &ctx.container;
     let Some(engine) = c.engine.as_ref().filter(|_| debug && c.state == crate::runtime::State::Stopped) else {
         return Ok(None);
     };
-    if !c.bundle.as_os_str().is_empty() && c.bundle.join("config.json").exists() {
-        return Ok(None);
-    }
     let timeout = agent.cfg.api_timeout;
     match crate::runtime::stopped::files(engine, &c.id, ctx.writable, timeout).await {
         Ok(f) => Ok(Some(f)),

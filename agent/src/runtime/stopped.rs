@@ -529,19 +529,29 @@ async fn containerd(socket: &Path, namespace: &str, id: &str) -> Result<Answer, 
     };
     let mounts: Vec<_> = mounts.into_iter().map(|m| (m.r#type, m.source, m.options)).collect();
     let snapshot = containerd_snapshot(&mounts)?;
-    // Where the snapshotter keeps its snapshots: the root it exports.
-    let filter = format!("type==io.containerd.snapshotter.v1,id=={}", record.snapshotter);
+    // Where the snapshotter keeps its snapshots: the root it exports, else (`native` exports none) its directory
+    // under containerd's root, `ROOT/io.containerd.snapshotter.v1.ID`, ROOT read from the content store's export.
+    let filters = vec![
+        format!("type==io.containerd.snapshotter.v1,id=={}", record.snapshotter),
+        "type==io.containerd.content.v1,id==content".to_string(),
+    ];
     let plugins = IntrospectionClient::new(channel)
-        .plugins(PluginsRequest { filters: vec![filter] })
+        .plugins(PluginsRequest { filters })
         .await
         .map_err(|e| http(&e))?
         .into_inner()
         .plugins;
-    let data_root = plugins
-        .iter()
-        .find_map(|p| p.exports.get("root"))
-        .map(PathBuf::from)
-        .ok_or_else(|| StoppedError::Answer(format!("snapshotter {:?} exports no root", record.snapshotter)))?;
+    let export = |typ: &str| plugins.iter().find(|p| p.r#type == typ).and_then(|p| p.exports.get("root"));
+    let data_root = match (export("io.containerd.snapshotter.v1"), export("io.containerd.content.v1")) {
+        (Some(root), _) => PathBuf::from(root),
+        (None, Some(content)) => Path::new(content)
+            .parent()
+            .map(|r| r.join(format!("io.containerd.snapshotter.v1.{}", record.snapshotter)))
+            .ok_or_else(|| StoppedError::Answer(format!("content store root {content:?}")))?,
+        (None, None) => {
+            return Err(StoppedError::Answer(format!("snapshotter {:?} exports no root", record.snapshotter)))
+        }
+    };
     let mounts = spec_binds(&config);
     Ok(Answer { data_root, snapshot, mounts, config })
 }
