@@ -58,19 +58,22 @@ fn start_containerd(dir: &Path) -> Daemon {
 
 static WORLD: OnceLock<CtdWorld> = OnceLock::new();
 
+/// The agent's `[runtimes]`: this containerd's runc root and socket.
+fn runtimes(c: &Containerd) -> String {
+    format!(
+        "runc_roots = [\"{}\"]\ncrun_roots = []\ndocker_sockets = []\ncontainerd_sockets = [\"{}\"]",
+        c.runc_root.display(),
+        c.sock.display()
+    )
+}
+
 fn world() -> &'static CtdWorld {
     WORLD.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let root = std::env::temp_dir().join(format!("{}-containerd", prefix()));
             let c = start_containerd(&root);
-            let runtimes = format!(
-                "runc_roots = [\"{}\"]\ncrun_roots = []\ndocker_sockets = []\n\
-                 containerd_sockets = [\"{}\"]",
-                c.c.runc_root.display(),
-                c.c.sock.display()
-            );
-            let agent = Agent::start_with_runtimes(&root.join("agent"), "", &runtimes, ACL);
+            let agent = Agent::start_with_runtimes(&root.join("agent"), "", &runtimes(&c.c), ACL);
             agent.kill_at_exit();
             tx.send(CtdWorld { c, agent }).unwrap();
             loop {
@@ -308,4 +311,44 @@ fn a_crashed_containerd_container_is_debugged_in_a_sandbox_on_its_files() {
     run_crashing(w, &id, "overlayfs", false, &host);
     assert_eq!(probe(w, "ro", &format!("{}/{id}", w.c.c.ns), &image), want("touch=1"));
     remove(w, &id);
+}
+
+/// The container is removed (task and record) after the agent resolved it and while the debug image is pulled:
+/// the session ends with a clear "removed" error and the exit code of a missing task.
+#[test]
+fn a_container_removed_before_its_debug_sandbox_starts_is_a_clear_error() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let p = prefix();
+    let dir = w.c.c.dir.join("gone");
+    let pki = registry::Pki::create(&dir.join("pki"));
+    let reg = registry::Registry::start_with(&dir.join("registry"), &pki, false, false);
+    registry::write_layout(&dir.join("layout"), "v1", &[registry::busybox_layer()]);
+    reg.push(&dir.join("layout"), "v1", "tools/bb", false);
+    let (port, seen, release) = registry::gated_proxy(reg.host());
+    let agent = Agent::start_with_runtimes(
+        &dir.join("agent"),
+        &format!("[images]\ninsecure_registries = [\"127.0.0.1:{port}\"]\n"),
+        &runtimes(&w.c.c),
+        ACL,
+    );
+    let id = format!("{p}-gone");
+    run_crashing(w, &id, "native", false, &dir);
+    let child = agent
+        .dcos()
+        .args(["task", "exec", "--debug-image", &format!("127.0.0.1:{port}/tools/bb:latest")])
+        .args([&format!("{}/{id}", w.c.c.ns), "true"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    seen.recv_timeout(std::time::Duration::from_secs(30)).expect("the pull starts once the task is resolved");
+    remove(w, &id);
+    release.send(()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(119), "{err}");
+    assert!(err.contains("was removed"), "{err}");
 }

@@ -112,6 +112,19 @@ fn start_dockerd(dir: &Path) -> Dockerd {
 
 static WORLD: OnceLock<DockerWorld> = OnceLock::new();
 
+/// The agent's `[runtimes]`: this dockerd's runc root, its socket and one that does not exist, its containerd.
+fn runtimes(d: &Dockerd, root: &Path) -> String {
+    format!(
+        "runc_roots = [\"{}/runtime-runc/moby\"]\ncrun_roots = []\n\
+         docker_sockets = [\"{}\", \"{}/no-such-engine.sock\"]\n\
+         containerd_sockets = [\"{}/containerd/containerd.sock\"]\napi_timeout = \"1s\"",
+        d.exec_root.display(),
+        d.sock.display(),
+        root.display(),
+        d.exec_root.display(),
+    )
+}
+
 /// Debug sessions: `ro` may look at a stopped container's files, `rw` may change them too.
 const DEBUG_RULES: &str = r#"
 [[rule]]
@@ -135,15 +148,7 @@ fn world() -> &'static DockerWorld {
         std::thread::spawn(move || {
             let root = std::env::temp_dir().join(format!("{}-docker", prefix()));
             let d = start_dockerd(&root);
-            let runtimes = format!(
-                "runc_roots = [\"{}/runtime-runc/moby\"]\ncrun_roots = []\n\
-                 docker_sockets = [\"{}\", \"{}/no-such-engine.sock\"]\n\
-                 containerd_sockets = [\"{}/containerd/containerd.sock\"]\napi_timeout = \"1s\"",
-                d.exec_root.display(),
-                d.sock.display(),
-                root.display(),
-                d.exec_root.display(),
-            );
+            let runtimes = runtimes(&d, &root);
             let agent = Agent::start_with_runtimes(&root.join("agent"), "", &runtimes, &format!("{ACL}{DEBUG_RULES}"));
             agent.kill_at_exit();
             tx.send(DockerWorld { d, agent }).unwrap();
@@ -434,4 +439,46 @@ fn a_crashed_docker_container_is_debugged_in_a_sandbox_on_its_files() {
     let o = debug("ro", &["true"]);
     assert_eq!(o.status.code(), Some(119), "{}", stderr(&o));
     let _ = docker(&w.d, &["volume", "rm", &format!("{p}-vol")]);
+}
+
+/// The container is removed after the agent resolved it and while the debug image is pulled: the session ends
+/// with a clear "removed" error and the exit code of a missing task, not a failed mount.
+#[test]
+fn a_container_removed_before_its_debug_sandbox_starts_is_a_clear_error() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let p = prefix();
+    let dir = std::env::temp_dir().join(format!("{p}-docker-gone"));
+    let pki = registry::Pki::create(&dir.join("pki"));
+    let reg = registry::Registry::start_with(&dir.join("registry"), &pki, false, false);
+    registry::write_layout(&dir.join("layout"), "v1", &[registry::busybox_layer()]);
+    reg.push(&dir.join("layout"), "v1", "tools/bb", false);
+    let (port, seen, release) = registry::gated_proxy(reg.host());
+    let root = std::env::temp_dir().join(format!("{p}-docker"));
+    let agent = Agent::start_with_runtimes(
+        &dir.join("agent"),
+        &format!("[images]\ninsecure_registries = [\"127.0.0.1:{port}\"]\n"),
+        &runtimes(&w.d, &root),
+        &format!("{ACL}{DEBUG_RULES}"),
+    );
+    let name = format!("{p}-gone");
+    let o = docker(&w.d, &["run", "--name", &name, &w.d.image, "sh", "-c", "exit 3"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let child = agent
+        .dcos()
+        .args(["task", "exec", "--debug-image", &format!("127.0.0.1:{port}/tools/bb:latest"), &name, "true"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    seen.recv_timeout(Duration::from_secs(30)).expect("the pull starts once the task is resolved");
+    docker_ok(&w.d, &["rm", &name]);
+    release.send(()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(119), "{err}");
+    assert!(err.contains("was removed"), "{err}");
+    assert_eq!(err.lines().filter(|l| l.starts_with("dcos:")).count(), 1, "{err}");
 }
