@@ -13,7 +13,7 @@ use dcos_exec_container::spec::{StoppedBind, StoppedRoot};
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
 use serde::Deserialize;
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -355,14 +355,16 @@ fn read_in_layers(layers: &[PathBuf], rel: &str) -> String {
         else {
             continue;
         };
+        // O_PATH first: a device node or a fifo the container put there is never opened on the host, only a
+        // regular file is, through its O_PATH descriptor.
         let how = OpenHow::new()
-            .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK)
+            .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
             .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
         let Ok(fd) = nix::fcntl::openat2(&dir, rel, how) else { continue };
-        let f = std::fs::File::from(fd);
-        if !f.metadata().is_ok_and(|m| m.is_file()) {
+        if !nix::sys::stat::fstat(&fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG) {
             continue;
         }
+        let Ok(f) = std::fs::File::open(format!("/proc/self/fd/{}", fd.as_raw_fd())) else { continue };
         let mut s = String::new();
         let _ = f.take(1 << 20).read_to_string(&mut s);
         return s;
@@ -612,6 +614,41 @@ mod tests {
         assert_eq!(docker_user("7:8", passwd, group).unwrap(), (7, 8));
         assert!(docker_user("nobody", passwd, group).is_err());
         assert!(docker_user("4294967295", passwd, group).is_err());
+    }
+
+    /// The container's /etc/passwd may be anything: a fifo (an open would block), a device node (an open on the
+    /// host may act), a symlink out of its root. Only a regular file inside the layer is read; the upper layer
+    /// hides the lower ones.
+    #[test]
+    fn passwd_is_read_from_the_top_layer_only_as_a_regular_file_inside_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (upper, lower) = (tmp.path().join("upper"), tmp.path().join("lower"));
+        for d in [&upper, &lower] {
+            std::fs::create_dir_all(d.join("etc")).unwrap();
+        }
+        std::fs::write(lower.join("etc/passwd"), "app:x:7:7::/:/bin/sh\n").unwrap();
+        let layers = [upper.clone(), lower.clone()];
+        assert!(read_in_layers(&layers, "etc/passwd").contains("app:x:7"));
+        nix::unistd::mkfifo(&upper.join("etc/passwd"), nix::sys::stat::Mode::S_IRUSR).unwrap();
+        assert!(read_in_layers(&layers, "etc/passwd").contains("app:x:7"), "the fifo is skipped, not opened");
+        std::fs::remove_file(upper.join("etc/passwd")).unwrap();
+        // /dev/zero's node: opened, it would be read to the limit.
+        nix::sys::stat::mknod(
+            &upper.join("etc/passwd"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::S_IRUSR,
+            nix::sys::stat::makedev(1, 5),
+        )
+        .unwrap();
+        assert!(read_in_layers(&layers, "etc/passwd").contains("app:x:7"));
+        std::fs::remove_file(upper.join("etc/passwd")).unwrap();
+        // A link to the host's file resolves inside the layer (RESOLVE_IN_ROOT), where there is none.
+        std::fs::write(tmp.path().join("host-passwd"), "host:x:0:0::/:/bin/sh\n").unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("host-passwd"), upper.join("etc/passwd")).unwrap();
+        assert!(!read_in_layers(&layers, "etc/passwd").contains("host:x"));
+        std::fs::remove_file(upper.join("etc/passwd")).unwrap();
+        std::fs::write(upper.join("etc/passwd"), "top:x:8:8::/:/bin/sh\n").unwrap();
+        assert_eq!(read_in_layers(&layers, "etc/passwd"), "top:x:8:8::/:/bin/sh\n");
     }
 
     #[test]
