@@ -549,7 +549,7 @@ async fn docker_credential_helpers_give_the_credentials() {
             read_timeout: Some(Duration::from_secs(1)),
             ..Default::default()
         };
-        let p = Puller::new(Arc::new(Cache::open(&tmp.path().join(name)).unwrap()), opts);
+        let p = Puller::new(Arc::new(Cache::open(tmp.path().join(name)).unwrap()), opts);
         let r = reg.reference();
         async move { p.pull(&r, PullPolicy::Always, &quiet).await }
     };
