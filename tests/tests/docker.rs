@@ -39,6 +39,12 @@ fn docker_ok(d: &Dockerd, args: &[&str]) -> String {
 
 /// Starts dockerd in `dir` and waits until it answers; stopped (its containers removed first) at exit.
 fn start_dockerd(dir: &Path) -> Dockerd {
+    // vfs: no overlay mounts to leave behind, and it works on any filesystem the temp dir is on.
+    start_dockerd_with(dir, "vfs")
+}
+
+/// [`start_dockerd`] with another storage driver.
+fn start_dockerd_with(dir: &Path, driver: &str) -> Dockerd {
     assert!(Path::new(DOCKERD).exists(), "dockerd is missing: scripts/setup installs docker.io");
     std::fs::create_dir_all(dir).unwrap();
     let sock = dir.join("docker.sock");
@@ -53,8 +59,8 @@ fn start_dockerd(dir: &Path) -> Dockerd {
         .arg(dir.join("dockerd.pid"))
         .arg("-H")
         .arg(format!("unix://{}", sock.display()))
-        // vfs: no overlay mounts to leave behind, and it works on any filesystem the temp dir is on.
-        .args(["--bridge=none", "--iptables=false", "--ip6tables=false", "--storage-driver=vfs"])
+        .args(["--bridge=none", "--iptables=false", "--ip6tables=false"])
+        .arg(format!("--storage-driver={driver}"))
         .args(["--shutdown-timeout=1", "--log-level=warn"])
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
@@ -481,4 +487,43 @@ fn a_container_removed_before_its_debug_sandbox_starts_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(119), "{err}");
     assert!(err.contains("was removed"), "{err}");
     assert_eq!(err.lines().filter(|l| l.starts_with("dcos:")).count(), 1, "{err}");
+}
+
+/// Docker's default storage driver, overlay2: the container's layers (inspect's `LowerDir`, `UpperDir`, `WorkDir`)
+/// are mounted afresh as an overlay, read-only with the upper as the top lower for a reader, with the container's
+/// upper for a writer; what the writer changes is in the container as Docker sees it. A dockerd of its own.
+#[test]
+fn a_crashed_container_on_overlay2_is_debugged_on_its_layers() {
+    if skip() {
+        return;
+    }
+    let p = prefix();
+    let root = std::env::temp_dir().join(format!("{p}-docker-o2"));
+    let d = start_dockerd_with(&root, "overlay2");
+    let agent =
+        Agent::start_with_runtimes(&root.join("agent"), "", &runtimes(&d, &root), &format!("{ACL}{DEBUG_RULES}"));
+    let name = format!("{p}-o2");
+    let o = docker(&d, &["run", "--name", &name, &d.image, "sh", "-c", "echo crashed > /root/app.log; exit 3"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert_eq!(docker_ok(&d, &["inspect", "-f", "{{.GraphDriver.Name}}", &name]), "overlay2");
+    let image = debug_image(&root);
+    let probe = "cat /target/root/app.log; ls /target/bin/busybox; touch /target/root/written 2>/dev/null; \
+                 echo touch=$?; grep -c ' /target overlay ' /proc/self/mountinfo 2>/dev/null; true";
+    let debug = |user: &str| {
+        let token = agent.token(user, &[], "1h");
+        run(agent.dcos_as(&token).args(["task", "exec", "--debug-image", &image, &name, "sh", "-c", probe]))
+    };
+    let o = debug("ro");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.starts_with("crashed\n/target/bin/busybox\ntouch=1\n"), "{out}");
+    let cp = |path: &str| docker(&d, &["cp", &format!("{name}:{path}"), "-"]).status.success();
+    assert!(!cp("/root/written"));
+    let o = debug("rw");
+    assert!(stdout(&o).contains("touch=0"), "{}{}", stdout(&o), stderr(&o));
+    assert!(cp("/root/written"), "Docker sees the file the session wrote in the container's upper layer");
+    // The container still starts, with the file: its overlay was not left in use.
+    let o = docker(&d, &["start", "-a", &name]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    docker_ok(&d, &["rm", &name]);
 }
