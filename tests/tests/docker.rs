@@ -445,6 +445,16 @@ fn a_crashed_docker_container_is_debugged_in_a_sandbox_on_its_files() {
     let o = debug("ro", &["true"]);
     assert_eq!(o.status.code(), Some(119), "{}", stderr(&o));
     let _ = docker(&w.d, &["volume", "rm", &format!("{p}-vol")]);
+    // The process is the container's user: `-u app`, a name looked up in the container's own /etc/passwd (the
+    // sandbox has no /proc to show capabilities; Docker's capability set is a unit test).
+    let app = format!("{p}-dbg-app");
+    let o = docker(&w.d, &["run", "--name", &app, "-u", "app", &w.d.image, "true"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let token = w.agent.token("ro", &[], "1h");
+    let o =
+        run(w.agent.dcos_as(&token).args(["task", "exec", "--debug-image", &image, &app, "sh", "-c", "id -u; id -g"]));
+    assert_eq!(stdout(&o), "1000\n1000\n", "{}", stderr(&o));
+    docker_ok(&w.d, &["rm", &app]);
 }
 
 /// The container is removed after the agent resolved it and while the debug image is pulled: the session ends
