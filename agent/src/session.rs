@@ -291,7 +291,9 @@ async fn engine_files(agent: &Agent, ctx: &Context, debug: bool) -> Result<Optio
     let Some(engine) = c.engine.as_ref().filter(|_| debug && c.state == crate::runtime::State::Stopped) else {
         return Ok(None);
     };
-    let timeout = agent.cfg.api_timeout;
+    // A few answers in a row (inspect and info, or a record, its snapshot's mounts and the plugins), once per
+    // session: more time than a listing gets.
+    let timeout = agent.cfg.api_timeout.max(Duration::from_secs(10));
     match crate::runtime::stopped::files(engine, &c.id, ctx.writable, timeout).await {
         Ok(f) => Ok(Some(f)),
         Err(e) => Err(SessionError::Stopped(e).into()),
