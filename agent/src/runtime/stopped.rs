@@ -603,6 +603,25 @@ mod tests {
         assert!(none.is_empty());
     }
 
+    /// vfs: the layer id comes from the layer store's `mount-id` file; one that would lead elsewhere is refused.
+    #[test]
+    fn a_vfs_layer_id_is_a_plain_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        let ids = root.join("image/vfs/layerdb/mounts/abc");
+        std::fs::create_dir_all(&ids).unwrap();
+        let inspect =
+            || -> Inspect { serde_json::from_str(r#"{"Id":"abc","GraphDriver":{"Name":"vfs","Data":null}}"#).unwrap() };
+        std::fs::write(ids.join("mount-id"), "f00d\n").unwrap();
+        assert_eq!(docker_answer(inspect(), root.clone()).unwrap().snapshot, Snapshot::Dir(root.join("vfs/dir/f00d")));
+        for bad in ["../../../etc", "/etc", "", "a/b"] {
+            std::fs::write(ids.join("mount-id"), bad).unwrap();
+            assert!(matches!(docker_answer(inspect(), root.clone()), Err(StoppedError::Answer(_))), "{bad:?}");
+        }
+        let btrfs: Inspect = serde_json::from_str(r#"{"Id":"abc","GraphDriver":{"Name":"btrfs"}}"#).unwrap();
+        assert!(matches!(docker_answer(btrfs, root), Err(StoppedError::Unsupported(_))));
+    }
+
     #[test]
     fn docker_users_come_from_the_containers_files() {
         let passwd = "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n";
