@@ -1,6 +1,7 @@
 //! The agent's side of exec: turns a request and a resolved container into an [`ExecSpec`], starts the helper
 //! (crate `dcos-exec-container`) and talks to it over its typed channel.
 
+use crate::runtime::stopped::StoppedFiles;
 use crate::runtime::Container;
 use dcos_exec_container::channel::{self, Control, Event};
 use dcos_exec_container::spec::{self, ExecSpec, Overrides};
@@ -46,10 +47,17 @@ pub fn build_spec(
     image: Option<&dcos_exec_images::pull::PulledImage>,
     cap_add: &[u32],
     writable: bool,
+    engine_files: Option<StoppedFiles>,
 ) -> Result<(ExecSpec, Vec<OwnedFd>), ExecError> {
-    let path = c.bundle.join("config.json");
-    let config = oci_spec::runtime::Spec::load(&path)
-        .map_err(|e| ExecError::Bundle { path: path.display().to_string(), cause: e.to_string() })?;
+    let (config, engine_files) = match engine_files {
+        Some(f) => (f.config.clone(), Some(f)),
+        None => {
+            let path = c.bundle.join("config.json");
+            let config = oci_spec::runtime::Spec::load(&path)
+                .map_err(|e| ExecError::Bundle { path: path.display().to_string(), cause: e.to_string() })?;
+            (config, None)
+        }
+    };
     let mut layers = match image {
         Some(img) => img
             .layers
@@ -72,7 +80,15 @@ pub fn build_spec(
     // A stopped container has no init to join: its root and bind mounts go to the helper as descriptors.
     let stopped = match (image, c.state) {
         (Some(_), crate::runtime::State::Stopped) => {
-            let (target, fds) = stopped_target(c, &config, writable)?;
+            let hostname = config.hostname().clone();
+            let (target, fds) = match engine_files {
+                // From the engine (Docker, containerd), opened and checked by `runtime::stopped`.
+                Some(f) => (spec::StoppedTarget { root: f.root, binds: f.binds, writable, hostname }, f.fds),
+                None => {
+                    let (t, fds) = stopped_target(c, &config, writable)?;
+                    (spec::StoppedTarget { hostname, ..t }, fds)
+                }
+            };
             layers.extend(fds);
             Some(target)
         }
@@ -123,7 +139,7 @@ fn stopped_target(
             readonly: opts.iter().any(|o| o == "ro"),
         });
     }
-    Ok((spec::StoppedTarget { binds, writable }, fds))
+    Ok((spec::StoppedTarget { binds, writable, root: spec::StoppedRoot::Dir, hostname: None }, fds))
 }
 
 /// A running helper and the agent's ends of its channels.

@@ -95,6 +95,7 @@ pub fn puller(c: &crate::config::ImagesConfig) -> Result<dcos_exec_images::pull:
             limits: c.limits(),
         },
         read_timeout: None,
+        retry: Default::default(),
     };
     Ok(Puller::new(Arc::new(cache), opts))
 }

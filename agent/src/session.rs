@@ -8,6 +8,7 @@ mod pty;
 
 use crate::exec::{self, ExecError};
 use crate::limits::SessionSlot;
+use crate::runtime::stopped::StoppedFiles;
 use crate::server::Agent;
 use crate::shutdown::{Live, ShuttingDown};
 use dcos_exec_access::audit::{SessionInfo, SessionRecord, SessionStartRecord};
@@ -78,6 +79,8 @@ enum SessionError {
     StoppedDuring(String),
     #[error(transparent)]
     ShuttingDown(#[from] ShuttingDown),
+    #[error("the stopped container's files: {0}")]
+    Stopped(crate::runtime::stopped::StoppedError),
 }
 
 impl SessionError {
@@ -86,6 +89,7 @@ impl SessionError {
             SessionError::Pull(e) => e.code(),
             SessionError::Exec(e) => e.code(),
             SessionError::ShuttingDown(e) => e.code(),
+            SessionError::Stopped(e) => e.code(),
             SessionError::ContainerStopped(_) | SessionError::StoppedDuring(_) => ErrorCode::ContainerStopped,
             SessionError::Terminal(_)
             | SessionError::NoConsole
@@ -376,12 +380,30 @@ fn restore_nofile(rlimits: &mut Vec<Rlimit>) {
     }
 }
 
+/// A stopped container of an engine (Docker, containerd): its files come from the engine, whatever is left of
+/// its bundle (Docker removes it; containerd's shim unmounts its `rootfs` when the task exits and removes the
+/// rest with the task). `None` for runc and crun containers, whose bundles stay as they were.
+async fn engine_files(agent: &Agent, ctx: &Context, debug: bool) -> Result<Option<StoppedFiles>, Status> {
+    let c = &ctx.container;
+    let Some(engine) = c.engine.as_ref().filter(|_| debug && c.state == crate::runtime::State::Stopped) else {
+        return Ok(None);
+    };
+    // A few answers in a row (inspect and info, or a record, its snapshot's mounts and the plugins), once per
+    // session: more time than a listing gets.
+    let timeout = agent.cfg.api_timeout.max(Duration::from_secs(10));
+    match crate::runtime::stopped::files(engine, &c.id, ctx.writable, timeout).await {
+        Ok(f) => Ok(Some(f)),
+        Err(e) => Err(SessionError::Stopped(e).into()),
+    }
+}
+
 /// Step 2: builds the helper's spec, spawns the helper and waits until it has exec'd the command. Everything
 /// that speaks the helper's protocol is here; the returned [`Running`] hides it. On failure, the final status
 /// (the helper's own, such as `command_not_found`, or the session's error).
 async fn start(agent: &Agent, ctx: &Context, image: Option<&PulledImage>) -> Result<Running, Status> {
+    let engine_files = engine_files(agent, ctx, image.is_some()).await?;
     let (mut spec, layers) =
-        exec::build_spec(&ctx.container, &ctx.request, ctx.grace_ms, image, &ctx.cap_add, ctx.writable)
+        exec::build_spec(&ctx.container, &ctx.request, ctx.grace_ms, image, &ctx.cap_add, ctx.writable, engine_files)
             .map_err(SessionError::from)?;
     restore_nofile(&mut spec.rlimits);
     let mut sp = exec::spawn(&agent.exe, &spec, layers).await.map_err(SessionError::from)?;

@@ -63,6 +63,26 @@ pub fn build_overlay(layers: &[BorrowedFd<'_>]) -> Result<OwnedFd, MountError> {
     detached("overlay", &[("lowerdir", &lower), ("upperdir", &upper), ("workdir", &work)])
 }
 
+/// A stopped container's root filesystem from its overlay snapshot's directories (`lowers` top first): with
+/// `upper` (its upper and work directories) writable, as the container saw it; without, read-only, the upper
+/// then being passed as the top lower. Built on the host side from descriptors, so no path of the engine's
+/// reaches the mount.
+pub fn container_overlay(
+    lowers: &[BorrowedFd<'_>],
+    upper: Option<(BorrowedFd<'_>, BorrowedFd<'_>)>,
+) -> Result<OwnedFd, MountError> {
+    let path = |f: &BorrowedFd<'_>| format!("/proc/self/fd/{}", f.as_raw_fd());
+    let lower = lowers.iter().map(path).collect::<Vec<_>>().join(":");
+    let mnt = match &upper {
+        Some((u, w)) => detached("overlay", &[("lowerdir", &lower), ("upperdir", &path(u)), ("workdir", &path(w))])?,
+        None => detached("overlay", &[("lowerdir", &lower)])?,
+    };
+    if upper.is_none() {
+        set_attrs(&mnt, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, "the container's root")?;
+    }
+    Ok(mnt)
+}
+
 fn clone_tree(dir: impl AsFd, path: &str) -> Result<OwnedFd, MountError> {
     let flags = OpenTreeFlags::OPEN_TREE_CLONE
         | OpenTreeFlags::OPEN_TREE_CLOEXEC

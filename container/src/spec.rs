@@ -86,14 +86,48 @@ pub struct DebugRoot {
 impl DebugRoot {
     /// How many descriptors the agent passes from [`crate::helper::FIRST_LAYER_FD`] on.
     pub fn fds(&self) -> usize {
-        self.layers + self.stopped.as_ref().map_or(0, |s| 1 + s.binds.len())
+        self.layers + self.stopped.as_ref().map_or(0, |s| s.root.fds() + s.binds.len())
     }
 }
 
-/// The part of a debug session on a stopped container: its root's descriptor comes right after the layers',
-/// then one per bind mount, in order.
+/// How a stopped container's root filesystem reaches the helper.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoppedRoot {
+    /// One directory (a bundle's `rootfs`, Docker's `vfs` layer, containerd's `native` snapshot): cloned.
+    #[default]
+    Dir,
+    /// The layers of an overlay snapshot (Docker's `overlay2`, containerd's `overlayfs`), mounted afresh as an
+    /// overlay: `lowers` directories, top first, then, when `upper`, the container's upper and work directories
+    /// (only for a writable session; a read-only one gets the upper as its top lower).
+    Overlay {
+        /// How many lower directories.
+        lowers: usize,
+        /// Whether an upper and a work directory follow.
+        upper: bool,
+    },
+}
+
+impl StoppedRoot {
+    /// How many descriptors the root takes.
+    pub fn fds(&self) -> usize {
+        match *self {
+            StoppedRoot::Dir => 1,
+            StoppedRoot::Overlay { lowers, upper } => lowers + if upper { 2 } else { 0 },
+        }
+    }
+}
+
+/// The part of a debug session on a stopped container: its root's descriptors come right after the layers'
+/// (see [`StoppedRoot`]), then one per bind mount, in order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoppedTarget {
+    /// How its root filesystem is passed.
+    #[serde(default)]
+    pub root: StoppedRoot,
+    /// The container's hostname, set in the sandbox's own UTS namespace.
+    #[serde(default)]
+    pub hostname: Option<String>,
     /// The bind mounts of its `config.json` whose sources are directories.
     pub binds: Vec<StoppedBind>,
     /// Whether the session may write to the container's files (ACL action `debug:write`); read-only otherwise.
@@ -328,8 +362,16 @@ pub(crate) mod tests {
         assert_eq!(s.debug, Some(DebugRoot { layers: 2, target: "/target".into(), stopped: None }));
         assert_eq!(s.debug.as_ref().map(DebugRoot::fds), Some(2));
         let binds = vec![StoppedBind { destination: "/data".into(), readonly: true }];
-        let stopped = Overrides { stopped: Some(StoppedTarget { binds, writable: false }), ..o.clone() };
-        assert_eq!(build(&cfg, 0, 0, &stopped, 0).unwrap().debug.as_ref().map(DebugRoot::fds), Some(4));
+        let stopped = Overrides {
+            stopped: Some(StoppedTarget {
+                binds,
+                writable: false,
+                root: StoppedRoot::Overlay { lowers: 2, upper: true },
+                hostname: None,
+            }),
+            ..o.clone()
+        };
+        assert_eq!(build(&cfg, 0, 0, &stopped, 0).unwrap().debug.as_ref().map(DebugRoot::fds), Some(7));
         let o = Overrides { workdir: Some("/tmp".into()), ..o };
         assert_eq!(build(&cfg, 1, 2, &o, 0).unwrap().cwd, "/tmp");
     }

@@ -64,6 +64,14 @@ pub enum PullError {
         /// What happened, on one line.
         message: String,
     },
+    /// The Docker credential helper that `credsStore` or `credHelpers` names failed or did not answer.
+    #[error("registry {registry}: credential helper: {message}")]
+    CredentialHelper {
+        /// The registry's host.
+        registry: String,
+        /// What happened, on one line.
+        message: String,
+    },
     /// The registry wants other credentials, or some.
     #[error("registry {registry} refused the credentials (401)")]
     Unauthorized {
@@ -149,6 +157,7 @@ impl PullError {
     pub fn code(&self) -> ErrorCode {
         match self {
             PullError::Registry { .. }
+            | PullError::CredentialHelper { .. }
             | PullError::Unauthorized { .. }
             | PullError::NotFound { .. }
             | PullError::Verify { .. }
@@ -187,7 +196,30 @@ pub struct RegistryOptions {
     pub unpack: UnpackOptions,
     /// How long a registry may stay silent mid-response (default 60 s).
     pub read_timeout: Option<Duration>,
+    /// How often a request that failed transiently (connection refused or reset, 5xx, 429) is tried.
+    pub retry: Retry,
 }
+
+/// Bounded exponential backoff for transient registry failures: `attempts` tries in all, waiting `initial`,
+/// then twice as long each time, at most `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    /// Tries in all (1: no retry).
+    pub attempts: u32,
+    /// The first wait.
+    pub initial: Duration,
+    /// The longest wait.
+    pub max: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Retry {
+        Retry { attempts: 4, initial: Duration::from_millis(250), max: Duration::from_secs(4) }
+    }
+}
+
+/// How long a Docker credential helper may take to answer.
+const HELPER_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A verified, unpacked image ready to mount.
 #[derive(Debug, Clone)]
@@ -339,7 +371,12 @@ impl Puller {
                 return Err(PullError::NotCached { reference: name });
             }
         }
-        let src = Source::new(self, r)?;
+        let mut src = Source::new(self, r)?;
+        if let Source::Registry(s) = &mut src {
+            if let Some(auth) = self.helper_auth(s.reference.registry()).await? {
+                s.auth = auth;
+            }
+        }
         progress(format!("resolving {name}"));
         let (manifest_digest, manifest) = self.resolve_manifest(&src, &name).await?;
         let cfg_desc = manifest.config();
@@ -377,6 +414,53 @@ impl Puller {
 
     fn credentials(&self, registry: &str) -> Option<&Credentials> {
         self.opts.credentials.get(&registry_key(registry))
+    }
+
+    /// Credentials from the Docker credential helper that the Docker config's `credHelpers` (for this registry)
+    /// or `credsStore` names, when neither the agent's config nor the Docker config's `auths` has any: `None`
+    /// when there is no helper or it has nothing for this registry.
+    async fn helper_auth(&self, registry: &str) -> Result<Option<oci_client::secrets::RegistryAuth>, PullError> {
+        use docker_credential::{CredentialRetrievalError as E, DockerCredential};
+        let Some(path) = self.opts.docker_config.clone() else { return Ok(None) };
+        if self.credentials(registry).is_some() {
+            return Ok(None);
+        }
+        // Docker files Docker Hub's credentials under its v1 URL.
+        let server = if registry_key(registry) == DOCKER_HUB {
+            "https://index.docker.io/v1/".to_string()
+        } else {
+            registry.into()
+        };
+        let job = tokio::task::spawn_blocking(move || {
+            let f = std::fs::File::open(&path).ok()?;
+            Some(docker_credential::get_credential_from_reader(io::BufReader::new(f), &server))
+        });
+        let fail = |message: String| PullError::CredentialHelper { registry: registry.into(), message };
+        let answer = match tokio::time::timeout(HELPER_TIMEOUT, job).await {
+            Err(_) => return Err(fail(format!("no answer within {HELPER_TIMEOUT:?}"))),
+            Ok(Err(e)) => return Err(fail(e.to_string())),
+            Ok(Ok(None)) => return Ok(None),
+            Ok(Ok(Some(a))) => a,
+        };
+        match answer {
+            Ok(DockerCredential::UsernamePassword(u, p)) => Ok(Some(oci_client::secrets::RegistryAuth::Basic(u, p))),
+            Ok(DockerCredential::IdentityToken(_)) => {
+                Err(fail("an identity token (an OAuth refresh token) is not supported; store a password".into()))
+            }
+            Err(E::NoCredentialConfigured | E::ConfigReadError | E::ConfigNotFound) => Ok(None),
+            // A helper's answer for a registry it knows nothing of (docker-credential-helpers' wording).
+            Err(E::HelperFailure { stdout, stderr, .. })
+                if (stdout.clone() + &stderr).contains("credentials not found") =>
+            {
+                Ok(None)
+            }
+            Err(E::HelperFailure { helper, stderr, stdout }) => {
+                let why = stderr.lines().chain(stdout.lines()).find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+                Err(fail(format!("{helper} failed: {why}")))
+            }
+            Err(E::HelperCommunicationError) => Err(fail("the helper named in the Docker config cannot be run".into())),
+            Err(e) => Err(fail(e.to_string())),
+        }
     }
 
     /// The manifest (or index) at `at` (or the reference's own), verified against the digest it was asked by.
@@ -703,7 +787,11 @@ impl<'a> Source<'a> {
                         t.clone().unwrap_or_else(|| crate::reference::DEFAULT_TAG.into()),
                     ),
                 };
-                Source::Registry(RegistrySource { puller, reference, digest: *digest })
+                let auth = match puller.credentials(registry) {
+                    Some(c) => oci_client::secrets::RegistryAuth::Basic(c.username.clone(), c.password.clone()),
+                    None => oci_client::secrets::RegistryAuth::Anonymous,
+                };
+                Source::Registry(RegistrySource { puller, reference, digest: *digest, auth })
             }
             ImageRef::Layout { path, tag, dir } => {
                 let dir = match dir {
@@ -747,6 +835,56 @@ struct RegistrySource<'a> {
     reference: oci_client::Reference,
     /// The digest the reference names, which the manifest must have.
     digest: Option<Digest>,
+    /// Basic credentials (oci-client trades them for a bearer token when the registry's `WWW-Authenticate`
+    /// challenge names a token realm), or none (an anonymous token where the realm gives one).
+    auth: oci_client::secrets::RegistryAuth,
+}
+
+/// Whether a failed request may succeed when tried again: the connection was refused, reset or timed out, or
+/// the registry answered 5xx or 429. Not a TLS failure, a 4xx or bad bytes.
+fn transient(e: &oci_client::errors::OciDistributionError) -> bool {
+    use oci_client::errors::OciDistributionError as E;
+    let status = |code: u16| code >= 500 || code == 429;
+    match e {
+        E::ServerError { code, .. } => status(*code),
+        E::RequestError(r) => {
+            if let Some(s) = r.status() {
+                return status(s.as_u16());
+            }
+            if r.is_timeout() {
+                return true;
+            }
+            let mut cur: Option<&dyn std::error::Error> = Some(r);
+            while let Some(err) = cur {
+                if let Some(io) = err.downcast_ref::<io::Error>() {
+                    return transient_io(io.kind());
+                }
+                cur = err.source();
+            }
+            false
+        }
+        E::IoError(io) => transient_io(io.kind()),
+        // A 4xx with an error envelope: 429 says TOOMANYREQUESTS (distribution's 503 says UNAVAILABLE).
+        E::RegistryError { envelope, .. } => envelope.errors.iter().any(|x| match &x.code {
+            oci_client::errors::OciErrorCode::Toomanyrequests => true,
+            oci_client::errors::OciErrorCode::Other(c) => c == "UNAVAILABLE",
+            _ => false,
+        }),
+        _ => false,
+    }
+}
+
+fn transient_io(kind: io::ErrorKind) -> bool {
+    use io::ErrorKind as K;
+    matches!(
+        kind,
+        K::ConnectionRefused
+            | K::ConnectionReset
+            | K::ConnectionAborted
+            | K::TimedOut
+            | K::UnexpectedEof
+            | K::BrokenPipe
+    )
 }
 
 impl RegistrySource<'_> {
@@ -756,12 +894,8 @@ impl RegistrySource<'_> {
             Some(d) => oci_client::Reference::with_digest(r.registry().into(), r.repository().into(), d.to_string()),
             None => r.clone(),
         };
-        let (bytes, _) = self
-            .puller
-            .client
-            .pull_manifest_raw(&reference, &self.auth(), MANIFEST_TYPES)
-            .await
-            .map_err(|e| self.error(e))?;
+        let client = &self.puller.client;
+        let (bytes, _) = self.retrying(|| client.pull_manifest_raw(&reference, &self.auth, MANIFEST_TYPES)).await?;
         Ok((bytes.to_vec(), at.or(self.digest)))
     }
 
@@ -775,8 +909,8 @@ impl RegistrySource<'_> {
         })?;
         let desc = oci_client::manifest::OciDescriptor { digest: d.to_string(), size, ..Default::default() };
         let client = &self.puller.client;
-        client.store_auth_if_needed(self.reference.resolve_registry(), &self.auth()).await;
-        let stream = client.pull_blob_stream(&self.reference, &desc).await.map_err(|e| self.error(e))?;
+        client.store_auth_if_needed(self.reference.resolve_registry(), &self.auth).await;
+        let stream = self.retrying(|| client.pull_blob_stream(&self.reference, &desc)).await?;
         let (expected, registry) = (*d, self.reference.registry().to_string());
         let stream = stream.stream.map_err(move |e| {
             let inner = e.get_ref().and_then(|x| x.downcast_ref::<oci_client::errors::DigestError>());
@@ -791,10 +925,35 @@ impl RegistrySource<'_> {
         Ok(Box::new(tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream))))
     }
 
-    fn auth(&self) -> oci_client::secrets::RegistryAuth {
-        match self.puller.credentials(self.reference.registry()) {
-            Some(c) => oci_client::secrets::RegistryAuth::Basic(c.username.clone(), c.password.clone()),
-            None => oci_client::secrets::RegistryAuth::Anonymous,
+    /// Runs `request` until it succeeds, fails for good, or has failed transiently `retry.attempts` times (with
+    /// exponential backoff in between); the last error says how many tries it took.
+    async fn retrying<T, F, Fut>(&self, mut request: F) -> Result<T, PullError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, oci_client::errors::OciDistributionError>>,
+    {
+        let retry = self.puller.opts.retry;
+        let mut wait = retry.initial;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match request().await {
+                Ok(v) => return Ok(v),
+                Err(e) if transient(&e) && tries < retry.attempts.max(1) => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(retry.max);
+                }
+                Err(e) => {
+                    let retried = transient(&e) && tries > 1;
+                    return Err(match self.error(e) {
+                        PullError::Registry { registry, message } if retried => PullError::Registry {
+                            registry,
+                            message: format!("{message} (gave up after {tries} tries)"),
+                        },
+                        other => other,
+                    });
+                }
+            }
         }
     }
 
@@ -1047,7 +1206,7 @@ mod tests {
         let Source::Registry(src) = Source::new(p, &ImageRef::parse(reference).unwrap()).unwrap() else {
             panic!("{reference} is not a registry reference")
         };
-        match src.auth() {
+        match src.auth {
             oci_client::secrets::RegistryAuth::Basic(u, pw) => Some((u, pw)),
             _ => None,
         }

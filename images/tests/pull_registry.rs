@@ -5,7 +5,7 @@
 
 use dcos_exec_images::cache::Cache;
 use dcos_exec_images::digest::{Digest, VerifyError};
-use dcos_exec_images::pull::{Credentials, PullError, PullPolicy, Puller, RegistryOptions};
+use dcos_exec_images::pull::{Credentials, PullError, PullPolicy, Puller, RegistryOptions, Retry};
 use dcos_exec_images::reference::ImageRef;
 use dcos_exec_images::unpack::{Limits, UnpackOptions};
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
@@ -40,6 +40,12 @@ struct State {
     mode: HashMap<String, Blob>,
     /// GETs by path.
     hits: HashMap<String, usize>,
+    /// The next requests (other than `/v2/`) get these statuses, one each, before being served.
+    fail_next: Vec<u16>,
+    /// Requests that got one of `fail_next`.
+    failed: usize,
+    /// Basic credentials (`user:password`) every request must carry, else 401 with a Basic challenge.
+    require: Option<String>,
 }
 
 type Body = BoxBody<Bytes, std::io::Error>;
@@ -60,8 +66,32 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<hyper::body::Incoming>) -
         let body = br#"{"errors":[{"code":"UNKNOWN","message":"no"}]}"#.to_vec();
         return Ok(r.header("Content-Type", "application/json").body(full(body)).unwrap());
     }
+    if let Some(want) = &st.require {
+        use base64::Engine;
+        let want = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(want));
+        if req.headers().get("authorization").and_then(|v| v.to_str().ok()) != Some(want.as_str()) {
+            let body = br#"{"errors":[{"code":"UNAUTHORIZED","message":"who are you"}]}"#.to_vec();
+            let r = Response::builder().status(401).header("WWW-Authenticate", "Basic realm=\"test\"");
+            return Ok(r.header("Content-Type", "application/json").body(full(body)).unwrap());
+        }
+    }
     if path == "/v2/" {
         return Ok(Response::new(full(Vec::new())));
+    }
+    if !st.fail_next.is_empty() {
+        let code = st.fail_next.remove(0);
+        st.failed += 1;
+        // As distribution answers: 429 with TOOMANYREQUESTS, 503 with UNAVAILABLE, a bare 502 from a proxy.
+        let body = match code {
+            429 => br#"{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}"#.to_vec(),
+            503 => br#"{"errors":[{"code":"UNAVAILABLE","message":"try later"}]}"#.to_vec(),
+            _ => b"bad gateway".to_vec(),
+        };
+        let mut r = Response::builder().status(code).header("Content-Type", "application/json");
+        if code == 429 {
+            r = r.header("Retry-After", "0");
+        }
+        return Ok(r.body(full(body)).unwrap());
     }
     let not_found = || Response::builder().status(StatusCode::NOT_FOUND).body(full(Vec::new())).unwrap();
     if let Some((_, reference)) = path.split_once("/manifests/") {
@@ -408,4 +438,136 @@ async fn an_opened_layout_is_pulled_from_the_directory_that_was_opened() {
     let p = Puller::new(Arc::new(Cache::open(base.join("cache")).unwrap()), RegistryOptions::default());
     let img = p.pull(&r, PullPolicy::Always, &quiet).await.unwrap();
     assert_eq!(std::fs::read(img.layers[0].join("which")).unwrap(), b"good");
+}
+
+/// 503, 502 and 429 on the manifest and the blobs are tried again with backoff and the pull succeeds; a registry
+/// that keeps failing, or that is not listening, gives a clear error after the last try; a 404 is not retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn transient_failures_are_retried_with_backoff_then_named() {
+    let reg = Registry::start().await;
+    reg.image("test/img", &[layer(&[("hello", b"hi")])]);
+    let tmp = tempfile::tempdir().unwrap();
+    let retry = Retry { attempts: 4, initial: Duration::from_millis(20), max: Duration::from_millis(80) };
+    let with_retry = |dir: &Path, retry: Retry| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let opts = RegistryOptions {
+            insecure: vec![reg.host.clone()],
+            read_timeout: Some(Duration::from_secs(1)),
+            retry,
+            ..Default::default()
+        };
+        Puller::new(Arc::new(Cache::open(dir).unwrap()), opts)
+    };
+    // Three failures in a row, each request tried again: the manifest, then the config blob, then the layer.
+    reg.state.lock().unwrap().fail_next = vec![503, 429, 502];
+    let p = with_retry(&tmp.path().join("a"), retry);
+    let img = p.pull(&reg.reference(), PullPolicy::Always, &quiet).await.unwrap();
+    assert_eq!(std::fs::read(img.layers[0].join("hello")).unwrap(), b"hi");
+    assert_eq!(reg.state.lock().unwrap().failed, 3);
+    // Failing more often than there are tries: the error says so.
+    reg.state.lock().unwrap().failed = 0;
+    reg.state.lock().unwrap().fail_next = vec![503; 10];
+    let p = with_retry(&tmp.path().join("b"), retry);
+    let e = pull_err(&p, &reg).await;
+    assert!(matches!(&e, PullError::Registry { message, .. } if message.contains("gave up after 4 tries")), "{e}");
+    assert_eq!(reg.state.lock().unwrap().failed, 4);
+    // Without retries, one try.
+    reg.state.lock().unwrap().failed = 0;
+    reg.state.lock().unwrap().fail_next = vec![503; 10];
+    let p = with_retry(&tmp.path().join("c"), Retry { attempts: 1, ..retry });
+    pull_err(&p, &reg).await;
+    assert_eq!(reg.state.lock().unwrap().failed, 1);
+    // 404 is an answer, not a failure: asked once.
+    reg.state.lock().unwrap().fail_next = vec![404, 503];
+    reg.state.lock().unwrap().failed = 0;
+    let p = with_retry(&tmp.path().join("d"), retry);
+    let e = pull_err(&p, &reg).await;
+    assert!(matches!(&e, PullError::NotFound { .. }), "{e:?}");
+    assert_eq!(reg.state.lock().unwrap().failed, 1);
+}
+
+/// Nobody listens on the registry's port: connection refused, tried `attempts` times, then named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_is_retried_then_named() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let host = format!("127.0.0.1:{port}");
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = RegistryOptions {
+        insecure: vec![host.clone()],
+        retry: Retry { attempts: 3, initial: Duration::from_millis(100), max: Duration::from_millis(100) },
+        ..Default::default()
+    };
+    let p = Puller::new(Arc::new(Cache::open(tmp.path()).unwrap()), opts);
+    let r = ImageRef::parse(&format!("{host}/test/img:latest")).unwrap();
+    let started = std::time::Instant::now();
+    let e = p.pull(&r, PullPolicy::Always, &quiet).await.unwrap_err();
+    assert!(matches!(&e, PullError::Registry { message, .. } if message.contains("gave up after 3 tries")), "{e}");
+    // Two waits of 100 ms happened: the tries were spread out, not hammered.
+    assert!(started.elapsed() >= Duration::from_millis(200));
+}
+
+/// Docker's `credHelpers` and `credsStore`: a real helper executable (`docker-credential-NAME get`, the server on
+/// stdin, `{"Username","Secret"}` on stdout) written by the test. Its credentials reach the registry; a helper that
+/// knows nothing of the registry means anonymous; a failing or missing helper is a clear error naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn docker_credential_helpers_give_the_credentials() {
+    let reg = Registry::start().await;
+    reg.image("test/img", &[layer(&[("hello", b"hi")])]);
+    reg.state.lock().unwrap().require = Some("helped:s3cret".into());
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let helper = |name: &str, script: &str| {
+        let p = bin.join(format!("docker-credential-{name}"));
+        std::fs::write(&p, format!("#!/bin/sh\n{script}\n")).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    };
+    let log = tmp.path().join("asked");
+    // Answers for the test registry only, and logs what it was asked.
+    helper(
+        "store",
+        &format!(
+            "read server; echo \"$server\" >> {}; if [ \"$server\" = \"{}\" ]; then \
+             echo '{{\"ServerURL\":\"'$server'\",\"Username\":\"helped\",\"Secret\":\"s3cret\"}}'; \
+             else echo 'credentials not found in native keychain'; exit 1; fi",
+            log.display(),
+            reg.host
+        ),
+    );
+    helper("broken", "read server; echo 'keychain locked' >&2; exit 1");
+    // Only this test in this binary runs commands: the helpers are found on PATH, as Docker finds them.
+    let path = std::env::var("PATH").unwrap_or_default();
+    std::env::set_var("PATH", format!("{}:{path}", bin.display()));
+    let pull = |name: &str, config: serde_json::Value| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let cfg = tmp.path().join(format!("{name}.json"));
+        std::fs::write(&cfg, config.to_string()).unwrap();
+        let opts = RegistryOptions {
+            insecure: vec![reg.host.clone()],
+            docker_config: Some(cfg),
+            read_timeout: Some(Duration::from_secs(1)),
+            ..Default::default()
+        };
+        let p = Puller::new(Arc::new(Cache::open(tmp.path().join(name)).unwrap()), opts);
+        let r = reg.reference();
+        async move { p.pull(&r, PullPolicy::Always, &quiet).await }
+    };
+    // credsStore, and credHelpers for this registry.
+    let img = pull("store", serde_json::json!({"credsStore": "store"})).await.unwrap();
+    assert_eq!(std::fs::read(img.layers[0].join("hello")).unwrap(), b"hi");
+    let helpers = serde_json::json!({"credHelpers": {reg.host.clone(): "store"}, "credsStore": "broken"});
+    pull("helpers", helpers).await.unwrap();
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), format!("{0}\n{0}\n", reg.host));
+    // A helper that knows nothing of the registry: anonymous, so the registry's 401.
+    let other = serde_json::json!({"credHelpers": {"elsewhere.example": "broken"}, "credsStore": "store"});
+    reg.state.lock().unwrap().require = Some("someone:else".into());
+    let e = pull("anonymous", other).await.unwrap_err();
+    assert!(matches!(e, PullError::Unauthorized { .. }), "{e:?}");
+    // A failing helper, and one that is not installed: named.
+    let e = pull("broken", serde_json::json!({"credsStore": "broken"})).await.unwrap_err();
+    assert!(matches!(&e, PullError::CredentialHelper { .. }), "{e:?}");
+    assert!(e.to_string().contains("docker-credential-broken failed: keychain locked"), "{e}");
+    let e = pull("missing", serde_json::json!({"credsStore": "nowhere"})).await.unwrap_err();
+    assert!(e.to_string().contains("cannot be run"), "{e}");
 }

@@ -24,6 +24,13 @@ const ACL: &str = r#"
 subjects = ["user:admin"]
 tasks = ["**"]
 actions = ["*"]
+images = ["**"]
+
+[[rule]]
+subjects = ["user:ro"]
+tasks = ["**"]
+actions = ["list", "debug"]
+images = ["**"]
 
 [[rule]]
 subjects = ["user:shopper"]
@@ -51,19 +58,22 @@ fn start_containerd(dir: &Path) -> Daemon {
 
 static WORLD: OnceLock<CtdWorld> = OnceLock::new();
 
+/// The agent's `[runtimes]`: this containerd's runc root and socket.
+fn runtimes(c: &Containerd) -> String {
+    format!(
+        "runc_roots = [\"{}\"]\ncrun_roots = []\ndocker_sockets = []\ncontainerd_sockets = [\"{}\"]",
+        c.runc_root.display(),
+        c.sock.display()
+    )
+}
+
 fn world() -> &'static CtdWorld {
     WORLD.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let root = std::env::temp_dir().join(format!("{}-containerd", prefix()));
             let c = start_containerd(&root);
-            let runtimes = format!(
-                "runc_roots = [\"{}\"]\ncrun_roots = []\ndocker_sockets = []\n\
-                 containerd_sockets = [\"{}\"]",
-                c.c.runc_root.display(),
-                c.c.sock.display()
-            );
-            let agent = Agent::start_with_runtimes(&root.join("agent"), "", &runtimes, ACL);
+            let agent = Agent::start_with_runtimes(&root.join("agent"), "", &runtimes(&c.c), ACL);
             agent.kill_at_exit();
             tx.send(CtdWorld { c, agent }).unwrap();
             loop {
@@ -192,4 +202,153 @@ fn pod_containers_are_tasks_as_namespace_pod_container_and_sandboxes_are_not() {
     for (id, _) in &started {
         remove(w, id);
     }
+}
+
+/// What a debug session sees of a crashed container: its log in its root, its read-only bind mount of a host
+/// directory; no network; and whether it may write to the container's root.
+const PROBE: &str = "cat /target/tmp/app.log /target/host/note; ip -o link | wc -l; \
+                     touch /target/tmp/written 2>/dev/null; echo touch=$?";
+
+/// `ctr run` of a container that writes its log and exits 3, with a read-only bind of `host` at /host, on
+/// `snapshotter`; `-d` leaves its task (stopped, with its exit status) for `ctr task rm`.
+fn run_crashing(w: &CtdWorld, id: &str, snapshotter: &str, detach: bool, host: &Path) {
+    let mount = format!("type=bind,src={},dst=/host,options=rbind:ro", host.display());
+    let mut a = vec!["run", "--snapshotter", snapshotter, "--mount", &mount];
+    if detach {
+        a.push("-d");
+    }
+    a.extend([w.c.image.as_str(), id, "sh", "-c", "echo crashed > /tmp/app.log; exit 3"]);
+    let o = ctr(&w.c.c, &a);
+    assert_eq!(o.status.code(), Some(if detach { 0 } else { 3 }), "{}", stderr(&o));
+}
+
+/// Runs PROBE in a debug session on `task` as `user` (`admin` may write) and returns its lines.
+fn probe(w: &CtdWorld, user: &str, task: &str, image: &str) -> Vec<String> {
+    let token = w.agent.token(user, &[], "1h");
+    let o = run(w.agent.dcos_as(&token).args(["task", "exec", "--debug-image", image, task, "sh", "-c", PROBE]));
+    assert_eq!(o.status.code(), Some(0), "{task}: {}", stderr(&o));
+    stdout(&o).lines().map(|l| l.trim().to_string()).collect()
+}
+
+/// Whether the container's own root (its snapshot, as containerd mounts it for a new task) holds `path`.
+fn snapshot_has(w: &CtdWorld, id: &str, path: &str) -> bool {
+    let dir = w.c.c.dir.join(format!("probe-{id}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let o =
+        ctr(&w.c.c, &["snapshots", "--snapshotter", &snapshotter_of(w, id), "mounts", &dir.display().to_string(), id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cmd = stdout(&o);
+    let mounted = run(Command::new("sh").arg("-c").arg(&cmd));
+    assert!(mounted.status.success(), "{cmd}: {}", stderr(&mounted));
+    let has = dir.join(path.trim_start_matches('/')).exists();
+    let _ = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH);
+    has
+}
+
+fn snapshotter_of(w: &CtdWorld, id: &str) -> String {
+    let info: serde_json::Value = serde_json::from_str(&ctr_ok(&w.c.c, &["containers", "info", id])).unwrap();
+    info["Snapshotter"].as_str().unwrap().to_string()
+}
+
+/// A `ctr run` container that wrote a file and exited 3: listed with its exit status while its task is kept
+/// (`-d`), and still listed once the task is deleted, when containerd keeps only its record (its OCI spec) and its
+/// snapshot. Both times plain exec is refused and a debug session sees its files and its bind mount,
+/// without network, read-only without `debug:write`; with it, the write lands in the container's snapshot. On the
+/// `native` snapshotter (one directory) and on `overlayfs` (layers mounted afresh, the upper read-only for a
+/// reader).
+#[test]
+fn a_crashed_containerd_container_is_debugged_in_a_sandbox_on_its_files() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let p = prefix();
+    let dir = w.c.c.dir.join("crashed");
+    let host = dir.join("host");
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(host.join("note"), "from the host\n").unwrap();
+    let layout = dir.join("debug-layout");
+    registry::write_layout(&layout, "v1", &[registry::busybox_layer()]);
+    let image = format!("oci:{}:v1", layout.display());
+    let want = |touch: &str| ["crashed", "from the host", "1", touch].map(String::from).to_vec();
+    for (snapshotter, short) in [("native", "n"), ("overlayfs", "o")] {
+        let id = format!("{p}-crash-{short}");
+        let task = format!("{}/{id}", w.c.c.ns);
+        // Its task kept: stopped, with its exit status.
+        run_crashing(w, &id, snapshotter, true, &host);
+        assert!(
+            eventually(10, || ctr_ok(&w.c.c, &["tasks", "ls"])
+                .lines()
+                .any(|l| l.starts_with(&id) && l.contains("STOPPED"))),
+            "the container exits"
+        );
+        let rows: Vec<serde_json::Value> =
+            serde_json::from_slice(&run(w.agent.dcos().args(["task", "list", "--all", "--json", &id])).stdout).unwrap();
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!((rows[0]["state"].as_str(), rows[0]["exit_code"].as_i64()), (Some("stopped"), Some(3)));
+        assert_eq!(w.agent.sh(&task, "true").status.code(), Some(120));
+        assert_eq!(probe(w, "ro", &task, &image), want("touch=1"), "{snapshotter}, task kept");
+        // The task deleted: only containerd's record and snapshot are left.
+        ctr_ok(&w.c.c, &["tasks", "rm", &id]);
+        let rows: Vec<serde_json::Value> =
+            serde_json::from_slice(&run(w.agent.dcos().args(["task", "list", "--all", "--json", &id])).stdout).unwrap();
+        assert_eq!((rows.len(), rows[0]["state"].as_str()), (1, Some("stopped")), "{rows:?}");
+        assert_eq!(w.agent.sh(&task, "true").status.code(), Some(120));
+        assert_eq!(probe(w, "ro", &task, &image), want("touch=1"), "{snapshotter}, task deleted");
+        assert!(!snapshot_has(w, &id, "/tmp/written"));
+        assert_eq!(probe(w, "admin", &task, &image), want("touch=0"), "{snapshotter}, with debug:write");
+        assert!(snapshot_has(w, &id, "/tmp/written"), "{snapshotter}: the write is in the container's snapshot");
+        let o = run(w.agent.dcos().args(["task", "exec", "--debug-image", &image, &task, "touch", "/target/host/x"]));
+        assert_ne!(o.status.code(), Some(0), "the read-only bind mount stays read-only");
+        assert!(!host.join("x").exists());
+        // Removed: no task any more.
+        ctr_ok(&w.c.c, &["containers", "rm", &id]);
+        let o = run(w.agent.dcos().args(["task", "exec", "--debug-image", &image, &task, "true"]));
+        assert_eq!(o.status.code(), Some(119), "{}", stderr(&o));
+    }
+    // `ctr run` without -d deletes the task itself when the process ends: the container is still debugged.
+    let id = format!("{p}-crash-fg");
+    run_crashing(w, &id, "overlayfs", false, &host);
+    assert_eq!(probe(w, "ro", &format!("{}/{id}", w.c.c.ns), &image), want("touch=1"));
+    remove(w, &id);
+}
+
+/// The container is removed (task and record) after the agent resolved it and while the debug image is pulled:
+/// the session ends with a clear "removed" error and the exit code of a missing task.
+#[test]
+fn a_container_removed_before_its_debug_sandbox_starts_is_a_clear_error() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let p = prefix();
+    let dir = w.c.c.dir.join("gone");
+    let pki = registry::Pki::create(&dir.join("pki"));
+    let reg = registry::Registry::start_with(&dir.join("registry"), &pki, false, false);
+    registry::write_layout(&dir.join("layout"), "v1", &[registry::busybox_layer()]);
+    reg.push(&dir.join("layout"), "v1", "tools/bb", false);
+    let (port, seen, release) = registry::gated_proxy(reg.host());
+    let agent = Agent::start_with_runtimes(
+        &dir.join("agent"),
+        &format!("[images]\ninsecure_registries = [\"127.0.0.1:{port}\"]\n"),
+        &runtimes(&w.c.c),
+        ACL,
+    );
+    let id = format!("{p}-gone");
+    run_crashing(w, &id, "native", false, &dir);
+    let child = agent
+        .dcos()
+        .args(["task", "exec", "--debug-image", &format!("127.0.0.1:{port}/tools/bb:latest")])
+        .args([&format!("{}/{id}", w.c.c.ns), "true"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    seen.recv_timeout(std::time::Duration::from_secs(30)).expect("the pull starts once the task is resolved");
+    remove(w, &id);
+    release.send(()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(119), "{err}");
+    assert!(err.contains("was removed"), "{err}");
 }

@@ -2,6 +2,8 @@
 //! or iptables, its own containerd), an image imported from a local busybox rootfs (no network), and the real
 //! agent and `dcos` CLI. One dockerd per test binary; it and its directories go at exit, pass or fail.
 
+#[path = "support/registry.rs"]
+mod registry;
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -37,6 +39,12 @@ fn docker_ok(d: &Dockerd, args: &[&str]) -> String {
 
 /// Starts dockerd in `dir` and waits until it answers; stopped (its containers removed first) at exit.
 fn start_dockerd(dir: &Path) -> Dockerd {
+    // vfs: no overlay mounts to leave behind, and it works on any filesystem the temp dir is on.
+    start_dockerd_with(dir, "vfs")
+}
+
+/// [`start_dockerd`] with another storage driver.
+fn start_dockerd_with(dir: &Path, driver: &str) -> Dockerd {
     assert!(Path::new(DOCKERD).exists(), "dockerd is missing: scripts/setup installs docker.io");
     std::fs::create_dir_all(dir).unwrap();
     let sock = dir.join("docker.sock");
@@ -51,8 +59,8 @@ fn start_dockerd(dir: &Path) -> Dockerd {
         .arg(dir.join("dockerd.pid"))
         .arg("-H")
         .arg(format!("unix://{}", sock.display()))
-        // vfs: no overlay mounts to leave behind, and it works on any filesystem the temp dir is on.
-        .args(["--bridge=none", "--iptables=false", "--ip6tables=false", "--storage-driver=vfs"])
+        .args(["--bridge=none", "--iptables=false", "--ip6tables=false"])
+        .arg(format!("--storage-driver={driver}"))
         .args(["--shutdown-timeout=1", "--log-level=warn"])
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
@@ -110,6 +118,34 @@ fn start_dockerd(dir: &Path) -> Dockerd {
 
 static WORLD: OnceLock<DockerWorld> = OnceLock::new();
 
+/// The agent's `[runtimes]`: this dockerd's runc root, its socket and one that does not exist, its containerd.
+fn runtimes(d: &Dockerd, root: &Path) -> String {
+    format!(
+        "runc_roots = [\"{}/runtime-runc/moby\"]\ncrun_roots = []\n\
+         docker_sockets = [\"{}\", \"{}/no-such-engine.sock\"]\n\
+         containerd_sockets = [\"{}/containerd/containerd.sock\"]\napi_timeout = \"1s\"",
+        d.exec_root.display(),
+        d.sock.display(),
+        root.display(),
+        d.exec_root.display(),
+    )
+}
+
+/// Debug sessions: `ro` may look at a stopped container's files, `rw` may change them too.
+const DEBUG_RULES: &str = r#"
+[[rule]]
+subjects = ["user:admin", "user:rw"]
+tasks = ["*"]
+actions = ["list", "debug", "debug:write"]
+images = ["**"]
+
+[[rule]]
+subjects = ["user:ro"]
+tasks = ["*"]
+actions = ["list", "debug"]
+images = ["**"]
+"#;
+
 fn world() -> &'static DockerWorld {
     WORLD.get_or_init(|| {
         // Started from a thread that lives as long as the process: the parent-death signals of dockerd and
@@ -118,16 +154,8 @@ fn world() -> &'static DockerWorld {
         std::thread::spawn(move || {
             let root = std::env::temp_dir().join(format!("{}-docker", prefix()));
             let d = start_dockerd(&root);
-            let runtimes = format!(
-                "runc_roots = [\"{}/runtime-runc/moby\"]\ncrun_roots = []\n\
-                 docker_sockets = [\"{}\", \"{}/no-such-engine.sock\"]\n\
-                 containerd_sockets = [\"{}/containerd/containerd.sock\"]\napi_timeout = \"1s\"",
-                d.exec_root.display(),
-                d.sock.display(),
-                root.display(),
-                d.exec_root.display(),
-            );
-            let agent = Agent::start_with_runtimes(&root.join("agent"), "", &runtimes, ACL);
+            let runtimes = runtimes(&d, &root);
+            let agent = Agent::start_with_runtimes(&root.join("agent"), "", &runtimes, &format!("{ACL}{DEBUG_RULES}"));
             agent.kill_at_exit();
             tx.send(DockerWorld { d, agent }).unwrap();
             loop {
@@ -338,4 +366,174 @@ fn an_unreachable_engine_is_a_warning_and_a_status_never_a_failure() {
     let mallory = w.agent.token("mallory", &[], "1h");
     assert!(stdout(&get(&mallory)).ends_with("403"));
     docker_ok(&w.d, &["rm", "-f", &name]);
+}
+
+/// The debug image: the tests' busybox as an OCI layout (no registry).
+fn debug_image(dir: &Path) -> String {
+    let layout = dir.join("layout");
+    registry::write_layout(&layout, "v1", &[registry::busybox_layer()]);
+    format!("oci:{}:v1", layout.display())
+}
+
+/// What a debug session sees of a crashed container: its log in its root, its named volume, its read-only bind
+/// mount of a host directory, its hostname; no network; and whether it may write to the container's root.
+const PROBE: &str = "cat /target/root/app.log /target/vol/note /target/host/note; hostname; ip -o link | wc -l; \
+                     touch /target/root/written 2>/dev/null; echo touch=$?";
+
+/// A container of a real dockerd that wrote a file and exited 3: Docker removed its bundle and runc state, so its
+/// files come from the engine (inspect's GraphDriver, Mounts, Config). Listed with its exit status, refused to
+/// plain exec, debugged read-only without `debug:write` and read-write with it, in a sandbox without network;
+/// and once removed, gone.
+#[test]
+fn a_crashed_docker_container_is_debugged_in_a_sandbox_on_its_files() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let p = prefix();
+    let name = format!("{p}-dbg");
+    let dir = std::env::temp_dir().join(format!("{p}-docker-dbg"));
+    let host = dir.join("host");
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(host.join("note"), "from the host\n").unwrap();
+    let image = debug_image(&dir);
+    let o = docker(
+        &w.d,
+        &[
+            "run",
+            "--name",
+            &name,
+            "--hostname",
+            "crashbox",
+            "-v",
+            &format!("{p}-vol:/vol"),
+            "-v",
+            &format!("{}:/host:ro", host.display()),
+            &w.d.image,
+            "sh",
+            "-c",
+            "echo crashed > /root/app.log; echo kept > /vol/note; exit 3",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let rows = list_json(w, &["--all"]);
+    let row = rows.iter().find(|t| t["name"] == name.as_str()).unwrap_or_else(|| panic!("{rows:?}"));
+    assert_eq!((row["state"].as_str(), row["exit_code"].as_i64()), (Some("stopped"), Some(3)));
+    // Plain exec has nothing to join.
+    let o = w.agent.sh(&name, "true");
+    assert_eq!(o.status.code(), Some(120), "{}", stderr(&o));
+    let debug = |user: &str, cmd: &[&str]| {
+        let token = w.agent.token(user, &[], "1h");
+        run(w.agent.dcos_as(&token).args(["task", "exec", "--debug-image", &image, &name]).args(cmd))
+    };
+    let o = debug("ro", &["sh", "-c", PROBE]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(lines, ["crashed", "kept", "from the host", "crashbox", "1", "touch=1"], "{out}");
+    let cp = |path: &str| docker(&w.d, &["cp", &format!("{name}:{path}"), "-"]).status.success();
+    assert!(!cp("/root/written"));
+    // With debug:write the session changes the container's own files (Docker sees them), not its read-only bind.
+    let o = debug("rw", &["sh", "-c", PROBE]);
+    assert!(stdout(&o).contains("touch=0"), "{}{}", stdout(&o), stderr(&o));
+    assert!(cp("/root/written"), "Docker sees the file the session wrote");
+    let o = debug("rw", &["touch", "/target/host/x"]);
+    assert_ne!(o.status.code(), Some(0), "the read-only bind mount stays read-only");
+    assert!(!host.join("x").exists());
+    assert_eq!(docker_ok(&w.d, &["inspect", "-f", "{{.State.Status}}", &name]), "exited");
+    docker_ok(&w.d, &["rm", &name]);
+    let o = debug("ro", &["true"]);
+    assert_eq!(o.status.code(), Some(119), "{}", stderr(&o));
+    let _ = docker(&w.d, &["volume", "rm", &format!("{p}-vol")]);
+    // The process is the container's user: `-u app`, a name looked up in the container's own /etc/passwd (the
+    // sandbox has no /proc to show capabilities; Docker's capability set is a unit test).
+    let app = format!("{p}-dbg-app");
+    let o = docker(&w.d, &["run", "--name", &app, "-u", "app", &w.d.image, "true"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let token = w.agent.token("ro", &[], "1h");
+    let o =
+        run(w.agent.dcos_as(&token).args(["task", "exec", "--debug-image", &image, &app, "sh", "-c", "id -u; id -g"]));
+    assert_eq!(stdout(&o), "1000\n1000\n", "{}", stderr(&o));
+    docker_ok(&w.d, &["rm", &app]);
+}
+
+/// The container is removed after the agent resolved it and while the debug image is pulled: the session ends
+/// with a clear "removed" error and the exit code of a missing task, not a failed mount.
+#[test]
+fn a_container_removed_before_its_debug_sandbox_starts_is_a_clear_error() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let p = prefix();
+    let dir = std::env::temp_dir().join(format!("{p}-docker-gone"));
+    let pki = registry::Pki::create(&dir.join("pki"));
+    let reg = registry::Registry::start_with(&dir.join("registry"), &pki, false, false);
+    registry::write_layout(&dir.join("layout"), "v1", &[registry::busybox_layer()]);
+    reg.push(&dir.join("layout"), "v1", "tools/bb", false);
+    let (port, seen, release) = registry::gated_proxy(reg.host());
+    let root = std::env::temp_dir().join(format!("{p}-docker"));
+    let agent = Agent::start_with_runtimes(
+        &dir.join("agent"),
+        &format!("[images]\ninsecure_registries = [\"127.0.0.1:{port}\"]\n"),
+        &runtimes(&w.d, &root),
+        &format!("{ACL}{DEBUG_RULES}"),
+    );
+    let name = format!("{p}-gone");
+    let o = docker(&w.d, &["run", "--name", &name, &w.d.image, "sh", "-c", "exit 3"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let child = agent
+        .dcos()
+        .args(["task", "exec", "--debug-image", &format!("127.0.0.1:{port}/tools/bb:latest"), &name, "true"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    seen.recv_timeout(Duration::from_secs(30)).expect("the pull starts once the task is resolved");
+    docker_ok(&w.d, &["rm", &name]);
+    release.send(()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(119), "{err}");
+    assert!(err.contains("was removed"), "{err}");
+    assert_eq!(err.lines().filter(|l| l.starts_with("dcos:")).count(), 1, "{err}");
+}
+
+/// Docker's default storage driver, overlay2: the container's layers (inspect's `LowerDir`, `UpperDir`, `WorkDir`)
+/// are mounted afresh as an overlay, read-only with the upper as the top lower for a reader, with the container's
+/// upper for a writer; what the writer changes is in the container as Docker sees it. A dockerd of its own.
+#[test]
+fn a_crashed_container_on_overlay2_is_debugged_on_its_layers() {
+    if skip() {
+        return;
+    }
+    let p = prefix();
+    let root = std::env::temp_dir().join(format!("{p}-docker-o2"));
+    let d = start_dockerd_with(&root, "overlay2");
+    let agent =
+        Agent::start_with_runtimes(&root.join("agent"), "", &runtimes(&d, &root), &format!("{ACL}{DEBUG_RULES}"));
+    let name = format!("{p}-o2");
+    let o = docker(&d, &["run", "--name", &name, &d.image, "sh", "-c", "echo crashed > /root/app.log; exit 3"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert_eq!(docker_ok(&d, &["inspect", "-f", "{{.GraphDriver.Name}}", &name]), "overlay2");
+    let image = debug_image(&root);
+    let probe = "cat /target/root/app.log; ls /target/bin/busybox; touch /target/root/written 2>/dev/null; \
+                 echo touch=$?; grep -c ' /target overlay ' /proc/self/mountinfo 2>/dev/null; true";
+    let debug = |user: &str| {
+        let token = agent.token(user, &[], "1h");
+        run(agent.dcos_as(&token).args(["task", "exec", "--debug-image", &image, &name, "sh", "-c", probe]))
+    };
+    let o = debug("ro");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.starts_with("crashed\n/target/bin/busybox\ntouch=1\n"), "{out}");
+    let cp = |path: &str| docker(&d, &["cp", &format!("{name}:{path}"), "-"]).status.success();
+    assert!(!cp("/root/written"));
+    let o = debug("rw");
+    assert!(stdout(&o).contains("touch=0"), "{}{}", stdout(&o), stderr(&o));
+    assert!(cp("/root/written"), "Docker sees the file the session wrote in the container's upper layer");
+    // The container still starts, with the file: its overlay was not left in use.
+    let o = docker(&d, &["start", "-a", &name]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    docker_ok(&d, &["rm", &name]);
 }

@@ -4,6 +4,7 @@
 //! containerd's metadata holds (nerdctl's `nerdctl/name` label), from its gRPC API (`containerd-client`).
 
 use super::docker::EngineError;
+use super::stopped::Engine;
 use super::{Container, State};
 use std::collections::HashMap;
 use std::path::Path;
@@ -122,6 +123,15 @@ pub struct Listed {
     pub namespace: String,
     pub id: String,
     pub labels: HashMap<String, String>,
+    /// Its task, if it has one: running (or paused, created), or stopped with this exit status.
+    pub task: Option<TaskState>,
+}
+
+/// A containerd task's state, as far as listing needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskState {
+    Live,
+    Stopped(i32),
 }
 
 /// Every container of every namespace of the containerd on `socket`, with its labels (where nerdctl keeps a
@@ -136,7 +146,8 @@ pub async fn containers(socket: &Path, timeout: Duration) -> Result<Vec<Listed>,
 async fn ask(socket: &Path) -> Result<Vec<Listed>, EngineError> {
     use containerd_client::services::v1::containers_client::ContainersClient;
     use containerd_client::services::v1::namespaces_client::NamespacesClient;
-    use containerd_client::services::v1::{ListContainersRequest, ListNamespacesRequest};
+    use containerd_client::services::v1::tasks_client::TasksClient;
+    use containerd_client::services::v1::{ListContainersRequest, ListNamespacesRequest, ListTasksRequest};
     use containerd_client::tonic::{metadata::MetadataValue, Request};
     let http = |e: &dyn std::fmt::Display| EngineError::Http(socket.into(), e.to_string());
     let channel = containerd_client::connect(socket).await.map_err(|e| http(&e))?;
@@ -147,31 +158,88 @@ async fn ask(socket: &Path) -> Result<Vec<Listed>, EngineError> {
         .into_inner()
         .namespaces;
     let mut out = Vec::new();
-    let mut client = ContainersClient::new(channel);
+    let mut client = ContainersClient::new(channel.clone());
+    let mut tasks = TasksClient::new(channel);
     for ns in namespaces {
         // containerd scopes every call to the namespace named in this header.
         let Ok(value) = MetadataValue::try_from(ns.name.as_str()) else { continue };
         let mut req = Request::new(ListContainersRequest::default());
-        req.metadata_mut().insert("containerd-namespace", value);
+        req.metadata_mut().insert("containerd-namespace", value.clone());
         let listed = client.list(req).await.map_err(|e| http(&e))?.into_inner().containers;
-        out.extend(listed.into_iter().map(|c| Listed { namespace: ns.name.clone(), id: c.id, labels: c.labels }));
+        let mut req = Request::new(ListTasksRequest::default());
+        req.metadata_mut().insert("containerd-namespace", value);
+        let tasks: HashMap<String, TaskState> = tasks
+            .list(req)
+            .await
+            .map_err(|e| http(&e))?
+            .into_inner()
+            .tasks
+            .into_iter()
+            .map(|t| {
+                // `STOPPED` in containerd's task status enum; its exit status is a u32 of the wait status' code.
+                let state = if t.status == containerd_client::types::v1::Status::Stopped as i32 {
+                    TaskState::Stopped(i32::try_from(t.exit_status).unwrap_or(i32::MAX))
+                } else {
+                    TaskState::Live
+                };
+                (t.id, state)
+            })
+            .collect();
+        out.extend(listed.into_iter().map(|c| Listed {
+            task: tasks.get(&c.id).copied(),
+            namespace: ns.name.clone(),
+            id: c.id,
+            labels: c.labels,
+        }));
     }
     Ok(out)
 }
 
-/// Adds what containerd's API knows (nerdctl's name, Compose's labels) to its containers found in the state
-/// roots, matched by namespace and id. Names already given by the CRI annotations stay.
-pub fn merge(all: &mut [Container], listed: Vec<Listed>) {
-    let by_key: HashMap<(String, String), Listed> =
+/// Adds what containerd's API (on `socket`) knows (nerdctl's name, Compose's labels, a stopped task's exit status)
+/// to its containers found in the state roots, matched by namespace and id; names already given by the CRI
+/// annotations stay. Containers without a task (`ctr run` deletes it when the process ends) are added as stopped
+/// tasks: the debug sandbox gets their files from containerd. Docker's (namespace `moby`) and the CRI's (labelled
+/// `io.cri-containerd.kind`) are left to Docker and to the pods' listing.
+pub fn merge(all: &mut Vec<Container>, listed: Vec<Listed>, socket: &Path) {
+    let mut by_key: HashMap<(String, String), Listed> =
         listed.into_iter().map(|l| ((l.namespace.clone(), l.id.clone()), l)).collect();
     for c in all.iter_mut() {
         let Some(ns) = namespace(&c.bundle) else { continue };
-        let Some(l) = by_key.get(&(ns.to_string(), c.id.clone())) else { continue };
+        let Some(l) = by_key.remove(&(ns.to_string(), c.id.clone())) else { continue };
         if c.name.is_none() {
             c.name = l.labels.get("nerdctl/name").cloned();
         }
         c.service = c.service.take().or_else(|| l.labels.get("com.docker.compose.service").cloned());
         c.project = c.project.take().or_else(|| l.labels.get("com.docker.compose.project").cloned());
+        if let (State::Stopped, Some(TaskState::Stopped(code))) = (c.state, l.task) {
+            c.exit_code = Some(code);
+        }
+        if ns != DOCKER_NAMESPACE {
+            c.engine = Some(Engine::Containerd { socket: socket.into(), namespace: ns.to_string() });
+        }
+    }
+    let mut rest: Vec<Listed> = by_key
+        .into_values()
+        .filter(|l| l.namespace != DOCKER_NAMESPACE && !l.labels.contains_key("io.cri-containerd.kind"))
+        .filter(|l| !matches!(l.task, Some(TaskState::Live)))
+        .collect();
+    rest.sort_by(|a, b| (&a.namespace, &a.id).cmp(&(&b.namespace, &b.id)));
+    for l in rest {
+        all.push(Container {
+            task_id: format!("{}/{}", l.namespace, l.id),
+            name: l.labels.get("nerdctl/name").cloned(),
+            service: l.labels.get("com.docker.compose.service").cloned(),
+            project: l.labels.get("com.docker.compose.project").cloned(),
+            exit_code: match l.task {
+                Some(TaskState::Stopped(code)) => Some(code),
+                _ => None,
+            },
+            runtime: "containerd",
+            state: State::Stopped,
+            engine: Some(Engine::Containerd { socket: socket.into(), namespace: l.namespace }),
+            id: l.id,
+            ..Container::default()
+        });
     }
 }
 
@@ -264,12 +332,37 @@ mod tests {
         let labels = |name: &str| {
             ann(&[("nerdctl/name", name), ("com.docker.compose.service", "web"), ("com.docker.compose.project", "p")])
         };
+        let live = Some(TaskState::Live);
         let listed = vec![
-            Listed { namespace: "default".into(), id: "a".into(), labels: labels("web-1") },
-            Listed { namespace: "default".into(), id: "b".into(), labels: labels("ignored") },
+            Listed { namespace: "default".into(), id: "a".into(), labels: labels("web-1"), task: live },
+            Listed { namespace: "default".into(), id: "b".into(), labels: labels("ignored"), task: live },
+            // No task: `ctr run` deleted it when the process ended. Stopped with a status: `ctr run -d`.
+            Listed { namespace: "default".into(), id: "gone".into(), labels: labels("old"), task: None },
+            Listed { namespace: "x".into(), id: "dead".into(), labels: labels("d"), task: Some(TaskState::Stopped(3)) },
+            // Docker's, the CRI's and running ones outside the state roots are not added.
+            Listed { namespace: "moby".into(), id: "m".into(), labels: HashMap::new(), task: None },
+            Listed {
+                namespace: "k8s.io".into(),
+                id: "p".into(),
+                labels: ann(&[("io.cri-containerd.kind", "sandbox")]),
+                task: None,
+            },
+            Listed { namespace: "default".into(), id: "elsewhere".into(), labels: HashMap::new(), task: live },
         ];
-        merge(&mut all, listed);
+        merge(&mut all, listed, Path::new("/run/c.sock"));
         let got: Vec<_> = all.iter().map(|c| (c.name.as_deref(), c.service.as_deref())).collect();
-        assert_eq!(got, [(Some("web-1"), Some("web")), (None, None), (Some("shop/pod"), Some("web"))]);
+        assert_eq!(
+            got,
+            [
+                (Some("web-1"), Some("web")),
+                (None, None),
+                (Some("shop/pod"), Some("web")),
+                (Some("old"), Some("web")),
+                (Some("d"), Some("web"))
+            ]
+        );
+        let added: Vec<_> = all[3..].iter().map(|c| (c.task_id.as_str(), c.state, c.exit_code)).collect();
+        assert_eq!(added, [("default/gone", State::Stopped, None), ("x/dead", State::Stopped, Some(3))]);
+        assert_eq!(all[4].engine, Some(Engine::Containerd { socket: "/run/c.sock".into(), namespace: "x".into() }));
     }
 }

@@ -70,21 +70,30 @@ pub async fn containers(socket: &Path, timeout: Duration) -> Result<Vec<Entry>, 
 }
 
 async fn ask(socket: &Path) -> Result<Vec<Entry>, EngineError> {
+    let body = get(socket, "/containers/json?all=1").await?.ok_or(EngineError::Status(socket.into(), 404))?;
+    serde_json::from_slice(&body).map_err(|e| EngineError::Json(socket.into(), e))
+}
+
+/// `GET path` of the Engine API on `socket`: the body, or `None` when the engine answers 404.
+pub async fn get(socket: &Path, path: &str) -> Result<Option<Bytes>, EngineError> {
     let http = |e: &dyn std::fmt::Display| EngineError::Http(socket.into(), e.to_string());
     let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| EngineError::Connect(socket.into(), e))?;
     let (mut send, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|e| http(&e))?;
     tokio::spawn(conn);
-    let req = http::Request::get("/containers/json?all=1")
+    let req = http::Request::get(path)
         .header(http::header::HOST, "docker")
         .body(Empty::<Bytes>::new())
         .map_err(|e| http(&e))?;
     let resp = send.send_request(req).await.map_err(|e| http(&e))?;
+    if resp.status() == http::StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
     if !resp.status().is_success() {
         return Err(EngineError::Status(socket.into(), resp.status().as_u16()));
     }
     let body = Limited::new(resp.into_body(), MAX_BODY).collect().await.map_err(|e| http(&*e))?.to_bytes();
-    serde_json::from_slice(&body).map_err(|e| EngineError::Json(socket.into(), e))
+    Ok(Some(body))
 }
 
 #[cfg(test)]

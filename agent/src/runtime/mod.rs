@@ -6,6 +6,7 @@ mod crun;
 pub mod docker;
 pub mod names;
 mod runc;
+pub mod stopped;
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -78,6 +79,9 @@ pub struct Container {
     pub start_time: u64,
     pub bundle: PathBuf,
     pub state: State,
+    /// The engine that knows it (Docker, containerd), where a stopped container's files come from once its
+    /// bundle is gone.
+    pub engine: Option<stopped::Engine>,
 }
 
 /// How one configured runtime answered, for `GET /v1/runtimes`.
@@ -149,7 +153,7 @@ impl Discovery {
             match answer {
                 Ok(entries) => {
                     self.note(socket, None);
-                    merge_docker(&mut out, entries);
+                    merge_docker(&mut out, entries, socket);
                 }
                 Err(e) => {
                     docker_silent = true;
@@ -162,7 +166,7 @@ impl Discovery {
             match answer {
                 Ok(listed) => {
                     self.note(socket, None);
-                    containerd::merge(&mut out, listed);
+                    containerd::merge(&mut out, listed, socket);
                 }
                 Err(e) => {
                     ctd_silent = true;
@@ -291,7 +295,7 @@ impl Discovery {
 
 /// Adds Docker's names and labels to the containers found in its runc root, and its stopped containers (whose
 /// runc state is gone) as stopped tasks with their exit status.
-fn merge_docker(out: &mut Vec<Container>, entries: Vec<docker::Entry>) {
+fn merge_docker(out: &mut Vec<Container>, entries: Vec<docker::Entry>, socket: &Path) {
     for e in entries {
         let known = out.iter_mut().find(|c| c.id == e.id);
         let stopped = known.is_none();
@@ -312,6 +316,7 @@ fn merge_docker(out: &mut Vec<Container>, entries: Vec<docker::Entry>) {
             None => continue,
         };
         c.runtime = "docker";
+        c.engine = Some(stopped::Engine::Docker { socket: socket.into() });
         c.name = e.name();
         c.service = e.label("com.docker.compose.service");
         c.project = e.label("com.docker.compose.project");
@@ -465,7 +470,7 @@ mod tests {
                 {"Id":"elsewhere","Names":["/x"],"State":"running","Status":"Up"}]"#,
         )
         .unwrap();
-        merge_docker(&mut out, entries);
+        merge_docker(&mut out, entries, Path::new("/run/docker.sock"));
         let got: Vec<_> = out
             .iter()
             .map(|c| (c.id.as_str(), c.name.as_deref(), c.runtime, c.state, c.exit_code, c.service.as_deref()))

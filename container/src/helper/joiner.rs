@@ -100,6 +100,13 @@ fn join(j: Joiner<'_>) -> Result<i32, StartError> {
             if unsafe { libc::unshare(flags) } != 0 {
                 return Err(StartError::setup("creating the session's namespaces", errno()));
             }
+            // The container's own name, in the sandbox's own UTS namespace.
+            if let Some(h) = spec.debug.as_ref().and_then(|d| d.stopped.as_ref()?.hostname.as_ref()) {
+                if flags & libc::CLONE_NEWUTS != 0 && !h.is_empty() {
+                    rustix::system::sethostname(h.as_bytes())
+                        .map_err(|e| StartError::setup("setting the sandbox's hostname", e))?;
+                }
+            }
             (flags, Some((root, binds)))
         }
     };

@@ -199,12 +199,26 @@ fn run(spec: &ExecSpec, ctrl: &mut File, events: &mut File) -> Result<Status, St
                 crate::debugroot::detached_clone(&f, writable, what)
                     .map_err(|e| StartError::Setup(format!("debug image: {e}")))
             };
-            let root = clone(fd(0)?, stopped.writable, "the container's root")?;
+            let root = match stopped.root {
+                crate::spec::StoppedRoot::Dir => clone(fd(0)?, stopped.writable, "the container's root")?,
+                crate::spec::StoppedRoot::Overlay { lowers, upper } => {
+                    let lower_fds = (0..lowers).map(fd).collect::<Result<Vec<_>, _>>()?;
+                    let upper_fds = match upper {
+                        true => Some((fd(lowers)?, fd(lowers + 1)?)),
+                        false => None,
+                    };
+                    let borrowed: Vec<BorrowedFd<'_>> = lower_fds.iter().map(|l| l.as_fd()).collect();
+                    let upper = upper_fds.as_ref().map(|(u, w)| (u.as_fd(), w.as_fd()));
+                    crate::debugroot::container_overlay(&borrowed, upper)
+                        .map_err(|e| StartError::Setup(format!("debug image: {e}")))?
+                }
+            };
+            let first_bind = stopped.root.fds();
             let binds = stopped
                 .binds
                 .iter()
                 .enumerate()
-                .map(|(i, b)| clone(fd(1 + i)?, stopped.writable && !b.readonly, &b.destination))
+                .map(|(i, b)| clone(fd(first_bind + i)?, stopped.writable && !b.readonly, &b.destination))
                 .collect::<Result<Vec<_>, _>>()?;
             Entry::Fresh { flags: SANDBOX_NAMESPACES, root, binds }
         }

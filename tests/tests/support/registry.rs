@@ -633,3 +633,31 @@ pub fn tree(dir: &Path) -> Vec<PathBuf> {
 pub fn count(dir: &Path) -> usize {
     std::fs::read_dir(dir).map(|r| r.count()).unwrap_or(0)
 }
+
+/// A TCP proxy to `upstream` that holds its first connection, after saying so on the returned receiver, until
+/// the returned sender fires.
+pub fn gated_proxy(upstream: String) -> (u16, std::sync::mpsc::Receiver<()>, std::sync::mpsc::Sender<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        for (i, client) in listener.incoming().enumerate() {
+            let Ok(client) = client else { return };
+            if i == 0 {
+                let _ = seen_tx.send(());
+                let _ = release_rx.recv();
+            }
+            let Ok(server) = std::net::TcpStream::connect(&upstream) else { return };
+            let pipe = |mut from: std::net::TcpStream, mut to: std::net::TcpStream| {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                });
+            };
+            pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
+            pipe(server, client);
+        }
+    });
+    (port, seen_rx, release_tx)
+}
