@@ -17,6 +17,7 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub type Body = Full<Bytes>;
 
@@ -132,14 +133,13 @@ impl Gateway {
     }
 }
 
-use std::time::Duration;
-
 /// The directory's tasks of nodes that are registered, each with its node.
 fn tasks(s: &Snapshot) -> Vec<TaskInfo> {
+    let now = dcos_exec_cluster::record::unix_now();
     s.tasks
         .iter()
         .filter(|t| s.nodes.contains_key(&t.node))
-        .map(|t| TaskInfo { node: Some(t.node.clone()), ..t.task.clone() })
+        .map(|t| TaskInfo { node: Some(t.node.clone()), ..t.info_at(now) })
         .collect()
 }
 
@@ -157,8 +157,9 @@ fn list(gw: &Gateway, peer: SocketAddr, req: &Request<Incoming>) -> Result<(Snap
     let claims = gw.authenticate(peer, req)?;
     let s = gw.snapshot()?;
     let who = Principal { user: &claims.sub, groups: &claims.groups };
+    let acl = gw.acl.current();
     let mut rows: Vec<TaskInfo> =
-        tasks(&s).into_iter().filter(|t| gw.acl.allows_target(&who, &target(t), "list", None)).collect();
+        tasks(&s).into_iter().filter(|t| acl.allows_target(&who, &target(t), "list", None)).collect();
     rows.sort_by(|a, b| (&a.id, &a.node).cmp(&(&b.id, &b.node)));
     Ok((s, rows))
 }
@@ -168,8 +169,10 @@ fn list(gw: &Gateway, peer: SocketAddr, req: &Request<Incoming>) -> Result<(Snap
 fn nodes(gw: &Gateway, peer: SocketAddr, req: &Request<Incoming>) -> Result<(Snapshot, Vec<NodeInfo>), Refusal> {
     let claims = gw.authenticate(peer, req)?;
     let who = Principal { user: &claims.sub, groups: &claims.groups };
-    if !gw.acl.grants_somewhere(&who, "list") {
-        let r = Refusal::from(Denied { user: claims.sub.clone(), action: "list".into(), image: None, task: "*".into() });
+    let acl = gw.acl.current();
+    if !acl.grants_somewhere(&who, "list") {
+        let r =
+            Refusal::from(Denied { user: claims.sub.clone(), action: "list".into(), image: None, task: "*".into() });
         gw.audit_refusal(peer, req.uri().path(), Some(&claims.sub), None, &r);
         return Err(r);
     }
@@ -186,7 +189,7 @@ fn nodes(gw: &Gateway, peer: SocketAddr, req: &Request<Incoming>) -> Result<(Sna
             tasks: visible
                 .iter()
                 .filter(|t| t.node.as_deref() == Some(&n.name))
-                .filter(|t| gw.acl.allows_target(&who, &target(t), "list", None))
+                .filter(|t| acl.allows_target(&who, &target(t), "list", None))
                 .count(),
         })
         .collect();
@@ -194,7 +197,12 @@ fn nodes(gw: &Gateway, peer: SocketAddr, req: &Request<Incoming>) -> Result<(Sna
 }
 
 /// `GET /v1/tasks/{task}/exec`: authenticate, read, resolve over the snapshot, judge, relay.
-async fn exec(gw: Arc<Gateway>, peer: SocketAddr, req: Request<Incoming>, task: String) -> Result<Response<Body>, Refusal> {
+async fn exec(
+    gw: Arc<Gateway>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    task: String,
+) -> Result<Response<Body>, Refusal> {
     let path = req.uri().path().to_string();
     let claims = gw.authenticate(peer, &req)?;
     let audited = |r: Refusal| {
@@ -207,11 +215,17 @@ async fn exec(gw: Arc<Gateway>, peer: SocketAddr, req: Request<Incoming>, task: 
         // An OCI layout lives on the agent's host: judged here by its lexical form, by its real path there.
         params.image = params.image.map(|i| i.lexically_normal());
         let debug = params.image.is_some();
-        let t = judge::exec(&gw.acl, target, |name, v| resolve::resolve(tasks(&s), name, v, debug), &claims, &params)
-            .map_err(|r| match r {
-                Refused::Denied(d) => Refusal::from(d),
-                Refused::Resolve(e) => Refusal::from(e),
-            })?;
+        let t = judge::exec(
+            &gw.acl.current(),
+            target,
+            |name, v| resolve::resolve(tasks(&s), name, v, debug),
+            &claims,
+            &params,
+        )
+        .map_err(|r| match r {
+            Refused::Denied(d) => Refusal::from(d),
+            Refused::Resolve(e) => Refusal::from(e),
+        })?;
         Ok::<_, Refusal>(t)
     })();
     let t = judged.map_err(audited)?;

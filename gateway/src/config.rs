@@ -40,7 +40,8 @@ pub struct GatewayConfig {
     /// Required `aud` claim of tokens.
     #[serde(default = "default_audience")]
     pub audience: String,
-    /// ACL file, judged here before any agent is asked (each agent judges again with its own).
+    /// ACL file, or `"etcd"` for the ACL kept in the directory at `{etcd_prefix}/acl`; judged here before
+    /// any agent is asked (each agent judges again with its own), reloaded on change.
     pub acl: PathBuf,
     /// Audit log, JSON lines, appended.
     pub audit_log: PathBuf,
@@ -69,9 +70,12 @@ fn default_max_stale() -> String {
 fn default_connect_timeout() -> String {
     "3s".into()
 }
+/// The value of `acl` that reads the ACL from etcd.
+pub const ACL_IN_ETCD: &str = "etcd";
+
 /// The directory's default key prefix.
 pub fn default_prefix() -> String {
-    "/dcos-exec/v1".into()
+    dcos_exec_cluster::DEFAULT_PREFIX.into()
 }
 
 /// A loaded configuration with paths made absolute and durations parsed.
@@ -97,14 +101,14 @@ impl GatewayConfig {
             &mut cfg.client_cert,
             &mut cfg.client_key,
             &mut cfg.token_public_key,
-            &mut cfg.acl,
             &mut cfg.audit_log,
         ] {
             *p = base.join(&*p);
         }
-        for p in [&mut cfg.etcd.ca_file, &mut cfg.etcd.cert_file, &mut cfg.etcd.key_file].into_iter().flatten() {
-            *p = base.join(&*p);
+        if cfg.acl != Path::new(ACL_IN_ETCD) {
+            cfg.acl = base.join(&cfg.acl);
         }
+        cfg.etcd.resolve_paths(&base);
         let dur = |key: &'static str, value: &str| {
             humantime::parse_duration(value).map_err(|_| ConfigError::Duration {
                 path: path.into(),

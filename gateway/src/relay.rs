@@ -89,7 +89,11 @@ impl Relay {
     }
 
     /// An HTTP/1.1 connection to the agent at `url` (`https://host:port`).
-    async fn connect(&self, node: &str, url: &str) -> Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>, Unreachable> {
+    async fn connect(
+        &self,
+        node: &str,
+        url: &str,
+    ) -> Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>, Unreachable> {
         let fail = |cause: String| Unreachable { node: node.into(), url: url.into(), cause };
         let uri: http::Uri = url.parse().map_err(|e| fail(format!("bad URL: {e}")))?;
         let host = uri.host().ok_or_else(|| fail("URL has no host".into()))?;
@@ -101,7 +105,8 @@ impl Relay {
             let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| e.to_string())?;
             crate::server::tune_socket(&tcp);
             let tls = connector.connect(name, tcp).await.map_err(|e| format!("TLS: {e}"))?;
-            let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
+            let (send, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
             tokio::spawn(async move {
                 if let Err(e) = conn.with_upgrades().await {
                     tracing::debug!("agent connection: {e}");

@@ -4,9 +4,10 @@
 use crate::config::Loaded;
 use crate::relay::Relay;
 use anyhow::{Context, Result};
-use dcos_exec_access::acl::Acl;
+use dcos_exec_access::acl::Shared;
 use dcos_exec_access::audit::AuditLog;
 use dcos_exec_access::auth::Verifier;
+use dcos_exec_cluster::acl::EtcdAcl;
 use dcos_exec_cluster::Directory;
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
@@ -17,7 +18,10 @@ use std::time::Duration;
 pub struct Gateway {
     pub cfg: Loaded,
     pub verifier: Verifier,
-    pub acl: Acl,
+    /// The ACL in force, reloaded when its file or its etcd key changes.
+    pub acl: Arc<Shared>,
+    /// Feeds `acl` from etcd, with `acl = "etcd"`.
+    _etcd_acl: Option<EtcdAcl>,
     pub audit: AuditLog,
     pub directory: Arc<Directory>,
     pub relay: Relay,
@@ -30,14 +34,17 @@ impl Gateway {
         let pub_pem = std::fs::read(&f.token_public_key)
             .with_context(|| format!("reading token public key {}", f.token_public_key.display()))?;
         let verifier = Verifier::new(&pub_pem, &f.issuer, &f.audience)?;
-        let acl = Acl::load(&f.acl)?;
+        let (acl, etcd_acl) = if f.acl == std::path::Path::new(crate::config::ACL_IN_ETCD) {
+            let e = EtcdAcl::spawn(f.etcd.clone(), &f.etcd_prefix, Duration::from_secs(5)).await;
+            (e.shared.clone(), Some(e))
+        } else {
+            (Shared::watch_file(&f.acl, Duration::from_secs(2))?, None)
+        };
         let audit = AuditLog::open(&f.audit_log).with_context(|| format!("opening {}", f.audit_log.display()))?;
         let relay = Relay::new(&cfg)?;
         let tls = Arc::new(tls_config(&cfg)?);
-        let directory = Directory::spawn(f.etcd.clone(), f.etcd_prefix.clone(), cfg.max_stale)
-            .await
-            .context("starting the cluster directory")?;
-        Ok(Arc::new(Gateway { cfg, verifier, acl, audit, directory, relay, tls }))
+        let directory = Directory::spawn(f.etcd.clone(), &f.etcd_prefix, cfg.max_stale);
+        Ok(Arc::new(Gateway { cfg, verifier, acl, _etcd_acl: etcd_acl, audit, directory, relay, tls }))
     }
 }
 
