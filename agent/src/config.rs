@@ -76,15 +76,38 @@ pub struct AgentConfig {
     pub cluster: Option<ClusterConfig>,
 }
 
-/// `[cluster]` of `agent.toml`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// `[cluster]`: the agent registers its node and tasks in etcd, where gateways find them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
-    /// PEM of the CA whose client certificates are gateways: the TLS handshake asks for (does not require) a
-    /// client certificate verified against it, and only such a connection may relay a user's session (the
-    /// `x-dcos-exec-forwarded-for` and `x-dcos-exec-container` headers).
+    /// The node's name in the cluster (default: the hostname).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// How gateways reach this agent, e.g. `https://10.0.0.7:7443` (default: `https://` and `listen`, when
+    /// that names one address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Free-form labels of the node record.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// How to reach etcd.
+    pub etcd: dcos_exec_cluster::EtcdConfig,
+    /// Key prefix in etcd.
+    #[serde(default = "default_cluster_prefix")]
+    pub prefix: String,
+    /// How long the node's records outlive an agent that died.
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl: String,
+    /// PEM CA whose client certificates are gateways (they may relay sessions for users).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway_ca: Option<PathBuf>,
+}
+
+fn default_cluster_prefix() -> String {
+    dcos_exec_cluster::DEFAULT_PREFIX.into()
+}
+fn default_lease_ttl() -> String {
+    "10s".into()
 }
 
 /// `[images]`: where `--debug-image` images are cached and how registries are reached.
