@@ -385,7 +385,7 @@ fn list_shows_every_nodes_tasks_with_their_node_and_filters_by_node() {
     // alice may list web-* only: the gateway filters with the ACL.
     let o = run(w.net.dcos_as(&w.net.token("alice")).args(["task", "list", "-q"]));
     let ids: Vec<String> = stdout(&o).lines().map(String::from).collect();
-    assert_eq!(ids, [w.web.clone()], "{}", stderr(&o));
+    assert_eq!(ids, std::slice::from_ref(&w.web), "{}", stderr(&o));
     // dcos node list: both nodes, their URLs and task counts.
     let o = run(w.net.dcos().args(["node", "list"]));
     assert!(o.status.success(), "{}", stderr(&o));
