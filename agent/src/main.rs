@@ -4,6 +4,7 @@
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
 mod api;
+mod cluster;
 mod config;
 mod exec;
 mod init;
