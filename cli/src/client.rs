@@ -225,6 +225,7 @@ impl Agent {
                 Ok(ws)
             }
             Err(WsError::Http(resp)) => {
+                warn_if_stale(resp.headers());
                 Err(refusal(resp.status().as_u16(), resp.body().as_deref().unwrap_or_default()))
             }
             Err(e) => Err(Failure::new(exit::SESSION_LOST, format!("opening the session on {}: {e}", self.url))),

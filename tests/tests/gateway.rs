@@ -22,14 +22,16 @@ const ANNOTATION: &str = "io.dcos.task-id";
 
 /// The agents' ACL: the shared test ACL, and nothing for `eve`.
 fn agent_acl() -> String {
-    support::ACL.to_string()
+    let admin_debug =
+        "[[rule]]\nsubjects = [\"user:admin\"]\ntasks = [\"*\"]\nactions = [\"debug\"]\nimages = [\"**\"]\n";
+    format!("{}\n{admin_debug}", support::ACL)
 }
 
 /// The gateway's ACL grants `eve` everything: the agents must still refuse her.
 fn gateway_acl() -> String {
     format!(
         "{}\n[[rule]]\nsubjects = [\"user:eve\"]\ntasks = [\"**\"]\nactions = [\"*\"]\nimages = [\"**\"]\n",
-        support::ACL
+        agent_acl()
     )
 }
 
