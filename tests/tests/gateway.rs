@@ -613,6 +613,33 @@ fn forged_forwarding_headers_and_foreign_client_certificates_are_refused_by_agen
     let rec = n.audit().into_iter().rev().find(|r| r["event"] == "denied" && r["code"] == "task_not_found").unwrap();
     assert_eq!(rec["source"], "203.0.113.66:4444", "{rec}");
     assert!(rec["via"].as_str().is_some_and(|v| v.starts_with("127.0.0.1:")), "{rec}");
+
+    // Forwarding headers a user sends to the gateway are not passed on: the gateway writes its own, so the
+    // agent audits the user's real address and execs into the container the gateway resolved.
+    let marker = "echo-through-gateway-with-forged-headers";
+    let request = {
+        use base64::Engine;
+        let json = format!(r#"{{"command":["sh","-c","echo {marker}"]}}"#);
+        format!("x-dcos-exec-request: {}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json))
+    };
+    let other = format!("x-dcos-exec-container: {}-gw-amb2", prefix());
+    let mut args = vec!["-H", bearer.as_str(), "-H", request.as_str(), "-H", forged, "-H", other.as_str()];
+    args.extend(upgrade);
+    let _ = run(Command::new("curl")
+        .args(["-sS", "--max-time", "3", "-o", "/dev/null", "--cacert"])
+        .arg(w.net.setup().join("pki/cluster-ca.crt"))
+        .args(&args)
+        .arg(format!("https://127.0.0.1:{}{exec_path}", w.net.gateway_port)));
+    let found = || {
+        n.audit()
+            .into_iter()
+            .find(|r| r["event"] == "session_end" && r["command"][2].as_str().is_some_and(|c| c.contains(marker)))
+    };
+    assert!(eventually(10, || found().is_some()), "the session through the gateway did not run");
+    let rec = found().unwrap();
+    assert_eq!(rec["container"], format!("{}-gw-db", prefix()), "{rec}");
+    assert!(rec["source"].as_str().is_some_and(|s| s.starts_with("127.0.0.1:")), "{rec}");
+    assert!(rec["via"].as_str().is_some_and(|s| s.starts_with("127.0.0.1:")), "{rec}");
 }
 
 #[test]
