@@ -649,7 +649,7 @@ fn failures_dead_agent_replaced_task_and_etcd_gone_each_have_their_error() {
     }
     let p = prefix();
     let dir = std::env::temp_dir().join(format!("{p}-gw-fail"));
-    let mut net = Net::start(&dir, &NetOptions { max_stale: "12s", lease_ttl: "60s" });
+    let mut net = Net::start(&dir, &NetOptions { max_stale: "20s", lease_ttl: "60s" });
     let bundles = dir.join("bundles");
     std::fs::create_dir_all(&bundles).unwrap();
     let a = net.node("node-a").state_root.clone();
@@ -694,7 +694,8 @@ fn failures_dead_agent_replaced_task_and_etcd_gone_each_have_their_error() {
     let err = stderr(&o);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("node-b") && err.contains("unreachable"), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    // Refused at once, not after the lease (60 s) would have expired.
+    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
     // Tasks of the live node still work.
     let o = run(net.dcos().args(["task", "exec", &moving, "true"]));
     assert_eq!(code(&o), 0, "{}", stderr(&o));
@@ -709,7 +710,7 @@ fn failures_dead_agent_replaced_task_and_etcd_gone_each_have_their_error() {
         let o = run(net.dcos().args(["task", "list"]));
         code(&o) == exit::CLUSTER_UNAVAILABLE
     };
-    assert!(eventually(30, unavailable), "never cluster_unavailable:\n{}", net.gateway_log());
+    assert!(eventually(60, unavailable), "never cluster_unavailable:\n{}", net.gateway_log());
     let o = run(net.dcos().args(["task", "exec", &moving, "true"]));
     assert_eq!(code(&o), exit::CLUSTER_UNAVAILABLE, "{}", stderr(&o));
     let err = stderr(&o);
