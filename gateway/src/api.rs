@@ -4,7 +4,7 @@
 //! verifies the token and judges the ACL again: a gateway cannot widen anyone's rights.
 
 use crate::resolve::{self, ResolveError};
-use crate::server::Gateway;
+use crate::server::{Gateway, Pending};
 use dcos_exec_access::acl::{Principal, Target};
 use dcos_exec_access::audit::DenialRecord;
 use dcos_exec_access::auth::{AuthError, Claims};
@@ -62,7 +62,7 @@ pub fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Respo
 }
 
 /// Dispatches one request.
-pub async fn route(gw: Arc<Gateway>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+pub async fn route(gw: Arc<Gateway>, peer: SocketAddr, pending: &Pending, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     if req.method() != http::Method::GET {
         return Refusal::from(ParseError::Method).response();
@@ -73,10 +73,14 @@ pub async fn route(gw: Arc<Gateway>, peer: SocketAddr, req: Request<Incoming>) -
     }
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let r = match segs.as_slice() {
-        ["v1", "tasks"] => list(&gw, peer, &req).map(|(s, rows)| stale(json_response(StatusCode::OK, &rows), &s)),
-        ["v1", "nodes"] => nodes(&gw, peer, &req).map(|(s, rows)| stale(json_response(StatusCode::OK, &rows), &s)),
+        ["v1", "tasks"] => {
+            list(&gw, peer, pending, &req).map(|(s, rows)| stale(json_response(StatusCode::OK, &rows), &s))
+        }
+        ["v1", "nodes"] => {
+            nodes(&gw, peer, pending, &req).map(|(s, rows)| stale(json_response(StatusCode::OK, &rows), &s))
+        }
         ["v1", "tasks", task, "exec"] => match request::task_segment(task) {
-            Ok(task) => exec(gw, peer, req, task).await,
+            Ok(task) => exec(gw, peer, pending, req, task).await,
             Err(e) => Err(e.into()),
         },
         _ => Err(ParseError::NoEndpoint(path).into()),
@@ -109,13 +113,17 @@ impl Gateway {
         });
     }
 
-    fn authenticate(&self, peer: SocketAddr, req: &Request<Incoming>) -> Result<Claims, Refusal> {
+    /// The caller's claims, or the audited refusal. A caller that authenticates no longer counts against
+    /// `max_unauthenticated`.
+    fn authenticate(&self, peer: SocketAddr, pending: &Pending, req: &Request<Incoming>) -> Result<Claims, Refusal> {
         let h = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        self.verifier.verify_header(h).map_err(|e| {
+        let claims = self.verifier.verify_header(h).map_err(|e| {
             let r = Refusal::from(e);
             self.audit_refusal(peer, req.uri().path(), None, None, &r);
             r
-        })
+        })?;
+        pending.authenticated();
+        Ok(claims)
     }
 
     /// The directory snapshot, or `cluster_unavailable` once etcd has been gone longer than `max_stale`.
@@ -153,8 +161,13 @@ fn target(t: &TaskInfo) -> Target<'_> {
 }
 
 /// `GET /v1/tasks`: the tasks of every node that the ACL lets the caller list.
-fn list(gw: &Gateway, peer: SocketAddr, req: &Request<Incoming>) -> Result<(Snapshot, Vec<TaskInfo>), Refusal> {
-    let claims = gw.authenticate(peer, req)?;
+fn list(
+    gw: &Gateway,
+    peer: SocketAddr,
+    pending: &Pending,
+    req: &Request<Incoming>,
+) -> Result<(Snapshot, Vec<TaskInfo>), Refusal> {
+    let claims = gw.authenticate(peer, pending, req)?;
     let s = gw.snapshot()?;
     let who = Principal { user: &claims.sub, groups: &claims.groups };
     let acl = gw.acl.current();
@@ -166,8 +179,13 @@ fn list(gw: &Gateway, peer: SocketAddr, req: &Request<Incoming>) -> Result<(Snap
 
 /// `GET /v1/nodes`: every registered node, with the number of its tasks the caller may list; for callers the
 /// ACL grants `list` on some task.
-fn nodes(gw: &Gateway, peer: SocketAddr, req: &Request<Incoming>) -> Result<(Snapshot, Vec<NodeInfo>), Refusal> {
-    let claims = gw.authenticate(peer, req)?;
+fn nodes(
+    gw: &Gateway,
+    peer: SocketAddr,
+    pending: &Pending,
+    req: &Request<Incoming>,
+) -> Result<(Snapshot, Vec<NodeInfo>), Refusal> {
+    let claims = gw.authenticate(peer, pending, req)?;
     let who = Principal { user: &claims.sub, groups: &claims.groups };
     let acl = gw.acl.current();
     if !acl.grants_somewhere(&who, "list") {
@@ -200,11 +218,12 @@ fn nodes(gw: &Gateway, peer: SocketAddr, req: &Request<Incoming>) -> Result<(Sna
 async fn exec(
     gw: Arc<Gateway>,
     peer: SocketAddr,
+    pending: &Pending,
     req: Request<Incoming>,
     task: String,
 ) -> Result<Response<Body>, Refusal> {
     let path = req.uri().path().to_string();
-    let claims = gw.authenticate(peer, &req)?;
+    let claims = gw.authenticate(peer, pending, &req)?;
     let audited = |r: Refusal| {
         gw.audit_refusal(peer, &path, Some(&claims.sub), Some(&task), &r);
         r

@@ -157,11 +157,12 @@ struct Net {
 struct NetOptions {
     max_stale: &'static str,
     lease_ttl: &'static str,
+    max_unauthenticated: usize,
 }
 
 impl Default for NetOptions {
     fn default() -> Self {
-        NetOptions { max_stale: "30s", lease_ttl: "10s" }
+        NetOptions { max_stale: "30s", lease_ttl: "10s", max_unauthenticated: 256 }
     }
 }
 
@@ -235,9 +236,10 @@ impl Net {
         }
         let g = setup.join("gateway");
         let text = std::fs::read_to_string(g.join("gateway.toml")).unwrap();
-        let text = text
-            .replace("listen = \"0.0.0.0:", "listen = \"127.0.0.1:")
-            .replace("max_stale = \"30s\"", &format!("max_stale = \"{}\"", o.max_stale));
+        let text = text.replace("listen = \"0.0.0.0:", "listen = \"127.0.0.1:").replace(
+            "max_stale = \"30s\"",
+            &format!("max_stale = \"{}\"\nmax_unauthenticated = {}", o.max_stale, o.max_unauthenticated),
+        );
         let text = replace_table(&text, "[etcd]", &etcd.config_toml());
         std::fs::write(g.join("gateway.toml"), text).unwrap();
         std::fs::write(g.join("acl.toml"), gateway_acl()).unwrap();
@@ -649,7 +651,7 @@ fn failures_dead_agent_replaced_task_and_etcd_gone_each_have_their_error() {
     }
     let p = prefix();
     let dir = std::env::temp_dir().join(format!("{p}-gw-fail"));
-    let mut net = Net::start(&dir, &NetOptions { max_stale: "20s", lease_ttl: "60s" });
+    let mut net = Net::start(&dir, &NetOptions { max_stale: "20s", lease_ttl: "60s", max_unauthenticated: 4 });
     let bundles = dir.join("bundles");
     std::fs::create_dir_all(&bundles).unwrap();
     let a = net.node("node-a").state_root.clone();
@@ -659,6 +661,21 @@ fn failures_dead_agent_replaced_task_and_etcd_gone_each_have_their_error() {
     let _lost = Task::start(&bundles, &b, &format!("{p}-lost"), &lost);
     net.wait_listed("node-a", &moving, &format!("{p}-mv1"));
     net.wait_listed("node-b", &lost, &format!("{p}-lost"));
+
+    // Clients that never authenticate cannot fill the cluster's one entrance: past max_unauthenticated (4
+    // here) a new connection is closed at once, and the slots come back when those clients go.
+    let gw = ("127.0.0.1", net.gateway_port);
+    let idle: Vec<std::net::TcpStream> = (0..4).map(|_| std::net::TcpStream::connect(gw).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut extra = std::net::TcpStream::connect(gw).unwrap();
+    extra.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let read = std::io::Read::read(&mut extra, &mut [0u8; 16]);
+    assert!(
+        matches!(&read, Ok(0)) || read.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "a connection over max_unauthenticated was kept open: {read:?}"
+    );
+    drop(idle);
+    assert!(eventually(10, || run(net.dcos().args(["task", "list"])).status.success()), "slots never came back");
 
     // A task replaced between lookup and connect: with etcd frozen the gateway still holds the old container;
     // the agent execs into exactly that one or refuses, and the user is told the task moved.
