@@ -221,11 +221,14 @@ impl Worker {
                     self.sync(c, id).await.map(|()| self.registered(id))
                 }
             };
-            if let Err(e) = result {
-                if matches!(e, ClusterError::LeaseLost(_)) {
+            match result {
+                Err(e @ ClusterError::LeaseLost(_)) => {
+                    // etcd answers, the lease is gone: the next tick registers everything under a new one.
+                    tracing::warn!(node = %self.node.name, "{e}: registering again");
                     lease = None;
                 }
-                self.lost(&e);
+                Err(e) => self.lost(&e),
+                Ok(()) => {}
             }
         }
     }

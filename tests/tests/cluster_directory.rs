@@ -77,9 +77,14 @@ fn etcd_fixture_serves_over_mutual_tls_and_survives_its_leader() {
     if skip() {
         return;
     }
-    let mut etcd = Cluster::start(&test_dir("etcd-fixture"));
+    // 127.0.0.2 stands for the host side of a veth pair: loopback answers on all of 127/8.
+    let extra: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let opts = support::etcd::Options { extra_client_ips: vec![extra], ..Default::default() };
+    let mut etcd = Cluster::start_with(&test_dir("etcd-fixture"), &opts);
     etcd.put("/t/k", "v1");
     assert_eq!(etcd.get("/t/k").as_deref(), Some("v1"));
+    let o = etcd.etcdctl_at(&etcd.endpoints_on(extra).join(","), &["get", "--print-value-only", "/t/k"]);
+    assert_eq!(support::stdout(&o).trim(), "v1", "{}", stderr(&o));
     // Without a client certificate etcd refuses.
     let eps = etcd.endpoints().join(",");
     let o = run(std::process::Command::new("etcdctl")
@@ -181,6 +186,31 @@ fn a_killed_agent_leaves_when_its_lease_expires_and_a_restarted_one_registers_ag
     let agent = Agent::start_with(&root.join("agent"), &cluster_section(&etcd, &node, "lease_ttl = \"3s\""));
     wait_registered(&mut etcd, &node, &c.id, &format!("db-{p}-1"), &agent);
     assert!(node_record(&mut etcd, &node).is_some());
+}
+
+#[test]
+fn an_agent_whose_lease_expired_while_it_hung_registers_everything_again() {
+    if skip() {
+        return;
+    }
+    let root = test_dir("regrant");
+    let mut etcd = Cluster::start(&root.join("etcd"));
+    let p = prefix();
+    let node = format!("node-{p}-g");
+    let c = task_container(&root, &format!("{p}-rg-1"), &format!("job-{p}-1"));
+    let agent = Agent::start_with(&root.join("agent"), &cluster_section(&etcd, &node, "lease_ttl = \"3s\""));
+    wait_registered(&mut etcd, &node, &c.id, &format!("job-{p}-1"), &agent);
+    // Hung (SIGSTOP) for longer than the TTL while etcd is fine: the lease expires and the records go.
+    // SAFETY: kill on our own child.
+    unsafe { libc::kill(agent.pid(), libc::SIGSTOP) };
+    let gone = eventually(30, || node_record(&mut etcd, &node).is_none() && tasks_of(&mut etcd, &node).is_empty());
+    // SAFETY: as above.
+    unsafe { libc::kill(agent.pid(), libc::SIGCONT) };
+    assert!(gone, "the records outlived the lease");
+    // Woken up, it learns that its lease is gone, takes a new one and writes everything again.
+    wait_registered(&mut etcd, &node, &c.id, &format!("job-{p}-1"), &agent);
+    assert!(eventually(30, || node_record(&mut etcd, &node).is_some()));
+    assert!(log_of(&agent).contains("registering again"), "{}", log_of(&agent));
 }
 
 #[test]
