@@ -31,6 +31,14 @@ pub enum ClusterError {
         /// Why.
         cause: serde_json::Error,
     },
+    /// Another agent (at `url`) holds this node name.
+    #[error("node name {node} is registered by another agent at {url}, whose lease is alive: two agents must not share a node name")]
+    NodeTaken {
+        /// The node name.
+        node: String,
+        /// The other agent's URL.
+        url: String,
+    },
     /// The agent's lease is gone (expired while etcd was unreachable, or revoked).
     #[error("lease {0:x} is gone")]
     LeaseLost(i64),

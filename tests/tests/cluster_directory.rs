@@ -214,6 +214,31 @@ fn an_agent_whose_lease_expired_while_it_hung_registers_everything_again() {
 }
 
 #[test]
+fn a_second_agent_with_the_same_node_name_waits_instead_of_taking_over() {
+    if skip() {
+        return;
+    }
+    let root = test_dir("twin");
+    let mut etcd = Cluster::start(&root.join("etcd"));
+    let p = prefix();
+    let node = format!("node-{p}-h");
+    let c = task_container(&root, &format!("{p}-tw-1"), &format!("twin-{p}-1"));
+    let section = cluster_section(&etcd, &node, "lease_ttl = \"3s\"");
+    let mut first = Agent::start_with(&root.join("first"), &section);
+    wait_registered(&mut etcd, &node, &c.id, &format!("twin-{p}-1"), &first);
+    let second = Agent::start_with(&root.join("second"), &section);
+    let refused = eventually(30, || log_of(&second).contains("registered by another agent"));
+    assert!(refused, "{}", log_of(&second));
+    assert_eq!(node_record(&mut etcd, &node).unwrap()["url"], first.url.as_str(), "the second agent took over");
+    // Once the first is gone and its lease has run out, the name is free.
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let taken = eventually(30, || node_record(&mut etcd, &node).is_some_and(|n| n["url"] == second.url.as_str()));
+    assert!(taken, "{}", log_of(&second));
+    wait_registered(&mut etcd, &node, &c.id, &format!("twin-{p}-1"), &second);
+}
+
+#[test]
 fn a_restarted_agent_removes_tasks_that_stopped_while_it_was_down() {
     if skip() {
         return;
@@ -222,8 +247,10 @@ fn a_restarted_agent_removes_tasks_that_stopped_while_it_was_down() {
     let mut etcd = Cluster::start(&root.join("etcd"));
     let p = prefix();
     let node = format!("node-{p}-c");
-    // A lease far longer than the test: only the restarted agent can remove the stale record.
-    let section = cluster_section(&etcd, &node, "lease_ttl = \"600s\"");
+    // A lease far longer than the test: only the restarted agent can remove the stale record. The URL stays
+    // the same across the restart (the test agent listens on a new port each time): that is how the agent
+    // knows the record under its name is its own.
+    let section = cluster_section(&etcd, &node, "lease_ttl = \"600s\"\nurl = \"https://agent-c.test:7443\"");
     let stays = task_container(&root, &format!("{p}-rs-1"), &format!("app-{p}-1"));
     let goes = task_container(&root, &format!("{p}-rs-2"), &format!("app-{p}-2"));
     let mut agent = Agent::start_with(&root.join("agent"), &section);
