@@ -533,4 +533,17 @@ fn the_directory_reads_records_written_by_hand_and_ignores_foreign_and_broken_on
     let seen = eventually(30, || d.snapshot().is_ok_and(|s| s.tasks.iter().any(|t| t.task.container == "c3")));
     etcd.freeze(0, false);
     assert!(seen, "the directory stayed on the hung member {first}: {:?}", d.snapshot());
+    etcd.wait_healthy(30);
+
+    // A member that lost the majority still answers, but must not pass for current: the directory says it
+    // is stale until the majority is back.
+    assert!(eventually(20, || d.snapshot().is_ok_and(|s| s.stale_for.is_none())));
+    etcd.kill(1);
+    etcd.kill(2);
+    let stale = eventually(30, || d.snapshot().is_ok_and(|s| s.stale_for.is_some()));
+    assert!(stale, "a member without a leader served as current: {:?}", d.snapshot());
+    etcd.restart(1);
+    etcd.restart(2);
+    etcd.wait_healthy(60);
+    assert!(eventually(30, || d.snapshot().is_ok_and(|s| s.stale_for.is_none())), "{:?}", d.snapshot());
 }
