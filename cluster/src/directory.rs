@@ -46,9 +46,17 @@ pub struct Snapshot {
 #[derive(Debug, Clone, Copy)]
 pub enum Change<'a> {
     /// A key was created or updated.
-    Put { key: &'a [u8], value: &'a [u8] },
+    Put {
+        /// The key.
+        key: &'a [u8],
+        /// Its new value.
+        value: &'a [u8],
+    },
     /// A key was deleted (or its lease expired).
-    Delete { key: &'a [u8] },
+    Delete {
+        /// The key.
+        key: &'a [u8],
+    },
 }
 
 /// The records, indexed for applying changes.
