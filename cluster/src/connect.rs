@@ -47,18 +47,6 @@ pub fn options(cfg: &EtcdConfig) -> Result<ConnectOptions, ClusterError> {
     Ok(o)
 }
 
-/// Connects to the members of `cfg`. Fails when no member can be reached within the dial timeout.
-pub async fn connect(cfg: &EtcdConfig) -> Result<Client, ClusterError> {
-    let o = options(cfg)?;
-    // The endpoints are dialled lazily; bound the whole set-up in case every member hangs.
-    match tokio::time::timeout(cfg.dial_timeout + Duration::from_secs(1), Client::connect(&cfg.endpoints, Some(o)))
-        .await
-    {
-        Ok(r) => Ok(r?),
-        Err(_) => Err(ClusterError::Timeout(cfg.dial_timeout)),
-    }
-}
-
 /// Runs an etcd request with a deadline: a member that stopped answering must not stall the caller longer.
 pub async fn within<T>(
     limit: Duration,
@@ -81,6 +69,9 @@ impl Failover {
     /// Clients for every endpoint of `cfg` (connections are made on first use).
     pub async fn new(cfg: &EtcdConfig) -> Result<Failover, ClusterError> {
         let o = options(cfg)?;
+        if cfg.endpoints.is_empty() {
+            return Err(ClusterError::Config("endpoints must name at least one etcd member".into()));
+        }
         let mut clients = Vec::new();
         for e in &cfg.endpoints {
             let one = std::slice::from_ref(e);
@@ -90,7 +81,13 @@ impl Failover {
             };
             clients.push((e.clone(), c));
         }
-        Ok(Failover { clients, current: 0 })
+        // Processes start on different members, so that a thousand agents do not all load the first one.
+        let spread = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() ^ std::process::id())
+            .unwrap_or(0);
+        let current = usize::try_from(spread).unwrap_or(0) % clients.len().max(1);
+        Ok(Failover { clients, current })
     }
 
     /// The client of the member in use.

@@ -522,28 +522,36 @@ fn the_directory_reads_records_written_by_hand_and_ignores_foreign_and_broken_on
 
     // The member the directory watches hangs (its connections stay open, nothing answers): the silent watch
     // is replaced through another member, and the changes made meanwhile are there.
-    let first = etcd.members[0].client_url.clone();
-    etcd.freeze(0, true);
-    let others = format!("{},{}", etcd.members[1].client_url, etcd.members[2].client_url);
+    let first = d.endpoint().expect("the member the directory reads");
+    let hung = etcd.members.iter().position(|m| m.client_url == first).expect("one of the members");
+    etcd.freeze(hung, true);
+    let others: Vec<String> =
+        etcd.members.iter().filter(|m| m.client_url != first).map(|m| m.client_url.clone()).collect();
+    let others = others.join(",");
     let c3 = r#"{"id":"t3","container":"c3","runtime":"runc","state":"running","pid":1,"age_secs":0,"node":"h1"}"#;
     // When the hung member was the leader, a write waits for the election: try again until it goes through.
     let key = format!("{PREFIX}/tasks/h1/c3");
     let written = eventually(30, || etcd.etcdctl_at(&others, &["put", "--", &key, c3]).status.success());
     assert!(written, "no write through the other members:\n{}", etcd.logs());
     let seen = eventually(30, || d.snapshot().is_ok_and(|s| s.tasks.iter().any(|t| t.task.container == "c3")));
-    etcd.freeze(0, false);
+    etcd.freeze(hung, false);
     assert!(seen, "the directory stayed on the hung member {first}: {:?}", d.snapshot());
+    assert_ne!(d.endpoint().as_deref(), Some(first.as_str()), "it reads from another member now");
     etcd.wait_healthy(30);
 
     // A member that lost the majority still answers, but must not pass for current: the directory says it
     // is stale until the majority is back.
     assert!(eventually(20, || d.snapshot().is_ok_and(|s| s.stale_for.is_none())));
-    etcd.kill(1);
-    etcd.kill(2);
+    let reading = d.endpoint().expect("the member the directory reads");
+    let others: Vec<usize> = (0..3).filter(|i| etcd.members[*i].client_url != reading).collect();
+    for &i in &others {
+        etcd.kill(i);
+    }
     let stale = eventually(30, || d.snapshot().is_ok_and(|s| s.stale_for.is_some()));
     assert!(stale, "a member without a leader served as current: {:?}", d.snapshot());
-    etcd.restart(1);
-    etcd.restart(2);
+    for &i in &others {
+        etcd.restart(i);
+    }
     etcd.wait_healthy(60);
     assert!(eventually(30, || d.snapshot().is_ok_and(|s| s.stale_for.is_none())), "{:?}", d.snapshot());
 }
