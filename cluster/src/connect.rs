@@ -154,3 +154,35 @@ pub fn member_failed(e: &ClusterError) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_member_failures_move_to_another_member() {
+        let status = |code| ClusterError::Etcd(etcd_client::Error::GRpcStatus(tonic::Status::new(code, "x")));
+        assert!(member_failed(&status(tonic::Code::Unavailable)), "down, or no leader");
+        assert!(member_failed(&status(tonic::Code::DeadlineExceeded)));
+        assert!(member_failed(&ClusterError::Timeout(Duration::from_secs(1))));
+        // The request itself is wrong: asking another member would get the same answer.
+        assert!(!member_failed(&status(tonic::Code::NotFound)), "a lease that is gone");
+        assert!(!member_failed(&status(tonic::Code::InvalidArgument)));
+        assert!(!member_failed(&status(tonic::Code::PermissionDenied)));
+        assert!(!member_failed(&ClusterError::LeaseLost(1)));
+    }
+
+    #[test]
+    fn bad_tables_are_refused_before_connecting() {
+        assert!(matches!(options(&EtcdConfig::new(Vec::<String>::new())), Err(ClusterError::Config(_))));
+        let mixed = EtcdConfig::new(["http://127.0.0.1:1", "https://127.0.0.1:2"]);
+        assert!(matches!(options(&mixed), Err(ClusterError::Config(_))));
+        let mut half = EtcdConfig::new(["https://127.0.0.1:2"]);
+        half.cert_file = Some("/nonexistent/c.pem".into());
+        assert!(matches!(options(&half), Err(ClusterError::Read { .. }) | Err(ClusterError::Config(_))));
+        let mut missing = EtcdConfig::new(["https://127.0.0.1:2"]);
+        missing.ca_file = Some("/nonexistent/ca.pem".into());
+        assert!(matches!(options(&missing), Err(ClusterError::Read { .. })));
+        assert!(options(&EtcdConfig::new(["http://127.0.0.1:2379"])).is_ok());
+    }
+}

@@ -555,3 +555,29 @@ fn the_directory_reads_records_written_by_hand_and_ignores_foreign_and_broken_on
     etcd.wait_healthy(60);
     assert!(eventually(30, || d.snapshot().is_ok_and(|s| s.stale_for.is_none())), "{:?}", d.snapshot());
 }
+
+#[test]
+fn an_agent_whose_etcd_is_down_still_serves_and_registers_once_etcd_is_up() {
+    if skip() {
+        return;
+    }
+    let root = test_dir("etcddown");
+    let mut etcd = Cluster::start(&root.join("etcd"));
+    for i in 0..3 {
+        etcd.stop(i);
+    }
+    let p = prefix();
+    let node = format!("node-{p}-i");
+    let c = task_container(&root, &format!("{p}-ed-1"), &format!("web-{p}-ed"));
+    let agent = Agent::start_with(&root.join("agent"), &cluster_section(&etcd, &node, ""));
+    // The cluster is the agent's second job: exec works without etcd.
+    let o = agent.sh(&format!("web-{p}-ed"), "echo alone");
+    assert_eq!(support::stdout(&o), "alone\n", "{}", stderr(&o));
+    assert!(eventually(30, || log_of(&agent).contains("lost etcd")), "{}", log_of(&agent));
+    for i in 0..3 {
+        etcd.restart(i);
+    }
+    etcd.wait_healthy(60);
+    wait_registered(&mut etcd, &node, &c.id, &format!("web-{p}-ed"), &agent);
+    assert!(log_of(&agent).contains("etcd is back"), "{}", log_of(&agent));
+}
