@@ -13,8 +13,11 @@ use std::time::SystemTime;
 pub struct SessionInfo {
     /// The token's subject.
     pub user: String,
-    /// The client's address as the agent saw it.
+    /// The user's address: as the agent saw it, or as a gateway that relayed the session reported it.
     pub source: String,
+    /// The gateway that relayed the session (its address), when one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
     /// The task id as requested.
     pub task: String,
     /// The container id the task resolved to.
@@ -81,10 +84,40 @@ pub struct DenialRecord {
     pub time: String,
     pub user: Option<String>,
     pub source: String,
+    /// The gateway that relayed the request, when one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
     pub path: String,
     pub task: Option<String>,
     pub code: dcos_exec_proto::ErrorCode,
     pub reason: String,
+}
+
+/// A session a gateway relayed to the agent of its node: `relay_start` once the agent switched protocols,
+/// `relay_end` (with the byte counts and `end`) when either side closed.
+#[derive(Debug, Clone, Serialize)]
+pub struct RelayRecord {
+    /// `relay_start` or `relay_end`.
+    pub event: &'static str,
+    /// When the relay started.
+    pub time: String,
+    /// The token's subject.
+    pub user: String,
+    /// The user's address.
+    pub source: String,
+    /// The task as requested.
+    pub task: String,
+    /// The node and container it resolved to.
+    pub node: String,
+    pub container: String,
+    /// When the relay ended (end record only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end: Option<String>,
+    /// Bytes from user to agent, and back (end record only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_in: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_out: Option<u64>,
 }
 
 /// The append-only audit log.
@@ -131,6 +164,10 @@ impl AuditLog {
     pub fn denial(&self, rec: &DenialRecord) {
         self.write(rec)
     }
+
+    pub fn relay(&self, rec: &RelayRecord) {
+        self.write(rec)
+    }
 }
 
 #[cfg(test)]
@@ -141,6 +178,7 @@ mod tests {
         SessionInfo {
             user: "alice".into(),
             source: "10.0.0.1:5000".into(),
+            via: None,
             task: "web.1".into(),
             container: "c1".into(),
             command: vec!["sh".into(), "-c".into(), "id".into()],

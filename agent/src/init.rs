@@ -110,6 +110,7 @@ pub fn init(o: &InitOptions<'_>) -> Result<String> {
         log_format: Default::default(),
         metrics_listen: None,
         images: crate::config::ImagesConfig::default(),
+        cluster: None,
     };
     let mut text = String::from("# dcos-exec agent configuration; every key is documented in the README.\n");
     text.push_str(&toml::to_string_pretty(&cfg)?);

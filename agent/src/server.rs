@@ -1,24 +1,28 @@
 //! The agent's server: its shared state, the TLS listener, admission of connections, and the orderly shutdown.
 //! What happens to a request once it arrives is in [`crate::api`].
 
-use crate::config::Loaded;
+use crate::config::{AclSource, Loaded};
 use crate::exec::SealedExe;
 use crate::limits::{ConnectionGate, Pending, UserSessions};
 use crate::runtime::Discovery;
 use crate::shutdown::Shutdown;
 use anyhow::{Context, Result};
-use dcos_exec_access::acl::Acl;
+use dcos_exec_access::acl::Shared;
 use dcos_exec_access::audit::AuditLog;
 use dcos_exec_access::auth::Verifier;
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How often the ACL file is checked for changes.
+const ACL_POLL: Duration = Duration::from_secs(1);
+
 /// Shared state of a running agent.
 pub struct Agent {
     pub cfg: Loaded,
     pub verifier: Verifier,
-    pub acl: Acl,
+    /// The ACL in force, reloaded from its file or from etcd when it changes.
+    pub acl: Arc<Shared>,
     pub audit: AuditLog,
     pub discovery: Discovery,
     pub exe: SealedExe,
@@ -41,7 +45,11 @@ impl Agent {
         let pub_pem = std::fs::read(&f.token_public_key)
             .with_context(|| format!("reading token public key {}", f.token_public_key.display()))?;
         let verifier = Verifier::new(&pub_pem, &f.issuer, &f.audience)?;
-        let acl = Acl::load(&f.acl)?;
+        let acl = match (&cfg.acl, &cfg.cluster) {
+            (AclSource::File(path), _) => Shared::watch_file(path, ACL_POLL)?,
+            (AclSource::Etcd, Some(c)) => dcos_exec_cluster::acl::EtcdAcl::empty(&c.file.prefix),
+            (AclSource::Etcd, None) => anyhow::bail!("acl = \"etcd\" needs a [cluster] section"),
+        };
         let audit = AuditLog::open(&f.audit_log).with_context(|| format!("opening {}", f.audit_log.display()))?;
         let discovery = Discovery::new(&f.runtimes, f.task_id_annotation.clone(), cfg.api_timeout);
         let exe = SealedExe::new().context("copying the agent binary into a sealed memfd")?;
@@ -110,13 +118,34 @@ fn tls_config(cfg: &Loaded) -> Result<rustls::ServerConfig> {
         .with_context(|| format!("parsing {}", f.tls_cert.display()))?;
     let key = PrivateKeyDer::from_pem_file(&f.tls_key).with_context(|| format!("reading {}", f.tls_key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut c = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("TLS certificate and key do not match")?;
+    let builder =
+        rustls::ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+    let builder = match f.cluster.as_ref().and_then(|c| c.gateway_ca.as_ref()) {
+        None => builder.with_no_client_auth(),
+        Some(ca) => builder.with_client_cert_verifier(gateway_verifier(ca, provider)?),
+    };
+    let mut c = builder.with_single_cert(certs, key).context("TLS certificate and key do not match")?;
     c.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(c)
+}
+
+/// Asks clients for a certificate and verifies one that is given against the gateway CA, but lets clients
+/// without one in: users talk to agents directly as before, and only what a gateway relays needs the
+/// certificate (see [`crate::api::origin`]). A certificate of another CA fails the handshake.
+fn gateway_verifier(
+    ca: &std::path::Path,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).with_context(|| format!("reading gateway_ca {}", ca.display()))? {
+        roots.add(cert.with_context(|| format!("parsing gateway_ca {}", ca.display()))?)?;
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .allow_unauthenticated()
+        .build()
+        .with_context(|| format!("gateway_ca {}", ca.display()))
 }
 
 /// Dead peers are noticed by the kernel: keep-alive probes when idle, and unacknowledged data for a minute
@@ -156,6 +185,9 @@ pub async fn serve(agent: Arc<Agent>) -> Result<()> {
         let agent = agent.clone();
         move || agent.metrics.set_image_cache_bytes(agent.puller.size())
     });
+    // Cluster membership (and the ACL from etcd) before the first connection, so that the first request is
+    // judged by the ACL in etcd rather than the empty one.
+    let membership = crate::cluster::Membership::start(&agent).await;
     let acceptor = tokio_rustls::TlsAcceptor::from(agent.tls.clone());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
@@ -184,6 +216,7 @@ pub async fn serve(agent: Arc<Agent>) -> Result<()> {
     }
     drop(listener);
     shut_down(&agent).await;
+    membership.stop().await;
     Ok(())
 }
 
@@ -200,11 +233,13 @@ async fn connection(
         Ok(Err(e)) => return tracing::debug!("TLS handshake with {peer}: {e}"),
         Err(_) => return tracing::debug!("TLS handshake with {peer} timed out"),
     };
+    // Only a certificate that the gateway CA verified gets this far (see `gateway_verifier`).
+    let gateway = tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
     let pending = Arc::new(pending);
     let svc = hyper::service::service_fn(move |req| {
         let (agent, pending) = (agent.clone(), pending.clone());
         async move {
-            let caller = crate::api::Caller { peer, pending: &pending };
+            let caller = crate::api::Caller { peer, gateway, pending: &pending };
             Ok::<_, std::convert::Infallible>(crate::api::route(agent, caller, req).await)
         }
     });

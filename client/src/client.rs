@@ -3,7 +3,7 @@
 use crate::config::{self, Origin, Overrides, Settings, SslVerify, TlsOptions};
 use crate::exec::Command;
 use crate::{tls, Error, Output};
-use dcos_exec_proto::{ErrorBody, ExecRequest, TaskInfo, EXEC_REQUEST_HEADER, SUBPROTOCOL};
+use dcos_exec_proto::{ErrorBody, ExecRequest, NodeInfo, TaskInfo, EXEC_REQUEST_HEADER, SUBPROTOCOL};
 use http::Uri;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,6 +27,8 @@ pub struct Client {
     connector: tokio_rustls::TlsConnector,
     server_name: rustls_pki_types::ServerName<'static>,
     connect_timeout: Duration,
+    /// Seconds a gateway said its directory was stale at its last answer (`x-dcos-exec-stale`), or -1.
+    stale: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl std::fmt::Debug for Client {
@@ -92,6 +94,7 @@ impl Client {
             connector: tokio_rustls::TlsConnector::from(Arc::new(cfg)),
             server_name,
             connect_timeout: Duration::from_secs(10),
+            stale: Arc::new(std::sync::atomic::AtomicI64::new(-1)),
         })
     }
 
@@ -116,6 +119,29 @@ impl Client {
         self.get_json("/v1/tasks").await
     }
 
+    /// The nodes of a cluster (`GET /v1/nodes`, served by gateways).
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, Error> {
+        self.get_json("/v1/nodes").await
+    }
+
+    /// How stale, in seconds, the cluster directory was that a gateway answered the last request from (etcd
+    /// unreachable, the gateway serving its last snapshot); `None` when it was fresh or no gateway answered.
+    /// Callers should warn: the answer may be out of date.
+    pub fn stale_directory(&self) -> Option<u64> {
+        u64::try_from(self.stale.load(std::sync::atomic::Ordering::Relaxed)).ok()
+    }
+
+    /// Remembers what a gateway's answer says about its directory.
+    fn note_stale(&self, h: &http::HeaderMap) {
+        let secs = h
+            .get(dcos_exec_proto::forward::STALE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i64>().ok())
+            .filter(|s| *s >= 0)
+            .unwrap_or(-1);
+        self.stale.store(secs, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// `GET path` with the token; a 200 answer's JSON body.
     async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
         use http_body_util::{BodyExt, Empty};
@@ -132,6 +158,7 @@ impl Client {
             .map_err(|e| Error::InvalidRequest(e.to_string()))?;
         let resp = send.send_request(req).await.map_err(|e| lost(&e))?;
         let status = resp.status().as_u16();
+        self.note_stale(resp.headers());
         let body = resp.into_body().collect().await.map_err(|e| lost(&e))?.to_bytes();
         if status != 200 {
             return Err(refusal(status, &body));
@@ -208,8 +235,12 @@ impl Client {
             .max_message_size(Some(4 << 20))
             .max_frame_size(Some(1 << 20));
         match tokio_tungstenite::client_async_with_config(r, tls, Some(cfg)).await {
-            Ok((ws, _)) => Ok(ws),
+            Ok((ws, resp)) => {
+                self.note_stale(resp.headers());
+                Ok(ws)
+            }
             Err(WsError::Http(resp)) => {
+                self.note_stale(resp.headers());
                 Err(refusal(resp.status().as_u16(), resp.body().as_deref().unwrap_or_default()))
             }
             Err(e) => Err(Error::SessionLost(format!("opening the session on {}: {e}", self.url))),

@@ -5,10 +5,12 @@
 
 pub mod authorize;
 pub mod observe;
+pub mod origin;
 pub mod parse;
 pub mod refusal;
 pub mod upgrade;
 
+pub use origin::Origin;
 pub use refusal::Refusal;
 
 use crate::limits::Pending;
@@ -38,6 +40,8 @@ pub fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Respo
 /// Who sent a request, and on which connection.
 pub struct Caller<'a> {
     pub peer: SocketAddr,
+    /// The connection presented a certificate of the gateway CA.
+    pub gateway: bool,
     /// The connection's slot among those not yet authenticated, given up on its first authenticated request.
     pub pending: &'a Pending,
 }
@@ -69,13 +73,14 @@ pub async fn route(agent: Arc<Agent>, caller: Caller<'_>, req: Request<Incoming>
 
 impl Agent {
     /// Writes the `denied` record of a refusal, logs it and counts it.
-    fn audit_refusal(&self, peer: SocketAddr, path: &str, user: Option<&str>, task: Option<&str>, r: &Refusal) {
+    fn audit_refusal(&self, origin: &Origin, path: &str, user: Option<&str>, task: Option<&str>, r: &Refusal) {
         let code = dcos_exec_access::metrics::code_name(r.code);
         tracing::info!(
             code,
             user = user.unwrap_or("-"),
             task = task.unwrap_or("-"),
-            source = %peer,
+            source = %origin.source,
+            via = origin.via.as_deref().unwrap_or("-"),
             path,
             reason = %r.message,
             "refused"
@@ -85,7 +90,8 @@ impl Agent {
             event: "denied",
             time: dcos_exec_access::audit::now(),
             user: user.map(String::from),
-            source: peer.to_string(),
+            source: origin.source.clone(),
+            via: origin.via.clone(),
             path: path.to_string(),
             task: task.map(String::from),
             code: r.code,
@@ -93,73 +99,81 @@ impl Agent {
         });
     }
 
-    /// Step 1 of every API request: the caller's claims, or the (audited) refusal. A caller that authenticates
-    /// no longer counts against `max_unauthenticated`.
-    fn authenticate(&self, caller: &Caller<'_>, req: &Request<Incoming>) -> Result<Claims, Refusal> {
+    /// Step 1 of every API request: the caller's claims and where the request comes from, or the (audited)
+    /// refusal. A caller that authenticates no longer counts against `max_unauthenticated`. Forwarding headers
+    /// from a connection without a gateway certificate are refused, whatever the token.
+    fn authenticate(&self, caller: &Caller<'_>, req: &Request<Incoming>) -> Result<(Claims, Origin), Refusal> {
+        let origin = origin::of(caller.peer, caller.gateway, req.headers());
+        let audited = origin.as_ref().map_or_else(|_| Origin::direct(caller.peer), Clone::clone);
+        let path = req.uri().path();
         let h = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        match self.verifier.verify_header(h) {
-            Ok(c) => {
-                caller.pending.authenticated();
-                Ok(c)
-            }
-            Err(e) => {
-                let r = Refusal::from(e);
-                self.audit_refusal(caller.peer, req.uri().path(), None, None, &r);
-                Err(r)
-            }
-        }
+        let claims = self.verifier.verify_header(h).map_err(|e| {
+            let r = Refusal::from(e);
+            self.audit_refusal(&audited, path, None, None, &r);
+            r
+        })?;
+        caller.pending.authenticated();
+        let origin = origin.map_err(|e| {
+            let r = Refusal::from(e);
+            self.audit_refusal(&audited, path, Some(&claims.sub), None, &r);
+            r
+        })?;
+        Ok((claims, origin))
     }
 }
 
 /// `GET /v1/tasks`: the tasks the ACL lets the caller see.
 async fn list(agent: &Agent, caller: &Caller<'_>, req: &Request<Incoming>) -> Response<Body> {
-    let claims = match agent.authenticate(caller, req) {
+    let (claims, _) = match agent.authenticate(caller, req) {
         Ok(c) => c,
         Err(r) => return r.response(),
     };
     let who = Principal { user: &claims.sub, groups: &claims.groups };
+    let acl = agent.acl.current();
     let mut rows: Vec<TaskInfo> = agent
         .discovery
         .list()
         .await
         .into_iter()
-        .filter(|c| agent.acl.allows_target(&who, &authorize::target(c), "list", None))
-        .map(|c| TaskInfo {
-            age_secs: if c.state == crate::runtime::State::Stopped {
-                0
-            } else {
-                crate::runtime::age_secs(c.start_time)
-            },
-            id: c.task_id,
-            container: c.id,
-            name: c.name.map(|n| n.trim_start_matches('/').to_string()),
-            runtime: c.runtime.into(),
-            state: c.state.as_str().into(),
-            pid: c.pid,
-            exit_code: c.exit_code,
-            service: c.service,
-            project: c.project,
-        })
+        .filter(|c| acl.allows_target(&who, &authorize::target(c), "list", None))
+        .map(task_info)
         .collect();
     rows.sort_by(|a, b| a.id.cmp(&b.id));
     json_response(StatusCode::OK, &rows)
 }
 
+/// A container as a row of `GET /v1/tasks` (and a task record in the cluster directory).
+pub fn task_info(c: crate::runtime::Container) -> TaskInfo {
+    TaskInfo {
+        age_secs: if c.state == crate::runtime::State::Stopped { 0 } else { crate::runtime::age_secs(c.start_time) },
+        id: c.task_id,
+        container: c.id,
+        name: c.name.map(|n| n.trim_start_matches('/').to_string()),
+        runtime: c.runtime.into(),
+        state: c.state.as_str().into(),
+        pid: c.pid,
+        exit_code: c.exit_code,
+        service: c.service,
+        project: c.project,
+        node: None,
+    }
+}
+
 /// `GET /v1/runtimes`: how each configured runtime answers, for callers the ACL grants `list` on some task.
 async fn runtimes(agent: &Agent, caller: &Caller<'_>, req: &Request<Incoming>) -> Response<Body> {
-    let claims = match agent.authenticate(caller, req) {
+    let (claims, origin) = match agent.authenticate(caller, req) {
         Ok(c) => c,
         Err(r) => return r.response(),
     };
     let who = Principal { user: &claims.sub, groups: &claims.groups };
-    if !agent.acl.grants_somewhere(&who, "list") {
+    if !agent.acl.current().grants_somewhere(&who, "list") {
         let r = Refusal::from(authorize::Denied {
             user: claims.sub.clone(),
             action: "list".into(),
             image: None,
             task: "*".into(),
         });
-        agent.audit_refusal(caller.peer, req.uri().path(), Some(&claims.sub), None, &r);
+        agent.audit_refusal(&origin, req.uri().path(), Some(&claims.sub), None, &r);
         return r.response();
     }
     json_response(StatusCode::OK, &agent.discovery.statuses().await)
@@ -167,19 +181,19 @@ async fn runtimes(agent: &Agent, caller: &Caller<'_>, req: &Request<Incoming>) -
 
 /// `GET /metrics` on the API port: for callers the ACL grants `metrics` (on any task).
 fn metrics(agent: &Agent, caller: &Caller<'_>, req: &Request<Incoming>) -> Response<Body> {
-    let claims = match agent.authenticate(caller, req) {
+    let (claims, origin) = match agent.authenticate(caller, req) {
         Ok(c) => c,
         Err(r) => return r.response(),
     };
     let who = Principal { user: &claims.sub, groups: &claims.groups };
-    if !agent.acl.grants_somewhere(&who, "metrics") {
+    if !agent.acl.current().grants_somewhere(&who, "metrics") {
         let r = Refusal::from(authorize::Denied {
             user: claims.sub.clone(),
             action: "metrics".into(),
             image: None,
             task: "*".into(),
         });
-        agent.audit_refusal(caller.peer, req.uri().path(), Some(&claims.sub), None, &r);
+        agent.audit_refusal(&origin, req.uri().path(), Some(&claims.sub), None, &r);
         return r.response();
     }
     observe::metrics(agent)
@@ -188,7 +202,7 @@ fn metrics(agent: &Agent, caller: &Caller<'_>, req: &Request<Incoming>) -> Respo
 /// `GET /v1/tasks/{task}/exec`: authenticate, parse, authorize, upgrade; the first refusal ends it.
 async fn exec(agent: Arc<Agent>, caller: &Caller<'_>, req: Request<Incoming>, task: String) -> Response<Body> {
     let path = req.uri().path().to_string();
-    let claims = match agent.authenticate(caller, &req) {
+    let (claims, origin) = match agent.authenticate(caller, &req) {
         Ok(c) => c,
         Err(r) => {
             agent.metrics.session_ended(dcos_exec_access::metrics::SessionOutcome::Refused, None);
@@ -196,21 +210,28 @@ async fn exec(agent: Arc<Agent>, caller: &Caller<'_>, req: Request<Incoming>, ta
         }
     };
     let all = agent.discovery.list().await;
+    // A gateway names the container it resolved: exactly that one, or a refusal.
+    let resolve = |all, t: &str, v: &dyn Fn(&crate::runtime::Container) -> bool, debug| match &origin.container {
+        Some(id) => Discovery::resolve_container(all, id, t, v, debug),
+        None => Discovery::resolve(all, t, v, debug),
+    };
+    // One ACL judges the whole request, even if a reload happens meanwhile.
+    let acl = agent.acl.current();
     let steps = |req: Request<Incoming>| -> Result<Response<Body>, Refusal> {
         let mut params = parse::exec_request(task.clone(), req.headers())?;
         authorize::cap_add(&params, &agent.cfg.file.cap_add_allowed)?;
         let layout_failure = authorize::judge_image(&mut params)?;
         let debug = params.image.is_some();
-        let container = authorize::exec(&agent.acl, |t, v| Discovery::resolve(all, t, v, debug), &claims, &params)?;
+        let container = authorize::exec(&acl, |t, v| resolve(all, t, v, debug), &claims, &params)?;
         // A layout that cannot be read is reported only to those allowed to use it.
         if let Some(f) = layout_failure {
             return Err(f.into());
         }
-        let writable = authorize::may_write(&agent.acl, &claims, &params, &container);
-        upgrade::exec(&agent, caller.peer, req, &claims, params, container, writable)
+        let writable = authorize::may_write(&acl, &claims, &params, &container);
+        upgrade::exec(&agent, &origin, req, &claims, params, container, writable)
     };
     steps(req).unwrap_or_else(|r| {
-        agent.audit_refusal(caller.peer, &path, Some(&claims.sub), Some(&task), &r);
+        agent.audit_refusal(&origin, &path, Some(&claims.sub), Some(&task), &r);
         agent.metrics.session_ended(dcos_exec_access::metrics::SessionOutcome::Refused, None);
         r.response()
     })
