@@ -100,6 +100,7 @@ enum Cmd {
 enum InitCmd {
     /// Write a cluster's CAs, certificates, token keys, gateway.toml and one agent.toml per agent into DIR.
     Cluster {
+        /// Directory to write the cluster's set-up into (created if missing).
         #[arg(long)]
         dir: PathBuf,
         /// Host name or address of the gateway (in its server certificate and the printed DCOS_URL).
