@@ -22,6 +22,13 @@ pub enum ExecError {
     Layer { path: String, cause: std::io::Error },
     #[error("the stopped container's files cannot be opened: {what}: {cause}")]
     Stopped { what: String, cause: std::io::Error },
+    /// The sandbox of a stopped container has no user namespace: a container that had one (its root an
+    /// unprivileged uid of the host) would run there as the host's root with its capabilities.
+    #[error(
+        "the stopped container ran in a user namespace of its own, which its debug sandbox cannot recreate: \
+         its root and capabilities would be the host's; start the container to debug it"
+    )]
+    StoppedUserNamespace,
     #[error("starting the exec helper: {0}")]
     Spawn(#[from] std::io::Error),
 }
@@ -30,7 +37,9 @@ impl ExecError {
     /// The wire's code for this error.
     pub fn code(&self) -> ErrorCode {
         match self {
-            ExecError::Bundle { .. } | ExecError::Spec(_) | ExecError::Layer { .. } | ExecError::Stopped { .. } => {
+            ExecError::Bundle { .. } | ExecError::Spec(_) | ExecError::Layer { .. }
+            | ExecError::Stopped { .. }
+            | ExecError::StoppedUserNamespace => {
                 ErrorCode::StartFailed
             }
             ExecError::Spawn(_) => ErrorCode::Internal,
@@ -106,6 +115,14 @@ fn stopped_target(
     config: &oci_spec::runtime::Spec,
     writable: bool,
 ) -> Result<(spec::StoppedTarget, Vec<OwnedFd>), ExecError> {
+    // Checked before anything is opened: the sandbox's namespaces are the helper's fixed set, without a user
+    // namespace, so the container's uid 0 and capabilities would be those of the host's root.
+    let user_ns = config.linux().as_ref().and_then(|l| l.namespaces().as_ref()).is_some_and(|ns| {
+        ns.iter().any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::User)
+    });
+    if user_ns {
+        return Err(ExecError::StoppedUserNamespace);
+    }
     let root_path = config.root().as_ref().map(|r| r.path().clone()).unwrap_or_else(|| "rootfs".into());
     let root_path = if root_path.is_absolute() { root_path } else { c.bundle.join(root_path) };
     let root = open_dir(&root_path)

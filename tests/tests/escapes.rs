@@ -853,3 +853,118 @@ fn debug_cap_add_of_host_root_capabilities_is_refused() {
     assert!(eff & (1 << 19) != 0, "{}", stdout(&o));
     report("--cap-add outside the allowlist", &failures, 5);
 }
+
+/// The host directory bind-mounted into the user-namespaced container below, holding a file only the host's
+/// root may read.
+fn userns_secret_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("{}-userns-secret", prefix()))
+}
+
+/// A container in a user namespace (its root is uid 100000 on the host) with the host directory above at
+/// `/data`, that exits at once.
+fn in_user_namespace(cfg: &mut serde_json::Value) {
+    cfg["process"]["args"] = serde_json::json!(["sh", "-c", "exit 3"]);
+    cfg["linux"]["namespaces"].as_array_mut().unwrap().push(serde_json::json!({"type": "user"}));
+    let map = serde_json::json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    cfg["linux"]["uidMappings"] = map.clone();
+    cfg["linux"]["gidMappings"] = map;
+    cfg["mounts"].as_array_mut().unwrap().push(serde_json::json!({
+        "destination": "/data", "type": "bind", "source": userns_secret_dir(), "options": ["rbind", "ro"]
+    }));
+}
+
+/// The attack: a container whose root is an unprivileged uid on the host (a user namespace) stops, and a user
+/// with only `debug` opens a sandbox on it. Without a user namespace of its own the sandbox would run the
+/// container's uid 0 and capabilities as the host's root: the host-root-only file in the container's bind mount,
+/// which the container itself could never read, and everything its capabilities reach on the host. The session
+/// must be refused before anything runs.
+#[test]
+fn a_stopped_user_namespaced_container_is_not_debugged_as_host_root() {
+    if skip() {
+        return;
+    }
+    let f = registry::fixture();
+    let dir = f.scratch("userns-stopped");
+    let secret = userns_secret_dir();
+    std::fs::create_dir_all(&secret).unwrap();
+    std::fs::write(secret.join("secret"), "HOST-ROOT-ONLY\n").unwrap();
+    std::fs::set_permissions(secret.join("secret"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let opts = ContainerOpts {
+        tweak: Some(in_user_namespace),
+        prepare: Some(|root| std::fs::create_dir_all(root.join("data")).unwrap()),
+        ..Default::default()
+    };
+    std::fs::create_dir_all(dir.join("bundles")).unwrap();
+    let c = Container::start(&dir.join("bundles"), &format!("{}-userns", prefix()), &opts);
+    let state = || {
+        let o = run(std::process::Command::new("runc").args(["state", &c.id]));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).map(|v| v["status"].clone()).unwrap_or_default()
+    };
+    assert!(eventually(10, || state() == "stopped"), "the container exits");
+    let acl = r#"
+[[rule]]
+subjects = ["user:dbg"]
+tasks = ["*"]
+actions = ["debug"]
+images = ["**"]
+"#;
+    let agent = registry::start_agent(&dir.join("agent"), "", acl);
+    let layout = dir.join("layout");
+    registry::write_layout(&layout, "v1", &[registry::busybox_layer()]);
+    let image = format!("oci:{}:v1", layout.display());
+    let dbg = agent.token("dbg", &[], "1h");
+    let o = run(agent.dcos_as(&dbg).args(["task", "exec", "--debug-image", &image, &c.id, "cat", "/target/data/secret"]));
+    assert!(!stdout(&o).contains("HOST-ROOT-ONLY"), "the sandbox read a host-root-only file: {}", stdout(&o));
+    assert_ne!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("user namespace"), "the refusal names the reason: {}", stderr(&o));
+    assert_eq!(state(), "stopped");
+}
+
+/// A running container in a user namespace (its root is uid 100000 on the host) holding `CAP_SYS_PTRACE` there.
+fn user_namespace_with_ptrace(cfg: &mut serde_json::Value) {
+    add_sys_ptrace(cfg);
+    cfg["linux"]["namespaces"].as_array_mut().unwrap().push(serde_json::json!({"type": "user"}));
+    let map = serde_json::json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    cfg["linux"]["uidMappings"] = map.clone();
+    cfg["linux"]["gidMappings"] = map;
+}
+
+/// The attacks of the tests above on a container with a user namespace, where the helper also joins the user
+/// namespace and becomes its root: `-w /proc/self/fd/N` (plain and with a debug image, as root and uid 1000,
+/// with and without a terminal), then a `CAP_SYS_PTRACE` racer grabbing every new process over 300 sessions.
+#[test]
+fn a_user_namespaced_container_reaches_nothing_of_the_host_by_workdir_or_ptrace() {
+    if skip() {
+        return;
+    }
+    let f = registry::fixture();
+    let c = container("userns", &ContainerOpts { tweak: Some(user_namespace_with_ptrace), ..Default::default() });
+    let map = std::fs::read_to_string(format!("/proc/{}/uid_map", c.init_pid())).unwrap();
+    assert!(map.split_whitespace().nth(1) == Some("100000"), "the container has its own user namespace: {map}");
+    // The session is in the container's user namespace too, as its root.
+    let o = run(f.agent.dcos().args(["task", "exec", &c.id, "cat", "/proc/self/uid_map"]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).split_whitespace().nth(1) == Some("100000"), "{}", stdout(&o));
+    let mut seen = Outcomes::default();
+    for n in 0..=24 {
+        let wd = format!("/proc/self/fd/{n}");
+        for (opts, who) in variants() {
+            let mut all = vec!["-w", wd.as_str()];
+            all.extend(opts.iter().copied());
+            seen.add(&f.agent, &c.id, &all, &format!("userns -w {wd} as {who}"));
+            let mut dbg = vec!["--debug-image", f.busybox.as_str()];
+            dbg.extend(all);
+            seen.add(&f.agent, &c.id, &dbg, &format!("userns --debug-image -w {wd} as {who}"));
+        }
+    }
+    seen.check("-w /proc/self/fd/N in a user namespace");
+    let image = f.busybox.as_str();
+    let (codes, log) = race_with(&f.agent, &c, "grab", 300, &[&[], &["-t"], &["--debug-image", image]]);
+    let (counts, bad) = grabbed(&log);
+    note(&format!("300 sessions in a user namespace under a ptrace racer: exit codes {codes:?}; {counts:?}"));
+    assert!(
+        codes.get(&Some(0)) == Some(&300) && bad.is_empty(),
+        "every session exits 0: {codes:?}; the racer obtained {counts:?}; host directories or files reached:\n{}",
+        bad.join("\n")
+    );
+}
