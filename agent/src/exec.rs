@@ -37,11 +37,11 @@ impl ExecError {
     /// The wire's code for this error.
     pub fn code(&self) -> ErrorCode {
         match self {
-            ExecError::Bundle { .. } | ExecError::Spec(_) | ExecError::Layer { .. }
+            ExecError::Bundle { .. }
+            | ExecError::Spec(_)
+            | ExecError::Layer { .. }
             | ExecError::Stopped { .. }
-            | ExecError::StoppedUserNamespace => {
-                ErrorCode::StartFailed
-            }
+            | ExecError::StoppedUserNamespace => ErrorCode::StartFailed,
             ExecError::Spawn(_) => ErrorCode::Internal,
         }
     }
@@ -117,9 +117,11 @@ fn stopped_target(
 ) -> Result<(spec::StoppedTarget, Vec<OwnedFd>), ExecError> {
     // Checked before anything is opened: the sandbox's namespaces are the helper's fixed set, without a user
     // namespace, so the container's uid 0 and capabilities would be those of the host's root.
-    let user_ns = config.linux().as_ref().and_then(|l| l.namespaces().as_ref()).is_some_and(|ns| {
-        ns.iter().any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::User)
-    });
+    let user_ns = config
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| ns.iter().any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::User));
     if user_ns {
         return Err(ExecError::StoppedUserNamespace);
     }

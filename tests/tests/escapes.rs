@@ -913,7 +913,8 @@ images = ["**"]
     registry::write_layout(&layout, "v1", &[registry::busybox_layer()]);
     let image = format!("oci:{}:v1", layout.display());
     let dbg = agent.token("dbg", &[], "1h");
-    let o = run(agent.dcos_as(&dbg).args(["task", "exec", "--debug-image", &image, &c.id, "cat", "/target/data/secret"]));
+    let o =
+        run(agent.dcos_as(&dbg).args(["task", "exec", "--debug-image", &image, &c.id, "cat", "/target/data/secret"]));
     assert!(!stdout(&o).contains("HOST-ROOT-ONLY"), "the sandbox read a host-root-only file: {}", stdout(&o));
     assert_ne!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(stderr(&o).contains("user namespace"), "the refusal names the reason: {}", stderr(&o));
@@ -968,4 +969,56 @@ fn a_user_namespaced_container_reaches_nothing_of_the_host_by_workdir_or_ptrace(
         "every session exits 0: {codes:?}; the racer obtained {counts:?}; host directories or files reached:\n{}",
         bad.join("\n")
     );
+}
+
+fn without_namespace(cfg: &mut serde_json::Value, kind: &str) {
+    cfg["linux"]["namespaces"].as_array_mut().unwrap().retain(|n| n["type"] != kind);
+}
+
+/// The attack: `--cap-add` of a capability on the default allowlist, on a container that shares one of the
+/// host's namespaces. `SYS_PTRACE` in the host's pid namespace reads the agent's signing key through
+/// `/proc/AGENT/root` (the container's root cannot: it lacks the capability); `NET_ADMIN` in the host's network
+/// namespace adds an address to the host's `lo`. Both are refused with exit 118, naming the namespace; on a
+/// container with namespaces of its own they are still given (see `cap_add_gives_the_debug_process_more_than_the_
+/// target_has`).
+#[test]
+fn cap_add_on_a_container_sharing_a_host_namespace_is_refused() {
+    if skip() {
+        return;
+    }
+    let f = registry::fixture();
+    let host_pid =
+        container("hostpid", &ContainerOpts { tweak: Some(|cfg| without_namespace(cfg, "pid")), ..Default::default() });
+    let agent_pid = f.agent.child.id();
+    let key = f.agent.dir.join("token-signing.key");
+    let probe = format!("cat /proc/{agent_pid}/root{} 2>&1; echo END", key.display());
+    let lines = key_lines(&f.agent);
+    let read_key = |o: &Output| lines.iter().any(|l| stdout(o).contains(l.as_str()));
+    // Without the capability the container's own root cannot (the control of the attack).
+    let o = f.debug(&f.busybox, &[], &host_pid.id, &["sh", "-c", &probe]);
+    assert!(stdout(&o).contains("END") && !read_key(&o), "{}{}", stdout(&o), stderr(&o));
+    let o = f.debug(&f.busybox, &["--cap-add", "SYS_PTRACE"], &host_pid.id, &["sh", "-c", &probe]);
+    assert!(!read_key(&o), "--cap-add SYS_PTRACE in the host's pid namespace read the agent's signing key");
+    assert_eq!(o.status.code(), Some(118), "{}", stderr(&o));
+    assert!(stderr(&o).contains("host's pid namespace"), "{}", stderr(&o));
+
+    let host_net = container(
+        "hostnet",
+        &ContainerOpts { tweak: Some(|cfg| without_namespace(cfg, "network")), ..Default::default() },
+    );
+    let addr = format!("127.77.{}.{}/32", std::process::id() % 250, 1 + std::process::id() % 200);
+    let on_host_lo = || stdout(&run(std::process::Command::new("ip").args(["-o", "addr", "show", "dev", "lo"])));
+    let o = f.debug(&f.busybox, &["--cap-add", "NET_ADMIN"], &host_net.id, &["ip", "addr", "add", &addr, "dev", "lo"]);
+    let added = on_host_lo().contains(&addr);
+    if added {
+        run(std::process::Command::new("ip").args(["addr", "del", &addr, "dev", "lo"]));
+    }
+    assert!(!added, "--cap-add NET_ADMIN in the host's network namespace changed the host's lo");
+    assert_eq!(o.status.code(), Some(118), "{}", stderr(&o));
+    assert!(stderr(&o).contains("host's net namespace"), "{}", stderr(&o));
+    // The same capability on a container with its own network namespace is given.
+    let own = container("ownnet", &ContainerOpts::default());
+    let o = f.debug(&f.busybox, &["--cap-add", "NET_ADMIN"], &own.id, &["ip", "addr", "add", &addr, "dev", "lo"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!on_host_lo().contains(&addr));
 }
