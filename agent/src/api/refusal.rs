@@ -71,6 +71,7 @@ mod tests {
             ),
             (TooManySessions { user: "u".into(), limit: 3 }.into(), ErrorCode::Forbidden),
             (CapNotAllowed { cap: "SYS_ADMIN".into(), allowed: "SYS_PTRACE".into() }.into(), ErrorCode::Forbidden),
+            (CapReachesHost { cap: "SYS_PTRACE".into(), namespace: "pid" }.into(), ErrorCode::Forbidden),
             (ShuttingDown.into(), ErrorCode::Internal),
         ];
         for (r, want) in cases {
