@@ -108,8 +108,22 @@ fn open_dir(p: &std::path::Path) -> std::io::Result<OwnedFd> {
     std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC).open(p).map(OwnedFd::from)
 }
 
+/// Opens the directory at the absolute `p` with no symlink in any component (`openat2(RESOLVE_NO_SYMLINKS)`).
+fn open_dir_no_symlinks(p: &std::path::Path) -> std::io::Result<OwnedFd> {
+    let rel = p
+        .strip_prefix("/")
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not an absolute path"))?;
+    let root = open_dir(std::path::Path::new("/"))?;
+    if rel.as_os_str().is_empty() {
+        return Ok(root);
+    }
+    let rel = rel.to_str().ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not UTF-8"))?;
+    dcos_exec_container::resolve::open_mount_point(&root, rel)
+}
+
 /// A stopped container's root filesystem (from `root.path`, relative to the bundle) and the bind mounts of its
-/// `config.json` whose sources are directories, opened; files and other mount types are left out.
+/// `config.json` whose sources are directories, opened; files, sources reached through a symlink and other mount
+/// types are left out.
 fn stopped_target(
     c: &Container,
     config: &oci_spec::runtime::Spec,
@@ -135,7 +149,9 @@ fn stopped_target(
         let opts = m.options().clone().unwrap_or_default();
         let is_bind = m.typ().as_deref() == Some("bind") || opts.iter().any(|o| o == "bind" || o == "rbind");
         let Some(source) = m.source().as_ref().filter(|_| is_bind) else { continue };
-        let Ok(fd) = open_dir(source) else { continue };
+        // Without following any symlink: a container writes into its volumes, and a source below one of them
+        // (reached through another of its mounts) may have been replaced by a link to the host's `/`.
+        let Ok(fd) = open_dir_no_symlinks(source) else { continue };
         fds.push(fd);
         binds.push(spec::StoppedBind {
             destination: m.destination().display().to_string(),

@@ -1022,3 +1022,73 @@ fn cap_add_on_a_container_sharing_a_host_namespace_is_refused() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(!on_host_lo().contains(&addr));
 }
+
+/// The volume of the container below: a host directory bind-mounted writable at `/data`, whose subdirectory
+/// `cache` is also bind-mounted at `/cache`.
+fn nested_volume_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("{}-nested-volume", prefix()))
+}
+
+/// A container that, as its last act, replaces the source directory of its `/cache` bind mount (reached through
+/// its writable `/data`, where it is no mount point) with a symlink to the host's `/`.
+fn plants_a_bind_source_symlink(cfg: &mut serde_json::Value) {
+    cfg["process"]["args"] = serde_json::json!(["sh", "-c", "rm -rf /data/cache && ln -s / /data/cache; exit 3"]);
+    let vol = nested_volume_dir();
+    let mounts = cfg["mounts"].as_array_mut().unwrap();
+    mounts.push(serde_json::json!({"destination": "/data", "type": "bind", "source": vol, "options": ["rbind"]}));
+    mounts.push(serde_json::json!({
+        "destination": "/cache", "type": "bind", "source": vol.join("cache"), "options": ["rbind", "ro"]
+    }));
+}
+
+/// The attack: a container plants a symlink to the host's `/` where the source of one of its bind mounts was, then
+/// stops; a user with `debug` (and `debug:write`) opens a sandbox on it, whose bind mounts would then clone the
+/// host's root at `/target/cache`. The agent's signing key must not be readable there.
+#[test]
+fn a_bind_source_replaced_by_a_symlink_does_not_bring_the_host_into_a_stopped_sandbox() {
+    if skip() {
+        return;
+    }
+    let f = registry::fixture();
+    let dir = f.scratch("bind-source-symlink");
+    let vol = nested_volume_dir();
+    let _ = std::fs::remove_dir_all(&vol);
+    std::fs::create_dir_all(vol.join("cache")).unwrap();
+    let opts = ContainerOpts {
+        tweak: Some(plants_a_bind_source_symlink),
+        prepare: Some(|root| {
+            std::fs::create_dir_all(root.join("data")).unwrap();
+            std::fs::create_dir_all(root.join("cache")).unwrap();
+        }),
+        ..Default::default()
+    };
+    std::fs::create_dir_all(dir.join("bundles")).unwrap();
+    let c = Container::start(&dir.join("bundles"), &format!("{}-bindsrc", prefix()), &opts);
+    let state = || {
+        let o = run(std::process::Command::new("runc").args(["state", &c.id]));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).map(|v| v["status"].clone()).unwrap_or_default()
+    };
+    assert!(eventually(10, || state() == "stopped"), "the container exits");
+    let planted = std::fs::read_link(vol.join("cache"));
+    assert_eq!(planted.as_deref().ok(), Some(Path::new("/")), "the container planted the symlink: {planted:?}");
+    let acl = r#"
+[[rule]]
+subjects = ["user:dbg"]
+tasks = ["*"]
+actions = ["debug", "debug:write"]
+images = ["**"]
+"#;
+    let agent = registry::start_agent(&dir.join("agent"), "", acl);
+    let layout = dir.join("layout");
+    registry::write_layout(&layout, "v1", &[registry::busybox_layer()]);
+    let image = format!("oci:{}:v1", layout.display());
+    let dbg = agent.token("dbg", &[], "1h");
+    let key = agent.dir.join("token-signing.key");
+    let probe = format!("cat /target/cache{} 2>&1; ls /target/cache 2>&1; echo END", key.display());
+    let o = run(agent.dcos_as(&dbg).args(["task", "exec", "--debug-image", &image, &c.id, "sh", "-c", &probe]));
+    let read_key = key_lines(&agent).iter().any(|l| stdout(&o).contains(l.as_str()));
+    assert!(!read_key, "the sandbox read the agent's signing key through the planted bind source");
+    assert_eq!(o.status.code(), Some(0), "the session runs, without that bind mount: {}", stderr(&o));
+    assert!(stdout(&o).contains("END"), "{}", stdout(&o));
+    let _ = std::fs::remove_file(vol.join("cache"));
+}
