@@ -23,6 +23,13 @@ pub enum ExecError {
     Layer { path: String, cause: std::io::Error },
     #[error("the stopped container's files cannot be opened: {what}: {cause}")]
     Stopped { what: String, cause: std::io::Error },
+    /// The sandbox of a stopped container has no user namespace: a container that had one (its root an
+    /// unprivileged uid of the host) would run there as the host's root with its capabilities.
+    #[error(
+        "the stopped container ran in a user namespace of its own, which its debug sandbox cannot recreate: \
+         its root and capabilities would be the host's; start the container to debug it"
+    )]
+    StoppedUserNamespace,
     #[error("starting the exec helper: {0}")]
     Spawn(#[from] std::io::Error),
 }
@@ -31,9 +38,11 @@ impl ExecError {
     /// The wire's code for this error.
     pub fn code(&self) -> ErrorCode {
         match self {
-            ExecError::Bundle { .. } | ExecError::Spec(_) | ExecError::Layer { .. } | ExecError::Stopped { .. } => {
-                ErrorCode::StartFailed
-            }
+            ExecError::Bundle { .. }
+            | ExecError::Spec(_)
+            | ExecError::Layer { .. }
+            | ExecError::Stopped { .. }
+            | ExecError::StoppedUserNamespace => ErrorCode::StartFailed,
             ExecError::Spawn(_) => ErrorCode::Internal,
         }
     }
@@ -115,13 +124,37 @@ fn open_dir(p: &std::path::Path) -> std::io::Result<OwnedFd> {
     std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC).open(p).map(OwnedFd::from)
 }
 
+/// Opens the directory at the absolute `p` with no symlink in any component (`openat2(RESOLVE_NO_SYMLINKS)`).
+fn open_dir_no_symlinks(p: &std::path::Path) -> std::io::Result<OwnedFd> {
+    let rel = p
+        .strip_prefix("/")
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not an absolute path"))?;
+    let root = open_dir(std::path::Path::new("/"))?;
+    if rel.as_os_str().is_empty() {
+        return Ok(root);
+    }
+    let rel = rel.to_str().ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not UTF-8"))?;
+    dcos_exec_container::resolve::open_mount_point(&root, rel)
+}
+
 /// A stopped container's root filesystem (from `root.path`, relative to the bundle) and the bind mounts of its
-/// `config.json` whose sources are directories, opened; files and other mount types are left out.
+/// `config.json` whose sources are directories, opened; files, sources reached through a symlink and other mount
+/// types are left out.
 fn stopped_target(
     c: &Container,
     config: &oci_spec::runtime::Spec,
     writable: bool,
 ) -> Result<(spec::StoppedTarget, Vec<OwnedFd>), ExecError> {
+    // Checked before anything is opened: the sandbox's namespaces are the helper's fixed set, without a user
+    // namespace, so the container's uid 0 and capabilities would be those of the host's root.
+    let user_ns = config
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| ns.iter().any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::User));
+    if user_ns {
+        return Err(ExecError::StoppedUserNamespace);
+    }
     let root_path = config.root().as_ref().map(|r| r.path().clone()).unwrap_or_else(|| "rootfs".into());
     let root_path = if root_path.is_absolute() { root_path } else { c.bundle.join(root_path) };
     let root = open_dir(&root_path)
@@ -132,7 +165,9 @@ fn stopped_target(
         let opts = m.options().clone().unwrap_or_default();
         let is_bind = m.typ().as_deref() == Some("bind") || opts.iter().any(|o| o == "bind" || o == "rbind");
         let Some(source) = m.source().as_ref().filter(|_| is_bind) else { continue };
-        let Ok(fd) = open_dir(source) else { continue };
+        // Without following any symlink: a container writes into its volumes, and a source below one of them
+        // (reached through another of its mounts) may have been replaced by a link to the host's `/`.
+        let Ok(fd) = open_dir_no_symlinks(source) else { continue };
         fds.push(fd);
         binds.push(spec::StoppedBind {
             destination: m.destination().display().to_string(),

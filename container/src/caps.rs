@@ -44,6 +44,15 @@ impl CapSets {
         }
     }
 
+    /// Takes `caps` out of every set.
+    pub fn remove_everywhere(&mut self, caps: &[u32]) {
+        for set in
+            [&mut self.bounding, &mut self.effective, &mut self.permitted, &mut self.inheritable, &mut self.ambient]
+        {
+            set.retain(|c| !caps.contains(c));
+        }
+    }
+
     /// Adds `caps` to all five sets (`--cap-add`).
     pub fn add_everywhere(&mut self, caps: &[u32]) {
         for set in

@@ -5,6 +5,9 @@ use dcos_exec_proto::TermSize;
 use oci_spec::runtime::{PosixRlimitType, Spec};
 use serde::{Deserialize, Serialize};
 
+/// `CAP_MKNOD`, never given in a stopped container's sandbox.
+const CAP_MKNOD: u32 = 27;
+
 /// One rlimit, `resource` as in setrlimit(2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rlimit {
@@ -245,6 +248,11 @@ pub fn build(
     let user = process.user();
     let mut caps = CapSets::from_oci(process.capabilities().as_ref());
     caps.add_everywhere(&o.cap_add);
+    if o.stopped.is_some() {
+        // No device cgroup governs a stopped container's sandbox: a node it made (for the host's disk, say) would
+        // stay on the host's filesystem in the container's root, openable there by whoever reaches it.
+        caps.remove_everywhere(&[CAP_MKNOD]);
+    }
     let rlimits: Vec<Rlimit> = process
         .rlimits()
         .as_ref()
@@ -372,6 +380,12 @@ pub(crate) mod tests {
             ..o.clone()
         };
         assert_eq!(build(&cfg, 0, 0, &stopped, 0).unwrap().debug.as_ref().map(DebugRoot::fds), Some(7));
+        let mut with_mknod = stopped.clone();
+        with_mknod.cap_add.push(CAP_MKNOD);
+        let s = build(&cfg, 0, 0, &with_mknod, 0).unwrap();
+        for set in [&s.caps.bounding, &s.caps.effective, &s.caps.permitted, &s.caps.inheritable, &s.caps.ambient] {
+            assert!(!set.contains(&CAP_MKNOD), "no CAP_MKNOD in a stopped container's sandbox: {set:?}");
+        }
         let o = Overrides { workdir: Some("/tmp".into()), ..o };
         assert_eq!(build(&cfg, 1, 2, &o, 0).unwrap().cwd, "/tmp");
     }

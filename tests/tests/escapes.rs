@@ -853,3 +853,242 @@ fn debug_cap_add_of_host_root_capabilities_is_refused() {
     assert!(eff & (1 << 19) != 0, "{}", stdout(&o));
     report("--cap-add outside the allowlist", &failures, 5);
 }
+
+/// The host directory bind-mounted into the user-namespaced container below, holding a file only the host's
+/// root may read.
+fn userns_secret_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("{}-userns-secret", prefix()))
+}
+
+/// A container in a user namespace (its root is uid 100000 on the host) with the host directory above at
+/// `/data`, that exits at once.
+fn in_user_namespace(cfg: &mut serde_json::Value) {
+    cfg["process"]["args"] = serde_json::json!(["sh", "-c", "exit 3"]);
+    cfg["linux"]["namespaces"].as_array_mut().unwrap().push(serde_json::json!({"type": "user"}));
+    let map = serde_json::json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    cfg["linux"]["uidMappings"] = map.clone();
+    cfg["linux"]["gidMappings"] = map;
+    cfg["mounts"].as_array_mut().unwrap().push(serde_json::json!({
+        "destination": "/data", "type": "bind", "source": userns_secret_dir(), "options": ["rbind", "ro"]
+    }));
+}
+
+/// The attack: a container whose root is an unprivileged uid on the host (a user namespace) stops, and a user
+/// with only `debug` opens a sandbox on it. Without a user namespace of its own the sandbox would run the
+/// container's uid 0 and capabilities as the host's root: the host-root-only file in the container's bind mount,
+/// which the container itself could never read, and everything its capabilities reach on the host. The session
+/// must be refused before anything runs.
+#[test]
+fn a_stopped_user_namespaced_container_is_not_debugged_as_host_root() {
+    if skip() {
+        return;
+    }
+    let f = registry::fixture();
+    let dir = f.scratch("userns-stopped");
+    let secret = userns_secret_dir();
+    std::fs::create_dir_all(&secret).unwrap();
+    std::fs::write(secret.join("secret"), "HOST-ROOT-ONLY\n").unwrap();
+    std::fs::set_permissions(secret.join("secret"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let opts = ContainerOpts {
+        tweak: Some(in_user_namespace),
+        prepare: Some(|root| std::fs::create_dir_all(root.join("data")).unwrap()),
+        ..Default::default()
+    };
+    std::fs::create_dir_all(dir.join("bundles")).unwrap();
+    let c = Container::start(&dir.join("bundles"), &format!("{}-userns-stopped", prefix()), &opts);
+    let state = || {
+        let o = run(std::process::Command::new("runc").args(["state", &c.id]));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).map(|v| v["status"].clone()).unwrap_or_default()
+    };
+    assert!(eventually(10, || state() == "stopped"), "the container exits");
+    let acl = r#"
+[[rule]]
+subjects = ["user:dbg"]
+tasks = ["*"]
+actions = ["debug"]
+images = ["**"]
+"#;
+    let agent = registry::start_agent(&dir.join("agent"), "", acl);
+    let layout = dir.join("layout");
+    registry::write_layout(&layout, "v1", &[registry::busybox_layer()]);
+    let image = format!("oci:{}:v1", layout.display());
+    let dbg = agent.token("dbg", &[], "1h");
+    let o =
+        run(agent.dcos_as(&dbg).args(["task", "exec", "--debug-image", &image, &c.id, "cat", "/target/data/secret"]));
+    assert!(!stdout(&o).contains("HOST-ROOT-ONLY"), "the sandbox read a host-root-only file: {}", stdout(&o));
+    assert_ne!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("user namespace"), "the refusal names the reason: {}", stderr(&o));
+    assert_eq!(state(), "stopped");
+}
+
+/// A running container in a user namespace (its root is uid 100000 on the host) holding `CAP_SYS_PTRACE` there.
+fn user_namespace_with_ptrace(cfg: &mut serde_json::Value) {
+    add_sys_ptrace(cfg);
+    cfg["linux"]["namespaces"].as_array_mut().unwrap().push(serde_json::json!({"type": "user"}));
+    let map = serde_json::json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    cfg["linux"]["uidMappings"] = map.clone();
+    cfg["linux"]["gidMappings"] = map;
+}
+
+/// The attacks of the tests above on a container with a user namespace, where the helper also joins the user
+/// namespace and becomes its root: `-w /proc/self/fd/N` (as root and uid 1000, with and without a terminal),
+/// then a `CAP_SYS_PTRACE` racer grabbing every new process over 300 sessions (with and without a terminal).
+#[test]
+fn a_user_namespaced_container_reaches_nothing_of_the_host_by_workdir_or_ptrace() {
+    if skip() {
+        return;
+    }
+    let f = registry::fixture();
+    let c = container("userns", &ContainerOpts { tweak: Some(user_namespace_with_ptrace), ..Default::default() });
+    let map = std::fs::read_to_string(format!("/proc/{}/uid_map", c.init_pid())).unwrap();
+    assert!(map.split_whitespace().nth(1) == Some("100000"), "the container has its own user namespace: {map}");
+    // The session is in the container's user namespace too, as its root.
+    let o = run(f.agent.dcos().args(["task", "exec", &c.id, "cat", "/proc/self/uid_map"]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).split_whitespace().nth(1) == Some("100000"), "{}", stdout(&o));
+    let mut seen = Outcomes::default();
+    for n in 0..=24 {
+        let wd = format!("/proc/self/fd/{n}");
+        for (opts, who) in variants() {
+            let mut all = vec!["-w", wd.as_str()];
+            all.extend(opts.iter().copied());
+            seen.add(&f.agent, &c.id, &all, &format!("userns -w {wd} as {who}"));
+        }
+    }
+    seen.check("-w /proc/self/fd/N in a user namespace");
+    // A debug image cannot be set up there (its root belongs to the host's root, whom the container's user
+    // namespace does not map): a clean refusal, nothing run.
+    let o = run(f.agent.dcos().args(["task", "exec", "--debug-image", &f.busybox, &c.id, "sh", "-c", "echo RAN"]));
+    assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
+    assert!(!stdout(&o).contains("RAN"), "{}", stdout(&o));
+    let (codes, log) = race_with(&f.agent, &c, "grab", 300, &[&[], &["-t"]]);
+    let (counts, bad) = grabbed(&log);
+    note(&format!("300 sessions in a user namespace under a ptrace racer: exit codes {codes:?}; {counts:?}"));
+    assert!(
+        codes.get(&Some(0)) == Some(&300) && bad.is_empty(),
+        "every session exits 0: {codes:?}; the racer obtained {counts:?}; host directories or files reached:\n{}",
+        bad.join("\n")
+    );
+}
+
+fn without_namespace(cfg: &mut serde_json::Value, kind: &str) {
+    cfg["linux"]["namespaces"].as_array_mut().unwrap().retain(|n| n["type"] != kind);
+}
+
+/// The attack: `--cap-add` of a capability on the default allowlist, on a container that shares one of the
+/// host's namespaces. `SYS_PTRACE` in the host's pid namespace reads the agent's signing key through
+/// `/proc/AGENT/root` (the container's root cannot: it lacks the capability); `NET_ADMIN` in the host's network
+/// namespace adds an address to the host's `lo`. Both are refused with exit 118, naming the namespace; on a
+/// container with namespaces of its own they are still given (see `cap_add_gives_the_debug_process_more_than_the_
+/// target_has`).
+#[test]
+fn cap_add_on_a_container_sharing_a_host_namespace_is_refused() {
+    if skip() {
+        return;
+    }
+    let f = registry::fixture();
+    let host_pid =
+        container("hostpid", &ContainerOpts { tweak: Some(|cfg| without_namespace(cfg, "pid")), ..Default::default() });
+    let agent_pid = f.agent.child.id();
+    let key = f.agent.dir.join("token-signing.key");
+    let probe = format!("cat /proc/{agent_pid}/root{} 2>&1; echo END", key.display());
+    let lines = key_lines(&f.agent);
+    let read_key = |o: &Output| lines.iter().any(|l| stdout(o).contains(l.as_str()));
+    // Without the capability the container's own root cannot (the control of the attack).
+    let o = f.debug(&f.busybox, &[], &host_pid.id, &["sh", "-c", &probe]);
+    assert!(stdout(&o).contains("END") && !read_key(&o), "{}{}", stdout(&o), stderr(&o));
+    let o = f.debug(&f.busybox, &["--cap-add", "SYS_PTRACE"], &host_pid.id, &["sh", "-c", &probe]);
+    assert!(!read_key(&o), "--cap-add SYS_PTRACE in the host's pid namespace read the agent's signing key");
+    assert_eq!(o.status.code(), Some(118), "{}", stderr(&o));
+    assert!(stderr(&o).contains("host's pid namespace"), "{}", stderr(&o));
+
+    let host_net = container(
+        "hostnet",
+        &ContainerOpts { tweak: Some(|cfg| without_namespace(cfg, "network")), ..Default::default() },
+    );
+    let addr = format!("127.77.{}.{}/32", std::process::id() % 250, 1 + std::process::id() % 200);
+    let on_host_lo = || stdout(&run(std::process::Command::new("ip").args(["-o", "addr", "show", "dev", "lo"])));
+    let o = f.debug(&f.busybox, &["--cap-add", "NET_ADMIN"], &host_net.id, &["ip", "addr", "add", &addr, "dev", "lo"]);
+    let added = on_host_lo().contains(&addr);
+    if added {
+        run(std::process::Command::new("ip").args(["addr", "del", &addr, "dev", "lo"]));
+    }
+    assert!(!added, "--cap-add NET_ADMIN in the host's network namespace changed the host's lo");
+    assert_eq!(o.status.code(), Some(118), "{}", stderr(&o));
+    assert!(stderr(&o).contains("host's net namespace"), "{}", stderr(&o));
+    // The same capability on a container with its own network namespace is given.
+    let own = container("ownnet", &ContainerOpts::default());
+    let o = f.debug(&f.busybox, &["--cap-add", "NET_ADMIN"], &own.id, &["ip", "addr", "add", &addr, "dev", "lo"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!on_host_lo().contains(&addr));
+}
+
+/// The volume of the container below: a host directory bind-mounted writable at `/data`, whose subdirectory
+/// `cache` is also bind-mounted at `/cache`.
+fn nested_volume_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("{}-nested-volume", prefix()))
+}
+
+/// A container that, as its last act, replaces the source directory of its `/cache` bind mount (reached through
+/// its writable `/data`, where it is no mount point) with a symlink to the host's `/`.
+fn plants_a_bind_source_symlink(cfg: &mut serde_json::Value) {
+    cfg["process"]["args"] = serde_json::json!(["sh", "-c", "rm -rf /data/cache && ln -s / /data/cache; exit 3"]);
+    let vol = nested_volume_dir();
+    let mounts = cfg["mounts"].as_array_mut().unwrap();
+    mounts.push(serde_json::json!({"destination": "/data", "type": "bind", "source": vol, "options": ["rbind"]}));
+    mounts.push(serde_json::json!({
+        "destination": "/cache", "type": "bind", "source": vol.join("cache"), "options": ["rbind", "ro"]
+    }));
+}
+
+/// The attack: a container plants a symlink to the host's `/` where the source of one of its bind mounts was, then
+/// stops; a user with `debug` (and `debug:write`) opens a sandbox on it, whose bind mounts would then clone the
+/// host's root at `/target/cache`. The agent's signing key must not be readable there.
+#[test]
+fn a_bind_source_replaced_by_a_symlink_does_not_bring_the_host_into_a_stopped_sandbox() {
+    if skip() {
+        return;
+    }
+    let f = registry::fixture();
+    let dir = f.scratch("bind-source-symlink");
+    let vol = nested_volume_dir();
+    let _ = std::fs::remove_dir_all(&vol);
+    std::fs::create_dir_all(vol.join("cache")).unwrap();
+    let opts = ContainerOpts {
+        tweak: Some(plants_a_bind_source_symlink),
+        prepare: Some(|root| {
+            std::fs::create_dir_all(root.join("data")).unwrap();
+            std::fs::create_dir_all(root.join("cache")).unwrap();
+        }),
+        ..Default::default()
+    };
+    std::fs::create_dir_all(dir.join("bundles")).unwrap();
+    let c = Container::start(&dir.join("bundles"), &format!("{}-bindsrc", prefix()), &opts);
+    let state = || {
+        let o = run(std::process::Command::new("runc").args(["state", &c.id]));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).map(|v| v["status"].clone()).unwrap_or_default()
+    };
+    assert!(eventually(10, || state() == "stopped"), "the container exits");
+    let planted = std::fs::read_link(vol.join("cache"));
+    assert_eq!(planted.as_deref().ok(), Some(Path::new("/")), "the container planted the symlink: {planted:?}");
+    let acl = r#"
+[[rule]]
+subjects = ["user:dbg"]
+tasks = ["*"]
+actions = ["debug", "debug:write"]
+images = ["**"]
+"#;
+    let agent = registry::start_agent(&dir.join("agent"), "", acl);
+    let layout = dir.join("layout");
+    registry::write_layout(&layout, "v1", &[registry::busybox_layer()]);
+    let image = format!("oci:{}:v1", layout.display());
+    let dbg = agent.token("dbg", &[], "1h");
+    let key = agent.dir.join("token-signing.key");
+    let probe = format!("cat /target/cache{} 2>&1; ls /target/cache 2>&1; echo END", key.display());
+    let o = run(agent.dcos_as(&dbg).args(["task", "exec", "--debug-image", &image, &c.id, "sh", "-c", &probe]));
+    let read_key = key_lines(&agent).iter().any(|l| stdout(&o).contains(l.as_str()));
+    assert!(!read_key, "the sandbox read the agent's signing key through the planted bind source");
+    assert_eq!(o.status.code(), Some(0), "the session runs, without that bind mount: {}", stderr(&o));
+    assert!(stdout(&o).contains("END"), "{}", stdout(&o));
+    let _ = std::fs::remove_file(vol.join("cache"));
+}

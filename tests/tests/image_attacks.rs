@@ -515,3 +515,56 @@ fn oci_spellings_of_a_denied_layout_are_refused_without_reading_it() {
     });
     assert!(!cached.iter().any(|n| n.to_string_lossy() == denied_only), "{cached:?}");
 }
+
+/// The attack: a layer plants a symlink to a host directory, then puts a whiteout (`.wh.NAME`, which unpacking
+/// turns into a 0:0 device that replaces NAME) or an opaque marker (`.wh..wh..opq`, which becomes the
+/// `trusted.overlay.opaque` xattr of its directory) behind it, to delete or shadow a host file, or plant a
+/// device node, outside the cache. A whiteout of the symlink itself must replace only the symlink.
+#[test]
+fn whiteouts_and_opaque_markers_behind_a_symlink_touch_nothing_outside_the_layer() {
+    if skip() {
+        return;
+    }
+    let f = fixture();
+    let victim_dir = std::env::temp_dir().join(format!("{}-whiteout-victim", prefix()));
+    let _ = std::fs::remove_dir_all(&victim_dir);
+    std::fs::create_dir_all(&victim_dir).unwrap();
+    std::fs::write(victim_dir.join("victim"), "host file\n").unwrap();
+    let link = victim_dir.to_str().unwrap();
+    let cases: Vec<(&str, Vec<Entry>, bool)> = vec![
+        ("whiteout", vec![Entry::symlink("link", link), Entry::file("link/.wh.victim", 0o644, b"")], true),
+        ("opaque", vec![Entry::symlink("link", link), Entry::file("link/.wh..wh..opq", 0o644, b"")], true),
+        ("whiteout of the link", vec![Entry::symlink("link", link), Entry::file(".wh.link", 0o644, b"")], false),
+    ];
+    let untouched = |what: &str| {
+        let names: Vec<String> = std::fs::read_dir(&victim_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["victim"], "{what}: the host directory changed");
+        let md = std::fs::symlink_metadata(victim_dir.join("victim")).unwrap();
+        assert!(md.is_file(), "{what}: the host file was replaced");
+        assert_eq!(std::fs::read_to_string(victim_dir.join("victim")).unwrap(), "host file\n", "{what}");
+        assert!(xattr(&victim_dir, "trusted.overlay.opaque").is_none(), "{what}: the host directory was made opaque");
+    };
+    for (name, entries, refused) in cases {
+        let dir = f.scratch(&format!("whiteout-{}", name.replace(' ', "-")));
+        write_layout(&dir, "v1", &[busybox_layer(), tar_layer(&entries)]);
+        let o = debug_with(
+            &f.agent,
+            &f.agent.admin_token,
+            &format!("oci:{}:v1", dir.display()),
+            &f.target.id,
+            &["sh", "-c", "ls -la /link /link/ 2>&1; cat /link/victim 2>&1; true"],
+        );
+        untouched(name);
+        if refused {
+            assert_eq!(o.status.code(), Some(122), "{name}: {}{}", stdout(&o), stderr(&o));
+            assert!(stderr(&o).contains("symlink"), "{name}: {}", stderr(&o));
+        } else {
+            assert_eq!(o.status.code(), Some(0), "{name}: {}", stderr(&o));
+            assert!(!stdout(&o).contains("host file"), "{name}: the session saw the host file: {}", stdout(&o));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&victim_dir);
+}

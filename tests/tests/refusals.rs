@@ -100,6 +100,58 @@ fn expired_future_none_and_hs256_tokens_are_refused() {
     assert!(err.contains("algorithm"), "{err}");
 }
 
+/// Tokens signed with the agent's own key, so only the claims or the header can refuse them: one for another
+/// issuer, for another audience (one string, or an array without ours), with a `crit` header the agent does not
+/// understand, without a subject or an expiry. A service that shares the signing key must not lend its tokens.
+#[test]
+fn tokens_of_the_right_signer_for_another_issuer_or_audience_are_refused() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let key = std::fs::read(w.agent.dir.join("token-signing.key")).unwrap();
+    let good = serde_json::json!({"sub": "admin", "iss": "dcos-exec-agent", "aud": "dcos-exec", "nbf": now - 10,
+        "exp": now + 3600});
+    // The control: the same claims signed the same way are accepted.
+    let (code, _, err) = exec_as(w, &sign_eddsa(&key, &good), &[], &w.main_task);
+    assert_eq!(code, Some(0), "{err}");
+    let with = |k: &str, v: serde_json::Value| {
+        let mut c = good.clone();
+        if v.is_null() {
+            c.as_object_mut().unwrap().remove(k);
+        } else {
+            c[k] = v;
+        }
+        c
+    };
+    let cases = [
+        (with("iss", "another-issuer".into()), "wrong issuer"),
+        (with("aud", "dcos-exec-gateway".into()), "wrong audience"),
+        (with("aud", serde_json::json!(["dcos-exec-gateway", "dcos-exec2"])), "wrong audience"),
+        (with("aud", serde_json::json!([])), "wrong audience"),
+        (with("sub", "".into()), "empty subject"),
+        (with("exp", serde_json::Value::Null), "missing"),
+        (with("aud", serde_json::Value::Null), "missing"),
+    ];
+    for (claims, want) in &cases {
+        let (code, out, err) = exec_as(w, &sign_eddsa(&key, claims), &[], &w.main_task);
+        assert_eq!(code, Some(117), "{claims}: {err}");
+        assert!(out.is_empty() && err.contains(want), "{claims}: {err}");
+        one_line(&err);
+    }
+    // A critical header extension, correctly signed.
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(&key).unwrap();
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der.secret_pkcs8_der()).unwrap();
+    let unsigned = forge(r#"{"alg":"EdDSA","crit":["exp"],"exp":1}"#, &good, "");
+    let sig = pair.sign(unsigned.trim_end_matches('.').as_bytes());
+    let crit = format!("{unsigned}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig.as_ref()));
+    let (code, _, err) = exec_as(w, &crit, &[], &w.main_task);
+    assert_eq!(code, Some(117), "{err}");
+    assert!(err.contains("critical"), "{err}");
+}
+
 #[test]
 fn acl_denies_by_default_per_action_and_per_task() {
     if skip() {

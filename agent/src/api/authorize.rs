@@ -40,6 +40,63 @@ pub fn cap_add(p: &ExecParams, allowed: &[String]) -> Result<(), CapNotAllowed> 
     }
 }
 
+/// A `--cap-add` capability that reaches the host through a namespace the container shares with it: with the
+/// host's pid namespace `SYS_PTRACE` opens `/proc/PID/root` and the memory of every process of the host (the
+/// agent's included); with the host's network namespace `NET_ADMIN` and `NET_RAW` administer and sniff the host's
+/// network. Allowed on other containers: there they reach only the container.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "--cap-add {cap} is refused on this container: it shares the host's {namespace} namespace, where {cap} would \
+     reach the host itself"
+)]
+pub struct CapReachesHost {
+    pub cap: String,
+    pub namespace: &'static str,
+}
+
+impl CapReachesHost {
+    pub fn code(&self) -> ErrorCode {
+        ErrorCode::Forbidden
+    }
+}
+
+/// Capabilities that act on every object of one namespace, and that namespace.
+const CAPS_BY_NAMESPACE: [(u32, &str); 3] = [(19, "pid"), (12, "net"), (13, "net")];
+
+/// Whether the running init `pid` is in this agent's own `kind` namespace, and in its user namespace (a
+/// capability given in a user namespace of the container's own does not act on the host's objects). A namespace
+/// that cannot be read counts as shared: the check then refuses rather than guesses.
+fn shares_host_namespace(pid: i32, kind: &str) -> bool {
+    let same = |k: &str| match (
+        std::fs::metadata(format!("/proc/{pid}/ns/{k}")),
+        std::fs::metadata(format!("/proc/self/ns/{k}")),
+    ) {
+        (Ok(a), Ok(b)) => {
+            use std::os::unix::fs::MetadataExt;
+            (a.dev(), a.ino()) == (b.dev(), b.ino())
+        }
+        _ => true,
+    };
+    same("user") && same(kind)
+}
+
+/// Checks `--cap-add` against the namespaces the resolved container shares with the host (the helper gives the
+/// capabilities in the container's namespaces; a stopped container's sandbox has fresh ones).
+pub fn cap_add_on(p: &ExecParams, c: &Container) -> Result<(), CapReachesHost> {
+    use dcos_exec_container::caps;
+    if c.state == crate::runtime::State::Stopped {
+        return Ok(());
+    }
+    for cap in &p.cap_add {
+        if let Some((_, ns)) = CAPS_BY_NAMESPACE.iter().find(|(n, _)| n == cap) {
+            if shares_host_namespace(c.pid, ns) {
+                return Err(CapReachesHost { cap: caps::name(*cap), namespace: ns });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Why a debug image cannot be judged or used.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageRefusal {

@@ -223,6 +223,8 @@ async fn exec(agent: Arc<Agent>, caller: &Caller<'_>, req: Request<Incoming>, ta
         let layout_failure = authorize::judge_image(&mut params)?;
         let debug = params.image.is_some();
         let container = authorize::exec(&acl, |t, v| resolve(all, t, v, debug), &claims, &params)?;
+        // After the ACL: only those allowed on the container learn which namespaces it shares with the host.
+        authorize::cap_add_on(&params, &container)?;
         // A layout that cannot be read is reported only to those allowed to use it.
         if let Some(f) = layout_failure {
             return Err(f.into());

@@ -1,6 +1,6 @@
 //! A request refused before the upgrade: a wire code, a message, and the HTTP response that carries them.
 
-use crate::api::authorize::{CapNotAllowed, Denied, ImageRefusal};
+use crate::api::authorize::{CapNotAllowed, CapReachesHost, Denied, ImageRefusal};
 use crate::api::origin::OriginError;
 use crate::api::parse::ParseError;
 use crate::limits::TooManySessions;
@@ -41,6 +41,7 @@ refusal_from!(
     RuntimeError,
     Denied,
     CapNotAllowed,
+    CapReachesHost,
     ImageRefusal,
     TooManySessions,
     ShuttingDown,
@@ -72,6 +73,7 @@ mod tests {
             ),
             (TooManySessions { user: "u".into(), limit: 3 }.into(), ErrorCode::Forbidden),
             (CapNotAllowed { cap: "SYS_ADMIN".into(), allowed: "SYS_PTRACE".into() }.into(), ErrorCode::Forbidden),
+            (CapReachesHost { cap: "SYS_PTRACE".into(), namespace: "pid" }.into(), ErrorCode::Forbidden),
             (ShuttingDown.into(), ErrorCode::Internal),
         ];
         for (r, want) in cases {
