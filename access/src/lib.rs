@@ -1,4 +1,5 @@
-//! Who may do what: [`auth`] verifies bearer tokens (and mints them for `init` and `token`), [`acl`] decides
+//! Who may do what: [`auth`] verifies bearer tokens (and mints them for `init` and `token`), with [`oidc`] for
+//! tokens of an organisation's OpenID Connect issuers, [`acl`] decides
 //! which user may take which action on which task, and [`audit`] writes down every session and refusal. The
 //! agent and the gateway both use it, so a request is judged by the same code at every hop.
 
@@ -8,3 +9,4 @@
 pub mod acl;
 pub mod audit;
 pub mod auth;
+pub mod oidc;

@@ -67,6 +67,9 @@ pub struct AgentConfig {
     /// SYS_ADMIN, SYS_MODULE, DAC_READ_SEARCH, MKNOD or SYS_RAWIO off this list.
     #[serde(default = "default_cap_add_allowed")]
     pub cap_add_allowed: Vec<String>,
+    /// OpenID Connect issuers whose tokens are accepted besides the agent's own (`[[oidc]]` tables).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub oidc: Vec<dcos_exec_access::oidc::OidcConfig>,
     /// Debug images: cache, registries, unpack policy (`init` leaves it out: the defaults apply until an
     /// `[images]` table is added).
     #[serde(default, skip_serializing)]
@@ -286,6 +289,9 @@ impl AgentConfig {
             *p = base.join(&*p);
         }
         cfg.images.cache_dir = base.join(&cfg.images.cache_dir);
+        for o in &mut cfg.oidc {
+            o.resolve_paths(&base);
+        }
         for p in cfg.images.ca_files.iter_mut().chain(cfg.images.docker_config.as_mut()) {
             *p = base.join(&*p);
         }

@@ -107,6 +107,7 @@ pub fn init(o: &InitOptions<'_>) -> Result<String> {
         task_id_annotation: None,
         runtimes: RuntimesConfig::default(),
         cap_add_allowed: crate::config::default_cap_add_allowed(),
+        oidc: Vec::new(),
         images: crate::config::ImagesConfig::default(),
     };
     let mut text = String::from("# dcos-exec agent configuration; every key is documented in the README.\n");

@@ -38,7 +38,9 @@ impl Agent {
         let f = &cfg.file;
         let pub_pem = std::fs::read(&f.token_public_key)
             .with_context(|| format!("reading token public key {}", f.token_public_key.display()))?;
-        let verifier = Verifier::new(&pub_pem, &f.issuer, &f.audience)?;
+        let issuers =
+            f.oidc.iter().map(|o| dcos_exec_access::oidc::Issuer::new(o.clone())).collect::<Result<Vec<_>, _>>()?;
+        let verifier = Verifier::new(&pub_pem, &f.issuer, &f.audience)?.with_oidc(issuers);
         let acl = Acl::load(&f.acl)?;
         let audit = AuditLog::open(&f.audit_log).with_context(|| format!("opening {}", f.audit_log.display()))?;
         let discovery = Discovery::new(&f.runtimes, f.task_id_annotation.clone(), cfg.api_timeout);
@@ -129,6 +131,7 @@ pub async fn serve(agent: Arc<Agent>) -> Result<()> {
         .await
         .with_context(|| format!("listening on {}", agent.cfg.file.listen))?;
     tracing::info!("listening on https://{}", listener.local_addr()?);
+    agent.verifier.spawn_refresh();
     let acceptor = tokio_rustls::TlsAcceptor::from(agent.tls.clone());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;

@@ -80,9 +80,9 @@ impl Agent {
 
     /// Step 1 of every API request: the caller's claims, or the (audited) refusal. A caller that authenticates
     /// no longer counts against `max_unauthenticated`.
-    fn authenticate(&self, caller: &Caller<'_>, req: &Request<Incoming>) -> Result<Claims, Refusal> {
+    async fn authenticate(&self, caller: &Caller<'_>, req: &Request<Incoming>) -> Result<Claims, Refusal> {
         let h = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        match self.verifier.verify_header(h) {
+        match self.verifier.verify_header(h).await {
             Ok(c) => {
                 caller.pending.authenticated();
                 Ok(c)
@@ -98,7 +98,7 @@ impl Agent {
 
 /// `GET /v1/tasks`: the tasks the ACL lets the caller see.
 async fn list(agent: &Agent, caller: &Caller<'_>, req: &Request<Incoming>) -> Response<Body> {
-    let claims = match agent.authenticate(caller, req) {
+    let claims = match agent.authenticate(caller, req).await {
         Ok(c) => c,
         Err(r) => return r.response(),
     };
@@ -132,7 +132,7 @@ async fn list(agent: &Agent, caller: &Caller<'_>, req: &Request<Incoming>) -> Re
 
 /// `GET /v1/runtimes`: how each configured runtime answers, for callers the ACL grants `list` on some task.
 async fn runtimes(agent: &Agent, caller: &Caller<'_>, req: &Request<Incoming>) -> Response<Body> {
-    let claims = match agent.authenticate(caller, req) {
+    let claims = match agent.authenticate(caller, req).await {
         Ok(c) => c,
         Err(r) => return r.response(),
     };
@@ -153,7 +153,7 @@ async fn runtimes(agent: &Agent, caller: &Caller<'_>, req: &Request<Incoming>) -
 /// `GET /v1/tasks/{task}/exec`: authenticate, parse, authorize, upgrade; the first refusal ends it.
 async fn exec(agent: Arc<Agent>, caller: &Caller<'_>, req: Request<Incoming>, task: String) -> Response<Body> {
     let path = req.uri().path().to_string();
-    let claims = match agent.authenticate(caller, &req) {
+    let claims = match agent.authenticate(caller, &req).await {
         Ok(c) => c,
         Err(r) => return r.response(),
     };

@@ -1,0 +1,290 @@
+//! Tokens of an organisation's OpenID Connect issuer: the issuer's keys come from its discovery document
+//! (`/.well-known/openid-configuration`) and the `jwks_uri` named there, are cached, and are fetched again
+//! when a token names an unknown `kid` (at most once per `min_refresh_interval`) and every
+//! `refresh_interval`, so a key rotation needs no restart and a removed key stops verifying. The user and
+//! groups the ACL sees are claims named by the configuration (e.g. `email`, `groups`).
+
+mod fetch;
+mod jwk;
+
+use crate::auth::{check_validity, numeric_date, Audience, AuthError, Claims, Jws, MALFORMED};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+/// One `[[oidc]]` table (agent.toml, and the gateway's configuration).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// The issuer URL, exactly as tokens carry it in `iss` (https).
+    pub issuer: String,
+    /// The audience tokens must carry in `aud` (often the client id).
+    pub audience: String,
+    /// PEM CA certificates for the issuer's TLS; the system's roots when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Claim whose value is the ACL user (`user:NAME`).
+    #[serde(default = "default_user_claim")]
+    pub user_claim: String,
+    /// Claim whose values (an array of strings, or one string) are the ACL groups (`group:NAME`).
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// Put before every group name, so groups of the issuer cannot pass for local ones (e.g. `"idp:"`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub group_prefix: String,
+    /// How often the keys are fetched again even when no token asks for a new one.
+    #[serde(default = "default_refresh_interval")]
+    pub refresh_interval: String,
+    /// The least time between two fetches caused by tokens naming an unknown `kid`.
+    #[serde(default = "default_min_refresh_interval")]
+    pub min_refresh_interval: String,
+}
+
+fn default_user_claim() -> String {
+    "sub".into()
+}
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+fn default_refresh_interval() -> String {
+    "5m".into()
+}
+fn default_min_refresh_interval() -> String {
+    "10s".into()
+}
+
+impl OidcConfig {
+    /// Resolves a relative `ca_file` against `base` (the directory of the configuration file).
+    pub fn resolve_paths(&mut self, base: &Path) {
+        if let Some(p) = self.ca_file.as_mut() {
+            *p = base.join(&*p);
+        }
+    }
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum OidcError {
+    #[error("[[oidc]] issuer {0:?}: must be an https URL")]
+    Issuer(String),
+    #[error("[[oidc]] issuer {issuer}: {key} is not a duration like \"5m\": {value}")]
+    Duration { issuer: String, key: &'static str, value: String },
+    #[error("[[oidc]] issuer {issuer}: {message}")]
+    Tls { issuer: String, message: String },
+    #[error("[[oidc]] issuer {issuer}: {key} must not be empty")]
+    Empty { issuer: String, key: &'static str },
+}
+
+/// The subset of the discovery document we use.
+#[derive(Deserialize)]
+struct Discovery {
+    issuer: String,
+    jwks_uri: String,
+}
+
+#[derive(Default)]
+struct KeySet {
+    keys: Vec<jwk::Key>,
+    /// When the keys were last fetched successfully.
+    fetched: Option<Instant>,
+}
+
+/// One configured issuer with its cached keys.
+pub struct Issuer {
+    cfg: OidcConfig,
+    refresh_interval: Duration,
+    min_refresh_interval: Duration,
+    tls: Arc<rustls::ClientConfig>,
+    keys: RwLock<KeySet>,
+    /// Serialises fetches; holds when the last fetch caused by a token started (the rate limit).
+    fetching: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl Issuer {
+    pub fn new(cfg: OidcConfig) -> Result<Arc<Issuer>, OidcError> {
+        if !cfg.issuer.starts_with("https://") || cfg.issuer.parse::<http::Uri>().is_err() {
+            return Err(OidcError::Issuer(cfg.issuer));
+        }
+        for (key, v) in [("audience", &cfg.audience), ("user_claim", &cfg.user_claim)] {
+            if v.is_empty() {
+                return Err(OidcError::Empty { issuer: cfg.issuer.clone(), key });
+            }
+        }
+        let dur = |key: &'static str, value: &str| {
+            humantime::parse_duration(value).map_err(|_| OidcError::Duration {
+                issuer: cfg.issuer.clone(),
+                key,
+                value: value.into(),
+            })
+        };
+        let refresh_interval = dur("refresh_interval", &cfg.refresh_interval)?;
+        let min_refresh_interval = dur("min_refresh_interval", &cfg.min_refresh_interval)?;
+        let tls = fetch::tls_config(cfg.ca_file.as_deref())
+            .map_err(|message| OidcError::Tls { issuer: cfg.issuer.clone(), message })?;
+        Ok(Arc::new(Issuer {
+            cfg,
+            refresh_interval,
+            min_refresh_interval,
+            tls: Arc::new(tls),
+            keys: Default::default(),
+            fetching: Default::default(),
+        }))
+    }
+
+    /// The issuer URL (`iss`).
+    pub fn issuer(&self) -> &str {
+        &self.cfg.issuer
+    }
+
+    /// How many keys are cached (for logs and tests).
+    pub fn key_count(&self) -> usize {
+        self.keys.read().map(|k| k.keys.len()).unwrap_or(0)
+    }
+
+    /// Fetches the discovery document, then the JWKS it names, and replaces the cached keys.
+    pub async fn fetch_keys(&self) -> Result<usize, String> {
+        let base = self.cfg.issuer.trim_end_matches('/');
+        let doc = fetch::get(&self.tls, &format!("{base}/.well-known/openid-configuration")).await?;
+        let d: Discovery = serde_json::from_slice(&doc).map_err(|e| format!("discovery document: {e}"))?;
+        // OpenID Connect Discovery 1.0, 4.3: the document must name the issuer we asked.
+        if d.issuer != self.cfg.issuer {
+            return Err(format!("discovery document names issuer {:?}", d.issuer));
+        }
+        let body = fetch::get(&self.tls, &d.jwks_uri).await?;
+        let keys = jwk::parse_jwks(&body).map_err(|e| format!("JWKS {}: {e}", d.jwks_uri))?;
+        let n = keys.len();
+        if let Ok(mut k) = self.keys.write() {
+            *k = KeySet { keys, fetched: Some(Instant::now()) };
+        }
+        Ok(n)
+    }
+
+    /// Fetches the keys now, and again every `refresh_interval`, for as long as the runtime runs.
+    pub fn spawn_refresh(self: Arc<Self>) {
+        tokio::spawn(async move {
+            let mut first = true;
+            loop {
+                let r = {
+                    let _g = self.fetching.lock().await;
+                    self.fetch_keys().await
+                };
+                match r {
+                    Ok(n) => tracing::debug!(issuer = %self.cfg.issuer, keys = n, "OIDC keys fetched"),
+                    Err(e) if first => tracing::warn!(
+                        issuer = %self.cfg.issuer,
+                        "OIDC issuer unreachable at start ({e}); its tokens are refused until its keys can be fetched"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(issuer = %self.cfg.issuer, "OIDC keys not refreshed ({e}); keeping the last ones")
+                    }
+                }
+                first = false;
+                tokio::time::sleep(self.refresh_interval).await;
+            }
+        });
+    }
+
+    /// A token named a key we do not hold: fetch again unless a fetch started less than
+    /// `min_refresh_interval` ago (a stream of made-up `kid`s must not turn the agent into a load on the
+    /// issuer). Returns the error of the fetch if it failed.
+    async fn refresh_for_unknown_key(&self) -> Result<(), String> {
+        let mut last = self.fetching.lock().await;
+        if last.is_some_and(|t| t.elapsed() < self.min_refresh_interval) {
+            return Ok(());
+        }
+        *last = Some(Instant::now());
+        self.fetch_keys().await.map(|_| ())
+    }
+
+    /// `None`: no cached key fits the token's `kid` (or, without a `kid`, its `alg`).
+    fn verify_signature(&self, jws: &Jws<'_>) -> Result<Option<bool>, AuthError> {
+        let Ok(k) = self.keys.read() else { return Ok(None) };
+        let kid = jws.header.kid.as_deref();
+        let candidates: Vec<&jwk::Key> = k
+            .keys
+            .iter()
+            .filter(|key| match kid {
+                Some(kid) => key.kid.as_deref() == Some(kid),
+                None => key.alg == jws.header.alg,
+            })
+            .collect();
+        if candidates.is_empty() {
+            return Ok(None);
+        }
+        // The key decides the algorithm: an RSA key never checks an HS256 or ES256 signature.
+        let fitting: Vec<&&jwk::Key> = candidates.iter().filter(|key| key.alg == jws.header.alg).collect();
+        if fitting.is_empty() {
+            return Err(AuthError::Invalid("algorithm does not match the issuer's key"));
+        }
+        Ok(Some(fitting.iter().any(|key| key.verify(jws.signed.as_bytes(), &jws.sig))))
+    }
+
+    /// Verifies a token whose unverified `iss` names this issuer.
+    pub(crate) async fn verify(&self, jws: &Jws<'_>, now: u64) -> Result<Claims, AuthError> {
+        let mut verified = self.verify_signature(jws)?;
+        if verified.is_none() {
+            let never_fetched = self.keys.read().map(|k| k.fetched.is_none()).unwrap_or(true);
+            if let Err(cause) = self.refresh_for_unknown_key().await {
+                if never_fetched {
+                    return Err(AuthError::IssuerUnreachable { issuer: self.cfg.issuer.clone(), cause });
+                }
+                tracing::warn!(issuer = %self.cfg.issuer, "OIDC keys not refreshed for an unknown kid: {cause}");
+            }
+            verified = self.verify_signature(jws)?;
+        }
+        match verified {
+            None => return Err(AuthError::Invalid("unknown key (kid not in the issuer's JWKS)")),
+            Some(false) => return Err(AuthError::Invalid("signature does not verify")),
+            Some(true) => {}
+        }
+        self.claims(&jws.payload, now)
+    }
+
+    /// The checks after the signature: issuer, audience, expiry, not-before, then the mapped user and groups.
+    fn claims(&self, payload: &[u8], now: u64) -> Result<Claims, AuthError> {
+        let c: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(payload).map_err(|_| MALFORMED)?;
+        let date = |k: &str| -> Result<Option<u64>, AuthError> {
+            match c.get(k) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(v) => v.as_f64().ok_or(MALFORMED).and_then(numeric_date).map(Some),
+            }
+        };
+        let exp = date("exp")?.ok_or(AuthError::Invalid("a required claim is missing"))?;
+        let nbf = date("nbf")?;
+        let iat = date("iat")?;
+        check_validity(exp, nbf.unwrap_or(0), now)?;
+        if c.get("iss").and_then(|v| v.as_str()) != Some(self.cfg.issuer.as_str()) {
+            return Err(AuthError::Invalid("unknown issuer"));
+        }
+        let aud: Option<Audience> = c.get("aud").and_then(|v| serde_json::from_value(v.clone()).ok());
+        if !aud.is_some_and(|a| a.contains(&self.cfg.audience)) {
+            return Err(AuthError::Invalid("wrong audience"));
+        }
+        let user = match c.get(&self.cfg.user_claim) {
+            Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
+            _ => return Err(AuthError::Invalid("the configured user claim is missing or empty")),
+        };
+        let groups = match c.get(&self.cfg.groups_claim) {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(serde_json::Value::String(g)) => vec![g.clone()],
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .map(|g| {
+                    g.as_str().map(String::from).ok_or(AuthError::Invalid("the groups claim is not a list of strings"))
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(AuthError::Invalid("the groups claim is not a list of strings")),
+        };
+        let groups = groups.into_iter().map(|g| format!("{}{g}", self.cfg.group_prefix)).collect();
+        Ok(Claims {
+            sub: user,
+            groups,
+            iss: self.cfg.issuer.clone(),
+            aud: self.cfg.audience.clone(),
+            iat: iat.unwrap_or(0),
+            nbf: nbf.or(iat).unwrap_or(0),
+            exp,
+        })
+    }
+}
