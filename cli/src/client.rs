@@ -69,7 +69,7 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
     }
 }
 
-fn tls_config(verify: &SslVerify) -> Result<rustls::ClientConfig, Failure> {
+pub(crate) fn tls_config(verify: &SslVerify) -> Result<rustls::ClientConfig, Failure> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::CertificateDer;
     let provider = Arc::new(rustls::crypto::ring::default_provider());

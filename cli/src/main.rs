@@ -1,8 +1,10 @@
-//! `dcos`: `dcos task list` and `dcos task exec` against dcos-exec agents.
+//! `dcos`: `dcos task list` and `dcos task exec` against dcos-exec agents, `dcos auth login|logout` at the
+//! organisation's identity provider.
 
 // Nothing a user, a container, a registry or the network controls may panic the process.
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
+mod auth;
 mod client;
 mod config;
 mod session;
@@ -33,6 +35,33 @@ enum Top {
     /// Tasks and what to do with them.
     #[command(subcommand)]
     Task(TaskCmd),
+    /// Sign in to the organisation's identity provider (OpenID Connect).
+    #[command(subcommand)]
+    Auth(AuthCmd),
+}
+
+#[derive(Subcommand)]
+enum AuthCmd {
+    /// Get a token with the device flow and keep it (with its refresh token) in dcos.toml.
+    Login(LoginArgs),
+    /// Forget the stored token and refresh token.
+    Logout,
+}
+
+#[derive(clap::Args)]
+struct LoginArgs {
+    /// Issuer URL (else issuer in the [auth] table of dcos.toml).
+    #[arg(long)]
+    issuer: Option<String>,
+    /// OAuth client id of the CLI at the issuer (else [auth] client_id).
+    #[arg(long)]
+    client_id: Option<String>,
+    /// PEM CA file for the issuer's TLS (else [auth] ca_file, else the system's roots).
+    #[arg(long)]
+    ca_file: Option<std::path::PathBuf>,
+    /// Scopes to ask for (else [auth] scope, else "openid profile email groups offline_access").
+    #[arg(long)]
+    scope: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -123,11 +152,25 @@ fn main() {
 }
 
 async fn run(cli: Cli) -> Result<i32, Failure> {
-    let settings = config::resolve(cli.url, cli.acs_token, cli.ssl_verify)
-        .map_err(|e| Failure::new(exit::FAILED, e.to_string()))?;
+    let cmd = match cli.cmd {
+        Top::Auth(AuthCmd::Login(a)) => {
+            let a = auth::LoginArgs { issuer: a.issuer, client_id: a.client_id, ca_file: a.ca_file, scope: a.scope };
+            return auth::login(a).await;
+        }
+        Top::Auth(AuthCmd::Logout) => return auth::logout(),
+        Top::Task(t) => t,
+    };
+    // Flag, then DCOS_ACS_TOKEN, then the token of `dcos auth login` (refreshed if expired), then core.dcos_acs_token.
+    let token = match cli.acs_token {
+        Some(t) => Some(t),
+        None if std::env::var("DCOS_ACS_TOKEN").is_ok_and(|v| !v.is_empty()) => None,
+        None => auth::current_token().await?,
+    };
+    let settings =
+        config::resolve(cli.url, token, cli.ssl_verify).map_err(|e| Failure::new(exit::FAILED, e.to_string()))?;
     let agent = client::Agent::new(&settings)?;
-    match cli.cmd {
-        Top::Task(TaskCmd::List(a)) => {
+    match cmd {
+        TaskCmd::List(a) => {
             let tasks: Vec<TaskInfo> =
                 agent.list().await?.into_iter().filter(|t| (a.all || t.state != "stopped") && matches(t, &a)).collect();
             if a.json {
@@ -141,7 +184,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             }
             Ok(0)
         }
-        Top::Task(TaskCmd::Exec(a)) => exec(&agent, a).await,
+        TaskCmd::Exec(a) => exec(&agent, a).await,
     }
 }
 

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod crun;
+pub mod oidc;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -349,6 +350,11 @@ impl Agent {
     /// Like [`Agent::start`], with `extra` (top-level `agent.toml` keys) added to the configuration.
     pub fn start_with(dir: &Path, extra: &str) -> Agent {
         Agent::start_configured(dir, extra, None, ACL)
+    }
+
+    /// Like [`Agent::start_with`], with `acl` as the ACL.
+    pub fn start_with_acl(dir: &Path, extra: &str, acl: &str) -> Agent {
+        Agent::start_configured(dir, extra, None, acl)
     }
 
     /// Like [`Agent::start_with`], with the keys of the `[runtimes]` table replaced by `runtimes` and `acl` as

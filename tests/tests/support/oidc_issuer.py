@@ -100,13 +100,13 @@ class State:
             out.append(d)
         return {"keys": out}
 
-    def sign(self, claims, alg=None, kid=None, omit_kid=False):
+    def sign(self, claims, alg=None, kid=None, omit_kid=False, header_kid=None):
         alg = alg or self.sign_alg
         kid = kid or self.current[alg]
         key_alg, key = self.keys[kid]
         header = {"alg": key_alg, "typ": "JWT"}
         if not omit_kid:
-            header["kid"] = kid
+            header["kid"] = header_kid or kid
         return jwt.encode(header, claims, key).decode()
 
     def identity_tokens(self, ident):
@@ -207,10 +207,12 @@ class Handler(BaseHTTPRequestHandler):
                 claims.update(b.get("claims", {}))
                 for k in b.get("omit", []):
                     claims.pop(k, None)
-                return self.reply(200, {"token": S.sign(claims, b.get("alg"), b.get("kid"), b.get("omit_kid", False))})
+                return self.reply(200, {"token": S.sign(claims, b.get("alg"), b.get("kid"), b.get("omit_kid", False), b.get("header_kid"))})
             if p == "/admin/rotate":
                 kid, old = S.rotate(b["alg"])
                 return self.reply(200, {"kid": kid, "old": old})
+            if p == "/admin/current":
+                return self.reply(200, S.current)
             if p == "/admin/retire":
                 alg, _ = S.keys.pop(b["kid"])
                 return self.reply(200, {"retired": b["kid"], "alg": alg})
