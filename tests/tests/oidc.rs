@@ -512,4 +512,32 @@ fn an_unreachable_issuer_at_start_is_a_warning_not_a_failure() {
     c["iss"] = json!(format!("https://127.0.0.1:{port}"));
     let t = f.other.mint("RS256", c);
     assert_refused(exec_as(&agent, &t, &[], &f.task), "could not be fetched");
+    // Again at once (within the rate limit of fetches): still the reason, not "unknown key".
+    assert_refused(exec_as(&agent, &t, &[], &f.task), "could not be fetched");
+}
+
+/// How often the issuer served its JWKS, from its request log.
+fn jwks_fetches(i: &Issuer) -> usize {
+    std::fs::read_to_string(i.dir.join("issuer.log")).unwrap().matches("\"GET /jwks ").count()
+}
+
+#[test]
+fn made_up_kids_do_not_make_the_agent_hammer_the_issuer() {
+    if skip() {
+        return;
+    }
+    let f = fixture();
+    let issuer = Issuer::start(&f.root.join("flood-issuer"));
+    let table = issuer.agent_table(AUDIENCE, "1h", "1h");
+    let agent = Agent::start_with_acl(&f.root.join("flood-agent"), &format!("oidc = [{table}]"), OIDC_ACL);
+    assert!(eventually(10, || jwks_fetches(&issuer) == 1), "the agent fetches the keys at start");
+    // Tokens of the issuer's own key under kids it never published: each is an unknown kid.
+    for i in 0..12 {
+        let t = issuer.mint_with(json!({"alg": "RS256", "claims": alice(), "header_kid": format!("made-up-{i}")}));
+        assert_refused(exec_as(&agent, &t, &[], &f.task), "unknown key");
+    }
+    // One fetch for the first unknown kid, none for the rest (min_refresh_interval).
+    assert_eq!(jwks_fetches(&issuer), 2);
+    // A real token still works (its kid was fetched at start).
+    assert_ran(exec_as(&agent, &issuer.mint("RS256", alice()), &[], &f.task));
 }

@@ -88,6 +88,8 @@ struct KeySet {
     keys: Vec<jwk::Key>,
     /// When the keys were last fetched successfully.
     fetched: Option<Instant>,
+    /// Why the last fetch failed, while no fetch has succeeded since.
+    error: Option<String>,
 }
 
 /// One configured issuer with its cached keys.
@@ -155,9 +157,18 @@ impl Issuer {
         let keys = jwk::parse_jwks(&body).map_err(|e| format!("JWKS {}: {e}", d.jwks_uri))?;
         let n = keys.len();
         if let Ok(mut k) = self.keys.write() {
-            *k = KeySet { keys, fetched: Some(Instant::now()) };
+            *k = KeySet { keys, fetched: Some(Instant::now()), error: None };
         }
         Ok(n)
+    }
+
+    /// [`Issuer::fetch_keys`], remembering why it failed.
+    async fn fetch_keys_noting_errors(&self) -> Result<usize, String> {
+        let r = self.fetch_keys().await;
+        if let (Err(e), Ok(mut k)) = (&r, self.keys.write()) {
+            k.error = Some(e.clone());
+        }
+        r
     }
 
     /// Fetches the keys now, and again every `refresh_interval`, for as long as the runtime runs.
@@ -167,7 +178,7 @@ impl Issuer {
             loop {
                 let r = {
                     let _g = self.fetching.lock().await;
-                    self.fetch_keys().await
+                    self.fetch_keys_noting_errors().await
                 };
                 match r {
                     Ok(n) => tracing::debug!(issuer = %self.cfg.issuer, keys = n, "OIDC keys fetched"),
@@ -194,7 +205,7 @@ impl Issuer {
             return Ok(());
         }
         *last = Some(Instant::now());
-        self.fetch_keys().await.map(|_| ())
+        self.fetch_keys_noting_errors().await.map(|_| ())
     }
 
     /// `None`: no cached key fits the token's `kid` (or, without a `kid`, its `alg`).
@@ -224,12 +235,15 @@ impl Issuer {
     pub(crate) async fn verify(&self, jws: &Jws<'_>, now: u64) -> Result<Claims, AuthError> {
         let mut verified = self.verify_signature(jws)?;
         if verified.is_none() {
-            let never_fetched = self.keys.read().map(|k| k.fetched.is_none()).unwrap_or(true);
             if let Err(cause) = self.refresh_for_unknown_key().await {
-                if never_fetched {
-                    return Err(AuthError::IssuerUnreachable { issuer: self.cfg.issuer.clone(), cause });
-                }
                 tracing::warn!(issuer = %self.cfg.issuer, "OIDC keys not refreshed for an unknown kid: {cause}");
+            }
+            // Never fetched (and the last try failed, perhaps just now, perhaps within the rate limit): say so
+            // rather than "unknown key".
+            let unreachable =
+                self.keys.read().ok().and_then(|k| if k.fetched.is_none() { k.error.clone() } else { None });
+            if let Some(cause) = unreachable {
+                return Err(AuthError::IssuerUnreachable { issuer: self.cfg.issuer.clone(), cause });
             }
             verified = self.verify_signature(jws)?;
         }
