@@ -48,7 +48,7 @@ fn fail(msg: impl Into<String>) -> Failure {
 }
 
 fn login_required(msg: impl std::fmt::Display) -> Failure {
-    Failure::new(exit::UNAUTHENTICATED, format!("login required: {msg}; run `dcos auth login`"))
+    Failure::new(exit::UNAUTHENTICATED, format!("login required: {msg}; run 'dcos auth login'"))
 }
 
 fn now() -> u64 {

@@ -426,7 +426,7 @@ fn device_login_exec_refresh_login_required_and_logout() {
     std::fs::write(&path, expired_file).unwrap();
     let o = run(dcos_at_home(&f.agent, &home).args(["task", "exec", &f.task, "sh", "-c", "echo ran"]));
     assert_eq!(o.status.code(), Some(117), "{}", stderr(&o));
-    assert!(stderr(&o).contains("login required") && stderr(&o).contains("dcos auth login"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("login required") && stderr(&o).contains("run 'dcos auth login'"), "{}", stderr(&o));
     assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
     assert!(stdout(&o).is_empty());
     // ... and again without asking the issuer (the useless refresh token is gone).

@@ -302,3 +302,155 @@ impl Issuer {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Verifier;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use ring::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+    use serde_json::json;
+
+    const ISS: &str = "https://127.0.0.1:1";
+
+    fn config() -> OidcConfig {
+        toml::from_str(&format!(
+            "issuer = \"{ISS}\"\naudience = \"cli\"\nuser_claim = \"email\"\ngroup_prefix = \"idp:\"\n"
+        ))
+        .unwrap()
+    }
+
+    fn b64(b: &[u8]) -> String {
+        URL_SAFE_NO_PAD.encode(b)
+    }
+
+    /// An issuer holding one ES256 key (kid `ec`) and one Ed25519 key (kid `ed`), as if fetched; the signers.
+    fn issuer_with_keys() -> (Arc<Issuer>, EcdsaKeyPair, Ed25519KeyPair) {
+        let rng = ring::rand::SystemRandom::new();
+        let ec_pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let ec = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, ec_pkcs8.as_ref(), &rng).unwrap();
+        let ed = Ed25519KeyPair::from_pkcs8(Ed25519KeyPair::generate_pkcs8(&rng).unwrap().as_ref()).unwrap();
+        let p = ec.public_key().as_ref();
+        let doc = json!({"keys": [
+            {"kty": "EC", "crv": "P-256", "kid": "ec", "x": b64(&p[1..33]), "y": b64(&p[33..65])},
+            {"kty": "OKP", "crv": "Ed25519", "kid": "ed", "x": b64(ed.public_key().as_ref())},
+        ]});
+        let issuer = Issuer::new(config()).unwrap();
+        *issuer.keys.write().unwrap() = KeySet {
+            keys: jwk::parse_jwks(doc.to_string().as_bytes()).unwrap(),
+            fetched: Some(Instant::now()),
+            error: None,
+        };
+        (issuer, ec, ed)
+    }
+
+    fn token(header: serde_json::Value, claims: &serde_json::Value, sign: impl Fn(&[u8]) -> Vec<u8>) -> String {
+        let input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
+        let sig = sign(input.as_bytes());
+        format!("{input}.{}", b64(&sig))
+    }
+
+    fn claims() -> serde_json::Value {
+        let now = crate::auth::unix_now();
+        json!({"iss": ISS, "aud": ["x", "cli"], "sub": "u1", "email": "a@example", "groups": ["ops", "dev"],
+               "iat": now, "exp": now + 60})
+    }
+
+    fn check(v: &Verifier, t: &str) -> Result<Claims, AuthError> {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(v.verify(t))
+    }
+
+    fn reason(r: Result<Claims, AuthError>) -> String {
+        match r {
+            Err(e) => e.to_string(),
+            Ok(c) => panic!("expected a refusal, got {c:?}"),
+        }
+    }
+
+    #[test]
+    fn es256_and_eddsa_verify_and_claims_are_mapped() {
+        let (issuer, ec, ed) = issuer_with_keys();
+        let v = Verifier::oidc_only(vec![issuer]);
+        let rng = ring::rand::SystemRandom::new();
+        let t = token(json!({"alg": "ES256", "kid": "ec"}), &claims(), |m| ec.sign(&rng, m).unwrap().as_ref().to_vec());
+        let c = check(&v, &t).unwrap();
+        assert_eq!((c.sub.as_str(), c.groups.clone()), ("a@example", vec!["idp:ops".to_string(), "idp:dev".into()]));
+        assert_eq!((c.iss.as_str(), c.aud.as_str()), (ISS, "cli"));
+        let t = token(json!({"alg": "EdDSA", "kid": "ed"}), &claims(), |m| ed.sign(m).as_ref().to_vec());
+        assert_eq!(check(&v, &t).unwrap().sub, "a@example");
+        // Without a kid: the keys of the token's algorithm.
+        let t = token(json!({"alg": "EdDSA"}), &claims(), |m| ed.sign(m).as_ref().to_vec());
+        assert!(check(&v, &t).is_ok());
+        // One group as a string.
+        let mut c = claims();
+        c["groups"] = json!("ops");
+        let t = token(json!({"alg": "EdDSA", "kid": "ed"}), &c, |m| ed.sign(m).as_ref().to_vec());
+        assert_eq!(check(&v, &t).unwrap().groups, ["idp:ops"]);
+    }
+
+    #[test]
+    fn the_key_decides_the_algorithm() {
+        let (issuer, _, ed) = issuer_with_keys();
+        let v = Verifier::oidc_only(vec![issuer]);
+        // An Ed25519 signature presented under the EC key's kid.
+        let t = token(json!({"alg": "EdDSA", "kid": "ec"}), &claims(), |m| ed.sign(m).as_ref().to_vec());
+        assert!(reason(check(&v, &t)).contains("algorithm does not match"));
+        for alg in ["none", "HS256", "RS384", "es256"] {
+            let t = token(json!({"alg": alg, "kid": "ec"}), &claims(), |_| Vec::new());
+            assert!(reason(check(&v, &t)).contains("algorithm not accepted"), "{alg}");
+        }
+    }
+
+    #[test]
+    fn claims_that_do_not_fit_are_refused() {
+        let (issuer, _, ed) = issuer_with_keys();
+        let v = Verifier::oidc_only(vec![issuer]);
+        let now = crate::auth::unix_now();
+        let sign =
+            |c: &serde_json::Value| token(json!({"alg": "EdDSA", "kid": "ed"}), c, |m| ed.sign(m).as_ref().to_vec());
+        let cases: Vec<(&str, serde_json::Value, &str)> = vec![
+            ("exp", json!(now - 31), "token expired"),
+            ("exp", serde_json::Value::Null, "a required claim is missing"),
+            ("nbf", json!(now + 31), "not valid yet"),
+            ("aud", json!("other"), "wrong audience"),
+            ("aud", json!([]), "wrong audience"),
+            ("email", json!(""), "user claim"),
+            ("email", json!(7), "user claim"),
+            ("groups", json!([1]), "groups claim"),
+            ("iss", json!("https://other.example"), "unknown issuer"),
+        ];
+        for (k, val, want) in cases {
+            let mut c = claims();
+            c[k] = val.clone();
+            assert!(reason(check(&v, &sign(&c))).contains(want), "{k}={val}: want {want}");
+        }
+        // Within the leeway.
+        let mut c = claims();
+        c["exp"] = json!(now - 29);
+        assert!(check(&v, &sign(&c)).is_ok());
+        // A kid the issuer never published, signed by a key it does hold: unknown key (the refresh fails here:
+        // nothing listens at port 1, but keys were fetched before, so the reason is the key).
+        let t = token(json!({"alg": "EdDSA", "kid": "gone"}), &claims(), |m| ed.sign(m).as_ref().to_vec());
+        assert!(reason(check(&v, &t)).contains("unknown key"));
+    }
+
+    #[test]
+    fn bad_configurations_are_errors() {
+        let mut c = config();
+        c.issuer = "http://idp.example".into();
+        assert!(matches!(Issuer::new(c), Err(OidcError::Issuer(_))));
+        let mut c = config();
+        c.refresh_interval = "often".into();
+        assert!(matches!(Issuer::new(c), Err(OidcError::Duration { .. })));
+        let mut c = config();
+        c.audience = String::new();
+        assert!(matches!(Issuer::new(c), Err(OidcError::Empty { key: "audience", .. })));
+        let mut c = config();
+        c.ca_file = Some("/nonexistent/ca.pem".into());
+        assert!(matches!(Issuer::new(c), Err(OidcError::Tls { .. })));
+        assert!(
+            toml::from_str::<OidcConfig>("issuer = \"https://x\"\naudience = \"a\"\nuser_clam = \"email\"\n").is_err()
+        );
+    }
+}
