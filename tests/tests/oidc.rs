@@ -155,6 +155,11 @@ fn acl_sees_the_mapped_user_and_prefixed_groups() {
     let eve = f.issuer.mint("RS256", json!({"sub": "alice@example.com", "email": "eve@example.com", "aud": AUDIENCE}));
     let (code, _, err) = exec_as(&f.agent, &eve, &[], &f.task);
     assert_eq!(code, Some(118), "{err}");
+    // An email the issuer has not verified is not alice's.
+    let unverified = f
+        .issuer
+        .mint("RS256", json!({"sub": "u-5", "email": "alice@example.com", "email_verified": false, "aud": AUDIENCE}));
+    assert_refused(exec_as(&f.agent, &unverified, &[], &f.task), "not verified");
     // Without the user claim the token is no one's.
     let nobody = f.issuer.mint("RS256", json!({"sub": "u-4", "aud": AUDIENCE}));
     assert_refused(exec_as(&f.agent, &nobody, &[], &f.task), "user claim");
@@ -363,26 +368,12 @@ fn device_login_exec_refresh_login_required_and_logout() {
     let before = f.issuer.admin("/admin/settings", json!({}));
     assert_eq!(before["ok"], true);
 
-    let mut login = dcos_at_home(&f.agent, &home);
-    login
-        .args(["auth", "login", "--issuer", &f.issuer.url, "--client-id", "dcos-cli", "--ca-file"])
-        .arg(f.issuer.ca())
-        .stderr(Stdio::piped());
-    let mut child = login.spawn().unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut first = String::new();
-    err.read_line(&mut first).unwrap();
-    let code = first.trim().rsplit(' ').next().unwrap().to_string();
-    assert!(first.contains(&format!("{}/device", f.issuer.url)) && first.contains("enter the code"), "{first}");
     // Until the user approves, the CLI keeps polling.
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(child.try_wait().unwrap().is_none(), "login ended before approval");
-    f.issuer.approve(&code, "u-1001", "alice@example.com", &["ops"]);
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
-    let st = child.wait().unwrap();
-    assert!(st.success(), "{first}{rest}");
-    assert!(rest.contains("Logged in"), "{rest}");
+    let (st, out) = device_login(f, &home, Duration::from_secs(2), |code| {
+        f.issuer.approve(code, "u-1001", "alice@example.com", &["ops"])
+    });
+    assert!(st.success(), "{out}");
+    assert!(out.contains("Logged in"), "{out}");
     let stats: serde_json::Value = serde_json::from_str(&f.issuer.get("/admin/stats")).unwrap();
     assert!(stats["slow_down_sent"].as_u64().unwrap() >= 1, "{stats}");
     assert_eq!(stats["too_fast"], 0, "the CLI polled faster than the interval: {stats}");
@@ -444,6 +435,47 @@ fn device_login_exec_refresh_login_required_and_logout() {
     assert_eq!(o.status.code(), Some(117), "{}", stderr(&o));
     assert!(stderr(&o).contains("no bearer token"), "{}", stderr(&o));
     f.issuer.admin("/admin/settings", json!({"token_ttl": 300, "slow_down_first": false}));
+
+    // With use_token = "access_token" the access token is sent (its `aud` holds the client id too).
+    let text = std::fs::read_to_string(&path).unwrap().replace("[auth]\n", "[auth]\nuse_token = \"access_token\"\n");
+    std::fs::write(&path, text).unwrap();
+    let (st, out) =
+        device_login(f, &home, Duration::ZERO, |code| f.issuer.approve(code, "u-1001", "alice@example.com", &[]));
+    assert!(st.success(), "{out}");
+    let (_, t) = stored(&home);
+    let claims = t["auth.token"].split('.').nth(1).unwrap().to_string();
+    let claims: serde_json::Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(claims).unwrap()).unwrap();
+    assert_eq!(claims["aud"], json!([AUDIENCE, "dcos-exec"]), "{claims}");
+    let o = run(dcos_at_home(&f.agent, &home).args(["task", "exec", &f.task, "sh", "-c", "echo ran"]));
+    assert_eq!((o.status.code(), stdout(&o).as_str()), (Some(0), "ran\n"), "{}", stderr(&o));
+}
+
+/// `dcos auth login` against the fixture's issuer; after `wait` (the CLI must still be polling then), `approve`
+/// gets the user code the CLI printed. Returns its exit status and everything it wrote to stderr.
+fn device_login(
+    f: &Fixture,
+    home: &Path,
+    wait: Duration,
+    approve: impl FnOnce(&str),
+) -> (std::process::ExitStatus, String) {
+    let mut login = dcos_at_home(&f.agent, home);
+    login
+        .args(["auth", "login", "--issuer", &f.issuer.url, "--client-id", "dcos-cli", "--ca-file"])
+        .arg(f.issuer.ca())
+        .stderr(Stdio::piped());
+    let mut child = login.spawn().unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    err.read_line(&mut first).unwrap();
+    assert!(first.contains(&format!("{}/device", f.issuer.url)) && first.contains("enter the code"), "{first}");
+    let code = first.trim().rsplit(' ').next().unwrap().to_string();
+    std::thread::sleep(wait);
+    assert!(child.try_wait().unwrap().is_none(), "login ended before approval");
+    approve(&code);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    (child.wait().unwrap(), format!("{first}{rest}"))
 }
 
 #[test]

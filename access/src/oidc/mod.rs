@@ -27,6 +27,9 @@ pub struct OidcConfig {
     /// Claim whose value is the ACL user (`user:NAME`).
     #[serde(default = "default_user_claim")]
     pub user_claim: String,
+    /// Put before the user name, so an issuer's user cannot pass for a local one (e.g. `"idp:"`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user_prefix: String,
     /// Claim whose values (an array of strings, or one string) are the ACL groups (`group:NAME`).
     #[serde(default = "default_groups_claim")]
     pub groups_claim: String,
@@ -276,9 +279,15 @@ impl Issuer {
             return Err(AuthError::Invalid("wrong audience"));
         }
         let user = match c.get(&self.cfg.user_claim) {
-            Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(serde_json::Value::String(s)) if !s.is_empty() => format!("{}{s}", self.cfg.user_prefix),
             _ => return Err(AuthError::Invalid("the configured user claim is missing or empty")),
         };
+        // An address the issuer says it has not verified may be anyone's (users can often type in any email).
+        if self.cfg.user_claim == "email"
+            && c.get("email_verified").is_some_and(|v| v != &serde_json::Value::Bool(true))
+        {
+            return Err(AuthError::Invalid("the email claim is not verified (email_verified is not true)"));
+        }
         let groups = match c.get(&self.cfg.groups_claim) {
             None | Some(serde_json::Value::Null) => Vec::new(),
             Some(serde_json::Value::String(g)) => vec![g.clone()],
@@ -419,12 +428,17 @@ mod tests {
             ("email", json!(7), "user claim"),
             ("groups", json!([1]), "groups claim"),
             ("iss", json!("https://other.example"), "unknown issuer"),
+            ("email_verified", json!(false), "not verified"),
+            ("email_verified", json!("true"), "not verified"),
         ];
         for (k, val, want) in cases {
             let mut c = claims();
             c[k] = val.clone();
             assert!(reason(check(&v, &sign(&c))).contains(want), "{k}={val}: want {want}");
         }
+        let mut c = claims();
+        c["email_verified"] = json!(true);
+        assert!(check(&v, &sign(&c)).is_ok());
         // Within the leeway.
         let mut c = claims();
         c["exp"] = json!(now - 29);
