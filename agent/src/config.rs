@@ -371,6 +371,28 @@ mod tests {
     }
 
     #[test]
+    fn oidc_tables_parse_with_defaults_and_relative_ca_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agent.toml");
+        let base = "listen='x'\ntls_cert='c'\ntls_key='k'\ntoken_public_key='t'\nacl='a'\naudit_log='l'\n";
+        std::fs::write(&p, base).unwrap();
+        assert!(AgentConfig::load(&p).unwrap().file.oidc.is_empty());
+        let two = "[[oidc]]\nissuer='https://a'\naudience='cli'\nca_file='idp.pem'\nuser_claim='email'\n\
+                   [[oidc]]\nissuer='https://b'\naudience='x'\ngroup_prefix='b:'\n";
+        std::fs::write(&p, format!("{base}{two}")).unwrap();
+        let o = AgentConfig::load(&p).unwrap().file.oidc;
+        assert_eq!(o.len(), 2);
+        assert_eq!(o[0].ca_file, Some(std::fs::canonicalize(dir.path()).unwrap().join("idp.pem")));
+        assert_eq!((o[0].user_claim.as_str(), o[0].groups_claim.as_str()), ("email", "groups"));
+        assert_eq!(
+            (o[1].user_claim.as_str(), o[1].group_prefix.as_str(), o[1].refresh_interval.as_str()),
+            ("sub", "b:", "5m")
+        );
+        std::fs::write(&p, format!("{base}[[oidc]]\nissuer='https://a'\naudience='cli'\ngroup_claim='g'\n")).unwrap();
+        assert!(matches!(AgentConfig::load(&p), Err(ConfigError::Parse { .. })), "a misspelt key is an error");
+    }
+
+    #[test]
     fn image_budgets_default_and_can_be_set() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("agent.toml");

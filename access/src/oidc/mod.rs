@@ -79,6 +79,11 @@ pub enum OidcError {
     Empty { issuer: String, key: &'static str },
 }
 
+/// Every configured issuer, for [`crate::auth::Verifier::with_oidc`] (agent and gateway build theirs the same way).
+pub fn issuers(cfgs: &[OidcConfig]) -> Result<Vec<Arc<Issuer>>, OidcError> {
+    cfgs.iter().cloned().map(Issuer::new).collect()
+}
+
 /// The subset of the discovery document we use.
 #[derive(Deserialize)]
 struct Discovery {
