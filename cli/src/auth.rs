@@ -400,6 +400,9 @@ pub fn logout() -> Result<i32, Failure> {
 
 /// The token `dcos auth login` stored, refreshed first when it has expired; `None` without a login.
 pub async fn current_token() -> Result<Option<String>, Failure> {
+    if crate::config::config_path().is_none() {
+        return Ok(None);
+    }
     let a = stored()?;
     let Some(token) = a.token.clone() else { return Ok(None) };
     let expires_at = a.expires_at.unwrap_or(u64::MAX);

@@ -573,3 +573,33 @@ fn made_up_kids_do_not_make_the_agent_hammer_the_issuer() {
     // A real token still works (its kid was fetched at start).
     assert_ran(exec_as(&agent, &issuer.mint("RS256", alice()), &[], &f.task));
 }
+
+#[test]
+fn the_issuers_certificate_and_discovery_document_are_checked() {
+    if skip() {
+        return;
+    }
+    let f = fixture();
+    // The right URL with the wrong CA (a man in the middle serving its own keys would look like this), and the
+    // same server under another name (its certificate covers `localhost`) whose discovery document names
+    // another issuer.
+    let localhost = f.issuer.url.replace("127.0.0.1", "localhost");
+    let tables = format!(
+        "oidc = [{{ issuer = \"{}\", audience = \"{AUDIENCE}\", ca_file = \"{}\", user_claim = \"email\" }}, \
+         {{ issuer = \"{localhost}\", audience = \"{AUDIENCE}\", ca_file = \"{}\", user_claim = \"email\" }}]",
+        f.issuer.url,
+        f.other.ca().display(),
+        f.issuer.ca().display()
+    );
+    let agent = Agent::start_with_acl(&f.root.join("checked-agent"), &tables, OIDC_ACL);
+    let t = f.issuer.mint("RS256", alice());
+    let (code, _, err) = exec_as(&agent, &t, &[], &f.task);
+    assert_eq!(code, Some(117), "{err}");
+    assert!(err.contains("could not be fetched") && err.contains("TLS"), "{err}");
+    let mut c = alice();
+    c["iss"] = json!(localhost);
+    let t = f.issuer.mint("RS256", c);
+    let (code, _, err) = exec_as(&agent, &t, &[], &f.task);
+    assert_eq!(code, Some(117), "{err}");
+    assert!(err.contains("could not be fetched") && err.contains("names issuer"), "{err}");
+}
