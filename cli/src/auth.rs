@@ -102,7 +102,7 @@ fn update(changes: &[(&str, Option<toml_edit::Item>)]) -> Result<PathBuf, Failur
     }
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
-    let tmp = dir.join(".dcos.toml.tmp");
+    let tmp = dir.join(format!(".dcos.toml.{}.tmp", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
@@ -398,17 +398,49 @@ pub fn logout() -> Result<i32, Failure> {
     Ok(0)
 }
 
+/// Holds an exclusive lock on `dcos.toml`'s lock file: one `dcos` at a time refreshes, so parallel runs (a CI job
+/// starting several) do not spend the same single-use refresh token twice.
+fn lock() -> Result<nix::fcntl::Flock<std::fs::File>, Failure> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = config_file()?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let lock_path = dir.join(".dcos.toml.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|e| fail(format!("cannot open {}: {e}", lock_path.display())))?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| fail(format!("cannot lock {}: {e}", lock_path.display())))
+}
+
+/// The stored token when it is not (about to be) expired.
+fn fresh(a: &AuthSection) -> Option<String> {
+    let expires_at = a.expires_at.unwrap_or(u64::MAX);
+    a.token.clone().filter(|_| now() + EXPIRY_MARGIN < expires_at)
+}
+
 /// The token `dcos auth login` stored, refreshed first when it has expired; `None` without a login.
 pub async fn current_token() -> Result<Option<String>, Failure> {
     if crate::config::config_path().is_none() {
         return Ok(None);
     }
     let a = stored()?;
-    let Some(token) = a.token.clone() else { return Ok(None) };
-    let expires_at = a.expires_at.unwrap_or(u64::MAX);
-    if now() + EXPIRY_MARGIN < expires_at {
-        return Ok(Some(token));
+    if a.token.is_none() {
+        return Ok(None);
     }
+    if let Some(t) = fresh(&a) {
+        return Ok(Some(t));
+    }
+    let _lock = lock()?;
+    // Another `dcos` may have refreshed while this one waited for the lock.
+    let a = stored()?;
+    if let Some(t) = fresh(&a) {
+        return Ok(Some(t));
+    }
+    let expires_at = a.expires_at.unwrap_or(0);
     let Some(refresh) = a.refresh_token.clone() else {
         return Err(login_required(format!(
             "the stored token expired at {expires_at} (Unix time) and there is no refresh token"
@@ -419,13 +451,17 @@ pub async fn current_token() -> Result<Option<String>, Failure> {
     };
     let use_token = use_token(&a)?.to_string();
     let issuer = Issuer::new(url, client_id, a.ca_file.as_deref())?;
-    let d = issuer.discover().await?;
+    let refreshing = |f: Failure| Failure::new(f.exit, format!("refreshing the expired token: {}", f.message));
+    let d = issuer.discover().await.map_err(refreshing)?;
     let form = [("grant_type", "refresh_token"), ("refresh_token", refresh.as_str()), ("client_id", &issuer.client_id)];
-    match issuer.token(&d.token_endpoint, &form).await? {
+    match issuer.token(&d.token_endpoint, &form).await.map_err(refreshing)? {
         Ok(answer) => Ok(Some(store(answer, &use_token, Some(&refresh))?.0)),
         Err(e) => {
-            // A refresh token that no longer works is useless: drop it, so the next run says the same at once.
-            update(&[("refresh_token", None)])?;
+            // A refresh token the issuer calls invalid (used, revoked, expired) is useless: drop it, so the next
+            // run says the same at once. Other errors may pass; keep it for them.
+            if e.error == "invalid_grant" {
+                update(&[("refresh_token", None)])?;
+            }
             Err(login_required(format!("the stored token expired and the issuer refused to refresh it ({})", e.error)))
         }
     }
