@@ -470,6 +470,19 @@ mod tests {
         }
     }
 
+    /// The gateway shares one `Verifier` between connections and awaits it on a multi-threaded runtime.
+    #[test]
+    fn verifier_is_shared_across_threads_and_its_future_is_send() {
+        fn send<T: Send>(_: &T) {}
+        fn shared<T: Send + Sync>() {}
+        shared::<Verifier>();
+        let (_, pk) = keypair();
+        let v = Verifier::new(pk.as_bytes(), "iss", "aud").unwrap();
+        let fut = v.verify_header(None);
+        send(&fut);
+        assert!(matches!(block(fut), Err(AuthError::Missing)));
+    }
+
     #[test]
     fn keys_of_other_types_are_refused() {
         let rsa_like = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
