@@ -15,6 +15,7 @@ Prints "READY <issuer URL>" on stdout once it listens.
 
 import argparse
 import datetime
+import ipaddress
 import json
 import secrets
 import ssl
@@ -49,7 +50,6 @@ def tls_files(d):
         .sign(ca_key, hashes.SHA256())
     )
     key = ec.generate_private_key(ec.SECP256R1())
-    import ipaddress
     san = x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
     cert = (
         x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
