@@ -11,7 +11,7 @@ use std::path::Path;
 
 /// Actions a rule can grant.
 pub const ACTIONS: &[&str] =
-    &["list", "exec", "exec:stdin", "exec:tty", "exec:user", "debug", "debug:caps", "debug:write"];
+    &["list", "exec", "exec:stdin", "exec:tty", "exec:user", "debug", "debug:caps", "debug:write", "metrics"];
 
 /// Errors loading an ACL file.
 #[derive(Debug, thiserror::Error)]

@@ -1,7 +1,7 @@
 //! Who may do what: [`auth`] verifies bearer tokens (and mints them for `init` and `token`), with [`oidc`] for
-//! tokens of an organisation's OpenID Connect issuers, [`acl`] decides
-//! which user may take which action on which task, and [`audit`] writes down every session and refusal. The
-//! agent and the gateway both use it, so a request is judged by the same code at every hop.
+//! tokens of an organisation's OpenID Connect issuers, [`acl`] decides which user may take which action on which
+//! task, [`audit`] writes down every session and refusal, and [`metrics`] counts them for Prometheus. The agent
+//! and the gateway both use it, so a request is judged (and counted) by the same code at every hop.
 
 // Nothing a user or the network controls may panic the process.
 #![warn(clippy::unwrap_used, clippy::expect_used)]
@@ -9,4 +9,5 @@
 pub mod acl;
 pub mod audit;
 pub mod auth;
+pub mod metrics;
 pub mod oidc;

@@ -70,10 +70,28 @@ pub struct AgentConfig {
     /// OpenID Connect issuers whose tokens are accepted besides the agent's own (`[[oidc]]` tables).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub oidc: Vec<dcos_exec_access::oidc::OidcConfig>,
+    /// `text` (the default) or `json`: one JSON object per log line on stderr.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// Address of a plain-HTTP listener serving `/metrics`, `/healthz` and `/readyz` without authentication
+    /// (none by default: `/metrics` is then only on the API port, for tokens granted `metrics`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
     /// Debug images: cache, registries, unpack policy (`init` leaves it out: the defaults apply until an
     /// `[images]` table is added).
     #[serde(default, skip_serializing)]
     pub images: ImagesConfig,
+}
+
+/// How the agent writes its log to stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines, coloured only when stderr is a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line (for journald, Fluent Bit, Loki and the like).
+    Json,
 }
 
 /// `[images]`: where `--debug-image` images are cached and how registries are reached.
@@ -390,6 +408,21 @@ mod tests {
         );
         std::fs::write(&p, format!("{base}[[oidc]]\nissuer='https://a'\naudience='cli'\ngroup_claim='g'\n")).unwrap();
         assert!(matches!(AgentConfig::load(&p), Err(ConfigError::Parse { .. })), "a misspelt key is an error");
+    }
+
+    #[test]
+    fn log_format_and_metrics_listen_default_off_and_can_be_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agent.toml");
+        let base = "listen='x'\ntls_cert='c'\ntls_key='k'\ntoken_public_key='t'\nacl='a'\naudit_log='l'\n";
+        std::fs::write(&p, base).unwrap();
+        let l = AgentConfig::load(&p).unwrap().file;
+        assert_eq!((l.log_format, l.metrics_listen), (LogFormat::Text, None));
+        std::fs::write(&p, format!("{base}log_format='json'\nmetrics_listen='127.0.0.1:9464'\n")).unwrap();
+        let l = AgentConfig::load(&p).unwrap().file;
+        assert_eq!((l.log_format, l.metrics_listen.as_deref()), (LogFormat::Json, Some("127.0.0.1:9464")));
+        std::fs::write(&p, format!("{base}log_format='logfmt'\n")).unwrap();
+        assert!(matches!(AgentConfig::load(&p), Err(ConfigError::Parse { .. })), "an unknown format is an error");
     }
 
     #[test]

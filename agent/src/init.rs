@@ -108,6 +108,8 @@ pub fn init(o: &InitOptions<'_>) -> Result<String> {
         runtimes: RuntimesConfig::default(),
         cap_add_allowed: crate::config::default_cap_add_allowed(),
         oidc: Vec::new(),
+        log_format: Default::default(),
+        metrics_listen: None,
         images: crate::config::ImagesConfig::default(),
     };
     let mut text = String::from("# dcos-exec agent configuration; every key is documented in the README.\n");

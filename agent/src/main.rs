@@ -8,6 +8,7 @@ mod config;
 mod exec;
 mod init;
 mod limits;
+mod logging;
 mod runtime;
 mod server;
 mod session;
@@ -18,8 +19,16 @@ use clap::{Parser, Subcommand};
 use dcos_exec_access::auth;
 use std::path::PathBuf;
 
+/// The version and the git revision it was built from, as `--version` and `dcos_exec_build_info` show them.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("DCOS_EXEC_REVISION"), ")");
+/// The git revision alone (`unknown` outside a git checkout).
+pub const REVISION: &str = env!("DCOS_EXEC_REVISION");
+
 #[derive(Parser)]
-#[command(name = "dcos-exec-agent", version, about = "Per-host agent of dcos-exec: authenticated exec into containers")]
+#[command(
+    name = "dcos-exec-agent",
+    version = VERSION,
+    about = "Per-host agent of dcos-exec: authenticated exec into containers")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -123,13 +132,9 @@ fn real_main(cli: Cli) -> Result<()> {
             images_cmd(&puller, cmd)
         }
         Cmd::Run { config } => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_env("DCOS_EXEC_LOG").unwrap_or_else(|_| "info".into()),
-                )
-                .with_writer(std::io::stderr)
-                .init();
             let cfg = config::AgentConfig::load(&config)?;
+            logging::init(cfg.file.log_format);
+            tracing::info!(version = VERSION, "dcos-exec-agent starting");
             match limits::raise_nofile() {
                 Ok((soft, hard)) if soft < hard => tracing::info!("open files limit raised from {soft} to {hard}"),
                 Ok(_) => {}

@@ -30,6 +30,8 @@ pub struct Agent {
     /// Open sessions by user (`max_sessions_per_user`).
     pub user_sessions: Arc<UserSessions>,
     pub shutdown: Arc<Shutdown>,
+    /// What `/metrics` serves.
+    pub metrics: dcos_exec_access::metrics::Metrics,
     tls: Arc<rustls::ServerConfig>,
 }
 
@@ -51,6 +53,11 @@ impl Agent {
             gate: ConnectionGate::new(cfg.file.max_unauthenticated),
             user_sessions: UserSessions::new(cfg.file.max_sessions_per_user),
             shutdown: Default::default(),
+            metrics: dcos_exec_access::metrics::Metrics::new(
+                dcos_exec_access::metrics::Component::Agent,
+                env!("CARGO_PKG_VERSION"),
+                crate::REVISION,
+            ),
             cfg,
             verifier,
             acl,
@@ -132,6 +139,25 @@ pub async fn serve(agent: Arc<Agent>) -> Result<()> {
         .with_context(|| format!("listening on {}", agent.cfg.file.listen))?;
     tracing::info!("listening on https://{}", listener.local_addr()?);
     agent.verifier.spawn_refresh();
+    if let Some(addr) = &agent.cfg.file.metrics_listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr} (metrics_listen)"))?;
+        tracing::info!("serving /metrics, /healthz and /readyz on http://{}", l.local_addr()?);
+        tokio::spawn(crate::api::observe::serve(agent.clone(), l));
+    }
+    // Ready (`/readyz`) once the runtimes have been read; the cache's size is known before the first pull.
+    tokio::spawn({
+        let agent = agent.clone();
+        async move {
+            let found = agent.discovery.list().await.len();
+            tracing::info!(containers = found, "runtimes read: ready");
+        }
+    });
+    tokio::task::spawn_blocking({
+        let agent = agent.clone();
+        move || agent.metrics.set_image_cache_bytes(agent.puller.size())
+    });
     let acceptor = tokio_rustls::TlsAcceptor::from(agent.tls.clone());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;

@@ -11,15 +11,16 @@ use crate::limits::SessionSlot;
 use crate::server::Agent;
 use crate::shutdown::{Live, ShuttingDown};
 use dcos_exec_access::audit::{SessionInfo, SessionRecord, SessionStartRecord};
+use dcos_exec_access::metrics::{Metrics, PullResult, SessionOutcome};
 use dcos_exec_container::channel::Event as HelperEvent;
 use dcos_exec_container::spec::Rlimit;
-use dcos_exec_images::pull::{PullError, PulledImage};
+use dcos_exec_images::pull::{PullError, PullPolicy, PulledImage};
 use dcos_exec_images::reference::ImageRef;
 use dcos_exec_proto::{channel, frame, ErrorCode, ExecRequest, Started, Status};
-use flow::{Reader, Writer};
+use flow::{Reader, Tally, Writer};
 use futures_util::StreamExt;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -101,11 +102,43 @@ impl From<SessionError> for Status {
     }
 }
 
-/// Bytes moved, for the end record.
-#[derive(Default)]
+/// Bytes moved (for the end record and the agent's totals), and what ended the session, for its outcome.
 struct Counters {
-    bytes_in: Arc<AtomicU64>,
-    bytes_out: Arc<AtomicU64>,
+    bytes_in: Tally,
+    bytes_out: Tally,
+    /// The client went away before the process ended.
+    lost: AtomicBool,
+    /// The agent hung the session up because it is shutting down.
+    shut_down: AtomicBool,
+    /// A pull or prune may have changed the image cache's size, measured once the client has its status.
+    cache_changed: AtomicBool,
+}
+
+impl Counters {
+    fn new(m: &Metrics) -> Counters {
+        Counters {
+            bytes_in: Tally::new(m.stdin_bytes()),
+            bytes_out: Tally::new(m.output_bytes()),
+            lost: AtomicBool::new(false),
+            shut_down: AtomicBool::new(false),
+            cache_changed: AtomicBool::new(false),
+        }
+    }
+
+    /// How the session ended, for `dcos_exec_sessions_total`.
+    fn outcome(&self, status: &Status) -> SessionOutcome {
+        if self.shut_down.load(Ordering::Relaxed) {
+            SessionOutcome::Shutdown
+        } else if self.lost.load(Ordering::Relaxed) {
+            SessionOutcome::Lost
+        } else {
+            match status {
+                Status::Exited { .. } => SessionOutcome::Exited,
+                Status::Signaled { .. } => SessionOutcome::Signaled,
+                Status::Error { .. } => SessionOutcome::Failed,
+            }
+        }
+    }
 }
 
 fn new_session_id() -> String {
@@ -132,7 +165,18 @@ where
     let writer = tokio::spawn(flow::write_loop(sink, rx, gone_tx));
     let id = new_session_id();
     let start = dcos_exec_access::audit::now();
-    tracing::info!(session = %id, user = %ctx.user, task = %ctx.task, "session start");
+    let active = agent.metrics.active_session();
+    tracing::info!(
+        session = %id,
+        user = %ctx.user,
+        task = %ctx.task,
+        container = %ctx.container.id,
+        source = %ctx.source,
+        tty = ctx.request.tty,
+        stdin = ctx.request.stdin,
+        image = ctx.image.as_ref().map(|r| r.to_string()),
+        "session start"
+    );
     let info = SessionInfo {
         user: ctx.user.clone(),
         source: ctx.source.clone(),
@@ -151,12 +195,34 @@ where
         info: info.clone(),
     });
 
-    let counters = Counters::default();
+    let counters = Counters::new(&agent.metrics);
     let mut image = None;
     let status = drive(&agent, &ctx, &id, &mut image, &tx, (stream, gone_rx), &counters).await;
 
     let json = serde_json::to_vec(&status).unwrap_or_default();
-    tracing::info!(session = %id, status = ?status, "session end");
+    let outcome = counters.outcome(&status);
+    let error = match &status {
+        Status::Error { code, .. } => Some(*code),
+        _ => None,
+    };
+    agent.metrics.session_ended(outcome, error);
+    let (exit_code, signal) = match &status {
+        Status::Exited { code } => (Some(*code), None),
+        Status::Signaled { signal } => (None, Some(*signal)),
+        Status::Error { .. } => (None, None),
+    };
+    tracing::info!(
+        session = %id,
+        user = %ctx.user,
+        task = %ctx.task,
+        outcome = outcome.as_str(),
+        exit_code,
+        signal,
+        error = error.map(dcos_exec_access::metrics::code_name),
+        bytes_in = counters.bytes_in.get(),
+        bytes_out = counters.bytes_out.get(),
+        "session end"
+    );
     // Audited before the client learns the outcome: whoever saw a session end can find its record.
     agent.audit.session(&SessionRecord {
         event: "session_end",
@@ -166,13 +232,18 @@ where
         start,
         end: dcos_exec_access::audit::now(),
         status,
-        bytes_in: counters.bytes_in.load(Ordering::Relaxed),
-        bytes_out: counters.bytes_out.load(Ordering::Relaxed),
+        bytes_in: counters.bytes_in.get(),
+        bytes_out: counters.bytes_out.get(),
     });
     let _ = tx.send(Message::Binary(frame(channel::STATUS, &json).into())).await;
     drop(tx);
     let _ = writer.await;
+    drop(active);
     drop(admission);
+    if counters.cache_changed.load(Ordering::Relaxed) {
+        // Walking the cache takes a while on a big one: off the session's path, and off the async threads.
+        let _ = tokio::task::spawn_blocking(move || agent.metrics.set_image_cache_bytes(agent.puller.size())).await;
+    }
 }
 
 /// Pull, start, wire, finish. A shutdown of the agent ends any of them with [`ShuttingDown`].
@@ -190,12 +261,17 @@ where
     St: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin + Send + 'static,
 {
     let stop = &agent.shutdown;
+    let began = std::time::Instant::now();
+    let shutting_down = || {
+        counters.shut_down.store(true, Ordering::Relaxed);
+        Status::from(SessionError::from(ShuttingDown))
+    };
     let image = match &ctx.image {
         None => None,
         Some(r) => {
             let pulled = tokio::select! {
-                p = pull(agent, ctx, r, tx) => p,
-                _ = stop.stopping() => return SessionError::from(ShuttingDown).into(),
+                p = pull(agent, ctx, r, tx, &counters.cache_changed) => p,
+                _ = stop.stopping() => return shutting_down(),
             };
             match pulled {
                 Ok(img) => {
@@ -214,16 +290,23 @@ where
         r = start(agent, ctx, image.as_ref()) => r,
         // Dropping the half-started session closes the helper's control pipe: it hangs up whatever it started
         // (a start that blocks, say on a FUSE mount the container serves, included).
-        _ = stop.stopping() => return SessionError::from(ShuttingDown).into(),
-        _ = gone.wait_for(|g| *g) => return SessionError::ClientGone.into(),
+        _ = stop.stopping() => return shutting_down(),
+        _ = gone.wait_for(|g| *g) => {
+            counters.lost.store(true, Ordering::Relaxed);
+            return SessionError::ClientGone.into();
+        }
     };
     let running = match running {
         Ok(r) => r,
         Err(status) => return status,
     };
+    agent.metrics.started(ctx.image.is_some(), began.elapsed());
     let s = serde_json::to_vec(&Started { session: id.into(), pid: running.pid }).unwrap_or_default();
     let _ = tx.send(Message::Binary(frame(channel::STARTED, &s).into())).await;
     let wired = wire(agent, running, tx, client, counters).await;
+    if wired.shut_down {
+        counters.shut_down.store(true, Ordering::Relaxed);
+    }
     finish(ctx, wired).await
 }
 
@@ -234,22 +317,36 @@ async fn pull(
     ctx: &Context,
     r: &ImageRef,
     tx: &mpsc::Sender<Message>,
+    cache_changed: &AtomicBool,
 ) -> Result<PulledImage, PullError> {
     let ptx = tx.clone();
     let progress = move |line: String| {
         // Progress is best effort: a full queue drops a line rather than stalling the pull.
         let _ = ptx.try_send(Message::Binary(frame(channel::PROGRESS, line.as_bytes()).into()));
     };
-    let pulled = {
+    let (pulled, cached) = {
         let _shared = agent.cache_lock.read().await;
-        agent.puller.pull(r, ctx.pull_policy, &progress).await
+        let cached = ctx.pull_policy != PullPolicy::Always && agent.puller.is_cached(r);
+        (agent.puller.pull(r, ctx.pull_policy, &progress).await, cached)
     };
+    agent.metrics.image_pull(match (&pulled, cached) {
+        (Err(_), _) => PullResult::Failed,
+        (Ok(_), true) => PullResult::Cached,
+        (Ok(_), false) => PullResult::Pulled,
+    });
+    match &pulled {
+        Ok(img) => tracing::info!(image = %img.reference, digest = %img.digest, cached, "debug image ready"),
+        Err(e) => tracing::info!(image = %r, error = %e, "debug image failed"),
+    }
     let cap = agent.cfg.file.images.max_cache_bytes;
+    let mut changed = !cached;
     if cap > 0 && agent.puller.size() > cap {
         let _alone = agent.cache_lock.write().await;
         let p = agent.puller.prune();
         tracing::info!(blobs = p.blobs, layers = p.layers, bytes = p.bytes, "image cache over its cap: pruned");
+        changed = true;
     }
+    cache_changed.store(changed, Ordering::Relaxed);
     pulled
 }
 
@@ -391,7 +488,13 @@ where
     let input = tokio::spawn(flow::pump_in(stream, gone, stdin, signals, master, counters.bytes_in.clone()));
     let stop = &agent.shutdown;
     let wired = tokio::select! {
-        s = &mut exit => Wired { status: s.ok().flatten(), shut_down: false },
+        s = &mut exit => {
+            // The input pump only returns when the client is gone; before the end, that is what ended it.
+            if input.is_finished() {
+                counters.lost.store(true, Ordering::Relaxed);
+            }
+            Wired { status: s.ok().flatten(), shut_down: false }
+        }
         _ = stop.stopping() => {
             input.abort();
             let status = tokio::select! {
@@ -479,6 +582,22 @@ mod tests {
         }
         let Status::Error { message, .. } = Status::from(SessionError::from(ShuttingDown)) else { unreachable!() };
         assert!(message.contains("agent is shutting down"), "{message}");
+    }
+
+    #[test]
+    fn a_session_outcome_says_shutdown_then_lost_before_the_status() {
+        let m = Metrics::new(dcos_exec_access::metrics::Component::Agent, "0", "r");
+        let exited = Status::Exited { code: 3 };
+        let signaled = Status::Signaled { signal: libc::SIGHUP };
+        let failed = Status::Error { code: ErrorCode::CommandNotFound, message: String::new() };
+        let c = Counters::new(&m);
+        assert_eq!(c.outcome(&exited), SessionOutcome::Exited);
+        assert_eq!(c.outcome(&signaled), SessionOutcome::Signaled);
+        assert_eq!(c.outcome(&failed), SessionOutcome::Failed);
+        c.lost.store(true, Ordering::Relaxed);
+        assert_eq!(c.outcome(&signaled), SessionOutcome::Lost, "the hang-up of a vanished client");
+        c.shut_down.store(true, Ordering::Relaxed);
+        assert_eq!(c.outcome(&signaled), SessionOutcome::Shutdown, "the agent hung up first");
     }
 
     #[test]

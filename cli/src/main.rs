@@ -15,7 +15,10 @@ use client::Failure;
 use dcos_exec_proto::{exit, ExecRequest, TaskInfo};
 
 #[derive(Parser)]
-#[command(name = "dcos", version, about = "Run commands inside running tasks' containers")]
+#[command(
+    name = "dcos",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("DCOS_EXEC_REVISION"), ")"),
+    about = "Run commands inside running tasks' containers")]
 struct Cli {
     /// Agent URL (else DCOS_URL, else core.dcos_url in the config file).
     #[arg(long, global = true)]

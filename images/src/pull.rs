@@ -630,6 +630,12 @@ impl Puller {
         out
     }
 
+    /// Whether `r` is in the cache, complete, so that a pull other than [`PullPolicy::Always`] would not ask its
+    /// source.
+    pub fn is_cached(&self, r: &ImageRef) -> bool {
+        self.cached(r).is_some()
+    }
+
     /// Forgets a reference (its content goes with the next `prune`). False if it was not cached.
     pub fn remove(&self, r: &ImageRef) -> bool {
         std::fs::remove_file(self.ref_file(r)).is_ok()

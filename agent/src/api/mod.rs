@@ -4,6 +4,7 @@
 //! [`Refusal`], audited as a `denied` record.
 
 pub mod authorize;
+pub mod observe;
 pub mod parse;
 pub mod refusal;
 pub mod upgrade;
@@ -47,8 +48,11 @@ pub async fn route(agent: Arc<Agent>, caller: Caller<'_>, req: Request<Incoming>
     if req.method() != http::Method::GET {
         return Refusal::from(parse::ParseError::Method).response();
     }
-    if path == "/healthz" {
-        return json_response(StatusCode::OK, &serde_json::json!({"ok": true}));
+    match path.as_str() {
+        "/healthz" => return observe::healthz(),
+        "/readyz" => return observe::readyz(&agent),
+        "/metrics" => return metrics(&agent, &caller, &req).await,
+        _ => {}
     }
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     match segs.as_slice() {
@@ -64,8 +68,19 @@ pub async fn route(agent: Arc<Agent>, caller: Caller<'_>, req: Request<Incoming>
 }
 
 impl Agent {
-    /// Writes the `denied` record of a refusal.
+    /// Writes the `denied` record of a refusal, logs it and counts it.
     fn audit_refusal(&self, peer: SocketAddr, path: &str, user: Option<&str>, task: Option<&str>, r: &Refusal) {
+        let code = dcos_exec_access::metrics::code_name(r.code);
+        tracing::info!(
+            code,
+            user = user.unwrap_or("-"),
+            task = task.unwrap_or("-"),
+            source = %peer,
+            path,
+            reason = %r.message,
+            "refused"
+        );
+        self.metrics.refused(r.code);
         self.audit.denial(&DenialRecord {
             event: "denied",
             time: dcos_exec_access::audit::now(),
@@ -150,12 +165,35 @@ async fn runtimes(agent: &Agent, caller: &Caller<'_>, req: &Request<Incoming>) -
     json_response(StatusCode::OK, &agent.discovery.statuses().await)
 }
 
+/// `GET /metrics` on the API port: for callers the ACL grants `metrics` (on any task).
+async fn metrics(agent: &Agent, caller: &Caller<'_>, req: &Request<Incoming>) -> Response<Body> {
+    let claims = match agent.authenticate(caller, req).await {
+        Ok(c) => c,
+        Err(r) => return r.response(),
+    };
+    let who = Principal { user: &claims.sub, groups: &claims.groups };
+    if !agent.acl.grants_somewhere(&who, "metrics") {
+        let r = Refusal::from(authorize::Denied {
+            user: claims.sub.clone(),
+            action: "metrics".into(),
+            image: None,
+            task: "*".into(),
+        });
+        agent.audit_refusal(caller.peer, req.uri().path(), Some(&claims.sub), None, &r);
+        return r.response();
+    }
+    observe::metrics(agent)
+}
+
 /// `GET /v1/tasks/{task}/exec`: authenticate, parse, authorize, upgrade; the first refusal ends it.
 async fn exec(agent: Arc<Agent>, caller: &Caller<'_>, req: Request<Incoming>, task: String) -> Response<Body> {
     let path = req.uri().path().to_string();
     let claims = match agent.authenticate(caller, &req).await {
         Ok(c) => c,
-        Err(r) => return r.response(),
+        Err(r) => {
+            agent.metrics.session_ended(dcos_exec_access::metrics::SessionOutcome::Refused, None);
+            return r.response();
+        }
     };
     let all = agent.discovery.list().await;
     let steps = |req: Request<Incoming>| -> Result<Response<Body>, Refusal> {
@@ -173,6 +211,7 @@ async fn exec(agent: Arc<Agent>, caller: &Caller<'_>, req: Request<Incoming>, ta
     };
     steps(req).unwrap_or_else(|r| {
         agent.audit_refusal(caller.peer, &path, Some(&claims.sub), Some(&task), &r);
+        agent.metrics.session_ended(dcos_exec_access::metrics::SessionOutcome::Refused, None);
         r.response()
     })
 }

@@ -10,6 +10,7 @@ mod runc;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -106,6 +107,8 @@ pub struct Discovery {
     annotation: Option<String>,
     /// Engines last seen unreachable, so that the log warns once when one goes away and once when it is back.
     down: Mutex<HashMap<PathBuf, String>>,
+    /// Set once a list has completed (every engine answered or timed out): the agent is ready (`/readyz`).
+    answered: AtomicBool,
 }
 
 impl Discovery {
@@ -118,7 +121,13 @@ impl Discovery {
             timeout,
             annotation,
             down: Mutex::default(),
+            answered: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the runtimes have been read once: state roots walked, every engine answered or timed out.
+    pub fn has_answered(&self) -> bool {
+        self.answered.load(Ordering::Relaxed)
     }
 
     /// Every container found, in no particular order: those in the runtimes' state (running, created, or
@@ -168,6 +177,7 @@ impl Discovery {
             let ctd = ns.is_some_and(|n| n != "moby");
             c.name_unknown = (docker && docker_silent) || (ctd && ctd_silent);
         }
+        self.answered.store(true, Ordering::Relaxed);
         out
     }
 

@@ -15,6 +15,7 @@
 //! 5. **Leaving hangs up.** When the client is gone, [`pump_in`] returns and drops the session's signal sender,
 //!    which the helper sees as a hang-up (SIGHUP, then SIGKILL after `grace_period`).
 
+use dcos_exec_access::metrics::Counter;
 use dcos_exec_proto::{channel, split_frame, SignalRequest, TermSize};
 use futures_util::{SinkExt, StreamExt};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -32,6 +33,30 @@ pub const CLIENT_SILENCE: Duration = Duration::from_secs(65);
 pub const CHUNK: usize = 64 * 1024;
 /// Frames queued for the client at most (rule 1): with [`CHUNK`], about 1 MiB per session.
 pub const QUEUE: usize = 16;
+
+/// Bytes one direction of a session moved: the session's own count (for its end record) and the agent's total
+/// (for `/metrics`), both added to as the bytes flow, so a long session shows in the total while it runs.
+#[derive(Clone, Default)]
+pub struct Tally {
+    session: Arc<AtomicU64>,
+    total: Counter,
+}
+
+impl Tally {
+    pub fn new(total: Counter) -> Tally {
+        Tally { session: Arc::default(), total }
+    }
+
+    fn add(&self, n: u64) {
+        self.session.fetch_add(n, Ordering::Relaxed);
+        self.total.inc_by(n);
+    }
+
+    /// The session's count.
+    pub fn get(&self) -> u64 {
+        self.session.load(Ordering::Relaxed)
+    }
+}
 
 pub type Reader = Box<dyn AsyncRead + Unpin + Send>;
 pub type Writer = Box<dyn AsyncWrite + Unpin + Send>;
@@ -89,7 +114,7 @@ pub async fn pump_out(
     ch: u8,
     mut r: Reader,
     tx: mpsc::Sender<Message>,
-    count: Arc<AtomicU64>,
+    count: Tally,
     mut exited: watch::Receiver<bool>,
     drain: Duration,
 ) {
@@ -100,7 +125,7 @@ pub async fn pump_out(
             _ = idle_after_exit(&mut exited, drain) => return,
         };
         buf[0] = ch;
-        count.fetch_add(n as u64, Ordering::Relaxed);
+        count.add(n as u64);
         // The bounded queue is the back-pressure: a full one stalls this read.
         if tx.send(Message::Binary(buf[..=n].to_vec().into())).await.is_err() {
             return;
@@ -126,7 +151,7 @@ pub async fn pump_in<St>(
     mut stdin: Option<Writer>,
     signals: mpsc::Sender<i32>,
     master: Option<OwnedFd>,
-    count: Arc<AtomicU64>,
+    count: Tally,
 ) where
     St: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
 {
@@ -156,7 +181,7 @@ pub async fn pump_in<St>(
                         _ = gone.wait_for(|g| *g) => return,
                     };
                     if written {
-                        count.fetch_add(payload.len() as u64, Ordering::Relaxed);
+                        count.add(payload.len() as u64);
                     } else {
                         stdin = None;
                     }
@@ -201,7 +226,7 @@ mod tests {
         let (w, mut r) = tokio::io::duplex(1024);
         let (signals, mut signal_rx) = mpsc::channel(8);
         let (_gone_tx, gone) = watch::channel(false);
-        let count = Arc::new(AtomicU64::new(0));
+        let count = Tally::default();
         let client = futures_util::stream::iter(vec![
             bin(channel::STDIN, b"hello"),
             bin(channel::SIGNAL, br#"{"signal":"INT"}"#),
@@ -212,7 +237,7 @@ mod tests {
         let mut got = String::new();
         r.read_to_string(&mut got).await.unwrap();
         assert_eq!(got, "hello world", "stdin delivered, then EOF");
-        assert_eq!(count.load(Ordering::Relaxed), 11);
+        assert_eq!(count.get(), 11);
         assert_eq!(signal_rx.recv().await, Some(libc::SIGINT));
         assert_eq!(signal_rx.recv().await, None, "the signal sender is gone: the helper sees a hang-up");
     }
@@ -248,13 +273,13 @@ mod tests {
         // Nobody takes the frames: the queue (one frame here) fills and stays full.
         let (tx, _rx) = mpsc::channel(1);
         let (_exited_tx, exited) = watch::channel(false);
-        let count = Arc::new(AtomicU64::new(0));
+        let count = Tally::default();
         let pump = tokio::spawn(pump_out(channel::STDOUT, Box::new(r), tx, count.clone(), exited, Duration::ZERO));
         let big = vec![b'x'; 8 << 20];
         let wrote = tokio::time::timeout(Duration::from_secs(3600), w.write_all(&big)).await;
         assert!(wrote.is_err(), "the writer blocks");
         // What the pump read is bounded by the queue and one chunk, not by what the process wrote.
-        assert!(count.load(Ordering::Relaxed) <= 2 * CHUNK as u64, "{}", count.load(Ordering::Relaxed));
+        assert!(count.get() <= 2 * CHUNK as u64, "{}", count.get());
         pump.abort();
     }
 

@@ -364,6 +364,11 @@ impl Agent {
     }
 
     fn start_configured(dir: &Path, extra: &str, runtimes: Option<&str>, acl: &str) -> Agent {
+        Agent::start_logging(dir, extra, runtimes, acl, "debug")
+    }
+
+    /// [`Agent::start_with_runtimes`] with `DCOS_EXEC_LOG` set to `filter` instead of `debug`.
+    pub fn start_logging(dir: &Path, extra: &str, runtimes: Option<&str>, acl: &str, filter: &str) -> Agent {
         let _ = std::fs::remove_dir_all(dir);
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
@@ -390,7 +395,7 @@ impl Agent {
         std::fs::write(dir.join("acl.toml"), acl).unwrap();
         let log = std::fs::File::create(dir.join("agent.log")).unwrap();
         let mut cmd = Command::new(bin("dcos-exec-agent"));
-        cmd.args(["run", "--config"]).arg(&cfg).stdout(Stdio::null()).stderr(log).env("DCOS_EXEC_LOG", "debug");
+        cmd.args(["run", "--config"]).arg(&cfg).stdout(Stdio::null()).stderr(log).env("DCOS_EXEC_LOG", filter);
         // SAFETY: prctl in the child before exec; the agent dies with the thread that started it.
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
