@@ -40,8 +40,10 @@ impl Agent {
         let f = &cfg.file;
         let pub_pem = std::fs::read(&f.token_public_key)
             .with_context(|| format!("reading token public key {}", f.token_public_key.display()))?;
-        let issuers =
-            f.oidc.iter().map(|o| dcos_exec_access::oidc::Issuer::new(o.clone())).collect::<Result<Vec<_>, _>>()?;
+        if f.oidc.iter().any(|o| o.issuer == f.issuer) {
+            anyhow::bail!("[[oidc]] issuer {:?} is also the agent's own issuer: choose another `issuer`", f.issuer);
+        }
+        let issuers = dcos_exec_access::oidc::issuers(&f.oidc)?;
         let verifier = Verifier::new(&pub_pem, &f.issuer, &f.audience)?.with_oidc(issuers);
         let acl = Acl::load(&f.acl)?;
         let audit = AuditLog::open(&f.audit_log).with_context(|| format!("opening {}", f.audit_log.display()))?;

@@ -616,3 +616,35 @@ fn the_issuers_certificate_and_discovery_document_are_checked() {
     assert_eq!(code, Some(117), "{err}");
     assert!(err.contains("could not be fetched") && err.contains("names issuer"), "{err}");
 }
+
+#[test]
+fn configurations_that_cannot_work_stop_the_agent_saying_why() {
+    if skip() {
+        return;
+    }
+    let f = fixture();
+    let dir = f.root.join("bad-config");
+    let _ = std::fs::remove_dir_all(&dir);
+    let o = run(Command::new(bin("dcos-exec-agent")).args(["init", "--listen", "127.0.0.1:0", "--dir"]).arg(&dir));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cfg = dir.join("agent.toml");
+    let base = std::fs::read_to_string(&cfg).unwrap();
+    let table = |issuer: &str| format!("\n[[oidc]]\nissuer = \"{issuer}\"\naudience = \"{AUDIENCE}\"\n");
+    let cases = [
+        // The agent's own issuer claimed by an OIDC table: one of the two would never be used.
+        (
+            base.replace("issuer = \"dcos-exec-agent\"", "issuer = \"https://idp.example\"")
+                + &table("https://idp.example"),
+            "also the agent's own issuer",
+        ),
+        (base.clone() + &table("https://idp.example") + &table("https://idp.example"), "configured twice"),
+        (base.clone() + &table("http://idp.example"), "must be an https URL"),
+        (base.clone() + &table("https://idp.example") + "ca_file = \"missing.pem\"\n", "missing.pem"),
+    ];
+    for (text, want) in cases {
+        std::fs::write(&cfg, &text).unwrap();
+        let o = run(Command::new(bin("dcos-exec-agent")).args(["run", "--config"]).arg(&cfg));
+        assert!(!o.status.success(), "{text}");
+        assert!(stderr(&o).contains(want), "want {want:?}: {}", stderr(&o));
+    }
+}

@@ -75,12 +75,20 @@ pub enum OidcError {
     Duration { issuer: String, key: &'static str, value: String },
     #[error("[[oidc]] issuer {issuer}: {message}")]
     Tls { issuer: String, message: String },
+    #[error("[[oidc]] issuer {0} is configured twice")]
+    Duplicate(String),
     #[error("[[oidc]] issuer {issuer}: {key} must not be empty")]
     Empty { issuer: String, key: &'static str },
 }
 
 /// Every configured issuer, for [`crate::auth::Verifier::with_oidc`] (agent and gateway build theirs the same way).
 pub fn issuers(cfgs: &[OidcConfig]) -> Result<Vec<Arc<Issuer>>, OidcError> {
+    // Tokens pick their issuer by `iss`: two tables for one issuer would leave one of them never used.
+    for (i, c) in cfgs.iter().enumerate() {
+        if cfgs[..i].iter().any(|o| o.issuer == c.issuer) {
+            return Err(OidcError::Duplicate(c.issuer.clone()));
+        }
+    }
     cfgs.iter().cloned().map(Issuer::new).collect()
 }
 
