@@ -70,6 +70,9 @@ pub struct AgentConfig {
     /// SYS_ADMIN, SYS_MODULE, DAC_READ_SEARCH, MKNOD or SYS_RAWIO off this list.
     #[serde(default = "default_cap_add_allowed")]
     pub cap_add_allowed: Vec<String>,
+    /// OpenID Connect issuers whose tokens are accepted besides the agent's own (`[[oidc]]` tables).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub oidc: Vec<dcos_exec_access::oidc::OidcConfig>,
     /// `text` (the default) or `json`: one JSON object per log line on stderr.
     #[serde(default)]
     pub log_format: LogFormat,
@@ -370,6 +373,9 @@ impl AgentConfig {
         if let Some(p) = cfg.cluster.as_mut().and_then(|c| c.gateway_ca.as_mut()) {
             *p = base.join(&*p);
         }
+        for o in &mut cfg.oidc {
+            o.resolve_paths(&base);
+        }
         for p in cfg.images.ca_files.iter_mut().chain(cfg.images.docker_config.as_mut()) {
             *p = base.join(&*p);
         }
@@ -503,6 +509,28 @@ mod tests {
         assert!(matches!(AgentConfig::load(&p), Err(ConfigError::Parse { .. })), "a misspelt key is an error");
         std::fs::write(&p, format!("{base}max_sessions_per_user=-1\n")).unwrap();
         assert!(matches!(AgentConfig::load(&p), Err(ConfigError::Parse { .. })));
+    }
+
+    #[test]
+    fn oidc_tables_parse_with_defaults_and_relative_ca_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agent.toml");
+        let base = "listen='x'\ntls_cert='c'\ntls_key='k'\ntoken_public_key='t'\nacl='a'\naudit_log='l'\n";
+        std::fs::write(&p, base).unwrap();
+        assert!(AgentConfig::load(&p).unwrap().file.oidc.is_empty());
+        let two = "[[oidc]]\nissuer='https://a'\naudience='cli'\nca_file='idp.pem'\nuser_claim='email'\n\
+                   [[oidc]]\nissuer='https://b'\naudience='x'\ngroup_prefix='b:'\n";
+        std::fs::write(&p, format!("{base}{two}")).unwrap();
+        let o = AgentConfig::load(&p).unwrap().file.oidc;
+        assert_eq!(o.len(), 2);
+        assert_eq!(o[0].ca_file, Some(std::fs::canonicalize(dir.path()).unwrap().join("idp.pem")));
+        assert_eq!((o[0].user_claim.as_str(), o[0].groups_claim.as_str()), ("email", "groups"));
+        assert_eq!(
+            (o[1].user_claim.as_str(), o[1].group_prefix.as_str(), o[1].refresh_interval.as_str()),
+            ("sub", "b:", "5m")
+        );
+        std::fs::write(&p, format!("{base}[[oidc]]\nissuer='https://a'\naudience='cli'\ngroup_claim='g'\n")).unwrap();
+        assert!(matches!(AgentConfig::load(&p), Err(ConfigError::Parse { .. })), "a misspelt key is an error");
     }
 
     #[test]

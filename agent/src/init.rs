@@ -107,6 +107,7 @@ pub fn init(o: &InitOptions<'_>) -> Result<String> {
         task_id_annotation: None,
         runtimes: RuntimesConfig::default(),
         cap_add_allowed: crate::config::default_cap_add_allowed(),
+        oidc: Vec::new(),
         log_format: Default::default(),
         metrics_listen: None,
         images: crate::config::ImagesConfig::default(),

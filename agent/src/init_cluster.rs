@@ -220,6 +220,7 @@ pub fn init_cluster(o: &ClusterOptions<'_>) -> Result<String> {
             cluster: None,
             log_format: Default::default(),
             metrics_listen: None,
+            oidc: Vec::new(),
         };
         let mut text = String::from("# dcos-exec agent configuration; every key is documented in the README.\n");
         text.push_str(&toml::to_string_pretty(&cfg)?);

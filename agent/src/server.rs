@@ -44,7 +44,11 @@ impl Agent {
         let f = &cfg.file;
         let pub_pem = std::fs::read(&f.token_public_key)
             .with_context(|| format!("reading token public key {}", f.token_public_key.display()))?;
-        let verifier = Verifier::new(&pub_pem, &f.issuer, &f.audience)?;
+        if f.oidc.iter().any(|o| o.issuer == f.issuer) {
+            anyhow::bail!("[[oidc]] issuer {:?} is also the agent's own issuer: choose another `issuer`", f.issuer);
+        }
+        let issuers = dcos_exec_access::oidc::issuers(&f.oidc)?;
+        let verifier = Verifier::new(&pub_pem, &f.issuer, &f.audience)?.with_oidc(issuers);
         let acl = match (&cfg.acl, &cfg.cluster) {
             (AclSource::File(path), _) => Shared::watch_file(path, ACL_POLL)?,
             (AclSource::Etcd, Some(c)) => dcos_exec_cluster::acl::EtcdAcl::empty(&c.file.prefix),
@@ -166,6 +170,7 @@ pub async fn serve(agent: Arc<Agent>) -> Result<()> {
         .await
         .with_context(|| format!("listening on {}", agent.cfg.file.listen))?;
     tracing::info!("listening on https://{}", listener.local_addr()?);
+    agent.verifier.spawn_refresh();
     if let Some(addr) = &agent.cfg.file.metrics_listen {
         let l = tokio::net::TcpListener::bind(addr)
             .await

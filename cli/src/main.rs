@@ -1,9 +1,11 @@
-//! `dcos`: `dcos task list` and `dcos task exec` against dcos-exec agents. The sessions themselves are the
-//! `dcos_exec` library's; this binary adds the command line, the terminal and the table.
+//! `dcos`: `dcos task list` and `dcos task exec` against dcos-exec agents and gateways, `dcos node list`, and
+//! `dcos auth login|logout` at the organisation's identity provider. The sessions themselves are the `dcos_exec`
+//! library's; this binary adds the command line, the terminal, the tables and the login.
 
 // Nothing a user, a container, a registry or the network controls may panic the process.
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
+mod auth;
 mod env;
 mod failure;
 mod generate;
@@ -58,6 +60,9 @@ enum Top {
     /// The nodes of a cluster (through a gateway).
     #[command(subcommand)]
     Node(NodeCmd),
+    /// Sign in to the organisation's identity provider (OpenID Connect).
+    #[command(subcommand)]
+    Auth(AuthCmd),
 }
 
 #[derive(Subcommand)]
@@ -68,6 +73,30 @@ enum NodeCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum AuthCmd {
+    /// Get a token with the device flow and keep it (with its refresh token) in dcos.toml.
+    Login(LoginArgs),
+    /// Forget the stored token and refresh token.
+    Logout,
+}
+
+#[derive(clap::Args)]
+struct LoginArgs {
+    /// Issuer URL (else issuer in the [auth] table of dcos.toml).
+    #[arg(long)]
+    issuer: Option<String>,
+    /// OAuth client id of the CLI at the issuer (else [auth] client_id).
+    #[arg(long)]
+    client_id: Option<String>,
+    /// PEM CA file for the issuer's TLS (else [auth] ca_file, else the system's roots).
+    #[arg(long)]
+    ca_file: Option<std::path::PathBuf>,
+    /// Scopes to ask for (else [auth] scope, else "openid profile email groups offline_access").
+    #[arg(long)]
+    scope: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -170,20 +199,30 @@ fn main() {
 }
 
 async fn run(cli: Cli) -> Result<i32, Failure> {
-    let over = dcos_exec::config::Overrides {
-        url: cli.url,
-        token: cli.acs_token,
-        ssl_verify: cli.ssl_verify,
-        profile: cli.profile,
+    let cmd = match cli.cmd {
+        Top::Auth(AuthCmd::Login(a)) => {
+            let a = auth::LoginArgs { issuer: a.issuer, client_id: a.client_id, ca_file: a.ca_file, scope: a.scope };
+            return auth::login(a).await;
+        }
+        Top::Auth(AuthCmd::Logout) => return auth::logout(),
+        cmd => cmd,
     };
+    // Flag, then DCOS_ACS_TOKEN, then the token of `dcos auth login` (refreshed if expired), then the profile's
+    // or [core]'s dcos_acs_token.
+    let token = match cli.acs_token {
+        Some(t) => Some(t),
+        None if std::env::var("DCOS_ACS_TOKEN").is_ok_and(|v| !v.is_empty()) => None,
+        None => auth::current_token().await?,
+    };
+    let over = dcos_exec::config::Overrides { url: cli.url, token, ssl_verify: cli.ssl_verify, profile: cli.profile };
     let settings = dcos_exec::config::resolve(over)?;
     let agent = Client::from_settings(&settings)?;
     if agent.verification_off() {
         eprintln!("dcos: warning: TLS verification is off (false from the {})", settings.tls.origin);
     }
-    match cli.cmd {
+    match cmd {
         // Handled in main.
-        Top::Completion { .. } | Top::Man { .. } => Ok(0),
+        Top::Completion { .. } | Top::Man { .. } | Top::Auth(_) => Ok(0),
         Top::Task(TaskCmd::List(a)) => {
             let tasks: Vec<TaskInfo> = agent
                 .tasks()

@@ -126,6 +126,10 @@ struct File {
     core: Section,
     #[serde(default)]
     profiles: BTreeMap<String, Section>,
+    /// `dcos auth login`'s table: read and written by the CLI's login, not here.
+    #[serde(default)]
+    #[allow(dead_code)]
+    auth: Option<toml::Value>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

@@ -87,3 +87,4 @@ pub use config::{Origin, Settings, SslVerify, TlsOptions};
 pub use dcos_exec_proto::{ErrorCode, Started, TaskInfo, TermSize};
 pub use error::Error;
 pub use exec::{Command, Control, Event, ExitStatus, Output, Session, Stdin};
+pub use tls::client_config;

@@ -55,7 +55,9 @@ pub(crate) fn error(opts: &TlsOptions, message: String) -> Error {
     Error::Tls { message, trust: trust(opts), origin: opts.origin.to_string() }
 }
 
-pub(crate) fn client_config(opts: &TlsOptions) -> Result<rustls::ClientConfig, Error> {
+/// The rustls client configuration for a trust choice (ring provider, safe protocol versions): for programs that
+/// talk to other HTTPS services the way the client talks to agents (an identity provider, say).
+pub fn client_config(opts: &TlsOptions) -> Result<rustls::ClientConfig, Error> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::CertificateDer;
     let provider = Arc::new(rustls::crypto::ring::default_provider());

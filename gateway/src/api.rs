@@ -74,10 +74,10 @@ pub async fn route(gw: Arc<Gateway>, peer: SocketAddr, pending: &Pending, req: R
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let r = match segs.as_slice() {
         ["v1", "tasks"] => {
-            list(&gw, peer, pending, &req).map(|(s, rows)| stale(json_response(StatusCode::OK, &rows), &s))
+            list(&gw, peer, pending, &req).await.map(|(s, rows)| stale(json_response(StatusCode::OK, &rows), &s))
         }
         ["v1", "nodes"] => {
-            nodes(&gw, peer, pending, &req).map(|(s, rows)| stale(json_response(StatusCode::OK, &rows), &s))
+            nodes(&gw, peer, pending, &req).await.map(|(s, rows)| stale(json_response(StatusCode::OK, &rows), &s))
         }
         ["v1", "tasks", task, "exec"] => match request::task_segment(task) {
             Ok(task) => exec(gw, peer, pending, req, task).await,
@@ -115,9 +115,14 @@ impl Gateway {
 
     /// The caller's claims, or the audited refusal. A caller that authenticates no longer counts against
     /// `max_unauthenticated`.
-    fn authenticate(&self, peer: SocketAddr, pending: &Pending, req: &Request<Incoming>) -> Result<Claims, Refusal> {
+    async fn authenticate(
+        &self,
+        peer: SocketAddr,
+        pending: &Pending,
+        req: &Request<Incoming>,
+    ) -> Result<Claims, Refusal> {
         let h = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let claims = self.verifier.verify_header(h).map_err(|e| {
+        let claims = self.verifier.verify_header(h).await.map_err(|e| {
             let r = Refusal::from(e);
             self.audit_refusal(peer, req.uri().path(), None, None, &r);
             r
@@ -155,13 +160,13 @@ impl View {
 }
 
 /// `GET /v1/tasks`: the tasks of every node that the ACL lets the caller list.
-fn list(
+async fn list(
     gw: &Gateway,
     peer: SocketAddr,
     pending: &Pending,
     req: &Request<Incoming>,
 ) -> Result<(View, Vec<TaskInfo>), Refusal> {
-    let claims = gw.authenticate(peer, pending, req)?;
+    let claims = gw.authenticate(peer, pending, req).await?;
     let s = gw.snapshot()?;
     let who = Principal { user: &claims.sub, groups: &claims.groups };
     let acl = gw.acl.current();
@@ -174,13 +179,13 @@ fn list(
 
 /// `GET /v1/nodes`: every registered node, with the number of its tasks the caller may list; for callers the
 /// ACL grants `list` on some task.
-fn nodes(
+async fn nodes(
     gw: &Gateway,
     peer: SocketAddr,
     pending: &Pending,
     req: &Request<Incoming>,
 ) -> Result<(View, Vec<NodeInfo>), Refusal> {
-    let claims = gw.authenticate(peer, pending, req)?;
+    let claims = gw.authenticate(peer, pending, req).await?;
     let who = Principal { user: &claims.sub, groups: &claims.groups };
     let acl = gw.acl.current();
     if !acl.grants_somewhere(&who, "list") {
@@ -218,7 +223,7 @@ async fn exec(
     task: String,
 ) -> Result<Response<Body>, Refusal> {
     let path = req.uri().path().to_string();
-    let claims = gw.authenticate(peer, pending, &req)?;
+    let claims = gw.authenticate(peer, pending, &req).await?;
     let audited = |r: Refusal| {
         gw.audit_refusal(peer, &path, Some(&claims.sub), Some(&task), &r);
         r

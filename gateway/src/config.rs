@@ -40,6 +40,10 @@ pub struct GatewayConfig {
     /// Required `aud` claim of tokens.
     #[serde(default = "default_audience")]
     pub audience: String,
+    /// OpenID Connect issuers whose tokens are accepted besides the cluster's own (`[[oidc]]` tables, as in
+    /// `agent.toml`): give the gateway and the agents the same ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub oidc: Vec<dcos_exec_access::oidc::OidcConfig>,
     /// ACL file, or `"etcd"` for the ACL kept in the directory at `{etcd_prefix}/acl`; judged here before
     /// any agent is asked (each agent judges again with its own), reloaded on change.
     pub acl: PathBuf,
@@ -116,6 +120,9 @@ impl GatewayConfig {
             cfg.acl = base.join(&cfg.acl);
         }
         cfg.etcd.resolve_paths(&base);
+        for o in &mut cfg.oidc {
+            o.resolve_paths(&base);
+        }
         let dur = |key: &'static str, value: &str| {
             humantime::parse_duration(value).map_err(|_| ConfigError::Duration {
                 path: path.into(),

@@ -45,7 +45,11 @@ impl Gateway {
         let f = &cfg.file;
         let pub_pem = std::fs::read(&f.token_public_key)
             .with_context(|| format!("reading token public key {}", f.token_public_key.display()))?;
-        let verifier = Verifier::new(&pub_pem, &f.issuer, &f.audience)?;
+        if f.oidc.iter().any(|o| o.issuer == f.issuer) {
+            anyhow::bail!("[[oidc]] issuer {:?} is also the cluster's own issuer: choose another `issuer`", f.issuer);
+        }
+        let issuers = dcos_exec_access::oidc::issuers(&f.oidc)?;
+        let verifier = Verifier::new(&pub_pem, &f.issuer, &f.audience)?.with_oidc(issuers);
         let (acl, etcd_acl) = if f.acl == std::path::Path::new(crate::config::ACL_IN_ETCD) {
             let e = EtcdAcl::spawn(f.etcd.clone(), &f.etcd_prefix, EtcdAcl::empty(&f.etcd_prefix));
             if !e.loaded(Duration::from_secs(5)).await {
@@ -95,6 +99,8 @@ pub async fn serve(gw: Arc<Gateway>) -> Result<()> {
         .await
         .with_context(|| format!("listening on {}", gw.cfg.file.listen))?;
     tracing::info!("listening on https://{}", listener.local_addr()?);
+    // OIDC issuers' keys: fetched now and refreshed on rotation.
+    gw.verifier.spawn_refresh();
     let acceptor = tokio_rustls::TlsAcceptor::from(gw.tls.clone());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;

@@ -55,7 +55,7 @@ pub async fn route(agent: Arc<Agent>, caller: Caller<'_>, req: Request<Incoming>
     match path.as_str() {
         "/healthz" => return observe::healthz(),
         "/readyz" => return observe::readyz(&agent),
-        "/metrics" => return metrics(&agent, &caller, &req),
+        "/metrics" => return metrics(&agent, &caller, &req).await,
         _ => {}
     }
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -102,12 +102,12 @@ impl Agent {
     /// Step 1 of every API request: the caller's claims and where the request comes from, or the (audited)
     /// refusal. A caller that authenticates no longer counts against `max_unauthenticated`. Forwarding headers
     /// from a connection without a gateway certificate are refused, whatever the token.
-    fn authenticate(&self, caller: &Caller<'_>, req: &Request<Incoming>) -> Result<(Claims, Origin), Refusal> {
+    async fn authenticate(&self, caller: &Caller<'_>, req: &Request<Incoming>) -> Result<(Claims, Origin), Refusal> {
         let origin = origin::of(caller.peer, caller.gateway, req.headers());
         let audited = origin.as_ref().map_or_else(|_| Origin::direct(caller.peer), Clone::clone);
         let path = req.uri().path();
         let h = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let claims = self.verifier.verify_header(h).map_err(|e| {
+        let claims = self.verifier.verify_header(h).await.map_err(|e| {
             let r = Refusal::from(e);
             self.audit_refusal(&audited, path, None, None, &r);
             r
@@ -124,7 +124,7 @@ impl Agent {
 
 /// `GET /v1/tasks`: the tasks the ACL lets the caller see.
 async fn list(agent: &Agent, caller: &Caller<'_>, req: &Request<Incoming>) -> Response<Body> {
-    let (claims, _) = match agent.authenticate(caller, req) {
+    let (claims, _) = match agent.authenticate(caller, req).await {
         Ok(c) => c,
         Err(r) => return r.response(),
     };
@@ -161,7 +161,7 @@ pub fn task_info(c: crate::runtime::Container) -> TaskInfo {
 
 /// `GET /v1/runtimes`: how each configured runtime answers, for callers the ACL grants `list` on some task.
 async fn runtimes(agent: &Agent, caller: &Caller<'_>, req: &Request<Incoming>) -> Response<Body> {
-    let (claims, origin) = match agent.authenticate(caller, req) {
+    let (claims, origin) = match agent.authenticate(caller, req).await {
         Ok(c) => c,
         Err(r) => return r.response(),
     };
@@ -180,8 +180,8 @@ async fn runtimes(agent: &Agent, caller: &Caller<'_>, req: &Request<Incoming>) -
 }
 
 /// `GET /metrics` on the API port: for callers the ACL grants `metrics` (on any task).
-fn metrics(agent: &Agent, caller: &Caller<'_>, req: &Request<Incoming>) -> Response<Body> {
-    let (claims, origin) = match agent.authenticate(caller, req) {
+async fn metrics(agent: &Agent, caller: &Caller<'_>, req: &Request<Incoming>) -> Response<Body> {
+    let (claims, origin) = match agent.authenticate(caller, req).await {
         Ok(c) => c,
         Err(r) => return r.response(),
     };
@@ -202,7 +202,7 @@ fn metrics(agent: &Agent, caller: &Caller<'_>, req: &Request<Incoming>) -> Respo
 /// `GET /v1/tasks/{task}/exec`: authenticate, parse, authorize, upgrade; the first refusal ends it.
 async fn exec(agent: Arc<Agent>, caller: &Caller<'_>, req: Request<Incoming>, task: String) -> Response<Body> {
     let path = req.uri().path().to_string();
-    let (claims, origin) = match agent.authenticate(caller, &req) {
+    let (claims, origin) = match agent.authenticate(caller, &req).await {
         Ok(c) => c,
         Err(r) => {
             agent.metrics.session_ended(dcos_exec_access::metrics::SessionOutcome::Refused, None);

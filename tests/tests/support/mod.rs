@@ -5,6 +5,7 @@
 
 pub mod crun;
 pub mod etcd;
+pub mod oidc;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -350,6 +351,11 @@ impl Agent {
     /// Like [`Agent::start`], with `extra` (top-level `agent.toml` keys) added to the configuration.
     pub fn start_with(dir: &Path, extra: &str) -> Agent {
         Agent::start_configured(dir, extra, None, ACL)
+    }
+
+    /// Like [`Agent::start_with`], with `acl` as the ACL.
+    pub fn start_with_acl(dir: &Path, extra: &str, acl: &str) -> Agent {
+        Agent::start_configured(dir, extra, None, acl)
     }
 
     /// Like [`Agent::start_with`], with the keys of the `[runtimes]` table replaced by `runtimes` and `acl` as
