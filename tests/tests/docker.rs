@@ -7,7 +7,6 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 use support::*;
 
 use support::dockerd::{self, DOCKER};

@@ -183,7 +183,7 @@ fn install_puts_the_binaries_in_prefix_bin() {
     for b in ["dcos", "dcos-exec-agent"] {
         let p = dir.join("bin").join(b);
         assert!(out.contains(&format!("install: {}", p.display())), "{out}");
-        let o = run(Command::new("sh").arg("-c").arg(format!("{b} --help")).env("PATH", dir.join("bin")));
+        let o = run(Command::new("/bin/sh").arg("-c").arg(format!("{b} --help")).env("PATH", dir.join("bin")));
         assert!(ok(&o, b).contains("Usage"), "{b} --help from PATH: {}", stdout(&o));
     }
     // PREFIX/bin is not on this PATH: it says so.
@@ -221,7 +221,7 @@ fn the_systemd_unit_verifies_and_is_hardened_as_documented() {
     let bad = dir.join("bad.service");
     std::fs::write(&bad, text.replace("ProtectSystem=strict", "ProtectSystem=strickt")).unwrap();
     let o = run(Command::new("systemd-analyze").args(["verify", "--man=no"]).arg(&bad));
-    assert!(stderr(&o).contains("ProtectSystem") || !o.status.success(), "bad unit passed: {}", stderr(&o));
+    assert!(stderr(&o).contains("strickt") || !o.status.success(), "bad unit passed: {}", stderr(&o));
     // What systemd itself reports about the unit's sandbox.
     let o = run(Command::new("systemd-analyze").args(["security", "--offline=true", "--man=no"]).arg(&unit));
     let report = stdout(&o);
@@ -278,7 +278,7 @@ fn the_daemonset_validates_and_runs_the_image_the_way_the_image_needs() {
     assert_eq!(c["securityContext"]["privileged"], true);
     assert_eq!(c["args"], dockerfile("CMD"), "the image's own command");
     let port = c["ports"][0]["containerPort"].as_u64().unwrap();
-    assert_eq!(dockerfile("EXPOSE"), port.to_string().as_str().into());
+    assert_eq!(dockerfile("EXPOSE"), serde_json::json!(port), "the port the image exposes");
     for probe in ["readinessProbe", "livenessProbe"] {
         let g = &c[probe]["httpGet"];
         assert_eq!(g["path"], "/healthz", "{probe}");
@@ -545,4 +545,72 @@ fn the_deb_holds_binaries_unit_and_readme_and_installs_into_a_scratch_root() {
     assert_unit_verifies(&u);
     ok(&dpkg(&["-r", "dcos-exec"]), "dpkg --root -r");
     assert!(!agent.exists() && !root.join("lib/systemd/system/dcos-exec-agent.service").exists(), "removed");
+}
+
+/// An apt configuration with its own lists directory and no sources: `apt-get update` takes only that lock.
+fn scratch_apt(dir: &Path) -> PathBuf {
+    for d in ["lists/partial", "sources.list.d"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    let conf = dir.join("apt.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "Dir::State::Lists \"{}\";\nDir::Etc::SourceList \"/dev/null\";\nDir::Etc::SourceParts \"{}\";\n",
+            dir.join("lists").display(),
+            dir.join("sources.list.d").display()
+        ),
+    )
+    .unwrap();
+    conf
+}
+
+/// Holds apt's lock on `file` (an fcntl lock, as apt and dpkg take them) until the returned file is dropped.
+fn hold_apt_lock(file: &Path) -> std::fs::File {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(file).unwrap();
+    let fl =
+        libc::flock { l_type: libc::F_WRLCK as i16, l_whence: libc::SEEK_SET as i16, l_start: 0, l_len: 0, l_pid: 0 };
+    // SAFETY: fcntl with F_SETLK on a descriptor we own and a fully initialised struct flock.
+    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLK, &fl) };
+    assert_eq!(r, 0, "locking {}", file.display());
+    f
+}
+
+#[test]
+fn setup_waits_for_the_apt_lock_another_process_holds() {
+    if skip() {
+        return;
+    }
+    let dir = scratch("aptlock");
+    let conf = scratch_apt(&dir);
+    let apt_wait = workspace().join("scripts/apt-wait");
+    let lock = hold_apt_lock(&dir.join("lists/lock"));
+    // apt-get alone fails at once: the lock is really held.
+    let o = run(Command::new("apt-get").args(["update", "-qq"]).env("APT_CONFIG", &conf));
+    assert!(!o.status.success() && stderr(&o).contains("Could not get lock"), "{}", stderr(&o));
+    // A caller that will not wait gets apt's own error.
+    let o = run(Command::new(&apt_wait)
+        .args(["apt-get", "update", "-qq"])
+        .env("APT_CONFIG", &conf)
+        .env("APT_WAIT_SECONDS", "0"));
+    assert!(!o.status.success() && stderr(&o).contains("Could not get lock"), "{}", stderr(&o));
+    // scripts/setup's way: it waits, says why once, and runs when the holder lets go.
+    let released = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = released.clone();
+    let holder = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(3));
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        drop(lock);
+    });
+    let o = run(Command::new(&apt_wait).args(["apt-get", "update", "-qq"]).env("APT_CONFIG", &conf));
+    assert!(released.load(std::sync::atomic::Ordering::SeqCst), "apt-wait returned while the lock was held");
+    ok(&o, "scripts/apt-wait apt-get update");
+    let err = stderr(&o);
+    assert_eq!(err.matches("apt-wait: waiting for another package manager to finish").count(), 1, "{err}");
+    holder.join().unwrap();
+    let setup = std::fs::read_to_string(workspace().join("scripts/setup")).unwrap();
+    assert!(
+        setup.contains("scripts/apt-wait\" apt-get update") && setup.contains("scripts/apt-wait\" apt-get install")
+    );
 }
