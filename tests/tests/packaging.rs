@@ -306,6 +306,22 @@ fn the_daemonset_validates_and_runs_the_image_the_way_the_image_needs() {
     assert_eq!(run_mount["mountPropagation"], "HostToContainer", "runtimes' later mounts under /run reach the agent");
 }
 
+/// Whether the mount that holds /run propagates (shared or slave), which `:rslave` needs. systemd makes `/`
+/// shared; some containers and chroots leave it private.
+fn run_propagates() -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    // Fields: id parent dev root MOUNT_POINT options [optional fields...] - fstype source super-options.
+    let holder = info
+        .lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .filter(|f| f.len() > 6 && (f[4] == "/" || f[4] == "/run"))
+        // The longest mount point wins, and of equal ones the last mounted (max_by_key keeps the last).
+        .max_by_key(|f| f[4].len())
+        .map(|f| f[6..].iter().take_while(|x| **x != "-").copied().collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
+    holder.contains("shared:") || holder.contains("master:")
+}
+
 /// The documented `docker run` of the README, with the scratch directories of a test in place of the host's.
 fn docker_run_args(name: &str, image: &str, host_dirs: &[(String, &str, bool)]) -> Vec<String> {
     let mut a: Vec<String> = ["run", "-d", "--name", name, "--privileged", "--pid", "host", "--network", "host"]
@@ -315,7 +331,9 @@ fn docker_run_args(name: &str, image: &str, host_dirs: &[(String, &str, bool)]) 
     a.extend(["--cgroupns".into(), "host".into()]);
     for (host, inside, ro) in host_dirs {
         let opts = match (*inside, ro) {
-            ("/run", _) => ":rslave",
+            // Docker refuses rslave under a private mount; bind mounts show new files either way.
+            ("/run", _) if run_propagates() => ":rslave",
+            ("/run", _) => "",
             (_, true) => ":ro",
             _ => "",
         };
@@ -569,8 +587,13 @@ fn scratch_apt(dir: &Path) -> PathBuf {
 fn hold_apt_lock(file: &Path) -> std::fs::File {
     use std::os::fd::AsRawFd;
     let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(file).unwrap();
-    let fl =
-        libc::flock { l_type: libc::F_WRLCK as i16, l_whence: libc::SEEK_SET as i16, l_start: 0, l_len: 0, l_pid: 0 };
+    let fl = libc::flock {
+        l_type: i16::try_from(libc::F_WRLCK).unwrap(),
+        l_whence: i16::try_from(libc::SEEK_SET).unwrap(),
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
     // SAFETY: fcntl with F_SETLK on a descriptor we own and a fully initialised struct flock.
     let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLK, &fl) };
     assert_eq!(r, 0, "locking {}", file.display());
