@@ -637,3 +637,50 @@ fn setup_waits_for_the_apt_lock_another_process_holds() {
         setup.contains("scripts/apt-wait\" apt-get update") && setup.contains("scripts/apt-wait\" apt-get install")
     );
 }
+
+#[test]
+fn install_takes_man_pages_and_completions_from_binaries_that_generate_them() {
+    // Stand-ins for binaries with `dcos completion SHELL` and `BINARY man --dir DIR` (the contract of
+    // scripts/package-assets), until the real ones have them.
+    let dir = scratch("assets");
+    let bins = dir.join("bins");
+    std::fs::create_dir_all(&bins).unwrap();
+    let fake = |name: &str, body: &str| {
+        let p = bins.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    };
+    let man = |name: &str| {
+        format!(
+            "if [ \"$1\" = man ]; then [ \"$2\" = --help ] && exit 0; echo '.TH {name} 1' > \"$3/{name}.1\"; exit 0; fi\nexit 2"
+        )
+    };
+    fake(
+        "dcos",
+        &format!(
+            "if [ \"$1\" = completion ]; then [ \"$2\" = --help ] && exit 0; echo \"# $2 completion of dcos\"; exit 0; fi\n{}",
+            man("dcos")
+        ),
+    );
+    fake("dcos-exec-agent", &man("dcos-exec-agent"));
+    let prefix = dir.join("prefix");
+    let o = run(Command::new(workspace().join("scripts/install")).arg("--from").arg(&bins).env("PREFIX", &prefix));
+    ok(&o, "scripts/install");
+    for (path, want) in [
+        ("share/man/man1/dcos.1", ".TH dcos 1"),
+        ("share/man/man1/dcos-exec-agent.1", ".TH dcos-exec-agent 1"),
+        ("share/bash-completion/completions/dcos", "# bash completion of dcos"),
+        ("share/zsh/vendor-completions/_dcos", "# zsh completion of dcos"),
+        ("share/fish/vendor_completions.d/dcos.fish", "# fish completion of dcos"),
+    ] {
+        let got = std::fs::read_to_string(prefix.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(got.trim(), want, "{path}");
+    }
+    // Binaries without them: the binaries are installed all the same, and it says what is missing.
+    let o = run(Command::new(workspace().join("scripts/install"))
+        .arg("--from")
+        .arg(bin("dcos").parent().unwrap())
+        .env("PREFIX", dir.join("plain")));
+    ok(&o, "scripts/install of binaries without man or completion");
+    assert!(dir.join("plain/bin/dcos").exists());
+}
