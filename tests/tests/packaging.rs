@@ -280,9 +280,12 @@ fn the_daemonset_validates_and_runs_the_image_the_way_the_image_needs() {
     assert_eq!(c["args"], dockerfile("CMD"), "the image's own command");
     let port = c["ports"][0]["containerPort"].as_u64().unwrap();
     assert_eq!(dockerfile("EXPOSE"), serde_json::json!(port), "the port the image exposes");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    // /readyz once the agent serves it (the image test GETs whichever this names).
+    let ready = c["readinessProbe"]["httpGet"]["path"].as_str().unwrap();
+    assert!(["/healthz", "/readyz"].contains(&ready), "{ready}");
     for probe in ["readinessProbe", "livenessProbe"] {
         let g = &c[probe]["httpGet"];
-        assert_eq!(g["path"], "/healthz", "{probe}");
         assert_eq!(g["scheme"], "HTTPS", "{probe}");
         assert_eq!(g["port"], c["ports"][0]["name"], "{probe}");
     }
@@ -502,12 +505,17 @@ fn the_agent_image_runs_on_dockerd_and_execs_into_a_runc_container() {
         assert!(Instant::now() < deadline, "agent in the image did not listen: {}{}", stdout(&logs), stderr(&logs));
         std::thread::sleep(Duration::from_millis(100));
     }
-    // The probe of the DaemonSet answers.
-    let o = run(Command::new("curl")
-        .args(["-fsS", "--cacert"])
-        .arg(etc.join("ca.crt"))
-        .arg(format!("https://127.0.0.1:{port}/healthz")));
-    ok(&o, "GET /healthz");
+    // The DaemonSet's probes answer on the agent in the image.
+    let docs = yaml_documents(&workspace().join("packaging/kubernetes/daemonset.yaml"));
+    let pod = &docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap()["spec"]["template"]["spec"];
+    for probe in ["readinessProbe", "livenessProbe"] {
+        let path = pod["containers"][0][probe]["httpGet"]["path"].as_str().unwrap();
+        let o = run(Command::new("curl")
+            .args(["-fsS", "--cacert"])
+            .arg(etc.join("ca.crt"))
+            .arg(format!("https://127.0.0.1:{port}{path}")));
+        ok(&o, &format!("{probe}: GET {path}"));
+    }
 
     let dcos = |token: &str| {
         let mut cmd = Command::new(&dcos);
