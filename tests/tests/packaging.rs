@@ -326,6 +326,31 @@ fn run_propagates() -> bool {
     holder.contains("shared:") || holder.contains("master:")
 }
 
+/// `layout:busybox`: an OCI image layout holding a static busybox, built with umoci.
+fn busybox_layout(layout: &Path) {
+    let image = format!("{}:busybox", layout.display());
+    let bundle = layout.with_extension("bundle");
+    let umoci = |args: &[&str], extra: Option<&Path>| {
+        let mut c = Command::new("umoci");
+        c.args(args);
+        if let Some(p) = extra {
+            c.arg(p);
+        }
+        ok(&run(&mut c), &format!("umoci {args:?}"));
+    };
+    umoci(&["init", "--layout"], Some(layout));
+    umoci(&["new", "--image", &image], None);
+    umoci(&["unpack", "--rootless", "--image", &image], Some(&bundle));
+    let rootfs = bundle.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    for applet in ["sh", "cat", "ls"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    umoci(&["config", "--image", &image, "--config.env", "PATH=/bin"], None);
+    umoci(&["repack", "--image", &image], Some(&bundle));
+}
+
 /// Capabilities (Docker's names) missing from this process's bounding set.
 fn missing_capabilities() -> Vec<&'static str> {
     const NAMES: [&str; 41] = [
@@ -451,6 +476,17 @@ fn the_agent_image_runs_on_dockerd_and_execs_into_a_runc_container() {
                   containerd_sockets = []\n\n[images]\ncache_dir = \"/var/cache/dcos-exec/images\"\n";
     std::fs::write(&cfg_path, format!("{top}\n{tables}")).unwrap();
     let admin = std::fs::read_to_string(etc.join("admin.token")).unwrap().trim().to_string();
+    // A busybox debug image as an OCI layout (umoci), which the ACL lets the admin use.
+    let layout = root.join("tools");
+    busybox_layout(&layout);
+    std::fs::write(
+        etc.join("acl.toml"),
+        format!(
+            "[[rule]]\nsubjects = [\"user:admin\"]\ntasks = [\"*\"]\nactions = [\"*\"]\nimages = [\"oci:{}/**\"]\n",
+            root.display()
+        ),
+    )
+    .unwrap();
     let audit = root.join("log");
     let cache = root.join("cache");
     std::fs::create_dir_all(&audit).unwrap();
@@ -543,6 +579,11 @@ fn the_agent_image_runs_on_dockerd_and_execs_into_a_runc_container() {
     let cgroup: String = lines.collect::<Vec<_>>().join("\n");
     let want = std::fs::read_to_string(format!("/proc/{}/cgroup", c.init_pid())).unwrap();
     assert_eq!(cgroup.trim(), want.trim(), "the session is in the container's cgroup");
+    // A debug image: pulled into the cache volume, mounted by the agent in the image, the target at /target.
+    let image = format!("oci:{}:busybox", layout.display());
+    let o = run(dcos(&admin).args(["task", "exec", "--debug-image", &image, &c.id, "cat", "/target/marker"]));
+    assert_eq!(ok(&o, "--debug-image through the agent in the image"), "inside the runc container\n");
+    assert!(cache.join("images").read_dir().unwrap().next().is_some(), "the cache is in the volume");
     // The exit status comes through, and the audit trail is on the host.
     let o = run(dcos(&admin).args(["task", "exec", &c.id, "sh", "-c", "exit 7"]));
     assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
