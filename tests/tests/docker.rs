@@ -9,12 +9,10 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::*;
 
-const DOCKERD: &str = "/usr/sbin/dockerd";
-/// Debian's client, not whatever else is first on PATH.
-const DOCKER: &str = "/usr/bin/docker";
+use support::dockerd::{self, DOCKER};
 
 struct Dockerd {
     sock: PathBuf,
@@ -37,7 +35,7 @@ fn docker_ok(d: &Dockerd, args: &[&str]) -> String {
     stdout(&o).trim().to_string()
 }
 
-/// Starts dockerd in `dir` and waits until it answers; stopped (its containers removed first) at exit.
+/// Starts dockerd in `dir` (see `support::dockerd`) with the tests' busybox image imported.
 fn start_dockerd(dir: &Path) -> Dockerd {
     // vfs: no overlay mounts to leave behind, and it works on any filesystem the temp dir is on.
     start_dockerd_with(dir, "vfs")
@@ -45,67 +43,8 @@ fn start_dockerd(dir: &Path) -> Dockerd {
 
 /// [`start_dockerd`] with another storage driver.
 fn start_dockerd_with(dir: &Path, driver: &str) -> Dockerd {
-    assert!(Path::new(DOCKERD).exists(), "dockerd is missing: scripts/setup installs docker.io");
-    std::fs::create_dir_all(dir).unwrap();
-    let sock = dir.join("docker.sock");
-    let exec_root = dir.join("exec");
-    let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
-    let mut cmd = Command::new(DOCKERD);
-    cmd.arg("--data-root")
-        .arg(dir.join("data"))
-        .arg("--exec-root")
-        .arg(&exec_root)
-        .arg("--pidfile")
-        .arg(dir.join("dockerd.pid"))
-        .arg("-H")
-        .arg(format!("unix://{}", sock.display()))
-        .args(["--bridge=none", "--iptables=false", "--ip6tables=false"])
-        .arg(format!("--storage-driver={driver}"))
-        .args(["--shutdown-timeout=1", "--log-level=warn"])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
-    // SAFETY: prctl in the child before exec; dockerd dies with the thread that started it.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().expect("starting dockerd");
-    let pid = i32::try_from(child.id()).expect("pid fits i32");
-    let d = Dockerd { sock, exec_root, image: format!("{}-img:1", prefix()) };
-    let sock = d.sock.clone();
-    // Registered after `prefix()`'s clean-up, so it runs before the directories are removed.
-    at_exit(move || {
-        let h = format!("unix://{}", sock.display());
-        if let Ok(o) = Command::new(DOCKER).args(["-H", &h, "ps", "-aq"]).output() {
-            let ids: Vec<String> = String::from_utf8_lossy(&o.stdout).lines().map(String::from).collect();
-            if !ids.is_empty() {
-                let _ = Command::new(DOCKER).args(["-H", &h, "rm", "-f"]).args(&ids).output();
-            }
-        }
-        // SAFETY: kill on our own child.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !docker(&d, &["version"]).status.success() {
-        assert!(
-            Instant::now() < deadline,
-            "dockerd did not answer: {}",
-            std::fs::read_to_string(dir.join("dockerd.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let daemon = dockerd::start_with(dir, driver);
+    let d = Dockerd { sock: daemon.sock, exec_root: daemon.exec_root, image: format!("{}-img:1", prefix()) };
     // The image: the tests' busybox rootfs, imported from a tar (no registry, no network).
     let rootfs = dir.join("rootfs");
     make_rootfs(&rootfs);

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod crun;
+pub mod dockerd;
 pub mod etcd;
 pub mod oidc;
 
