@@ -224,9 +224,8 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
         // Handled in main.
         Top::Completion { .. } | Top::Man { .. } | Top::Auth(_) => Ok(0),
         Top::Task(TaskCmd::List(a)) => {
-            let tasks: Vec<TaskInfo> = agent
-                .tasks()
-                .await?
+            let tasks = warn_if_stale(&agent, agent.tasks().await)?;
+            let tasks: Vec<TaskInfo> = tasks
                 .into_iter()
                 .filter(|t| (a.all || t.state != "stopped") && matches(t, &a))
                 .collect();
@@ -243,7 +242,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
         }
         Top::Task(TaskCmd::Exec(a)) => exec(&agent, a).await,
         Top::Node(NodeCmd::List { json }) => {
-            let nodes = agent.nodes().await?;
+            let nodes = warn_if_stale(&agent, agent.nodes().await)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&nodes).unwrap_or_default());
             } else {
@@ -252,6 +251,15 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             Ok(0)
         }
     }
+}
+
+/// A gateway answering from a stale cluster directory (etcd unreachable) says so: one line on stderr, refusal
+/// or not, since the answer may be out of date.
+fn warn_if_stale<T>(agent: &Client, r: Result<T, dcos_exec::Error>) -> Result<T, dcos_exec::Error> {
+    if let Some(secs) = agent.stale_directory() {
+        eprintln!("dcos: warning: the cluster directory is stale ({secs}s since etcd last answered the gateway)");
+    }
+    r
 }
 
 /// The node table of `dcos node list`.
@@ -376,7 +384,7 @@ async fn exec(agent: &Client, a: ExecArgs) -> Result<i32, Failure> {
     for c in a.cap_add {
         cmd = cmd.cap_add(c);
     }
-    let s = cmd.spawn().await?;
+    let s = warn_if_stale(agent, cmd.spawn().await)?;
     // Raw mode only once the session exists, so refusals print on a normal terminal; restored on every path.
     let mut raw = if a.tty && a.interactive { terminal::RawMode::enter().ok() } else { None };
     let r = session::run(s, a.tty).await;
