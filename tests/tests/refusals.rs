@@ -126,7 +126,7 @@ fn tokens_of_the_right_signer_for_another_issuer_or_audience_are_refused() {
         c
     };
     let cases = [
-        (with("iss", "another-issuer".into()), "wrong issuer"),
+        (with("iss", "another-issuer".into()), "unknown issuer"),
         (with("aud", "dcos-exec-gateway".into()), "wrong audience"),
         (with("aud", serde_json::json!(["dcos-exec-gateway", "dcos-exec2"])), "wrong audience"),
         (with("aud", serde_json::json!([])), "wrong audience"),
