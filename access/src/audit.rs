@@ -13,8 +13,11 @@ use std::time::SystemTime;
 pub struct SessionInfo {
     /// The token's subject.
     pub user: String,
-    /// The client's address as the agent saw it.
+    /// The user's address: as the agent saw it, or as a gateway that relayed the session reported it.
     pub source: String,
+    /// The gateway that relayed the session (its address), when one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
     /// The task id as requested.
     pub task: String,
     /// The container id the task resolved to.
@@ -81,6 +84,9 @@ pub struct DenialRecord {
     pub time: String,
     pub user: Option<String>,
     pub source: String,
+    /// The gateway that relayed the request, when one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
     pub path: String,
     pub task: Option<String>,
     pub code: dcos_exec_proto::ErrorCode,
@@ -141,6 +147,7 @@ mod tests {
         SessionInfo {
             user: "alice".into(),
             source: "10.0.0.1:5000".into(),
+            via: None,
             task: "web.1".into(),
             container: "c1".into(),
             command: vec!["sh".into(), "-c".into(), "id".into()],

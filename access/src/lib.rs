@@ -1,6 +1,7 @@
 //! Who may do what: [`auth`] verifies bearer tokens (and mints them for `init` and `token`), [`acl`] decides
-//! which user may take which action on which task, and [`audit`] writes down every session and refusal. The
-//! agent and the gateway both use it, so a request is judged by the same code at every hop.
+//! which user may take which action on which task, [`audit`] writes down every session and refusal, [`request`]
+//! reads an exec request, [`names`] picks the task a user's name means and [`judge`] decides on it. The agent and the gateway both use
+//! it, so a request is read, resolved and judged by the same code at every hop.
 
 // Nothing a user or the network controls may panic the process.
 #![warn(clippy::unwrap_used, clippy::expect_used)]
@@ -8,3 +9,6 @@
 pub mod acl;
 pub mod audit;
 pub mod auth;
+pub mod judge;
+pub mod names;
+pub mod request;

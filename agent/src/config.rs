@@ -71,6 +71,20 @@ pub struct AgentConfig {
     /// `[images]` table is added).
     #[serde(default, skip_serializing)]
     pub images: ImagesConfig,
+    /// `[cluster]`: membership of a cluster behind gateways. Without it the agent works alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]` of `agent.toml`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// PEM of the CA whose client certificates are gateways: the TLS handshake asks for (does not require) a
+    /// client certificate verified against it, and only such a connection may relay a user's session (the
+    /// `x-dcos-exec-forwarded-for` and `x-dcos-exec-container` headers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_ca: Option<PathBuf>,
 }
 
 /// `[images]`: where `--debug-image` images are cached and how registries are reached.
@@ -286,6 +300,9 @@ impl AgentConfig {
             *p = base.join(&*p);
         }
         cfg.images.cache_dir = base.join(&cfg.images.cache_dir);
+        if let Some(p) = cfg.cluster.as_mut().and_then(|c| c.gateway_ca.as_mut()) {
+            *p = base.join(&*p);
+        }
         for p in cfg.images.ca_files.iter_mut().chain(cfg.images.docker_config.as_mut()) {
             *p = base.join(&*p);
         }

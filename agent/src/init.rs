@@ -108,6 +108,7 @@ pub fn init(o: &InitOptions<'_>) -> Result<String> {
         runtimes: RuntimesConfig::default(),
         cap_add_allowed: crate::config::default_cap_add_allowed(),
         images: crate::config::ImagesConfig::default(),
+        cluster: None,
     };
     let mut text = String::from("# dcos-exec agent configuration; every key is documented in the README.\n");
     text.push_str(&toml::to_string_pretty(&cfg)?);

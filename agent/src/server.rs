@@ -102,13 +102,34 @@ fn tls_config(cfg: &Loaded) -> Result<rustls::ServerConfig> {
         .with_context(|| format!("parsing {}", f.tls_cert.display()))?;
     let key = PrivateKeyDer::from_pem_file(&f.tls_key).with_context(|| format!("reading {}", f.tls_key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut c = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("TLS certificate and key do not match")?;
+    let builder =
+        rustls::ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+    let builder = match f.cluster.as_ref().and_then(|c| c.gateway_ca.as_ref()) {
+        None => builder.with_no_client_auth(),
+        Some(ca) => builder.with_client_cert_verifier(gateway_verifier(ca, provider)?),
+    };
+    let mut c = builder.with_single_cert(certs, key).context("TLS certificate and key do not match")?;
     c.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(c)
+}
+
+/// Asks clients for a certificate and verifies one that is given against the gateway CA, but lets clients
+/// without one in: users talk to agents directly as before, and only what a gateway relays needs the
+/// certificate (see [`crate::api::origin`]). A certificate of another CA fails the handshake.
+fn gateway_verifier(
+    ca: &std::path::Path,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).with_context(|| format!("reading gateway_ca {}", ca.display()))? {
+        roots.add(cert.with_context(|| format!("parsing gateway_ca {}", ca.display()))?)?;
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .allow_unauthenticated()
+        .build()
+        .with_context(|| format!("gateway_ca {}", ca.display()))
 }
 
 /// Dead peers are noticed by the kernel: keep-alive probes when idle, and unacknowledged data for a minute
@@ -173,11 +194,13 @@ async fn connection(
         Ok(Err(e)) => return tracing::debug!("TLS handshake with {peer}: {e}"),
         Err(_) => return tracing::debug!("TLS handshake with {peer} timed out"),
     };
+    // Only a certificate that the gateway CA verified gets this far (see `gateway_verifier`).
+    let gateway = tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
     let pending = Arc::new(pending);
     let svc = hyper::service::service_fn(move |req| {
         let (agent, pending) = (agent.clone(), pending.clone());
         async move {
-            let caller = crate::api::Caller { peer, pending: &pending };
+            let caller = crate::api::Caller { peer, gateway, pending: &pending };
             Ok::<_, std::convert::Infallible>(crate::api::route(agent, caller, req).await)
         }
     });

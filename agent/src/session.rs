@@ -33,6 +33,8 @@ use tokio_tungstenite::WebSocketStream;
 pub struct Context {
     pub user: String,
     pub source: String,
+    /// The gateway that relayed the session, if one did.
+    pub via: Option<String>,
     pub task: String,
     pub container: crate::runtime::Container,
     pub request: ExecRequest,
@@ -136,6 +138,7 @@ where
     let info = SessionInfo {
         user: ctx.user.clone(),
         source: ctx.source.clone(),
+        via: ctx.via.clone(),
         task: ctx.task.clone(),
         container: ctx.container.id.clone(),
         command: ctx.request.command.clone(),

@@ -192,6 +192,10 @@ pub enum ErrorCode {
     Internal,
     /// The task name matches more than one container; the message lists them.
     Ambiguous,
+    /// The gateway could not reach the agent of the node that owns the task.
+    NodeUnreachable,
+    /// The gateway's directory (etcd) has been unreachable for longer than its `max_stale`.
+    ClusterUnavailable,
 }
 
 /// Exit codes of the CLI for failures that happen before the remote process runs.
@@ -217,6 +221,10 @@ pub mod exit {
     pub const IMAGE: i32 = 122;
     /// The task name matches more than one container.
     pub const AMBIGUOUS: i32 = 123;
+    /// The gateway could not reach the agent that owns the task.
+    pub const NODE_UNREACHABLE: i32 = 113;
+    /// The gateway's cluster directory is unavailable (etcd unreachable for longer than `max_stale`).
+    pub const CLUSTER_UNAVAILABLE: i32 = 114;
     /// Bad request, internal agent error, failure to join the container, bad local config.
     pub const FAILED: i32 = 125;
     /// The command exists but cannot be executed.
@@ -236,6 +244,8 @@ impl ErrorCode {
             ErrorCode::CommandNotFound => exit::NOT_FOUND,
             ErrorCode::ImageFailed => exit::IMAGE,
             ErrorCode::Ambiguous => exit::AMBIGUOUS,
+            ErrorCode::NodeUnreachable => exit::NODE_UNREACHABLE,
+            ErrorCode::ClusterUnavailable => exit::CLUSTER_UNAVAILABLE,
             ErrorCode::CommandNotExecutable => exit::NOT_EXECUTABLE,
             ErrorCode::BadRequest | ErrorCode::StartFailed | ErrorCode::Internal => exit::FAILED,
         }
@@ -249,7 +259,8 @@ impl ErrorCode {
             ErrorCode::TaskNotFound => 404,
             ErrorCode::ContainerNotRunning | ErrorCode::ContainerStopped | ErrorCode::Ambiguous => 409,
             ErrorCode::BadRequest => 400,
-            ErrorCode::ImageFailed => 502,
+            ErrorCode::ImageFailed | ErrorCode::NodeUnreachable => 502,
+            ErrorCode::ClusterUnavailable => 503,
             _ => 500,
         }
     }
@@ -291,6 +302,36 @@ pub struct TaskInfo {
     /// Compose's project label.
     #[serde(default)]
     pub project: Option<String>,
+    /// The node that runs it, in lists served by a gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+/// One row of `GET /v1/nodes` (served by a gateway): an agent registered in the cluster directory.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// The node's name.
+    pub name: String,
+    /// The URL under which gateways reach its agent.
+    pub url: String,
+    /// Its labels.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// `ready` while its lease is alive in the directory; `stale` when the directory snapshot is stale.
+    pub state: String,
+    /// Tasks it runs that the caller may list.
+    pub tasks: usize,
+}
+
+/// Request headers a gateway adds when it relays a session to the owning agent; an agent honours them only on
+/// a connection that presented a gateway certificate.
+pub mod forward {
+    /// The user's address (`ip:port`) as the gateway saw it.
+    pub const FORWARDED_FOR: &str = "x-dcos-exec-forwarded-for";
+    /// The container id the gateway resolved the task to: the agent execs into exactly that one or refuses.
+    pub const CONTAINER: &str = "x-dcos-exec-container";
+    /// Response header of a gateway serving from a stale directory snapshot: seconds since etcd last answered.
+    pub const STALE: &str = "x-dcos-exec-stale";
 }
 
 /// Prefixes a payload with its channel byte.

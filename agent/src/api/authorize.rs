@@ -6,32 +6,11 @@ use crate::api::Refusal;
 use crate::runtime::{Container, RuntimeError};
 use dcos_exec_access::acl::{Acl, Principal, Target};
 use dcos_exec_access::auth::Claims;
+use dcos_exec_access::judge::Refused;
 use dcos_exec_images::reference::ImageRef;
-use dcos_exec_proto::{ErrorCode, ExecRequest};
+use dcos_exec_proto::ErrorCode;
 
-/// The ACL does not grant `action`.
-#[derive(Debug, thiserror::Error)]
-#[error("user {user:?} may not {} on task {task:?}", self.what())]
-pub struct Denied {
-    pub user: String,
-    pub action: String,
-    /// The image, for the `debug` actions.
-    pub image: Option<String>,
-    pub task: String,
-}
-
-impl Denied {
-    fn what(&self) -> String {
-        match (&self.image, self.action.starts_with("debug")) {
-            (Some(i), true) => format!("{} with image {i}", self.action),
-            _ => self.action.clone(),
-        }
-    }
-
-    pub fn code(&self) -> ErrorCode {
-        ErrorCode::Forbidden
-    }
-}
+pub use dcos_exec_access::judge::Denied;
 
 /// A `--cap-add` capability that is not on the agent's `cap_add_allowed` list (the others amount to root on the
 /// host). Decided by the agent's configuration, before the ACL.
@@ -102,25 +81,6 @@ pub fn judge_image(p: &mut ExecParams) -> Result<Option<ImageRefusal>, ImageRefu
     Ok(failure)
 }
 
-/// Every ACL action a request needs. A debug session needs `debug` for its image instead of `exec`; the
-/// stdin, tty and user modifiers are the same for both.
-pub fn actions(r: &ExecRequest, debug: bool) -> Vec<&'static str> {
-    let mut actions = vec![if debug { "debug" } else { "exec" }];
-    if !r.cap_add.is_empty() {
-        actions.push("debug:caps");
-    }
-    if r.stdin {
-        actions.push("exec:stdin");
-    }
-    if r.tty {
-        actions.push("exec:tty");
-    }
-    if r.user.is_some() {
-        actions.push("exec:user");
-    }
-    actions
-}
-
 /// Every name the ACL judges a resolved container by.
 pub fn target(c: &Container) -> Target<'_> {
     Target {
@@ -128,15 +88,6 @@ pub fn target(c: &Container) -> Target<'_> {
         container_id: &c.id,
         name: c.name.as_deref().map(|n| n.trim_start_matches('/')),
         name_unknown: c.name_unknown,
-    }
-}
-
-/// The first action of `p` that the ACL refuses `who` on this container, as a refusal.
-fn check(acl: &Acl, who: &Principal<'_>, p: &ExecParams, t: &Target<'_>) -> Result<(), Denied> {
-    let image = p.image.as_ref().map(|r| r.to_string());
-    match actions(&p.request, image.is_some()).into_iter().find(|a| !acl.allows_target(who, t, a, image.as_deref())) {
-        None => Ok(()),
-        Some(a) => Err(Denied { user: who.user.to_string(), action: a.into(), image, task: p.task.clone() }),
     }
 }
 
@@ -148,37 +99,26 @@ pub fn may_write(acl: &Acl, claims: &Claims, p: &ExecParams, c: &Container) -> b
     image.is_some() && acl.allows_target(&who, &target(c), "debug:write", image.as_deref())
 }
 
-/// Resolves the task among the containers the caller may run this request's main action on (`exec`, or
-/// `debug` with its image), then authorizes the whole request on the container it resolved to: a container id
-/// or a name must not dodge a deny rule written for another of its names, and containers the caller may not
-/// use neither match a prefix nor make one ambiguous (nor show up in the list of candidates).
+/// Resolves the task among the containers the caller may run this request's main action on, then authorizes
+/// the whole request on the container it resolved to (see [`dcos_exec_access::judge::exec`]).
 pub fn exec(
     acl: &Acl,
     resolve: impl FnOnce(&str, &dyn Fn(&Container) -> bool) -> Result<Container, RuntimeError>,
     claims: &Claims,
     p: &ExecParams,
 ) -> Result<Container, Refusal> {
-    let who = Principal { user: &claims.sub, groups: &claims.groups };
-    let image = p.image.as_ref().map(|r| r.to_string());
-    let main = if image.is_some() { "debug" } else { "exec" };
-    let visible = |c: &Container| acl.allows_target(&who, &target(c), main, image.as_deref());
-    match resolve(&p.task, &visible) {
-        Ok(c) => {
-            check(acl, &who, p, &target(&c))?;
-            Ok(c)
-        }
-        // Whether the task exists is only for those with a grant on the name.
-        Err(e) => {
-            check(acl, &who, p, &Target { task_id: &p.task, container_id: &p.task, name: None, name_unknown: false })?;
-            Err(e.into())
-        }
-    }
+    dcos_exec_access::judge::exec(acl, target, resolve, claims, p).map_err(|r| match r {
+        Refused::Denied(d) => d.into(),
+        Refused::Resolve(e) => e.into(),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::runtime::State;
+    use dcos_exec_access::judge::actions;
+    use dcos_exec_proto::ExecRequest;
 
     const ACL: &str = r#"
 [[rule]]

@@ -4,10 +4,12 @@
 //! [`Refusal`], audited as a `denied` record.
 
 pub mod authorize;
+pub mod origin;
 pub mod parse;
 pub mod refusal;
 pub mod upgrade;
 
+pub use origin::Origin;
 pub use refusal::Refusal;
 
 use crate::limits::Pending;
@@ -37,6 +39,8 @@ pub fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Respo
 /// Who sent a request, and on which connection.
 pub struct Caller<'a> {
     pub peer: SocketAddr,
+    /// The connection presented a certificate of the gateway CA.
+    pub gateway: bool,
     /// The connection's slot among those not yet authenticated, given up on its first authenticated request.
     pub pending: &'a Pending,
 }
@@ -65,12 +69,13 @@ pub async fn route(agent: Arc<Agent>, caller: Caller<'_>, req: Request<Incoming>
 
 impl Agent {
     /// Writes the `denied` record of a refusal.
-    fn audit_refusal(&self, peer: SocketAddr, path: &str, user: Option<&str>, task: Option<&str>, r: &Refusal) {
+    fn audit_refusal(&self, origin: &Origin, path: &str, user: Option<&str>, task: Option<&str>, r: &Refusal) {
         self.audit.denial(&DenialRecord {
             event: "denied",
             time: dcos_exec_access::audit::now(),
             user: user.map(String::from),
-            source: peer.to_string(),
+            source: origin.source.clone(),
+            via: origin.via.clone(),
             path: path.to_string(),
             task: task.map(String::from),
             code: r.code,
@@ -78,27 +83,32 @@ impl Agent {
         });
     }
 
-    /// Step 1 of every API request: the caller's claims, or the (audited) refusal. A caller that authenticates
-    /// no longer counts against `max_unauthenticated`.
-    fn authenticate(&self, caller: &Caller<'_>, req: &Request<Incoming>) -> Result<Claims, Refusal> {
+    /// Step 1 of every API request: the caller's claims and where the request comes from, or the (audited)
+    /// refusal. A caller that authenticates no longer counts against `max_unauthenticated`. Forwarding headers
+    /// from a connection without a gateway certificate are refused, whatever the token.
+    fn authenticate(&self, caller: &Caller<'_>, req: &Request<Incoming>) -> Result<(Claims, Origin), Refusal> {
+        let origin = origin::of(caller.peer, caller.gateway, req.headers());
+        let audited = origin.as_ref().map_or_else(|_| Origin::direct(caller.peer), Clone::clone);
+        let path = req.uri().path();
         let h = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        match self.verifier.verify_header(h) {
-            Ok(c) => {
-                caller.pending.authenticated();
-                Ok(c)
-            }
-            Err(e) => {
-                let r = Refusal::from(e);
-                self.audit_refusal(caller.peer, req.uri().path(), None, None, &r);
-                Err(r)
-            }
-        }
+        let claims = self.verifier.verify_header(h).map_err(|e| {
+            let r = Refusal::from(e);
+            self.audit_refusal(&audited, path, None, None, &r);
+            r
+        })?;
+        caller.pending.authenticated();
+        let origin = origin.map_err(|e| {
+            let r = Refusal::from(e);
+            self.audit_refusal(&audited, path, Some(&claims.sub), None, &r);
+            r
+        })?;
+        Ok((claims, origin))
     }
 }
 
 /// `GET /v1/tasks`: the tasks the ACL lets the caller see.
 async fn list(agent: &Agent, caller: &Caller<'_>, req: &Request<Incoming>) -> Response<Body> {
-    let claims = match agent.authenticate(caller, req) {
+    let (claims, _) = match agent.authenticate(caller, req) {
         Ok(c) => c,
         Err(r) => return r.response(),
     };
@@ -124,6 +134,7 @@ async fn list(agent: &Agent, caller: &Caller<'_>, req: &Request<Incoming>) -> Re
             exit_code: c.exit_code,
             service: c.service,
             project: c.project,
+            node: None,
         })
         .collect();
     rows.sort_by(|a, b| a.id.cmp(&b.id));
@@ -132,7 +143,7 @@ async fn list(agent: &Agent, caller: &Caller<'_>, req: &Request<Incoming>) -> Re
 
 /// `GET /v1/runtimes`: how each configured runtime answers, for callers the ACL grants `list` on some task.
 async fn runtimes(agent: &Agent, caller: &Caller<'_>, req: &Request<Incoming>) -> Response<Body> {
-    let claims = match agent.authenticate(caller, req) {
+    let (claims, origin) = match agent.authenticate(caller, req) {
         Ok(c) => c,
         Err(r) => return r.response(),
     };
@@ -144,7 +155,7 @@ async fn runtimes(agent: &Agent, caller: &Caller<'_>, req: &Request<Incoming>) -
             image: None,
             task: "*".into(),
         });
-        agent.audit_refusal(caller.peer, req.uri().path(), Some(&claims.sub), None, &r);
+        agent.audit_refusal(&origin, req.uri().path(), Some(&claims.sub), None, &r);
         return r.response();
     }
     json_response(StatusCode::OK, &agent.discovery.statuses().await)
@@ -153,26 +164,31 @@ async fn runtimes(agent: &Agent, caller: &Caller<'_>, req: &Request<Incoming>) -
 /// `GET /v1/tasks/{task}/exec`: authenticate, parse, authorize, upgrade; the first refusal ends it.
 async fn exec(agent: Arc<Agent>, caller: &Caller<'_>, req: Request<Incoming>, task: String) -> Response<Body> {
     let path = req.uri().path().to_string();
-    let claims = match agent.authenticate(caller, &req) {
+    let (claims, origin) = match agent.authenticate(caller, &req) {
         Ok(c) => c,
         Err(r) => return r.response(),
     };
     let all = agent.discovery.list().await;
+    // A gateway names the container it resolved: exactly that one, or a refusal.
+    let resolve = |all, t: &str, v: &dyn Fn(&crate::runtime::Container) -> bool, debug| match &origin.container {
+        Some(id) => Discovery::resolve_container(all, id, t, v, debug),
+        None => Discovery::resolve(all, t, v, debug),
+    };
     let steps = |req: Request<Incoming>| -> Result<Response<Body>, Refusal> {
         let mut params = parse::exec_request(task.clone(), req.headers())?;
         authorize::cap_add(&params, &agent.cfg.file.cap_add_allowed)?;
         let layout_failure = authorize::judge_image(&mut params)?;
         let debug = params.image.is_some();
-        let container = authorize::exec(&agent.acl, |t, v| Discovery::resolve(all, t, v, debug), &claims, &params)?;
+        let container = authorize::exec(&agent.acl, |t, v| resolve(all, t, v, debug), &claims, &params)?;
         // A layout that cannot be read is reported only to those allowed to use it.
         if let Some(f) = layout_failure {
             return Err(f.into());
         }
         let writable = authorize::may_write(&agent.acl, &claims, &params, &container);
-        upgrade::exec(&agent, caller.peer, req, &claims, params, container, writable)
+        upgrade::exec(&agent, &origin, req, &claims, params, container, writable)
     };
     steps(req).unwrap_or_else(|r| {
-        agent.audit_refusal(caller.peer, &path, Some(&claims.sub), Some(&task), &r);
+        agent.audit_refusal(&origin, &path, Some(&claims.sub), Some(&task), &r);
         r.response()
     })
 }

@@ -1,6 +1,7 @@
 //! A request refused before the upgrade: a wire code, a message, and the HTTP response that carries them.
 
 use crate::api::authorize::{CapNotAllowed, Denied, ImageRefusal};
+use crate::api::origin::OriginError;
 use crate::api::parse::ParseError;
 use crate::limits::TooManySessions;
 use crate::runtime::RuntimeError;
@@ -34,7 +35,17 @@ macro_rules! refusal_from {
         }
     )*};
 }
-refusal_from!(AuthError, ParseError, RuntimeError, Denied, CapNotAllowed, ImageRefusal, TooManySessions, ShuttingDown);
+refusal_from!(
+    AuthError,
+    ParseError,
+    RuntimeError,
+    Denied,
+    CapNotAllowed,
+    ImageRefusal,
+    TooManySessions,
+    ShuttingDown,
+    OriginError
+);
 
 #[cfg(test)]
 mod tests {

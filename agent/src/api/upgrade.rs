@@ -12,13 +12,12 @@ use http::{header, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper_util::rt::TokioIo;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// Admits the session and switches protocols; the session runs in its own task from here on.
 pub fn exec(
     agent: &Arc<Agent>,
-    peer: SocketAddr,
+    origin: &crate::api::Origin,
     mut req: Request<Incoming>,
     claims: &Claims,
     p: ExecParams,
@@ -34,7 +33,8 @@ pub fn exec(
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(p.ws_key.as_bytes());
     let ctx = crate::session::Context {
         user: claims.sub.clone(),
-        source: peer.to_string(),
+        source: origin.source.clone(),
+        via: origin.via.clone(),
         task: p.task,
         container,
         request: p.request,
@@ -45,6 +45,7 @@ pub fn exec(
         grace_ms: u64::try_from(agent.cfg.grace_period.as_millis()).unwrap_or(u64::MAX),
     };
     let agent = agent.clone();
+    let peer = origin.via.clone().unwrap_or_else(|| origin.source.clone());
     tokio::spawn(async move {
         match hyper::upgrade::on(&mut req).await {
             Ok(upgraded) => crate::session::run(agent, TokioIo::new(upgraded), ctx, admission).await,

@@ -4,9 +4,9 @@
 pub mod containerd;
 mod crun;
 pub mod docker;
-pub mod names;
 mod runc;
 
+pub use dcos_exec_access::names;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,6 +20,9 @@ pub enum RuntimeError {
     NotFound(String),
     #[error("task {task:?} is ambiguous, it matches: {}; name one of them", candidates.join(", "))]
     Ambiguous { task: String, candidates: Vec<String> },
+    /// A gateway resolved the task to a container that is no longer here.
+    #[error("task {task:?} moved or ended: its container {container} is no longer on this host; try again")]
+    Gone { task: String, container: String },
     #[error("container {id} is {state}, not running")]
     NotRunning { id: String, state: String },
 }
@@ -29,7 +32,7 @@ impl RuntimeError {
     pub fn code(&self) -> dcos_exec_proto::ErrorCode {
         use dcos_exec_proto::ErrorCode;
         match self {
-            RuntimeError::NotFound(_) => ErrorCode::TaskNotFound,
+            RuntimeError::NotFound(_) | RuntimeError::Gone { .. } => ErrorCode::TaskNotFound,
             RuntimeError::NotRunning { .. } => ErrorCode::ContainerNotRunning,
             RuntimeError::Ambiguous { .. } => ErrorCode::Ambiguous,
         }
@@ -77,6 +80,18 @@ pub struct Container {
     pub start_time: u64,
     pub bundle: PathBuf,
     pub state: State,
+}
+
+impl names::Named for Container {
+    fn container_id(&self) -> &str {
+        &self.id
+    }
+    fn task_id(&self) -> &str {
+        &self.task_id
+    }
+    fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
 }
 
 /// How one configured runtime answered, for `GET /v1/runtimes`.
@@ -268,6 +283,23 @@ impl Discovery {
                 return Err(RuntimeError::Ambiguous { task: task.into(), candidates });
             }
         };
+        if c.state != State::Running && !(stopped_ok && c.state == State::Stopped) {
+            return Err(RuntimeError::NotRunning { id: c.id, state: c.state.as_str().into() });
+        }
+        Ok(c)
+    }
+
+    /// The container with exactly this id, which a gateway resolved `task` to, if the caller may see it; the
+    /// same state rules as [`Discovery::resolve`].
+    pub fn resolve_container(
+        all: Vec<Container>,
+        id: &str,
+        task: &str,
+        visible: impl Fn(&Container) -> bool,
+        stopped_ok: bool,
+    ) -> Result<Container, RuntimeError> {
+        let gone = || RuntimeError::Gone { task: task.into(), container: id.into() };
+        let c = all.into_iter().find(|c| c.id == id).filter(|c| visible(c)).ok_or_else(gone)?;
         if c.state != State::Running && !(stopped_ok && c.state == State::Stopped) {
             return Err(RuntimeError::NotRunning { id: c.id, state: c.state.as_str().into() });
         }

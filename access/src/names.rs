@@ -1,8 +1,29 @@
 //! How a name typed by a user picks a container, the DC/OS way: an exact id, else an exact name, else a unique
 //! prefix, else a unique substring. Each step looks at all containers; the first step with any match decides,
-//! and more than one match there is an ambiguity, never a guess.
+//! and more than one match there is an ambiguity, never a guess. The agent picks among its containers, the
+//! gateway among the directory's tasks of every node, with this same code.
 
-use super::Container;
+/// The names a user may type for a task: its container id, its task id and the runtime's name.
+pub trait Named {
+    /// The runtime's container id (unique by construction).
+    fn container_id(&self) -> &str;
+    /// The task id (the bundle's annotation, else the container id).
+    fn task_id(&self) -> &str;
+    /// The runtime's own name, with or without Docker's leading `/`.
+    fn name(&self) -> Option<&str>;
+}
+
+impl Named for dcos_exec_proto::TaskInfo {
+    fn container_id(&self) -> &str {
+        &self.container
+    }
+    fn task_id(&self) -> &str {
+        &self.id
+    }
+    fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+}
 
 /// What a query picked among `all`.
 #[derive(Debug, PartialEq, Eq)]
@@ -19,22 +40,26 @@ fn bare(name: &str) -> &str {
 }
 
 /// Picks the container `query` names among `all`.
-pub fn pick(all: &[Container], query: &str) -> Pick {
+pub fn pick<C: Named>(all: &[C], query: &str) -> Pick {
     if query.is_empty() {
         return Pick::None;
     }
     let q = bare(query);
-    fn name(c: &Container) -> Option<&str> {
-        c.name.as_deref().map(bare)
+    fn name<C: Named>(c: &C) -> Option<&str> {
+        c.name().map(bare)
     }
     // Exact container id (unique by construction), then exact task id, then exact name, then prefixes of any of
     // them, then substrings of task ids and names (container ids are hex: a substring of one names nothing).
-    let steps: [&dyn Fn(&Container) -> bool; 5] = [
-        &|c| c.id == query,
-        &|c| c.task_id == query,
+    let steps: [&dyn Fn(&C) -> bool; 5] = [
+        &|c| c.container_id() == query,
+        &|c| c.task_id() == query,
         &|c| name(c) == Some(q),
-        &|c| c.id.starts_with(query) || c.task_id.starts_with(query) || name(c).is_some_and(|n| n.starts_with(q)),
-        &|c| (c.task_id != c.id && c.task_id.contains(query)) || name(c).is_some_and(|n| n.contains(q)),
+        &|c| {
+            c.container_id().starts_with(query)
+                || c.task_id().starts_with(query)
+                || name(c).is_some_and(|n| n.starts_with(q))
+        },
+        &|c| (c.task_id() != c.container_id() && c.task_id().contains(query)) || name(c).is_some_and(|n| n.contains(q)),
     ];
     for step in steps {
         let hits: Vec<usize> = all.iter().enumerate().filter(|(_, c)| step(c)).map(|(i, _)| i).collect();
@@ -48,12 +73,12 @@ pub fn pick(all: &[Container], query: &str) -> Pick {
 }
 
 /// `web-1 (name /web, container 3f9c0a1b2c3d)`: enough to tell candidates apart and type one of them.
-pub fn describe(c: &Container) -> String {
-    let short: String = c.id.chars().take(12).collect();
-    match &c.name {
-        Some(n) if bare(n) != c.task_id => format!("{} (name {}, container {short})", c.task_id, bare(n)),
-        _ if c.task_id != c.id => format!("{} (container {short})", c.task_id),
-        _ => c.id.clone(),
+pub fn describe<C: Named>(c: &C) -> String {
+    let short: String = c.container_id().chars().take(12).collect();
+    match c.name() {
+        Some(n) if bare(n) != c.task_id() => format!("{} (name {}, container {short})", c.task_id(), bare(n)),
+        _ if c.task_id() != c.container_id() => format!("{} (container {short})", c.task_id()),
+        _ => c.container_id().to_string(),
     }
 }
 
@@ -61,8 +86,10 @@ pub fn describe(c: &Container) -> String {
 mod tests {
     use super::*;
 
-    fn c(id: &str, task: &str, name: Option<&str>) -> Container {
-        Container { id: id.into(), task_id: task.into(), name: name.map(String::from), ..Container::default() }
+    use dcos_exec_proto::TaskInfo;
+
+    fn c(id: &str, task: &str, name: Option<&str>) -> TaskInfo {
+        TaskInfo { container: id.into(), id: task.into(), name: name.map(String::from), ..TaskInfo::default() }
     }
 
     #[test]
