@@ -42,7 +42,7 @@ pub struct Host {
     /// The host's directory: runc state root, bundles, agent set-up.
     pub dir: PathBuf,
     pub runc_root: PathBuf,
-    agent: Arc<Mutex<Option<Child>>>,
+    agent: Slot,
 }
 
 fn sh(cmd: &str) -> Output {
@@ -122,14 +122,11 @@ impl Net {
                 let hdir = dir.join(&name);
                 let runc_root = hdir.join("runc");
                 std::fs::create_dir_all(&runc_root).unwrap();
-                let agent: Arc<Mutex<Option<Child>>> = Arc::default();
+                let agent = Slot::default();
                 {
                     let (netns, runc_root, agent) = (netns.clone(), runc_root.clone(), agent.clone());
                     at_exit(move || {
-                        if let Some(mut c) = agent.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                            let _ = c.kill();
-                            let _ = c.wait();
-                        }
+                        agent.kill();
                         // Containers first (their processes hold the namespace's network otherwise), then
                         // whatever else still runs in the namespace, then the namespace and with it the veth pair.
                         if let Ok(o) = Command::new("runc").arg("--root").arg(&runc_root).args(["list", "-q"]).output()
@@ -268,30 +265,17 @@ impl Host {
     /// Starts (or restarts) the agent initialised by [`Host::init_agent`] in this host's network and waits until
     /// it accepts connections from the root namespace. Killed at exit.
     pub fn start_agent(&self) {
-        let mut slot = self.agent.lock().unwrap();
-        assert!(slot.is_none(), "the agent of {} runs already", self.name);
+        assert!(self.agent.pid().is_none(), "the agent of {} runs already", self.name);
         let dir = self.agent_dir();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("agent.log")).unwrap();
         let mut cmd = self.command(bin("dcos-exec-agent"));
-        cmd.args(["run", "--config"])
-            .arg(dir.join("agent.toml"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .env("DCOS_EXEC_LOG", "debug");
-        // SAFETY: prctl in the child before exec (nsenter execs the agent in place, which keeps the signal).
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        *slot = Some(cmd.spawn().expect("starting the agent"));
-        drop(slot);
+        cmd.args(["run", "--config"]).arg(dir.join("agent.toml")).env("DCOS_EXEC_LOG", "debug");
+        // nsenter execs the agent in place, which keeps the parent-death signal.
+        self.agent.put(spawn_logged(cmd, &dir.join("agent.log")));
         let addr = std::net::SocketAddr::from((self.ip, AGENT_PORT));
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            if let Some(st) = self.agent.lock().unwrap().as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            let exited = self.agent.0.lock().unwrap().as_mut().and_then(|c| c.try_wait().ok().flatten());
+            if let Some(st) = exited {
                 panic!("the agent of {} exited with {st}: {}", self.name, self.agent_log_tail());
             }
             assert!(Instant::now() < deadline, "the agent of {} did not listen on {addr}", self.name);
@@ -308,15 +292,12 @@ impl Host {
 
     /// The agent's pid, while it runs.
     pub fn agent_pid(&self) -> Option<i32> {
-        self.agent.lock().unwrap().as_ref().map(|c| i32::try_from(c.id()).unwrap())
+        self.agent.pid()
     }
 
     /// SIGKILL to the agent (no goodbye to etcd: its lease runs out), reaped.
     pub fn kill_agent(&self) {
-        if let Some(mut c) = self.agent.lock().unwrap().take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.agent.kill();
     }
 
     /// Cuts the host off the network (the root-side veth down) or puts it back.
@@ -331,5 +312,409 @@ impl Host {
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
+    }
+}
+
+/// Binds `ip:0` to learn a free port there.
+pub fn free_port_on(ip: Ipv4Addr) -> u16 {
+    std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
+}
+
+/// A child process kept in a slot that the exit hook empties (kill and reap) unless the test did.
+#[derive(Clone, Default)]
+struct Slot(Arc<Mutex<Option<Child>>>);
+
+impl Slot {
+    fn new_killed_at_exit() -> Slot {
+        let s = Slot::default();
+        let c = s.clone();
+        at_exit(move || c.kill());
+        s
+    }
+    fn put(&self, child: Child) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(child);
+    }
+    fn kill(&self) {
+        if let Some(mut c) = self.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    fn pid(&self) -> Option<i32> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|c| i32::try_from(c.id()).unwrap())
+    }
+}
+
+/// Spawns `cmd` with its stderr appended to `log`, dying with the thread that started it.
+fn spawn_logged(mut cmd: Command, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+    // SAFETY: prctl in the child before exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn().unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"))
+}
+
+/// A real etcd cluster of `n` members on the root namespace's bridge address, where the hosts reach it.
+pub struct Etcd {
+    /// Client URLs, one per member.
+    pub endpoints: Vec<String>,
+    members: Vec<(Command, Slot, PathBuf)>,
+}
+
+impl Etcd {
+    pub fn start(ip: Ipv4Addr, dir: &Path, n: usize) -> Etcd {
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port_on(ip), free_port_on(ip))).collect();
+        let initial: Vec<String> =
+            ports.iter().enumerate().map(|(i, (_, peer))| format!("m{i}=http://{ip}:{peer}")).collect();
+        let token = format!("{}-etcd", prefix());
+        let mut members = Vec::new();
+        let mut endpoints = Vec::new();
+        for (i, (client, peer)) in ports.iter().enumerate() {
+            let client_url = format!("http://{ip}:{client}");
+            let peer_url = format!("http://{ip}:{peer}");
+            let mut cmd = Command::new("etcd");
+            cmd.args(["--name", &format!("m{i}"), "--data-dir"])
+                .arg(dir.join(format!("etcd-m{i}")))
+                .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
+                .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+                .args(["--initial-cluster", &initial.join(","), "--initial-cluster-state", "new"])
+                .args(["--initial-cluster-token", &token])
+                // Elections in about a second, so a killed leader costs little.
+                .args(["--heartbeat-interval", "100", "--election-timeout", "1000"]);
+            let log = dir.join(format!("etcd-m{i}.log"));
+            let slot = Slot::new_killed_at_exit();
+            slot.put(spawn_logged(
+                {
+                    let mut c = Command::new(cmd.get_program());
+                    c.args(cmd.get_args());
+                    c
+                },
+                &log,
+            ));
+            members.push((cmd, slot, log));
+            endpoints.push(client_url);
+        }
+        let e = Etcd { endpoints, members };
+        assert!(super::eventually(30, || e.ctl(&["endpoint", "health"]).status.success()), "etcd is not healthy");
+        e
+    }
+
+    /// `etcdctl ARGS` against every member.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        run(Command::new("etcdctl").env("ETCDCTL_API", "3").arg("--endpoints").arg(self.endpoints.join(",")).args(args))
+    }
+
+    /// The index of the current leader.
+    pub fn leader(&self) -> usize {
+        let o = self.ctl(&["endpoint", "status", "-w", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("etcdctl endpoint status");
+        let all = v.as_array().expect("an array");
+        let leader = all.iter().find_map(|s| s["Status"]["leader"].as_u64()).expect("a leader");
+        all.iter().position(|s| s["Status"]["header"]["member_id"].as_u64() == Some(leader)).expect("leader listed")
+    }
+
+    /// Kills member `i` (SIGKILL).
+    pub fn kill(&self, i: usize) {
+        self.members[i].1.kill();
+    }
+
+    /// Starts member `i` again with its data.
+    pub fn restart(&self, i: usize) {
+        let (cmd, slot, log) = &self.members[i];
+        let mut c = Command::new(cmd.get_program());
+        c.args(cmd.get_args()).args(["--initial-cluster-state", "existing"]);
+        slot.put(spawn_logged(c, log));
+    }
+}
+
+/// A cluster CA and the certificates it signs, made with openssl: agents' server certificates (SAN: their
+/// address), the gateways' server certificate for users and their client certificate for agents.
+pub struct Pki {
+    pub dir: PathBuf,
+    pub ca: PathBuf,
+}
+
+impl Pki {
+    pub fn new(dir: &Path) -> Pki {
+        std::fs::create_dir_all(dir).unwrap();
+        let ca = dir.join("ca.crt");
+        let o = run(Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+            .args(["-days", "2", "-subj", "/CN=dcos-exec test cluster CA", "-keyout"])
+            .arg(dir.join("ca.key"))
+            .arg("-out")
+            .arg(&ca)
+            .args([
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ]));
+        assert!(o.status.success(), "openssl CA: {}", String::from_utf8_lossy(&o.stderr));
+        Pki { dir: dir.into(), ca }
+    }
+
+    /// A certificate `name.crt`/`name.key` for `sans` (`IP:1.2.3.4`, `DNS:localhost`) and `usage`
+    /// (`serverAuth` or `clientAuth`).
+    pub fn issue(&self, name: &str, sans: &[String], usage: &str) -> (PathBuf, PathBuf) {
+        let (crt, key, csr, ext) = (
+            self.dir.join(format!("{name}.crt")),
+            self.dir.join(format!("{name}.key")),
+            self.dir.join(format!("{name}.csr")),
+            self.dir.join(format!("{name}.ext")),
+        );
+        let o = run(Command::new("openssl")
+            .args(["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+            .args(["-subj", &format!("/CN={name}"), "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&csr));
+        assert!(o.status.success(), "openssl req: {}", String::from_utf8_lossy(&o.stderr));
+        let mut text =
+            format!("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage={usage}\n");
+        if !sans.is_empty() {
+            text.push_str(&format!("subjectAltName={}\n", sans.join(",")));
+        }
+        std::fs::write(&ext, text).unwrap();
+        let o = run(Command::new("openssl")
+            .args(["x509", "-req", "-days", "2", "-in"])
+            .arg(&csr)
+            .arg("-CA")
+            .arg(&self.ca)
+            .arg("-CAkey")
+            .arg(self.dir.join("ca.key"))
+            .args(["-CAcreateserial", "-extfile"])
+            .arg(&ext)
+            .arg("-out")
+            .arg(&crt));
+        assert!(o.status.success(), "openssl x509: {}", String::from_utf8_lossy(&o.stderr));
+        (crt, key)
+    }
+}
+
+/// A gateway in the root namespace.
+pub struct Gateway {
+    pub dir: PathBuf,
+    pub url: String,
+    pub port: u16,
+    slot: Slot,
+}
+
+impl Gateway {
+    /// Writes `gateway.toml` (`config` is its text, `{listen}` replaced) and starts it; waits until it listens.
+    pub fn start(dir: &Path, config: &str) -> Gateway {
+        std::fs::create_dir_all(dir).unwrap();
+        let port = free_port_on(Ipv4Addr::LOCALHOST);
+        std::fs::write(dir.join("gateway.toml"), config.replace("{listen}", &format!("127.0.0.1:{port}"))).unwrap();
+        let g = Gateway {
+            dir: dir.into(),
+            url: format!("https://127.0.0.1:{port}"),
+            port,
+            slot: Slot::new_killed_at_exit(),
+        };
+        g.restart();
+        g
+    }
+
+    /// Starts the gateway (again) with its configuration.
+    pub fn restart(&self) {
+        let mut cmd = Command::new(bin("dcos-exec-gateway"));
+        cmd.args(["run", "--config"]).arg(self.dir.join("gateway.toml")).env("DCOS_EXEC_LOG", "debug");
+        self.slot.put(spawn_logged(cmd, &self.dir.join("gateway.log")));
+        let addr = std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "the gateway did not listen on {addr}: {}", self.log_tail());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill(&self) {
+        self.slot.kill();
+    }
+
+    pub fn pid(&self) -> Option<i32> {
+        self.slot.pid()
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join("gateway.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.join("audit.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+/// The lease TTL of the test agents: short, so that a dead agent leaves the directory quickly.
+pub const LEASE_TTL: Duration = Duration::from_secs(3);
+
+/// A whole cluster on this machine: hosts with agents and containers, a three-member etcd on the bridge, a
+/// cluster CA, one token key for all, and gateways in the root namespace.
+pub struct Cluster {
+    pub net: Net,
+    pub etcd: Etcd,
+    pub pki: Pki,
+    pub gateways: Vec<Gateway>,
+    pub admin_token: String,
+    /// The shared token signing key's directory (`token-signing.key`, `token-signing.pub`).
+    pub keys: PathBuf,
+}
+
+/// How a test cluster differs from the default.
+pub struct ClusterOpts {
+    pub hosts: usize,
+    pub gateways: usize,
+    /// The gateways' ACL.
+    pub acl: &'static str,
+    /// The ACL of each agent, by host name (default: the gateways').
+    pub agent_acl: fn(&str) -> &'static str,
+    /// Extra top-level keys of gateway.toml.
+    pub gateway_extra: &'static str,
+}
+
+impl Default for ClusterOpts {
+    fn default() -> ClusterOpts {
+        ClusterOpts { hosts: 3, gateways: 1, acl: super::ACL, agent_acl: |_| super::ACL, gateway_extra: "" }
+    }
+}
+
+impl Cluster {
+    pub fn start(o: &ClusterOpts) -> Cluster {
+        let net = Net::create(o.hosts);
+        let etcd = Etcd::start(net.root_ip(), &net.dir, 3);
+        let pki = Pki::new(&net.dir.join("pki"));
+        let keys = net.dir.join("keys");
+        std::fs::create_dir_all(&keys).unwrap();
+        let etcd_toml = format!(
+            "endpoints = [{}]",
+            etcd.endpoints.iter().map(|e| format!("\"{e}\"")).collect::<Vec<_>>().join(", ")
+        );
+        for (i, h) in net.hosts.iter().enumerate() {
+            let (crt, key) = pki.issue(&format!("agent-{}", h.name), &[format!("IP:{}", h.ip)], "serverAuth");
+            let acl = (o.agent_acl)(&h.name);
+            h.init_agent(|text| {
+                let mut text: String = text
+                    .lines()
+                    .filter(|l| {
+                        !["tls_cert", "tls_key", "token_public_key", "token_private_key"]
+                            .iter()
+                            .any(|k| l.starts_with(&format!("{k} =")))
+                    })
+                    .map(|l| format!("{l}\n"))
+                    .collect();
+                let at = text.find("\n[runtimes]").unwrap();
+                text.insert_str(
+                    at,
+                    &format!(
+                        "\ntls_cert = \"{}\"\ntls_key = \"{}\"\ntoken_public_key = \"{}\"\ntoken_private_key = \"{}\"\n",
+                        crt.display(),
+                        key.display(),
+                        keys.join("token-signing.pub").display(),
+                        keys.join("token-signing.key").display()
+                    ),
+                );
+                text.push_str(&format!(
+                    "\n[cluster]\nnode = \"{}\"\nurl = \"{}\"\ngateway_ca = \"{}\"\nlease_ttl = \"{}s\"\n\
+                     labels = {{ rack = \"r{}\" }}\n\n[cluster.etcd]\n{etcd_toml}\n",
+                    h.name,
+                    h.url(),
+                    pki.ca.display(),
+                    LEASE_TTL.as_secs(),
+                    i % 2
+                ));
+                text
+            });
+            if i == 0 {
+                for f in ["token-signing.pub", "token-signing.key"] {
+                    std::fs::copy(h.agent_dir().join(f), keys.join(f)).unwrap();
+                }
+            }
+            std::fs::write(h.agent_dir().join("acl.toml"), acl).unwrap();
+            h.start_agent();
+        }
+        let (gcrt, gkey) = pki.issue("gateway", &["IP:127.0.0.1".into(), "DNS:localhost".into()], "serverAuth");
+        let (ccrt, ckey) = pki.issue("gateway-client", &[], "clientAuth");
+        let gateways = (0..o.gateways)
+            .map(|i| {
+                let dir = net.dir.join(format!("gateway{i}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(dir.join("acl.toml"), o.acl).unwrap();
+                let config = format!(
+                    "listen = \"{{listen}}\"\n{}\ntls_cert = \"{}\"\ntls_key = \"{}\"\ncluster_ca = \"{}\"\n\
+                     client_cert = \"{}\"\nclient_key = \"{}\"\ntoken_public_key = \"{}\"\nacl = \"acl.toml\"\n\
+                     audit_log = \"audit.log\"\n\n[etcd]\n{etcd_toml}\n",
+                    o.gateway_extra,
+                    gcrt.display(),
+                    gkey.display(),
+                    pki.ca.display(),
+                    ccrt.display(),
+                    ckey.display(),
+                    keys.join("token-signing.pub").display()
+                );
+                Gateway::start(&dir, &config)
+            })
+            .collect();
+        let mut c = Cluster { net, etcd, pki, gateways, admin_token: String::new(), keys };
+        c.admin_token = c.token("admin", &[]);
+        c
+    }
+
+    /// A token for `user` in `groups`, valid for an hour, signed with the cluster's key.
+    pub fn token(&self, user: &str, groups: &[&str]) -> String {
+        let mut c = Command::new(bin("dcos-exec-agent"));
+        c.args(["token", "--config"]).arg(self.net.hosts[0].agent_dir().join("agent.toml"));
+        c.args(["--user", user, "--ttl", "1h"]);
+        for g in groups {
+            c.args(["--group", g]);
+        }
+        let o = run(&mut c);
+        assert!(o.status.success(), "token: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap().trim().to_string()
+    }
+
+    /// `dcos` aimed at gateway `g` with `token`.
+    pub fn dcos_via(&self, g: usize, token: &str) -> Command {
+        let mut c = Command::new(bin("dcos"));
+        c.env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", &self.net.dir)
+            .env("DCOS_URL", &self.gateways[g].url)
+            .env("DCOS_SSL_VERIFY", &self.pki.ca)
+            .env("DCOS_ACS_TOKEN", token)
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// `dcos` aimed at the first gateway as the admin.
+    pub fn dcos(&self) -> Command {
+        self.dcos_via(0, &self.admin_token)
+    }
+
+    /// `dcos` aimed straight at a host's agent (no gateway) with `token`.
+    pub fn dcos_direct(&self, host: &Host, token: &str) -> Command {
+        let mut c = self.dcos();
+        c.env("DCOS_URL", host.url()).env("DCOS_ACS_TOKEN", token);
+        c
+    }
+
+    /// Waits until the first gateway's `dcos task list` shows every one of `ids` (true) or none (false).
+    pub fn wait_listed(&self, ids: &[&str], listed: bool, secs: u64) -> bool {
+        super::eventually(secs, || {
+            let o = run(self.dcos().args(["task", "list"]));
+            let out = String::from_utf8_lossy(&o.stdout).into_owned();
+            ids.iter().all(|id| out.contains(id) == listed)
+        })
     }
 }
