@@ -230,6 +230,99 @@ impl Acl {
     }
 }
 
+/// The ACL in force, replaced as a whole when its source changes (a file, or etcd), without a restart.
+/// Readers take [`Shared::current`] once per request and judge the whole request by that one ACL. A
+/// replacement that does not parse is refused: the ACL in force stays, so a broken edit never opens access.
+#[derive(Debug)]
+pub struct Shared {
+    current: std::sync::RwLock<std::sync::Arc<Acl>>,
+    /// Where it comes from, for log lines.
+    origin: String,
+}
+
+impl Shared {
+    /// Starts with `acl`, loaded from `origin` (a path or `etcd`).
+    pub fn new(acl: Acl, origin: impl Into<String>) -> Shared {
+        Shared { current: std::sync::RwLock::new(std::sync::Arc::new(acl)), origin: origin.into() }
+    }
+
+    /// The ACL in force.
+    pub fn current(&self) -> std::sync::Arc<Acl> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Where the ACL comes from.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// Puts `acl` in force.
+    pub fn replace(&self, acl: Acl) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(acl);
+    }
+
+    /// Parses `text` and puts it in force; when it does not parse, logs why, keeps the ACL in force and
+    /// returns the error.
+    pub fn reload(&self, text: &str) -> Result<(), AclError> {
+        match Acl::parse(text) {
+            Ok(acl) => {
+                let rules = acl.rules.len();
+                self.replace(acl);
+                tracing::info!(origin = %self.origin, rules, "ACL reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                let e = match e {
+                    AclError::Parse { cause, .. } => AclError::Parse { path: self.origin.clone(), cause },
+                    other => other,
+                };
+                tracing::error!(origin = %self.origin, "ACL not reloaded, the one in force stays: {e}");
+                Err(e)
+            }
+        }
+    }
+
+    /// Loads the ACL file at `path` and reloads it whenever its content changes, checking every `every` (a
+    /// thread that ends when the returned [`Shared`] is dropped). Editors and config managers that write in
+    /// place may be read half-way: that version fails to parse and is refused, and the complete one is read
+    /// at the next check.
+    pub fn watch_file(path: &Path, every: std::time::Duration) -> Result<std::sync::Arc<Shared>, AclError> {
+        let text = std::fs::read(path).map_err(|cause| AclError::Read { path: path.display().to_string(), cause })?;
+        let acl = Acl::parse(&String::from_utf8_lossy(&text)).map_err(|e| match e {
+            AclError::Parse { cause, .. } => AclError::Parse { path: path.display().to_string(), cause },
+            other => other,
+        })?;
+        let shared = std::sync::Arc::new(Shared::new(acl, path.display().to_string()));
+        let weak = std::sync::Arc::downgrade(&shared);
+        let path = path.to_path_buf();
+        let spawned = std::thread::Builder::new().name("acl-reload".into()).spawn(move || {
+            let mut last = text;
+            let mut unreadable = false;
+            loop {
+                std::thread::sleep(every);
+                let Some(shared) = weak.upgrade() else { return };
+                match std::fs::read(&path) {
+                    Ok(now) => {
+                        unreadable = false;
+                        if now != last {
+                            let _ = shared.reload(&String::from_utf8_lossy(&now));
+                            last = now;
+                        }
+                    }
+                    Err(e) => {
+                        if !unreadable {
+                            tracing::error!(path = %path.display(), "ACL file unreadable, the one in force stays: {e}");
+                        }
+                        unreadable = true;
+                    }
+                }
+            }
+        });
+        spawned.map_err(|cause| AclError::Read { path: "(reload thread)".into(), cause })?;
+        Ok(shared)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -391,5 +484,42 @@ images = ["oci:/srv/extra/*"]
         assert!(Acl::parse("[[rule]]\nsubjects=['alice']\ntasks=['*']\nactions=['exec']").is_err());
         assert!(Acl::parse("[[rule]]\nsubjects=['user:a']\ntasks=['*']\nactions=['rm']").is_err());
         assert!(Acl::parse("[[rule]]\neffect='maybe'\nsubjects=['user:a']\ntasks=['*']\nactions=['exec']").is_err());
+    }
+
+    #[test]
+    fn a_shared_acl_reloads_its_file_and_keeps_the_old_one_when_the_new_one_is_broken() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("acl.toml");
+        let grant = |u: &str| format!("[[rule]]\nsubjects=['user:{u}']\ntasks=['*']\nactions=['exec']\n");
+        std::fs::write(&path, grant("a")).unwrap();
+        let shared = Shared::watch_file(&path, std::time::Duration::from_millis(20)).unwrap();
+        let allows = |u: &str| shared.current().allows(&Principal { user: u, groups: &[] }, "t", "exec");
+        let eventually = |f: &dyn Fn() -> bool| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !f() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            f()
+        };
+        assert!(allows("a") && !allows("b"));
+        std::fs::write(&path, grant("b")).unwrap();
+        assert!(eventually(&|| allows("b")), "the new file was not loaded");
+        assert!(!allows("a"));
+        // A broken edit: the ACL in force stays (b allowed, a still refused), long after it was seen.
+        std::fs::write(&path, "[[rule]]\nsubjects=['user:a']\ntasks=['*']\nactions=['explode']\n").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(allows("b") && !allows("a"));
+        std::fs::write(&path, "this is not toml [").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(allows("b") && !allows("a"));
+        // The file disappears: still the old ACL; it comes back fixed: reloaded.
+        std::fs::remove_file(&path).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(allows("b"));
+        std::fs::write(&path, grant("a")).unwrap();
+        assert!(eventually(&|| allows("a") && !allows("b")));
+        assert!(shared.reload("nope").is_err());
+        assert!(allows("a"));
+        assert!(Shared::watch_file(&dir.path().join("missing"), std::time::Duration::from_secs(1)).is_err());
     }
 }

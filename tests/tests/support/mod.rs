@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod crun;
+pub mod etcd;
 pub mod hosts;
 
 use std::io::{Read, Write};

@@ -1,0 +1,168 @@
+//! The ACL kept in etcd at `{prefix}/acl` (TOML text, as in a file), watched and put in force on every
+//! change, for agents and gateways configured with `acl = "etcd"`.
+//!
+//! A new version that does not parse is refused and the ACL in force stays. A deleted key puts the empty ACL
+//! in force (which refuses everything): removing the rules never leaves the old grants standing. Until the
+//! key is first read, the empty ACL is in force.
+
+use crate::config::EtcdConfig;
+use crate::connect::{connect, within};
+use crate::error::ClusterError;
+use crate::keys::Layout;
+use dcos_exec_access::acl::{Acl, Shared};
+use etcd_client::{Client, EventType, WatchOptions};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+
+/// What `acl = "etcd"` names in a config.
+pub const ETCD_SOURCE: &str = "etcd";
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+const RETRY: Duration = Duration::from_millis(500);
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+const SILENT: Duration = Duration::from_secs(3);
+
+/// A shared ACL fed from etcd, and the task that feeds it (stopped on drop).
+pub struct EtcdAcl {
+    /// The ACL in force.
+    pub shared: Arc<Shared>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for EtcdAcl {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl EtcdAcl {
+    /// Starts with the empty ACL and watches `{prefix}/acl`. `first_load` bounds how long this waits for the
+    /// first read, so that a process that starts while etcd is up serves with the right ACL from its first
+    /// request. Needs a tokio runtime.
+    pub async fn spawn(etcd: EtcdConfig, prefix: &str, first_load: Duration) -> EtcdAcl {
+        let layout = Layout::new(prefix);
+        let shared = Arc::new(Shared::new(Acl::default(), format!("etcd {}", layout.acl())));
+        let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(watch_loop(etcd, layout, shared.clone(), loaded_tx));
+        if tokio::time::timeout(first_load, loaded_rx).await.is_err() {
+            tracing::warn!(
+                "the ACL could not be read from etcd within {}: every request is refused until it is",
+                humantime::format_duration(first_load)
+            );
+        }
+        EtcdAcl { shared, task }
+    }
+}
+
+async fn watch_loop(etcd: EtcdConfig, layout: Layout, shared: Arc<Shared>, loaded: tokio::sync::oneshot::Sender<()>) {
+    let mut loaded = Some(loaded);
+    let mut client: Option<Client> = None;
+    let mut last_error = String::new();
+    loop {
+        let c = match client.as_mut() {
+            Some(c) => c,
+            None => match connect(&etcd).await {
+                Ok(c) => client.insert(c),
+                Err(e) => {
+                    note(&mut last_error, &e);
+                    tokio::time::sleep(RETRY).await;
+                    continue;
+                }
+            },
+        };
+        if let Err(e) = get_and_watch(c, &layout, &shared, &mut loaded).await {
+            note(&mut last_error, &e);
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+fn note(last: &mut String, e: &ClusterError) {
+    let msg = e.to_string();
+    if *last != msg {
+        tracing::warn!("watching the ACL in etcd: {msg}; the ACL in force stays");
+    }
+    *last = msg;
+}
+
+fn put_in_force(shared: &Shared, value: Option<&[u8]>) {
+    match value {
+        Some(v) => {
+            let _ = shared.reload(&String::from_utf8_lossy(v));
+        }
+        None => {
+            tracing::warn!(origin = shared.origin(), "the ACL key is absent: every request is refused");
+            shared.replace(Acl::default());
+        }
+    }
+}
+
+async fn get_and_watch(
+    c: &mut Client,
+    layout: &Layout,
+    shared: &Shared,
+    loaded: &mut Option<tokio::sync::oneshot::Sender<()>>,
+) -> Result<(), ClusterError> {
+    let key = layout.acl();
+    let resp = within(REQUEST_TIMEOUT, c.get(key.clone(), None)).await?;
+    let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+    let current = resp.kvs().first().map(|kv| kv.value().to_vec());
+    // Reload only what differs from the last version seen, so that a reconnect does not log a reload.
+    let mut last = current.clone();
+    put_in_force(shared, current.as_deref());
+    if let Some(l) = loaded.take() {
+        let _ = l.send(());
+    }
+    let opts = WatchOptions::new().with_start_revision(revision + 1).with_progress_notify();
+    let mut stream = within(REQUEST_TIMEOUT, c.watch(key, Some(opts))).await?;
+    let mut progress = tokio::time::interval(PROGRESS_EVERY);
+    let mut heard = Instant::now();
+    loop {
+        tokio::select! {
+            msg = stream.message() => {
+                let Some(r) = msg? else { return Err(ClusterError::Config("the watch stream ended".into())) };
+                heard = Instant::now();
+                if r.canceled() || r.compact_revision() > 0 {
+                    return Err(ClusterError::Config("the ACL watch was cancelled; reading again".into()));
+                }
+                for e in r.events() {
+                    let value = match e.event_type() {
+                        EventType::Put => e.kv().map(|kv| kv.value().to_vec()),
+                        EventType::Delete => None,
+                    };
+                    if value != last {
+                        put_in_force(shared, value.as_deref());
+                        last = value;
+                    }
+                }
+            }
+            _ = progress.tick() => {
+                if heard.elapsed() > SILENT {
+                    return Err(ClusterError::Timeout(SILENT));
+                }
+                stream.request_progress().await?;
+            }
+        }
+    }
+}
+
+/// Writes `text` as the ACL in etcd (for `init` and for operators' tools); refuses text that does not parse,
+/// so that nothing this writes can be refused by the readers.
+pub async fn publish(etcd: &EtcdConfig, prefix: &str, text: &str) -> Result<(), PublishError> {
+    Acl::parse(text).map_err(PublishError::Acl)?;
+    let mut c = connect(etcd).await?;
+    within(REQUEST_TIMEOUT, c.put(Layout::new(prefix).acl(), text, None)).await?;
+    Ok(())
+}
+
+/// Why [`publish`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The text is not a valid ACL.
+    #[error(transparent)]
+    Acl(dcos_exec_access::acl::AclError),
+    /// etcd could not be written.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+}
