@@ -93,6 +93,33 @@ pub struct DenialRecord {
     pub reason: String,
 }
 
+/// A session a gateway relayed to the agent of its node: `relay_start` once the agent switched protocols,
+/// `relay_end` (with the byte counts and `end`) when either side closed.
+#[derive(Debug, Clone, Serialize)]
+pub struct RelayRecord {
+    /// `relay_start` or `relay_end`.
+    pub event: &'static str,
+    /// When the relay started.
+    pub time: String,
+    /// The token's subject.
+    pub user: String,
+    /// The user's address.
+    pub source: String,
+    /// The task as requested.
+    pub task: String,
+    /// The node and container it resolved to.
+    pub node: String,
+    pub container: String,
+    /// When the relay ended (end record only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end: Option<String>,
+    /// Bytes from user to agent, and back (end record only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_in: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_out: Option<u64>,
+}
+
 /// The append-only audit log.
 pub struct AuditLog {
     file: Mutex<std::fs::File>,
@@ -135,6 +162,10 @@ impl AuditLog {
     }
 
     pub fn denial(&self, rec: &DenialRecord) {
+        self.write(rec)
+    }
+
+    pub fn relay(&self, rec: &RelayRecord) {
         self.write(rec)
     }
 }

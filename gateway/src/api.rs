@@ -1,0 +1,244 @@
+//! The gateway's HTTP API, the agent's own (so the CLI does not change): `GET /v1/tasks` and `GET /v1/nodes`
+//! from the directory snapshot, and `/v1/tasks/{task}/exec` authenticated, read, resolved to its node and
+//! judged here with the agent's code ([`dcos_exec_access`]), then relayed ([`crate::relay`]). The agent
+//! verifies the token and judges the ACL again: a gateway cannot widen anyone's rights.
+
+use crate::resolve::{self, ResolveError};
+use crate::server::Gateway;
+use dcos_exec_access::acl::{Principal, Target};
+use dcos_exec_access::audit::DenialRecord;
+use dcos_exec_access::auth::{AuthError, Claims};
+use dcos_exec_access::judge::{self, Denied, Refused};
+use dcos_exec_access::request::{self, ParseError};
+use dcos_exec_cluster::{DirectoryError, Snapshot};
+use dcos_exec_proto::{forward, ErrorBody, ErrorCode, NodeInfo, TaskInfo};
+use http::{header, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub type Body = Full<Bytes>;
+
+/// Why a request was refused here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn response(&self) -> Response<Body> {
+        let status = StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        json_response(status, &ErrorBody { code: self.code, message: self.message.clone() })
+    }
+}
+
+macro_rules! refusal_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Refusal {
+            fn from(e: $t) -> Self {
+                Refusal { code: e.code(), message: e.to_string() }
+            }
+        }
+    )*};
+}
+refusal_from!(AuthError, ParseError, Denied, ResolveError, crate::relay::Unreachable);
+
+impl From<DirectoryError> for Refusal {
+    fn from(e: DirectoryError) -> Self {
+        Refusal { code: ErrorCode::ClusterUnavailable, message: e.to_string() }
+    }
+}
+
+pub fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response<Body> {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(bytes)))
+        .unwrap_or_default()
+}
+
+/// Dispatches one request.
+pub async fn route(gw: Arc<Gateway>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    if req.method() != http::Method::GET {
+        return Refusal::from(ParseError::Method).response();
+    }
+    if path == "/healthz" {
+        let directory = gw.directory.snapshot().is_ok();
+        return json_response(StatusCode::OK, &serde_json::json!({"ok": true, "directory": directory}));
+    }
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let r = match segs.as_slice() {
+        ["v1", "tasks"] => list(&gw, peer, &req).map(|(s, rows)| stale(json_response(StatusCode::OK, &rows), &s)),
+        ["v1", "nodes"] => nodes(&gw, peer, &req).map(|(s, rows)| stale(json_response(StatusCode::OK, &rows), &s)),
+        ["v1", "tasks", task, "exec"] => match request::task_segment(task) {
+            Ok(task) => exec(gw, peer, req, task).await,
+            Err(e) => Err(e.into()),
+        },
+        _ => Err(ParseError::NoEndpoint(path).into()),
+    };
+    r.unwrap_or_else(|r| r.response())
+}
+
+/// Marks a response served from a stale snapshot, for the CLI to warn about.
+fn stale(mut resp: Response<Body>, s: &Snapshot) -> Response<Body> {
+    if let Some(d) = s.stale_for {
+        if let Ok(v) = d.as_secs().to_string().parse() {
+            resp.headers_mut().insert(forward::STALE, v);
+        }
+    }
+    resp
+}
+
+impl Gateway {
+    fn audit_refusal(&self, peer: SocketAddr, path: &str, user: Option<&str>, task: Option<&str>, r: &Refusal) {
+        self.audit.denial(&DenialRecord {
+            event: "denied",
+            time: dcos_exec_access::audit::now(),
+            user: user.map(String::from),
+            source: peer.to_string(),
+            via: None,
+            path: path.to_string(),
+            task: task.map(String::from),
+            code: r.code,
+            reason: r.message.clone(),
+        });
+    }
+
+    fn authenticate(&self, peer: SocketAddr, req: &Request<Incoming>) -> Result<Claims, Refusal> {
+        let h = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        self.verifier.verify_header(h).map_err(|e| {
+            let r = Refusal::from(e);
+            self.audit_refusal(peer, req.uri().path(), None, None, &r);
+            r
+        })
+    }
+
+    /// The directory snapshot, or `cluster_unavailable` once etcd has been gone longer than `max_stale`.
+    /// Serving from a stale one is logged, and the response says so.
+    fn snapshot(&self) -> Result<Snapshot, Refusal> {
+        let s = self.directory.snapshot()?;
+        if let Some(d) = s.stale_for {
+            tracing::warn!(
+                "serving from a directory snapshot {} old: etcd unreachable (max_stale {})",
+                humantime::format_duration(Duration::from_secs(d.as_secs())),
+                humantime::format_duration(self.cfg.max_stale)
+            );
+        }
+        Ok(s)
+    }
+}
+
+/// The directory's tasks of nodes that are registered, each with its node.
+fn tasks(s: &Snapshot) -> Vec<TaskInfo> {
+    let now = dcos_exec_cluster::record::unix_now();
+    s.tasks
+        .iter()
+        .filter(|t| s.nodes.contains_key(&t.node))
+        .map(|t| TaskInfo { node: Some(t.node.clone()), ..t.info_at(now) })
+        .collect()
+}
+
+fn target(t: &TaskInfo) -> Target<'_> {
+    Target {
+        task_id: &t.id,
+        container_id: &t.container,
+        name: t.name.as_deref().map(|n| n.trim_start_matches('/')),
+        name_unknown: false,
+    }
+}
+
+/// `GET /v1/tasks`: the tasks of every node that the ACL lets the caller list.
+fn list(gw: &Gateway, peer: SocketAddr, req: &Request<Incoming>) -> Result<(Snapshot, Vec<TaskInfo>), Refusal> {
+    let claims = gw.authenticate(peer, req)?;
+    let s = gw.snapshot()?;
+    let who = Principal { user: &claims.sub, groups: &claims.groups };
+    let acl = gw.acl.current();
+    let mut rows: Vec<TaskInfo> =
+        tasks(&s).into_iter().filter(|t| acl.allows_target(&who, &target(t), "list", None)).collect();
+    rows.sort_by(|a, b| (&a.id, &a.node).cmp(&(&b.id, &b.node)));
+    Ok((s, rows))
+}
+
+/// `GET /v1/nodes`: every registered node, with the number of its tasks the caller may list; for callers the
+/// ACL grants `list` on some task.
+fn nodes(gw: &Gateway, peer: SocketAddr, req: &Request<Incoming>) -> Result<(Snapshot, Vec<NodeInfo>), Refusal> {
+    let claims = gw.authenticate(peer, req)?;
+    let who = Principal { user: &claims.sub, groups: &claims.groups };
+    let acl = gw.acl.current();
+    if !acl.grants_somewhere(&who, "list") {
+        let r =
+            Refusal::from(Denied { user: claims.sub.clone(), action: "list".into(), image: None, task: "*".into() });
+        gw.audit_refusal(peer, req.uri().path(), Some(&claims.sub), None, &r);
+        return Err(r);
+    }
+    let s = gw.snapshot()?;
+    let visible = tasks(&s);
+    let rows = s
+        .nodes
+        .values()
+        .map(|n| NodeInfo {
+            name: n.name.clone(),
+            url: n.url.clone(),
+            labels: n.labels.clone(),
+            state: if s.stale_for.is_some() { "stale" } else { "ready" }.into(),
+            tasks: visible
+                .iter()
+                .filter(|t| t.node.as_deref() == Some(&n.name))
+                .filter(|t| acl.allows_target(&who, &target(t), "list", None))
+                .count(),
+        })
+        .collect();
+    Ok((s, rows))
+}
+
+/// `GET /v1/tasks/{task}/exec`: authenticate, read, resolve over the snapshot, judge, relay.
+async fn exec(
+    gw: Arc<Gateway>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    task: String,
+) -> Result<Response<Body>, Refusal> {
+    let path = req.uri().path().to_string();
+    let claims = gw.authenticate(peer, &req)?;
+    let audited = |r: Refusal| {
+        gw.audit_refusal(peer, &path, Some(&claims.sub), Some(&task), &r);
+        r
+    };
+    let s = gw.snapshot().map_err(audited)?;
+    let judged = (|| {
+        let mut params = request::exec_request(task.clone(), req.headers())?;
+        // An OCI layout lives on the agent's host: judged here by its lexical form, by its real path there.
+        params.image = params.image.map(|i| i.lexically_normal());
+        let debug = params.image.is_some();
+        let t = judge::exec(
+            &gw.acl.current(),
+            target,
+            |name, v| resolve::resolve(tasks(&s), name, v, debug),
+            &claims,
+            &params,
+        )
+        .map_err(|r| match r {
+            Refused::Denied(d) => Refusal::from(d),
+            Refused::Resolve(e) => Refusal::from(e),
+        })?;
+        Ok::<_, Refusal>(t)
+    })();
+    let t = judged.map_err(audited)?;
+    let node = t.node.clone().unwrap_or_default();
+    let Some(url) = s.nodes.get(&node).map(|n| n.url.clone()) else {
+        return Err(audited(ResolveError::NotFound(task.clone()).into()));
+    };
+    let session = crate::relay::Session { user: claims.sub.clone(), source: peer, task: task.clone(), url };
+    match crate::relay::exec(gw.clone(), req, &t, session).await {
+        Ok(resp) => Ok(stale(resp, &s)),
+        Err(e) => {
+            tracing::warn!("{e}");
+            Err(audited(e.into()))
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! The gateway's configuration file (`gateway.toml`). Relative paths are relative to the directory holding it.
+
+use dcos_exec_cluster::EtcdConfig;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Errors loading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {cause}")]
+    Read { path: PathBuf, cause: std::io::Error },
+    #[error("{path} is not valid: {cause}")]
+    Parse { path: PathBuf, cause: toml::de::Error },
+    #[error("{path}: {key} is not a duration like \"5s\": {value}")]
+    Duration { path: PathBuf, key: &'static str, value: String },
+}
+
+/// `gateway.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Address the HTTPS API for users listens on, e.g. `0.0.0.0:7443`.
+    pub listen: String,
+    /// PEM certificate chain presented to users.
+    pub tls_cert: PathBuf,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: PathBuf,
+    /// PEM of the cluster CA, which signed every agent's server certificate.
+    pub cluster_ca: PathBuf,
+    /// PEM client certificate presented to agents (signed by the CA of their `[cluster] gateway_ca`).
+    pub client_cert: PathBuf,
+    /// PEM private key of `client_cert`.
+    pub client_key: PathBuf,
+    /// PEM public key (Ed25519 SPKI) that verifies bearer tokens: the agents' key.
+    pub token_public_key: PathBuf,
+    /// Required `iss` claim of tokens.
+    #[serde(default = "default_issuer")]
+    pub issuer: String,
+    /// Required `aud` claim of tokens.
+    #[serde(default = "default_audience")]
+    pub audience: String,
+    /// ACL file, or `"etcd"` for the ACL kept in the directory at `{etcd_prefix}/acl`; judged here before
+    /// any agent is asked (each agent judges again with its own), reloaded on change.
+    pub acl: PathBuf,
+    /// Audit log, JSON lines, appended.
+    pub audit_log: PathBuf,
+    /// How long the last directory snapshot keeps being served while etcd is unreachable.
+    #[serde(default = "default_max_stale")]
+    pub max_stale: String,
+    /// How long connecting to an agent (TCP and TLS) may take before it counts as unreachable.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: String,
+    /// Key prefix of the directory in etcd.
+    #[serde(default = "default_prefix")]
+    pub etcd_prefix: String,
+    /// The etcd cluster holding the directory.
+    pub etcd: EtcdConfig,
+}
+
+fn default_issuer() -> String {
+    "dcos-exec-agent".into()
+}
+fn default_audience() -> String {
+    dcos_exec_proto::TOKEN_AUDIENCE.into()
+}
+fn default_max_stale() -> String {
+    "30s".into()
+}
+fn default_connect_timeout() -> String {
+    "3s".into()
+}
+/// The value of `acl` that reads the ACL from etcd.
+pub const ACL_IN_ETCD: &str = "etcd";
+
+/// The directory's default key prefix.
+pub fn default_prefix() -> String {
+    dcos_exec_cluster::DEFAULT_PREFIX.into()
+}
+
+/// A loaded configuration with paths made absolute and durations parsed.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub file: GatewayConfig,
+    pub max_stale: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl GatewayConfig {
+    /// Reads and validates `path`, resolving relative paths against its directory.
+    pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read { path: path.into(), cause })?;
+        let mut cfg: GatewayConfig =
+            toml::from_str(&text).map_err(|cause| ConfigError::Parse { path: path.into(), cause })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base = std::fs::canonicalize(&base).unwrap_or(base);
+        for p in [
+            &mut cfg.tls_cert,
+            &mut cfg.tls_key,
+            &mut cfg.cluster_ca,
+            &mut cfg.client_cert,
+            &mut cfg.client_key,
+            &mut cfg.token_public_key,
+            &mut cfg.audit_log,
+        ] {
+            *p = base.join(&*p);
+        }
+        if cfg.acl != Path::new(ACL_IN_ETCD) {
+            cfg.acl = base.join(&cfg.acl);
+        }
+        cfg.etcd.resolve_paths(&base);
+        let dur = |key: &'static str, value: &str| {
+            humantime::parse_duration(value).map_err(|_| ConfigError::Duration {
+                path: path.into(),
+                key,
+                value: value.into(),
+            })
+        };
+        let max_stale = dur("max_stale", &cfg.max_stale)?;
+        let connect_timeout = dur("connect_timeout", &cfg.connect_timeout)?;
+        Ok(Loaded { file: cfg, max_stale, connect_timeout })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+listen = "127.0.0.1:0"
+tls_cert = "gateway.crt"
+tls_key = "gateway.key"
+cluster_ca = "ca.crt"
+client_cert = "gateway-client.crt"
+client_key = "gateway-client.key"
+token_public_key = "token-signing.pub"
+acl = "acl.toml"
+audit_log = "audit.log"
+[etcd]
+endpoints = ["https://127.0.0.1:2379"]
+ca_file = "ca.crt"
+"#;
+
+    #[test]
+    fn defaults_paths_and_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("gateway.toml");
+        std::fs::write(&p, MINIMAL).unwrap();
+        let l = GatewayConfig::load(&p).unwrap();
+        assert_eq!((l.max_stale, l.connect_timeout), (Duration::from_secs(30), Duration::from_secs(3)));
+        assert!(l.file.cluster_ca.is_absolute() && l.file.etcd.ca_file.as_ref().unwrap().is_absolute());
+        assert_eq!(l.file.etcd_prefix, "/dcos-exec/v1");
+        std::fs::write(&p, format!("max_stale = \"soon\"\n{MINIMAL}")).unwrap();
+        assert!(matches!(GatewayConfig::load(&p), Err(ConfigError::Duration { key: "max_stale", .. })));
+        std::fs::write(&p, format!("relay_everything = true\n{MINIMAL}")).unwrap();
+        assert!(matches!(GatewayConfig::load(&p), Err(ConfigError::Parse { .. })));
+    }
+}

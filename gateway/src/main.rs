@@ -1,0 +1,59 @@
+//! `dcos-exec-gateway`: one URL for a whole dcos-exec cluster. `run` serves the agent's API for every node's
+//! tasks, from the cluster directory in etcd, and relays each session to the agent that owns its task.
+
+// Nothing a user, an agent or the network controls may panic the process.
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
+mod api;
+mod config;
+mod relay;
+mod resolve;
+mod server;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "dcos-exec-gateway", version, about = "Gateway of a dcos-exec cluster")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve the cluster's API.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("dcos-exec-gateway: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Run { config } => {
+            let cfg = config::GatewayConfig::load(&config)?;
+            let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            rt.block_on(async {
+                let gw = server::Gateway::new(cfg).await?;
+                server::serve(gw).await
+            })
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! The hop to the owning agent: an mTLS connection (the gateway's client certificate, agents verified against
+//! the cluster CA), the exec request passed on with the user's address and the resolved container, the
+//! agent's answer passed back, and after both upgrades the bytes copied both ways. TCP back-pressure on each
+//! leg carries flow control end to end: nothing is buffered beyond one copy buffer per direction.
+
+use crate::config::Loaded;
+use anyhow::{Context, Result};
+use dcos_exec_proto::{forward, ErrorCode, TaskInfo};
+use http::{header, HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The agent of a node could not be reached, or broke off before it answered.
+#[derive(Debug, thiserror::Error)]
+#[error("node {node} ({url}) is unreachable: {cause}")]
+pub struct Unreachable {
+    pub node: String,
+    pub url: String,
+    pub cause: String,
+}
+
+impl Unreachable {
+    pub fn code(&self) -> ErrorCode {
+        ErrorCode::NodeUnreachable
+    }
+}
+
+/// A PEM certificate chain and its key.
+pub fn load_pair(cert: &Path, key: &Path) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+    use rustls_pki_types::pem::PemObject;
+    let certs = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing {}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading {}", key.display()))?;
+    Ok((certs, key))
+}
+
+/// Connects to agents.
+pub struct Relay {
+    connector: tokio_rustls::TlsConnector,
+    connect_timeout: Duration,
+}
+
+/// How long an agent gets to answer an exec request it has accepted the connection for. It answers before
+/// anything slow happens (a debug image is pulled after the upgrade).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Headers of the user's request that the agent needs: the token (verified again there), the request, and
+/// the WebSocket handshake, whose key the agent answers so that the user's client checks the agent's accept.
+const PASSED_ON: [&str; 7] = [
+    "authorization",
+    dcos_exec_proto::EXEC_REQUEST_HEADER,
+    "upgrade",
+    "connection",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-protocol",
+];
+
+/// Headers of the agent's 101 that the user's client checks.
+const PASSED_BACK: [&str; 4] = ["upgrade", "connection", "sec-websocket-accept", "sec-websocket-protocol"];
+
+impl Relay {
+    pub fn new(cfg: &Loaded) -> Result<Relay> {
+        use rustls_pki_types::pem::PemObject;
+        let f = &cfg.file;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(&f.cluster_ca)
+            .with_context(|| format!("reading cluster_ca {}", f.cluster_ca.display()))?
+        {
+            roots.add(c.with_context(|| format!("parsing cluster_ca {}", f.cluster_ca.display()))?)?;
+        }
+        let (certs, key) = load_pair(&f.client_cert, &f.client_key)?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut c = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(certs, key)
+            .context("gateway client certificate and key do not match")?;
+        c.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Relay { connector: tokio_rustls::TlsConnector::from(Arc::new(c)), connect_timeout: cfg.connect_timeout })
+    }
+
+    /// An HTTP/1.1 connection to the agent at `url` (`https://host:port`).
+    async fn connect(
+        &self,
+        node: &str,
+        url: &str,
+    ) -> Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>, Unreachable> {
+        let fail = |cause: String| Unreachable { node: node.into(), url: url.into(), cause };
+        let uri: http::Uri = url.parse().map_err(|e| fail(format!("bad URL: {e}")))?;
+        let host = uri.host().ok_or_else(|| fail("URL has no host".into()))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let port = uri.port_u16().unwrap_or(443);
+        let name = ServerName::try_from(host.clone()).map_err(|e| fail(format!("bad host name: {e}")))?;
+        let connector = self.connector.clone();
+        let dial = async move {
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| e.to_string())?;
+            crate::server::tune_socket(&tcp);
+            let tls = connector.connect(name, tcp).await.map_err(|e| format!("TLS: {e}"))?;
+            let (send, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!("agent connection: {e}");
+                }
+            });
+            Ok::<_, String>(send)
+        };
+        match tokio::time::timeout(self.connect_timeout, dial).await {
+            Ok(r) => r.map_err(fail),
+            Err(_) => Err(fail(format!("no connection within {}", humantime::format_duration(self.connect_timeout)))),
+        }
+    }
+}
+
+/// What the relay needs to know about the session, for its audit records.
+pub struct Session {
+    pub user: String,
+    pub source: SocketAddr,
+    pub task: String,
+    pub url: String,
+}
+
+/// Passes the exec request on to the agent that owns `task` and returns the agent's answer: a refusal as the
+/// agent wrote it, or its `101 Switching Protocols`, after which the bytes are copied both ways.
+pub async fn exec(
+    gw: Arc<crate::server::Gateway>,
+    mut req: Request<Incoming>,
+    task: &TaskInfo,
+    s: Session,
+) -> Result<Response<Full<Bytes>>, Unreachable> {
+    let node = task.node.clone().unwrap_or_default();
+    let mut send = gw.relay.connect(&node, &s.url).await?;
+    let fail = |cause: String| Unreachable { node: node.clone(), url: s.url.clone(), cause };
+    let path = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
+    let mut out = Request::get(path);
+    if let Some(h) = out.headers_mut() {
+        pass(req.headers(), h, &PASSED_ON);
+        if let Ok(v) = s.source.to_string().parse() {
+            h.insert(forward::FORWARDED_FOR, v);
+        }
+        if let Ok(v) = task.container.parse() {
+            h.insert(forward::CONTAINER, v);
+        }
+        if let Ok(u) = s.url.parse::<http::Uri>() {
+            if let Some(Ok(v)) = u.authority().map(|a| a.as_str().parse()) {
+                h.insert(header::HOST, v);
+            }
+        }
+    }
+    let out = out.body(Empty::new()).map_err(|e| fail(e.to_string()))?;
+    let answer = tokio::time::timeout(ANSWER_TIMEOUT, send.send_request(out))
+        .await
+        .map_err(|_| fail("no answer to the exec request".into()))?
+        .map_err(|e| fail(e.to_string()))?;
+    let status = answer.status();
+    let mut back = Response::builder().status(status);
+    if status != StatusCode::SWITCHING_PROTOCOLS {
+        // The agent's refusal, as it wrote it (a small JSON body).
+        if let Some(h) = back.headers_mut() {
+            pass(answer.headers(), h, &["content-type"]);
+        }
+        let body = Limited::new(answer.into_body(), 64 << 10).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        return back.body(Full::new(body)).map_err(|e| fail(e.to_string()));
+    }
+    if let Some(h) = back.headers_mut() {
+        pass(answer.headers(), h, &PASSED_BACK);
+    }
+    let record = |event, end: Option<(u64, u64)>| dcos_exec_access::audit::RelayRecord {
+        event,
+        time: dcos_exec_access::audit::now(),
+        user: s.user.clone(),
+        source: s.source.to_string(),
+        task: s.task.clone(),
+        node: node.clone(),
+        container: task.container.clone(),
+        end: end.map(|_| dcos_exec_access::audit::now()),
+        bytes_in: end.map(|e| e.0),
+        bytes_out: end.map(|e| e.1),
+    };
+    gw.audit.relay(&record("relay_start", None));
+    let start = record("relay_end", None);
+    let gw2 = gw.clone();
+    tokio::spawn(async move {
+        let (user, agent) = tokio::join!(hyper::upgrade::on(&mut req), hyper::upgrade::on(answer));
+        let (mut user, mut agent) = match (user, agent) {
+            (Ok(u), Ok(a)) => (TokioIo::new(u), TokioIo::new(a)),
+            (Err(e), _) | (_, Err(e)) => return tracing::debug!("relay upgrade failed: {e}"),
+        };
+        let (up, down) = match tokio::io::copy_bidirectional(&mut user, &mut agent).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!("relay of {} ended: {e}", start.task);
+                (0, 0)
+            }
+        };
+        let mut end = start;
+        end.end = Some(dcos_exec_access::audit::now());
+        end.bytes_in = Some(up);
+        end.bytes_out = Some(down);
+        gw2.audit.relay(&end);
+    });
+    back.body(Full::new(Bytes::new())).map_err(|e| fail(e.to_string()))
+}
+
+fn pass(from: &HeaderMap, to: &mut HeaderMap, names: &[&str]) {
+    for name in names {
+        for v in from.get_all(*name) {
+            if let Ok(n) = header::HeaderName::from_bytes(name.as_bytes()) {
+                to.append(n, v.clone());
+            }
+        }
+    }
+}
