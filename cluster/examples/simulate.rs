@@ -142,7 +142,10 @@ async fn main() {
             break t0.elapsed();
         }
         if last_log.elapsed() > Duration::from_secs(5) {
-            eprintln!("simulate: {registered}/{} registered, directory has {}/{} nodes, {}/{want} tasks", a.nodes, seen.0, a.nodes, seen.1);
+            eprintln!(
+                "simulate: {registered}/{} registered, directory has {}/{} nodes, {}/{want} tasks",
+                a.nodes, seen.0, a.nodes, seen.1
+            );
             last_log = Instant::now();
         }
         if t0.elapsed() > Duration::from_secs(600) {

@@ -363,8 +363,7 @@ fn etcd_leader_dies_and_then_all_of_etcd() {
         return;
     }
     let c = own(2, 1, "max_stale = \"4s\"");
-    let leader = c.etcd.leader();
-    c.etcd.kill(leader);
+    let leader = c.etcd.lock().unwrap().kill_leader();
     // Everything keeps working: lists, sessions, and registration of a new task.
     for _ in 0..5 {
         let o = run(c.dcos().args(["task", "exec", &web("h2"), "true"]));
@@ -384,7 +383,7 @@ fn etcd_leader_dies_and_then_all_of_etcd() {
     // Without etcd, the gateway serves its snapshot for max_stale, then refuses.
     for i in 0..3 {
         if i != leader {
-            c.etcd.kill(i);
+            c.etcd.lock().unwrap().kill(i);
         }
     }
     let o = run(c.dcos().args(["task", "list"]));
@@ -399,7 +398,7 @@ fn etcd_leader_dies_and_then_all_of_etcd() {
     assert!(line.starts_with("dcos: "), "{line}");
     // etcd back: so is the directory.
     for i in 0..3 {
-        c.etcd.restart(i);
+        c.etcd.lock().unwrap().restart(i);
     }
     assert!(eventually(30, || run(c.dcos().args(["task", "exec", &web("h1"), "true"])).status.success()));
 }

@@ -359,79 +359,6 @@ fn spawn_logged(mut cmd: Command, log: &Path) -> Child {
     cmd.spawn().unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"))
 }
 
-/// A real etcd cluster of `n` members on the root namespace's bridge address, where the hosts reach it.
-pub struct Etcd {
-    /// Client URLs, one per member.
-    pub endpoints: Vec<String>,
-    members: Vec<(Command, Slot, PathBuf)>,
-}
-
-impl Etcd {
-    pub fn start(ip: Ipv4Addr, dir: &Path, n: usize) -> Etcd {
-        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port_on(ip), free_port_on(ip))).collect();
-        let initial: Vec<String> =
-            ports.iter().enumerate().map(|(i, (_, peer))| format!("m{i}=http://{ip}:{peer}")).collect();
-        let token = format!("{}-etcd", prefix());
-        let mut members = Vec::new();
-        let mut endpoints = Vec::new();
-        for (i, (client, peer)) in ports.iter().enumerate() {
-            let client_url = format!("http://{ip}:{client}");
-            let peer_url = format!("http://{ip}:{peer}");
-            let mut cmd = Command::new("etcd");
-            cmd.args(["--name", &format!("m{i}"), "--data-dir"])
-                .arg(dir.join(format!("etcd-m{i}")))
-                .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
-                .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
-                .args(["--initial-cluster", &initial.join(","), "--initial-cluster-state", "new"])
-                .args(["--initial-cluster-token", &token])
-                // Elections in about a second, so a killed leader costs little.
-                .args(["--heartbeat-interval", "100", "--election-timeout", "1000"]);
-            let log = dir.join(format!("etcd-m{i}.log"));
-            let slot = Slot::new_killed_at_exit();
-            slot.put(spawn_logged(
-                {
-                    let mut c = Command::new(cmd.get_program());
-                    c.args(cmd.get_args());
-                    c
-                },
-                &log,
-            ));
-            members.push((cmd, slot, log));
-            endpoints.push(client_url);
-        }
-        let e = Etcd { endpoints, members };
-        assert!(super::eventually(30, || e.ctl(&["endpoint", "health"]).status.success()), "etcd is not healthy");
-        e
-    }
-
-    /// `etcdctl ARGS` against every member.
-    pub fn ctl(&self, args: &[&str]) -> Output {
-        run(Command::new("etcdctl").env("ETCDCTL_API", "3").arg("--endpoints").arg(self.endpoints.join(",")).args(args))
-    }
-
-    /// The index of the current leader.
-    pub fn leader(&self) -> usize {
-        let o = self.ctl(&["endpoint", "status", "-w", "json"]);
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("etcdctl endpoint status");
-        let all = v.as_array().expect("an array");
-        let leader = all.iter().find_map(|s| s["Status"]["leader"].as_u64()).expect("a leader");
-        all.iter().position(|s| s["Status"]["header"]["member_id"].as_u64() == Some(leader)).expect("leader listed")
-    }
-
-    /// Kills member `i` (SIGKILL).
-    pub fn kill(&self, i: usize) {
-        self.members[i].1.kill();
-    }
-
-    /// Starts member `i` again with its data.
-    pub fn restart(&self, i: usize) {
-        let (cmd, slot, log) = &self.members[i];
-        let mut c = Command::new(cmd.get_program());
-        c.args(cmd.get_args()).args(["--initial-cluster-state", "existing"]);
-        slot.put(spawn_logged(c, log));
-    }
-}
-
 /// A cluster CA and the certificates it signs, made with openssl: agents' server certificates (SAN: their
 /// address), the gateways' server certificate for users and their client certificate for agents.
 pub struct Pki {
@@ -560,11 +487,13 @@ impl Gateway {
 /// The lease TTL of the test agents: short, so that a dead agent leaves the directory quickly.
 pub const LEASE_TTL: Duration = Duration::from_secs(3);
 
-/// A whole cluster on this machine: hosts with agents and containers, a three-member etcd on the bridge, a
-/// cluster CA, one token key for all, and gateways in the root namespace.
+/// A whole cluster on this machine: hosts with agents and containers, a three-member etcd (support/etcd.rs,
+/// mutual TLS) serving on the bridge too, a cluster CA, one token key for all, and gateways in the root
+/// namespace.
 pub struct Cluster {
     pub net: Net,
-    pub etcd: Etcd,
+    /// Serves the hosts on the bridge's address, the gateways on loopback.
+    pub etcd: Mutex<super::etcd::Cluster>,
     pub pki: Pki,
     pub gateways: Vec<Gateway>,
     pub admin_token: String,
@@ -593,14 +522,15 @@ impl Default for ClusterOpts {
 impl Cluster {
     pub fn start(o: &ClusterOpts) -> Cluster {
         let net = Net::create(o.hosts);
-        let etcd = Etcd::start(net.root_ip(), &net.dir, 3);
+        let etcd = super::etcd::Cluster::start_with(
+            &net.dir.join("etcd"),
+            &super::etcd::Options { members: 3, extra_client_ips: vec![net.root_ip().into()] },
+        );
+        let etcd_hosts =
+            etcd.config_toml_for(&etcd.endpoints_on(net.root_ip().into()), &etcd.client_cert, &etcd.client_key);
         let pki = Pki::new(&net.dir.join("pki"));
         let keys = net.dir.join("keys");
         std::fs::create_dir_all(&keys).unwrap();
-        let etcd_toml = format!(
-            "endpoints = [{}]",
-            etcd.endpoints.iter().map(|e| format!("\"{e}\"")).collect::<Vec<_>>().join(", ")
-        );
         for (i, h) in net.hosts.iter().enumerate() {
             let (crt, key) = pki.issue(&format!("agent-{}", h.name), &[format!("IP:{}", h.ip)], "serverAuth");
             let acl = (o.agent_acl)(&h.name);
@@ -627,7 +557,7 @@ impl Cluster {
                 );
                 text.push_str(&format!(
                     "\n[cluster]\nnode = \"{}\"\nurl = \"{}\"\ngateway_ca = \"{}\"\nlease_ttl = \"{}s\"\n\
-                     labels = {{ rack = \"r{}\" }}\n\n[cluster.etcd]\n{etcd_toml}\n",
+                     labels = {{ rack = \"r{}\" }}\n\n[cluster.etcd]\n{etcd_hosts}\n",
                     h.name,
                     h.url(),
                     pki.ca.display(),
@@ -654,19 +584,20 @@ impl Cluster {
                 let config = format!(
                     "listen = \"{{listen}}\"\n{}\ntls_cert = \"{}\"\ntls_key = \"{}\"\ncluster_ca = \"{}\"\n\
                      client_cert = \"{}\"\nclient_key = \"{}\"\ntoken_public_key = \"{}\"\nacl = \"acl.toml\"\n\
-                     audit_log = \"audit.log\"\n\n[etcd]\n{etcd_toml}\n",
+                     audit_log = \"audit.log\"\n\n[etcd]\n{}\n",
                     o.gateway_extra,
                     gcrt.display(),
                     gkey.display(),
                     pki.ca.display(),
                     ccrt.display(),
                     ckey.display(),
-                    keys.join("token-signing.pub").display()
+                    keys.join("token-signing.pub").display(),
+                    etcd.config_toml()
                 );
                 Gateway::start(&dir, &config)
             })
             .collect();
-        let mut c = Cluster { net, etcd, pki, gateways, admin_token: String::new(), keys };
+        let mut c = Cluster { net, etcd: Mutex::new(etcd), pki, gateways, admin_token: String::new(), keys };
         c.admin_token = c.token("admin", &[]);
         c
     }
