@@ -15,6 +15,8 @@ pub enum ConfigError {
     Duration { path: PathBuf, key: &'static str, value: String },
     #[error("{path}: {key} must be at least 1 (0 would refuse every {what})")]
     Zero { path: PathBuf, key: &'static str, what: &'static str },
+    #[error("{path}: {message}")]
+    Cluster { path: PathBuf, message: String },
 }
 
 /// `agent.toml`. Relative paths are relative to the directory holding the file.
@@ -38,7 +40,8 @@ pub struct AgentConfig {
     /// Required `aud` claim of tokens.
     #[serde(default = "default_audience")]
     pub audience: String,
-    /// ACL file (see README, "ACL").
+    /// ACL file (see README, "ACL"), reloaded when it changes; `"etcd"` reads it from `{prefix}/acl` of the
+    /// `[cluster]` etcd instead (watched).
     pub acl: PathBuf,
     /// Audit log, JSON lines, appended.
     pub audit_log: PathBuf,
@@ -71,20 +74,52 @@ pub struct AgentConfig {
     /// `[images]` table is added).
     #[serde(default, skip_serializing)]
     pub images: ImagesConfig,
-    /// `[cluster]`: membership of a cluster behind gateways. Without it the agent works alone.
+    /// Membership of a cluster (see README, "Cluster"); without it the agent works alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterConfig>,
 }
 
-/// `[cluster]` of `agent.toml`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// `[cluster]`: the agent registers its node and tasks in etcd, where gateways find them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
-    /// PEM of the CA whose client certificates are gateways: the TLS handshake asks for (does not require) a
-    /// client certificate verified against it, and only such a connection may relay a user's session (the
-    /// `x-dcos-exec-forwarded-for` and `x-dcos-exec-container` headers).
+    /// The node's name in the cluster (default: the hostname).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// How gateways reach this agent, e.g. `https://10.0.0.7:7443` (default: `https://` and `listen`, when
+    /// that names one address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Free-form labels of the node record.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// How to reach etcd.
+    pub etcd: dcos_exec_cluster::EtcdConfig,
+    /// Key prefix in etcd.
+    #[serde(default = "default_cluster_prefix")]
+    pub prefix: String,
+    /// How long the node's records outlive an agent that died.
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl: String,
+    /// PEM CA whose client certificates are gateways (they may relay sessions for users).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway_ca: Option<PathBuf>,
+}
+
+fn default_cluster_prefix() -> String {
+    dcos_exec_cluster::DEFAULT_PREFIX.into()
+}
+fn default_lease_ttl() -> String {
+    "10s".into()
+}
+
+/// Where the ACL comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AclSource {
+    /// A file, reloaded when it changes.
+    File(PathBuf),
+    /// `{prefix}/acl` in the cluster's etcd, watched.
+    Etcd,
 }
 
 /// `[images]`: where `--debug-image` images are cached and how registries are reached.
@@ -283,6 +318,19 @@ pub struct Loaded {
     pub shutdown_grace: Duration,
     /// `[runtimes] api_timeout`.
     pub api_timeout: Duration,
+    /// Where the ACL comes from (`acl`).
+    pub acl: AclSource,
+    /// `[cluster]` with its defaults filled in, if present.
+    pub cluster: Option<Cluster>,
+}
+
+/// `[cluster]` resolved: the node's name and URL known, the lease TTL parsed, paths absolute.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub node: String,
+    pub url: String,
+    pub lease_ttl: Duration,
+    pub file: ClusterConfig,
 }
 
 impl AgentConfig {
@@ -293,6 +341,7 @@ impl AgentConfig {
             toml::from_str(&text).map_err(|cause| ConfigError::Parse { path: path.into(), cause })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let base = std::fs::canonicalize(&base).unwrap_or(base);
+        let acl_in_etcd = cfg.acl == Path::new(dcos_exec_cluster::acl::ETCD_SOURCE);
         for p in [&mut cfg.tls_cert, &mut cfg.tls_key, &mut cfg.token_public_key, &mut cfg.acl, &mut cfg.audit_log] {
             *p = base.join(&*p);
         }
@@ -325,7 +374,64 @@ impl AgentConfig {
                 return Err(ConfigError::Zero { path: path.into(), key, what });
             }
         }
-        Ok(Loaded { file: cfg, grace_period, output_drain, shutdown_grace, api_timeout })
+        let cluster = match cfg.cluster.as_mut() {
+            None => None,
+            Some(c) => {
+                c.etcd.resolve_paths(&base);
+                if let Some(p) = c.gateway_ca.as_mut() {
+                    *p = base.join(&*p);
+                }
+                let lease_ttl = dur("cluster.lease_ttl", &c.lease_ttl)?;
+                let bad = |message: String| ConfigError::Cluster { path: path.into(), message };
+                if lease_ttl < Duration::from_secs(2) {
+                    return Err(bad("cluster.lease_ttl must be at least 2s (etcd's minimum)".into()));
+                }
+                if c.etcd.endpoints.is_empty() {
+                    return Err(bad("cluster.etcd.endpoints must name at least one etcd member".into()));
+                }
+                let node = match &c.node {
+                    Some(n) => n.clone(),
+                    None => nix::unistd::gethostname()
+                        .ok()
+                        .and_then(|h| h.into_string().ok())
+                        .filter(|h| !h.is_empty())
+                        .ok_or_else(|| bad("cluster.node is not set and the hostname is unknown".into()))?,
+                };
+                if node.is_empty() || node.chars().any(|ch| ch.is_control() || ch == '/') {
+                    return Err(bad(format!("cluster.node {node:?} must be a non-empty name without '/'")));
+                }
+                let url = match &c.url {
+                    Some(u) => u.clone(),
+                    None => match cfg.listen.rsplit_once(':') {
+                        Some((host, _)) if !matches!(host, "0.0.0.0" | "[::]" | "") => {
+                            format!("https://{}", cfg.listen)
+                        }
+                        _ => {
+                            return Err(bad(format!(
+                                "cluster.url must be set: listen {} names no one address",
+                                cfg.listen
+                            )))
+                        }
+                    },
+                };
+                if !url.starts_with("https://") {
+                    return Err(bad(format!("cluster.url {url:?} must be an https:// URL")));
+                }
+                Some(Cluster { node, url, lease_ttl, file: c.clone() })
+            }
+        };
+        let acl = if acl_in_etcd {
+            if cluster.is_none() {
+                return Err(ConfigError::Cluster {
+                    path: path.into(),
+                    message: "acl = \"etcd\" needs a [cluster] section naming the etcd".into(),
+                });
+            }
+            AclSource::Etcd
+        } else {
+            AclSource::File(cfg.acl.clone())
+        };
+        Ok(Loaded { file: cfg, grace_period, output_drain, shutdown_grace, api_timeout, acl, cluster })
     }
 }
 
@@ -379,6 +485,41 @@ mod tests {
         assert!(matches!(AgentConfig::load(&p), Err(ConfigError::Parse { .. })), "a misspelt key is an error");
         std::fs::write(&p, format!("{base}max_sessions_per_user=-1\n")).unwrap();
         assert!(matches!(AgentConfig::load(&p), Err(ConfigError::Parse { .. })));
+    }
+
+    #[test]
+    fn cluster_section_defaults_and_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agent.toml");
+        let base = "listen='10.0.0.7:7443'\ntls_cert='c'\ntls_key='k'\ntoken_public_key='t'\nacl='a'\naudit_log='l'\n";
+        std::fs::write(&p, base).unwrap();
+        let l = AgentConfig::load(&p).unwrap();
+        assert!(l.cluster.is_none(), "no [cluster]: the agent works alone");
+        assert_eq!(l.acl, AclSource::File(std::fs::canonicalize(dir.path()).unwrap().join("a")));
+        let etcd = "[cluster.etcd]\nendpoints=['https://127.0.0.1:2379']\nca_file='etcd-ca.pem'\n";
+        std::fs::write(&p, format!("{base}[cluster]\nnode='n1'\nlabels={{zone='a'}}\n{etcd}")).unwrap();
+        let l = AgentConfig::load(&p).unwrap();
+        let c = l.cluster.unwrap();
+        assert_eq!((c.node.as_str(), c.url.as_str()), ("n1", "https://10.0.0.7:7443"));
+        assert_eq!(c.lease_ttl, Duration::from_secs(10));
+        assert_eq!(c.file.prefix, "/dcos-exec/v1");
+        assert_eq!(c.file.labels["zone"], "a");
+        assert_eq!(c.file.etcd.ca_file, Some(std::fs::canonicalize(dir.path()).unwrap().join("etcd-ca.pem")));
+        std::fs::write(&p, format!("{base}[cluster]\n{etcd}")).unwrap();
+        assert!(!AgentConfig::load(&p).unwrap().cluster.unwrap().node.is_empty(), "the hostname by default");
+        let any = base.replace("10.0.0.7", "0.0.0.0");
+        std::fs::write(&p, format!("{any}[cluster]\n{etcd}")).unwrap();
+        assert!(matches!(AgentConfig::load(&p), Err(ConfigError::Cluster { .. })), "no url to derive");
+        for bad in ["lease_ttl='1s'", "lease_ttl='later'", "node='a/b'", "url='http://x'", "nodes='x'"] {
+            std::fs::write(&p, format!("{base}[cluster]\n{bad}\n{etcd}")).unwrap();
+            assert!(AgentConfig::load(&p).is_err(), "{bad}");
+        }
+        // The ACL in etcd needs the cluster's etcd.
+        let in_etcd = base.replace("acl='a'", "acl='etcd'");
+        std::fs::write(&p, &in_etcd).unwrap();
+        assert!(matches!(AgentConfig::load(&p), Err(ConfigError::Cluster { .. })));
+        std::fs::write(&p, format!("{in_etcd}[cluster]\n{etcd}")).unwrap();
+        assert_eq!(AgentConfig::load(&p).unwrap().acl, AclSource::Etcd);
     }
 
     #[test]

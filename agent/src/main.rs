@@ -4,9 +4,11 @@
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
 mod api;
+mod cluster;
 mod config;
 mod exec;
 mod init;
+mod init_cluster;
 mod limits;
 mod runtime;
 mod server;
@@ -28,9 +30,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Write a CA, server certificate, token key pair, agent.toml, acl.toml and an admin token into DIR.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Init {
-        #[arg(long)]
-        dir: PathBuf,
+        #[command(subcommand)]
+        what: Option<InitCmd>,
+        #[arg(long, required = true)]
+        dir: Option<PathBuf>,
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:7443")]
         listen: String,
@@ -70,6 +75,36 @@ enum Cmd {
 }
 
 #[derive(Subcommand)]
+enum InitCmd {
+    /// Write a cluster's CAs, certificates, token keys, gateway.toml and one agent.toml per agent into DIR.
+    Cluster {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Host name or address of the gateway (in its server certificate and the printed DCOS_URL).
+        #[arg(long)]
+        gateway: String,
+        /// Port the gateway listens on.
+        #[arg(long, default_value_t = 7443)]
+        gateway_port: u16,
+        /// An agent, as NAME=https://HOST:PORT (how gateways reach it); repeatable.
+        #[arg(long = "agent", value_name = "NAME=URL", required = true)]
+        agents: Vec<String>,
+        /// Client URL of an etcd member; repeatable.
+        #[arg(long = "etcd", value_name = "URL", required = true)]
+        etcd: Vec<String>,
+        /// Name of the admin user the ACL grants everything.
+        #[arg(long, default_value = "admin")]
+        admin: String,
+        /// Lifetime of the admin token.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        /// Overwrite an existing set-up.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum ImagesCmd {
     /// Pull (and verify and unpack) an image into the cache.
     Pull {
@@ -103,7 +138,25 @@ fn main() {
 
 fn real_main(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Init { dir, listen, admin, ttl, force } => {
+        Cmd::Init {
+            what: Some(InitCmd::Cluster { dir, gateway, gateway_port, agents, etcd, admin, ttl, force }),
+            ..
+        } => {
+            let o = init_cluster::ClusterOptions {
+                dir: &dir,
+                gateway: &gateway,
+                gateway_port,
+                agents: &agents,
+                etcd: &etcd,
+                admin: &admin,
+                ttl,
+                force,
+            };
+            print!("{}", init_cluster::init_cluster(&o)?);
+            Ok(())
+        }
+        Cmd::Init { what: None, dir, listen, admin, ttl, force } => {
+            let dir = dir.context("--dir is required")?;
             let lines = init::init(&init::InitOptions { dir: &dir, listen: &listen, admin: &admin, ttl, force })?;
             print!("{lines}");
             Ok(())

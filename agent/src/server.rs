@@ -1,24 +1,28 @@
 //! The agent's server: its shared state, the TLS listener, admission of connections, and the orderly shutdown.
 //! What happens to a request once it arrives is in [`crate::api`].
 
-use crate::config::Loaded;
+use crate::config::{AclSource, Loaded};
 use crate::exec::SealedExe;
 use crate::limits::{ConnectionGate, Pending, UserSessions};
 use crate::runtime::Discovery;
 use crate::shutdown::Shutdown;
 use anyhow::{Context, Result};
-use dcos_exec_access::acl::Acl;
+use dcos_exec_access::acl::Shared;
 use dcos_exec_access::audit::AuditLog;
 use dcos_exec_access::auth::Verifier;
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How often the ACL file is checked for changes.
+const ACL_POLL: Duration = Duration::from_secs(1);
+
 /// Shared state of a running agent.
 pub struct Agent {
     pub cfg: Loaded,
     pub verifier: Verifier,
-    pub acl: Acl,
+    /// The ACL in force, reloaded from its file or from etcd when it changes.
+    pub acl: Arc<Shared>,
     pub audit: AuditLog,
     pub discovery: Discovery,
     pub exe: SealedExe,
@@ -39,7 +43,11 @@ impl Agent {
         let pub_pem = std::fs::read(&f.token_public_key)
             .with_context(|| format!("reading token public key {}", f.token_public_key.display()))?;
         let verifier = Verifier::new(&pub_pem, &f.issuer, &f.audience)?;
-        let acl = Acl::load(&f.acl)?;
+        let acl = match (&cfg.acl, &cfg.cluster) {
+            (AclSource::File(path), _) => Shared::watch_file(path, ACL_POLL)?,
+            (AclSource::Etcd, Some(c)) => dcos_exec_cluster::acl::EtcdAcl::empty(&c.file.prefix),
+            (AclSource::Etcd, None) => anyhow::bail!("acl = \"etcd\" needs a [cluster] section"),
+        };
         let audit = AuditLog::open(&f.audit_log).with_context(|| format!("opening {}", f.audit_log.display()))?;
         let discovery = Discovery::new(&f.runtimes, f.task_id_annotation.clone(), cfg.api_timeout);
         let exe = SealedExe::new().context("copying the agent binary into a sealed memfd")?;
@@ -150,6 +158,9 @@ pub async fn serve(agent: Arc<Agent>) -> Result<()> {
         .await
         .with_context(|| format!("listening on {}", agent.cfg.file.listen))?;
     tracing::info!("listening on https://{}", listener.local_addr()?);
+    // Cluster membership (and the ACL from etcd) before the first connection, so that the first request is
+    // judged by the ACL in etcd rather than the empty one.
+    let membership = crate::cluster::Membership::start(&agent).await;
     let acceptor = tokio_rustls::TlsAcceptor::from(agent.tls.clone());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
@@ -178,6 +189,7 @@ pub async fn serve(agent: Arc<Agent>) -> Result<()> {
     }
     drop(listener);
     shut_down(&agent).await;
+    membership.stop().await;
     Ok(())
 }
 

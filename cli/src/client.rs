@@ -1,7 +1,7 @@
 //! Talking to an agent: TLS (rustls) connections, `GET /v1/tasks`, and the exec WebSocket upgrade.
 
 use crate::config::{Settings, SslVerify};
-use dcos_exec_proto::{exit, ErrorBody, ExecRequest, TaskInfo, EXEC_REQUEST_HEADER, SUBPROTOCOL};
+use dcos_exec_proto::{exit, ErrorBody, ExecRequest, NodeInfo, TaskInfo, EXEC_REQUEST_HEADER, SUBPROTOCOL};
 use http::Uri;
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,6 +116,14 @@ fn refusal(status: u16, body: &[u8]) -> Failure {
     }
 }
 
+/// A gateway that answers from a stale directory snapshot (etcd unreachable) says so in a header: one line
+/// on stderr, since the answer may be out of date.
+fn warn_if_stale(h: &http::HeaderMap) {
+    if let Some(secs) = h.get(dcos_exec_proto::forward::STALE).and_then(|v| v.to_str().ok()) {
+        eprintln!("dcos: warning: the cluster directory is stale ({secs}s since etcd last answered the gateway)");
+    }
+}
+
 impl Agent {
     pub fn new(s: &Settings) -> Result<Agent, Failure> {
         let uri: Uri =
@@ -160,13 +168,23 @@ impl Agent {
 
     /// `GET /v1/tasks`.
     pub async fn list(&self) -> Result<Vec<TaskInfo>, Failure> {
+        self.get("/v1/tasks", "task list").await
+    }
+
+    /// `GET /v1/nodes` (served by gateways).
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, Failure> {
+        self.get("/v1/nodes", "node list").await
+    }
+
+    /// A JSON `GET` of the API.
+    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str, what: &str) -> Result<T, Failure> {
         use http_body_util::{BodyExt, Empty};
         let tls = self.connect().await?;
         let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
             .await
             .map_err(|e| Failure::new(exit::SESSION_LOST, format!("HTTP to {}: {e}", self.url)))?;
         tokio::spawn(conn);
-        let mut req = http::Request::get("/v1/tasks").header(http::header::HOST, &self.host);
+        let mut req = http::Request::get(path).header(http::header::HOST, &self.host);
         if let Some(a) = self.auth_header() {
             req = req.header(http::header::AUTHORIZATION, a);
         }
@@ -174,12 +192,13 @@ impl Agent {
             req.body(Empty::<hyper::body::Bytes>::new()).map_err(|e| Failure::new(exit::FAILED, e.to_string()))?;
         let resp = send.send_request(req).await.map_err(|e| Failure::new(exit::SESSION_LOST, e.to_string()))?;
         let status = resp.status().as_u16();
+        warn_if_stale(resp.headers());
         let body =
             resp.into_body().collect().await.map_err(|e| Failure::new(exit::SESSION_LOST, e.to_string()))?.to_bytes();
         if status != 200 {
             return Err(refusal(status, &body));
         }
-        serde_json::from_slice(&body).map_err(|e| Failure::new(exit::FAILED, format!("bad task list from agent: {e}")))
+        serde_json::from_slice(&body).map_err(|e| Failure::new(exit::FAILED, format!("bad {what} from agent: {e}")))
     }
 
     /// Opens the exec WebSocket for `task`.
@@ -201,8 +220,12 @@ impl Agent {
             .max_message_size(Some(4 << 20))
             .max_frame_size(Some(1 << 20));
         match tokio_tungstenite::client_async_with_config(r, tls, Some(cfg)).await {
-            Ok((ws, _)) => Ok(ws),
+            Ok((ws, resp)) => {
+                warn_if_stale(resp.headers());
+                Ok(ws)
+            }
             Err(WsError::Http(resp)) => {
+                warn_if_stale(resp.headers());
                 Err(refusal(resp.status().as_u16(), resp.body().as_deref().unwrap_or_default()))
             }
             Err(e) => Err(Failure::new(exit::SESSION_LOST, format!("opening the session on {}: {e}", self.url))),

@@ -33,6 +33,19 @@ enum Top {
     /// Tasks and what to do with them.
     #[command(subcommand)]
     Task(TaskCmd),
+    /// The nodes of a cluster (through a gateway).
+    #[command(subcommand)]
+    Node(NodeCmd),
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// List the nodes registered in the cluster directory.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -59,6 +72,9 @@ struct ListArgs {
     /// Do not shorten 64-hex container ids to 12 characters.
     #[arg(long)]
     no_trunc: bool,
+    /// Only tasks on this node (through a gateway).
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -142,11 +158,57 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             Ok(0)
         }
         Top::Task(TaskCmd::Exec(a)) => exec(&agent, a).await,
+        Top::Node(NodeCmd::List { json }) => {
+            let nodes = agent.nodes().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&nodes).unwrap_or_default());
+            } else {
+                print!("{}", node_table(&nodes));
+            }
+            Ok(0)
+        }
     }
+}
+
+/// The node table of `dcos node list`.
+fn node_table(nodes: &[dcos_exec_proto::NodeInfo]) -> String {
+    let mut rows = vec![["NAME", "URL", "STATE", "TASKS", "LABELS"].map(String::from).to_vec()];
+    for n in nodes {
+        let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let labels = if labels.is_empty() { "-".into() } else { labels.join(",") };
+        rows.push(vec![n.name.clone(), n.url.clone(), n.state.clone(), n.tasks.to_string(), labels]);
+    }
+    columns(&rows, &[3])
+}
+
+/// Rows as columns as wide as their widest cell; `right` lists the right-aligned (numeric) columns.
+fn columns(rows: &[Vec<String>], right: &[usize]) -> String {
+    let mut width = vec![0usize; rows.first().map_or(0, Vec::len)];
+    for r in rows {
+        for (w, cell) in width.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in rows {
+        let mut line = String::new();
+        for (i, (cell, w)) in r.iter().zip(&width).enumerate() {
+            let w = *w;
+            let cell = if right.contains(&i) { format!("{cell:>w$}") } else { format!("{cell:<w$}") };
+            line.push_str(&cell);
+            line.push_str("  ");
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// `PATTERN` of `dcos task list`: part of a task id or name, or the start of a container id.
 fn matches(t: &TaskInfo, a: &ListArgs) -> bool {
+    if a.node.as_ref().is_some_and(|n| t.node.as_ref() != Some(n)) {
+        return false;
+    }
     let Some(p) = a.pattern.as_deref() else { return true };
     let bare = p.strip_prefix('/').unwrap_or(p);
     t.container.starts_with(p) || t.id.contains(p) || t.name.as_deref().is_some_and(|n| n.contains(bare))
@@ -163,10 +225,16 @@ fn short(id: &str, no_trunc: bool) -> &str {
 
 /// The task table, each column as wide as its widest cell.
 fn table(tasks: &[TaskInfo], no_trunc: bool) -> String {
-    let mut rows = vec![["ID", "NAME", "CONTAINER", "RUNTIME", "STATE", "PID", "AGE"].map(String::from)];
+    // Rows from a gateway name their node.
+    let nodes = tasks.iter().any(|t| t.node.is_some());
+    let mut head = ["ID", "NAME", "CONTAINER", "RUNTIME", "STATE", "PID", "AGE"].map(String::from).to_vec();
+    if nodes {
+        head.insert(0, "NODE".into());
+    }
+    let mut rows = vec![head];
     for t in tasks {
         let stopped = t.state == "stopped";
-        rows.push([
+        let mut row = vec![
             short(&t.id, no_trunc).to_string(),
             t.name.clone().unwrap_or_else(|| "-".into()),
             short(&t.container, no_trunc).to_string(),
@@ -177,27 +245,15 @@ fn table(tasks: &[TaskInfo], no_trunc: bool) -> String {
             },
             if stopped { "-".into() } else { t.pid.to_string() },
             if stopped { "-".into() } else { age(t.age_secs) },
-        ]);
-    }
-    let mut width = [0usize; 7];
-    for r in &rows {
-        for (w, cell) in width.iter_mut().zip(r) {
-            *w = (*w).max(cell.chars().count());
+        ];
+        if nodes {
+            row.insert(0, t.node.clone().unwrap_or_else(|| "-".into()));
         }
+        rows.push(row);
     }
-    let mut out = String::new();
-    for r in &rows {
-        let mut line = String::new();
-        for (i, (cell, w)) in r.iter().zip(width).enumerate() {
-            // PID and AGE are numbers: right-aligned.
-            let cell = if i >= 5 { format!("{cell:>w$}") } else { format!("{cell:<w$}") };
-            line.push_str(&cell);
-            line.push_str("  ");
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
+    // PID and AGE are numbers: right-aligned.
+    let off = usize::from(nodes);
+    columns(&rows, &[5 + off, 6 + off])
 }
 
 fn age(s: u64) -> String {
@@ -279,5 +335,44 @@ mod tests {
             assert_eq!(lines[1].contains(&long), no_trunc, "{t}");
             assert_eq!(lines[1].starts_with("3f9c0a1b2c3d "), !no_trunc, "{t}");
         }
+    }
+
+    #[test]
+    fn gateway_rows_get_a_node_column_and_filter() {
+        let t = |node: &str, id: &str| TaskInfo {
+            id: id.into(),
+            container: format!("c-{id}"),
+            runtime: "runc".into(),
+            state: "running".into(),
+            pid: 7,
+            node: Some(node.into()),
+            ..TaskInfo::default()
+        };
+        let tasks = vec![t("node-a", "web.1"), t("node-bb", "web.2")];
+        let out = table(&tasks, false);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].starts_with("NODE     ID"), "{out}");
+        assert!(lines[2].starts_with("node-bb  web.2"), "{out}");
+        let args = ListArgs {
+            pattern: None,
+            all: false,
+            quiet: false,
+            json: false,
+            no_trunc: false,
+            node: Some("node-a".into()),
+        };
+        let picked: Vec<&str> = tasks.iter().filter(|x| matches(x, &args)).map(|x| x.id.as_str()).collect();
+        assert_eq!(picked, ["web.1"]);
+        let nodes = vec![dcos_exec_proto::NodeInfo {
+            name: "node-a".into(),
+            url: "https://10.0.0.1:7443".into(),
+            labels: [("zone".to_string(), "a".to_string())].into(),
+            state: "ready".into(),
+            tasks: 12,
+        }];
+        assert_eq!(
+            node_table(&nodes),
+            "NAME    URL                    STATE  TASKS  LABELS\nnode-a  https://10.0.0.1:7443  ready     12  zone=a\n"
+        );
     }
 }

@@ -13,6 +13,7 @@ use dcos_exec_access::acl::{Acl, Shared};
 use etcd_client::{Client, EventType, WatchOptions};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
 use tokio::task::JoinHandle;
 
 /// What `acl = "etcd"` names in a config.
@@ -23,10 +24,10 @@ const RETRY: Duration = Duration::from_millis(500);
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 const SILENT: Duration = Duration::from_secs(3);
 
-/// A shared ACL fed from etcd, and the task that feeds it (stopped on drop).
+/// The task that feeds a shared ACL from etcd (stopped on drop).
 pub struct EtcdAcl {
-    /// The ACL in force.
-    pub shared: Arc<Shared>,
+    shared: Arc<Shared>,
+    loaded: tokio::sync::watch::Receiver<bool>,
     task: JoinHandle<()>,
 }
 
@@ -37,26 +38,33 @@ impl Drop for EtcdAcl {
 }
 
 impl EtcdAcl {
-    /// Starts with the empty ACL and watches `{prefix}/acl`. `first_load` bounds how long this waits for the
-    /// first read, so that a process that starts while etcd is up serves with the right ACL from its first
-    /// request. Needs a tokio runtime.
-    pub async fn spawn(etcd: EtcdConfig, prefix: &str, first_load: Duration) -> EtcdAcl {
-        let layout = Layout::new(prefix);
-        let shared = Arc::new(Shared::new(Acl::default(), format!("etcd {}", layout.acl())));
-        let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(watch_loop(etcd, layout, shared.clone(), loaded_tx));
-        if tokio::time::timeout(first_load, loaded_rx).await.is_err() {
-            tracing::warn!(
-                "the ACL could not be read from etcd within {}: every request is refused until it is",
-                humantime::format_duration(first_load)
-            );
-        }
-        EtcdAcl { shared, task }
+    /// The shared ACL a process starts with before etcd is read: empty, so every request is refused.
+    pub fn empty(prefix: &str) -> Arc<Shared> {
+        Arc::new(Shared::new(Acl::default(), format!("etcd {}", Layout::new(prefix).acl())))
+    }
+
+    /// Watches `{prefix}/acl` and puts every valid version in force in `shared`. Needs a tokio runtime.
+    pub fn spawn(etcd: EtcdConfig, prefix: &str, shared: Arc<Shared>) -> EtcdAcl {
+        let (loaded_tx, loaded) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(watch_loop(etcd, Layout::new(prefix), shared.clone(), loaded_tx));
+        EtcdAcl { shared, loaded, task }
+    }
+
+    /// The ACL it feeds.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Waits at most `limit` for the first read of the key; false when it did not happen in time.
+    pub async fn loaded(&self, limit: Duration) -> bool {
+        let mut rx = self.loaded.clone();
+        tokio::time::timeout(limit, rx.wait_for(|l| *l)).await.is_ok_and(|r| r.is_ok())
     }
 }
 
-async fn watch_loop(etcd: EtcdConfig, layout: Layout, shared: Arc<Shared>, loaded: tokio::sync::oneshot::Sender<()>) {
-    let mut loaded = Some(loaded);
+async fn watch_loop(etcd: EtcdConfig, layout: Layout, shared: Arc<Shared>, loaded: tokio::sync::watch::Sender<bool>) {
+    // The last version put in force, so that reading again after a reconnect reloads only what changed.
+    let mut last: Option<Option<Vec<u8>>> = None;
     let mut client: Option<Client> = None;
     let mut last_error = String::new();
     loop {
@@ -71,7 +79,7 @@ async fn watch_loop(etcd: EtcdConfig, layout: Layout, shared: Arc<Shared>, loade
                 }
             },
         };
-        if let Err(e) = get_and_watch(c, &layout, &shared, &mut loaded).await {
+        if let Err(e) = get_and_watch(c, &layout, &shared, &loaded, &mut last).await {
             note(&mut last_error, &e);
         }
         tokio::time::sleep(RETRY).await;
@@ -102,18 +110,18 @@ async fn get_and_watch(
     c: &mut Client,
     layout: &Layout,
     shared: &Shared,
-    loaded: &mut Option<tokio::sync::oneshot::Sender<()>>,
+    loaded: &tokio::sync::watch::Sender<bool>,
+    last: &mut Option<Option<Vec<u8>>>,
 ) -> Result<(), ClusterError> {
     let key = layout.acl();
     let resp = within(REQUEST_TIMEOUT, c.get(key.clone(), None)).await?;
     let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
     let current = resp.kvs().first().map(|kv| kv.value().to_vec());
-    // Reload only what differs from the last version seen, so that a reconnect does not log a reload.
-    let mut last = current.clone();
-    put_in_force(shared, current.as_deref());
-    if let Some(l) = loaded.take() {
-        let _ = l.send(());
+    if last.as_ref() != Some(&current) {
+        put_in_force(shared, current.as_deref());
+        *last = Some(current);
     }
+    loaded.send_replace(true);
     let opts = WatchOptions::new().with_start_revision(revision + 1).with_progress_notify();
     let mut stream = within(REQUEST_TIMEOUT, c.watch(key, Some(opts))).await?;
     let mut progress = tokio::time::interval(PROGRESS_EVERY);
@@ -131,9 +139,9 @@ async fn get_and_watch(
                         EventType::Put => e.kv().map(|kv| kv.value().to_vec()),
                         EventType::Delete => None,
                     };
-                    if value != last {
+                    if last.as_ref() != Some(&value) {
                         put_in_force(shared, value.as_deref());
-                        last = value;
+                        *last = Some(value);
                     }
                 }
             }

@@ -191,17 +191,11 @@ pub async fn exec(
     let gw2 = gw.clone();
     tokio::spawn(async move {
         let (user, agent) = tokio::join!(hyper::upgrade::on(&mut req), hyper::upgrade::on(answer));
-        let (mut user, mut agent) = match (user, agent) {
+        let (user, agent) = match (user, agent) {
             (Ok(u), Ok(a)) => (TokioIo::new(u), TokioIo::new(a)),
             (Err(e), _) | (_, Err(e)) => return tracing::debug!("relay upgrade failed: {e}"),
         };
-        let (up, down) = match tokio::io::copy_bidirectional(&mut user, &mut agent).await {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::debug!("relay of {} ended: {e}", start.task);
-                (0, 0)
-            }
-        };
+        let (up, down) = splice(user, agent).await;
         let mut end = start;
         end.end = Some(dcos_exec_access::audit::now());
         end.bytes_in = Some(up);
@@ -209,6 +203,56 @@ pub async fn exec(
         gw2.audit.relay(&end);
     });
     back.body(Full::new(Bytes::new())).map_err(|e| fail(e.to_string()))
+}
+
+/// Copies bytes both ways until both directions end, or one fails (a peer vanished: the other side is then
+/// closed, so a lost user ends the agent's session and a lost agent ends the user's); returns the bytes copied
+/// each way. An end of stream is passed on as a half-close.
+async fn splice<U, A>(user: U, agent: A) -> (u64, u64)
+where
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut ur, mut uw) = tokio::io::split(user);
+    let (mut ar, mut aw) = tokio::io::split(agent);
+    let (mut up, mut down) = (0u64, 0u64);
+    {
+        let up_pump = pump(&mut ur, &mut aw, &mut up);
+        let down_pump = pump(&mut ar, &mut uw, &mut down);
+        tokio::pin!(up_pump, down_pump);
+        let (mut up_done, mut down_done) = (false, false);
+        while !(up_done && down_done) {
+            tokio::select! {
+                r = &mut up_pump, if !up_done => {
+                    up_done = true;
+                    if r.is_err() { break }
+                }
+                r = &mut down_pump, if !down_done => {
+                    down_done = true;
+                    if r.is_err() { break }
+                }
+            }
+        }
+    }
+    (up, down)
+}
+
+/// Copies `from` into `to`, counting into `n`; shuts `to` down at the end of `from`.
+async fn pump<R, W>(from: &mut R, to: &mut W, n: &mut u64) -> std::io::Result<()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let k = from.read(&mut buf).await?;
+        if k == 0 {
+            return to.shutdown().await;
+        }
+        to.write_all(&buf[..k]).await?;
+        *n += k as u64;
+    }
 }
 
 fn pass(from: &HeaderMap, to: &mut HeaderMap, names: &[&str]) {

@@ -35,8 +35,11 @@ impl Gateway {
             .with_context(|| format!("reading token public key {}", f.token_public_key.display()))?;
         let verifier = Verifier::new(&pub_pem, &f.issuer, &f.audience)?;
         let (acl, etcd_acl) = if f.acl == std::path::Path::new(crate::config::ACL_IN_ETCD) {
-            let e = EtcdAcl::spawn(f.etcd.clone(), &f.etcd_prefix, Duration::from_secs(5)).await;
-            (e.shared.clone(), Some(e))
+            let e = EtcdAcl::spawn(f.etcd.clone(), &f.etcd_prefix, EtcdAcl::empty(&f.etcd_prefix));
+            if !e.loaded(Duration::from_secs(5)).await {
+                tracing::warn!("the ACL could not be read from etcd yet: every request is refused until it is");
+            }
+            (e.shared().clone(), Some(e))
         } else {
             (Shared::watch_file(&f.acl, Duration::from_secs(2))?, None)
         };

@@ -1,15 +1,74 @@
-//! The cluster directory against a real three-member etcd cluster (TLS, client certificates): agents register
-//! their node and tasks under a lease, the records follow containers that start and stop, vanish when the
-//! agent dies, come back when it restarts, and survive the death of the etcd leader; the ACL is reloaded from
-//! a file or from etcd without a restart.
+//! The cluster directory against a real three-member etcd cluster (TLS, client certificates) and real agents
+//! with real runc containers: agents register their node and tasks under a lease, the records follow
+//! containers that start and stop, vanish when the agent dies, come back when it restarts, and survive the
+//! death of the etcd leader; the ACL is reloaded from a file or from etcd without a restart, and a broken
+//! version never replaces a working one.
 
 mod support;
 
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 use support::etcd::Cluster;
-use support::{prefix, skip};
+use support::{eventually, prefix, run, skip, stderr, Agent, Container, ContainerOpts};
 
-fn test_dir(name: &str) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("{}-{name}", prefix()))
+const PREFIX: &str = "/dcos-exec/v1";
+/// Exit code of `dcos` when the ACL refuses (proto's `exit::FORBIDDEN`).
+const FORBIDDEN: i32 = 118;
+
+fn test_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("{}-{name}", prefix()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// `[cluster]` of an agent named `node` in `etcd`, and `extra` keys of the table.
+fn cluster_section(etcd: &Cluster, node: &str, extra: &str) -> String {
+    format!(
+        "[cluster]\nnode = \"{node}\"\n{extra}\nlabels = {{ test = \"{}\" }}\n[cluster.etcd]\n{}",
+        prefix(),
+        etcd.config_toml()
+    )
+}
+
+/// A container with the task id annotation, under `root`.
+fn task_container(root: &Path, id: &str, task: &str) -> Container {
+    Container::start(
+        root,
+        id,
+        &ContainerOpts { annotations: vec![("io.dcos.task-id".into(), task.into())], ..Default::default() },
+    )
+}
+
+/// The task records of `node`, by container id.
+fn tasks_of(etcd: &mut Cluster, node: &str) -> std::collections::BTreeMap<String, Value> {
+    etcd.get_prefix(&format!("{PREFIX}/tasks/{node}/"))
+        .into_iter()
+        .map(|(k, v)| (k.rsplit('/').next().unwrap_or_default().to_string(), serde_json::from_str(&v).unwrap()))
+        .collect()
+}
+
+fn node_record(etcd: &mut Cluster, node: &str) -> Option<Value> {
+    etcd.get(&format!("{PREFIX}/nodes/{node}")).map(|v| serde_json::from_str(&v).unwrap())
+}
+
+fn log_of(agent: &Agent) -> String {
+    std::fs::read_to_string(agent.dir.join("agent.log")).unwrap_or_default()
+}
+
+/// Waits until `container` is registered for `node` as a running task named `task`.
+fn wait_registered(etcd: &mut Cluster, node: &str, container: &str, task: &str, agent: &Agent) {
+    let ok = eventually(30, || {
+        tasks_of(etcd, node)
+            .get(container)
+            .is_some_and(|t| t["id"] == task && t["state"] == "running" && t["node"] == node && t["runtime"] == "runc")
+    });
+    assert!(ok, "{container} not registered for {node}: {:?}\nagent log:\n{}", tasks_of(etcd, node), log_of(agent));
+}
+
+fn wait_gone(etcd: &mut Cluster, node: &str, container: &str, agent: &Agent) {
+    let ok = eventually(30, || !tasks_of(etcd, node).contains_key(container));
+    assert!(ok, "{container} still registered for {node}\nagent log:\n{}", log_of(agent));
 }
 
 #[test]
@@ -22,16 +81,10 @@ fn etcd_fixture_serves_over_mutual_tls_and_survives_its_leader() {
     assert_eq!(etcd.get("/t/k").as_deref(), Some("v1"));
     // Without a client certificate etcd refuses.
     let eps = etcd.endpoints().join(",");
-    let o = support::run(
-        std::process::Command::new("etcdctl").args(["--endpoints", &eps, "--cacert"]).arg(&etcd.ca_file).args([
-            "--dial-timeout",
-            "2s",
-            "--command-timeout",
-            "3s",
-            "get",
-            "/t/k",
-        ]),
-    );
+    let o = run(std::process::Command::new("etcdctl")
+        .args(["--endpoints", &eps, "--cacert"])
+        .arg(&etcd.ca_file)
+        .args(["--dial-timeout", "2s", "--command-timeout", "3s", "get", "/t/k"]));
     assert!(!o.status.success(), "etcd answered a client without a certificate: {}", support::stdout(&o));
     let old = etcd.kill_leader();
     etcd.wait_healthy(30);
@@ -45,4 +98,252 @@ fn etcd_fixture_serves_over_mutual_tls_and_survives_its_leader() {
     let o = etcd.etcdctl_at(&url, &["get", "--print-value-only", "/t/k"]);
     assert_eq!(support::stdout(&o).trim(), "v2", "the restarted member caught up");
     assert_eq!(etcd.get_prefix("/t/"), [("/t/k".to_string(), "v2".to_string())]);
+}
+
+#[test]
+fn an_agent_registers_its_node_and_tasks_and_follows_containers_that_start_and_stop() {
+    if skip() {
+        return;
+    }
+    let root = test_dir("reg");
+    let mut etcd = Cluster::start(&root.join("etcd"));
+    let p = prefix();
+    let node = format!("node-{p}-a");
+    let first = task_container(&root, &format!("{p}-reg-1"), &format!("web-{p}-1"));
+    let agent = Agent::start_with(&root.join("agent"), &cluster_section(&etcd, &node, ""));
+    wait_registered(&mut etcd, &node, &first.id, &format!("web-{p}-1"), &agent);
+    let n = node_record(&mut etcd, &node).expect("node record");
+    assert_eq!((n["name"].as_str(), n["url"].as_str()), (Some(node.as_str()), Some(agent.url.as_str())));
+    assert_eq!(n["labels"]["test"], p);
+    assert_eq!(n["version"], env!("CARGO_PKG_VERSION"));
+    // Both records are under one lease: the agent's.
+    let lease = |etcd: &mut Cluster, key: &str| -> i64 {
+        let o = etcd.etcdctl(&["get", "-w", "json", "--", key]);
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["kvs"][0]["lease"].as_i64().unwrap_or(0)
+    };
+    let node_lease = lease(&mut etcd, &format!("{PREFIX}/nodes/{node}"));
+    assert_ne!(node_lease, 0, "the node record has no lease");
+    assert_eq!(lease(&mut etcd, &format!("{PREFIX}/tasks/{node}/{}", first.id)), node_lease);
+    assert!(log_of(&agent).contains("registered in the cluster directory"), "{}", log_of(&agent));
+
+    // A container that starts shows up; one that stops is marked stopped; one that is deleted disappears.
+    let second = task_container(&root, &format!("{p}-reg-2"), &format!("web-{p}-2"));
+    wait_registered(&mut etcd, &node, &second.id, &format!("web-{p}-2"), &agent);
+    second.kill();
+    let stopped =
+        eventually(30, || tasks_of(&mut etcd, &node).get(&second.id).is_some_and(|t| t["state"] == "stopped"));
+    assert!(stopped, "{:?}", tasks_of(&mut etcd, &node).get(&second.id));
+    let id = second.id.clone();
+    drop(second);
+    wait_gone(&mut etcd, &node, &id, &agent);
+    assert!(tasks_of(&mut etcd, &node).contains_key(&first.id), "the other task went too");
+
+    // A running task's record is not rewritten as its age grows: its mod revision stays.
+    let modrev = |etcd: &mut Cluster| -> i64 {
+        let o = etcd.etcdctl(&["get", "-w", "json", "--", &format!("{PREFIX}/tasks/{node}/{}", first.id)]);
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["kvs"][0]["mod_revision"].as_i64().unwrap()
+    };
+    let before = modrev(&mut etcd);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(modrev(&mut etcd), before, "an unchanged task was written again");
+
+    // A graceful stop leaves the directory at once (lease revoked).
+    // SAFETY: kill on our own child.
+    unsafe { libc::kill(agent.pid(), libc::SIGTERM) };
+    let left = eventually(15, || node_record(&mut etcd, &node).is_none() && tasks_of(&mut etcd, &node).is_empty());
+    assert!(left, "records left after SIGTERM\n{}", log_of(&agent));
+}
+
+#[test]
+fn a_killed_agent_leaves_when_its_lease_expires_and_a_restarted_one_registers_again() {
+    if skip() {
+        return;
+    }
+    let root = test_dir("lease");
+    let mut etcd = Cluster::start(&root.join("etcd"));
+    let p = prefix();
+    let node = format!("node-{p}-b");
+    let c = task_container(&root, &format!("{p}-lease-1"), &format!("db-{p}-1"));
+    let mut agent = Agent::start_with(&root.join("agent"), &cluster_section(&etcd, &node, "lease_ttl = \"3s\""));
+    wait_registered(&mut etcd, &node, &c.id, &format!("db-{p}-1"), &agent);
+    // SIGKILL: nothing is revoked; the lease runs out.
+    agent.child.kill().unwrap();
+    agent.child.wait().unwrap();
+    assert!(node_record(&mut etcd, &node).is_some(), "records went before the lease expired");
+    let gone = eventually(30, || node_record(&mut etcd, &node).is_none() && tasks_of(&mut etcd, &node).is_empty());
+    assert!(gone, "records outlived the lease: {:?}", tasks_of(&mut etcd, &node));
+    drop(agent);
+
+    // Restarted, it registers the node and its tasks again.
+    let agent = Agent::start_with(&root.join("agent"), &cluster_section(&etcd, &node, "lease_ttl = \"3s\""));
+    wait_registered(&mut etcd, &node, &c.id, &format!("db-{p}-1"), &agent);
+    assert!(node_record(&mut etcd, &node).is_some());
+}
+
+#[test]
+fn a_restarted_agent_removes_tasks_that_stopped_while_it_was_down() {
+    if skip() {
+        return;
+    }
+    let root = test_dir("restart");
+    let mut etcd = Cluster::start(&root.join("etcd"));
+    let p = prefix();
+    let node = format!("node-{p}-c");
+    // A lease far longer than the test: only the restarted agent can remove the stale record.
+    let section = cluster_section(&etcd, &node, "lease_ttl = \"600s\"");
+    let stays = task_container(&root, &format!("{p}-rs-1"), &format!("app-{p}-1"));
+    let goes = task_container(&root, &format!("{p}-rs-2"), &format!("app-{p}-2"));
+    let mut agent = Agent::start_with(&root.join("agent"), &section);
+    wait_registered(&mut etcd, &node, &goes.id, &format!("app-{p}-2"), &agent);
+    agent.child.kill().unwrap();
+    agent.child.wait().unwrap();
+    let goes_id = goes.id.clone();
+    drop(goes);
+    assert!(tasks_of(&mut etcd, &node).contains_key(&goes_id), "the dead agent's records stay until its lease ends");
+    drop(agent);
+    let agent = Agent::start_with(&root.join("agent"), &section);
+    wait_gone(&mut etcd, &node, &goes_id, &agent);
+    wait_registered(&mut etcd, &node, &stays.id, &format!("app-{p}-1"), &agent);
+    // And everything is under the new agent's lease.
+    let o = etcd.etcdctl(&["get", "-w", "json", "--prefix", "--", &format!("{PREFIX}/tasks/{node}/")]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let leases: std::collections::BTreeSet<i64> =
+        v["kvs"].as_array().unwrap().iter().map(|kv| kv["lease"].as_i64().unwrap()).collect();
+    let o = etcd.etcdctl(&["get", "-w", "json", "--", &format!("{PREFIX}/nodes/{node}")]);
+    let n: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(leases, [n["kvs"][0]["lease"].as_i64().unwrap()].into(), "{v}");
+}
+
+#[test]
+fn registration_keeps_working_when_the_etcd_leader_dies_and_comes_back_after_an_outage() {
+    if skip() {
+        return;
+    }
+    let root = test_dir("leader");
+    let mut etcd = Cluster::start(&root.join("etcd"));
+    let p = prefix();
+    let node = format!("node-{p}-d");
+    let section = cluster_section(&etcd, &node, "lease_ttl = \"10s\"");
+    let agent = Agent::start_with(&root.join("agent"), &section);
+    let a = task_container(&root, &format!("{p}-ld-1"), &format!("svc-{p}-1"));
+    wait_registered(&mut etcd, &node, &a.id, &format!("svc-{p}-1"), &agent);
+
+    let killed = etcd.kill_leader();
+    etcd.wait_healthy(30);
+    let b = task_container(&root, &format!("{p}-ld-2"), &format!("svc-{p}-2"));
+    wait_registered(&mut etcd, &node, &b.id, &format!("svc-{p}-2"), &agent);
+    let a_id = a.id.clone();
+    drop(a);
+    wait_gone(&mut etcd, &node, &a_id, &agent);
+    // Longer than the lease TTL: the lease is kept alive through the surviving members.
+    std::thread::sleep(Duration::from_secs(12));
+    assert!(node_record(&mut etcd, &node).is_some(), "the node fell out of the directory\n{}", log_of(&agent));
+    assert!(tasks_of(&mut etcd, &node).contains_key(&b.id));
+
+    // A second member gone: no majority, no writes. The agent says so, and says when etcd is back.
+    let others: Vec<usize> = (0..3).filter(|i| *i != killed).collect();
+    etcd.kill(others[0]);
+    let lost = eventually(30, || log_of(&agent).contains("lost etcd"));
+    assert!(lost, "the agent did not notice:\n{}", log_of(&agent));
+    etcd.restart(killed);
+    etcd.restart(others[0]);
+    etcd.wait_healthy(60);
+    let back = eventually(30, || log_of(&agent).contains("etcd is back"));
+    assert!(back, "{}", log_of(&agent));
+    let c = task_container(&root, &format!("{p}-ld-3"), &format!("svc-{p}-3"));
+    wait_registered(&mut etcd, &node, &c.id, &format!("svc-{p}-3"), &agent);
+    wait_registered(&mut etcd, &node, &b.id, &format!("svc-{p}-2"), &agent);
+    assert!(node_record(&mut etcd, &node).is_some());
+}
+
+/// ACL rules: the admin may do anything, and `carol` may exec when `carol` is true.
+fn acl(carol: bool) -> String {
+    let mut a = String::from("[[rule]]\nsubjects = [\"user:admin\"]\ntasks = [\"*\"]\nactions = [\"*\"]\n");
+    if carol {
+        a.push_str("\n[[rule]]\nsubjects = [\"user:carol\"]\ntasks = [\"*\"]\nactions = [\"exec\"]\n");
+    }
+    a
+}
+
+/// The exit code of `dcos task exec TASK true` with `token`.
+fn exec_code(agent: &Agent, token: &str, task: &str) -> Option<i32> {
+    run(agent.dcos_as(token).args(["task", "exec", task, "true"])).status.code()
+}
+
+#[test]
+fn an_acl_file_that_changes_takes_effect_without_a_restart_and_a_broken_one_is_refused() {
+    if skip() {
+        return;
+    }
+    let root = test_dir("aclfile");
+    let p = prefix();
+    let c = task_container(&root, &format!("{p}-af-1"), &format!("web-{p}-af"));
+    let agent = Agent::start_with_runtimes(&root.join("agent"), "", "", &acl(false));
+    let carol = agent.token("carol", &[], "1h");
+    let task = format!("web-{p}-af");
+    assert_eq!(exec_code(&agent, &carol, &task), Some(FORBIDDEN));
+    let acl_path = agent.dir.join("acl.toml");
+    // Written elsewhere and renamed into place, as config managers do.
+    let install = |text: &str| {
+        let tmp = agent.dir.join("acl.toml.new");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &acl_path).unwrap();
+    };
+    install(&acl(true));
+    assert!(
+        eventually(20, || exec_code(&agent, &carol, &task) == Some(0)),
+        "the grant was not loaded\n{}",
+        log_of(&agent)
+    );
+    // A broken version: refused, the grant stays, the log says why.
+    install("[[rule]]\nsubjects = [\"user:carol\"]\ntasks = [\"*\"]\nactions = [\"fly\"]\n");
+    assert!(eventually(20, || log_of(&agent).contains("ACL not reloaded")), "{}", log_of(&agent));
+    assert_eq!(exec_code(&agent, &carol, &task), Some(0), "a broken ACL replaced the working one");
+    // Edited in place, not parseable as TOML at all: same.
+    std::fs::write(&acl_path, "[[rule]\nsubjects = ").unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(exec_code(&agent, &carol, &task), Some(0));
+    install(&acl(false));
+    assert!(eventually(20, || exec_code(&agent, &carol, &task) == Some(FORBIDDEN)), "the revocation was not loaded");
+    assert_eq!(exec_code(&agent, &agent.admin_token, &task), Some(0));
+    drop(c);
+}
+
+#[test]
+fn an_acl_in_etcd_takes_effect_without_a_restart_and_a_broken_one_is_refused() {
+    if skip() {
+        return;
+    }
+    let root = test_dir("acletcd");
+    let mut etcd = Cluster::start(&root.join("etcd"));
+    let p = prefix();
+    let node = format!("node-{p}-e");
+    let c = task_container(&root, &format!("{p}-ae-1"), &format!("web-{p}-ae"));
+    let task = format!("web-{p}-ae");
+    // The key is absent: every request is refused, the admin's too.
+    let agent =
+        Agent::start_with(&root.join("agent"), &format!("acl = \"etcd\"\n{}", cluster_section(&etcd, &node, "")));
+    let carol = agent.token("carol", &[], "1h");
+    assert_eq!(exec_code(&agent, &agent.admin_token, &task), Some(FORBIDDEN), "{}", log_of(&agent));
+    etcd.put(&format!("{PREFIX}/acl"), &acl(false));
+    assert!(eventually(20, || exec_code(&agent, &agent.admin_token, &task) == Some(0)), "{}", log_of(&agent));
+    assert_eq!(exec_code(&agent, &carol, &task), Some(FORBIDDEN));
+    etcd.put(&format!("{PREFIX}/acl"), &acl(true));
+    assert!(eventually(20, || exec_code(&agent, &carol, &task) == Some(0)), "{}", log_of(&agent));
+    // Broken: refused, the grant stays.
+    etcd.put(&format!("{PREFIX}/acl"), "[[rule]]\nsubjects = [\"carol\"]\ntasks = [\"*\"]\nactions = [\"exec\"]\n");
+    assert!(eventually(20, || log_of(&agent).contains("ACL not reloaded")), "{}", log_of(&agent));
+    assert_eq!(exec_code(&agent, &carol, &task), Some(0), "a broken ACL replaced the working one");
+    etcd.put(&format!("{PREFIX}/acl"), &acl(false));
+    assert!(eventually(20, || exec_code(&agent, &carol, &task) == Some(FORBIDDEN)));
+    // Deleted: nothing is granted any more.
+    etcd.del(&format!("{PREFIX}/acl"));
+    assert!(eventually(20, || exec_code(&agent, &agent.admin_token, &task) == Some(FORBIDDEN)), "{}", log_of(&agent));
+    // Listing is still answered, with nothing in it.
+    let o = run(agent.dcos().args(["task", "list", "--json"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(serde_json::from_slice::<Value>(&o.stdout).unwrap(), serde_json::json!([]));
+    drop(c);
 }

@@ -113,32 +113,34 @@ async fn list(agent: &Agent, caller: &Caller<'_>, req: &Request<Incoming>) -> Re
         Err(r) => return r.response(),
     };
     let who = Principal { user: &claims.sub, groups: &claims.groups };
+    let acl = agent.acl.current();
     let mut rows: Vec<TaskInfo> = agent
         .discovery
         .list()
         .await
         .into_iter()
-        .filter(|c| agent.acl.allows_target(&who, &authorize::target(c), "list", None))
-        .map(|c| TaskInfo {
-            age_secs: if c.state == crate::runtime::State::Stopped {
-                0
-            } else {
-                crate::runtime::age_secs(c.start_time)
-            },
-            id: c.task_id,
-            container: c.id,
-            name: c.name.map(|n| n.trim_start_matches('/').to_string()),
-            runtime: c.runtime.into(),
-            state: c.state.as_str().into(),
-            pid: c.pid,
-            exit_code: c.exit_code,
-            service: c.service,
-            project: c.project,
-            node: None,
-        })
+        .filter(|c| acl.allows_target(&who, &authorize::target(c), "list", None))
+        .map(task_info)
         .collect();
     rows.sort_by(|a, b| a.id.cmp(&b.id));
     json_response(StatusCode::OK, &rows)
+}
+
+/// A container as a row of `GET /v1/tasks` (and a task record in the cluster directory).
+pub fn task_info(c: crate::runtime::Container) -> TaskInfo {
+    TaskInfo {
+        age_secs: if c.state == crate::runtime::State::Stopped { 0 } else { crate::runtime::age_secs(c.start_time) },
+        id: c.task_id,
+        container: c.id,
+        name: c.name.map(|n| n.trim_start_matches('/').to_string()),
+        runtime: c.runtime.into(),
+        state: c.state.as_str().into(),
+        pid: c.pid,
+        exit_code: c.exit_code,
+        service: c.service,
+        project: c.project,
+        node: None,
+    }
 }
 
 /// `GET /v1/runtimes`: how each configured runtime answers, for callers the ACL grants `list` on some task.
@@ -148,7 +150,7 @@ async fn runtimes(agent: &Agent, caller: &Caller<'_>, req: &Request<Incoming>) -
         Err(r) => return r.response(),
     };
     let who = Principal { user: &claims.sub, groups: &claims.groups };
-    if !agent.acl.grants_somewhere(&who, "list") {
+    if !agent.acl.current().grants_somewhere(&who, "list") {
         let r = Refusal::from(authorize::Denied {
             user: claims.sub.clone(),
             action: "list".into(),
@@ -174,17 +176,19 @@ async fn exec(agent: Arc<Agent>, caller: &Caller<'_>, req: Request<Incoming>, ta
         Some(id) => Discovery::resolve_container(all, id, t, v, debug),
         None => Discovery::resolve(all, t, v, debug),
     };
+    // One ACL judges the whole request, even if a reload happens meanwhile.
+    let acl = agent.acl.current();
     let steps = |req: Request<Incoming>| -> Result<Response<Body>, Refusal> {
         let mut params = parse::exec_request(task.clone(), req.headers())?;
         authorize::cap_add(&params, &agent.cfg.file.cap_add_allowed)?;
         let layout_failure = authorize::judge_image(&mut params)?;
         let debug = params.image.is_some();
-        let container = authorize::exec(&agent.acl, |t, v| resolve(all, t, v, debug), &claims, &params)?;
+        let container = authorize::exec(&acl, |t, v| resolve(all, t, v, debug), &claims, &params)?;
         // A layout that cannot be read is reported only to those allowed to use it.
         if let Some(f) = layout_failure {
             return Err(f.into());
         }
-        let writable = authorize::may_write(&agent.acl, &claims, &params, &container);
+        let writable = authorize::may_write(&acl, &claims, &params, &container);
         upgrade::exec(&agent, &origin, req, &claims, params, container, writable)
     };
     steps(req).unwrap_or_else(|r| {
