@@ -6,11 +6,11 @@
 //! key is first read, the empty ACL is in force.
 
 use crate::config::EtcdConfig;
-use crate::connect::{connect, within};
+use crate::connect::{member_failed, Failover};
 use crate::error::ClusterError;
 use crate::keys::Layout;
 use dcos_exec_access::acl::{Acl, Shared};
-use etcd_client::{Client, EventType, WatchOptions};
+use etcd_client::{EventType, WatchOptions};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -65,12 +65,12 @@ impl EtcdAcl {
 async fn watch_loop(etcd: EtcdConfig, layout: Layout, shared: Arc<Shared>, loaded: tokio::sync::watch::Sender<bool>) {
     // The last version put in force, so that reading again after a reconnect reloads only what changed.
     let mut last: Option<Option<Vec<u8>>> = None;
-    let mut client: Option<Client> = None;
+    let mut client: Option<Failover> = None;
     let mut last_error = String::new();
     loop {
         let c = match client.as_mut() {
             Some(c) => c,
-            None => match connect(&etcd).await {
+            None => match Failover::new(&etcd).await {
                 Ok(c) => client.insert(c),
                 Err(e) => {
                     note(&mut last_error, &e);
@@ -80,6 +80,9 @@ async fn watch_loop(etcd: EtcdConfig, layout: Layout, shared: Arc<Shared>, loade
             },
         };
         if let Err(e) = get_and_watch(c, &layout, &shared, &loaded, &mut last).await {
+            if member_failed(&e) {
+                c.next();
+            }
             note(&mut last_error, &e);
         }
         tokio::time::sleep(RETRY).await;
@@ -107,14 +110,19 @@ fn put_in_force(shared: &Shared, value: Option<&[u8]>) {
 }
 
 async fn get_and_watch(
-    c: &mut Client,
+    c: &mut Failover,
     layout: &Layout,
     shared: &Shared,
     loaded: &tokio::sync::watch::Sender<bool>,
     last: &mut Option<Option<Vec<u8>>>,
 ) -> Result<(), ClusterError> {
     let key = layout.acl();
-    let resp = within(REQUEST_TIMEOUT, c.get(key.clone(), None)).await?;
+    let resp = c
+        .run(REQUEST_TIMEOUT, |mut cl| {
+            let key = key.clone();
+            async move { cl.get(key, None).await }
+        })
+        .await?;
     let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
     let current = resp.kvs().first().map(|kv| kv.value().to_vec());
     if last.as_ref() != Some(&current) {
@@ -123,7 +131,12 @@ async fn get_and_watch(
     }
     loaded.send_replace(true);
     let opts = WatchOptions::new().with_start_revision(revision + 1).with_progress_notify();
-    let mut stream = within(REQUEST_TIMEOUT, c.watch(key, Some(opts))).await?;
+    let mut stream = c
+        .run(REQUEST_TIMEOUT, |mut cl| {
+            let (key, opts) = (key.clone(), opts.clone());
+            async move { cl.watch(key, Some(opts)).await }
+        })
+        .await?;
     let mut progress = tokio::time::interval(PROGRESS_EVERY);
     let mut heard = Instant::now();
     loop {
@@ -159,8 +172,13 @@ async fn get_and_watch(
 /// so that nothing this writes can be refused by the readers.
 pub async fn publish(etcd: &EtcdConfig, prefix: &str, text: &str) -> Result<(), PublishError> {
     Acl::parse(text).map_err(PublishError::Acl)?;
-    let mut c = connect(etcd).await?;
-    within(REQUEST_TIMEOUT, c.put(Layout::new(prefix).acl(), text, None)).await?;
+    let mut c = Failover::new(etcd).await?;
+    let key = Layout::new(prefix).acl();
+    c.run(REQUEST_TIMEOUT, |mut cl| {
+        let (key, text) = (key.clone(), text.to_string());
+        async move { cl.put(key, text, None).await }
+    })
+    .await?;
     Ok(())
 }
 

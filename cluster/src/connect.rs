@@ -1,7 +1,10 @@
-//! An etcd client from an [`EtcdConfig`]: mutual TLS when the files are given, every endpoint in one balanced
-//! channel (a request goes to a member that answers), HTTP/2 keep-alive so that a dead member is noticed
-//! within seconds, and "require leader" so that a member cut off from the majority refuses instead of
-//! serving a frozen view.
+//! etcd clients from an [`EtcdConfig`]: mutual TLS when the files are given, HTTP/2 keep-alive so that a dead
+//! member is noticed within seconds, and "require leader" so that a member cut off from the majority refuses
+//! instead of serving a frozen view.
+//!
+//! [`Failover`] holds one client per member and sticks to one of them until it fails, then moves on to the
+//! next (as etcd's own Go client pins an endpoint). One channel balanced over all members would keep sending
+//! a share of the requests to a dead member, each failing or waiting for the dial timeout.
 
 use crate::config::EtcdConfig;
 use crate::error::ClusterError;
@@ -64,5 +67,93 @@ pub async fn within<T>(
     match tokio::time::timeout(limit, f).await {
         Ok(r) => Ok(r?),
         Err(_) => Err(ClusterError::Timeout(limit)),
+    }
+}
+
+/// One client per member, used one at a time: see the module documentation.
+#[derive(Clone)]
+pub struct Failover {
+    clients: Vec<(String, Client)>,
+    current: usize,
+}
+
+impl Failover {
+    /// Clients for every endpoint of `cfg` (connections are made on first use).
+    pub async fn new(cfg: &EtcdConfig) -> Result<Failover, ClusterError> {
+        let o = options(cfg)?;
+        let mut clients = Vec::new();
+        for e in &cfg.endpoints {
+            let one = std::slice::from_ref(e);
+            let c = match tokio::time::timeout(cfg.dial_timeout, Client::connect(one, Some(o.clone()))).await {
+                Ok(r) => r?,
+                Err(_) => return Err(ClusterError::Timeout(cfg.dial_timeout)),
+            };
+            clients.push((e.clone(), c));
+        }
+        Ok(Failover { clients, current: 0 })
+    }
+
+    /// The client of the member in use.
+    pub fn client(&self) -> Client {
+        self.clients[self.current % self.clients.len()].1.clone()
+    }
+
+    /// The endpoint of the member in use.
+    pub fn endpoint(&self) -> &str {
+        &self.clients[self.current % self.clients.len()].0
+    }
+
+    /// Moves on to the next member (after a failure of the current one).
+    pub fn next(&mut self) {
+        self.current = (self.current + 1) % self.clients.len();
+    }
+
+    /// Runs `f` on the member in use, and on the next ones while it fails the way an unreachable or cut-off
+    /// member fails (each attempt within `limit`); the first answer, or the last error.
+    pub async fn run<T, F, Fut>(&mut self, limit: Duration, mut f: F) -> Result<T, ClusterError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let mut last = None;
+        for _ in 0..self.clients.len() {
+            match within(limit, f(self.client())).await {
+                Ok(v) => return Ok(v),
+                Err(e) if member_failed(&e) => {
+                    tracing::debug!(endpoint = self.endpoint(), "etcd member failed, trying the next: {e}");
+                    last = Some(e);
+                    self.next();
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(ClusterError::Config("no endpoints".into())))
+    }
+}
+
+/// True for errors that say "this member cannot answer now" (down, unreachable, without a leader, too slow)
+/// rather than "the request is wrong" (a lease that is gone, a bad argument): only those are worth asking
+/// another member.
+pub fn member_failed(e: &ClusterError) -> bool {
+    use tonic::Code;
+    match e {
+        ClusterError::Timeout(_) => true,
+        ClusterError::Etcd(etcd_client::Error::GRpcStatus(s)) => matches!(
+            s.code(),
+            Code::Unavailable
+                | Code::DeadlineExceeded
+                | Code::Unknown
+                | Code::Internal
+                | Code::Cancelled
+                | Code::Aborted
+                | Code::ResourceExhausted
+        ),
+        ClusterError::Etcd(
+            etcd_client::Error::TransportError(_)
+            | etcd_client::Error::IoError(_)
+            | etcd_client::Error::WatchError(_)
+            | etcd_client::Error::LeaseKeepAliveError(_),
+        ) => true,
+        _ => false,
     }
 }

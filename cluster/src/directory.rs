@@ -10,11 +10,11 @@
 //! for how long (`stale_for`); once that exceeds `max_stale` it refuses with [`DirectoryError::Unavailable`].
 
 use crate::config::EtcdConfig;
-use crate::connect::{connect, within};
+use crate::connect::{member_failed, Failover};
 use crate::error::{ClusterError, DirectoryError};
 use crate::keys::{Key, Layout};
 use crate::record::{NodeRecord, TaskRecord};
-use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use etcd_client::{EventType, GetOptions, WatchOptions};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -278,13 +278,13 @@ fn round(d: Duration) -> Duration {
 
 /// Lists and watches until the directory is dropped.
 async fn watch_loop(dir: std::sync::Weak<Directory>, etcd: EtcdConfig) {
-    let mut client: Option<Client> = None;
+    let mut client: Option<Failover> = None;
     let mut was_down = false;
     loop {
         let Some(d) = dir.upgrade() else { return };
         let c = match client.as_mut() {
             Some(c) => c,
-            None => match connect(&etcd).await {
+            None => match Failover::new(&etcd).await {
                 Ok(c) => client.insert(c),
                 Err(e) => {
                     d.failed(&e);
@@ -298,6 +298,9 @@ async fn watch_loop(dir: std::sync::Weak<Directory>, etcd: EtcdConfig) {
         match list_and_watch(&d, c, &mut was_down).await {
             Ok(()) => return,
             Err(e) => {
+                if member_failed(&e) {
+                    c.next();
+                }
                 d.failed(&e);
                 was_down = true;
             }
@@ -308,9 +311,14 @@ async fn watch_loop(dir: std::sync::Weak<Directory>, etcd: EtcdConfig) {
 }
 
 /// One `get` and the watch after it; returns when the watch breaks (Err) or the directory is dropped (Ok).
-async fn list_and_watch(d: &Arc<Directory>, c: &mut Client, was_down: &mut bool) -> Result<(), ClusterError> {
+async fn list_and_watch(d: &Arc<Directory>, c: &mut Failover, was_down: &mut bool) -> Result<(), ClusterError> {
     let root = d.layout.root();
-    let resp = within(REQUEST_TIMEOUT, c.get(root.clone(), Some(GetOptions::new().with_prefix()))).await?;
+    let resp = c
+        .run(REQUEST_TIMEOUT, |mut cl| {
+            let root = root.clone();
+            async move { cl.get(root, Some(GetOptions::new().with_prefix())).await }
+        })
+        .await?;
     let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
     let state =
         State::load(&d.layout, revision, resp.kvs().iter().map(|kv| Change::Put { key: kv.key(), value: kv.value() }));
@@ -322,7 +330,12 @@ async fn list_and_watch(d: &Arc<Directory>, c: &mut Client, was_down: &mut bool)
         tracing::info!(revision, nodes, tasks, "cluster directory loaded");
     }
     let opts = WatchOptions::new().with_prefix().with_start_revision(revision + 1).with_progress_notify();
-    let mut stream = within(REQUEST_TIMEOUT, c.watch(root, Some(opts))).await?;
+    let mut stream = c
+        .run(REQUEST_TIMEOUT, |mut cl| {
+            let (root, opts) = (root.clone(), opts.clone());
+            async move { cl.watch(root, Some(opts)).await }
+        })
+        .await?;
     let mut progress = tokio::time::interval(PROGRESS_EVERY);
     let mut heard = Instant::now();
     loop {

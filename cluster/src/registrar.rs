@@ -8,12 +8,12 @@
 //! member that answers, so the death of the etcd leader costs at most an election.
 
 use crate::config::EtcdConfig;
-use crate::connect::{connect, within};
+use crate::connect::{member_failed, Failover};
 use crate::error::ClusterError;
 use crate::keys::{Key, Layout, DEFAULT_PREFIX};
 use crate::record::{unix_now, NodeRecord, TaskRecord};
 use dcos_exec_proto::TaskInfo;
-use etcd_client::{Client, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{DeleteOptions, GetOptions, PutOptions, Txn, TxnOp};
 use futures_util::future::BoxFuture;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,6 +28,9 @@ pub type TaskSource = Arc<dyn Fn() -> BoxFuture<'static, Vec<TaskInfo>> + Send +
 const TXN_OPS: usize = 100;
 /// Retry pace while etcd cannot be reached.
 const RETRY: Duration = Duration::from_millis(500);
+/// Failures shorter than this (an election after the leader died) are retried quietly; longer ones are
+/// reported as a lost etcd.
+const LOST_AFTER: Duration = Duration::from_secs(2);
 
 /// How the registrar works; [`Options::default`] is the contract's behaviour.
 #[derive(Debug, Clone)]
@@ -103,6 +106,7 @@ impl Registrar {
             tasks,
             status: status_tx,
             written: BTreeMap::new(),
+            failing_since: None,
         };
         let task = tokio::spawn(worker.run(stop_rx));
         Registrar { status, stop: Some(stop_tx), task }
@@ -160,11 +164,13 @@ struct Worker {
     status: watch::Sender<Status>,
     /// What this registrar believes etcd holds for its tasks, by container id.
     written: BTreeMap<String, TaskRecord>,
+    /// Since when requests fail.
+    failing_since: Option<std::time::Instant>,
 }
 
 impl Worker {
     async fn run(mut self, mut stop: oneshot::Receiver<oneshot::Sender<()>>) {
-        let mut client: Option<Client> = None;
+        let mut client: Option<Failover> = None;
         let mut lease: Option<Lease> = None;
         let mut tick = tokio::time::interval(self.options.sync_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -172,7 +178,8 @@ impl Worker {
             tokio::select! {
                 done = &mut stop => {
                     if let (Some(c), Some(l)) = (client.as_mut(), lease.as_ref()) {
-                        match within(self.options.request_timeout, c.lease_revoke(l.id)).await {
+                        let id = l.id;
+                        match c.run(self.options.request_timeout, |mut cl| async move { cl.lease_revoke(id).await }).await {
                             Ok(_) => tracing::info!(node = %self.node.name, "left the cluster directory (lease revoked)"),
                             Err(e) => tracing::warn!(node = %self.node.name, "revoking the lease: {e}"),
                         }
@@ -186,7 +193,7 @@ impl Worker {
             }
             let c = match client.as_mut() {
                 Some(c) => c,
-                None => match connect(&self.etcd).await {
+                None => match Failover::new(&self.etcd).await {
                     Ok(c) => client.insert(c),
                     Err(e) => {
                         self.lost(&e);
@@ -225,14 +232,17 @@ impl Worker {
 
     /// Grants a lease and writes the node and all its tasks under it, deleting task keys of this node that
     /// are not among them (left by an earlier run of the agent).
-    async fn register(&mut self, c: &mut Client) -> Result<Lease, ClusterError> {
+    async fn register(&mut self, c: &mut Failover) -> Result<Lease, ClusterError> {
         let t = self.options.request_timeout;
         let ttl = i64::try_from(self.options.ttl.as_secs().max(1)).unwrap_or(i64::MAX);
-        let id = within(t, c.lease_grant(ttl, None)).await?.id();
-        let node = serde_json::to_vec(&self.node)
-            .map_err(|cause| ClusterError::Record { key: self.layout.node(&self.node.name), cause })?;
-        let put = || Some(PutOptions::new().with_lease(id));
-        within(t, c.put(self.layout.node(&self.node.name), node, put())).await?;
+        let id = c.run(t, |mut cl| async move { cl.lease_grant(ttl, None).await }).await?.id();
+        let key = self.layout.node(&self.node.name);
+        let node = serde_json::to_vec(&self.node).map_err(|cause| ClusterError::Record { key: key.clone(), cause })?;
+        c.run(t, |mut cl| {
+            let (key, node) = (key.clone(), node.clone());
+            async move { cl.put(key, node, Some(PutOptions::new().with_lease(id))).await }
+        })
+        .await?;
         let now = unix_now();
         let current: BTreeMap<String, TaskRecord> = (self.tasks)()
             .await
@@ -240,7 +250,12 @@ impl Worker {
             .map(|task| (task.container.clone(), TaskRecord::new(&self.node.name, task, now)))
             .collect();
         let mine = self.layout.node_tasks(&self.node.name);
-        let existing = within(t, c.get(mine.clone(), Some(GetOptions::new().with_prefix().with_keys_only()))).await?;
+        let existing = c
+            .run(t, |mut cl| {
+                let mine = mine.clone();
+                async move { cl.get(mine, Some(GetOptions::new().with_prefix().with_keys_only())).await }
+            })
+            .await?;
         let mut ops = Vec::new();
         for kv in existing.kvs() {
             if let Some(Key::Task { container, .. }) = self.layout.parse(kv.key()) {
@@ -258,7 +273,7 @@ impl Worker {
     }
 
     /// Writes what changed since the last sync.
-    async fn sync(&mut self, c: &mut Client, lease: i64) -> Result<(), ClusterError> {
+    async fn sync(&mut self, c: &mut Failover, lease: i64) -> Result<(), ClusterError> {
         let now = unix_now();
         let current: BTreeMap<String, TaskRecord> = (self.tasks)()
             .await
@@ -301,11 +316,15 @@ impl Worker {
 
     /// Applies `ops` in transactions of at most [`TXN_OPS`]; a put under a lease etcd no longer has is
     /// [`ClusterError::LeaseLost`].
-    async fn commit(&self, c: &mut Client, mut ops: Vec<TxnOp>, lease: i64) -> Result<(), ClusterError> {
+    async fn commit(&self, c: &mut Failover, mut ops: Vec<TxnOp>, lease: i64) -> Result<(), ClusterError> {
         while !ops.is_empty() {
             let rest = ops.split_off(ops.len().min(TXN_OPS));
             let txn = Txn::new().and_then(std::mem::replace(&mut ops, rest));
-            match within(self.options.request_timeout, c.txn(txn)).await {
+            let sent = c.run(self.options.request_timeout, |mut cl| {
+                let txn = txn.clone();
+                async move { cl.txn(txn).await }
+            });
+            match sent.await {
                 Ok(_) => {}
                 Err(ClusterError::Etcd(etcd_client::Error::GRpcStatus(s)))
                     if s.message().contains("requested lease not found") =>
@@ -318,7 +337,8 @@ impl Worker {
         Ok(())
     }
 
-    fn registered(&self, lease: i64) {
+    fn registered(&mut self, lease: i64) {
+        self.failing_since = None;
         let now = Status::Registered { lease };
         let before = self.status.send_replace(now.clone());
         match before {
@@ -338,7 +358,13 @@ impl Worker {
         }
     }
 
-    fn lost(&self, e: &ClusterError) {
+    fn lost(&mut self, e: &ClusterError) {
+        let since = *self.failing_since.get_or_insert_with(std::time::Instant::now);
+        let registered = matches!(*self.status.borrow(), Status::Registered { .. });
+        if registered && since.elapsed() < LOST_AFTER && !matches!(e, ClusterError::LeaseLost(_)) {
+            tracing::debug!(node = %self.node.name, "etcd request failed, retrying: {e}");
+            return;
+        }
         let reason = e.to_string();
         let before = self.status.send_replace(Status::Lost { reason: reason.clone() });
         if !matches!(before, Status::Lost { .. }) {
@@ -352,14 +378,20 @@ impl Worker {
 impl Lease {
     /// Starts keeping lease `id` alive every `ttl`/3 over its own stream, reopened (on whichever member
     /// answers) when it breaks.
-    fn keep_alive(client: Client, id: i64, ttl: Duration, node: String) -> Lease {
+    fn keep_alive(client: Failover, id: i64, ttl: Duration, node: String) -> Lease {
         let (tx, expired) = watch::channel(None);
         let keeper = tokio::spawn(keep_alive(client, id, ttl, node, tx));
         Lease { id, expired, keeper }
     }
 }
 
-async fn keep_alive(mut client: Client, id: i64, ttl: Duration, node: String, expired: watch::Sender<Option<String>>) {
+async fn keep_alive(
+    mut members: Failover,
+    id: i64,
+    ttl: Duration,
+    node: String,
+    expired: watch::Sender<Option<String>>,
+) {
     let every = (ttl / 3).max(Duration::from_millis(100));
     let mut stream = None;
     let mut failing = false;
@@ -367,10 +399,13 @@ async fn keep_alive(mut client: Client, id: i64, ttl: Duration, node: String, ex
         let result: Result<i64, ClusterError> = async {
             let (keeper, responses) = match stream.as_mut() {
                 Some(s) => s,
-                None => stream.insert(within(every, client.lease_keep_alive(id)).await?),
+                None => {
+                    let s = members.run(every, |mut cl| async move { cl.lease_keep_alive(id).await }).await?;
+                    stream.insert(s)
+                }
             };
-            within(every, keeper.keep_alive()).await?;
-            match within(every, responses.message()).await? {
+            crate::connect::within(every, keeper.keep_alive()).await?;
+            match crate::connect::within(every, responses.message()).await? {
                 Some(r) => Ok(r.ttl()),
                 None => Err(ClusterError::Config("keep-alive stream closed".into())),
             }
@@ -390,10 +425,13 @@ async fn keep_alive(mut client: Client, id: i64, ttl: Duration, node: String, ex
             }
             Err(e) => {
                 if !failing {
-                    tracing::warn!(%node, "lease keep-alive: {e}; retrying");
+                    tracing::warn!(%node, endpoint = members.endpoint(), "lease keep-alive: {e}; retrying");
                 }
                 failing = true;
-                stream = None;
+                if stream.take().is_some() && member_failed(&e) {
+                    // The stream's member failed: reopen it on the next one.
+                    members.next();
+                }
                 tokio::time::sleep(RETRY.min(every)).await;
             }
         }

@@ -6,6 +6,7 @@
 
 mod support;
 
+use dcos_exec_cluster::{Directory, DirectoryError, EtcdConfig};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -241,6 +242,7 @@ fn registration_keeps_working_when_the_etcd_leader_dies_and_comes_back_after_an_
     std::thread::sleep(Duration::from_secs(12));
     assert!(node_record(&mut etcd, &node).is_some(), "the node fell out of the directory\n{}", log_of(&agent));
     assert!(tasks_of(&mut etcd, &node).contains_key(&b.id));
+    assert!(!log_of(&agent).contains("lost etcd"), "one member down is not etcd lost:\n{}", log_of(&agent));
 
     // A second member gone: no majority, no writes. The agent says so, and says when etcd is back.
     let others: Vec<usize> = (0..3).filter(|i| *i != killed).collect();
@@ -346,4 +348,132 @@ fn an_acl_in_etcd_takes_effect_without_a_restart_and_a_broken_one_is_refused() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(serde_json::from_slice::<Value>(&o.stdout).unwrap(), serde_json::json!([]));
     drop(c);
+}
+
+/// The directory a gateway holds, in this process, over the test cluster.
+fn directory(etcd: &Cluster, rt: &tokio::runtime::Runtime, max_stale: Duration) -> std::sync::Arc<Directory> {
+    let cfg: EtcdConfig = toml::from_str(&etcd.config_toml()).unwrap();
+    let _guard = rt.enter();
+    Directory::spawn(cfg, PREFIX, max_stale)
+}
+
+fn snapshot_has(d: &Directory, node: &str, container: &str, state: &str) -> bool {
+    d.snapshot().is_ok_and(|s| {
+        s.nodes.contains_key(node)
+            && s.tasks.iter().any(|t| t.node == node && t.task.container == container && t.task.state == state)
+    })
+}
+
+#[test]
+fn the_directory_follows_agents_and_serves_a_stale_snapshot_for_max_stale_then_refuses() {
+    if skip() {
+        return;
+    }
+    let root = test_dir("dir");
+    let mut etcd = Cluster::start(&root.join("etcd"));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let p = prefix();
+    let (n1, n2) = (format!("node-{p}-f1"), format!("node-{p}-f2"));
+    let a1 = Agent::start_with(&root.join("agent1"), &cluster_section(&etcd, &n1, "lease_ttl = \"3s\""));
+    let a2 = Agent::start_with(&root.join("agent2"), &cluster_section(&etcd, &n2, "lease_ttl = \"3s\""));
+    let c = task_container(&root, &format!("{p}-dir-1"), &format!("web-{p}-dir"));
+    let d = directory(&etcd, &rt, Duration::from_secs(8));
+    assert!(rt.block_on(d.ready(Duration::from_secs(20))).is_ok());
+    // Both agents list the same runc root: the task shows up once per node.
+    assert!(eventually(30, || snapshot_has(&d, &n1, &c.id, "running") && snapshot_has(&d, &n2, &c.id, "running")));
+    let s = d.snapshot().unwrap();
+    assert_eq!(s.stale_for, None);
+    assert_eq!(s.nodes[&n1].url, a1.url);
+    assert_eq!(s.nodes[&n2].url, a2.url);
+    assert!(s.revision > 0);
+    let t = s.tasks.iter().find(|t| t.node == n1 && t.task.container == c.id).unwrap();
+    assert_eq!(t.task.id, format!("web-{p}-dir"));
+
+    // A container that goes, goes from the snapshot; an agent that dies, with its lease.
+    let id = c.id.clone();
+    drop(c);
+    assert!(eventually(30, || d.snapshot().is_ok_and(|s| !s.tasks.iter().any(|t| t.task.container == id))));
+    drop(a2);
+    assert!(eventually(30, || d.snapshot().is_ok_and(|s| !s.nodes.contains_key(&n2) && s.nodes.contains_key(&n1))));
+
+    // The etcd leader dies: the directory stays current through the other members.
+    let c2 = task_container(&root, &format!("{p}-dir-2"), &format!("web-{p}-dir2"));
+    etcd.kill_leader();
+    assert!(eventually(30, || snapshot_has(&d, &n1, &c2.id, "running")), "{:?}", d.snapshot());
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(d.snapshot().map(|s| s.stale_for), Ok(None), "current through the surviving members");
+
+    // Every member gone: the last snapshot is served, saying how stale, then refused after max_stale.
+    for i in 0..3 {
+        etcd.kill(i);
+    }
+    let stale = eventually(20, || d.snapshot().is_ok_and(|s| s.stale_for.is_some() && s.nodes.contains_key(&n1)));
+    assert!(stale, "{:?}", d.snapshot());
+    let refused = eventually(30, || matches!(d.snapshot(), Err(DirectoryError::Unavailable { .. })));
+    assert!(refused, "{:?}", d.snapshot());
+    let Err(DirectoryError::Unavailable { stale_for, reason }) = d.snapshot() else { unreachable!() };
+    assert!(stale_for.is_some_and(|s| s > Duration::from_secs(8)), "{stale_for:?}");
+    assert!(reason.contains("max_stale"), "{reason}");
+
+    // etcd back: current again, with what changed meanwhile.
+    let c2_id = c2.id.clone();
+    drop(c2);
+    for i in 0..3 {
+        etcd.restart(i);
+    }
+    etcd.wait_healthy(60);
+    let back = eventually(60, || {
+        d.snapshot().is_ok_and(|s| s.stale_for.is_none() && !s.tasks.iter().any(|t| t.task.container == c2_id))
+    });
+    assert!(back, "{:?}\nagent log:\n{}", d.snapshot(), log_of(&a1));
+    assert!(d.snapshot().unwrap().nodes.contains_key(&n1), "{}", log_of(&a1));
+}
+
+#[test]
+fn the_directory_reads_records_written_by_hand_and_ignores_foreign_and_broken_ones() {
+    if skip() {
+        return;
+    }
+    let root = test_dir("dirhand");
+    let mut etcd = Cluster::start(&root.join("etcd"));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let d = directory(&etcd, &rt, Duration::from_secs(10));
+    assert!(rt.block_on(d.ready(Duration::from_secs(20))).is_ok());
+    let node = r#"{"name":"h1","url":"https://10.9.9.9:7443","labels":{},"version":"x","started_at":1}"#;
+    etcd.put(&format!("{PREFIX}/nodes/h1"), node);
+    etcd.put(
+        &format!("{PREFIX}/tasks/h1/c1"),
+        r#"{"id":"t1","container":"c1","runtime":"runc","state":"running","pid":1,"age_secs":0,"node":"h1"}"#,
+    );
+    etcd.put(&format!("{PREFIX}/tasks/h1/c2"), "not json");
+    etcd.put("/elsewhere/nodes/h9", node);
+    assert!(
+        eventually(20, || d.snapshot().is_ok_and(|s| s.tasks.len() == 1 && s.nodes.len() == 1)),
+        "{:?}",
+        d.snapshot()
+    );
+    // A compaction up to the watch's revision loses nothing: what follows is still seen.
+    let rev = d.snapshot().unwrap().revision;
+    let o = etcd.etcdctl(&["compact", &rev.to_string()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    etcd.del(&format!("{PREFIX}/tasks/h1/c1"));
+    assert!(
+        eventually(20, || d.snapshot().is_ok_and(|s| s.tasks.is_empty() && s.revision > rev)),
+        "{:?}",
+        d.snapshot()
+    );
+
+    // The member the directory watches hangs (its connections stay open, nothing answers): the silent watch
+    // is replaced through another member, and the changes made meanwhile are there.
+    let first = etcd.members[0].client_url.clone();
+    etcd.freeze(0, true);
+    let others = format!("{},{}", etcd.members[1].client_url, etcd.members[2].client_url);
+    let c3 = r#"{"id":"t3","container":"c3","runtime":"runc","state":"running","pid":1,"age_secs":0,"node":"h1"}"#;
+    // When the hung member was the leader, a write waits for the election: try again until it goes through.
+    let key = format!("{PREFIX}/tasks/h1/c3");
+    let written = eventually(30, || etcd.etcdctl_at(&others, &["put", "--", &key, c3]).status.success());
+    assert!(written, "no write through the other members:\n{}", etcd.logs());
+    let seen = eventually(30, || d.snapshot().is_ok_and(|s| s.tasks.iter().any(|t| t.task.container == "c3")));
+    etcd.freeze(0, false);
+    assert!(seen, "the directory stayed on the hung member {first}: {:?}", d.snapshot());
 }
