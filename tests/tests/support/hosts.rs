@@ -7,9 +7,9 @@
 //! Processes enter a host with `nsenter --net=/run/netns/NS`, not `ip netns exec`: the latter also unshares the
 //! mount namespace and mounts a fresh /sys over the host's, which hides /sys/fs/cgroup from runc and the agent.
 //!
-//! Names: network namespaces `dcx<pid>-<host>`, the bridge `dxb<pid>`, root-side veths `dxv<pid>-<i>` (interface
-//! names have at most 15 bytes), all removed when the test process exits, also after a panic (`at_exit`), and
-//! those of dead test processes at the next start.
+//! Names, for the k-th network of test process `pid`: network namespaces `dcx<pid>-n<k>-<host>`, the bridge
+//! `dxb<pid>-<k>`, root-side veths `dxv<pid>-<k>-<i>` (interface names have at most 15 bytes), all removed when
+//! the test process exits, also after a panic (`at_exit`), and those of dead test processes at the next start.
 
 use super::{at_exit, bin, prefix, prepare_bundle, run, ContainerOpts};
 use std::net::Ipv4Addr;
@@ -69,7 +69,7 @@ fn remove_stale() {
     let links = sh("ip -o link show type bridge");
     for l in String::from_utf8_lossy(&links.stdout).lines() {
         let Some(name) = l.split(": ").nth(1).map(|n| n.split('@').next().unwrap_or(n)) else { continue };
-        if let Some(pid) = name.strip_prefix("dxb") {
+        if let Some(pid) = name.strip_prefix("dxb").and_then(|r| r.split('-').next()) {
             if !alive(pid) {
                 let _ = sh(&format!("ip link del {name}"));
             }
@@ -96,10 +96,15 @@ fn free_subnet() -> [u8; 3] {
 impl Net {
     /// A bridge and `n` hosts named `h1`..`hN`, each in its own network namespace, up and reachable.
     pub fn create(n: usize) -> Net {
+        // One at a time, so that two networks of this process never pick the same subnet; `k` tells them apart.
+        static CREATING: Mutex<u32> = Mutex::new(0);
+        let mut count = CREATING.lock().unwrap_or_else(|e| e.into_inner());
+        let k = *count;
+        *count += 1;
         remove_stale();
-        let p = prefix();
+        let p = format!("{}-n{k}", prefix());
         let pid = std::process::id();
-        let bridge = format!("dxb{pid}");
+        let bridge = format!("dxb{pid}-{k}");
         let subnet = free_subnet();
         let [a, b, c] = subnet;
         let dir = std::env::temp_dir().join(format!("{p}-hosts"));
@@ -117,7 +122,7 @@ impl Net {
             .map(|i| {
                 let name = format!("h{}", i + 1);
                 let netns = format!("{p}-{name}");
-                let veth = format!("dxv{pid}-{i}");
+                let veth = format!("dxv{pid}-{k}-{i}");
                 let ip = Ipv4Addr::new(a, b, c, u8::try_from(10 + i).unwrap());
                 let hdir = dir.join(&name);
                 let runc_root = hdir.join("runc");
