@@ -30,8 +30,8 @@ if [ $# -eq 0 ]; then
   R="$W/results"
   mkdir -p "$R" "$W/bin"
   log "building release binaries and the simulation"
-  (cd "$repo" && cargo build --release -p dcos-exec-agent -p dcos-exec-cli -p dcos-exec-gateway \
-    -p dcos-exec-cluster --example simulate 2>&1 | tail -1) || exit 1
+  (cd "$repo" && cargo build --release -p dcos-exec-agent -p dcos-exec-cli -p dcos-exec-gateway 2>&1 | tail -1 &&
+    cargo build --release -p dcos-exec-cluster --example simulate 2>&1 | tail -1) || exit 1
   cp "$repo"/target/release/{dcos,dcos-exec-agent,dcos-exec-gateway} "$repo/target/release/examples/simulate" "$W/bin/"
   BIN="$W/bin"
   id="benchc-$$"
