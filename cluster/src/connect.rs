@@ -47,18 +47,6 @@ pub fn options(cfg: &EtcdConfig) -> Result<ConnectOptions, ClusterError> {
     Ok(o)
 }
 
-/// Connects to the members of `cfg`. Fails when no member can be reached within the dial timeout.
-pub async fn connect(cfg: &EtcdConfig) -> Result<Client, ClusterError> {
-    let o = options(cfg)?;
-    // The endpoints are dialled lazily; bound the whole set-up in case every member hangs.
-    match tokio::time::timeout(cfg.dial_timeout + Duration::from_secs(1), Client::connect(&cfg.endpoints, Some(o)))
-        .await
-    {
-        Ok(r) => Ok(r?),
-        Err(_) => Err(ClusterError::Timeout(cfg.dial_timeout)),
-    }
-}
-
 /// Runs an etcd request with a deadline: a member that stopped answering must not stall the caller longer.
 pub async fn within<T>(
     limit: Duration,
@@ -81,6 +69,9 @@ impl Failover {
     /// Clients for every endpoint of `cfg` (connections are made on first use).
     pub async fn new(cfg: &EtcdConfig) -> Result<Failover, ClusterError> {
         let o = options(cfg)?;
+        if cfg.endpoints.is_empty() {
+            return Err(ClusterError::Config("endpoints must name at least one etcd member".into()));
+        }
         let mut clients = Vec::new();
         for e in &cfg.endpoints {
             let one = std::slice::from_ref(e);
@@ -90,7 +81,13 @@ impl Failover {
             };
             clients.push((e.clone(), c));
         }
-        Ok(Failover { clients, current: 0 })
+        // Processes start on different members, so that a thousand agents do not all load the first one.
+        let spread = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() ^ std::process::id())
+            .unwrap_or(0);
+        let current = usize::try_from(spread).unwrap_or(0) % clients.len().max(1);
+        Ok(Failover { clients, current })
     }
 
     /// The client of the member in use.
@@ -154,5 +151,37 @@ pub fn member_failed(e: &ClusterError) -> bool {
             etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) | etcd_client::Error::WatchError(_),
         ) => true,
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_member_failures_move_to_another_member() {
+        let status = |code| ClusterError::Etcd(etcd_client::Error::GRpcStatus(tonic::Status::new(code, "x")));
+        assert!(member_failed(&status(tonic::Code::Unavailable)), "down, or no leader");
+        assert!(member_failed(&status(tonic::Code::DeadlineExceeded)));
+        assert!(member_failed(&ClusterError::Timeout(Duration::from_secs(1))));
+        // The request itself is wrong: asking another member would get the same answer.
+        assert!(!member_failed(&status(tonic::Code::NotFound)), "a lease that is gone");
+        assert!(!member_failed(&status(tonic::Code::InvalidArgument)));
+        assert!(!member_failed(&status(tonic::Code::PermissionDenied)));
+        assert!(!member_failed(&ClusterError::LeaseLost(1)));
+    }
+
+    #[test]
+    fn bad_tables_are_refused_before_connecting() {
+        assert!(matches!(options(&EtcdConfig::new(Vec::<String>::new())), Err(ClusterError::Config(_))));
+        let mixed = EtcdConfig::new(["http://127.0.0.1:1", "https://127.0.0.1:2"]);
+        assert!(matches!(options(&mixed), Err(ClusterError::Config(_))));
+        let mut half = EtcdConfig::new(["https://127.0.0.1:2"]);
+        half.cert_file = Some("/nonexistent/c.pem".into());
+        assert!(matches!(options(&half), Err(ClusterError::Read { .. }) | Err(ClusterError::Config(_))));
+        let mut missing = EtcdConfig::new(["https://127.0.0.1:2"]);
+        missing.ca_file = Some("/nonexistent/ca.pem".into());
+        assert!(matches!(options(&missing), Err(ClusterError::Read { .. })));
+        assert!(options(&EtcdConfig::new(["http://127.0.0.1:2379"])).is_ok());
     }
 }

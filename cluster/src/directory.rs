@@ -46,9 +46,17 @@ pub struct Snapshot {
 #[derive(Debug, Clone, Copy)]
 pub enum Change<'a> {
     /// A key was created or updated.
-    Put { key: &'a [u8], value: &'a [u8] },
+    Put {
+        /// The key.
+        key: &'a [u8],
+        /// Its new value.
+        value: &'a [u8],
+    },
     /// A key was deleted (or its lease expired).
-    Delete { key: &'a [u8] },
+    Delete {
+        /// The key.
+        key: &'a [u8],
+    },
 }
 
 /// The records, indexed for applying changes.
@@ -144,6 +152,8 @@ struct Shared {
     current_at: Option<Instant>,
     /// What went wrong last.
     last_error: Option<String>,
+    /// The member the watch runs on.
+    endpoint: Option<String>,
 }
 
 /// A watched copy of the directory. See the module documentation.
@@ -224,6 +234,11 @@ impl Directory {
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }
+    }
+
+    /// The etcd member the directory reads from now (it moves to another when that one fails).
+    pub fn endpoint(&self) -> Option<String> {
+        self.shared().endpoint.clone()
     }
 
     /// The layout this directory reads.
@@ -324,6 +339,7 @@ async fn list_and_watch(d: &Arc<Directory>, c: &mut Failover, was_down: &mut boo
         State::load(&d.layout, revision, resp.kvs().iter().map(|kv| Change::Put { key: kv.key(), value: kv.value() }));
     let (nodes, tasks) = (state.nodes.len(), state.tasks.len());
     d.replace(state);
+    d.shared().endpoint = Some(c.endpoint().to_string());
     if std::mem::take(was_down) {
         tracing::info!(revision, nodes, tasks, "cluster directory: etcd is back, directory reloaded");
     } else {

@@ -8,7 +8,12 @@ use std::time::Duration;
 pub enum ClusterError {
     /// A TLS file of the `etcd` table could not be read.
     #[error("cannot read {path}: {cause}")]
-    Read { path: PathBuf, cause: std::io::Error },
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        cause: std::io::Error,
+    },
     /// The `etcd` table is not usable (no endpoints, a certificate without its key, ...).
     #[error("etcd configuration: {0}")]
     Config(String),
@@ -20,7 +25,20 @@ pub enum ClusterError {
     Timeout(Duration),
     /// A record in etcd is not what this version writes.
     #[error("record {key} is not valid: {cause}")]
-    Record { key: String, cause: serde_json::Error },
+    Record {
+        /// The key.
+        key: String,
+        /// Why.
+        cause: serde_json::Error,
+    },
+    /// Another agent (at `url`) holds this node name.
+    #[error("node name {node} is registered by another agent at {url}, whose lease is alive: two agents must not share a node name")]
+    NodeTaken {
+        /// The node name.
+        node: String,
+        /// The other agent's URL.
+        url: String,
+    },
     /// The agent's lease is gone (expired while etcd was unreachable, or revoked).
     #[error("lease {0:x} is gone")]
     LeaseLost(i64),

@@ -17,7 +17,12 @@ pub enum Key {
     /// `{prefix}/nodes/{node}`.
     Node(String),
     /// `{prefix}/tasks/{node}/{container}`.
-    Task { node: String, container: String },
+    Task {
+        /// The node the task runs on.
+        node: String,
+        /// The container id.
+        container: String,
+    },
     /// `{prefix}/acl`.
     Acl,
 }

@@ -4,6 +4,8 @@
 //! live in etcd too ([`acl`]), watched and reloaded on change.
 
 // Nothing the network or etcd's content controls may panic the process.
+// Public items say what they are: the gateway and the agent build on them.
+#![warn(missing_docs)]
 #![warn(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::print_stderr)]
 
 pub mod acl;

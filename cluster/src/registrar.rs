@@ -13,7 +13,7 @@ use crate::error::ClusterError;
 use crate::keys::{Key, Layout, DEFAULT_PREFIX};
 use crate::record::{unix_now, NodeRecord, TaskRecord};
 use dcos_exec_proto::TaskInfo;
-use etcd_client::{DeleteOptions, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp};
 use futures_util::future::BoxFuture;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -221,11 +221,21 @@ impl Worker {
                     self.sync(c, id).await.map(|()| self.registered(id))
                 }
             };
-            if let Err(e) = result {
-                if matches!(e, ClusterError::LeaseLost(_)) {
+            match result {
+                Err(e @ ClusterError::LeaseLost(_)) => {
+                    // etcd answers, the lease is gone: the next tick registers everything under a new one.
+                    tracing::warn!(node = %self.node.name, "{e}: registering again");
                     lease = None;
                 }
-                self.lost(&e);
+                Err(e @ ClusterError::NodeTaken { .. }) => {
+                    let reason = e.to_string();
+                    let before = self.status.send_replace(Status::Lost { reason: reason.clone() });
+                    if before != (Status::Lost { reason: reason.clone() }) {
+                        tracing::error!(node = %self.node.name, "not registered: {reason}; retrying");
+                    }
+                }
+                Err(e) => self.lost(&e),
+                Ok(()) => {}
             }
         }
     }
@@ -235,14 +245,40 @@ impl Worker {
     async fn register(&mut self, c: &mut Failover) -> Result<Lease, ClusterError> {
         let t = self.options.request_timeout;
         let ttl = i64::try_from(self.options.ttl.as_secs().max(1)).unwrap_or(i64::MAX);
-        let id = c.run(t, |mut cl| async move { cl.lease_grant(ttl, None).await }).await?.id();
         let key = self.layout.node(&self.node.name);
+        // Two agents with one node name would delete each other's tasks: a record of this name that another
+        // agent (another URL) keeps alive is left alone until its lease ends. The same URL is this agent,
+        // restarted before its old lease expired.
+        let seen = c
+            .run(t, |mut cl| {
+                let key = key.clone();
+                async move { cl.get(key, None).await }
+            })
+            .await?;
+        let seen_revision = match seen.kvs().first() {
+            None => 0,
+            Some(kv) => {
+                let other = serde_json::from_slice::<NodeRecord>(kv.value()).map(|r| r.url).unwrap_or_default();
+                if other != self.node.url && kv.lease() != 0 {
+                    return Err(ClusterError::NodeTaken { node: self.node.name.clone(), url: other });
+                }
+                kv.mod_revision()
+            }
+        };
+        let id = c.run(t, |mut cl| async move { cl.lease_grant(ttl, None).await }).await?.id();
         let node = serde_json::to_vec(&self.node).map_err(|cause| ClusterError::Record { key: key.clone(), cause })?;
-        c.run(t, |mut cl| {
-            let (key, node) = (key.clone(), node.clone());
-            async move { cl.put(key, node, Some(PutOptions::new().with_lease(id))).await }
-        })
-        .await?;
+        let claimed = c
+            .run(t, |mut cl| {
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(key.clone(), CompareOp::Equal, seen_revision)])
+                    .and_then([TxnOp::put(key.clone(), node.clone(), Some(PutOptions::new().with_lease(id)))]);
+                async move { cl.txn(txn).await }
+            })
+            .await?;
+        if !claimed.succeeded() {
+            // Written by someone else meanwhile: look again at the next tick (the unused lease just expires).
+            return Err(ClusterError::NodeTaken { node: self.node.name.clone(), url: "another agent".into() });
+        }
         let now = unix_now();
         let current: BTreeMap<String, TaskRecord> = (self.tasks)()
             .await

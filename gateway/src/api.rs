@@ -3,9 +3,9 @@
 //! judged here with the agent's code ([`dcos_exec_access`]), then relayed ([`crate::relay`]). The agent
 //! verifies the token and judges the ACL again: a gateway cannot widen anyone's rights.
 
-use crate::resolve::{self, ResolveError};
-use crate::server::Gateway;
-use dcos_exec_access::acl::{Principal, Target};
+use crate::resolve::{self, target, ResolveError, Row};
+use crate::server::{Gateway, Pending};
+use dcos_exec_access::acl::Principal;
 use dcos_exec_access::audit::DenialRecord;
 use dcos_exec_access::auth::{AuthError, Claims};
 use dcos_exec_access::judge::{self, Denied, Refused};
@@ -62,21 +62,25 @@ pub fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Respo
 }
 
 /// Dispatches one request.
-pub async fn route(gw: Arc<Gateway>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+pub async fn route(gw: Arc<Gateway>, peer: SocketAddr, pending: &Pending, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     if req.method() != http::Method::GET {
         return Refusal::from(ParseError::Method).response();
     }
     if path == "/healthz" {
-        let directory = gw.directory.snapshot().is_ok();
+        let directory = gw.directory.shared_snapshot().is_ok();
         return json_response(StatusCode::OK, &serde_json::json!({"ok": true, "directory": directory}));
     }
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let r = match segs.as_slice() {
-        ["v1", "tasks"] => list(&gw, peer, &req).map(|(s, rows)| stale(json_response(StatusCode::OK, &rows), &s)),
-        ["v1", "nodes"] => nodes(&gw, peer, &req).map(|(s, rows)| stale(json_response(StatusCode::OK, &rows), &s)),
+        ["v1", "tasks"] => {
+            list(&gw, peer, pending, &req).map(|(s, rows)| stale(json_response(StatusCode::OK, &rows), &s))
+        }
+        ["v1", "nodes"] => {
+            nodes(&gw, peer, pending, &req).map(|(s, rows)| stale(json_response(StatusCode::OK, &rows), &s))
+        }
         ["v1", "tasks", task, "exec"] => match request::task_segment(task) {
-            Ok(task) => exec(gw, peer, req, task).await,
+            Ok(task) => exec(gw, peer, pending, req, task).await,
             Err(e) => Err(e.into()),
         },
         _ => Err(ParseError::NoEndpoint(path).into()),
@@ -85,7 +89,7 @@ pub async fn route(gw: Arc<Gateway>, peer: SocketAddr, req: Request<Incoming>) -
 }
 
 /// Marks a response served from a stale snapshot, for the CLI to warn about.
-fn stale(mut resp: Response<Body>, s: &Snapshot) -> Response<Body> {
+fn stale(mut resp: Response<Body>, s: &View) -> Response<Body> {
     if let Some(d) = s.stale_for {
         if let Ok(v) = d.as_secs().to_string().parse() {
             resp.headers_mut().insert(forward::STALE, v);
@@ -109,65 +113,74 @@ impl Gateway {
         });
     }
 
-    fn authenticate(&self, peer: SocketAddr, req: &Request<Incoming>) -> Result<Claims, Refusal> {
+    /// The caller's claims, or the audited refusal. A caller that authenticates no longer counts against
+    /// `max_unauthenticated`.
+    fn authenticate(&self, peer: SocketAddr, pending: &Pending, req: &Request<Incoming>) -> Result<Claims, Refusal> {
         let h = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        self.verifier.verify_header(h).map_err(|e| {
+        let claims = self.verifier.verify_header(h).map_err(|e| {
             let r = Refusal::from(e);
             self.audit_refusal(peer, req.uri().path(), None, None, &r);
             r
-        })
+        })?;
+        pending.authenticated();
+        Ok(claims)
     }
 
     /// The directory snapshot, or `cluster_unavailable` once etcd has been gone longer than `max_stale`.
     /// Serving from a stale one is logged, and the response says so.
-    fn snapshot(&self) -> Result<Snapshot, Refusal> {
-        let s = self.directory.snapshot()?;
-        if let Some(d) = s.stale_for {
+    fn snapshot(&self) -> Result<View, Refusal> {
+        let (snap, stale_for) = self.directory.shared_snapshot()?;
+        if let Some(d) = stale_for {
             tracing::warn!(
                 "serving from a directory snapshot {} old: etcd unreachable (max_stale {})",
                 humantime::format_duration(Duration::from_secs(d.as_secs())),
                 humantime::format_duration(self.cfg.max_stale)
             );
         }
-        Ok(s)
+        Ok(View { snap, stale_for })
     }
 }
 
-/// The directory's tasks of nodes that are registered, each with its node.
-fn tasks(s: &Snapshot) -> Vec<TaskInfo> {
-    let now = dcos_exec_cluster::record::unix_now();
-    s.tasks
-        .iter()
-        .filter(|t| s.nodes.contains_key(&t.node))
-        .map(|t| TaskInfo { node: Some(t.node.clone()), ..t.info_at(now) })
-        .collect()
+/// The directory as one request sees it: the shared snapshot (not copied) and how stale it is.
+pub struct View {
+    snap: Arc<Snapshot>,
+    stale_for: Option<Duration>,
 }
 
-fn target(t: &TaskInfo) -> Target<'_> {
-    Target {
-        task_id: &t.id,
-        container_id: &t.container,
-        name: t.name.as_deref().map(|n| n.trim_start_matches('/')),
-        name_unknown: false,
+impl View {
+    /// The tasks of registered nodes, borrowed.
+    fn rows(&self) -> impl Iterator<Item = Row<'_>> {
+        self.snap.tasks.iter().filter(|t| self.snap.nodes.contains_key(&t.node)).map(Row)
     }
 }
 
 /// `GET /v1/tasks`: the tasks of every node that the ACL lets the caller list.
-fn list(gw: &Gateway, peer: SocketAddr, req: &Request<Incoming>) -> Result<(Snapshot, Vec<TaskInfo>), Refusal> {
-    let claims = gw.authenticate(peer, req)?;
+fn list(
+    gw: &Gateway,
+    peer: SocketAddr,
+    pending: &Pending,
+    req: &Request<Incoming>,
+) -> Result<(View, Vec<TaskInfo>), Refusal> {
+    let claims = gw.authenticate(peer, pending, req)?;
     let s = gw.snapshot()?;
     let who = Principal { user: &claims.sub, groups: &claims.groups };
     let acl = gw.acl.current();
+    let now = dcos_exec_cluster::record::unix_now();
     let mut rows: Vec<TaskInfo> =
-        tasks(&s).into_iter().filter(|t| acl.allows_target(&who, &target(t), "list", None)).collect();
+        s.rows().filter(|r| acl.allows_target(&who, &target(r), "list", None)).map(|r| r.info(now)).collect();
     rows.sort_by(|a, b| (&a.id, &a.node).cmp(&(&b.id, &b.node)));
     Ok((s, rows))
 }
 
 /// `GET /v1/nodes`: every registered node, with the number of its tasks the caller may list; for callers the
 /// ACL grants `list` on some task.
-fn nodes(gw: &Gateway, peer: SocketAddr, req: &Request<Incoming>) -> Result<(Snapshot, Vec<NodeInfo>), Refusal> {
-    let claims = gw.authenticate(peer, req)?;
+fn nodes(
+    gw: &Gateway,
+    peer: SocketAddr,
+    pending: &Pending,
+    req: &Request<Incoming>,
+) -> Result<(View, Vec<NodeInfo>), Refusal> {
+    let claims = gw.authenticate(peer, pending, req)?;
     let who = Principal { user: &claims.sub, groups: &claims.groups };
     let acl = gw.acl.current();
     if !acl.grants_somewhere(&who, "list") {
@@ -177,8 +190,8 @@ fn nodes(gw: &Gateway, peer: SocketAddr, req: &Request<Incoming>) -> Result<(Sna
         return Err(r);
     }
     let s = gw.snapshot()?;
-    let visible = tasks(&s);
     let rows = s
+        .snap
         .nodes
         .values()
         .map(|n| NodeInfo {
@@ -186,10 +199,10 @@ fn nodes(gw: &Gateway, peer: SocketAddr, req: &Request<Incoming>) -> Result<(Sna
             url: n.url.clone(),
             labels: n.labels.clone(),
             state: if s.stale_for.is_some() { "stale" } else { "ready" }.into(),
-            tasks: visible
-                .iter()
-                .filter(|t| t.node.as_deref() == Some(&n.name))
-                .filter(|t| acl.allows_target(&who, &target(t), "list", None))
+            tasks: s
+                .rows()
+                .filter(|r| r.node() == n.name)
+                .filter(|r| acl.allows_target(&who, &target(r), "list", None))
                 .count(),
         })
         .collect();
@@ -200,11 +213,12 @@ fn nodes(gw: &Gateway, peer: SocketAddr, req: &Request<Incoming>) -> Result<(Sna
 async fn exec(
     gw: Arc<Gateway>,
     peer: SocketAddr,
+    pending: &Pending,
     req: Request<Incoming>,
     task: String,
 ) -> Result<Response<Body>, Refusal> {
     let path = req.uri().path().to_string();
-    let claims = gw.authenticate(peer, &req)?;
+    let claims = gw.authenticate(peer, pending, &req)?;
     let audited = |r: Refusal| {
         gw.audit_refusal(peer, &path, Some(&claims.sub), Some(&task), &r);
         r
@@ -218,7 +232,7 @@ async fn exec(
         let t = judge::exec(
             &gw.acl.current(),
             target,
-            |name, v| resolve::resolve(tasks(&s), name, v, debug),
+            |name, v| resolve::resolve(s.rows(), name, v, debug),
             &claims,
             &params,
         )
@@ -226,11 +240,11 @@ async fn exec(
             Refused::Denied(d) => Refusal::from(d),
             Refused::Resolve(e) => Refusal::from(e),
         })?;
-        Ok::<_, Refusal>(t)
+        Ok::<_, Refusal>(t.info(dcos_exec_cluster::record::unix_now()))
     })();
     let t = judged.map_err(audited)?;
     let node = t.node.clone().unwrap_or_default();
-    let Some(url) = s.nodes.get(&node).map(|n| n.url.clone()) else {
+    let Some(url) = s.snap.nodes.get(&node).map(|n| n.url.clone()) else {
         return Err(audited(ResolveError::NotFound(task.clone()).into()));
     };
     let session = crate::relay::Session { user: claims.sub.clone(), source: peer, task: task.clone(), url };

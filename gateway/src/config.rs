@@ -51,6 +51,10 @@ pub struct GatewayConfig {
     /// How long connecting to an agent (TCP and TLS) may take before it counts as unreachable.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: String,
+    /// Connections accepted but not yet past authentication (TLS handshake, first request); more are closed at
+    /// once, so that idle or slow clients cannot take every socket of the cluster's one entrance.
+    #[serde(default = "default_max_unauthenticated")]
+    pub max_unauthenticated: usize,
     /// Key prefix of the directory in etcd.
     #[serde(default = "default_prefix")]
     pub etcd_prefix: String,
@@ -66,6 +70,9 @@ fn default_audience() -> String {
 }
 fn default_max_stale() -> String {
     "30s".into()
+}
+fn default_max_unauthenticated() -> usize {
+    256
 }
 fn default_connect_timeout() -> String {
     "3s".into()

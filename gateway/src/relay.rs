@@ -264,3 +264,47 @@ fn pass(from: &HeaderMap, to: &mut HeaderMap, names: &[&str]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn splice_copies_both_ways_passes_half_closes_and_counts() {
+        let (user_side, mut user) = tokio::io::duplex(16);
+        let (agent_side, mut agent) = tokio::io::duplex(16);
+        let relay = tokio::spawn(splice(user_side, agent_side));
+        // More than the pipes hold: back-pressure, not buffering, carries it through.
+        let big = vec![7u8; 100_000];
+        let send = big.clone();
+        let writer = tokio::spawn(async move {
+            user.write_all(&send).await.unwrap();
+            user.shutdown().await.unwrap();
+            user
+        });
+        let mut got = Vec::new();
+        agent.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, big, "the user's bytes and then their end of stream");
+        let mut user = writer.await.unwrap();
+        agent.write_all(b"status").await.unwrap();
+        agent.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        user.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"status");
+        assert_eq!(relay.await.unwrap(), (100_000, 6));
+    }
+
+    #[tokio::test]
+    async fn a_vanished_side_ends_the_relay() {
+        let (user_side, user) = tokio::io::duplex(16);
+        let (agent_side, mut agent) = tokio::io::duplex(16);
+        let relay = tokio::spawn(splice(user_side, agent_side));
+        drop(user);
+        // The agent sees the end of the user's stream and the relay ends once the agent's side closes too.
+        let mut rest = Vec::new();
+        agent.read_to_end(&mut rest).await.unwrap();
+        drop(agent);
+        assert_eq!(tokio::time::timeout(Duration::from_secs(5), relay).await.unwrap().unwrap(), (0, 0));
+    }
+}

@@ -25,7 +25,19 @@ pub struct Gateway {
     pub audit: AuditLog,
     pub directory: Arc<Directory>,
     pub relay: Relay,
+    /// One permit per connection not yet past authentication (`max_unauthenticated`).
+    pub unauthenticated: Arc<tokio::sync::Semaphore>,
     tls: Arc<rustls::ServerConfig>,
+}
+
+/// A connection's permit among those not yet authenticated, given up on its first authenticated request.
+#[derive(Default)]
+pub struct Pending(std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>);
+
+impl Pending {
+    pub fn authenticated(&self) {
+        drop(self.0.lock().unwrap_or_else(|p| p.into_inner()).take());
+    }
 }
 
 impl Gateway {
@@ -47,7 +59,8 @@ impl Gateway {
         let relay = Relay::new(&cfg)?;
         let tls = Arc::new(tls_config(&cfg)?);
         let directory = Directory::spawn(f.etcd.clone(), &f.etcd_prefix, cfg.max_stale);
-        Ok(Arc::new(Gateway { cfg, verifier, acl, _etcd_acl: etcd_acl, audit, directory, relay, tls }))
+        let unauthenticated = Arc::new(tokio::sync::Semaphore::new(cfg.file.max_unauthenticated));
+        Ok(Arc::new(Gateway { cfg, verifier, acl, _etcd_acl: etcd_acl, audit, directory, relay, unauthenticated, tls }))
     }
 }
 
@@ -98,8 +111,15 @@ pub async fn serve(gw: Arc<Gateway>) -> Result<()> {
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break }
             _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break }
         };
+        // Over the cap, the connection is closed before the TLS handshake costs anything.
+        let Ok(permit) = gw.unauthenticated.clone().try_acquire_owned() else {
+            tracing::debug!("closing a connection from {peer}: max_unauthenticated connections are pending");
+            drop(tcp);
+            continue;
+        };
         tune_socket(&tcp);
-        tokio::spawn(connection(gw.clone(), acceptor.clone(), tcp, peer));
+        let pending = Pending(std::sync::Mutex::new(Some(permit)));
+        tokio::spawn(connection(gw.clone(), acceptor.clone(), tcp, peer, pending));
     }
     Ok(())
 }
@@ -109,15 +129,17 @@ async fn connection(
     acceptor: tokio_rustls::TlsAcceptor,
     tcp: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
+    pending: Pending,
 ) {
     let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => return tracing::debug!("TLS handshake with {peer}: {e}"),
         Err(_) => return tracing::debug!("TLS handshake with {peer} timed out"),
     };
+    let pending = Arc::new(pending);
     let svc = hyper::service::service_fn(move |req| {
-        let gw = gw.clone();
-        async move { Ok::<_, std::convert::Infallible>(crate::api::route(gw, peer, req).await) }
+        let (gw, pending) = (gw.clone(), pending.clone());
+        async move { Ok::<_, std::convert::Infallible>(crate::api::route(gw, peer, &pending, req).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())

@@ -77,9 +77,14 @@ fn etcd_fixture_serves_over_mutual_tls_and_survives_its_leader() {
     if skip() {
         return;
     }
-    let mut etcd = Cluster::start(&test_dir("etcd-fixture"));
+    // 127.0.0.2 stands for the host side of a veth pair: loopback answers on all of 127/8.
+    let extra: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let opts = support::etcd::Options { extra_client_ips: vec![extra], ..Default::default() };
+    let mut etcd = Cluster::start_with(&test_dir("etcd-fixture"), &opts);
     etcd.put("/t/k", "v1");
     assert_eq!(etcd.get("/t/k").as_deref(), Some("v1"));
+    let o = etcd.etcdctl_at(&etcd.endpoints_on(extra).join(","), &["get", "--print-value-only", "/t/k"]);
+    assert_eq!(support::stdout(&o).trim(), "v1", "{}", stderr(&o));
     // Without a client certificate etcd refuses.
     let eps = etcd.endpoints().join(",");
     let o = run(std::process::Command::new("etcdctl")
@@ -184,6 +189,56 @@ fn a_killed_agent_leaves_when_its_lease_expires_and_a_restarted_one_registers_ag
 }
 
 #[test]
+fn an_agent_whose_lease_expired_while_it_hung_registers_everything_again() {
+    if skip() {
+        return;
+    }
+    let root = test_dir("regrant");
+    let mut etcd = Cluster::start(&root.join("etcd"));
+    let p = prefix();
+    let node = format!("node-{p}-g");
+    let c = task_container(&root, &format!("{p}-rg-1"), &format!("job-{p}-1"));
+    let agent = Agent::start_with(&root.join("agent"), &cluster_section(&etcd, &node, "lease_ttl = \"3s\""));
+    wait_registered(&mut etcd, &node, &c.id, &format!("job-{p}-1"), &agent);
+    // Hung (SIGSTOP) for longer than the TTL while etcd is fine: the lease expires and the records go.
+    // SAFETY: kill on our own child.
+    unsafe { libc::kill(agent.pid(), libc::SIGSTOP) };
+    let gone = eventually(30, || node_record(&mut etcd, &node).is_none() && tasks_of(&mut etcd, &node).is_empty());
+    // SAFETY: as above.
+    unsafe { libc::kill(agent.pid(), libc::SIGCONT) };
+    assert!(gone, "the records outlived the lease");
+    // Woken up, it learns that its lease is gone, takes a new one and writes everything again.
+    wait_registered(&mut etcd, &node, &c.id, &format!("job-{p}-1"), &agent);
+    assert!(eventually(30, || node_record(&mut etcd, &node).is_some()));
+    assert!(log_of(&agent).contains("registering again"), "{}", log_of(&agent));
+}
+
+#[test]
+fn a_second_agent_with_the_same_node_name_waits_instead_of_taking_over() {
+    if skip() {
+        return;
+    }
+    let root = test_dir("twin");
+    let mut etcd = Cluster::start(&root.join("etcd"));
+    let p = prefix();
+    let node = format!("node-{p}-h");
+    let c = task_container(&root, &format!("{p}-tw-1"), &format!("twin-{p}-1"));
+    let section = cluster_section(&etcd, &node, "lease_ttl = \"3s\"");
+    let mut first = Agent::start_with(&root.join("first"), &section);
+    wait_registered(&mut etcd, &node, &c.id, &format!("twin-{p}-1"), &first);
+    let second = Agent::start_with(&root.join("second"), &section);
+    let refused = eventually(30, || log_of(&second).contains("registered by another agent"));
+    assert!(refused, "{}", log_of(&second));
+    assert_eq!(node_record(&mut etcd, &node).unwrap()["url"], first.url.as_str(), "the second agent took over");
+    // Once the first is gone and its lease has run out, the name is free.
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let taken = eventually(30, || node_record(&mut etcd, &node).is_some_and(|n| n["url"] == second.url.as_str()));
+    assert!(taken, "{}", log_of(&second));
+    wait_registered(&mut etcd, &node, &c.id, &format!("twin-{p}-1"), &second);
+}
+
+#[test]
 fn a_restarted_agent_removes_tasks_that_stopped_while_it_was_down() {
     if skip() {
         return;
@@ -192,8 +247,10 @@ fn a_restarted_agent_removes_tasks_that_stopped_while_it_was_down() {
     let mut etcd = Cluster::start(&root.join("etcd"));
     let p = prefix();
     let node = format!("node-{p}-c");
-    // A lease far longer than the test: only the restarted agent can remove the stale record.
-    let section = cluster_section(&etcd, &node, "lease_ttl = \"600s\"");
+    // A lease far longer than the test: only the restarted agent can remove the stale record. The URL stays
+    // the same across the restart (the test agent listens on a new port each time): that is how the agent
+    // knows the record under its name is its own.
+    let section = cluster_section(&etcd, &node, "lease_ttl = \"600s\"\nurl = \"https://agent-c.test:7443\"");
     let stays = task_container(&root, &format!("{p}-rs-1"), &format!("app-{p}-1"));
     let goes = task_container(&root, &format!("{p}-rs-2"), &format!("app-{p}-2"));
     let mut agent = Agent::start_with(&root.join("agent"), &section);
@@ -465,15 +522,62 @@ fn the_directory_reads_records_written_by_hand_and_ignores_foreign_and_broken_on
 
     // The member the directory watches hangs (its connections stay open, nothing answers): the silent watch
     // is replaced through another member, and the changes made meanwhile are there.
-    let first = etcd.members[0].client_url.clone();
-    etcd.freeze(0, true);
-    let others = format!("{},{}", etcd.members[1].client_url, etcd.members[2].client_url);
+    let first = d.endpoint().expect("the member the directory reads");
+    let hung = etcd.members.iter().position(|m| m.client_url == first).expect("one of the members");
+    etcd.freeze(hung, true);
+    let others: Vec<String> =
+        etcd.members.iter().filter(|m| m.client_url != first).map(|m| m.client_url.clone()).collect();
+    let others = others.join(",");
     let c3 = r#"{"id":"t3","container":"c3","runtime":"runc","state":"running","pid":1,"age_secs":0,"node":"h1"}"#;
     // When the hung member was the leader, a write waits for the election: try again until it goes through.
     let key = format!("{PREFIX}/tasks/h1/c3");
     let written = eventually(30, || etcd.etcdctl_at(&others, &["put", "--", &key, c3]).status.success());
     assert!(written, "no write through the other members:\n{}", etcd.logs());
     let seen = eventually(30, || d.snapshot().is_ok_and(|s| s.tasks.iter().any(|t| t.task.container == "c3")));
-    etcd.freeze(0, false);
+    etcd.freeze(hung, false);
     assert!(seen, "the directory stayed on the hung member {first}: {:?}", d.snapshot());
+    assert_ne!(d.endpoint().as_deref(), Some(first.as_str()), "it reads from another member now");
+    etcd.wait_healthy(30);
+
+    // A member that lost the majority still answers, but must not pass for current: the directory says it
+    // is stale until the majority is back.
+    assert!(eventually(20, || d.snapshot().is_ok_and(|s| s.stale_for.is_none())));
+    let reading = d.endpoint().expect("the member the directory reads");
+    let others: Vec<usize> = (0..3).filter(|i| etcd.members[*i].client_url != reading).collect();
+    for &i in &others {
+        etcd.kill(i);
+    }
+    let stale = eventually(30, || d.snapshot().is_ok_and(|s| s.stale_for.is_some()));
+    assert!(stale, "a member without a leader served as current: {:?}", d.snapshot());
+    for &i in &others {
+        etcd.restart(i);
+    }
+    etcd.wait_healthy(60);
+    assert!(eventually(30, || d.snapshot().is_ok_and(|s| s.stale_for.is_none())), "{:?}", d.snapshot());
+}
+
+#[test]
+fn an_agent_whose_etcd_is_down_still_serves_and_registers_once_etcd_is_up() {
+    if skip() {
+        return;
+    }
+    let root = test_dir("etcddown");
+    let mut etcd = Cluster::start(&root.join("etcd"));
+    for i in 0..3 {
+        etcd.stop(i);
+    }
+    let p = prefix();
+    let node = format!("node-{p}-i");
+    let c = task_container(&root, &format!("{p}-ed-1"), &format!("web-{p}-ed"));
+    let agent = Agent::start_with(&root.join("agent"), &cluster_section(&etcd, &node, ""));
+    // The cluster is the agent's second job: exec works without etcd.
+    let o = agent.sh(&format!("web-{p}-ed"), "echo alone");
+    assert_eq!(support::stdout(&o), "alone\n", "{}", stderr(&o));
+    assert!(eventually(30, || log_of(&agent).contains("lost etcd")), "{}", log_of(&agent));
+    for i in 0..3 {
+        etcd.restart(i);
+    }
+    etcd.wait_healthy(60);
+    wait_registered(&mut etcd, &node, &c.id, &format!("web-{p}-ed"), &agent);
+    assert!(log_of(&agent).contains("etcd is back"), "{}", log_of(&agent));
 }

@@ -157,11 +157,12 @@ struct Net {
 struct NetOptions {
     max_stale: &'static str,
     lease_ttl: &'static str,
+    max_unauthenticated: usize,
 }
 
 impl Default for NetOptions {
     fn default() -> Self {
-        NetOptions { max_stale: "30s", lease_ttl: "10s" }
+        NetOptions { max_stale: "30s", lease_ttl: "10s", max_unauthenticated: 256 }
     }
 }
 
@@ -235,9 +236,10 @@ impl Net {
         }
         let g = setup.join("gateway");
         let text = std::fs::read_to_string(g.join("gateway.toml")).unwrap();
-        let text = text
-            .replace("listen = \"0.0.0.0:", "listen = \"127.0.0.1:")
-            .replace("max_stale = \"30s\"", &format!("max_stale = \"{}\"", o.max_stale));
+        let text = text.replace("listen = \"0.0.0.0:", "listen = \"127.0.0.1:").replace(
+            "max_stale = \"30s\"",
+            &format!("max_stale = \"{}\"\nmax_unauthenticated = {}", o.max_stale, o.max_unauthenticated),
+        );
         let text = replace_table(&text, "[etcd]", &etcd.config_toml());
         std::fs::write(g.join("gateway.toml"), text).unwrap();
         std::fs::write(g.join("acl.toml"), gateway_acl()).unwrap();
@@ -613,6 +615,33 @@ fn forged_forwarding_headers_and_foreign_client_certificates_are_refused_by_agen
     let rec = n.audit().into_iter().rev().find(|r| r["event"] == "denied" && r["code"] == "task_not_found").unwrap();
     assert_eq!(rec["source"], "203.0.113.66:4444", "{rec}");
     assert!(rec["via"].as_str().is_some_and(|v| v.starts_with("127.0.0.1:")), "{rec}");
+
+    // Forwarding headers a user sends to the gateway are not passed on: the gateway writes its own, so the
+    // agent audits the user's real address and execs into the container the gateway resolved.
+    let marker = "echo-through-gateway-with-forged-headers";
+    let request = {
+        use base64::Engine;
+        let json = format!(r#"{{"command":["sh","-c","echo {marker}"]}}"#);
+        format!("x-dcos-exec-request: {}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json))
+    };
+    let other = format!("x-dcos-exec-container: {}-gw-amb2", prefix());
+    let mut args = vec!["-H", bearer.as_str(), "-H", request.as_str(), "-H", forged, "-H", other.as_str()];
+    args.extend(upgrade);
+    let _ = run(Command::new("curl")
+        .args(["-sS", "--max-time", "3", "-o", "/dev/null", "--cacert"])
+        .arg(w.net.setup().join("pki/cluster-ca.crt"))
+        .args(&args)
+        .arg(format!("https://127.0.0.1:{}{exec_path}", w.net.gateway_port)));
+    let found = || {
+        n.audit()
+            .into_iter()
+            .find(|r| r["event"] == "session_end" && r["command"][2].as_str().is_some_and(|c| c.contains(marker)))
+    };
+    assert!(eventually(10, || found().is_some()), "the session through the gateway did not run");
+    let rec = found().unwrap();
+    assert_eq!(rec["container"], format!("{}-gw-db", prefix()), "{rec}");
+    assert!(rec["source"].as_str().is_some_and(|s| s.starts_with("127.0.0.1:")), "{rec}");
+    assert!(rec["via"].as_str().is_some_and(|s| s.starts_with("127.0.0.1:")), "{rec}");
 }
 
 #[test]
@@ -622,7 +651,7 @@ fn failures_dead_agent_replaced_task_and_etcd_gone_each_have_their_error() {
     }
     let p = prefix();
     let dir = std::env::temp_dir().join(format!("{p}-gw-fail"));
-    let mut net = Net::start(&dir, &NetOptions { max_stale: "12s", lease_ttl: "60s" });
+    let mut net = Net::start(&dir, &NetOptions { max_stale: "20s", lease_ttl: "60s", max_unauthenticated: 4 });
     let bundles = dir.join("bundles");
     std::fs::create_dir_all(&bundles).unwrap();
     let a = net.node("node-a").state_root.clone();
@@ -632,6 +661,21 @@ fn failures_dead_agent_replaced_task_and_etcd_gone_each_have_their_error() {
     let _lost = Task::start(&bundles, &b, &format!("{p}-lost"), &lost);
     net.wait_listed("node-a", &moving, &format!("{p}-mv1"));
     net.wait_listed("node-b", &lost, &format!("{p}-lost"));
+
+    // Clients that never authenticate cannot fill the cluster's one entrance: past max_unauthenticated (4
+    // here) a new connection is closed at once, and the slots come back when those clients go.
+    let gw = ("127.0.0.1", net.gateway_port);
+    let idle: Vec<std::net::TcpStream> = (0..4).map(|_| std::net::TcpStream::connect(gw).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut extra = std::net::TcpStream::connect(gw).unwrap();
+    extra.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let read = std::io::Read::read(&mut extra, &mut [0u8; 16]);
+    assert!(
+        matches!(&read, Ok(0)) || read.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "a connection over max_unauthenticated was kept open: {read:?}"
+    );
+    drop(idle);
+    assert!(eventually(10, || run(net.dcos().args(["task", "list"])).status.success()), "slots never came back");
 
     // A task replaced between lookup and connect: with etcd frozen the gateway still holds the old container;
     // the agent execs into exactly that one or refuses, and the user is told the task moved.
@@ -667,7 +711,8 @@ fn failures_dead_agent_replaced_task_and_etcd_gone_each_have_their_error() {
     let err = stderr(&o);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("node-b") && err.contains("unreachable"), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    // Refused at once, not after the lease (60 s) would have expired.
+    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
     // Tasks of the live node still work.
     let o = run(net.dcos().args(["task", "exec", &moving, "true"]));
     assert_eq!(code(&o), 0, "{}", stderr(&o));
@@ -682,7 +727,7 @@ fn failures_dead_agent_replaced_task_and_etcd_gone_each_have_their_error() {
         let o = run(net.dcos().args(["task", "list"]));
         code(&o) == exit::CLUSTER_UNAVAILABLE
     };
-    assert!(eventually(30, unavailable), "never cluster_unavailable:\n{}", net.gateway_log());
+    assert!(eventually(60, unavailable), "never cluster_unavailable:\n{}", net.gateway_log());
     let o = run(net.dcos().args(["task", "exec", &moving, "true"]));
     assert_eq!(code(&o), exit::CLUSTER_UNAVAILABLE, "{}", stderr(&o));
     let err = stderr(&o);

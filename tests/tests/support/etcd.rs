@@ -97,7 +97,9 @@ fn write_pair(dir: &Path, name: &str, cert: &rcgen::Certificate, key: &KeyPair) 
 
 impl Cluster {
     /// Three members on 127.0.0.1, their data and certificates under `dir` (emptied first); returns once
-    /// every member is healthy and there is a leader.
+    /// every member is healthy and there is a leader. The members get `PR_SET_PDEATHSIG`: they die with the
+    /// thread that started them, so a cluster kept in a static must be started from a thread that lives as
+    /// long as the process (as `support::world` does for its agent).
     pub fn start(dir: &Path) -> Cluster {
         Cluster::start_with(dir, &Options::default())
     }
