@@ -25,11 +25,7 @@ fn test_dir(name: &str) -> PathBuf {
 
 /// `[cluster]` of an agent named `node` in `etcd`, and `extra` keys of the table.
 fn cluster_section(etcd: &Cluster, node: &str, extra: &str) -> String {
-    format!(
-        "[cluster]\nnode = \"{node}\"\n{extra}\nlabels = {{ test = \"{}\" }}\n[cluster.etcd]\n{}",
-        prefix(),
-        etcd.config_toml()
-    )
+    etcd.agent_section(node, &format!("{extra}\nlabels = {{ test = \"{}\" }}", prefix()))
 }
 
 /// A container with the task id annotation, under `root`.

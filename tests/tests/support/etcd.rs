@@ -257,6 +257,13 @@ impl Cluster {
         )
     }
 
+    /// The `[cluster]` section of an agent named `node` registering in this etcd, with the test client
+    /// certificate, for `support::Agent::start_with`; `extra` adds keys of the table (`lease_ttl = "3s"`,
+    /// `url = "..."`, `labels = {...}`). Put `acl = "etcd"` before it to take the ACL from etcd.
+    pub fn agent_section(&self, node: &str, extra: &str) -> String {
+        format!("[cluster]\nnode = \"{node}\"\n{extra}\n[cluster.etcd]\n{}", self.config_toml())
+    }
+
     /// Issues another client certificate of this cluster's CA: (certificate, key) under the cluster's `pki/`.
     pub fn issue_client(&self, name: &str) -> (PathBuf, PathBuf) {
         let key = KeyPair::generate().unwrap();
