@@ -129,7 +129,8 @@ mkdir -p "$C/gateway"
 printf '%s\n' "listen = \"127.0.0.1:$gport\"" "tls_cert = \"$pki/gateway.crt\"" "tls_key = \"$pki/gateway.key\"" \
   "cluster_ca = \"$pki/ca.crt\"" "client_cert = \"$pki/gateway-client.crt\"" "client_key = \"$pki/gateway-client.key\"" \
   "token_public_key = \"$C/agent/token-signing.pub\"" "acl = \"$C/agent/acl.toml\"" \
-  "audit_log = \"$C/gateway/audit.log\"" "" "[etcd]" "$eps_toml" > "$C/gateway/gateway.toml"
+  "audit_log = \"$C/gateway/audit.log\"" "max_unauthenticated = 5000" "" "[etcd]" "$eps_toml" \
+  > "$C/gateway/gateway.toml"
 "$BIN/dcos-exec-gateway" run --config "$C/gateway/gateway.toml" 2>"$C/gateway.log" &
 gw_pid=$!
 wait_port "$gport" || { fail cluster "the gateway did not listen: $(tail -3 "$C/gateway.log")"; exit 0; }
