@@ -150,7 +150,7 @@ log "7a. the gateway hop: exec round trip direct and through the gateway"
 
 log "7b. stdout throughput direct and through the gateway (2 GiB, dd bs=1M)"
 dd="dd if=/dev/zero bs=1M count=2048 status=none"
-"${HF[@]}" --warmup 0 --runs 3 --export-json "$R/gwtput.json" "${DIRECT[*]} task exec $id $dd" "${VIA[*]} task exec $id $dd" \
+hyperfine -N --style none --runs 3 --export-json "$R/gwtput.json" "${DIRECT[*]} task exec $id $dd" "${VIA[*]} task exec $id $dd" \
   >/dev/null 2>&1 || fail gwtput "hyperfine failed"
 
 log "7c. 1000 concurrent sessions through one gateway"
