@@ -141,7 +141,8 @@ async fn main() {
     let registered_at = loop {
         let registered = registrars.iter().filter(|r| matches!(r.status(), Status::Registered { .. })).count();
         let seen = directory.shared_snapshot().map(|(s, _)| (s.nodes.len(), s.tasks.len())).unwrap_or((0, 0));
-        if registered == a.nodes && seen == (a.nodes, want) {
+        // At least: other agents (a real one in the bench) may share the prefix.
+        if registered == a.nodes && seen.0 >= a.nodes && seen.1 >= want {
             break t0.elapsed();
         }
         if last_log.elapsed() > Duration::from_secs(5) {
@@ -162,7 +163,7 @@ async fn main() {
     let t1 = Instant::now();
     let cold = Directory::spawn(etcd.clone(), &a.prefix, Duration::from_secs(30));
     let cold_load = loop {
-        if cold.shared_snapshot().is_ok_and(|(s, _)| s.tasks.len() == want) {
+        if cold.shared_snapshot().is_ok_and(|(s, _)| s.tasks.len() >= want) {
             break t1.elapsed();
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -192,7 +193,7 @@ async fn main() {
             let t = Instant::now();
             let copied = directory.snapshot().map(|s| s.tasks.len()).unwrap_or(0);
             full_copy.push(t.elapsed().as_secs_f64() * 1e3);
-            assert_eq!(copied, want);
+            assert!(copied >= want);
             // What the gateway does per session today: a copy of the snapshot, every record made a TaskInfo
             // with its node, then the agent's name rules over all of them.
             let t = Instant::now();
