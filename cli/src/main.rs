@@ -225,10 +225,8 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
         Top::Completion { .. } | Top::Man { .. } | Top::Auth(_) => Ok(0),
         Top::Task(TaskCmd::List(a)) => {
             let tasks = warn_if_stale(&agent, agent.tasks().await)?;
-            let tasks: Vec<TaskInfo> = tasks
-                .into_iter()
-                .filter(|t| (a.all || t.state != "stopped") && matches(t, &a))
-                .collect();
+            let tasks: Vec<TaskInfo> =
+                tasks.into_iter().filter(|t| (a.all || t.state != "stopped") && matches(t, &a)).collect();
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&tasks).unwrap_or_default());
             } else if a.quiet {

@@ -145,11 +145,10 @@ pub fn member_failed(e: &ClusterError) -> bool {
                 | Code::Aborted
                 | Code::ResourceExhausted
         ),
+        // A lease that is not found is not found on any member.
+        ClusterError::Etcd(etcd_client::Error::LeaseKeepAliveError(m)) => !m.contains("not found"),
         ClusterError::Etcd(
-            etcd_client::Error::TransportError(_)
-            | etcd_client::Error::IoError(_)
-            | etcd_client::Error::WatchError(_)
-            | etcd_client::Error::LeaseKeepAliveError(_),
+            etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) | etcd_client::Error::WatchError(_),
         ) => true,
         _ => false,
     }

@@ -26,6 +26,9 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 pub const SILENT: Duration = Duration::from_secs(3);
 /// Deadline of the initial `get`.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Keys per page of the initial read: records are a few hundred bytes, so a page stays far below gRPC's 4 MiB
+/// message limit.
+const PAGE: i64 = 2000;
 /// Retry pace while etcd cannot be reached.
 const RETRY: Duration = Duration::from_millis(500);
 
@@ -328,15 +331,39 @@ async fn watch_loop(dir: std::sync::Weak<Directory>, etcd: EtcdConfig) {
 /// One `get` and the watch after it; returns when the watch breaks (Err) or the directory is dropped (Ok).
 async fn list_and_watch(d: &Arc<Directory>, c: &mut Failover, was_down: &mut bool) -> Result<(), ClusterError> {
     let root = d.layout.root();
-    let resp = c
-        .run(REQUEST_TIMEOUT, |mut cl| {
-            let root = root.clone();
-            async move { cl.get(root, Some(GetOptions::new().with_prefix())).await }
-        })
-        .await?;
-    let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-    let state =
-        State::load(&d.layout, revision, resp.kvs().iter().map(|kv| Change::Put { key: kv.key(), value: kv.value() }));
+    // The whole prefix in pages, all at the revision of the first: one response for a large cluster would
+    // exceed gRPC's 4 MiB message limit (1000 nodes of 100 tasks are about 40 MB) and never load.
+    let end = crate::keys::range_end(root.as_bytes());
+    let mut from = root.clone().into_bytes();
+    let mut revision = 0;
+    let mut state: Option<State> = None;
+    loop {
+        let resp = c
+            .run(REQUEST_TIMEOUT, |mut cl| {
+                let (from, end) = (from.clone(), end.clone());
+                let mut o = GetOptions::new().with_range(end).with_limit(PAGE);
+                if revision > 0 {
+                    o = o.with_revision(revision);
+                }
+                async move { cl.get(from, Some(o)).await }
+            })
+            .await?;
+        if revision == 0 {
+            revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        }
+        let st = state.get_or_insert_with(|| State::load(&d.layout, revision, std::iter::empty()));
+        for kv in resp.kvs() {
+            st.apply(&d.layout, Change::Put { key: kv.key(), value: kv.value() });
+        }
+        match resp.kvs().last() {
+            Some(last) if resp.more() => {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => break,
+        }
+    }
+    let state = state.unwrap_or_else(|| State::load(&d.layout, revision, std::iter::empty()));
     let (nodes, tasks) = (state.nodes.len(), state.tasks.len());
     d.replace(state);
     d.shared().endpoint = Some(c.endpoint().to_string());

@@ -459,6 +459,12 @@ async fn keep_alive(
                 failing = false;
                 tokio::time::sleep(every).await;
             }
+            // The lease expired while etcd was out of reach (a partition longer than the TTL): every member
+            // answers the same, so the lease is gone, not the member; the caller grants a new one.
+            Err(e) if lease_gone(&e) => {
+                let _ = expired.send(Some(format!("lease {id:x} expired: {e}")));
+                return;
+            }
             Err(e) => {
                 if !failing {
                     tracing::warn!(%node, endpoint = members.endpoint(), "lease keep-alive: {e}; retrying");
@@ -471,5 +477,14 @@ async fn keep_alive(
                 tokio::time::sleep(RETRY.min(every)).await;
             }
         }
+    }
+}
+
+/// True when etcd says the lease does not exist (any more).
+fn lease_gone(e: &ClusterError) -> bool {
+    match e {
+        ClusterError::Etcd(etcd_client::Error::LeaseKeepAliveError(m)) => m.contains("not found"),
+        ClusterError::Etcd(etcd_client::Error::GRpcStatus(s)) => s.code() == tonic::Code::NotFound,
+        _ => false,
     }
 }

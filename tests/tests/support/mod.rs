@@ -6,6 +6,7 @@
 pub mod crun;
 pub mod dockerd;
 pub mod etcd;
+pub mod hosts;
 pub mod oidc;
 
 use std::io::{Read, Write};
