@@ -257,7 +257,7 @@ mod tests {
             self.0
         }
         fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
+            usize::try_from(self.next() % n as u64).unwrap()
         }
         /// A word of 1 to `max` letters of `alphabet`.
         fn word(&mut self, alphabet: &[u8], max: usize) -> String {

@@ -61,6 +61,9 @@ fn target(t: &TaskRecord) -> Target<'_> {
     }
 }
 
+/// The query of a kind for task `j` of node `n`.
+type Query = fn(usize, usize) -> String;
+
 fn percentile(xs: &mut [f64], p: f64) -> f64 {
     xs.sort_by(f64::total_cmp);
     // The index of a percentile of at most a few thousand samples fits.
@@ -100,7 +103,8 @@ fn main() {
     for n in 0..nodes {
         let name = format!("node-{n:04}");
         let url = format!("https://10.0.{}.{}:7443", n / 256, n % 256);
-        let record = NodeRecord { name: name.clone(), url, labels: Default::default(), version: "0".into(), started_at: 0 };
+        let record =
+            NodeRecord { name: name.clone(), url, labels: Default::default(), version: "0".into(), started_at: 0 };
         snap.nodes.insert(name.clone(), record);
         for j in 0..tasks {
             let id = format!("app-{:03}.instance-{n:04}-{j:03}", j % 50);
@@ -150,7 +154,7 @@ fn main() {
         matches!(names::pick(&visible, q), Pick::One(_))
     };
 
-    let kinds: [(&str, fn(usize, usize) -> String); 6] = [
+    let kinds: [(&str, Query); 6] = [
         ("task_id", |n, j| format!("app-{:03}.instance-{n:04}-{j:03}", j % 50)),
         ("name", |n, j| format!("web-{n}-{}", j - j % 2)),
         ("container_prefix", |_, _| String::new()),
