@@ -434,6 +434,10 @@ if sim:
     if ab:
         w(f"| Lookup of one task the way the gateway resolves a session (copy of the snapshot, TaskInfo rows, the agent's name rules), median / p99 | "
           f"{ab['median']:.1f} ms / {ab['p99']:.1f} ms |")
+    ix = sim.get("lookup_indexed_ms")
+    if ix:
+        w(f"| Lookup of one task through the snapshot's index (exact id and prefix), median / p99 | "
+          f"{ix['median']:.3f} ms / {ix['p99']:.2f} ms |")
     w(f"| Gateway RSS: idle / with 100 000 tasks / peak | {kib('gw_idle_rss_kib')} / {kib('gw_loaded_rss_kib')} / {kib('gw_hwm_kib')} |")
     la, ln = hf("list_all.json"), hf("list_node.json")
     if la:
@@ -445,7 +449,12 @@ if sim:
         w(f"| Exec round trip with 100 000 tasks in the directory: straight / through the gateway, medians | "
           f"{d2[0]*1e3:.2f} ms / {g2[0]*1e3:.2f} ms (hop {(g2[0]-d2[0])*1e3:.2f} ms) |")
     w("")
-    if ab:
+    if ix:
+        v = verdict(ix["median"] <= 1.0, f"lookup of one task at the gateway among 100 000 ≤ 1 ms ({ix['median']:.3f} ms, indexed)")
+        w(f"Goal: lookup of one task at the gateway ≤ 1 ms: {ix['median']:.3f} ms median through the snapshot's index, {v} "
+          f"(the index is built once per snapshot; see docs/cluster.md).")
+        w("")
+    elif ab:
         look = min(ab["median"], (g2[0] - d2[0]) * 1e3 if d2 and g2 else 1e9)
         v = verdict(ab["median"] <= 1.0, f"lookup of one task at the gateway among 100 000 ≤ 1 ms ({ab['median']:.1f} ms as resolved today)")
         w(f"Goal: lookup of one task at the gateway ≤ 1 ms: {ab['median']:.1f} ms as the gateway resolves a session "

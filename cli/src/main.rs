@@ -224,7 +224,11 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
         // Handled in main.
         Top::Completion { .. } | Top::Man { .. } | Top::Auth(_) => Ok(0),
         Top::Task(TaskCmd::List(a)) => {
-            let tasks = warn_if_stale(&agent, agent.tasks().await)?;
+            let listed = match &a.node {
+                Some(n) => agent.tasks_of(n).await,
+                None => agent.tasks().await,
+            };
+            let tasks = warn_if_stale(&agent, listed)?;
             let tasks: Vec<TaskInfo> =
                 tasks.into_iter().filter(|t| (a.all || t.state != "stopped") && matches(t, &a)).collect();
             if a.json {

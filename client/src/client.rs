@@ -119,6 +119,12 @@ impl Client {
         self.get_json("/v1/tasks").await
     }
 
+    /// The tasks of one node (`GET /v1/tasks?node=NAME`): a gateway answers with that node's tasks only; an
+    /// agent, or a gateway that predates the parameter, with all of them (callers filter again).
+    pub async fn tasks_of(&self, node: &str) -> Result<Vec<TaskInfo>, Error> {
+        self.get_json(&format!("/v1/tasks?node={}", encode_segment(node))).await
+    }
+
     /// The nodes of a cluster (`GET /v1/nodes`, served by gateways).
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, Error> {
         self.get_json("/v1/nodes").await

@@ -14,9 +14,10 @@ use crate::connect::{member_failed, Failover};
 use crate::error::{ClusterError, DirectoryError};
 use crate::keys::{Key, Layout};
 use crate::record::{NodeRecord, TaskRecord};
+use dcos_exec_access::names;
 use etcd_client::{EventType, GetOptions, WatchOptions};
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 
@@ -43,6 +44,40 @@ pub struct Snapshot {
     pub revision: i64,
     /// None while the directory is current; how long it has not been, while etcd is unreachable.
     pub stale_for: Option<Duration>,
+}
+
+impl Snapshot {
+    /// The tasks of `node` (the tasks are ordered by node): a binary search, not a scan.
+    pub fn tasks_of(&self, node: &str) -> &[TaskRecord] {
+        let start = self.tasks.partition_point(|t| t.node.as_str() < node);
+        let end = start + self.tasks[start..].partition_point(|t| t.node == node);
+        &self.tasks[start..end]
+    }
+}
+
+/// A shared snapshot and the index of its tasks' names, built once per snapshot on the first lookup and
+/// shared by every request that reads the same snapshot.
+#[derive(Debug)]
+pub struct Indexed {
+    /// The snapshot.
+    pub snapshot: Arc<Snapshot>,
+    index: OnceLock<names::Index>,
+}
+
+impl Indexed {
+    /// `snapshot`, to be indexed on the first lookup.
+    pub fn new(snapshot: Arc<Snapshot>) -> Indexed {
+        Indexed { snapshot, index: OnceLock::new() }
+    }
+
+    /// The names of the tasks of registered nodes (a task whose node record is gone names nothing), indexing
+    /// `snapshot.tasks`. Built by the first caller; the others wait for it.
+    pub fn index(&self) -> &names::Index {
+        self.index.get_or_init(|| {
+            let s = &self.snapshot;
+            names::Index::build(&s.tasks, |t| s.nodes.contains_key(&t.node))
+        })
+    }
 }
 
 /// One change, as a watch or a `get` reports it.
@@ -149,8 +184,8 @@ impl State {
 #[derive(Default)]
 struct Shared {
     state: State,
-    /// The snapshot of `state`, built on the first read after a change.
-    cached: Option<Arc<Snapshot>>,
+    /// The snapshot of `state` and its index, built on the first read after a change.
+    cached: Option<Arc<Indexed>>,
     /// When the directory was last known to be current (None: never).
     current_at: Option<Instant>,
     /// What went wrong last.
@@ -196,6 +231,12 @@ impl Directory {
     /// Like [`Directory::snapshot`] without copying the records: the shared snapshot (whose own `stale_for` is
     /// None) and how stale it is. For lookups at scale.
     pub fn shared_snapshot(&self) -> Result<(Arc<Snapshot>, Option<Duration>), DirectoryError> {
+        self.indexed_snapshot().map(|(i, stale_for)| (i.snapshot.clone(), stale_for))
+    }
+
+    /// Like [`Directory::shared_snapshot`], with the index of the tasks' names that lookups use: built once per
+    /// snapshot (see [`Indexed::index`]), shared by concurrent requests.
+    pub fn indexed_snapshot(&self) -> Result<(Arc<Indexed>, Option<Duration>), DirectoryError> {
         let mut sh = self.shared();
         let Some(at) = sh.current_at else {
             return Err(DirectoryError::Unavailable {
@@ -219,7 +260,7 @@ impl Directory {
         let snap = match &sh.cached {
             Some(s) => s.clone(),
             None => {
-                let s = Arc::new(sh.state.snapshot());
+                let s = Arc::new(Indexed::new(Arc::new(sh.state.snapshot())));
                 sh.cached = Some(s.clone());
                 s
             }
@@ -430,6 +471,23 @@ async fn list_and_watch(d: &Arc<Directory>, c: &mut Failover, was_down: &mut boo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tasks_of_a_node_are_found_by_a_binary_search() {
+        let t = |node: &str, c: &str| {
+            let info = dcos_exec_proto::TaskInfo { id: c.into(), container: c.into(), ..Default::default() };
+            TaskRecord::new(node, info, 0)
+        };
+        let snap = Snapshot {
+            tasks: vec![t("a", "1"), t("b", "1"), t("b", "2"), t("bb", "1"), t("c", "1")],
+            ..Snapshot::default()
+        };
+        let of = |n: &str| snap.tasks_of(n).iter().map(|t| format!("{}/{}", t.node, t.task.id)).collect::<Vec<_>>();
+        assert_eq!(of("b"), ["b/1", "b/2"]);
+        assert_eq!(of("a"), ["a/1"]);
+        assert_eq!(of("c"), ["c/1"]);
+        assert!(of("ba").is_empty() && of("").is_empty() && of("z").is_empty());
+    }
     use dcos_exec_proto::TaskInfo;
 
     fn node(name: &str) -> Vec<u8> {

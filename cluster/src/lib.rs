@@ -18,7 +18,7 @@ pub mod record;
 pub mod registrar;
 
 pub use config::EtcdConfig;
-pub use directory::{Directory, Snapshot};
+pub use directory::{Directory, Indexed, Snapshot};
 pub use error::{ClusterError, DirectoryError};
 pub use keys::DEFAULT_PREFIX;
 pub use record::{NodeRecord, TaskRecord};

@@ -41,6 +41,18 @@ pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+impl dcos_exec_access::names::Named for TaskRecord {
+    fn container_id(&self) -> &str {
+        &self.task.container
+    }
+    fn task_id(&self) -> &str {
+        &self.task.id
+    }
+    fn name(&self) -> Option<&str> {
+        self.task.name.as_deref()
+    }
+}
+
 impl TaskRecord {
     /// The record of `task` on `node`, as written at `now` (Unix seconds).
     pub fn new(node: &str, task: TaskInfo, now: u64) -> TaskRecord {

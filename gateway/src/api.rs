@@ -10,7 +10,7 @@ use dcos_exec_access::audit::DenialRecord;
 use dcos_exec_access::auth::{AuthError, Claims};
 use dcos_exec_access::judge::{self, Denied, Refused};
 use dcos_exec_access::request::{self, ParseError};
-use dcos_exec_cluster::{DirectoryError, Snapshot};
+use dcos_exec_cluster::{DirectoryError, Indexed, Snapshot};
 use dcos_exec_proto::{forward, ErrorBody, ErrorCode, NodeInfo, TaskInfo};
 use http::{header, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -134,7 +134,7 @@ impl Gateway {
     /// The directory snapshot, or `cluster_unavailable` once etcd has been gone longer than `max_stale`.
     /// Serving from a stale one is logged, and the response says so.
     fn snapshot(&self) -> Result<View, Refusal> {
-        let (snap, stale_for) = self.directory.shared_snapshot()?;
+        let (indexed, stale_for) = self.directory.indexed_snapshot()?;
         if let Some(d) = stale_for {
             tracing::warn!(
                 "serving from a directory snapshot {} old: etcd unreachable (max_stale {})",
@@ -142,24 +142,41 @@ impl Gateway {
                 humantime::format_duration(self.cfg.max_stale)
             );
         }
-        Ok(View { snap, stale_for })
+        Ok(View { indexed, stale_for })
     }
 }
 
-/// The directory as one request sees it: the shared snapshot (not copied) and how stale it is.
+/// The directory as one request sees it: the shared snapshot (not copied) with its index, and how stale it is.
 pub struct View {
-    snap: Arc<Snapshot>,
+    indexed: Arc<Indexed>,
     stale_for: Option<Duration>,
 }
 
 impl View {
-    /// The tasks of registered nodes, borrowed.
-    fn rows(&self) -> impl Iterator<Item = Row<'_>> {
-        self.snap.tasks.iter().filter(|t| self.snap.nodes.contains_key(&t.node)).map(Row)
+    fn snap(&self) -> &Snapshot {
+        &self.indexed.snapshot
+    }
+
+    /// The tasks of registered nodes, borrowed; only those of `node` when given (a binary search).
+    fn rows(&self, node: Option<&str>) -> impl Iterator<Item = Row<'_>> {
+        let s = self.snap();
+        let tasks = match node {
+            Some(n) => s.tasks_of(n),
+            None => &s.tasks[..],
+        };
+        tasks.iter().filter(|t| s.nodes.contains_key(&t.node)).map(Row)
     }
 }
 
-/// `GET /v1/tasks`: the tasks of every node that the ACL lets the caller list.
+/// The `node` parameter of `GET /v1/tasks?node=NAME` (percent-decoded), if any.
+fn node_param(uri: &http::Uri) -> Option<String> {
+    uri.query()?.split('&').find_map(|kv| {
+        let v = kv.strip_prefix("node=")?;
+        percent_encoding::percent_decode_str(v).decode_utf8().ok().map(|v| v.into_owned())
+    })
+}
+
+/// `GET /v1/tasks`: the tasks of every node (of one with `?node=NAME`) that the ACL lets the caller list.
 async fn list(
     gw: &Gateway,
     peer: SocketAddr,
@@ -171,8 +188,12 @@ async fn list(
     let who = Principal { user: &claims.sub, groups: &claims.groups };
     let acl = gw.acl.current();
     let now = dcos_exec_cluster::record::unix_now();
-    let mut rows: Vec<TaskInfo> =
-        s.rows().filter(|r| acl.allows_target(&who, &target(r), "list", None)).map(|r| r.info(now)).collect();
+    let node = node_param(req.uri());
+    let mut rows: Vec<TaskInfo> = s
+        .rows(node.as_deref())
+        .filter(|r| acl.allows_target(&who, &target(r), "list", None))
+        .map(|r| r.info(now))
+        .collect();
     rows.sort_by(|a, b| (&a.id, &a.node).cmp(&(&b.id, &b.node)));
     Ok((s, rows))
 }
@@ -196,7 +217,7 @@ async fn nodes(
     }
     let s = gw.snapshot()?;
     let rows = s
-        .snap
+        .snap()
         .nodes
         .values()
         .map(|n| NodeInfo {
@@ -204,11 +225,7 @@ async fn nodes(
             url: n.url.clone(),
             labels: n.labels.clone(),
             state: if s.stale_for.is_some() { "stale" } else { "ready" }.into(),
-            tasks: s
-                .rows()
-                .filter(|r| r.node() == n.name)
-                .filter(|r| acl.allows_target(&who, &target(r), "list", None))
-                .count(),
+            tasks: s.rows(Some(&n.name)).filter(|r| acl.allows_target(&who, &target(r), "list", None)).count(),
         })
         .collect();
     Ok((s, rows))
@@ -237,7 +254,7 @@ async fn exec(
         let t = judge::exec(
             &gw.acl.current(),
             target,
-            |name, v| resolve::resolve(s.rows(), name, v, debug),
+            |name, v| resolve::resolve(&s.indexed, name, v, debug),
             &claims,
             &params,
         )
@@ -249,7 +266,7 @@ async fn exec(
     })();
     let t = judged.map_err(audited)?;
     let node = t.node.clone().unwrap_or_default();
-    let Some(url) = s.snap.nodes.get(&node).map(|n| n.url.clone()) else {
+    let Some(url) = s.snap().nodes.get(&node).map(|n| n.url.clone()) else {
         return Err(audited(ResolveError::NotFound(task.clone()).into()));
     };
     let session = crate::relay::Session { user: claims.sub.clone(), source: peer, task: task.clone(), url };
@@ -259,5 +276,19 @@ async fn exec(
             tracing::warn!("{e}");
             Err(audited(e.into()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_node_parameter_is_read_and_decoded() {
+        let n = |u: &str| node_param(&u.parse().unwrap());
+        assert_eq!(n("/v1/tasks?node=node-a"), Some("node-a".into()));
+        assert_eq!(n("/v1/tasks?x=1&node=n%20b"), Some("n b".into()));
+        assert_eq!(n("/v1/tasks"), None);
+        assert_eq!(n("/v1/tasks?nodes=a"), None);
     }
 }
