@@ -44,10 +44,12 @@ fn msrv() -> String {
         .expect("rust-version in Cargo.toml")
 }
 
-/// The static release binaries of scripts/build-static (scripts/test builds them before the tests).
+/// The static binaries of scripts/build-static (scripts/test builds them before the tests, with the profile it
+/// names in `STATIC_PROFILE`; release by default).
 fn static_bin(name: &str) -> PathBuf {
     let target = bin("dcos").parent().and_then(Path::parent).expect("target dir").to_path_buf();
-    let p = target.join(format!("{}-unknown-linux-gnu", std::env::consts::ARCH)).join("release").join(name);
+    let profile = std::env::var("STATIC_PROFILE").unwrap_or_else(|_| "release".into());
+    let p = target.join(format!("{}-unknown-linux-gnu", std::env::consts::ARCH)).join(profile).join(name);
     assert!(p.exists(), "{} is missing: run scripts/build-static first", p.display());
     p
 }
