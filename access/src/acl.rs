@@ -297,6 +297,9 @@ impl Shared {
         let path = path.to_path_buf();
         let spawned = std::thread::Builder::new().name("acl-reload".into()).spawn(move || {
             let mut last = text;
+            // A new content is loaded only once two polls in a row read it: a file caught in the middle of an
+            // in-place write can parse (cut between two rules, it would lose the deny rules after the cut).
+            let mut seen: Option<Vec<u8>> = None;
             let mut unreadable = false;
             loop {
                 std::thread::sleep(every);
@@ -304,9 +307,14 @@ impl Shared {
                 match std::fs::read(&path) {
                     Ok(now) => {
                         unreadable = false;
-                        if now != last {
+                        if now == last {
+                            seen = None;
+                        } else if seen.as_ref() == Some(&now) {
                             let _ = shared.reload(&String::from_utf8_lossy(&now));
                             last = now;
+                            seen = None;
+                        } else {
+                            seen = Some(now);
                         }
                     }
                     Err(e) => {
