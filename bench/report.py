@@ -432,7 +432,7 @@ if sim:
       f"{sim['lookup_exact_ms']['median']:.2f} ms / {sim['lookup_prefix_ms']['median']:.2f} ms |")
     ab = sim.get("lookup_as_built_ms")
     if ab:
-        w(f"| Lookup of one task the way the gateway resolves a session (copy of the snapshot, TaskInfo rows, the agent's name rules), median / p99 | "
+        w(f"| Lookup of one task the linear way the gateway resolved sessions before the index (copy of the snapshot, TaskInfo rows, the agent's name rules), median / p99 | "
           f"{ab['median']:.1f} ms / {ab['p99']:.1f} ms |")
     ix = sim.get("lookup_indexed_ms")
     if ix:
