@@ -355,6 +355,35 @@ pub struct Cluster {
 }
 
 impl AgentConfig {
+    /// The configuration `init` and `init cluster` write: the files they create beside it, defaults for the
+    /// rest. `token_private_key` only where tokens are minted on this host.
+    pub fn generated(listen: String, token_private_key: Option<PathBuf>) -> AgentConfig {
+        AgentConfig {
+            listen,
+            tls_cert: "server.crt".into(),
+            tls_key: "server.key".into(),
+            token_public_key: "token-signing.pub".into(),
+            token_private_key,
+            issuer: "dcos-exec-agent".into(),
+            audience: dcos_exec_proto::TOKEN_AUDIENCE.into(),
+            acl: "acl.toml".into(),
+            audit_log: "audit.log".into(),
+            grace_period: "5s".into(),
+            output_drain: "1s".into(),
+            max_unauthenticated: default_max_unauthenticated(),
+            max_sessions_per_user: default_max_sessions_per_user(),
+            shutdown_grace: default_shutdown_grace(),
+            task_id_annotation: None,
+            runtimes: RuntimesConfig::default(),
+            cap_add_allowed: default_cap_add_allowed(),
+            oidc: Vec::new(),
+            log_format: LogFormat::default(),
+            metrics_listen: None,
+            images: ImagesConfig::default(),
+            cluster: None,
+        }
+    }
+
     /// Reads and validates `path`, resolving relative paths against its directory.
     pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read { path: path.into(), cause })?;

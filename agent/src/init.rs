@@ -1,6 +1,6 @@
 //! `dcos-exec-agent init`: writes a CA, a server certificate, a token key pair, a config, an ACL and an admin token.
 
-use crate::config::{AgentConfig, RuntimesConfig};
+use crate::config::AgentConfig;
 use anyhow::{bail, Context, Result};
 use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use std::os::unix::fs::OpenOptionsExt;
@@ -89,30 +89,7 @@ pub fn init(o: &InitOptions<'_>) -> Result<String> {
     write(&dir.join("token-signing.key"), token_key.serialize_pem().as_bytes(), 0o600)?;
     write(&dir.join("token-signing.pub"), token_key.public_key_pem().as_bytes(), 0o644)?;
 
-    let cfg = AgentConfig {
-        listen: o.listen.to_string(),
-        tls_cert: "server.crt".into(),
-        tls_key: "server.key".into(),
-        token_public_key: "token-signing.pub".into(),
-        token_private_key: Some("token-signing.key".into()),
-        issuer: "dcos-exec-agent".into(),
-        audience: dcos_exec_proto::TOKEN_AUDIENCE.into(),
-        acl: "acl.toml".into(),
-        audit_log: "audit.log".into(),
-        grace_period: "5s".into(),
-        output_drain: "1s".into(),
-        max_unauthenticated: crate::config::default_max_unauthenticated(),
-        max_sessions_per_user: crate::config::default_max_sessions_per_user(),
-        shutdown_grace: crate::config::default_shutdown_grace(),
-        task_id_annotation: None,
-        runtimes: RuntimesConfig::default(),
-        cap_add_allowed: crate::config::default_cap_add_allowed(),
-        oidc: Vec::new(),
-        log_format: Default::default(),
-        metrics_listen: None,
-        images: crate::config::ImagesConfig::default(),
-        cluster: None,
-    };
+    let cfg = AgentConfig::generated(o.listen.to_string(), Some("token-signing.key".into()));
     let mut text = String::from("# dcos-exec agent configuration; every key is documented in the README.\n");
     text.push_str(&toml::to_string_pretty(&cfg)?);
     write(&dir.join("agent.toml"), text.as_bytes(), 0o644)?;

@@ -14,7 +14,7 @@
 //! The two CAs are kept apart on purpose: an etcd client certificate (also a TLS client certificate) must not
 //! be able to pose as a gateway.
 
-use crate::config::{AgentConfig, RuntimesConfig};
+use crate::config::AgentConfig;
 use anyhow::{bail, Context, Result};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -198,30 +198,7 @@ pub fn init_cluster(o: &ClusterOptions<'_>) -> Result<String> {
         write(&d.join("gateway-ca.crt"), gateway_ca.pem().as_bytes(), 0o644)?;
         write_pair(&d, "server", &leaf(&cluster, &format!("dcos-exec agent {name}"), sans(host), vec![ServerAuth])?)?;
         let port = url.parse::<http::Uri>().ok().and_then(|u| u.port_u16()).unwrap_or(443);
-        let cfg = AgentConfig {
-            listen: format!("0.0.0.0:{port}"),
-            tls_cert: "server.crt".into(),
-            tls_key: "server.key".into(),
-            token_public_key: "token-signing.pub".into(),
-            token_private_key: None,
-            issuer: "dcos-exec-agent".into(),
-            audience: dcos_exec_proto::TOKEN_AUDIENCE.into(),
-            acl: "acl.toml".into(),
-            audit_log: "audit.log".into(),
-            grace_period: "5s".into(),
-            output_drain: "1s".into(),
-            max_unauthenticated: crate::config::default_max_unauthenticated(),
-            max_sessions_per_user: crate::config::default_max_sessions_per_user(),
-            shutdown_grace: crate::config::default_shutdown_grace(),
-            task_id_annotation: None,
-            runtimes: RuntimesConfig::default(),
-            cap_add_allowed: crate::config::default_cap_add_allowed(),
-            images: crate::config::ImagesConfig::default(),
-            cluster: None,
-            log_format: Default::default(),
-            metrics_listen: None,
-            oidc: Vec::new(),
-        };
+        let cfg = AgentConfig::generated(format!("0.0.0.0:{port}"), None);
         let mut text = String::from("# dcos-exec agent configuration; every key is documented in the README.\n");
         text.push_str(&toml::to_string_pretty(&cfg)?);
         text.push_str(&format!(
