@@ -1,5 +1,8 @@
 //! The agent's configuration file (`agent.toml`): where keys, ACL, audit log and container runtimes live.
 
+use dcos_exec_server::config as config_file;
+use dcos_exec_server::config::FileError;
+pub use dcos_exec_server::logging::LogFormat;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -7,12 +10,8 @@ use std::time::Duration;
 /// Errors loading the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {cause}")]
-    Read { path: PathBuf, cause: std::io::Error },
-    #[error("{path} is not valid: {cause}")]
-    Parse { path: PathBuf, cause: toml::de::Error },
-    #[error("{path}: {key} is not a duration like \"5s\": {value}")]
-    Duration { path: PathBuf, key: &'static str, value: String },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("{path}: {key} must be at least 1 (0 would refuse every {what})")]
     Zero { path: PathBuf, key: &'static str, what: &'static str },
     #[error("{path}: {message}")]
@@ -130,17 +129,6 @@ pub enum AclSource {
     File(PathBuf),
     /// `{prefix}/acl` in the cluster's etcd, watched.
     Etcd,
-}
-
-/// How the agent writes its log to stderr.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines, coloured only when stderr is a terminal.
-    #[default]
-    Text,
-    /// One JSON object per line (for journald, Fluent Bit, Loki and the like).
-    Json,
 }
 
 /// `[images]`: where `--debug-image` images are cached and how registries are reached.
@@ -386,11 +374,7 @@ impl AgentConfig {
 
     /// Reads and validates `path`, resolving relative paths against its directory.
     pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read { path: path.into(), cause })?;
-        let mut cfg: AgentConfig =
-            toml::from_str(&text).map_err(|cause| ConfigError::Parse { path: path.into(), cause })?;
-        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let base = std::fs::canonicalize(&base).unwrap_or(base);
+        let (mut cfg, base) = config_file::read::<AgentConfig>(path)?;
         let acl_in_etcd = cfg.acl == Path::new(dcos_exec_cluster::acl::ETCD_SOURCE);
         for p in [&mut cfg.tls_cert, &mut cfg.tls_key, &mut cfg.token_public_key, &mut cfg.acl, &mut cfg.audit_log] {
             *p = base.join(&*p);
@@ -408,13 +392,7 @@ impl AgentConfig {
         for p in cfg.images.ca_files.iter_mut().chain(cfg.images.docker_config.as_mut()) {
             *p = base.join(&*p);
         }
-        let dur = |key: &'static str, value: &str| {
-            humantime::parse_duration(value).map_err(|_| ConfigError::Duration {
-                path: path.into(),
-                key,
-                value: value.into(),
-            })
-        };
+        let dur = |key: &'static str, value: &str| config_file::duration(path, key, value);
         let grace_period = dur("grace_period", &cfg.grace_period)?;
         let output_drain = dur("output_drain", &cfg.output_drain)?;
         let shutdown_grace = dur("shutdown_grace", &cfg.shutdown_grace)?;
@@ -522,22 +500,31 @@ mod tests {
             "listen='x'\ntls_cert='c'\ntls_key='k'\ntoken_public_key='t'\nacl='a'\naudit_log='l'\nlisten_port=3\n",
         )
         .unwrap();
-        assert!(matches!(AgentConfig::load(&p), Err(ConfigError::Parse { .. })));
+        assert!(matches!(AgentConfig::load(&p), Err(ConfigError::File(FileError::Parse { .. }))));
         std::fs::write(&p, "listen='x'\ntls_cert='c'\ntls_key='k'\ntoken_public_key='t'\nacl='a'\naudit_log='l'\ngrace_period='soon'\n").unwrap();
-        assert!(matches!(AgentConfig::load(&p), Err(ConfigError::Duration { .. })));
+        assert!(matches!(AgentConfig::load(&p), Err(ConfigError::File(FileError::Duration { .. }))));
         let base = "listen='x'\ntls_cert='c'\ntls_key='k'\ntoken_public_key='t'\nacl='a'\naudit_log='l'\n";
         std::fs::write(&p, format!("{base}shutdown_grace='later'\n")).unwrap();
-        assert!(matches!(AgentConfig::load(&p), Err(ConfigError::Duration { key: "shutdown_grace", .. })));
+        assert!(matches!(
+            AgentConfig::load(&p),
+            Err(ConfigError::File(FileError::Duration { key: "shutdown_grace", .. }))
+        ));
         for key in ["max_unauthenticated", "max_sessions_per_user"] {
             std::fs::write(&p, format!("{base}{key}=0\n")).unwrap();
             assert!(matches!(AgentConfig::load(&p), Err(ConfigError::Zero { key: k, .. }) if k == key), "{key}");
         }
         std::fs::write(&p, format!("{base}[runtimes]\napi_timeout='whenever'\n")).unwrap();
-        assert!(matches!(AgentConfig::load(&p), Err(ConfigError::Duration { key: "runtimes.api_timeout", .. })));
+        assert!(matches!(
+            AgentConfig::load(&p),
+            Err(ConfigError::File(FileError::Duration { key: "runtimes.api_timeout", .. }))
+        ));
         std::fs::write(&p, format!("{base}[runtimes]\ndocker_socket='/run/docker.sock'\n")).unwrap();
-        assert!(matches!(AgentConfig::load(&p), Err(ConfigError::Parse { .. })), "a misspelt key is an error");
+        assert!(
+            matches!(AgentConfig::load(&p), Err(ConfigError::File(FileError::Parse { .. }))),
+            "a misspelt key is an error"
+        );
         std::fs::write(&p, format!("{base}max_sessions_per_user=-1\n")).unwrap();
-        assert!(matches!(AgentConfig::load(&p), Err(ConfigError::Parse { .. })));
+        assert!(matches!(AgentConfig::load(&p), Err(ConfigError::File(FileError::Parse { .. }))));
     }
 
     #[test]
@@ -559,7 +546,10 @@ mod tests {
             ("sub", "b:", "5m")
         );
         std::fs::write(&p, format!("{base}[[oidc]]\nissuer='https://a'\naudience='cli'\ngroup_claim='g'\n")).unwrap();
-        assert!(matches!(AgentConfig::load(&p), Err(ConfigError::Parse { .. })), "a misspelt key is an error");
+        assert!(
+            matches!(AgentConfig::load(&p), Err(ConfigError::File(FileError::Parse { .. }))),
+            "a misspelt key is an error"
+        );
     }
 
     #[test]
@@ -574,7 +564,10 @@ mod tests {
         let l = AgentConfig::load(&p).unwrap().file;
         assert_eq!((l.log_format, l.metrics_listen.as_deref()), (LogFormat::Json, Some("127.0.0.1:9464")));
         std::fs::write(&p, format!("{base}log_format='logfmt'\n")).unwrap();
-        assert!(matches!(AgentConfig::load(&p), Err(ConfigError::Parse { .. })), "an unknown format is an error");
+        assert!(
+            matches!(AgentConfig::load(&p), Err(ConfigError::File(FileError::Parse { .. }))),
+            "an unknown format is an error"
+        );
     }
 
     #[test]
@@ -627,6 +620,6 @@ mod tests {
         let l = AgentConfig::load(&p).unwrap().file.images.limits();
         assert_eq!((l.max_layer_bytes, l.max_depth, l.max_entries), (64 << 20, 8, 500_000));
         std::fs::write(&p, format!("{base}[images]\nmax_layer_byte = 1\n")).unwrap();
-        assert!(matches!(AgentConfig::load(&p), Err(ConfigError::Parse { .. })));
+        assert!(matches!(AgentConfig::load(&p), Err(ConfigError::File(FileError::Parse { .. }))));
     }
 }

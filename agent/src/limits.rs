@@ -1,10 +1,9 @@
-//! The agent's own limits: open files, connections not yet authenticated, sessions per user.
+//! The agent's own limits: open files and sessions per user (connections not yet authenticated are capped by
+//! the shared server's gate).
 
 use dcos_exec_proto::ErrorCode;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
 
 /// `RLIMIT_NOFILE` as the agent found it, before [`raise_nofile`].
 static ORIGINAL_NOFILE: OnceLock<(u64, u64)> = OnceLock::new();
@@ -26,68 +25,6 @@ pub fn raise_nofile() -> std::io::Result<(u64, u64)> {
 /// leaks into them.
 pub fn original_nofile() -> Option<(u64, u64)> {
     ORIGINAL_NOFILE.get().copied()
-}
-
-/// Connections between accept and their first authenticated request.
-pub struct ConnectionGate {
-    max: usize,
-    open: Arc<AtomicUsize>,
-    refused: AtomicU64,
-    last_log: Mutex<Option<Instant>>,
-}
-
-/// How often at most the agent logs refused connections (a flood must not flood the log too).
-const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
-
-/// A slot of the gate, held by a connection until it authenticates (see [`Pending::authenticated`]).
-pub struct Unauthenticated {
-    open: Arc<AtomicUsize>,
-}
-
-impl Drop for Unauthenticated {
-    fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// The per-connection state the requests of one connection share: whether it still holds a gate slot.
-pub struct Pending(Mutex<Option<Unauthenticated>>);
-
-impl Pending {
-    pub fn new(slot: Unauthenticated) -> Self {
-        Pending(Mutex::new(Some(slot)))
-    }
-
-    /// The connection got past authentication: it no longer counts against `max_unauthenticated`.
-    pub fn authenticated(&self) {
-        drop(self.0.lock().unwrap_or_else(|p| p.into_inner()).take());
-    }
-}
-
-impl ConnectionGate {
-    pub fn new(max: usize) -> Self {
-        ConnectionGate { max, open: Default::default(), refused: AtomicU64::new(0), last_log: Mutex::new(None) }
-    }
-
-    /// A slot for a new connection, or `None` when `max` connections are still unauthenticated; the caller then
-    /// closes the connection at once. Refusals are logged at most once per [`REFUSAL_LOG_EVERY`].
-    pub fn admit(&self) -> Option<Unauthenticated> {
-        let taken = self.open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max).then_some(n + 1));
-        if taken.is_ok() {
-            return Some(Unauthenticated { open: self.open.clone() });
-        }
-        let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut last = self.last_log.lock().unwrap_or_else(|p| p.into_inner());
-        if last.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_EVERY) {
-            *last = Some(Instant::now());
-            tracing::warn!(
-                refused_total = refused,
-                "closing new connections: {} connections are not authenticated yet (max_unauthenticated)",
-                self.max
-            );
-        }
-        None
-    }
 }
 
 /// A user already has as many sessions as `max_sessions_per_user` allows.
@@ -167,25 +104,6 @@ mod tests {
         drop(_a3);
         assert_eq!(t.open.lock().unwrap().get("alice").copied().unwrap_or(0), 0);
         assert!(t.open.lock().unwrap().get("alice").is_none(), "no entry left behind for a user with none open");
-    }
-
-    #[test]
-    fn the_gate_closes_at_the_cap_and_reopens_on_authentication() {
-        let g = ConnectionGate::new(2);
-        let p1 = Pending::new(g.admit().unwrap());
-        let s2 = g.admit().unwrap();
-        assert!(g.admit().is_none(), "over the cap");
-        assert!(g.admit().is_none());
-        p1.authenticated();
-        assert_eq!(g.open.load(Ordering::Acquire), 1);
-        // A second authenticated request on the same connection frees nothing more.
-        p1.authenticated();
-        assert_eq!(g.open.load(Ordering::Acquire), 1);
-        let s3 = g.admit().unwrap();
-        drop(s2);
-        drop(s3);
-        assert_eq!(g.open.load(Ordering::Acquire), 0);
-        assert_eq!(g.refused.load(Ordering::Relaxed), 2);
     }
 
     #[test]

@@ -10,7 +10,6 @@ mod exec;
 mod init;
 mod init_cluster;
 mod limits;
-mod logging;
 mod runtime;
 mod server;
 mod session;
@@ -217,7 +216,7 @@ fn real_main(cli: Cli) -> Result<()> {
         }
         Cmd::Run { config } => {
             let cfg = config::AgentConfig::load(&config)?;
-            logging::init(cfg.file.log_format);
+            dcos_exec_server::logging::init(cfg.file.log_format);
             tracing::info!(version = VERSION, "dcos-exec-agent starting");
             match limits::raise_nofile() {
                 Ok((soft, hard)) if soft < hard => tracing::info!("open files limit raised from {soft} to {hard}"),

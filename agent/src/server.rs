@@ -3,14 +3,16 @@
 
 use crate::config::{AclSource, Loaded};
 use crate::exec::SealedExe;
-use crate::limits::{ConnectionGate, Pending, UserSessions};
+use crate::limits::UserSessions;
 use crate::runtime::Discovery;
 use crate::shutdown::Shutdown;
 use anyhow::{Context, Result};
 use dcos_exec_access::acl::Shared;
 use dcos_exec_access::audit::AuditLog;
 use dcos_exec_access::auth::Verifier;
-use hyper_util::rt::TokioIo;
+use dcos_exec_server::connection::serve_tls;
+use dcos_exec_server::gate::{ConnectionGate, Pending};
+use dcos_exec_server::listener::accept_until_signal;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -113,14 +115,8 @@ pub fn puller(c: &crate::config::ImagesConfig) -> Result<dcos_exec_images::pull:
 }
 
 fn tls_config(cfg: &Loaded) -> Result<rustls::ServerConfig> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let f = &cfg.file;
-    let certs = CertificateDer::pem_file_iter(&f.tls_cert)
-        .with_context(|| format!("reading {}", f.tls_cert.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("parsing {}", f.tls_cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(&f.tls_key).with_context(|| format!("reading {}", f.tls_key.display()))?;
+    let (certs, key) = dcos_exec_server::tls::load_pair(&f.tls_cert, &f.tls_key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder =
         rustls::ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
@@ -140,27 +136,14 @@ fn gateway_verifier(
     ca: &std::path::Path,
     provider: Arc<rustls::crypto::CryptoProvider>,
 ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::CertificateDer;
     let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca).with_context(|| format!("reading gateway_ca {}", ca.display()))? {
-        roots.add(cert.with_context(|| format!("parsing gateway_ca {}", ca.display()))?)?;
+    for cert in dcos_exec_server::tls::load_certs(ca).context("gateway_ca")? {
+        roots.add(cert)?;
     }
     rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
         .allow_unauthenticated()
         .build()
         .with_context(|| format!("gateway_ca {}", ca.display()))
-}
-
-/// Dead peers are noticed by the kernel: keep-alive probes when idle, and unacknowledged data for a minute
-/// fails the connection (so a session blocked on a vanished client ends).
-fn tune_socket(tcp: &tokio::net::TcpStream) {
-    use nix::sys::socket::{setsockopt, sockopt};
-    let _ = setsockopt(tcp, sockopt::KeepAlive, &true);
-    let _ = setsockopt(tcp, sockopt::TcpKeepIdle, &30);
-    let _ = setsockopt(tcp, sockopt::TcpKeepInterval, &10);
-    let _ = setsockopt(tcp, sockopt::TcpKeepCount, &3);
-    let _ = setsockopt(tcp, sockopt::TcpUserTimeout, &60_000);
 }
 
 /// Accepts connections until SIGTERM or SIGINT, then shuts down within `shutdown_grace`: no new connection or
@@ -194,31 +177,10 @@ pub async fn serve(agent: Arc<Agent>) -> Result<()> {
     // judged by the ACL in etcd rather than the empty one.
     let membership = crate::cluster::Membership::start(&agent).await;
     let acceptor = tokio_rustls::TlsAcceptor::from(agent.tls.clone());
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    loop {
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!("accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break }
-            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break }
-        };
-        // Over the cap, the connection is closed before the TLS handshake costs anything.
-        let Some(slot) = agent.gate.admit() else {
-            drop(tcp);
-            continue;
-        };
-        let _ = tcp.set_nodelay(true);
-        tune_socket(&tcp);
-        tokio::spawn(connection(agent.clone(), acceptor.clone(), tcp, peer, Pending::new(slot)));
-    }
+    accept_until_signal(&listener, &agent.gate, |tcp, peer, pending| {
+        tokio::spawn(connection(agent.clone(), acceptor.clone(), tcp, peer, pending));
+    })
+    .await?;
     drop(listener);
     shut_down(&agent).await;
     membership.stop().await;
@@ -233,29 +195,19 @@ async fn connection(
     peer: std::net::SocketAddr,
     pending: Pending,
 ) {
-    let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-        Ok(Ok(t)) => t,
-        Ok(Err(e)) => return tracing::debug!("TLS handshake with {peer}: {e}"),
-        Err(_) => return tracing::debug!("TLS handshake with {peer} timed out"),
-    };
-    // Only a certificate that the gateway CA verified gets this far (see `gateway_verifier`).
-    let gateway = tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
     let pending = Arc::new(pending);
-    let svc = hyper::service::service_fn(move |req| {
-        let (agent, pending) = (agent.clone(), pending.clone());
-        async move {
-            let caller = crate::api::Caller { peer, gateway, pending: &pending };
-            Ok::<_, std::convert::Infallible>(crate::api::route(agent, caller, req).await)
-        }
-    });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
-        .serve_connection(TokioIo::new(tls), svc)
-        .with_upgrades();
-    if let Err(e) = conn.await {
-        tracing::debug!("connection from {peer}: {e}");
-    }
+    serve_tls(acceptor, tcp, peer, |tls| {
+        // Only a certificate that the gateway CA verified gets this far (see `gateway_verifier`).
+        let gateway = tls.peer_certificates().is_some_and(|c| !c.is_empty());
+        hyper::service::service_fn(move |req| {
+            let (agent, pending) = (agent.clone(), pending.clone());
+            async move {
+                let caller = crate::api::Caller { peer, gateway, pending: &pending };
+                Ok::<_, std::convert::Infallible>(crate::api::route(agent, caller, req).await)
+            }
+        })
+    })
+    .await
 }
 
 /// Tells every session to hang up and waits for them (each writes its end record and tells its client) for at

@@ -4,7 +4,7 @@
 //! verifies the token and judges the ACL again: a gateway cannot widen anyone's rights.
 
 use crate::resolve::{self, target, ResolveError, Row};
-use crate::server::{Gateway, Pending};
+use crate::server::Gateway;
 use dcos_exec_access::acl::Principal;
 use dcos_exec_access::audit::DenialRecord;
 use dcos_exec_access::auth::{AuthError, Claims};
@@ -12,6 +12,7 @@ use dcos_exec_access::judge::{self, Denied, Refused};
 use dcos_exec_access::request::{self, ParseError};
 use dcos_exec_cluster::{DirectoryError, Indexed, Snapshot};
 use dcos_exec_proto::{forward, ErrorBody, ErrorCode, NodeInfo, TaskInfo};
+use dcos_exec_server::gate::Pending;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -100,6 +101,16 @@ fn stale(mut resp: Response<Body>, s: &View) -> Response<Body> {
 
 impl Gateway {
     fn audit_refusal(&self, peer: SocketAddr, path: &str, user: Option<&str>, task: Option<&str>, r: &Refusal) {
+        // The same fields as the agent's `refused` line; never the token.
+        tracing::info!(
+            code = dcos_exec_access::metrics::code_name(r.code),
+            user = user.unwrap_or("-"),
+            task = task.unwrap_or("-"),
+            source = %peer,
+            path,
+            reason = %r.message,
+            "refused"
+        );
         self.audit.denial(&DenialRecord {
             event: "denied",
             time: dcos_exec_access::audit::now(),

@@ -1,20 +1,12 @@
 //! The gateway's configuration file (`gateway.toml`). Relative paths are relative to the directory holding it.
 
 use dcos_exec_cluster::EtcdConfig;
+use dcos_exec_server::config as config_file;
+use dcos_exec_server::config::FileError;
+use dcos_exec_server::logging::LogFormat;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-/// Errors loading the configuration.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {cause}")]
-    Read { path: PathBuf, cause: std::io::Error },
-    #[error("{path} is not valid: {cause}")]
-    Parse { path: PathBuf, cause: toml::de::Error },
-    #[error("{path}: {key} is not a duration like \"5s\": {value}")]
-    Duration { path: PathBuf, key: &'static str, value: String },
-}
 
 /// `gateway.toml`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -59,6 +51,9 @@ pub struct GatewayConfig {
     /// once, so that idle or slow clients cannot take every socket of the cluster's one entrance.
     #[serde(default = "default_max_unauthenticated")]
     pub max_unauthenticated: usize,
+    /// `text` (the default) or `json`: one JSON object per log line on stderr.
+    #[serde(default)]
+    pub log_format: LogFormat,
     /// Key prefix of the directory in etcd.
     #[serde(default = "default_prefix")]
     pub etcd_prefix: String,
@@ -99,12 +94,8 @@ pub struct Loaded {
 
 impl GatewayConfig {
     /// Reads and validates `path`, resolving relative paths against its directory.
-    pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read { path: path.into(), cause })?;
-        let mut cfg: GatewayConfig =
-            toml::from_str(&text).map_err(|cause| ConfigError::Parse { path: path.into(), cause })?;
-        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let base = std::fs::canonicalize(&base).unwrap_or(base);
+    pub fn load(path: &Path) -> Result<Loaded, FileError> {
+        let (mut cfg, base) = config_file::read::<GatewayConfig>(path)?;
         for p in [
             &mut cfg.tls_cert,
             &mut cfg.tls_key,
@@ -123,13 +114,7 @@ impl GatewayConfig {
         for o in &mut cfg.oidc {
             o.resolve_paths(&base);
         }
-        let dur = |key: &'static str, value: &str| {
-            humantime::parse_duration(value).map_err(|_| ConfigError::Duration {
-                path: path.into(),
-                key,
-                value: value.into(),
-            })
-        };
+        let dur = |key: &'static str, value: &str| config_file::duration(path, key, value);
         let max_stale = dur("max_stale", &cfg.max_stale)?;
         let connect_timeout = dur("connect_timeout", &cfg.connect_timeout)?;
         Ok(Loaded { file: cfg, max_stale, connect_timeout })
@@ -165,8 +150,8 @@ ca_file = "ca.crt"
         assert!(l.file.cluster_ca.is_absolute() && l.file.etcd.ca_file.as_ref().unwrap().is_absolute());
         assert_eq!(l.file.etcd_prefix, "/dcos-exec/v1");
         std::fs::write(&p, format!("max_stale = \"soon\"\n{MINIMAL}")).unwrap();
-        assert!(matches!(GatewayConfig::load(&p), Err(ConfigError::Duration { key: "max_stale", .. })));
+        assert!(matches!(GatewayConfig::load(&p), Err(FileError::Duration { key: "max_stale", .. })));
         std::fs::write(&p, format!("relay_everything = true\n{MINIMAL}")).unwrap();
-        assert!(matches!(GatewayConfig::load(&p), Err(ConfigError::Parse { .. })));
+        assert!(matches!(GatewayConfig::load(&p), Err(FileError::Parse { .. })));
     }
 }

@@ -25,19 +25,13 @@ struct Cli {
 enum Cmd {
     /// Serve the cluster's API.
     Run {
-        #[arg(long)]
+        /// The gateway's configuration file (gateway.toml).
+        #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!("dcos-exec-gateway: {e:#}");
@@ -49,6 +43,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Run { config } => {
             let cfg = config::GatewayConfig::load(&config)?;
+            dcos_exec_server::logging::init(cfg.file.log_format);
             let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
             rt.block_on(async {
                 let gw = server::Gateway::new(cfg).await?;

@@ -10,9 +10,8 @@ use http::{header, HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper_util::rt::TokioIo;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::{CertificateDer, ServerName};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,17 +28,6 @@ impl Unreachable {
     pub fn code(&self) -> ErrorCode {
         ErrorCode::NodeUnreachable
     }
-}
-
-/// A PEM certificate chain and its key.
-pub fn load_pair(cert: &Path, key: &Path) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
-    use rustls_pki_types::pem::PemObject;
-    let certs = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("reading {}", cert.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("parsing {}", cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading {}", key.display()))?;
-    Ok((certs, key))
 }
 
 /// Connects to agents.
@@ -77,7 +65,7 @@ impl Relay {
         {
             roots.add(c.with_context(|| format!("parsing cluster_ca {}", f.cluster_ca.display()))?)?;
         }
-        let (certs, key) = load_pair(&f.client_cert, &f.client_key)?;
+        let (certs, key) = dcos_exec_server::tls::load_pair(&f.client_cert, &f.client_key)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut c = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
@@ -103,7 +91,7 @@ impl Relay {
         let connector = self.connector.clone();
         let dial = async move {
             let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| e.to_string())?;
-            crate::server::tune_socket(&tcp);
+            dcos_exec_server::listener::tune_socket(&tcp);
             let tls = connector.connect(name, tcp).await.map_err(|e| format!("TLS: {e}"))?;
             let (send, conn) =
                 hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
@@ -187,6 +175,7 @@ pub async fn exec(
         bytes_out: end.map(|e| e.1),
     };
     gw.audit.relay(&record("relay_start", None));
+    tracing::info!(user = %s.user, task = %s.task, node = %node, source = %s.source, "relay start");
     let start = record("relay_end", None);
     let gw2 = gw.clone();
     tokio::spawn(async move {
@@ -200,6 +189,7 @@ pub async fn exec(
         end.end = Some(dcos_exec_access::audit::now());
         end.bytes_in = Some(up);
         end.bytes_out = Some(down);
+        tracing::info!(user = %end.user, task = %end.task, node = %end.node, bytes_in = up, bytes_out = down, "relay end");
         gw2.audit.relay(&end);
     });
     back.body(Full::new(Bytes::new())).map_err(|e| fail(e.to_string()))

@@ -9,7 +9,9 @@ use dcos_exec_access::audit::AuditLog;
 use dcos_exec_access::auth::Verifier;
 use dcos_exec_cluster::acl::EtcdAcl;
 use dcos_exec_cluster::Directory;
-use hyper_util::rt::TokioIo;
+use dcos_exec_server::connection::serve_tls;
+use dcos_exec_server::gate::{ConnectionGate, Pending};
+use dcos_exec_server::listener::accept_until_signal;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,19 +27,9 @@ pub struct Gateway {
     pub audit: AuditLog,
     pub directory: Arc<Directory>,
     pub relay: Relay,
-    /// One permit per connection not yet past authentication (`max_unauthenticated`).
-    pub unauthenticated: Arc<tokio::sync::Semaphore>,
+    /// Connections not yet past authentication (`max_unauthenticated`).
+    pub gate: ConnectionGate,
     tls: Arc<rustls::ServerConfig>,
-}
-
-/// A connection's permit among those not yet authenticated, given up on its first authenticated request.
-#[derive(Default)]
-pub struct Pending(std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>);
-
-impl Pending {
-    pub fn authenticated(&self) {
-        drop(self.0.lock().unwrap_or_else(|p| p.into_inner()).take());
-    }
 }
 
 impl Gateway {
@@ -63,14 +55,14 @@ impl Gateway {
         let relay = Relay::new(&cfg)?;
         let tls = Arc::new(tls_config(&cfg)?);
         let directory = Directory::spawn(f.etcd.clone(), &f.etcd_prefix, cfg.max_stale);
-        let unauthenticated = Arc::new(tokio::sync::Semaphore::new(cfg.file.max_unauthenticated));
-        Ok(Arc::new(Gateway { cfg, verifier, acl, _etcd_acl: etcd_acl, audit, directory, relay, unauthenticated, tls }))
+        let gate = ConnectionGate::new(cfg.file.max_unauthenticated);
+        Ok(Arc::new(Gateway { cfg, verifier, acl, _etcd_acl: etcd_acl, audit, directory, relay, gate, tls }))
     }
 }
 
 fn tls_config(cfg: &Loaded) -> Result<rustls::ServerConfig> {
     let f = &cfg.file;
-    let (certs, key) = crate::relay::load_pair(&f.tls_cert, &f.tls_key)?;
+    let (certs, key) = dcos_exec_server::tls::load_pair(&f.tls_cert, &f.tls_key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut c = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -79,18 +71,6 @@ fn tls_config(cfg: &Loaded) -> Result<rustls::ServerConfig> {
         .context("TLS certificate and key do not match")?;
     c.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(c)
-}
-
-/// Dead peers are noticed by the kernel on both legs of a relay: keep-alive probes when idle, and
-/// unacknowledged data for a minute fails the connection, so a partition ends the session instead of hanging it.
-pub fn tune_socket(tcp: &tokio::net::TcpStream) {
-    use nix::sys::socket::{setsockopt, sockopt};
-    let _ = tcp.set_nodelay(true);
-    let _ = setsockopt(tcp, sockopt::KeepAlive, &true);
-    let _ = setsockopt(tcp, sockopt::TcpKeepIdle, &30);
-    let _ = setsockopt(tcp, sockopt::TcpKeepInterval, &10);
-    let _ = setsockopt(tcp, sockopt::TcpKeepCount, &3);
-    let _ = setsockopt(tcp, sockopt::TcpUserTimeout, &60_000);
 }
 
 /// Accepts connections until SIGTERM or SIGINT.
@@ -102,34 +82,14 @@ pub async fn serve(gw: Arc<Gateway>) -> Result<()> {
     // OIDC issuers' keys: fetched now and refreshed on rotation.
     gw.verifier.spawn_refresh();
     let acceptor = tokio_rustls::TlsAcceptor::from(gw.tls.clone());
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    loop {
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!("accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break }
-            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break }
-        };
-        // Over the cap, the connection is closed before the TLS handshake costs anything.
-        let Ok(permit) = gw.unauthenticated.clone().try_acquire_owned() else {
-            tracing::debug!("closing a connection from {peer}: max_unauthenticated connections are pending");
-            drop(tcp);
-            continue;
-        };
-        tune_socket(&tcp);
-        let pending = Pending(std::sync::Mutex::new(Some(permit)));
+    accept_until_signal(&listener, &gw.gate, |tcp, peer, pending| {
         tokio::spawn(connection(gw.clone(), acceptor.clone(), tcp, peer, pending));
-    }
+    })
+    .await?;
     Ok(())
 }
 
+/// One TLS connection: its requests share `pending`, the slot it holds until a request authenticates.
 async fn connection(
     gw: Arc<Gateway>,
     acceptor: tokio_rustls::TlsAcceptor,
@@ -137,22 +97,12 @@ async fn connection(
     peer: std::net::SocketAddr,
     pending: Pending,
 ) {
-    let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-        Ok(Ok(t)) => t,
-        Ok(Err(e)) => return tracing::debug!("TLS handshake with {peer}: {e}"),
-        Err(_) => return tracing::debug!("TLS handshake with {peer} timed out"),
-    };
     let pending = Arc::new(pending);
-    let svc = hyper::service::service_fn(move |req| {
-        let (gw, pending) = (gw.clone(), pending.clone());
-        async move { Ok::<_, std::convert::Infallible>(crate::api::route(gw, peer, &pending, req).await) }
-    });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
-        .serve_connection(TokioIo::new(tls), svc)
-        .with_upgrades();
-    if let Err(e) = conn.await {
-        tracing::debug!("connection from {peer}: {e}");
-    }
+    serve_tls(acceptor, tcp, peer, |_| {
+        hyper::service::service_fn(move |req| {
+            let (gw, pending) = (gw.clone(), pending.clone());
+            async move { Ok::<_, std::convert::Infallible>(crate::api::route(gw, peer, &pending, req).await) }
+        })
+    })
+    .await
 }

@@ -238,7 +238,10 @@ impl Net {
         let text = std::fs::read_to_string(g.join("gateway.toml")).unwrap();
         let text = text.replace("listen = \"0.0.0.0:", "listen = \"127.0.0.1:").replace(
             "max_stale = \"30s\"",
-            &format!("max_stale = \"{}\"\nmax_unauthenticated = {}", o.max_stale, o.max_unauthenticated),
+            &format!(
+                "max_stale = \"{}\"\nmax_unauthenticated = {}\nlog_format = \"json\"",
+                o.max_stale, o.max_unauthenticated
+            ),
         );
         let text = replace_table(&text, "[etcd]", &etcd.config_toml());
         std::fs::write(g.join("gateway.toml"), text).unwrap();
@@ -530,6 +533,39 @@ fn refusals_happen_at_the_gateway_and_again_at_the_agent() {
     // A bad token: refused at the gateway.
     let o = run(w.net.dcos_as("not-a-token").args(["task", "exec", &w.db, "true"]));
     assert_eq!(code(&o), exit::UNAUTHENTICATED, "{}", stderr(&o));
+}
+
+#[test]
+fn the_gateway_logs_refusals_and_relays_as_json_lines_without_tokens() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let mallory = w.net.token("mallory");
+    let o = run(w.net.dcos_as(&mallory).args(["task", "exec", &w.db, "true"]));
+    assert_eq!(code(&o), exit::FORBIDDEN, "{}", stderr(&o));
+    let o = run(w.net.dcos().args(["task", "exec", &w.db, "sh", "-c", "echo logged-relay"]));
+    assert_eq!((code(&o), stdout(&o).as_str()), (0, "logged-relay\n"), "{}", stderr(&o));
+    let lines = || -> Vec<serde_json::Value> {
+        let log = w.net.gateway_log();
+        // Every line is one JSON object (log_format = "json"), and no token is in any of them.
+        assert!(!log.contains(&mallory) && !log.contains(&w.net.admin), "a token in the gateway's log");
+        log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect()
+    };
+    let refused = lines().into_iter().find(|l| l["message"] == "refused" && l["user"] == "mallory");
+    let refused = refused.expect("no `refused` line for mallory");
+    assert_eq!((refused["code"].as_str(), refused["level"].as_str()), (Some("forbidden"), Some("INFO")), "{refused}");
+    assert!(refused["source"].as_str().is_some_and(|s| s.starts_with("127.0.0.1:")), "{refused}");
+    // The relay's end is logged once the session is over, with the bytes it carried back.
+    let ended = eventually(10, || {
+        lines()
+            .iter()
+            .any(|l| l["message"] == "relay end" && l["task"] == w.db.as_str() && l["bytes_out"].as_u64() > Some(0))
+    });
+    assert!(ended, "no `relay end` line for {}:\n{}", w.db, w.net.gateway_log());
+    let start = lines().into_iter().find(|l| l["message"] == "relay start" && l["task"] == w.db.as_str());
+    let start = start.expect("no `relay start` line");
+    assert_eq!((start["user"].as_str(), start["node"].as_str()), (Some("admin"), Some("node-b")), "{start}");
 }
 
 /// `curl` against an agent directly, with `args` (headers, client certificate); (HTTP status, body).

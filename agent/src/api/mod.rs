@@ -13,13 +13,13 @@ pub mod upgrade;
 pub use origin::Origin;
 pub use refusal::Refusal;
 
-use crate::limits::Pending;
 use crate::runtime::Discovery;
 use crate::server::Agent;
 use dcos_exec_access::acl::Principal;
 use dcos_exec_access::audit::DenialRecord;
 use dcos_exec_access::auth::Claims;
 use dcos_exec_proto::TaskInfo;
+use dcos_exec_server::gate::Pending;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};

@@ -1,11 +1,22 @@
-//! The agent's log on stderr: `tracing` events filtered by `DCOS_EXEC_LOG`, as text or as one JSON object per
+//! A server's log on stderr: `tracing` events filtered by `DCOS_EXEC_LOG`, as text or as one JSON object per
 //! line (`log_format`). Colour codes only go to a terminal, never into a file or a journal.
 
-use crate::config::LogFormat;
+use serde::{Deserialize, Serialize};
 use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
-/// Installs the process's subscriber; called once, by `run`.
+/// How a server writes its log to stderr (`log_format` in its config file).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines, coloured only when stderr is a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line (for journald, Fluent Bit, Loki and the like).
+    Json,
+}
+
+/// Installs the process's subscriber; called once, before the server starts.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_env("DCOS_EXEC_LOG").unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
