@@ -110,9 +110,9 @@ async fn a_session_streams_and_takes_stdin_and_signals() {
     // A timeout drops the session: the agent hangs up the process (the test agent's grace period is 1 s).
     let pidfile = format!("/tmp/lib-timeout-{}", std::process::id());
     let script = format!("echo $$ > {pidfile}; exec sleep 60");
-    let r =
-        tokio::time::timeout(std::time::Duration::from_millis(1500), c.exec(&w.main_task, ["sh", "-c", &script])).await;
-    assert!(r.is_err(), "sleep 60 ended within 1.5 s: {r:?}");
+    // Long enough for the process to start (and write its pid) on a loaded machine, far short of its 60 s.
+    let r = tokio::time::timeout(std::time::Duration::from_secs(5), c.exec(&w.main_task, ["sh", "-c", &script])).await;
+    assert!(r.is_err(), "sleep 60 ended within 5 s: {r:?}");
     let pid = std::fs::read_to_string(w.main.rootfs().join(pidfile.trim_start_matches('/'))).unwrap();
     let alive = || w.main.runc_exec(&[], &["kill", "-0", pid.trim()]).status.success();
     // Waiting without blocking the runtime, which closes the dropped session's connection.
