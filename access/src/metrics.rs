@@ -5,7 +5,9 @@
 //! Names, all prefixed `dcos_exec_`: `sessions_total{outcome}`, `session_errors_total{code}`,
 //! `sessions_active`, `denials_total{code}`, `session_start_seconds{kind}` (a histogram), `stdin_bytes_total`,
 //! `output_bytes_total`, `build_info{component,version,revision}`; with images (the agent):
-//! `image_pulls_total{result}` and `image_cache_bytes`.
+//! `image_pulls_total{result}` and `image_cache_bytes`. A gateway counts what it sees of the sessions it
+//! relays instead of what only an agent knows (outcomes, start times, stdin and output): `sessions_active`,
+//! `denials_total{code}`, `relays_total{result}`, `relayed_bytes_total{direction}` and `build_info`.
 
 use dcos_exec_proto::ErrorCode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -62,6 +64,28 @@ pub enum PullResult {
     Failed,
 }
 
+/// How a gateway's relay of an exec request ended, as counted in `dcos_exec_relays_total{result}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RelayResult {
+    /// The agent took the session (it answered the upgrade).
+    Relayed,
+    /// The agent refused the request (its own ACL, an unknown task, a limit): its answer was passed back.
+    Refused,
+    /// No connection to the agent, or no answer from it (`node_unreachable`).
+    Unreachable,
+}
+
+impl RelayResult {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayResult::Relayed => "relayed",
+            RelayResult::Refused => "refused",
+            RelayResult::Unreachable => "unreachable",
+        }
+    }
+}
+
 impl PullResult {
     /// The label value.
     pub fn as_str(self) -> &'static str {
@@ -102,6 +126,11 @@ struct ResultLabel {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DirectionLabel {
+    direction: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct BuildLabels {
     component: String,
     version: String,
@@ -129,6 +158,8 @@ pub struct Metrics {
     output_bytes: Counter,
     image_pulls: Family<ResultLabel, Counter>,
     image_cache_bytes: Gauge,
+    relays: Family<ResultLabel, Counter>,
+    relayed_bytes: Family<DirectionLabel, Counter>,
 }
 
 /// From 1 ms to about 33 s: a plain exec starts in milliseconds, a debug session's cold pull takes seconds.
@@ -150,6 +181,8 @@ impl Metrics {
             output_bytes: Counter::default(),
             image_pulls: Family::default(),
             image_cache_bytes: Gauge::default(),
+            relays: Family::default(),
+            relayed_bytes: Family::default(),
             registry: Registry::default(),
         };
         let build: Family<BuildLabels, Gauge> = Family::default();
@@ -161,36 +194,56 @@ impl Metrics {
             .get_or_create(&BuildLabels { component: name.into(), version: version.into(), revision: revision.into() })
             .set(1);
         registry.register("build_info", "Version and git revision of the running binary (always 1)", build);
-        registry.register(
-            "sessions",
-            "Sessions by outcome: exited, signaled, failed, lost (client gone), shutdown, refused (before the upgrade)",
-            m.sessions.clone(),
-        );
-        registry.register(
-            "session_errors",
-            "Sessions that failed after the upgrade, by wire error code",
-            m.session_errors.clone(),
-        );
         registry.register("sessions_active", "Sessions open now", m.active.clone());
         registry.register("denials", "API requests refused (audited as denied), by wire error code", m.denials.clone());
-        registry.register(
-            "session_start_seconds",
-            "From the upgrade to the process running (a debug session's pull included), by kind: exec or debug",
-            m.start.clone(),
-        );
-        registry.register("stdin_bytes", "Bytes of stdin delivered to processes", m.stdin_bytes.clone());
-        registry.register("output_bytes", "Bytes of stdout and stderr read from processes", m.output_bytes.clone());
-        if component == Component::Agent {
-            registry.register(
-                "image_pulls",
-                "Debug-image pulls by result: pulled, cached, failed",
-                m.image_pulls.clone(),
-            );
-            registry.register(
-                "image_cache_bytes",
-                "Bytes in the debug-image cache, as of start or the last pull that fetched or pruned",
-                m.image_cache_bytes.clone(),
-            );
+        match component {
+            Component::Agent => {
+                registry.register(
+                    "sessions",
+                    "Sessions by outcome: exited, signaled, failed, lost (client gone), shutdown, refused (before the \
+                     upgrade)",
+                    m.sessions.clone(),
+                );
+                registry.register(
+                    "session_errors",
+                    "Sessions that failed after the upgrade, by wire error code",
+                    m.session_errors.clone(),
+                );
+                registry.register(
+                    "session_start_seconds",
+                    "From the upgrade to the process running (a debug session's pull included), by kind: exec or debug",
+                    m.start.clone(),
+                );
+                registry.register("stdin_bytes", "Bytes of stdin delivered to processes", m.stdin_bytes.clone());
+                registry.register(
+                    "output_bytes",
+                    "Bytes of stdout and stderr read from processes",
+                    m.output_bytes.clone(),
+                );
+                registry.register(
+                    "image_pulls",
+                    "Debug-image pulls by result: pulled, cached, failed",
+                    m.image_pulls.clone(),
+                );
+                registry.register(
+                    "image_cache_bytes",
+                    "Bytes in the debug-image cache, as of start or the last pull that fetched or pruned",
+                    m.image_cache_bytes.clone(),
+                );
+            }
+            Component::Gateway => {
+                registry.register(
+                    "relays",
+                    "Exec and debug requests passed to agents, by result: relayed, refused (by the agent), \
+                     unreachable",
+                    m.relays.clone(),
+                );
+                registry.register(
+                    "relayed_bytes",
+                    "Bytes of relayed sessions (WebSocket frames), by direction: to_agent, to_user",
+                    m.relayed_bytes.clone(),
+                );
+            }
         }
         Metrics { registry, ..m }
     }
@@ -228,6 +281,17 @@ impl Metrics {
     /// The stdout-and-stderr byte counter, for the pumps to add to as bytes flow.
     pub fn output_bytes(&self) -> Counter {
         self.output_bytes.clone()
+    }
+
+    /// A gateway's relay of an exec request got its result.
+    pub fn relay(&self, result: RelayResult) {
+        self.relays.get_or_create(&ResultLabel { result: result.as_str() }).inc();
+    }
+
+    /// A relayed session ended, having carried these bytes each way.
+    pub fn relayed(&self, to_agent: u64, to_user: u64) {
+        self.relayed_bytes.get_or_create(&DirectionLabel { direction: "to_agent" }).inc_by(to_agent);
+        self.relayed_bytes.get_or_create(&DirectionLabel { direction: "to_user" }).inc_by(to_user);
     }
 
     /// A debug-image pull ended.
@@ -310,9 +374,23 @@ mod tests {
     }
 
     #[test]
-    fn a_gateway_has_no_image_metrics() {
-        let t = Metrics::new(Component::Gateway, "1", "r").encode();
-        assert!(!t.contains("image"), "{t}");
-        assert!(t.contains("dcos_exec_sessions_active"), "{t}");
+    fn a_gateway_counts_relays_and_nothing_only_an_agent_knows() {
+        let m = Metrics::new(Component::Gateway, "1", "r");
+        m.relay(RelayResult::Relayed);
+        m.relay(RelayResult::Relayed);
+        m.relay(RelayResult::Unreachable);
+        m.relayed(10, 2000);
+        m.refused(ErrorCode::Forbidden);
+        let t = m.encode();
+        for absent in ["image", "sessions_total", "session_start", "stdin_bytes", "output_bytes"] {
+            assert!(!t.contains(absent), "{absent}: {t}");
+        }
+        assert_eq!(sample(&t, r#"dcos_exec_relays_total{result="relayed"}"#), Some(2.0), "{t}");
+        assert_eq!(sample(&t, r#"dcos_exec_relays_total{result="unreachable"}"#), Some(1.0), "{t}");
+        assert_eq!(sample(&t, r#"dcos_exec_relayed_bytes_total{direction="to_agent"}"#), Some(10.0), "{t}");
+        assert_eq!(sample(&t, r#"dcos_exec_relayed_bytes_total{direction="to_user"}"#), Some(2000.0), "{t}");
+        assert_eq!(sample(&t, r#"dcos_exec_denials_total{code="forbidden"}"#), Some(1.0), "{t}");
+        assert_eq!(sample(&t, "dcos_exec_sessions_active"), Some(0.0), "{t}");
+        assert!(t.contains(r#"component="gateway""#), "{t}");
     }
 }

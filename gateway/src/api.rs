@@ -9,6 +9,7 @@ use dcos_exec_access::acl::Principal;
 use dcos_exec_access::audit::DenialRecord;
 use dcos_exec_access::auth::{AuthError, Claims};
 use dcos_exec_access::judge::{self, Denied, Refused};
+use dcos_exec_access::metrics::RelayResult;
 use dcos_exec_access::request::{self, ParseError};
 use dcos_exec_cluster::{DirectoryError, Indexed, Snapshot};
 use dcos_exec_proto::{forward, ErrorBody, ErrorCode, NodeInfo, TaskInfo};
@@ -77,6 +78,7 @@ pub async fn route(gw: Arc<Gateway>, peer: SocketAddr, pending: &Pending, req: R
         ["v1", "tasks"] => {
             list(&gw, peer, pending, &req).await.map(|(s, rows)| stale(json_response(StatusCode::OK, &rows), &s))
         }
+        ["metrics"] => metrics(&gw, peer, pending, &req).await,
         ["v1", "nodes"] => {
             nodes(&gw, peer, pending, &req).await.map(|(s, rows)| stale(json_response(StatusCode::OK, &rows), &s))
         }
@@ -101,6 +103,7 @@ fn stale(mut resp: Response<Body>, s: &View) -> Response<Body> {
 
 impl Gateway {
     fn audit_refusal(&self, peer: SocketAddr, path: &str, user: Option<&str>, task: Option<&str>, r: &Refusal) {
+        self.metrics.refused(r.code);
         // The same fields as the agent's `refused` line; never the token.
         tracing::info!(
             code = dcos_exec_access::metrics::code_name(r.code),
@@ -242,6 +245,29 @@ async fn nodes(
     Ok((s, rows))
 }
 
+/// `GET /metrics`: the gateway's own counters (see `dcos_exec_access::metrics`), for callers the ACL grants
+/// `metrics` on some task.
+async fn metrics(
+    gw: &Gateway,
+    peer: SocketAddr,
+    pending: &Pending,
+    req: &Request<Incoming>,
+) -> Result<Response<Body>, Refusal> {
+    let claims = gw.authenticate(peer, pending, req).await?;
+    let who = Principal { user: &claims.sub, groups: &claims.groups };
+    if !gw.acl.current().grants_somewhere(&who, "metrics") {
+        let r =
+            Refusal::from(Denied { user: claims.sub.clone(), action: "metrics".into(), image: None, task: "*".into() });
+        gw.audit_refusal(peer, req.uri().path(), Some(&claims.sub), None, &r);
+        return Err(r);
+    }
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, dcos_exec_access::metrics::CONTENT_TYPE)
+        .body(Full::new(Bytes::from(gw.metrics.encode())))
+        .unwrap_or_default())
+}
+
 /// `GET /v1/tasks/{task}/exec`: authenticate, read, resolve over the snapshot, judge, relay.
 async fn exec(
     gw: Arc<Gateway>,
@@ -282,8 +308,13 @@ async fn exec(
     };
     let session = crate::relay::Session { user: claims.sub.clone(), source: peer, task: task.clone(), url };
     match crate::relay::exec(gw.clone(), req, &t, session).await {
-        Ok(resp) => Ok(stale(resp, &s)),
+        Ok(resp) => {
+            let taken = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+            gw.metrics.relay(if taken { RelayResult::Relayed } else { RelayResult::Refused });
+            Ok(stale(resp, &s))
+        }
         Err(e) => {
+            gw.metrics.relay(RelayResult::Unreachable);
             tracing::warn!("{e}");
             Err(audited(e.into()))
         }

@@ -14,8 +14,13 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
+/// The version and the git revision it was built from, as `--version` and `dcos_exec_build_info` show them.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("DCOS_EXEC_REVISION"), ")");
+/// The git revision alone (`unknown` outside a git checkout).
+pub const REVISION: &str = env!("DCOS_EXEC_REVISION");
+
 #[derive(Parser)]
-#[command(name = "dcos-exec-gateway", version, about = "Gateway of a dcos-exec cluster")]
+#[command(name = "dcos-exec-gateway", version = VERSION, about = "Gateway of a dcos-exec cluster")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

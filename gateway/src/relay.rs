@@ -10,7 +10,7 @@ use http::{header, HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper_util::rt::TokioIo;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::ServerName;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,13 +57,10 @@ const PASSED_BACK: [&str; 4] = ["upgrade", "connection", "sec-websocket-accept",
 
 impl Relay {
     pub fn new(cfg: &Loaded) -> Result<Relay> {
-        use rustls_pki_types::pem::PemObject;
         let f = &cfg.file;
         let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_file_iter(&f.cluster_ca)
-            .with_context(|| format!("reading cluster_ca {}", f.cluster_ca.display()))?
-        {
-            roots.add(c.with_context(|| format!("parsing cluster_ca {}", f.cluster_ca.display()))?)?;
+        for c in dcos_exec_server::tls::load_certs(&f.cluster_ca).context("cluster_ca")? {
+            roots.add(c)?;
         }
         let (certs, key) = dcos_exec_server::tls::load_pair(&f.client_cert, &f.client_key)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -178,7 +175,9 @@ pub async fn exec(
     tracing::info!(user = %s.user, task = %s.task, node = %node, source = %s.source, "relay start");
     let start = record("relay_end", None);
     let gw2 = gw.clone();
+    let active = gw.metrics.active_session();
     tokio::spawn(async move {
+        let _active = active;
         let (user, agent) = tokio::join!(hyper::upgrade::on(&mut req), hyper::upgrade::on(answer));
         let (user, agent) = match (user, agent) {
             (Ok(u), Ok(a)) => (TokioIo::new(u), TokioIo::new(a)),
@@ -191,6 +190,7 @@ pub async fn exec(
         end.bytes_out = Some(down);
         tracing::info!(user = %end.user, task = %end.task, node = %end.node, bytes_in = up, bytes_out = down, "relay end");
         gw2.audit.relay(&end);
+        gw2.metrics.relayed(up, down);
     });
     back.body(Full::new(Bytes::new())).map_err(|e| fail(e.to_string()))
 }

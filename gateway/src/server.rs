@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use dcos_exec_access::acl::Shared;
 use dcos_exec_access::audit::AuditLog;
 use dcos_exec_access::auth::Verifier;
+use dcos_exec_access::metrics::{Component, Metrics};
 use dcos_exec_cluster::acl::EtcdAcl;
 use dcos_exec_cluster::Directory;
 use dcos_exec_server::connection::serve_tls;
@@ -29,6 +30,8 @@ pub struct Gateway {
     pub relay: Relay,
     /// Connections not yet past authentication (`max_unauthenticated`).
     pub gate: ConnectionGate,
+    /// What `/metrics` serves.
+    pub metrics: Metrics,
     tls: Arc<rustls::ServerConfig>,
 }
 
@@ -56,7 +59,8 @@ impl Gateway {
         let tls = Arc::new(tls_config(&cfg)?);
         let directory = Directory::spawn(f.etcd.clone(), &f.etcd_prefix, cfg.max_stale);
         let gate = ConnectionGate::new(cfg.file.max_unauthenticated);
-        Ok(Arc::new(Gateway { cfg, verifier, acl, _etcd_acl: etcd_acl, audit, directory, relay, gate, tls }))
+        let metrics = Metrics::new(Component::Gateway, env!("CARGO_PKG_VERSION"), crate::REVISION);
+        Ok(Arc::new(Gateway { cfg, verifier, acl, _etcd_acl: etcd_acl, audit, directory, relay, gate, metrics, tls }))
     }
 }
 

@@ -568,6 +568,60 @@ fn the_gateway_logs_refusals_and_relays_as_json_lines_without_tokens() {
     assert_eq!((start["user"].as_str(), start["node"].as_str()), (Some("admin"), Some("node-b")), "{start}");
 }
 
+/// `GET path` on the gateway with `token` (or none): (HTTP status, body).
+fn gateway_get(net: &Net, path: &str, token: Option<&str>) -> (String, String) {
+    let mut c = Command::new("curl");
+    c.args(["-sS", "--max-time", "5", "-o", "-", "-w", "\n%{http_code}", "--cacert"])
+        .arg(net.setup().join("pki/cluster-ca.crt"));
+    if let Some(t) = token {
+        c.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    let out = stdout(&run(c.arg(format!("https://127.0.0.1:{}{path}", net.gateway_port))));
+    let (body, status) = out.rsplit_once('\n').unwrap_or(("", &out));
+    (status.to_string(), body.to_string())
+}
+
+/// The value of the sample `name` (with its labels, as written) on a metrics page; 0 when absent.
+fn sample(page: &str, name: &str) -> f64 {
+    page.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
+}
+
+#[test]
+fn the_gateway_serves_its_metrics_to_callers_granted_metrics() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let scrape = || {
+        let (status, page) = gateway_get(&w.net, "/metrics", Some(&w.net.admin));
+        assert_eq!(status, "200", "{page}");
+        page
+    };
+    let before = scrape();
+    assert!(before.contains(r#"dcos_exec_build_info{component="gateway""#), "{before}");
+    assert!(!before.contains("image_") && !before.contains("session_start"), "agent-only metrics: {before}");
+    // Other tests relay sessions at the same time: counters only grow, by at least what this test did.
+    let o = run(w.net.dcos().args(["task", "exec", &w.db, "sh", "-c", "head -c 200000 /dev/zero"]));
+    assert_eq!((code(&o), o.stdout.len()), (0, 200_000), "{}", stderr(&o));
+    let refused = |p: &str| sample(p, r#"dcos_exec_denials_total{code="forbidden"}"#);
+    let (status, _) = gateway_get(&w.net, "/metrics", Some(&w.net.token("mallory")));
+    assert_eq!(status, "403");
+    assert_eq!(gateway_get(&w.net, "/metrics", None).0, "401", "metrics without a token");
+    // The relay's byte count is added when the session's relay ends, just after the client saw its exit.
+    let mut after = String::new();
+    let counted = eventually(10, || {
+        after = scrape();
+        sample(&after, r#"dcos_exec_relayed_bytes_total{direction="to_user"}"#)
+            >= sample(&before, r#"dcos_exec_relayed_bytes_total{direction="to_user"}"#) + 200_000.0
+    });
+    assert!(counted, "200000 bytes relayed are not counted:\n{before}\n{after}");
+    let relayed = r#"dcos_exec_relays_total{result="relayed"}"#;
+    assert!(sample(&after, relayed) >= sample(&before, relayed) + 1.0, "{after}");
+    assert!(refused(&after) >= refused(&before) + 1.0, "mallory's refusal is not counted: {after}");
+    // No user or task name on any metric.
+    assert!(!after.contains("mallory") && !after.contains(&w.db) && !after.contains("admin"), "{after}");
+}
+
 /// `curl` against an agent directly, with `args` (headers, client certificate); (HTTP status, body).
 fn curl(net: &Net, node: &Node, path: &str, args: &[&str]) -> (String, String, i32) {
     let o = run(Command::new("curl")
