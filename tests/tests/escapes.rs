@@ -1305,3 +1305,58 @@ fn a_stopped_sandbox_keeps_rro_and_noexec_of_the_containers_binds() {
     }
     assert_eq!(std::fs::read_to_string(rw.join("file")).unwrap(), "written\n");
 }
+
+/// The container of the test below: `CAP_SYS_ADMIN`, and the shared host tmpfs `shared` bound at `/s` with
+/// `rbind`; it exits at once.
+fn binds_a_shared_mount_with_sys_admin(cfg: &mut serde_json::Value) {
+    cfg["process"]["args"] = serde_json::json!(["sh", "-c", "exit 3"]);
+    for set in ["bounding", "effective", "permitted"] {
+        cfg["process"]["capabilities"][set].as_array_mut().unwrap().push("CAP_SYS_ADMIN".into());
+    }
+    let mounts = cfg["mounts"].as_array_mut().unwrap();
+    mounts.push(serde_json::json!({
+        "destination": "/s", "type": "bind", "source": sandbox_host_dir("shared"), "options": ["rbind"]
+    }));
+}
+
+/// The attack: a stopped container with `CAP_SYS_ADMIN` bound a host directory that is a shared mount (as `/` is
+/// on systemd hosts). Running, its binds are slaves of the host's (runc makes its root `rslave`): what it mounts
+/// there stays in the container. In its sandbox a clone of the bind would still be the host mount's peer, so a
+/// mount the session makes there would appear on the host. Clones are private: it must not.
+#[test]
+fn a_mount_in_a_stopped_sandbox_does_not_propagate_to_the_host() {
+    if skip() {
+        return;
+    }
+    let dir = sandbox_host_dir("propagation");
+    let _ = std::fs::remove_dir_all(&dir);
+    let shared = sandbox_host_dir("shared");
+    let _ = std::fs::remove_dir_all(&shared);
+    let _tmpfs = HostMount::tmpfs(&shared);
+    let o = run(std::process::Command::new("mount").arg("--make-shared").arg(&shared));
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::create_dir_all(shared.join("x")).unwrap();
+    let opts = ContainerOpts {
+        tweak: Some(binds_a_shared_mount_with_sys_admin),
+        prepare: Some(|root| std::fs::create_dir_all(root.join("s")).unwrap()),
+        ..Default::default()
+    };
+    let (c, agent, image, dbg) = stopped_for_dbg(&dir, "propagation", &opts, r#"["debug"]"#);
+    let probe = "mount -t tmpfs -o size=1m sandbox /target/s/x && echo MOUNTED; touch /target/s/x/from-sandbox; \
+                 echo END";
+    let o = run(agent.dcos_as(&dbg).args(["task", "exec", "--debug-image", &image, &c.id, "sh", "-c", probe]));
+    let out = stdout(&o);
+    assert!(
+        out.contains("MOUNTED") && out.contains("END"),
+        "the session mounts (the attack's premise): {out}{}",
+        stderr(&o)
+    );
+    let on_host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let x = shared.join("x").display().to_string();
+    let leaked = on_host.lines().any(|l| l.split(' ').nth(4) == Some(x.as_str()));
+    if leaked {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&x).output();
+    }
+    assert!(!leaked, "the sandbox's mount propagated to the host's {x}");
+    assert!(!shared.join("x/from-sandbox").exists());
+}
