@@ -1360,3 +1360,31 @@ fn a_mount_in_a_stopped_sandbox_does_not_propagate_to_the_host() {
     assert!(!leaked, "the sandbox's mount propagated to the host's {x}");
     assert!(!shared.join("x/from-sandbox").exists());
 }
+
+/// The attack: the host has a procfs mounted below a stopped container's root filesystem (its bundle's `rootfs`,
+/// which the sandbox clones recursively as runc binds it). A debug user would find the host's processes at
+/// `/target/hostproc` (and, with the uid of one, its root at `/target/hostproc/PID/root`). The session must fail,
+/// naming why.
+#[test]
+fn a_stopped_root_filesystem_holding_the_hosts_procfs_is_refused() {
+    if skip() {
+        return;
+    }
+    let dir = sandbox_host_dir("rootproc");
+    let _ = std::fs::remove_dir_all(&dir);
+    let opts = ContainerOpts {
+        tweak: Some(|cfg| cfg["process"]["args"] = serde_json::json!(["sh", "-c", "exit 3"])),
+        prepare: Some(|root| std::fs::create_dir_all(root.join("hostproc")).unwrap()),
+        ..Default::default()
+    };
+    let (c, agent, image, dbg) = stopped_for_dbg(&dir, "rootproc", &opts, r#"["debug"]"#);
+    let at = c.rootfs().join("hostproc");
+    let o = run(std::process::Command::new("mount").args(["-t", "proc", "proc"]).arg(&at));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let _proc = HostMount(at);
+    let probe = "test -d /target/hostproc/1 && echo HOST-PROC; echo RAN";
+    let o = run(agent.dcos_as(&dbg).args(["task", "exec", "--debug-image", &image, &c.id, "sh", "-c", probe]));
+    assert!(!stdout(&o).contains("HOST-PROC"), "the host's procfs showed in the sandbox: {}", stdout(&o));
+    assert_eq!(o.status.code(), Some(125), "{}{}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("the host's proc"), "the refusal names the reason: {}", stderr(&o));
+}
