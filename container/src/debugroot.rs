@@ -214,8 +214,9 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+        let octal = b.get(i + 1..i + 4).filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        if let Some(byte) = octal.and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok()) {
+            out.push(byte);
             i += 4;
         } else {
             out.push(b[i]);
@@ -473,6 +474,7 @@ mod tests {
         );
         assert_eq!(held(44, "/srv/vol", true), ["tmpfs /srv/vol/sub", "proc /srv/vol/with space", "tmpfs /srv/vol"]);
         assert_eq!(held(27, "/", false), ["ext4 /"]);
+        assert_eq!(unescape("a\\040b\\134\\777\\04"), "a b\\\\777\\04");
         assert_eq!(held(27, "/", true).len(), 7, "everything");
         assert_eq!(
             held(27, "/srv", true),
