@@ -163,16 +163,14 @@ fn stopped_target(
     let mut binds = Vec::new();
     for m in config.mounts().iter().flatten() {
         let opts = m.options().clone().unwrap_or_default();
-        let is_bind = m.typ().as_deref() == Some("bind") || opts.iter().any(|o| o == "bind" || o == "rbind");
-        let Some(source) = m.source().as_ref().filter(|_| is_bind) else { continue };
+        let destination = m.destination().display().to_string();
+        let Some(bind) = spec::StoppedBind::from_oci(&destination, m.typ().as_deref(), &opts) else { continue };
+        let Some(source) = m.source().as_ref() else { continue };
         // Without following any symlink: a container writes into its volumes, and a source below one of them
         // (reached through another of its mounts) may have been replaced by a link to the host's `/`.
         let Ok(fd) = open_dir_no_symlinks(source) else { continue };
         fds.push(fd);
-        binds.push(spec::StoppedBind {
-            destination: m.destination().display().to_string(),
-            readonly: opts.iter().any(|o| o == "ro"),
-        });
+        binds.push(bind);
     }
     Ok((spec::StoppedTarget { binds, writable, root: spec::StoppedRoot::Dir, hostname: None }, fds))
 }

@@ -145,27 +145,159 @@ pub fn enter(overlay: OwnedFd, target: &str) -> Result<(), MountError> {
     Ok(())
 }
 
-/// A detached, recursive clone of the tree at `dir`, made in the host's mount namespace, where `dir` is (a clone
-/// can only be made of mounts in the caller's own namespace). Always `nosuid,nodev`: the sandbox has no device
-/// cgroup, so a device node the session makes there (with the container's `CAP_MKNOD`) must not open; read-only
-/// unless `writable`.
-pub fn detached_clone(dir: &OwnedFd, writable: bool, what: &str) -> Result<OwnedFd, MountError> {
-    let flags = OpenTreeFlags::OPEN_TREE_CLONE
-        | OpenTreeFlags::OPEN_TREE_CLOEXEC
-        | OpenTreeFlags::AT_RECURSIVE
-        | OpenTreeFlags::AT_EMPTY_PATH;
+/// How a tree of a stopped container is cloned into its sandbox.
+#[derive(Debug, Clone, Copy)]
+pub struct CloneMode {
+    /// With the mounts below `dir` (`rbind`), or its own mount only (`bind`).
+    pub recursive: bool,
+    /// Read-only, every mount of the clone.
+    pub readonly: bool,
+    /// No execution, every mount of the clone.
+    pub noexec: bool,
+}
+
+/// A detached clone of the tree at `dir`, made in the host's mount namespace, where `dir` is (a clone can only be
+/// made of mounts in the caller's own namespace). Always `nosuid,nodev`: the sandbox has no device cgroup, so a
+/// device node the session makes there (with the container's `CAP_MKNOD`) must not open. Private: nothing
+/// mounted on the host below the source later propagates into the sandbox, and nothing mounted in the sandbox
+/// propagates out.
+pub fn detached_clone(dir: &OwnedFd, mode: CloneMode, what: &str) -> Result<OwnedFd, MountError> {
+    let mut flags = OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_EMPTY_PATH;
+    if mode.recursive {
+        flags |= OpenTreeFlags::AT_RECURSIVE;
+    }
     let tree = open_tree(dir, "", flags).map_err(err(format!("cloning {what}")))?;
     let mut attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
-    if !writable {
+    if mode.readonly {
         attrs |= MOUNT_ATTR_RDONLY;
+    }
+    if mode.noexec {
+        attrs |= MOUNT_ATTR_NOEXEC;
     }
     set_attrs(&tree, attrs, what)?;
     Ok(tree)
 }
 
+/// Filesystems that are the kernel's interfaces to the host (its processes, kernel tunables, cgroups, namespaces,
+/// IPC, security policy): never shown in a stopped container's sandbox through a bind. With the host's procfs
+/// there, `/proc/PID/root` of any host process with the session's uid is the host's root, writable.
+const KERNEL_FS: &[&str] = &[
+    "proc",
+    "sysfs",
+    "cgroup",
+    "cgroup2",
+    "nsfs",
+    "mqueue",
+    "debugfs",
+    "tracefs",
+    "securityfs",
+    "bpf",
+    "configfs",
+    "efivarfs",
+    "pstore",
+    "fusectl",
+    "binfmt_misc",
+    "selinuxfs",
+];
+
+/// One line of `/proc/self/mountinfo`: mount id, parent id, mount point (unescaped), filesystem type.
+struct MountLine {
+    id: u64,
+    parent: u64,
+    point: String,
+    fstype: String,
+}
+
+/// mountinfo's octal escapes (`\040` for a space, ...).
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b.get(i + 1..i + 4).filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        if let Some(byte) = octal.and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok()) {
+            out.push(byte);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn mountinfo(text: &str) -> Vec<MountLine> {
+    text.lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let f: Vec<&str> = left.split(' ').collect();
+            Some(MountLine {
+                id: f.first()?.parse().ok()?,
+                parent: f.get(1)?.parse().ok()?,
+                point: unescape(f.get(4)?),
+                fstype: right.split(' ').next()?.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// The mounts a clone of the directory at `path` in mount `id` may hold, of those in `mounts`: its own, and when
+/// `recursive` every one mounted at or below `path` but for the mounts its own is stacked on (more than the clone
+/// holds when a mount was stacked over the source later: never less).
+fn clone_holds<'a>(mounts: &'a [MountLine], id: u64, path: &str, recursive: bool) -> Vec<&'a MountLine> {
+    let mut below_own = Vec::new();
+    let mut at = mounts.iter().find(|m| m.id == id).map(|m| m.parent);
+    while let Some(p) = at.filter(|p| !below_own.contains(p) && *p != id) {
+        below_own.push(p);
+        at = mounts.iter().find(|m| m.id == p).map(|m| m.parent);
+    }
+    let prefix = if path == "/" { "/".to_string() } else { format!("{}/", path.trim_end_matches('/')) };
+    mounts
+        .iter()
+        .filter(|m| {
+            m.id == id
+                || (recursive
+                    && !below_own.contains(&m.id)
+                    && (m.point == path.trim_end_matches('/') || m.point.starts_with(&prefix)))
+        })
+        .collect()
+}
+
+/// What kernel filesystem of the host (see [`KERNEL_FS`]) a clone of `dir` would bring into a sandbox, if any:
+/// the source's own mount, or, for a recursive clone, one mounted at or below it. Read from this process's
+/// mountinfo, in the host's namespace where the clone is made; a source whose place there is unknown is refused
+/// as if it held one.
+pub fn kernel_fs_in(dir: &OwnedFd, recursive: bool) -> Result<Option<String>, MountError> {
+    use rustix::fs::{AtFlags, StatxFlags};
+    let stx = rustix::fs::statx(dir, "", AtFlags::EMPTY_PATH, StatxFlags::MNT_ID)
+        .map_err(err("finding the mount of a bind source"))?;
+    if stx.stx_mask & StatxFlags::MNT_ID.bits() == 0 {
+        return Err(MountError {
+            what: "finding the mount of a bind source".into(),
+            source: std::io::Error::other("the kernel does not report mount ids"),
+        });
+    }
+    let path = std::fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd()))
+        .map_err(io_err("finding where a bind source is"))?;
+    let path = path.to_string_lossy().into_owned();
+    if !path.starts_with('/') || path.ends_with(" (deleted)") {
+        return Ok(Some(format!("a source out of reach ({path})")));
+    }
+    let text = std::fs::read_to_string("/proc/self/mountinfo").map_err(io_err("reading /proc/self/mountinfo"))?;
+    let mounts = mountinfo(&text);
+    let held = clone_holds(&mounts, stx.stx_mnt_id, &path, recursive);
+    if !held.iter().any(|m| m.id == stx.stx_mnt_id) {
+        return Ok(Some(format!("a source on a mount not in this namespace ({path})")));
+    }
+    Ok(held.iter().find(|m| KERNEL_FS.contains(&m.fstype.as_str())).map(|m| format!("{} at {}", m.fstype, m.point)))
+}
+
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
 const MOUNT_ATTR_NOSUID: u64 = 0x2;
 const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+/// `MS_PRIVATE`, for `mount_attr.propagation`.
+const MS_PRIVATE: u64 = 1 << 18;
 
 /// One bind mount of a stopped container: a detached clone of its source, and where it goes inside the
 /// container's root.
@@ -186,9 +318,9 @@ struct MountAttr {
     userns_fd: u64,
 }
 
-/// Sets mount attributes on a detached tree, recursively.
+/// Sets mount attributes on a detached tree, recursively, and makes it private.
 fn set_attrs(tree: &OwnedFd, attrs: u64, what: &str) -> Result<(), MountError> {
-    let attr = MountAttr { attr_set: attrs, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    let attr = MountAttr { attr_set: attrs, attr_clr: 0, propagation: MS_PRIVATE, userns_fd: 0 };
     let empty = c"";
     let flags = libc::AT_EMPTY_PATH | libc::AT_RECURSIVE;
     // SAFETY: mount_setattr on a mount fd with an empty path, reading one mount_attr of the size passed.
@@ -208,8 +340,8 @@ fn set_attrs(tree: &OwnedFd, attrs: u64, what: &str) -> Result<(), MountError> {
     Ok(())
 }
 
-/// A `/dev` of the session's own: the host's null, zero, full, random, urandom and tty bound onto a `nodev`
-/// tmpfs (so that a node the session makes there with `CAP_MKNOD` does not open: the sandbox has no device
+/// A `/dev` of the session's own: the host's null, zero, full, random, urandom and tty bound read-only onto a
+/// `nodev` tmpfs (so that a node the session makes there with `CAP_MKNOD` does not open: the sandbox has no device
 /// cgroup), and a new devpts instance for `-t`. Runs before the host's root is detached, where `/dev` is the
 /// host's.
 fn attach_dev(new_root: &OwnedFd) -> Result<(), MountError> {
@@ -231,7 +363,9 @@ fn attach_dev(new_root: &OwnedFd) -> Result<(), MountError> {
         let flags =
             OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_SYMLINK_NOFOLLOW;
         let node = open_tree(&host_dev, name, flags).map_err(err(format!("cloning /dev/{name}")))?;
-        set_attrs(&node, MOUNT_ATTR_NOSUID, name)?;
+        // Read-only: the node stays the host's, whose mode, owner and times the session (the container's root)
+        // must not change; reading and writing the device itself does not need a writable mount.
+        set_attrs(&node, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, name)?;
         let point = rustix::fs::openat(
             &dev,
             name,
@@ -307,5 +441,51 @@ fn mkdir_in(dir: &OwnedFd, name: &str) -> Result<(), MountError> {
     match rustix::fs::mkdirat(dir, name, rustix::fs::Mode::from_raw_mode(0o755)) {
         Ok(()) | Err(rustix::io::Errno::EXIST) => Ok(()),
         Err(e) => Err(err(format!("mkdir /{name}"))(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "\
+22 27 0:21 / /proc rw,relatime - proc proc rw
+27 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+40 27 0:40 / /srv/vol rw - ext4 /dev/vdb rw
+41 40 0:41 / /srv/vol/sub rw - tmpfs tmpfs rw
+42 40 0:42 / /srv/vol/with\\040space rw - proc proc rw
+43 27 0:43 / /srv/volume rw - sysfs sysfs rw
+44 40 0:44 / /srv/vol rw - tmpfs tmpfs rw
+";
+
+    fn held(id: u64, path: &str, recursive: bool) -> Vec<String> {
+        let m = mountinfo(MOUNTINFO);
+        clone_holds(&m, id, path, recursive).iter().map(|m| format!("{} {}", m.fstype, m.point)).collect()
+    }
+
+    /// A `bind` holds its own mount only; an `rbind` everything at or below its path (not a sibling that merely
+    /// shares the prefix, not the mounts it is stacked over), escapes undone.
+    #[test]
+    fn what_a_clone_holds() {
+        assert_eq!(held(40, "/srv/vol", false), ["ext4 /srv/vol"]);
+        assert_eq!(
+            held(40, "/srv/vol", true),
+            ["ext4 /srv/vol", "tmpfs /srv/vol/sub", "proc /srv/vol/with space", "tmpfs /srv/vol"]
+        );
+        assert_eq!(held(44, "/srv/vol", true), ["tmpfs /srv/vol/sub", "proc /srv/vol/with space", "tmpfs /srv/vol"]);
+        assert_eq!(held(27, "/", false), ["ext4 /"]);
+        assert_eq!(unescape("a\\040b\\134\\777\\04"), "a b\\\\777\\04");
+        assert_eq!(held(27, "/", true).len(), 7, "everything");
+        assert_eq!(
+            held(27, "/srv", true),
+            [
+                "ext4 /",
+                "ext4 /srv/vol",
+                "tmpfs /srv/vol/sub",
+                "proc /srv/vol/with space",
+                "sysfs /srv/volume",
+                "tmpfs /srv/vol"
+            ]
+        );
     }
 }

@@ -142,8 +142,52 @@ pub struct StoppedTarget {
 pub struct StoppedBind {
     /// Where it is mounted inside the container's root.
     pub destination: String,
-    /// `ro` in its options.
+    /// `rbind` (Docker's default): the mounts below the source come along. A `bind` is the source's own mount
+    /// only, as runc mounts it: what is mounted below the source on the host was never in the container.
+    #[serde(default)]
+    pub recursive: bool,
+    /// `ro` or `rro`: read-only, every mount of the bind (runc's `ro` is the top mount only: the sandbox is
+    /// stricter, never looser).
     pub readonly: bool,
+    /// `noexec` or `rnoexec`: no execution from any mount of the bind.
+    #[serde(default)]
+    pub noexec: bool,
+}
+
+impl StoppedBind {
+    /// The bind mount an OCI `mounts` entry describes, as runc reads it: a bind when its type is `bind` or its
+    /// options hold `bind` or `rbind`; recursive only with `rbind`; options in order, a later `rw`/`rrw`
+    /// (`exec`/`rexec`) undoing an earlier `ro`/`rro` (`noexec`/`rnoexec`). `nosuid` and `nodev` need no
+    /// carrying: every tree of the sandbox has both. `None` when it is not a bind mount.
+    pub fn from_oci(destination: &str, typ: Option<&str>, options: &[String]) -> Option<StoppedBind> {
+        let is_bind = typ == Some("bind") || options.iter().any(|o| o == "bind" || o == "rbind");
+        if !is_bind {
+            return None;
+        }
+        // runc keeps the top mount's flags (`ro`, `rw`) and the recursive attributes (`rro`, `rrw`) apart: the
+        // recursive ones are applied last, so an `rrw` clears an `ro` too.
+        let (mut ro, mut rro, mut rrw) = (false, false, false);
+        let (mut noexec, mut rnoexec, mut rexec) = (false, false, false);
+        for o in options {
+            match o.as_str() {
+                "ro" => ro = true,
+                "rw" => ro = false,
+                "rro" => (rro, rrw) = (true, false),
+                "rrw" => (rro, rrw) = (false, true),
+                "noexec" => noexec = true,
+                "exec" => noexec = false,
+                "rnoexec" => (rnoexec, rexec) = (true, false),
+                "rexec" => (rnoexec, rexec) = (false, true),
+                _ => {}
+            }
+        }
+        Some(StoppedBind {
+            destination: destination.to_string(),
+            recursive: options.iter().any(|o| o == "rbind"),
+            readonly: rro || (ro && !rrw),
+            noexec: rnoexec || (noexec && !rexec),
+        })
+    }
 }
 
 /// Where a debug session sees the target's root filesystem.
@@ -369,7 +413,7 @@ pub(crate) mod tests {
         }
         assert_eq!(s.debug, Some(DebugRoot { layers: 2, target: "/target".into(), stopped: None }));
         assert_eq!(s.debug.as_ref().map(DebugRoot::fds), Some(2));
-        let binds = vec![StoppedBind { destination: "/data".into(), readonly: true }];
+        let binds = vec![StoppedBind { destination: "/data".into(), recursive: true, readonly: true, noexec: false }];
         let stopped = Overrides {
             stopped: Some(StoppedTarget {
                 binds,
@@ -394,5 +438,27 @@ pub(crate) mod tests {
     fn env_overrides_replace_by_key() {
         let base = vec!["PATH=/bin".to_string(), "A=1".to_string()];
         assert_eq!(merge_env(&base, &["A=2".into(), "B=x=y".into()]), vec!["PATH=/bin", "A=2", "B=x=y"]);
+    }
+
+    /// runc's reading of a bind's options: `bind` is not recursive, `rbind` is; `ro`/`rro` and
+    /// `noexec`/`rnoexec` in order, undone by a later `rw`/`rrw` and `exec`/`rexec`.
+    #[test]
+    fn bind_options_as_runc_reads_them() {
+        let b = |typ: Option<&str>, o: &[&str]| {
+            let o: Vec<String> = o.iter().map(|s| s.to_string()).collect();
+            StoppedBind::from_oci("/d", typ, &o).map(|b| (b.recursive, b.readonly, b.noexec))
+        };
+        assert_eq!(b(Some("bind"), &["bind", "ro"]), Some((false, true, false)));
+        assert_eq!(b(Some("bind"), &[]), Some((false, false, false)));
+        assert_eq!(b(None, &["rbind", "rro"]), Some((true, true, false)));
+        assert_eq!(b(Some("none"), &["rbind", "rw", "noexec", "nosuid", "nodev"]), Some((true, false, true)));
+        assert_eq!(b(Some("bind"), &["rbind", "rnoexec"]), Some((true, false, true)));
+        assert_eq!(b(Some("bind"), &["ro", "rw"]), Some((false, false, false)));
+        assert_eq!(b(Some("bind"), &["ro", "rrw"]), Some((false, false, false)));
+        assert_eq!(b(Some("bind"), &["rro", "rw"]), Some((false, true, false)));
+        assert_eq!(b(Some("bind"), &["rrw", "ro"]), Some((false, false, false)));
+        assert_eq!(b(Some("bind"), &["noexec", "exec"]), Some((false, false, false)));
+        assert_eq!(b(Some("tmpfs"), &["nosuid"]), None);
+        assert_eq!(b(Some("proc"), &[]), None);
     }
 }

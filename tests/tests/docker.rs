@@ -476,3 +476,60 @@ fn a_crashed_container_on_overlay2_is_debugged_on_its_layers() {
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     docker_ok(&d, &["rm", &name]);
 }
+
+/// The attack: a Docker container binds a host directory with `--mount ...,bind-nonrecursive=true`, so it never
+/// sees the tmpfs mounted below that directory on the host; once it exited, its debug sandbox (Docker keeps no
+/// bundle: the mounts come from inspect) must not show that tmpfs either. The same directory bound with `-v`
+/// (`rbind`, Docker's default) brings it, as it did to the running container.
+#[test]
+fn a_non_recursive_docker_bind_brings_no_host_mount_into_its_sandbox() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let p = prefix();
+    let name = format!("{p}-nonrec");
+    let dir = std::env::temp_dir().join(format!("{p}-docker-nonrec"));
+    let vol = dir.join("vol");
+    std::fs::create_dir_all(vol.join("sub")).unwrap();
+    std::fs::write(vol.join("plain"), "IN-THE-SOURCE\n").unwrap();
+    let o = run(Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(vol.join("sub")));
+    assert!(o.status.success(), "{}", stderr(&o));
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).output();
+        }
+    }
+    let _unmount = Unmount(vol.join("sub"));
+    std::fs::write(vol.join("sub/secret"), "MOUNTED-BELOW-THE-SOURCE\n").unwrap();
+    let image = debug_image(&dir);
+    let probe = "cat /nr/plain; cat /nr/sub/secret 2>/dev/null; echo ---; cat /rec/sub/secret; exit 3";
+    let o = docker(
+        &w.d,
+        &[
+            "run",
+            "--name",
+            &name,
+            "--mount",
+            &format!("type=bind,source={},target=/nr,bind-nonrecursive=true", vol.display()),
+            "-v",
+            &format!("{}:/rec", vol.display()),
+            &w.d.image,
+            "sh",
+            "-c",
+            probe,
+        ],
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "IN-THE-SOURCE\n---\nMOUNTED-BELOW-THE-SOURCE\n", "what the running container saw");
+    let token = w.agent.token("ro", &[], "1h");
+    let o = run(w
+        .agent
+        .dcos_as(&token)
+        .args(["task", "exec", "--debug-image", &image, &name, "sh", "-c"])
+        .arg("cat /target/nr/plain; cat /target/nr/sub/secret 2>/dev/null; echo ---; cat /target/rec/sub/secret"));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "IN-THE-SOURCE\n---\nMOUNTED-BELOW-THE-SOURCE\n", "the sandbox sees what the container saw");
+    docker_ok(&w.d, &["rm", &name]);
+}

@@ -1092,3 +1092,299 @@ images = ["**"]
     assert!(stdout(&o).contains("END"), "{}", stdout(&o));
     let _ = std::fs::remove_file(vol.join("cache"));
 }
+
+/// A host directory of this test process for the stopped-sandbox tests below.
+fn sandbox_host_dir(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("{}-sbx-{name}", prefix()))
+}
+
+/// A tmpfs this test mounted on the host, lazily unmounted when dropped (also when the test fails).
+struct HostMount(PathBuf);
+
+impl HostMount {
+    fn tmpfs(at: &Path) -> HostMount {
+        std::fs::create_dir_all(at).unwrap();
+        let o = run(std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(at));
+        assert!(o.status.success(), "mount tmpfs on {}: {}", at.display(), stderr(&o));
+        HostMount(at.to_path_buf())
+    }
+}
+
+impl Drop for HostMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).output();
+    }
+}
+
+/// A runc container of `opts` (under `dir`) run until it stopped, an agent of its own in `dir` granting user `dbg`
+/// `actions` on every task and image, a busybox debug image, and dbg's token.
+fn stopped_for_dbg(dir: &Path, name: &str, opts: &ContainerOpts, actions: &str) -> (Container, Agent, String, String) {
+    std::fs::create_dir_all(dir.join("bundles")).unwrap();
+    let c = Container::start(&dir.join("bundles"), &format!("{}-{name}", prefix()), opts);
+    let state = || {
+        let o = run(std::process::Command::new("runc").args(["state", &c.id]));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).map(|v| v["status"].clone()).unwrap_or_default()
+    };
+    assert!(eventually(10, || state() == "stopped"), "the container exits");
+    let acl = format!("[[rule]]\nsubjects = [\"user:dbg\"]\ntasks = [\"*\"]\nactions = {actions}\nimages = [\"**\"]\n");
+    let agent = registry::start_agent(&dir.join("agent"), "", &acl);
+    let layout = dir.join("layout");
+    registry::write_layout(&layout, "v1", &[registry::busybox_layer()]);
+    let image = format!("oci:{}:v1", layout.display());
+    let dbg = agent.token("dbg", &[], "1h");
+    (c, agent, image, dbg)
+}
+
+/// The container of the test below: it binds the host directory `vol` (a tmpfs is mounted on its `sub` on the
+/// host) with `bind` and with `rbind`, the host's `/` with `bind` and with `rbind`, and the host's `/proc` and
+/// `/sys` themselves; it exits at once.
+fn binds_the_host(cfg: &mut serde_json::Value) {
+    cfg["process"]["args"] = serde_json::json!(["sh", "-c", "exit 3"]);
+    let vol = sandbox_host_dir("vol");
+    let mounts = cfg["mounts"].as_array_mut().unwrap();
+    for (dest, source, opts) in [
+        ("/vol", vol.as_path(), serde_json::json!(["bind", "ro"])),
+        ("/rvol", vol.as_path(), serde_json::json!(["rbind", "ro"])),
+        ("/host", Path::new("/"), serde_json::json!(["bind", "ro"])),
+        ("/rhost", Path::new("/"), serde_json::json!(["rbind", "ro"])),
+        ("/hproc", Path::new("/proc"), serde_json::json!(["bind", "ro"])),
+        ("/hsys", Path::new("/sys"), serde_json::json!(["bind", "ro"])),
+    ] {
+        mounts.push(serde_json::json!({"destination": dest, "type": "bind", "source": source, "options": opts}));
+    }
+}
+
+/// The attack: a container binds the host's `/` read-only and not recursively (`bind`, not `rbind`), as its
+/// `config.json` may; running, its `/host/proc` is an empty directory. Stopped, a user with `debug` opens a
+/// sandbox on it: were the bind cloned recursively, `/target/host/proc` would be the host's procfs, and
+/// `/proc/PID/root` of a host process of the session's uid the host's root, writable. Likewise a tmpfs mounted
+/// below a `bind` source on the host, which the container never saw. A `bind` must bring its own mount only, an
+/// `rbind` everything (the tmpfs), but never a kernel filesystem of the host: an `rbind` of `/`, and binds of
+/// `/proc` and `/sys` themselves, are left out.
+#[test]
+fn a_plain_bind_brings_neither_host_mounts_nor_the_hosts_procfs_into_a_stopped_sandbox() {
+    if skip() {
+        return;
+    }
+    let dir = sandbox_host_dir("plainbind");
+    let _ = std::fs::remove_dir_all(&dir);
+    let vol = sandbox_host_dir("vol");
+    let _ = std::fs::remove_dir_all(&vol);
+    std::fs::create_dir_all(vol.join("sub")).unwrap();
+    std::fs::write(vol.join("plain"), "IN-THE-SOURCE\n").unwrap();
+    let _tmpfs = HostMount::tmpfs(&vol.join("sub"));
+    std::fs::write(vol.join("sub/secret"), "MOUNTED-BELOW-THE-SOURCE\n").unwrap();
+    let opts = ContainerOpts {
+        tweak: Some(binds_the_host),
+        prepare: Some(|root| {
+            for d in ["vol", "rvol", "host", "rhost", "hproc", "hsys"] {
+                std::fs::create_dir_all(root.join(d)).unwrap();
+            }
+        }),
+        ..Default::default()
+    };
+    let (c, agent, image, dbg) = stopped_for_dbg(&dir, "plainbind", &opts, r#"["debug"]"#);
+    let probe = "cat /target/vol/plain /target/vol/sub/secret 2>&1; echo ---; cat /target/rvol/sub/secret 2>&1; \
+                 echo ---; for p in host/proc/1/root host/proc/self rhost/etc rhost/proc/1 hproc/1 hproc/self \
+                 hsys/kernel; do test -e /target/$p && echo PRESENT /target/$p; done; test -d /target/host/etc && \
+                 echo HOST-ETC; echo END";
+    let o = run(agent.dcos_as(&dbg).args(["task", "exec", "--debug-image", &image, &c.id, "sh", "-c", probe]));
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{}{}", out, stderr(&o));
+    let parts: Vec<&str> = out.split("---\n").collect();
+    assert_eq!(parts.len(), 3, "{out}");
+    assert!(parts[0].contains("IN-THE-SOURCE"), "the bind's own files show: {out}");
+    assert!(!parts[0].contains("MOUNTED-BELOW"), "a `bind` brought a host mount below its source: {out}");
+    assert!(parts[1].contains("MOUNTED-BELOW-THE-SOURCE"), "an `rbind` brings the mounts below its source: {out}");
+    assert!(!out.contains("PRESENT"), "a kernel filesystem of the host shows in the sandbox: {out}");
+    assert!(out.contains("HOST-ETC") && out.contains("END"), "the `bind` of / itself is there: {out}");
+}
+
+/// The attack: the stopped container's root (uid 0, the `runc spec` default) in its sandbox changes the mode
+/// and times of `/dev/full`, which is the host's device inode bound in: the host's `/dev/full` (and as well
+/// `/dev/null`: `chmod 000` would break the host). The nodes are bound read-only: mode and time changes fail
+/// with EROFS, reading and writing the devices still work. The mode set is the one the node has, so the host's
+/// node keeps its mode even where the attack succeeds.
+#[test]
+fn a_stopped_sandbox_cannot_change_the_hosts_device_nodes() {
+    if skip() {
+        return;
+    }
+    let dir = sandbox_host_dir("devnodes");
+    let _ = std::fs::remove_dir_all(&dir);
+    let opts = ContainerOpts {
+        tweak: Some(|cfg| cfg["process"]["args"] = serde_json::json!(["sh", "-c", "exit 3"])),
+        ..Default::default()
+    };
+    let (c, agent, image, dbg) = stopped_for_dbg(&dir, "devnodes", &opts, r#"["debug", "debug:write"]"#);
+    use std::os::unix::fs::MetadataExt;
+    let before: Vec<(u32, u32)> = ["null", "full"]
+        .iter()
+        .map(|n| std::fs::metadata(format!("/dev/{n}")).map(|m| (m.mode(), m.uid())).unwrap())
+        .collect();
+    let probe = "id -u; for n in null full zero tty; do chmod \"$(stat -c %a /dev/$n)\" /dev/$n 2>/dev/null && \
+                 echo CHMOD-$n; touch -c /dev/$n 2>/dev/null && echo TOUCH-$n; done; \
+                 echo data > /dev/null && echo NULL-WRITE; head -c 7 /dev/zero | wc -c; \
+                 head -c 5 /dev/urandom | wc -c; echo x > /dev/full 2>/dev/null || echo FULL-ENOSPC; echo END";
+    let o = run(agent.dcos_as(&dbg).args(["task", "exec", "--debug-image", &image, &c.id, "sh", "-c", probe]));
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{}{}", out, stderr(&o));
+    assert!(out.starts_with("0\n"), "the session is the container's root: {out}");
+    assert!(!out.contains("CHMOD-") && !out.contains("TOUCH-"), "the host's device nodes were changed: {out}");
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    for want in ["NULL-WRITE", "7", "5", "FULL-ENOSPC", "END"] {
+        assert!(lines.contains(&want), "the devices work ({want}): {out}");
+    }
+    let after: Vec<(u32, u32)> = ["null", "full"]
+        .iter()
+        .map(|n| std::fs::metadata(format!("/dev/{n}")).map(|m| (m.mode(), m.uid())).unwrap())
+        .collect();
+    assert_eq!(before, after);
+}
+
+/// The container of the test below: `/data` binds `ro-vol` with `rbind,rro` (its `sub` is a tmpfs on the
+/// host), `/ro` the same with `rbind,ro`, `/tools` binds `tools` `rbind,noexec,nosuid,nodev`, `/rw` binds `rw`
+/// writable; it exits at once.
+fn binds_with_options(cfg: &mut serde_json::Value) {
+    cfg["process"]["args"] = serde_json::json!(["sh", "-c", "exit 3"]);
+    let mounts = cfg["mounts"].as_array_mut().unwrap();
+    for (dest, source, opts) in [
+        ("/data", "ro-vol", serde_json::json!(["rbind", "rro"])),
+        ("/ro", "ro-vol", serde_json::json!(["rbind", "ro"])),
+        ("/tools", "tools", serde_json::json!(["rbind", "noexec", "nosuid", "nodev"])),
+        ("/rw", "rw", serde_json::json!(["rbind", "rw"])),
+    ] {
+        let source = sandbox_host_dir(source);
+        mounts.push(serde_json::json!({"destination": dest, "type": "bind", "source": source, "options": opts}));
+    }
+}
+
+/// The attack: a container binds a host directory recursively read-only (`rro`), another `noexec`; running, it
+/// can write to neither the directory nor a mount below it, nor run what the other holds. A user with `debug`
+/// and `debug:write` opens a sandbox on it once stopped, and writes into the host's directory (and the mount
+/// below it), and runs a program from the `noexec` one. Read-only (`ro` too, throughout) and `noexec` must
+/// carry over; a writable bind stays writable (the control).
+#[test]
+fn a_stopped_sandbox_keeps_rro_and_noexec_of_the_containers_binds() {
+    if skip() {
+        return;
+    }
+    let dir = sandbox_host_dir("bindopts");
+    let _ = std::fs::remove_dir_all(&dir);
+    let (ro_vol, tools, rw) = (sandbox_host_dir("ro-vol"), sandbox_host_dir("tools"), sandbox_host_dir("rw"));
+    for d in [&ro_vol, &tools, &rw] {
+        let _ = std::fs::remove_dir_all(d);
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(ro_vol.join("file"), "original\n").unwrap();
+    let _tmpfs = HostMount::tmpfs(&ro_vol.join("sub"));
+    std::fs::write(ro_vol.join("sub/file"), "original\n").unwrap();
+    std::fs::write(tools.join("tool"), "#!/bin/sh\necho TOOL-RAN\n").unwrap();
+    std::fs::set_permissions(tools.join("tool"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let opts = ContainerOpts {
+        tweak: Some(binds_with_options),
+        prepare: Some(|root| {
+            for d in ["data", "ro", "tools", "rw"] {
+                std::fs::create_dir_all(root.join(d)).unwrap();
+            }
+        }),
+        ..Default::default()
+    };
+    let (c, agent, image, dbg) = stopped_for_dbg(&dir, "bindopts", &opts, r#"["debug", "debug:write"]"#);
+    let probe = "for f in data/file data/sub/file ro/file ro/sub/file; do echo changed > /target/$f 2>/dev/null && \
+                 echo WROTE-$f; done; /target/tools/tool 2>/dev/null; echo written > /target/rw/file && \
+                 echo RW-OK; echo END";
+    let o = run(agent.dcos_as(&dbg).args(["task", "exec", "--debug-image", &image, &c.id, "sh", "-c", probe]));
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{}{}", out, stderr(&o));
+    assert!(!out.contains("WROTE-"), "a read-only bind was written: {out}");
+    assert!(!out.contains("TOOL-RAN"), "a program ran from a noexec bind: {out}");
+    assert!(out.contains("RW-OK") && out.contains("END"), "{out}");
+    for f in ["file", "sub/file"] {
+        assert_eq!(std::fs::read_to_string(ro_vol.join(f)).unwrap(), "original\n", "{f}");
+    }
+    assert_eq!(std::fs::read_to_string(rw.join("file")).unwrap(), "written\n");
+}
+
+/// The container of the test below: `CAP_SYS_ADMIN`, and the shared host tmpfs `shared` bound at `/s` with
+/// `rbind`; it exits at once.
+fn binds_a_shared_mount_with_sys_admin(cfg: &mut serde_json::Value) {
+    cfg["process"]["args"] = serde_json::json!(["sh", "-c", "exit 3"]);
+    for set in ["bounding", "effective", "permitted"] {
+        cfg["process"]["capabilities"][set].as_array_mut().unwrap().push("CAP_SYS_ADMIN".into());
+    }
+    let mounts = cfg["mounts"].as_array_mut().unwrap();
+    mounts.push(serde_json::json!({
+        "destination": "/s", "type": "bind", "source": sandbox_host_dir("shared"), "options": ["rbind"]
+    }));
+}
+
+/// The attack: a stopped container with `CAP_SYS_ADMIN` bound a host directory that is a shared mount (as `/` is
+/// on systemd hosts). Running, its binds are slaves of the host's (runc makes its root `rslave`): what it mounts
+/// there stays in the container. In its sandbox a clone of the bind would still be the host mount's peer, so a
+/// mount the session makes there would appear on the host. Clones are private: it must not.
+#[test]
+fn a_mount_in_a_stopped_sandbox_does_not_propagate_to_the_host() {
+    if skip() {
+        return;
+    }
+    let dir = sandbox_host_dir("propagation");
+    let _ = std::fs::remove_dir_all(&dir);
+    let shared = sandbox_host_dir("shared");
+    let _ = std::fs::remove_dir_all(&shared);
+    let _tmpfs = HostMount::tmpfs(&shared);
+    let o = run(std::process::Command::new("mount").arg("--make-shared").arg(&shared));
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::create_dir_all(shared.join("x")).unwrap();
+    let opts = ContainerOpts {
+        tweak: Some(binds_a_shared_mount_with_sys_admin),
+        prepare: Some(|root| std::fs::create_dir_all(root.join("s")).unwrap()),
+        ..Default::default()
+    };
+    let (c, agent, image, dbg) = stopped_for_dbg(&dir, "propagation", &opts, r#"["debug"]"#);
+    let probe = "mount -t tmpfs -o size=1m sandbox /target/s/x && echo MOUNTED; touch /target/s/x/from-sandbox; \
+                 echo END";
+    let o = run(agent.dcos_as(&dbg).args(["task", "exec", "--debug-image", &image, &c.id, "sh", "-c", probe]));
+    let out = stdout(&o);
+    assert!(
+        out.contains("MOUNTED") && out.contains("END"),
+        "the session mounts (the attack's premise): {out}{}",
+        stderr(&o)
+    );
+    let on_host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let x = shared.join("x").display().to_string();
+    let leaked = on_host.lines().any(|l| l.split(' ').nth(4) == Some(x.as_str()));
+    if leaked {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&x).output();
+    }
+    assert!(!leaked, "the sandbox's mount propagated to the host's {x}");
+    assert!(!shared.join("x/from-sandbox").exists());
+}
+
+/// The attack: the host has a procfs mounted below a stopped container's root filesystem (its bundle's `rootfs`,
+/// which the sandbox clones recursively as runc binds it). A debug user would find the host's processes at
+/// `/target/hostproc` (and, with the uid of one, its root at `/target/hostproc/PID/root`). The session must fail,
+/// naming why.
+#[test]
+fn a_stopped_root_filesystem_holding_the_hosts_procfs_is_refused() {
+    if skip() {
+        return;
+    }
+    let dir = sandbox_host_dir("rootproc");
+    let _ = std::fs::remove_dir_all(&dir);
+    let opts = ContainerOpts {
+        tweak: Some(|cfg| cfg["process"]["args"] = serde_json::json!(["sh", "-c", "exit 3"])),
+        prepare: Some(|root| std::fs::create_dir_all(root.join("hostproc")).unwrap()),
+        ..Default::default()
+    };
+    let (c, agent, image, dbg) = stopped_for_dbg(&dir, "rootproc", &opts, r#"["debug"]"#);
+    let at = c.rootfs().join("hostproc");
+    let o = run(std::process::Command::new("mount").args(["-t", "proc", "proc"]).arg(&at));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let _proc = HostMount(at);
+    let probe = "test -d /target/hostproc/1 && echo HOST-PROC; echo RAN";
+    let o = run(agent.dcos_as(&dbg).args(["task", "exec", "--debug-image", &image, &c.id, "sh", "-c", probe]));
+    assert!(!stdout(&o).contains("HOST-PROC"), "the host's procfs showed in the sandbox: {}", stdout(&o));
+    assert_eq!(o.status.code(), Some(125), "{}{}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("the host's proc"), "the refusal names the reason: {}", stderr(&o));
+}

@@ -74,8 +74,8 @@ pub enum Snapshot {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountSource {
     pub source: PathBuf,
-    pub destination: String,
-    pub readonly: bool,
+    /// Where, and how (recursive, read-only, noexec), as the engine's runtime mounted it.
+    pub bind: StoppedBind,
     /// A volume the engine manages (under its data root), not a host directory someone chose.
     pub managed: bool,
 }
@@ -185,7 +185,7 @@ pub fn open(a: Answer, writable: bool) -> Result<StoppedFiles, StoppedError> {
         match fd {
             Ok(fd) => {
                 fds.push(fd);
-                binds.push(StoppedBind { destination: m.destination.clone(), readonly: m.readonly });
+                binds.push(m.bind.clone());
             }
             // A file, or a directory gone since: left out, as for runc's bundles; a refused path is an error.
             Err(StoppedError::Open { what, cause }) => {
@@ -261,6 +261,26 @@ pub struct HostConfig {
     pub cap_drop: Option<Vec<String>>,
     #[serde(default)]
     pub privileged: bool,
+    /// `--mount` mounts, as asked (`-v` ones are in `Binds`, always recursive).
+    #[serde(default)]
+    pub mounts: Option<Vec<HostMount>>,
+}
+
+/// One `HostConfig.Mounts` entry: the parts that say how a bind is mounted.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct HostMount {
+    #[serde(default)]
+    pub target: String,
+    #[serde(default)]
+    pub bind_options: Option<BindOptions>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct BindOptions {
+    #[serde(default)]
+    pub non_recursive: bool,
 }
 
 /// Docker's default capabilities (moby's `caps.DefaultCapabilities`).
@@ -426,11 +446,26 @@ pub fn docker_answer(i: Inspect, data_root: PathBuf) -> Result<Answer, StoppedEr
         .mounts
         .iter()
         .filter(|m| m.r#type == "bind" || m.r#type == "volume")
-        .map(|m| MountSource {
-            source: m.source.clone(),
-            destination: m.destination.clone(),
-            readonly: !m.rw,
-            managed: m.r#type == "volume",
+        .map(|m| {
+            // Docker mounts binds and volumes with `rbind` unless `--mount ...,bind-nonrecursive`
+            // (`BindOptions.NonRecursive` of the HostConfig's mount at that target), read-only ones recursively
+            // (the sandbox makes every read-only bind read-only throughout).
+            let non_recursive = i
+                .host_config
+                .mounts
+                .iter()
+                .flatten()
+                .any(|h| h.target == m.destination && h.bind_options.as_ref().is_some_and(|b| b.non_recursive));
+            MountSource {
+                source: m.source.clone(),
+                bind: StoppedBind {
+                    destination: m.destination.clone(),
+                    recursive: !non_recursive,
+                    readonly: !m.rw,
+                    noexec: false,
+                },
+                managed: m.r#type == "volume",
+            }
         })
         .collect();
     Ok(Answer { data_root, snapshot, mounts, config })
@@ -483,14 +518,10 @@ fn spec_binds(spec: &oci_spec::runtime::Spec) -> Vec<MountSource> {
     let mut out = Vec::new();
     for m in spec.mounts().iter().flatten() {
         let opts = m.options().clone().unwrap_or_default();
-        let is_bind = m.typ().as_deref() == Some("bind") || opts.iter().any(|o| o == "bind" || o == "rbind");
-        let Some(source) = m.source().as_ref().filter(|_| is_bind) else { continue };
-        out.push(MountSource {
-            source: source.clone(),
-            destination: m.destination().display().to_string(),
-            readonly: opts.iter().any(|o| o == "ro"),
-            managed: false,
-        });
+        let destination = m.destination().display().to_string();
+        let Some(bind) = StoppedBind::from_oci(&destination, m.typ().as_deref(), &opts) else { continue };
+        let Some(source) = m.source().as_ref() else { continue };
+        out.push(MountSource { source: source.clone(), bind, managed: false });
     }
     out
 }
@@ -573,9 +604,12 @@ mod tests {
                "UpperDir":"/d/overlay2/x/diff","WorkDir":"/d/overlay2/x/work","MergedDir":"/d/overlay2/x/merged"}},
                "Mounts":[{"Type":"volume","Source":"/d/volumes/v/_data","Destination":"/v","RW":true},
                          {"Type":"bind","Source":"/srv","Destination":"/srv","RW":false},
+                         {"Type":"bind","Source":"/nr","Destination":"/nr","RW":true},
                          {"Type":"tmpfs","Source":"","Destination":"/run","RW":true}],
                "Config":{"Hostname":"abc","User":"0:0","Env":["A=1"],"WorkingDir":"/w"},
-               "HostConfig":{"CapAdd":["SYS_ADMIN"],"CapDrop":["mknod","CAP_KILL"]}}"#,
+               "HostConfig":{"CapAdd":["SYS_ADMIN"],"CapDrop":["mknod","CAP_KILL"],
+                             "Mounts":[{"Type":"bind","Source":"/nr","Target":"/nr","BindOptions":{"NonRecursive":true}},
+                                       {"Type":"bind","Source":"/srv","Target":"/srv","ReadOnly":true}]}}"#,
         )
         .unwrap();
         let a = docker_answer(i, "/d".into()).unwrap();
@@ -587,8 +621,12 @@ mod tests {
                 work: "/d/overlay2/x/work".into()
             }
         );
-        let m: Vec<_> = a.mounts.iter().map(|m| (m.destination.as_str(), m.readonly, m.managed)).collect();
-        assert_eq!(m, [("/v", false, true), ("/srv", true, false)]);
+        let m: Vec<_> = a
+            .mounts
+            .iter()
+            .map(|m| (m.bind.destination.as_str(), m.bind.recursive, m.bind.readonly, m.managed))
+            .collect();
+        assert_eq!(m, [("/v", true, false, true), ("/srv", true, true, false), ("/nr", false, false, false)]);
         assert_eq!(a.config.hostname().as_deref(), Some("abc"));
         let p = a.config.process().as_ref().unwrap();
         assert_eq!(p.cwd().to_str(), Some("/w"));
@@ -596,6 +634,7 @@ mod tests {
             cap_add: Some(vec!["SYS_ADMIN".into()]),
             cap_drop: Some(vec!["mknod".into(), "CAP_KILL".into()]),
             privileged: false,
+            mounts: None,
         });
         assert!(caps.contains(&"CAP_SYS_ADMIN".to_string()) && caps.contains(&"CAP_CHOWN".to_string()));
         assert!(!caps.contains(&"CAP_MKNOD".to_string()) && !caps.contains(&"CAP_KILL".to_string()));
@@ -717,7 +756,11 @@ mod tests {
                 upper: upper.clone(),
                 work: root.join("overlay2/c/work"),
             },
-            mounts: vec![MountSource { source: volume, destination: "/v".into(), readonly: false, managed: true }],
+            mounts: vec![MountSource {
+                source: volume,
+                bind: StoppedBind { destination: "/v".into(), recursive: true, readonly: false, noexec: false },
+                managed: true,
+            }],
             config: spec(),
         };
         let ok = open(answer(root.join("overlay2/l/diff"), root.join("volumes/v/_data")), false).unwrap();

@@ -129,7 +129,7 @@ fn join(j: Joiner<'_>) -> Result<i32, StartError> {
                 let binds: Vec<crate::debugroot::Bind> = bind_fds
                     .into_iter()
                     .zip(&s.binds)
-                    .map(|(fd, b)| crate::debugroot::Bind { source: fd, destination: &b.destination })
+                    .filter_map(|(fd, b)| Some(crate::debugroot::Bind { source: fd?, destination: &b.destination }))
                     .collect();
                 crate::debugroot::enter_stopped(o, &d.target, root, binds)
             }

@@ -154,8 +154,8 @@ pub enum Entry {
         flags: libc::c_int,
         /// The container's root filesystem.
         root: OwnedFd,
-        /// The sources of its directory bind mounts, in the order of the spec's `binds`.
-        binds: Vec<OwnedFd>,
+        /// The clones of its directory bind mounts, in the order of the spec's `binds`; `None` for one left out.
+        binds: Vec<Option<OwnedFd>>,
     },
 }
 
@@ -195,12 +195,24 @@ fn run(spec: &ExecSpec, ctrl: &mut File, events: &mut File) -> Result<Status, St
                     .ok_or_else(|| StartError::Internal("too many descriptors".into()))
             };
             // Cloned here, in the host's mount namespace where they are; the joiner attaches the clones.
-            let clone = |f: OwnedFd, writable: bool, what: &str| {
-                crate::debugroot::detached_clone(&f, writable, what)
-                    .map_err(|e| StartError::Setup(format!("debug image: {e}")))
+            let setup = |e: crate::debugroot::MountError| StartError::Setup(format!("debug image: {e}"));
+            let clone = |f: &OwnedFd, mode: crate::debugroot::CloneMode, what: &str| {
+                crate::debugroot::detached_clone(f, mode, what).map_err(setup)
             };
             let root = match stopped.root {
-                crate::spec::StoppedRoot::Dir => clone(fd(0)?, stopped.writable, "the container's root")?,
+                crate::spec::StoppedRoot::Dir => {
+                    let f = fd(0)?;
+                    // runc binds a bundle's rootfs recursively; a kernel filesystem of the host below it is refused.
+                    if let Some(k) = crate::debugroot::kernel_fs_in(&f, true).map_err(setup)? {
+                        return Err(StartError::Setup(format!(
+                            "debug image: the container's root filesystem holds the host's {k}, which a sandbox \
+                             does not show"
+                        )));
+                    }
+                    let mode =
+                        crate::debugroot::CloneMode { recursive: true, readonly: !stopped.writable, noexec: false };
+                    clone(&f, mode, "the container's root")?
+                }
                 crate::spec::StoppedRoot::Overlay { lowers, upper } => {
                     let lower_fds = (0..lowers).map(fd).collect::<Result<Vec<_>, _>>()?;
                     let upper_fds = match upper {
@@ -214,12 +226,22 @@ fn run(spec: &ExecSpec, ctrl: &mut File, events: &mut File) -> Result<Status, St
                 }
             };
             let first_bind = stopped.root.fds();
-            let binds = stopped
-                .binds
-                .iter()
-                .enumerate()
-                .map(|(i, b)| clone(fd(first_bind + i)?, stopped.writable && !b.readonly, &b.destination))
-                .collect::<Result<Vec<_>, _>>()?;
+            let mut binds = Vec::new();
+            for (i, b) in stopped.binds.iter().enumerate() {
+                let f = fd(first_bind + i)?;
+                // A kernel filesystem of the host (its procfs: `/proc/PID/root` is the host's root) must never
+                // show in the sandbox: such a bind is left out, as one whose source is gone.
+                if crate::debugroot::kernel_fs_in(&f, b.recursive).map_err(setup)?.is_some() {
+                    binds.push(None);
+                    continue;
+                }
+                let mode = crate::debugroot::CloneMode {
+                    recursive: b.recursive,
+                    readonly: !stopped.writable || b.readonly,
+                    noexec: b.noexec,
+                };
+                binds.push(Some(clone(&f, mode, &b.destination)?));
+            }
             Entry::Fresh { flags: SANDBOX_NAMESPACES, root, binds }
         }
         None => join_running(spec)?,
