@@ -46,9 +46,12 @@ fn free_addr() -> String {
     l.local_addr().unwrap().to_string()
 }
 
-/// `GET path` over plain HTTP/1.1: (status, body).
+/// `GET path` over plain HTTP/1.1: (status, body); status 0 and the error when nothing answers.
 fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let mut s = match std::net::TcpStream::connect(addr) {
+        Ok(s) => s,
+        Err(e) => return (0, e.to_string()),
+    };
     s.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
     write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
     let mut raw = String::new();
@@ -415,7 +418,8 @@ fn on_sigterm_readyz_turns_false_and_hung_up_sessions_end_as_shutdown() {
     // SAFETY: kill(2) on the agent this test started.
     assert_eq!(unsafe { libc::kill(agent.pid(), libc::SIGTERM) }, 0);
     // Once the signal is handled, and while it waits for the session, the agent is alive but not ready.
-    assert!(eventually(5, || http_get(&metrics_addr, "/readyz").0 == 503), "still ready after SIGTERM");
+    let log = || std::fs::read_to_string(agent.dir.join("agent.log")).unwrap_or_default();
+    assert!(eventually(5, || http_get(&metrics_addr, "/readyz").0 == 503), "not 503 after SIGTERM:\n{}", log());
     let (status, body) = http_get(&metrics_addr, "/readyz");
     assert_eq!(status, 503, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
