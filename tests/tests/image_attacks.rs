@@ -568,3 +568,129 @@ fn whiteouts_and_opaque_markers_behind_a_symlink_touch_nothing_outside_the_layer
     }
     let _ = std::fs::remove_dir_all(&victim_dir);
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// The cache as a way around the ACL's image rules.
+
+/// An agent whose `dev` may debug with images of `allowed` only; the admin may use any image.
+fn acl_agent(f: &Fixture, dir: &Path, allowed: &str) -> (Agent, String) {
+    let acl = format!(
+        "[[rule]]\nsubjects = [\"user:admin\"]\ntasks = [\"**\"]\nactions = [\"*\"]\nimages = [\"**\"]\n\n\
+         [[rule]]\nsubjects = [\"user:dev\"]\ntasks = [\"*\"]\nactions = [\"debug\"]\nimages = [\"{allowed}\"]\n"
+    );
+    let agent = start_agent(&dir.join("agent"), &images_table(f, &f.registry.host(), ""), &acl);
+    let dev = agent.token("dev", &[], "10m");
+    (agent, dev)
+}
+
+const SECRET: &[u8] = b"the denied image's secret\n";
+
+/// The attack: once the admin has used an image that `dev` may not, `dev` names it by its manifest digest under a
+/// repository the ACL allows (one that does not have it, or no registry at all). The cache must not answer for a
+/// repository it never fetched the manifest from.
+#[test]
+fn a_digest_pinned_reference_to_another_repository_does_not_reach_a_cached_denied_image() {
+    if skip() {
+        return;
+    }
+    let f = fixture();
+    let dir = f.scratch("digest-acl");
+    let host = f.registry.host();
+    let layout = dir.join("secret");
+    let secret_layer = tar_layer(&[Entry::file("secret.txt", 0o644, SECRET)]);
+    write_layout(&layout, "v1", &[busybox_layer(), secret_layer]);
+    let pushed = f.registry.push(&layout, "v1", "denied/secret:v1", false);
+    let digest = f.registry.manifest_digest(&pushed);
+    let (agent, dev) = acl_agent(f, &dir, &format!("{host}/allowed/**"));
+    assert_eq!(
+        ok(&debug_with(&agent, &agent.admin_token, &pushed, &f.target.id, &["cat", "/secret.txt"])).as_bytes(),
+        SECRET
+    );
+    // Denied by name.
+    let o = debug_with(&agent, &dev, &pushed, &f.target.id, &["cat", "/secret.txt"]);
+    assert_eq!(o.status.code(), Some(118), "{}", stderr(&o));
+    // Allowed name, the denied image's digest: the allowed repository does not have it.
+    let o =
+        debug_with(&agent, &dev, &format!("{host}/allowed/anything@{digest}"), &f.target.id, &["cat", "/secret.txt"]);
+    assert_eq!(o.status.code(), Some(122), "stdout {} stderr {}", stdout(&o), stderr(&o));
+    assert!(!stdout(&o).contains("secret"), "{}", stdout(&o));
+    // And with no registry there at all.
+    let nobody = format!("127.0.0.1:{}", free_port());
+    let o = debug_with(
+        &agent,
+        &agent.admin_token,
+        &format!("{nobody}/allowed/x@{digest}"),
+        &f.target.id,
+        &["cat", "/secret.txt"],
+    );
+    assert_eq!(o.status.code(), Some(122), "stdout {} stderr {}", stdout(&o), stderr(&o));
+    assert!(!stdout(&o).contains("secret"), "{}", stdout(&o));
+    // The common case still comes from the cache: the same reference again fetches no blob.
+    let before = f.registry.blob_gets();
+    assert_eq!(
+        ok(&debug_with(&agent, &agent.admin_token, &pushed, &f.target.id, &["cat", "/secret.txt"])).as_bytes(),
+        SECRET
+    );
+    assert_eq!(f.registry.blob_gets(), before, "a cached image was downloaded again");
+}
+
+/// The attack: `dev` writes an image it may use whose config lists the denied image's layer diff-id, with a layer
+/// blob that does not exist (or that is other bytes). Layers are found by the blob the manifest names, which the
+/// image's own source must hold and which must unpack to that diff-id.
+#[test]
+fn a_config_naming_a_cached_denied_layer_by_diff_id_does_not_reach_it() {
+    if skip() {
+        return;
+    }
+    let f = fixture();
+    let dir = f.scratch("diffid-acl");
+    let secret = dir.join("secret");
+    let secret_layer = tar_layer(&[Entry::file("secret.txt", 0o644, SECRET)]);
+    write_layout(&secret, "v1", &[busybox_layer(), secret_layer.clone()]);
+    let allowed = dir.join("allowed");
+    let (agent, dev) = acl_agent(f, &dir, &format!("oci:{}/**", allowed.display()));
+    let o = debug_with(
+        &agent,
+        &agent.admin_token,
+        &format!("oci:{}:v1", secret.display()),
+        &f.target.id,
+        &["cat", "/secret.txt"],
+    );
+    assert_eq!(ok(&o).as_bytes(), SECRET);
+
+    let busybox = busybox_layer();
+    let diff_ids = serde_json::json!([
+        format!("sha256:{}", sha256_hex(&busybox)),
+        format!("sha256:{}", sha256_hex(&secret_layer)),
+    ]);
+    let gzip_of = |data: &[u8]| {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(data).unwrap();
+        gz.finish().unwrap()
+    };
+    let gzip = "application/vnd.oci.image.layer.v1.tar+gzip";
+    let other = tar_layer(&[Entry::file("other.txt", 0o644, b"other\n")]);
+    for (case, fake) in [
+        ("missing", serde_json::json!({"mediaType": gzip, "digest": format!("sha256:{}", "0".repeat(64)), "size": 1})),
+        ("other-bytes", put_blob(&allowed.join("other-bytes"), gzip, &gzip_of(&other))),
+    ] {
+        let layout = allowed.join(case);
+        let config = serde_json::json!({
+            "architecture": "amd64", "os": "linux", "config": {"Env": ["PATH=/bin"]},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        });
+        let config =
+            put_blob(&layout, "application/vnd.oci.image.config.v1+json", &serde_json::to_vec(&config).unwrap());
+        let manifest = serde_json::json!({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": config, "layers": [put_blob(&layout, gzip, &gzip_of(&busybox)), fake],
+        });
+        let desc =
+            put_blob(&layout, "application/vnd.oci.image.manifest.v1+json", &serde_json::to_vec(&manifest).unwrap());
+        tag_layout(&layout, "v1", &desc);
+        let o =
+            debug_with(&agent, &dev, &format!("oci:{}:v1", layout.display()), &f.target.id, &["cat", "/secret.txt"]);
+        assert_eq!(o.status.code(), Some(122), "{case}: stdout {} stderr {}", stdout(&o), stderr(&o));
+        assert!(!stdout(&o).contains("secret"), "{case}: {}", stdout(&o));
+    }
+}
