@@ -295,9 +295,11 @@ fn pick_platform(index: &ImageIndex) -> Option<&Descriptor> {
 fn registry_key(host: &str) -> String {
     let host = host.trim_start_matches("https://").trim_start_matches("http://");
     let host = host.split('/').next().unwrap_or(host);
-    match host {
+    // Spelt as references are (see `canonical_registry`), so `LOCALHOST:5000` in a config finds `localhost:5000`.
+    let host = crate::reference::canonical_registry(host).unwrap_or_else(|_| host.to_string());
+    match host.as_str() {
         "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB.to_string(),
-        h => h.to_string(),
+        _ => host,
     }
 }
 
@@ -332,6 +334,7 @@ impl Puller {
             }
         }
         opts.credentials = credentials;
+        opts.insecure = opts.insecure.iter().map(|h| registry_key(h)).collect();
         let cfg = oci_client::client::ClientConfig {
             protocol: if opts.insecure.is_empty() {
                 oci_client::client::ClientProtocol::Https

@@ -694,3 +694,40 @@ fn a_config_naming_a_cached_denied_layer_by_diff_id_does_not_reach_it() {
         assert!(!stdout(&o).contains("secret"), "{case}: {}", stdout(&o));
     }
 }
+
+/// The attack: a deny rule names the registry as `127.0.0.1:PORT` (and `localhost:PORT`); the user spells the same
+/// registry another way the HTTP client also resolves there. The reference is judged, and audited, with its host in
+/// the one spelling the URL standard gives it.
+#[test]
+fn other_spellings_of_a_denied_registry_host_are_judged_as_the_host() {
+    if skip() {
+        return;
+    }
+    let f = fixture();
+    let dir = f.scratch("host-spelling");
+    let port = f.registry.port;
+    let acl = format!(
+        "[[rule]]\nsubjects = [\"user:admin\"]\ntasks = [\"**\"]\nactions = [\"*\"]\nimages = [\"**\"]\n\n\
+         [[rule]]\nsubjects = [\"user:dev\"]\ntasks = [\"*\"]\nactions = [\"debug\"]\nimages = [\"**\"]\n\n\
+         [[rule]]\neffect = \"deny\"\nsubjects = [\"*\"]\ntasks = [\"**\"]\nactions = [\"debug\"]\n\
+         images = [\"127.0.0.1:{port}/tools/*\", \"localhost:{port}/tools/*\"]\n"
+    );
+    let agent = start_agent(&dir.join("agent"), &images_table(f, &f.registry.host(), ""), &acl);
+    let dev = agent.token("dev", &[], "10m");
+    for (host, canonical) in [
+        ("LOCALHOST", "localhost"),
+        ("127.1", "127.0.0.1"),
+        ("2130706433", "127.0.0.1"),
+        ("0x7f000001", "127.0.0.1"),
+        ("0177.0.0.01", "127.0.0.1"),
+    ] {
+        let o = debug_with(&agent, &dev, &format!("{host}:{port}/tools/busybox:latest"), &f.target.id, &["echo", "in"]);
+        assert_eq!(o.status.code(), Some(118), "{host}: stdout {} stderr {}", stdout(&o), stderr(&o));
+        assert!(stdout(&o).is_empty(), "{host}: {}", stdout(&o));
+        let judged = format!("{canonical}:{port}/tools/busybox:latest");
+        assert!(stderr(&o).contains(&judged), "{host}: the refusal names {judged}: {}", stderr(&o));
+        let rec = agent.audit().into_iter().last().unwrap();
+        assert_eq!(rec["event"], "denied");
+        assert!(rec["reason"].as_str().unwrap().contains(&format!("image {judged} ")), "{host}: {rec}");
+    }
+}
