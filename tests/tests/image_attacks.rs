@@ -49,7 +49,6 @@ fn disk_bytes(dir: &Path) -> u64 {
 /// zeros is deflated once after a full flush (which resets the compressor's history, so the block stands alone)
 /// and repeated; the trailer's CRC is combined arithmetically. About 1 KiB of output per MiB of zeros.
 fn gzip_bomb(gib: u64) -> Vec<u8> {
-    use flate2::{Compress, Compression, Crc, FlushCompress};
     let mut header = tar::Header::new_gnu();
     header.set_path("zeros").unwrap();
     header.set_size(gib << 30);
@@ -58,6 +57,12 @@ fn gzip_bomb(gib: u64) -> Vec<u8> {
     header.set_gid(0);
     header.set_mtime(0);
     header.set_cksum();
+    gzip_bomb_after(&header, gib)
+}
+
+/// [`gzip_bomb`] with `header` (whose size should be `gib` GiB) before the zeros.
+fn gzip_bomb_after(header: &tar::Header, gib: u64) -> Vec<u8> {
+    use flate2::{Compress, Compression, Crc, FlushCompress};
     let deflate = |c: &mut Compress, input: &[u8], flush: FlushCompress| {
         let mut out = Vec::with_capacity(input.len() / 100 + 4096);
         let before = c.total_in();
@@ -730,4 +735,41 @@ fn other_spellings_of_a_denied_registry_host_are_judged_as_the_host() {
         assert_eq!(rec["event"], "denied");
         assert!(rec["reason"].as_str().unwrap().contains(&format!("image {judged} ")), "{host}: {rec}");
     }
+}
+
+/// The attack: a 1 MB gzip layer whose GNU long-name entry declares 1 GiB. The tar reader holds a long name in
+/// memory whole before `max_path_len` can be checked, so the agent grew by gigabytes; the entry is refused at its
+/// header now.
+#[test]
+fn a_gigabyte_gnu_long_name_is_refused_before_it_is_held_in_memory() {
+    if skip() {
+        return;
+    }
+    let f = fixture();
+    let dir = f.scratch("longname");
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::GNULongName);
+    header.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+    header.set_size(1 << 30);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_cksum();
+    let bomb = gzip_bomb_after(&header, 1);
+    assert!(bomb.len() < 2 << 20, "{}", bomb.len());
+    let layout = dir.join("longname");
+    write_bomb_layout(&layout, &bomb);
+    let (agent, _) = acl_agent(f, &dir, "none");
+    let hwm = || {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap().to_string();
+        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() << 10
+    };
+    let before = hwm();
+    let o = debug_with(&agent, &agent.admin_token, &format!("oci:{}", layout.display()), &f.target.id, &["true"]);
+    assert_eq!(o.status.code(), Some(122), "stdout {} stderr {}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("a GNU long name entry of 1073741824 bytes (at most 65536)"), "{}", stderr(&o));
+    let grown = hwm().saturating_sub(before);
+    assert!(grown < 256 << 20, "the agent's peak memory grew by {} MiB", grown >> 20);
 }
