@@ -499,7 +499,12 @@ fn oci_spellings_of_a_denied_layout_are_refused_without_reading_it() {
     for (token, image) in &attempts {
         let o = debug_with(&agent, token, image, &f.target.id, &["cat", "/denied-marker"]);
         assert_eq!(o.status.code(), Some(118), "{image}: stdout {} stderr {}", stdout(&o), stderr(&o));
-        assert!(stderr(&o).contains(&format!("oci:{s}/extra/x")), "the refusal names the real path: {}", stderr(&o));
+        if image.ends_with("good-link") {
+            // Allowed by its text, refused for the symlink, without naming where it leads.
+            assert!(stderr(&o).contains("goes through a symlink") && !stderr(&o).contains("extra"), "{}", stderr(&o));
+        } else {
+            assert!(stderr(&o).contains(&format!("oci:{s}/extra/x")), "the refusal names the path: {}", stderr(&o));
+        }
         assert!(stdout(&o).is_empty());
     }
     // Opening the directory itself is how its real path is learnt; nothing in it was opened or read.
@@ -772,4 +777,42 @@ fn a_gigabyte_gnu_long_name_is_refused_before_it_is_held_in_memory() {
     assert!(stderr(&o).contains("a GNU long name entry of 1073741824 bytes (at most 65536)"), "{}", stderr(&o));
     let grown = hwm().saturating_sub(before);
     assert!(grown < 256 << 20, "the agent's peak memory grew by {} MiB", grown >> 20);
+}
+
+/// The attack: a user with no grant at all names `oci:` paths to learn about the agent's host from the refusal:
+/// `/proc/self/cwd` (the agent's working directory), `/proc/1/root`, and `X/../../proc/self/cwd`, which resolves
+/// only when X exists. Paths are judged by their text before anything is opened, `/proc`, `/sys` and `/dev` are
+/// refused, and no answer names a resolved path or differs by what exists.
+#[test]
+fn oci_paths_tell_a_user_without_a_grant_nothing_about_the_host() {
+    if skip() {
+        return;
+    }
+    let f = fixture();
+    let dir = f.scratch("oci-probe");
+    std::fs::create_dir_all(dir.join("hidden-dir")).unwrap();
+    let (agent, _) = acl_agent(f, &dir, "none");
+    let nobody = agent.token("nobody", &[], "10m");
+    let cwd = std::fs::read_link(format!("/proc/{}/cwd", agent.pid())).unwrap();
+    let d = dir.display();
+    let answer = |image: &str| {
+        let o = debug_with(&agent, &nobody, image, &f.target.id, &["true"]);
+        let err = stderr(&o);
+        assert!(!err.contains(&cwd.display().to_string()), "{image}: names the agent's cwd: {err}");
+        assert!(stdout(&o).is_empty());
+        (o.status.code(), err)
+    };
+    for image in ["oci:/proc/self/cwd", "oci:/proc/1/root", "oci:/sys/kernel", "oci:/dev/shm"] {
+        let (code, err) = answer(image);
+        assert_eq!(code, Some(125), "{image}: {err}");
+        assert!(err.contains("is under /proc, /sys or /dev"), "{image}: {err}");
+    }
+    let (code, err) = answer(&format!("oci:{d}/hidden-dir/../../../../../../../../../proc/self/cwd"));
+    assert_eq!(code, Some(125), "{err}");
+    // Whether a directory exists makes no difference to the answer.
+    let (a, b) = (format!("oci:{d}/hidden-dir/../x"), format!("oci:{d}/no-such-dir/../x"));
+    let ((ca, ea), (cb, eb)) = (answer(&a), answer(&b));
+    assert_eq!((ca, cb), (Some(118), Some(118)), "{ea} / {eb}");
+    assert_eq!(ea, eb);
+    assert!(ea.contains(&format!("oci:{d}/x")), "{ea}");
 }
