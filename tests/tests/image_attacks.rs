@@ -816,3 +816,46 @@ fn oci_paths_tell_a_user_without_a_grant_nothing_about_the_host() {
     assert_eq!(ea, eb);
     assert!(ea.contains(&format!("oci:{d}/x")), "{ea}");
 }
+
+/// The attack: any host user changes a file of a cached layer (the layers keep the image's own modes, world-writable
+/// directories included) and so what every later session runs. The cache's root is root's alone, made so at
+/// every open (a cache an older agent left world-traversable is closed too).
+#[test]
+fn host_users_cannot_reach_the_image_cache() {
+    if skip() {
+        return;
+    }
+    let f = fixture();
+    let dir = f.scratch("cache-perms");
+    let layout = dir.join("ww");
+    let ww = tar_layer(&[Entry::dir("ww", 0o777), Entry::file("ww/tool", 0o777, b"#!/bin/sh\necho original\n")]);
+    write_layout(&layout, "latest", &[busybox_layer(), ww.clone()]);
+    let (agent, _) = acl_agent(f, &dir, "none");
+    let cache = agent.dir.join("images");
+    let o =
+        debug_with(&agent, &agent.admin_token, &format!("oci:{}", layout.display()), &f.target.id, &["sh", "/ww/tool"]);
+    assert_eq!(ok(&o), "original\n");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777, 0o700);
+    let layer_dir = cache.join("layers/sha256").join(sha256_hex(&ww)).join("ww");
+    assert!(layer_dir.join("tool").is_file());
+    // The attack as an unprivileged host user: the layer directory is 0777 but out of reach.
+    let as_nobody = |script: String| {
+        run(Command::new("setpriv").args(["--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c", &script]))
+    };
+    let o = as_nobody(format!("echo 'echo changed' > {}/tool", layer_dir.display()));
+    assert_ne!(o.status.code(), Some(0), "a host user wrote into a cached layer");
+    let o = as_nobody(format!("ls {}", cache.display()));
+    assert_ne!(o.status.code(), Some(0), "a host user listed the cache");
+    let o =
+        debug_with(&agent, &agent.admin_token, &format!("oci:{}", layout.display()), &f.target.id, &["sh", "/ww/tool"]);
+    assert_eq!(ok(&o), "original\n");
+    // A cache left world-traversable (as before) is closed when the agent opens it again.
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = run(Command::new(bin("dcos-exec-agent"))
+        .args(["images", "--config"])
+        .arg(agent.dir.join("agent.toml"))
+        .arg("list"));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777, 0o700);
+}
