@@ -385,6 +385,17 @@ impl Puller {
         }
         progress(format!("resolving {name}"));
         let (manifest_digest, manifest) = self.resolve_manifest(&src, &name).await?;
+        // Before any blob is fetched: an image of no layers has no root to run, and one of thousands would be
+        // downloaded and unpacked in full before its overlay failed to mount.
+        let layer_count = manifest.layers().len() as u64;
+        if layer_count == 0 {
+            return Err(malformed(&name, "the image has no layers"));
+        }
+        let max_layers = self.opts.unpack.limits.max_layers;
+        if layer_count > max_layers {
+            let source = BudgetExceeded::new("max_layers", max_layers, "its manifest lists", layer_count);
+            return Err(PullError::Budget { reference: name, source });
+        }
         let cfg_desc = manifest.config();
         let cfg_digest = to_digest(cfg_desc.digest().to_string(), &name)?;
         if cfg_desc.size() > MAX_CONFIG {
@@ -694,7 +705,7 @@ impl Puller {
         };
         let m = ImageManifest::from_reader(&raw[..]).ok()?;
         let cfg_digest: Digest = m.config().digest().to_string().parse().ok()?;
-        if !known(&cfg_digest) {
+        if !known(&cfg_digest) || m.layers().is_empty() {
             return None;
         }
         let config = self.read_config(&cfg_digest, "").ok()?;

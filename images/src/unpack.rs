@@ -47,6 +47,9 @@ pub struct Limits {
     pub max_path_len: u64,
     /// Components of an entry's path.
     pub max_depth: u64,
+    /// Layers of one image, checked on the manifest before any blob is fetched (each is a lower directory of
+    /// the session's overlay, and a descriptor while it is mounted).
+    pub max_layers: u64,
 }
 
 impl Default for Limits {
@@ -57,6 +60,7 @@ impl Default for Limits {
             max_entries: 500_000,
             max_path_len: 4096,
             max_depth: 128,
+            max_layers: 128,
         }
     }
 }

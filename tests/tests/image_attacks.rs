@@ -859,3 +859,39 @@ fn host_users_cannot_reach_the_image_cache() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777, 0o700);
 }
+
+/// An image of no layers fails as an image (exit 122), and one of more layers than `max_layers` is refused on its
+/// manifest, before any layer is fetched (25 000 layers were downloaded and unpacked before the overlay failed).
+#[test]
+fn images_of_no_layers_or_too_many_are_refused_on_the_manifest() {
+    if skip() {
+        return;
+    }
+    let f = fixture();
+    let dir = f.scratch("layer-count");
+    let (agent, _) = acl_agent(f, &dir, "none");
+    let none = dir.join("none");
+    write_layout(&none, "v1", &[]);
+    let o = debug_with(&agent, &agent.admin_token, &format!("oci:{}:v1", none.display()), &f.target.id, &["true"]);
+    assert_eq!(o.status.code(), Some(122), "stdout {} stderr {}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("the image has no layers"), "{}", stderr(&o));
+    let many = dir.join("many");
+    let layers: Vec<Vec<u8>> = std::iter::once(busybox_layer())
+        .chain((1..129).map(|i| tar_layer(&[Entry::file(&format!("f{i}"), 0o644, i.to_string().as_bytes())])))
+        .collect();
+    write_layout(&many, "v1", &layers);
+    let o = debug_with(&agent, &agent.admin_token, &format!("oci:{}:v1", many.display()), &f.target.id, &["true"]);
+    assert_eq!(o.status.code(), Some(122), "stdout {} stderr {}", stdout(&o), stderr(&o));
+    assert!(
+        stderr(&o).contains("image budget exceeded: max_layers = 128, but its manifest lists 129"),
+        "{}",
+        stderr(&o)
+    );
+    let cache = agent.dir.join("images");
+    assert!(layers.iter().all(|l| !cache.join("layers/sha256").join(sha256_hex(l)).exists()), "a layer was unpacked");
+    // 128 is within the limit.
+    write_layout(&many, "v2", &layers[..128]);
+    let o =
+        debug_with(&agent, &agent.admin_token, &format!("oci:{}:v2", many.display()), &f.target.id, &["cat", "/f127"]);
+    assert_eq!(ok(&o), "127");
+}
