@@ -580,6 +580,47 @@ mod tests {
     }
 
     #[test]
+    fn a_cached_layer_is_reached_only_through_a_blob_verified_to_be_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = Cache::open(tmp.path()).unwrap();
+        let tar = layer_tar();
+        let (blob, diff_id) = (Digest::of(&tar), Digest::of(&tar));
+        // What the config's diff-id is checked against, as the puller does.
+        let checked = |want: Digest| {
+            move |rd: &mut dyn Read, dir: &Path| {
+                let s = unpack_layer(rd, dir, &UnpackOptions::default())?;
+                if s.diff_id != want {
+                    return Err(UnpackError::DiffIdMismatch { expected: want, actual: s.diff_id });
+                }
+                Ok(s)
+            }
+        };
+        cache.ensure_layer_streaming(&blob, tar.len() as u64, &diff_id, &tar[..], checked(diff_id)).unwrap();
+        assert_eq!(cache.layer_of_blob(&blob), Some(diff_id));
+        // Other bytes claiming that diff-id: the layer being there already proves nothing about them.
+        let mut other = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_path("other").unwrap();
+        h.set_size(0);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_cksum();
+        other.append(&h, &b""[..]).unwrap();
+        let other = other.into_inner().unwrap();
+        let other_blob = Digest::of(&other);
+        let err = cache.ensure_layer_streaming(&other_blob, other.len() as u64, &diff_id, &other[..], checked(diff_id));
+        assert!(matches!(err, Err(CacheError::Layer { source: UnpackError::DiffIdMismatch { .. }, .. })), "{err:?}");
+        assert_eq!(cache.layer_of_blob(&other_blob), None);
+        // Provenance is per source.
+        cache.record_source("reg/a", &blob).unwrap();
+        assert!(cache.source_has("reg/a", &blob) && !cache.source_has("reg/b", &blob));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(fs::metadata(tmp.path()).unwrap().permissions().mode() & 0o777, 0o700);
+    }
+
+    #[test]
     fn open_removes_temporaries_that_no_open_cache_holds() {
         let tmp = tempfile::tempdir().unwrap();
         let first = Cache::open(tmp.path()).unwrap();
