@@ -676,12 +676,16 @@ impl Puller {
     /// references to other repositories, or blobs another reference brought in, are asked for at the source).
     /// Layouts are never served from here: see [`Puller::pull`].
     fn cached(&self, r: &ImageRef) -> Option<PulledImage> {
-        let ImageRef::Registry { registry, repository, digest, .. } = r else { return None };
+        let ImageRef::Registry { registry, repository, .. } = r else { return None };
         let key = source_key(registry, repository);
-        let known = |d: &Digest| self.cache.source_has(&key, d);
-        let manifest_digest = match digest {
-            Some(d) => *d,
-            None => read_ref(&self.ref_file(r))?.manifest.parse().ok()?,
+        self.cached_where(r, |d| self.cache.source_has(&key, d))
+    }
+
+    /// The image from the cache, its blobs those that `known` accepts.
+    fn cached_where(&self, r: &ImageRef, known: impl Fn(&Digest) -> bool) -> Option<PulledImage> {
+        let manifest_digest = match r {
+            ImageRef::Registry { digest: Some(d), .. } => *d,
+            _ => read_ref(&self.ref_file(r))?.manifest.parse().ok()?,
         };
         if !known(&manifest_digest) {
             return None;
@@ -819,8 +823,13 @@ impl Puller {
 
     /// Whether `r` is in the cache, complete, so that a pull other than [`PullPolicy::Always`] would not ask its
     /// source.
+    /// For an `oci:` layout (always read, see [`Puller::pull`]): whether its layers are all unpacked already, so
+    /// that the pull only reads and checks the layout.
     pub fn is_cached(&self, r: &ImageRef) -> bool {
-        self.cached(r).is_some()
+        match r {
+            ImageRef::Layout { .. } => self.cached_where(r, |_| true).is_some(),
+            _ => self.cached(r).is_some(),
+        }
     }
 
     /// Forgets a reference (its content goes with the next `prune`). False if it was not cached.
