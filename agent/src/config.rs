@@ -175,6 +175,9 @@ pub struct ImagesConfig {
     /// Components of an entry's path.
     #[serde(default = "default_max_depth")]
     pub max_depth: u64,
+    /// Layers of one image.
+    #[serde(default = "default_max_layers")]
+    pub max_layers: u64,
 }
 
 impl ImagesConfig {
@@ -186,6 +189,7 @@ impl ImagesConfig {
             max_entries: self.max_entries,
             max_path_len: self.max_path_len,
             max_depth: self.max_depth,
+            max_layers: self.max_layers,
         }
     }
 }
@@ -204,6 +208,9 @@ fn default_max_path_len() -> u64 {
 }
 fn default_max_depth() -> u64 {
     dcos_exec_images::unpack::Limits::default().max_depth
+}
+fn default_max_layers() -> u64 {
+    dcos_exec_images::unpack::Limits::default().max_layers
 }
 
 /// Basic-auth credentials of one registry (also used for its token service).
@@ -230,6 +237,7 @@ impl Default for ImagesConfig {
             max_entries: default_max_entries(),
             max_path_len: default_max_path_len(),
             max_depth: default_max_depth(),
+            max_layers: default_max_layers(),
         }
     }
 }

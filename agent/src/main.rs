@@ -158,9 +158,26 @@ fn main() {
     }
     let cli = Cli::parse();
     if let Err(e) = real_main(cli) {
-        eprintln!("dcos-exec-agent: {e:#}");
+        eprintln!("dcos-exec-agent: {}", one_line(&e));
         std::process::exit(1);
     }
+}
+
+/// The error and its causes on one line, leaving out a cause that the text before already says (library errors
+/// such as an image's "refusing layer entry ..." include their cause in their own message).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn real_main(cli: Cli) -> Result<()> {

@@ -44,6 +44,31 @@ fn detached(fstype: &str, opts: &[(&str, &str)]) -> Result<OwnedFd, MountError> 
     fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(err(format!("mounting the {fstype}")))
 }
 
+/// A new detached overlay of `lowers` (top first) with the options `rest`, `nosuid,nodev`. Each lower is added by
+/// itself with `lowerdir+` (Linux 6.8): `fsconfig` takes option strings of at most 256 bytes, so one joined
+/// `lowerdir` holds only about a dozen `/proc/self/fd/N` paths. Kernels without `lowerdir+` get the joined form.
+fn overlay(lowers: &[String], rest: &[(&str, &str)]) -> Result<OwnedFd, MountError> {
+    let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(err("fsopen overlay"))?;
+    for (i, l) in lowers.iter().enumerate() {
+        match fsconfig_set_string(&fs, "lowerdir+", l.as_str()) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::INVAL) if i == 0 => {
+                let joined = lowers.join(":");
+                let opts: Vec<(&str, &str)> =
+                    std::iter::once(("lowerdir", joined.as_str())).chain(rest.iter().copied()).collect();
+                return detached("overlay", &opts);
+            }
+            Err(e) => return Err(err(format!("overlay option lowerdir+ (layer {} of {})", i + 1, lowers.len()))(e)),
+        }
+    }
+    for (k, v) in rest {
+        fsconfig_set_string(&fs, *k, *v).map_err(err(format!("overlay option {k}")))?;
+    }
+    fsconfig_create(&fs).map_err(err("creating the overlay"))?;
+    let attrs = MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV;
+    fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(err("mounting the overlay"))
+}
+
 /// Builds the overlay of `layers` (directory fds, top layer first) with a per-session tmpfs upper. Runs on the
 /// host side, before the helper joins the target's mount namespace.
 pub fn build_overlay(layers: &[BorrowedFd<'_>]) -> Result<OwnedFd, MountError> {
@@ -57,10 +82,10 @@ pub fn build_overlay(layers: &[BorrowedFd<'_>]) -> Result<OwnedFd, MountError> {
     }
     // Everything by fd: the session's /proc/mounts then shows no host path.
     let base = format!("/proc/self/fd/{}", scratch.as_raw_fd());
-    let lower = layers.iter().map(|f| format!("/proc/self/fd/{}", f.as_raw_fd())).collect::<Vec<_>>().join(":");
+    let lowers: Vec<String> = layers.iter().map(|f| format!("/proc/self/fd/{}", f.as_raw_fd())).collect();
     let upper = format!("{base}/upper");
     let work = format!("{base}/work");
-    detached("overlay", &[("lowerdir", &lower), ("upperdir", &upper), ("workdir", &work)])
+    overlay(&lowers, &[("upperdir", &upper), ("workdir", &work)])
 }
 
 /// A stopped container's root filesystem from its overlay snapshot's directories (`lowers` top first): with
@@ -72,10 +97,10 @@ pub fn container_overlay(
     upper: Option<(BorrowedFd<'_>, BorrowedFd<'_>)>,
 ) -> Result<OwnedFd, MountError> {
     let path = |f: &BorrowedFd<'_>| format!("/proc/self/fd/{}", f.as_raw_fd());
-    let lower = lowers.iter().map(path).collect::<Vec<_>>().join(":");
+    let lower: Vec<String> = lowers.iter().map(path).collect();
     let mnt = match &upper {
-        Some((u, w)) => detached("overlay", &[("lowerdir", &lower), ("upperdir", &path(u)), ("workdir", &path(w))])?,
-        None => detached("overlay", &[("lowerdir", &lower)])?,
+        Some((u, w)) => overlay(&lower, &[("upperdir", &path(u)), ("workdir", &path(w))])?,
+        None => overlay(&lower, &[])?,
     };
     if upper.is_none() {
         set_attrs(&mnt, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, "the container's root")?;

@@ -163,7 +163,14 @@ impl Cache {
     /// Open (creating if needed) a cache rooted at `root`, removing temporaries no live cache holds.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, CacheError> {
         let root = root.into();
-        for sub in ["blobs/sha256", "layers/sha256", "tmp", "owners"] {
+        fs::create_dir_all(&root).map_err(io_at(&root))?;
+        // Root only: cached layers are what later sessions run, so no other user may reach (let alone change)
+        // them. Set on every open so that a cache made by an older version is closed too.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&root, fs::Permissions::from_mode(0o700)).map_err(io_at(&root))?;
+        }
+        for sub in ["blobs/sha256", "layers/sha256", "layer-of-blob/sha256", "sources", "tmp", "owners"] {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(io_at(&p))?;
         }
@@ -202,6 +209,37 @@ impl Cache {
     /// Whether the layer with `diff_id` is unpacked (only verified layers are published).
     pub fn has_layer(&self, diff_id: &Digest) -> bool {
         self.layer_path(diff_id).is_dir()
+    }
+
+    /// The diff-id that blob `blob` was verified to unpack to, if it ever was here. Layers are found through
+    /// this, by the blob digest a manifest names, never by a config's diff-id alone: a config is whatever its
+    /// author wrote, and naming another image's diff-id must not reach that image's layer.
+    pub fn layer_of_blob(&self, blob: &Digest) -> Option<Digest> {
+        let p = self.root.join("layer-of-blob").join(blob.algorithm()).join(blob.hex());
+        fs::read_to_string(p).ok()?.trim().parse().ok()
+    }
+
+    fn source_path(&self, source: &str, digest: &Digest) -> PathBuf {
+        self.root.join("sources").join(Digest::of(source.as_bytes()).hex()).join(digest.hex())
+    }
+
+    /// Whether `digest` was fetched and verified from `source` (a registry and repository) before.
+    pub fn source_has(&self, source: &str, digest: &Digest) -> bool {
+        self.source_path(source, digest).is_file()
+    }
+
+    /// Notes that `source` served `digest` (verified): the cached copy may serve references to that source
+    /// without asking it again.
+    pub fn record_source(&self, source: &str, digest: &Digest) -> Result<(), CacheError> {
+        let p = self.source_path(source, digest);
+        if let Some(dir) = p.parent() {
+            fs::create_dir_all(dir).map_err(io_at(dir))?;
+        }
+        match File::create_new(&p) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(io_at(&p)(e)),
+        }
     }
 
     /// Store a blob from `reader`, verified against `digest` and `size` before it becomes visible.
@@ -259,7 +297,11 @@ impl Cache {
     /// A layer straight from its blob stream: `unpack` reads the blob bytes as they arrive (each byte is also
     /// written to a temp blob file and hashed on the way) and unpacks into a temp dir. Nothing is published
     /// unless the blob matched `blob` and `size` at its end and `unpack` succeeded; then the blob and the layer
-    /// are renamed into place.
+    /// are renamed into place, and the blob is noted as unpacking to `diff_id` (see [`Cache::layer_of_blob`]):
+    /// `unpack` must have checked the unpacked content against `diff_id`.
+    ///
+    /// A layer already unpacked under `diff_id` does not short-cut this: the blob is still read and unpacked
+    /// (the copy is then dropped), since only that proves this blob is that layer.
     pub fn ensure_layer_streaming<R: Read>(
         &self,
         blob: &Digest,
@@ -270,9 +312,6 @@ impl Cache {
     ) -> Result<PathBuf, CacheError> {
         self.layer_flights.run(*diff_id, || {
             let dest = self.layer_path(diff_id);
-            if dest.is_dir() {
-                return Ok(dest);
-            }
             let (tmp_blob, tmp_dir) = (self.temp_path(blob), self.temp_path(diff_id));
             let res = (|| {
                 let file = File::create_new(&tmp_blob).map_err(io_at(&tmp_blob))?;
@@ -283,7 +322,8 @@ impl Cache {
                 io::copy(&mut tee, &mut io::sink()).map_err(|e| layer_err(UnpackError::Archive(e)))?;
                 tee.file.sync_all().map_err(io_at(&tmp_blob))?;
                 publish(&tmp_blob, &self.blob_path(blob))?;
-                publish(&tmp_dir, &dest)
+                publish(&tmp_dir, &dest)?;
+                self.note_layer_of_blob(blob, diff_id)
             })();
             if res.is_err() {
                 let _ = fs::remove_file(&tmp_blob);
@@ -291,6 +331,13 @@ impl Cache {
             }
             res.map(|()| dest)
         })
+    }
+
+    fn note_layer_of_blob(&self, blob: &Digest, diff_id: &Digest) -> Result<(), CacheError> {
+        let dest = self.root.join("layer-of-blob").join(blob.algorithm()).join(blob.hex());
+        let tmp = self.temp_path(blob);
+        fs::write(&tmp, diff_id.to_string()).map_err(io_at(&tmp))?;
+        publish(&tmp, &dest)
     }
 
     fn temp_path(&self, digest: &Digest) -> PathBuf {
@@ -530,6 +577,47 @@ mod tests {
         assert_eq!(fs::read(p.join("hello")).unwrap(), b"hi");
         assert_eq!(fs::read(cache.blob_path(&blob)).unwrap(), tar);
         assert_eq!(count(&cache.root().join("tmp")), 0);
+    }
+
+    #[test]
+    fn a_cached_layer_is_reached_only_through_a_blob_verified_to_be_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = Cache::open(tmp.path()).unwrap();
+        let tar = layer_tar();
+        let (blob, diff_id) = (Digest::of(&tar), Digest::of(&tar));
+        // What the config's diff-id is checked against, as the puller does.
+        let checked = |want: Digest| {
+            move |rd: &mut dyn Read, dir: &Path| {
+                let s = unpack_layer(rd, dir, &UnpackOptions::default())?;
+                if s.diff_id != want {
+                    return Err(UnpackError::DiffIdMismatch { expected: want, actual: s.diff_id });
+                }
+                Ok(s)
+            }
+        };
+        cache.ensure_layer_streaming(&blob, tar.len() as u64, &diff_id, &tar[..], checked(diff_id)).unwrap();
+        assert_eq!(cache.layer_of_blob(&blob), Some(diff_id));
+        // Other bytes claiming that diff-id: the layer being there already proves nothing about them.
+        let mut other = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_path("other").unwrap();
+        h.set_size(0);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_cksum();
+        other.append(&h, &b""[..]).unwrap();
+        let other = other.into_inner().unwrap();
+        let other_blob = Digest::of(&other);
+        let err = cache.ensure_layer_streaming(&other_blob, other.len() as u64, &diff_id, &other[..], checked(diff_id));
+        assert!(matches!(err, Err(CacheError::Layer { source: UnpackError::DiffIdMismatch { .. }, .. })), "{err:?}");
+        assert_eq!(cache.layer_of_blob(&other_blob), None);
+        // Provenance is per source.
+        cache.record_source("reg/a", &blob).unwrap();
+        assert!(cache.source_has("reg/a", &blob) && !cache.source_has("reg/b", &blob));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(fs::metadata(tmp.path()).unwrap().permissions().mode() & 0o777, 0o700);
     }
 
     #[test]

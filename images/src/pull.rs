@@ -295,9 +295,11 @@ fn pick_platform(index: &ImageIndex) -> Option<&Descriptor> {
 fn registry_key(host: &str) -> String {
     let host = host.trim_start_matches("https://").trim_start_matches("http://");
     let host = host.split('/').next().unwrap_or(host);
-    match host {
+    // Spelt as references are (see `canonical_registry`), so `LOCALHOST:5000` in a config finds `localhost:5000`.
+    let host = crate::reference::canonical_registry(host).unwrap_or_else(|_| host.to_string());
+    match host.as_str() {
         "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB.to_string(),
-        h => h.to_string(),
+        _ => host,
     }
 }
 
@@ -332,6 +334,7 @@ impl Puller {
             }
         }
         opts.credentials = credentials;
+        opts.insecure = opts.insecure.iter().map(|h| registry_key(h)).collect();
         let cfg = oci_client::client::ClientConfig {
             protocol: if opts.insecure.is_empty() {
                 oci_client::client::ClientProtocol::Https
@@ -363,7 +366,10 @@ impl Puller {
         progress: Progress<'_>,
     ) -> Result<PulledImage, PullError> {
         let name = r.to_string();
-        if policy != PullPolicy::Always {
+        // A layout is local and anybody allowed may rewrite it, so it is always read (its cached layers are reused
+        // once the layout is seen to hold their blobs); the policy is about registries.
+        let is_layout = matches!(r, ImageRef::Layout { .. });
+        if policy != PullPolicy::Always && !is_layout {
             if let Some(img) = self.cached(r) {
                 return Ok(img);
             }
@@ -379,6 +385,17 @@ impl Puller {
         }
         progress(format!("resolving {name}"));
         let (manifest_digest, manifest) = self.resolve_manifest(&src, &name).await?;
+        // Before any blob is fetched: an image of no layers has no root to run, and one of thousands would be
+        // downloaded and unpacked in full before its overlay failed to mount.
+        let layer_count = manifest.layers().len() as u64;
+        if layer_count == 0 {
+            return Err(malformed(&name, "the image has no layers"));
+        }
+        let max_layers = self.opts.unpack.limits.max_layers;
+        if layer_count > max_layers {
+            let source = BudgetExceeded::new("max_layers", max_layers, "its manifest lists", layer_count);
+            return Err(PullError::Budget { reference: name, source });
+        }
         let cfg_desc = manifest.config();
         let cfg_digest = to_digest(cfg_desc.digest().to_string(), &name)?;
         if cfg_desc.size() > MAX_CONFIG {
@@ -481,7 +498,52 @@ impl Puller {
                 return Err(PullError::Verify { reference: name.into(), what: "manifest".into(), source });
             }
         }
+        if let Some(key) = src.key() {
+            // The registry served these bytes for this repository: a later reference to it may use the cache.
+            self.cache.put_blob(&got, raw.len() as u64, &raw[..]).map_err(|e| cache_error(name, e))?;
+            self.cache.record_source(&key, &got).map_err(|e| cache_error(name, e))?;
+        }
         Ok((raw, got))
+    }
+
+    /// Whether `src` holds blob `d` (that the cache has verified): known from an earlier fetch from the same
+    /// registry repository (no round trip), else asked (HEAD), else, for a layout, read and verified in the layout.
+    /// A cached blob may serve a reference only then, as a registry only mounts a blob across repositories for
+    /// whom may read the source repository.
+    async fn source_has(&self, src: &Source<'_>, d: &Digest, size: u64) -> Result<bool, PullError> {
+        match src {
+            Source::Registry(s) => {
+                let key = s.key();
+                if self.cache.source_has(&key, d) {
+                    return Ok(true);
+                }
+                let client = &self.client;
+                client.store_auth_if_needed(s.reference.resolve_registry(), &s.auth).await;
+                let digest = d.to_string();
+                let found = s.retrying(|| client.blob_exists(&s.reference, &digest)).await?;
+                if found {
+                    self.cache.record_source(&key, d).map_err(|e| cache_error(&s.reference.whole(), e))?;
+                }
+                Ok(found)
+            }
+            Source::Layout(s) => {
+                let (dir, d) = (s.dir.clone(), *d);
+                let job = tokio::task::spawn_blocking(move || {
+                    let Ok(f) = dir.open_file(&["blobs", d.algorithm(), &d.hex()]) else { return false };
+                    let mut rd = crate::digest::VerifyingReader::new(io::BufReader::with_capacity(1 << 20, f), d, size);
+                    io::copy(&mut rd, &mut io::sink()).is_ok()
+                });
+                Ok(job.await.unwrap_or(false))
+            }
+        }
+    }
+
+    /// The error for a blob the cache has but the reference's source does not.
+    fn not_in_source(src: &Source<'_>, name: &str, d: &Digest) -> PullError {
+        match src {
+            Source::Registry(_) => PullError::NotFound { reference: format!("{name} (blob {d})") },
+            Source::Layout(s) => s.error(format!("blob {d} is missing or does not match its digest")),
+        }
     }
 
     async fn resolve_manifest(&self, src: &Source<'_>, name: &str) -> Result<(Digest, ImageManifest), PullError> {
@@ -519,14 +581,20 @@ impl Puller {
         self.flights
             .run(d, async {
                 if self.cache.has_blob(&d) {
-                    return Ok(());
+                    return match self.source_has(src, &d, size).await? {
+                        true => Ok(()),
+                        false => Err(Self::not_in_source(src, name, &d)),
+                    };
                 }
                 let reader = src.open_blob(&d, size).await?;
                 let cache = self.cache.clone();
                 with_reader(reader, &d, size, progress, move |r| cache.put_blob(&d, size, r))
                     .await?
-                    .map(|_| ())
-                    .map_err(|e| cache_error(name, e))
+                    .map_err(|e| cache_error(name, e))?;
+                if let Some(key) = src.key() {
+                    self.cache.record_source(&key, &d).map_err(|e| cache_error(name, e))?;
+                }
+                Ok(())
             })
             .await
     }
@@ -547,7 +615,12 @@ impl Puller {
         let limits = self.opts.unpack.limits;
         self.flights
             .run(blob, async {
-                if self.cache.has_layer(&diff_id) {
+                // Found by the blob the manifest names, verified to unpack to the config's diff-id, and held by
+                // this reference's source.
+                if self.cache.layer_of_blob(&blob) == Some(diff_id) && self.cache.has_layer(&diff_id) {
+                    if !self.source_has(src, &blob, size).await? {
+                        return Err(Self::not_in_source(src, name, &blob));
+                    }
                     progress(format!("layer {} cached", short(&blob)));
                     return Ok(self.cache.layer_path(&diff_id));
                 }
@@ -567,6 +640,9 @@ impl Puller {
                 })
                 .await?
                 .map_err(|e| layer_error(name, blob, e))?;
+                if let Some(key) = src.key() {
+                    self.cache.record_source(&key, &blob).map_err(|e| cache_error(name, e))?;
+                }
                 progress(format!("layer {} unpacked", short(&blob)));
                 Ok(path)
             })
@@ -595,11 +671,25 @@ impl Puller {
     }
 
     /// The image from the cache alone: a reference by digest, or one pulled before, whose blobs and layers are all there.
+    ///
+    /// Every blob must be known to have come from the reference's own registry and repository (digest-pinned
+    /// references to other repositories, or blobs another reference brought in, are asked for at the source).
+    /// Layouts are never served from here: see [`Puller::pull`].
     fn cached(&self, r: &ImageRef) -> Option<PulledImage> {
+        let ImageRef::Registry { registry, repository, .. } = r else { return None };
+        let key = source_key(registry, repository);
+        self.cached_where(r, |d| self.cache.source_has(&key, d))
+    }
+
+    /// The image from the cache, its blobs those that `known` accepts.
+    fn cached_where(&self, r: &ImageRef, known: impl Fn(&Digest) -> bool) -> Option<PulledImage> {
         let manifest_digest = match r {
             ImageRef::Registry { digest: Some(d), .. } => *d,
             _ => read_ref(&self.ref_file(r))?.manifest.parse().ok()?,
         };
+        if !known(&manifest_digest) {
+            return None;
+        }
         let raw = std::fs::read(self.cache.blob_path(&manifest_digest)).ok()?;
         if Digest::of(&raw) != manifest_digest {
             return None;
@@ -608,17 +698,29 @@ impl Puller {
             // A cached index: follow it to the platform manifest.
             let index = ImageIndex::from_reader(&raw[..]).ok()?;
             let m = pick_platform(&index)?;
-            std::fs::read(self.cache.blob_path(&m.digest().to_string().parse().ok()?)).ok()?
+            let d: Digest = m.digest().to_string().parse().ok()?;
+            if !known(&d) {
+                return None;
+            }
+            let raw = std::fs::read(self.cache.blob_path(&d)).ok()?;
+            (Digest::of(&raw) == d).then_some(raw)?
         } else {
             raw
         };
         let m = ImageManifest::from_reader(&raw[..]).ok()?;
         let cfg_digest: Digest = m.config().digest().to_string().parse().ok()?;
+        if !known(&cfg_digest) || m.layers().is_empty() {
+            return None;
+        }
         let config = self.read_config(&cfg_digest, "").ok()?;
+        let diff_ids = config.rootfs().diff_ids();
+        if diff_ids.len() != m.layers().len() {
+            return None;
+        }
         let mut layers = Vec::new();
-        for d in config.rootfs().diff_ids() {
-            let d: Digest = d.parse().ok()?;
-            if !self.cache.has_layer(&d) {
+        for (l, d) in m.layers().iter().zip(diff_ids) {
+            let (blob, d): (Digest, Digest) = (l.digest().to_string().parse().ok()?, d.parse().ok()?);
+            if !known(&blob) || self.cache.layer_of_blob(&blob) != Some(d) || !self.cache.has_layer(&d) {
                 return None;
             }
             layers.push(self.cache.layer_path(&d));
@@ -631,6 +733,11 @@ impl Puller {
             working_dir: config.config().as_ref().and_then(|c| c.working_dir().clone()).filter(|w| !w.is_empty()),
         })
     }
+}
+
+/// The name a registry source's provenance is kept under: blobs belong to a repository, not to a registry.
+fn source_key(registry: &str, repository: &str) -> String {
+    format!("{registry}/{repository}")
 }
 
 /// What `refs/<sha256 of the reference>` holds.
@@ -716,8 +823,13 @@ impl Puller {
 
     /// Whether `r` is in the cache, complete, so that a pull other than [`PullPolicy::Always`] would not ask its
     /// source.
+    /// For an `oci:` layout (always read, see [`Puller::pull`]): whether its layers are all unpacked already, so
+    /// that the pull only reads and checks the layout.
     pub fn is_cached(&self, r: &ImageRef) -> bool {
-        self.cached(r).is_some()
+        match r {
+            ImageRef::Layout { .. } => self.cached_where(r, |_| true).is_some(),
+            _ => self.cached(r).is_some(),
+        }
     }
 
     /// Forgets a reference (its content goes with the next `prune`). False if it was not cached.
@@ -804,6 +916,14 @@ impl<'a> Source<'a> {
         })
     }
 
+    /// The provenance key of a registry source; none for a layout, which is checked every time instead.
+    fn key(&self) -> Option<String> {
+        match self {
+            Source::Registry(s) => Some(s.key()),
+            Source::Layout(_) => None,
+        }
+    }
+
     /// The raw manifest at `at` (or the reference's own), and the digest it must have if one is known.
     async fn manifest(&self, at: Option<Digest>) -> Result<(Vec<u8>, Option<Digest>), PullError> {
         match self {
@@ -888,6 +1008,10 @@ fn transient_io(kind: io::ErrorKind) -> bool {
 }
 
 impl RegistrySource<'_> {
+    fn key(&self) -> String {
+        source_key(self.reference.registry(), self.reference.repository())
+    }
+
     async fn manifest(&self, at: Option<Digest>) -> Result<(Vec<u8>, Option<Digest>), PullError> {
         let r = &self.reference;
         let reference = match at {

@@ -183,9 +183,10 @@ fn parse_registry(s: &str) -> Result<ImageRef, ReferenceError> {
     }
 
     let (registry, repository) = match name.split_once('/') {
-        Some((first, rest)) if first.contains('.') || first.contains(':') || first == "localhost" => {
-            validate_registry(first)?;
-            (first.to_string(), rest.to_string())
+        Some((first, rest))
+            if first.contains('.') || first.contains(':') || first.eq_ignore_ascii_case("localhost") =>
+        {
+            (canonical_registry(first)?, rest.to_string())
         }
         _ => (DOCKER_HUB.to_string(), name.to_string()),
     };
@@ -217,17 +218,37 @@ fn validate_tag(tag: &str) -> Result<(), ReferenceError> {
     }
 }
 
-fn validate_registry(reg: &str) -> Result<(), ReferenceError> {
+/// `host[:port]` in the one spelling the ACL judges and the audit log records: the host as the URL standard parses
+/// it (what the HTTP client connects to), so `LOCALHOST`, `127.1`, `2130706433`, `0x7f000001` and `127.000.0.1`
+/// are all `localhost` or `127.0.0.1`, IPv6 in its compressed form in brackets, and the port as a plain number.
+/// Otherwise one registry has many spellings and a deny rule catches only the one it names.
+pub fn canonical_registry(reg: &str) -> Result<String, ReferenceError> {
     let bad = || ReferenceError::BadRegistry(reg.to_string());
+    // The port follows the last ':' outside an IPv6 address's brackets.
     let (host, port) = match reg.rsplit_once(':') {
-        Some((h, p)) => (h, Some(p)),
-        None => (reg, None),
+        Some((h, p)) if !p.contains(']') && (!h.starts_with('[') || h.ends_with(']')) => (h, Some(p)),
+        _ => (reg, None),
     };
-    if let Some(p) = port {
-        if p.is_empty() || p.len() > 5 || !p.bytes().all(|c| c.is_ascii_digit()) || p.parse::<u16>().is_err() {
-            return Err(bad());
+    let port = match port {
+        Some(p) if p.is_empty() || p.len() > 5 || !p.bytes().all(|c| c.is_ascii_digit()) => return Err(bad()),
+        Some(p) => Some(p.parse::<u16>().map_err(|_| bad())?),
+        None => None,
+    };
+    let host = match url::Host::parse(host).map_err(|_| bad())? {
+        url::Host::Domain(d) => {
+            validate_host(&d).map_err(|_| bad())?;
+            d
         }
-    }
+        ip => ip.to_string(),
+    };
+    Ok(match port {
+        Some(p) => format!("{host}:{p}"),
+        None => host,
+    })
+}
+
+fn validate_host(host: &str) -> Result<(), ReferenceError> {
+    let bad = || ReferenceError::BadRegistry(host.to_string());
     // Hostname labels: alphanumerics and inner '-'; this also covers dotted IPv4 addresses.
     let label_ok = |l: &str| {
         !l.is_empty()
@@ -289,6 +310,40 @@ mod tests {
         match ImageRef::parse(s).unwrap() {
             ImageRef::Registry { registry, repository, tag, digest } => (registry, repository, tag, digest),
             other => panic!("expected registry ref, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn registry_hosts_have_one_spelling() {
+        for (typed, canonical) in [
+            ("LOCALHOST:45998", "localhost:45998"),
+            ("LocalHost:45998", "localhost:45998"),
+            ("127.1:45998", "127.0.0.1:45998"),
+            ("2130706433:45998", "127.0.0.1:45998"),
+            ("0x7f000001:45998", "127.0.0.1:45998"),
+            ("0177.0.0.1:45998", "127.0.0.1:45998"),
+            ("127.000.000.001:45998", "127.0.0.1:45998"),
+            ("127.0.0.1:045998", ""),
+            ("127.0.0.1:04599", "127.0.0.1:4599"),
+            ("[0:0:0:0:0:0:0:1]:5000", "[::1]:5000"),
+            ("[::FFFF:127.0.0.1]:5000", "[::ffff:7f00:1]:5000"),
+            ("Registry.Example.COM", "registry.example.com"),
+            ("INDEX.DOCKER.IO", "docker.io"),
+        ] {
+            let got = ImageRef::parse(&format!("{typed}/tools/dangerous:v1"));
+            if canonical.is_empty() {
+                assert!(matches!(got, Err(ReferenceError::BadRegistry(_))), "{typed}: {got:?}");
+                continue;
+            }
+            let want = if canonical == "docker.io" {
+                "docker.io/tools/dangerous:v1".to_string()
+            } else {
+                format!("{canonical}/tools/dangerous:v1")
+            };
+            assert_eq!(got.unwrap().to_string(), want, "{typed}");
+        }
+        for bad in ["exa_mple.com:5000", "-x.com", "[::1:5000", "1.2.3.4.5.6:5000", "256.0.0.1:1"] {
+            assert!(ImageRef::parse(&format!("{bad}/x")).is_err(), "{bad}");
         }
     }
 

@@ -47,6 +47,9 @@ pub struct Limits {
     pub max_path_len: u64,
     /// Components of an entry's path.
     pub max_depth: u64,
+    /// Layers of one image, checked on the manifest before any blob is fetched (each is a lower directory of
+    /// the session's overlay, and a descriptor while it is mounted).
+    pub max_layers: u64,
 }
 
 impl Default for Limits {
@@ -57,6 +60,7 @@ impl Default for Limits {
             max_entries: 500_000,
             max_path_len: 4096,
             max_depth: 128,
+            max_layers: 128,
         }
     }
 }
@@ -214,12 +218,37 @@ pub enum UnpackError {
     /// A budget of [`Limits`] ran out.
     #[error(transparent)]
     Budget(#[from] BudgetExceeded),
+    /// A GNU long-name or long-link, or PAX, entry larger than its bound (the tar reader would hold it in memory).
+    #[error(transparent)]
+    ExtensionTooLarge(#[from] ExtensionTooLarge),
 }
+
+/// A tar entry that only describes the next one (GNU `L`/`K`, PAX `x`/`g`) declared more bytes than may be held in
+/// memory; refused before any of it is read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("refusing layer: a {kind} entry of {size} bytes (at most {max})")]
+pub struct ExtensionTooLarge {
+    /// "GNU long name", "GNU long link name", "PAX header" or "PAX global header".
+    pub kind: &'static str,
+    /// The size its header declares.
+    pub size: u64,
+    /// The bound.
+    pub max: u64,
+}
+
+/// Bytes a GNU long name or long link entry may have: far beyond any `max_path_len` worth setting.
+pub const MAX_LONG_NAME: u64 = 64 << 10;
+/// Bytes a PAX header entry may have: room for paths and for xattrs (`SCHILY.xattr.*`, each at most 64 KiB on
+/// Linux) together.
+pub const MAX_PAX_HEADER: u64 = 1 << 20;
 
 impl UnpackError {
     /// `e` as a budget error if a budget check caused it (the check runs inside readers, so it arrives as I/O),
     /// else as what `other` makes of it.
     fn from_io(e: io::Error, other: impl FnOnce(io::Error) -> UnpackError) -> UnpackError {
+        if let Some(x) = e.get_ref().and_then(|x| x.downcast_ref::<ExtensionTooLarge>()) {
+            return UnpackError::ExtensionTooLarge(x.clone());
+        }
         match BudgetExceeded::find(&e) {
             Some(b) => UnpackError::Budget(b),
             None => other(e),
@@ -261,7 +290,7 @@ fn unpack_with<R: Read>(
         limits: opts.limits,
         image_bytes,
     };
-    let mut archive = tar::Archive::new(reader);
+    let mut archive = tar::Archive::new(ExtensionGuard::new(reader));
     let mut u = Unpacker {
         root,
         opts: *opts,
@@ -280,7 +309,7 @@ fn unpack_with<R: Read>(
     u.finish_dirs()?;
     // The diff-id covers the whole uncompressed stream, padding after the end-of-archive blocks included (and
     // the stream's budget bounds how much of that there can be).
-    let mut rest = archive.into_inner();
+    let mut rest = archive.into_inner().inner;
     io::copy(&mut rest, &mut io::sink()).map_err(archive_err)?;
     u.summary.diff_id = Digest::from_bytes(rest.hasher.finalize().into());
     Ok(u.summary)
@@ -306,6 +335,149 @@ impl<R: Read> Read for HashingReader<'_, R> {
             .map_err(io::Error::other)?;
         self.hasher.update(&buf[..k]);
         Ok(k)
+    }
+}
+
+/// Follows the tar stream's headers on its way to the tar reader and refuses a GNU long-name or long-link entry
+/// over [`MAX_LONG_NAME`], or a PAX one over [`MAX_PAX_HEADER`], before its body is read: the tar crate reads such
+/// entries whole into memory before `max_path_len` can be checked, so a 1 MB gzip layer could make it allocate a
+/// gigabyte per name. It parses headers as the tar crate does (its own header type; a PAX `size` overrides the
+/// next entry's; GNU sparse extension blocks; the first zero block ends the archive).
+struct ExtensionGuard<R> {
+    inner: R,
+    header: [u8; 512],
+    /// Bytes of `header` filled so far.
+    filled: usize,
+    state: GuardState,
+    /// The body of the PAX header being read (with its size), to learn a `size` it sets for the next entry.
+    pax: Option<(Vec<u8>, u64)>,
+    /// The size the last PAX header set for the next entry.
+    pax_size: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GuardState {
+    Header,
+    /// GNU sparse extension blocks to read, then `body` bytes (rounded up to blocks).
+    SparseExt {
+        body: u64,
+    },
+    /// Bytes of an entry's body (padding included) still to pass.
+    Body {
+        left: u64,
+    },
+    /// After the end of the archive: the rest only counts for the diff-id.
+    Done,
+}
+
+impl<R> ExtensionGuard<R> {
+    fn new(inner: R) -> Self {
+        ExtensionGuard { inner, header: [0; 512], filled: 0, state: GuardState::Header, pax: None, pax_size: None }
+    }
+
+    /// Takes the header now complete in `self.header`.
+    fn on_header(&mut self) -> io::Result<()> {
+        if self.header.iter().all(|&b| b == 0) {
+            self.state = GuardState::Done;
+            return Ok(());
+        }
+        let h = tar::Header::from_byte_slice(&self.header);
+        let kind = h.entry_type();
+        let bound = match kind {
+            tar::EntryType::GNULongName => Some(("GNU long name", MAX_LONG_NAME)),
+            tar::EntryType::GNULongLink => Some(("GNU long link name", MAX_LONG_NAME)),
+            tar::EntryType::XHeader => Some(("PAX header", MAX_PAX_HEADER)),
+            tar::EntryType::XGlobalHeader => Some(("PAX global header", MAX_PAX_HEADER)),
+            _ => None,
+        };
+        // A bad size field is the tar reader's to report.
+        let declared = h.entry_size().unwrap_or(0);
+        let size = match bound {
+            Some((kind, max)) if declared > max => {
+                return Err(io::Error::other(ExtensionTooLarge { kind, size: declared, max }));
+            }
+            Some(_) => declared,
+            None => self.pax_size.unwrap_or(declared),
+        };
+        let recognized = h.as_gnu().is_some() || h.as_ustar().is_some();
+        let held_by_tar = recognized
+            && matches!(kind, tar::EntryType::GNULongName | tar::EntryType::GNULongLink | tar::EntryType::XHeader);
+        if !held_by_tar {
+            // The tar reader hands this entry out, and forgets the PAX header with it.
+            self.pax_size = None;
+        }
+        self.pax = (recognized && kind == tar::EntryType::XHeader).then(|| (Vec::new(), size));
+        let body = size.div_ceil(512).saturating_mul(512);
+        let sparse_ext = kind == tar::EntryType::GNUSparse && h.as_gnu().is_some_and(|g| g.is_extended());
+        self.state = if sparse_ext { GuardState::SparseExt { body } } else { GuardState::Body { left: body } };
+        if body == 0 && !sparse_ext {
+            self.end_of_body();
+        }
+        Ok(())
+    }
+
+    fn end_of_body(&mut self) {
+        if let Some((mut pax, len)) = self.pax.take() {
+            pax.truncate(usize::try_from(len).unwrap_or(usize::MAX));
+            let size = tar::PaxExtensions::new(&pax)
+                .flatten()
+                .find(|e| e.key_bytes() == b"size")
+                .and_then(|e| e.value().ok().and_then(|v| v.parse::<u64>().ok()));
+            self.pax_size = size;
+        }
+        self.state = GuardState::Header;
+    }
+
+    /// Follows `data`, which just passed through.
+    fn follow(&mut self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            match self.state {
+                GuardState::Done => return Ok(()),
+                GuardState::Header | GuardState::SparseExt { .. } => {
+                    let k = (512 - self.filled).min(data.len());
+                    self.header[self.filled..self.filled + k].copy_from_slice(&data[..k]);
+                    self.filled += k;
+                    data = &data[k..];
+                    if self.filled < 512 {
+                        continue;
+                    }
+                    self.filled = 0;
+                    match self.state {
+                        GuardState::SparseExt { body } => {
+                            // `isextended` of a GNU sparse extension block, after its 21 sparse entries.
+                            if self.header[504] == 0 {
+                                self.state = GuardState::Body { left: body };
+                                if body == 0 {
+                                    self.end_of_body();
+                                }
+                            }
+                        }
+                        _ => self.on_header()?,
+                    }
+                }
+                GuardState::Body { left } => {
+                    let k = usize::try_from(left).unwrap_or(usize::MAX).min(data.len());
+                    if let Some((pax, _)) = &mut self.pax {
+                        pax.extend_from_slice(&data[..k]);
+                    }
+                    data = &data[k..];
+                    let left = left - k as u64;
+                    self.state = GuardState::Body { left };
+                    if left == 0 {
+                        self.end_of_body();
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for ExtensionGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.follow(&buf[..n])?;
+        Ok(n)
     }
 }
 
@@ -1156,6 +1328,119 @@ mod tests {
             self.1.set(self.1.get() + n as u64);
             Ok(n)
         }
+    }
+
+    /// A GNU header of `kind` declaring `declared` bytes, followed by `sent` bytes of `x`: what the tar reader
+    /// would buffer whole.
+    fn extension_layer(kind: EntryType, declared: u64, sent: usize) -> Vec<u8> {
+        let mut h = Header::new_gnu();
+        h.set_entry_type(kind);
+        h.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+        h.set_size(declared);
+        h.set_mode(0o644);
+        h.set_cksum();
+        let mut out = h.as_bytes().to_vec();
+        out.extend(vec![b'x'; sent]);
+        out
+    }
+
+    #[test]
+    fn oversized_long_name_and_pax_entries_are_refused_before_they_are_read() {
+        let e = env();
+        for (kind, max) in [
+            (EntryType::GNULongName, MAX_LONG_NAME),
+            (EntryType::GNULongLink, MAX_LONG_NAME),
+            (EntryType::XHeader, MAX_PAX_HEADER),
+            (EntryType::XGlobalHeader, MAX_PAX_HEADER),
+        ] {
+            let _ = fs::remove_dir_all(&e.dest);
+            // 1 GiB declared, 1 MiB sent: refused at the header, with a typed error.
+            let layer = extension_layer(kind, 1 << 30, 1 << 20);
+            let read = std::rc::Rc::new(std::cell::Cell::new(0u64));
+            match unpack_layer(Counting(&layer[..], read.clone()), &e.dest, &UnpackOptions::default()) {
+                Err(UnpackError::ExtensionTooLarge(x)) => {
+                    assert_eq!((x.size, x.max), (1 << 30, max), "{kind:?}");
+                    assert!(x.to_string().contains(&format!("of {} bytes (at most {max})", 1u64 << 30)), "{x}");
+                }
+                other => panic!("{kind:?}: {other:?}"),
+            }
+            assert!(read.get() < 64 << 10, "{kind:?}: {} bytes read before the refusal", read.get());
+        }
+        // The same behind gzip (the attack: 1 MB of gzip, 1 GiB of name).
+        let _ = fs::remove_dir_all(&e.dest);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&extension_layer(EntryType::GNULongName, 1 << 30, 1 << 20)).unwrap();
+        let r = unpack_layer(&gz.finish().unwrap()[..], &e.dest, &UnpackOptions::default());
+        assert!(matches!(r, Err(UnpackError::ExtensionTooLarge(_))), "{r:?}");
+        // One byte over the bound is refused, the bound itself is not (the name is then too long for max_path_len).
+        let _ = fs::remove_dir_all(&e.dest);
+        let r = unpack_layer(
+            &extension_layer(EntryType::GNULongName, MAX_LONG_NAME + 1, 0)[..],
+            &e.dest,
+            &UnpackOptions::default(),
+        );
+        assert!(matches!(r, Err(UnpackError::ExtensionTooLarge(_))), "{r:?}");
+        let _ = fs::remove_dir_all(&e.dest);
+        let r = unpack_layer(
+            &extension_layer(EntryType::GNULongName, MAX_LONG_NAME, 0)[..],
+            &e.dest,
+            &UnpackOptions::default(),
+        );
+        assert!(!matches!(r, Err(UnpackError::ExtensionTooLarge(_))), "{r:?}");
+    }
+
+    #[test]
+    fn long_names_and_pax_sizes_still_unpack_behind_the_guard_which_keeps_in_step() {
+        let e = env();
+        // The builder writes GNU long-name and long-link entries for these.
+        let long = format!("{}/{}", "d".repeat(150), "f".repeat(150));
+        let mut b = tar::Builder::new(Vec::new());
+        let header = |kind: EntryType, size: u64, mode: u32| {
+            let mut h = Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_size(size);
+            h.set_mode(mode);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            h
+        };
+        b.append_data(&mut header(EntryType::Directory, 0, 0o755), "d".repeat(150), &b""[..]).unwrap();
+        b.append_data(&mut header(EntryType::Regular, 3, 0o644), &long, &b"abc"[..]).unwrap();
+        b.append_link(&mut header(EntryType::Symlink, 0, 0o777), "link", "t".repeat(200)).unwrap();
+        let mut data = b.into_inner().unwrap();
+        // A PAX header whose size (600) overrides the next header's (0): the guard must follow the 600 bytes.
+        let mut t = Tar::new();
+        t.pax(&[("size", b"600")]);
+        let mut h = Header::new_ustar();
+        h.set_path("paxsized").unwrap();
+        h.set_size(0);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_cksum();
+        let mut tail = t.0.get_ref().clone();
+        tail.extend_from_slice(h.as_bytes());
+        tail.extend(vec![b'p'; 600]);
+        tail.extend(vec![0; 1024 - 600]);
+        let mut after = Tar::new();
+        after.file("after", b"after", 0o644);
+        tail.extend(after.bytes());
+        data.truncate(data.len() - 1024);
+        data.extend(tail);
+        e.unpack(&data, UnpackOptions::default()).unwrap();
+        assert_eq!(fs::read(e.dest.join(&long)).unwrap(), b"abc");
+        assert_eq!(fs::read_link(e.dest.join("link")).unwrap(), Path::new(&"t".repeat(200)));
+        assert_eq!(fs::read(e.dest.join("paxsized")).unwrap(), vec![b'p'; 600]);
+        assert_eq!(fs::read(e.dest.join("after")).unwrap(), b"after");
+        // In step after the PAX-sized entry: an oversized long name behind it is still seen as a header.
+        let at = data.len() - after.bytes().len();
+        let mut stepped = data[..at].to_vec();
+        stepped.extend(extension_layer(EntryType::GNULongName, 1 << 30, 0));
+        let _ = fs::remove_dir_all(&e.dest);
+        let r = e.unpack(&stepped, UnpackOptions::default());
+        assert!(matches!(r, Err(UnpackError::ExtensionTooLarge(_))), "{r:?}");
     }
 
     fn gzip_of_zero_file(size: u64) -> Vec<u8> {

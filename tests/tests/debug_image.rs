@@ -9,7 +9,7 @@ mod support;
 use registry::*;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard};
 use support::*;
 
@@ -420,6 +420,14 @@ fn hostile_layer_entries_are_refused_and_nothing_is_written_outside_the_cache() 
         write_layout(&dir, "v1", std::slice::from_ref(&layer));
         let o = f.debug(&format!("oci:{}:v1", dir.display()), &[], &f.target.id, &["true"]);
         assert_image_failed(&o, &cause);
+        assert_eq!(stderr(&o).matches(&cause).count(), 1, "{name}: said more than once: {}", stderr(&o));
+        // The operator's pull says it once too.
+        let o = run(Command::new(bin("dcos-exec-agent"))
+            .args(["images", "--config"])
+            .arg(f.agent.dir.join("agent.toml"))
+            .args(["pull", &format!("oci:{}:v1", dir.display())]));
+        assert_eq!(o.status.code(), Some(1), "{name}: {}", stderr(&o));
+        assert_eq!(stderr(&o).matches(&cause).count(), 1, "{name}: said more than once: {}", stderr(&o));
         assert_eq!(outside(&f.root), before, "{name}: files appeared next to the cache");
         assert!(!f.cache().join("layers/sha256").join(sha256_hex(&layer)).exists(), "{name}: layer was cached");
         assert_eq!(count(&f.cache().join("tmp")), 0, "{name}: temporary unpack left behind");

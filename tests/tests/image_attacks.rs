@@ -49,7 +49,6 @@ fn disk_bytes(dir: &Path) -> u64 {
 /// zeros is deflated once after a full flush (which resets the compressor's history, so the block stands alone)
 /// and repeated; the trailer's CRC is combined arithmetically. About 1 KiB of output per MiB of zeros.
 fn gzip_bomb(gib: u64) -> Vec<u8> {
-    use flate2::{Compress, Compression, Crc, FlushCompress};
     let mut header = tar::Header::new_gnu();
     header.set_path("zeros").unwrap();
     header.set_size(gib << 30);
@@ -58,6 +57,12 @@ fn gzip_bomb(gib: u64) -> Vec<u8> {
     header.set_gid(0);
     header.set_mtime(0);
     header.set_cksum();
+    gzip_bomb_after(&header, gib)
+}
+
+/// [`gzip_bomb`] with `header` (whose size should be `gib` GiB) before the zeros.
+fn gzip_bomb_after(header: &tar::Header, gib: u64) -> Vec<u8> {
+    use flate2::{Compress, Compression, Crc, FlushCompress};
     let deflate = |c: &mut Compress, input: &[u8], flush: FlushCompress| {
         let mut out = Vec::with_capacity(input.len() / 100 + 4096);
         let before = c.total_in();
@@ -494,7 +499,12 @@ fn oci_spellings_of_a_denied_layout_are_refused_without_reading_it() {
     for (token, image) in &attempts {
         let o = debug_with(&agent, token, image, &f.target.id, &["cat", "/denied-marker"]);
         assert_eq!(o.status.code(), Some(118), "{image}: stdout {} stderr {}", stdout(&o), stderr(&o));
-        assert!(stderr(&o).contains(&format!("oci:{s}/extra/x")), "the refusal names the real path: {}", stderr(&o));
+        if image.ends_with("good-link") {
+            // Allowed by its text, refused for the symlink, without naming where it leads.
+            assert!(stderr(&o).contains("goes through a symlink") && !stderr(&o).contains("extra"), "{}", stderr(&o));
+        } else {
+            assert!(stderr(&o).contains(&format!("oci:{s}/extra/x")), "the refusal names the path: {}", stderr(&o));
+        }
         assert!(stdout(&o).is_empty());
     }
     // Opening the directory itself is how its real path is learnt; nothing in it was opened or read.
@@ -567,4 +577,321 @@ fn whiteouts_and_opaque_markers_behind_a_symlink_touch_nothing_outside_the_layer
         }
     }
     let _ = std::fs::remove_dir_all(&victim_dir);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The cache as a way around the ACL's image rules.
+
+/// An agent whose `dev` may debug with images of `allowed` only; the admin may use any image.
+fn acl_agent(f: &Fixture, dir: &Path, allowed: &str) -> (Agent, String) {
+    let acl = format!(
+        "[[rule]]\nsubjects = [\"user:admin\"]\ntasks = [\"**\"]\nactions = [\"*\"]\nimages = [\"**\"]\n\n\
+         [[rule]]\nsubjects = [\"user:dev\"]\ntasks = [\"*\"]\nactions = [\"debug\"]\nimages = [\"{allowed}\"]\n"
+    );
+    let agent = start_agent(&dir.join("agent"), &images_table(f, &f.registry.host(), ""), &acl);
+    let dev = agent.token("dev", &[], "10m");
+    (agent, dev)
+}
+
+const SECRET: &[u8] = b"the denied image's secret\n";
+
+/// The attack: once the admin has used an image that `dev` may not, `dev` names it by its manifest digest under a
+/// repository the ACL allows (one that does not have it, or no registry at all). The cache must not answer for a
+/// repository it never fetched the manifest from.
+#[test]
+fn a_digest_pinned_reference_to_another_repository_does_not_reach_a_cached_denied_image() {
+    if skip() {
+        return;
+    }
+    let f = fixture();
+    let dir = f.scratch("digest-acl");
+    let host = f.registry.host();
+    let layout = dir.join("secret");
+    let secret_layer = tar_layer(&[Entry::file("secret.txt", 0o644, SECRET)]);
+    write_layout(&layout, "v1", &[busybox_layer(), secret_layer]);
+    let pushed = f.registry.push(&layout, "v1", "denied/secret:v1", false);
+    let digest = f.registry.manifest_digest(&pushed);
+    let (agent, dev) = acl_agent(f, &dir, &format!("{host}/allowed/**"));
+    assert_eq!(
+        ok(&debug_with(&agent, &agent.admin_token, &pushed, &f.target.id, &["cat", "/secret.txt"])).as_bytes(),
+        SECRET
+    );
+    // Denied by name.
+    let o = debug_with(&agent, &dev, &pushed, &f.target.id, &["cat", "/secret.txt"]);
+    assert_eq!(o.status.code(), Some(118), "{}", stderr(&o));
+    // Allowed name, the denied image's digest: the allowed repository does not have it.
+    let o =
+        debug_with(&agent, &dev, &format!("{host}/allowed/anything@{digest}"), &f.target.id, &["cat", "/secret.txt"]);
+    assert_eq!(o.status.code(), Some(122), "stdout {} stderr {}", stdout(&o), stderr(&o));
+    assert!(!stdout(&o).contains("secret"), "{}", stdout(&o));
+    // And with no registry there at all.
+    let nobody = format!("127.0.0.1:{}", free_port());
+    let o = debug_with(
+        &agent,
+        &agent.admin_token,
+        &format!("{nobody}/allowed/x@{digest}"),
+        &f.target.id,
+        &["cat", "/secret.txt"],
+    );
+    assert_eq!(o.status.code(), Some(122), "stdout {} stderr {}", stdout(&o), stderr(&o));
+    assert!(!stdout(&o).contains("secret"), "{}", stdout(&o));
+    // The common case still comes from the cache: the same reference again fetches no blob.
+    let before = f.registry.blob_gets();
+    assert_eq!(
+        ok(&debug_with(&agent, &agent.admin_token, &pushed, &f.target.id, &["cat", "/secret.txt"])).as_bytes(),
+        SECRET
+    );
+    assert_eq!(f.registry.blob_gets(), before, "a cached image was downloaded again");
+}
+
+/// The attack: `dev` writes an image it may use whose config lists the denied image's layer diff-id, with a layer
+/// blob that does not exist (or that is other bytes). Layers are found by the blob the manifest names, which the
+/// image's own source must hold and which must unpack to that diff-id.
+#[test]
+fn a_config_naming_a_cached_denied_layer_by_diff_id_does_not_reach_it() {
+    if skip() {
+        return;
+    }
+    let f = fixture();
+    let dir = f.scratch("diffid-acl");
+    let secret = dir.join("secret");
+    let secret_layer = tar_layer(&[Entry::file("secret.txt", 0o644, SECRET)]);
+    write_layout(&secret, "v1", &[busybox_layer(), secret_layer.clone()]);
+    let allowed = dir.join("allowed");
+    let (agent, dev) = acl_agent(f, &dir, &format!("oci:{}/**", allowed.display()));
+    let o = debug_with(
+        &agent,
+        &agent.admin_token,
+        &format!("oci:{}:v1", secret.display()),
+        &f.target.id,
+        &["cat", "/secret.txt"],
+    );
+    assert_eq!(ok(&o).as_bytes(), SECRET);
+
+    let busybox = busybox_layer();
+    let diff_ids = serde_json::json!([
+        format!("sha256:{}", sha256_hex(&busybox)),
+        format!("sha256:{}", sha256_hex(&secret_layer)),
+    ]);
+    let gzip_of = |data: &[u8]| {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(data).unwrap();
+        gz.finish().unwrap()
+    };
+    let gzip = "application/vnd.oci.image.layer.v1.tar+gzip";
+    let other = tar_layer(&[Entry::file("other.txt", 0o644, b"other\n")]);
+    for (case, fake) in [
+        ("missing", serde_json::json!({"mediaType": gzip, "digest": format!("sha256:{}", "0".repeat(64)), "size": 1})),
+        ("other-bytes", put_blob(&allowed.join("other-bytes"), gzip, &gzip_of(&other))),
+    ] {
+        let layout = allowed.join(case);
+        let config = serde_json::json!({
+            "architecture": "amd64", "os": "linux", "config": {"Env": ["PATH=/bin"]},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        });
+        let config =
+            put_blob(&layout, "application/vnd.oci.image.config.v1+json", &serde_json::to_vec(&config).unwrap());
+        let manifest = serde_json::json!({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": config, "layers": [put_blob(&layout, gzip, &gzip_of(&busybox)), fake],
+        });
+        let desc =
+            put_blob(&layout, "application/vnd.oci.image.manifest.v1+json", &serde_json::to_vec(&manifest).unwrap());
+        tag_layout(&layout, "v1", &desc);
+        let o =
+            debug_with(&agent, &dev, &format!("oci:{}:v1", layout.display()), &f.target.id, &["cat", "/secret.txt"]);
+        assert_eq!(o.status.code(), Some(122), "{case}: stdout {} stderr {}", stdout(&o), stderr(&o));
+        assert!(!stdout(&o).contains("secret"), "{case}: {}", stdout(&o));
+    }
+}
+
+/// The attack: a deny rule names the registry as `127.0.0.1:PORT` (and `localhost:PORT`); the user spells the same
+/// registry another way the HTTP client also resolves there. The reference is judged, and audited, with its host in
+/// the one spelling the URL standard gives it.
+#[test]
+fn other_spellings_of_a_denied_registry_host_are_judged_as_the_host() {
+    if skip() {
+        return;
+    }
+    let f = fixture();
+    let dir = f.scratch("host-spelling");
+    let port = f.registry.port;
+    let acl = format!(
+        "[[rule]]\nsubjects = [\"user:admin\"]\ntasks = [\"**\"]\nactions = [\"*\"]\nimages = [\"**\"]\n\n\
+         [[rule]]\nsubjects = [\"user:dev\"]\ntasks = [\"*\"]\nactions = [\"debug\"]\nimages = [\"**\"]\n\n\
+         [[rule]]\neffect = \"deny\"\nsubjects = [\"*\"]\ntasks = [\"**\"]\nactions = [\"debug\"]\n\
+         images = [\"127.0.0.1:{port}/tools/*\", \"localhost:{port}/tools/*\"]\n"
+    );
+    let agent = start_agent(&dir.join("agent"), &images_table(f, &f.registry.host(), ""), &acl);
+    let dev = agent.token("dev", &[], "10m");
+    for (host, canonical) in [
+        ("LOCALHOST", "localhost"),
+        ("127.1", "127.0.0.1"),
+        ("2130706433", "127.0.0.1"),
+        ("0x7f000001", "127.0.0.1"),
+        ("0177.0.0.01", "127.0.0.1"),
+    ] {
+        let o = debug_with(&agent, &dev, &format!("{host}:{port}/tools/busybox:latest"), &f.target.id, &["echo", "in"]);
+        assert_eq!(o.status.code(), Some(118), "{host}: stdout {} stderr {}", stdout(&o), stderr(&o));
+        assert!(stdout(&o).is_empty(), "{host}: {}", stdout(&o));
+        let judged = format!("{canonical}:{port}/tools/busybox:latest");
+        assert!(stderr(&o).contains(&judged), "{host}: the refusal names {judged}: {}", stderr(&o));
+        let rec = agent.audit().into_iter().last().unwrap();
+        assert_eq!(rec["event"], "denied");
+        assert!(rec["reason"].as_str().unwrap().contains(&format!("image {judged} ")), "{host}: {rec}");
+    }
+}
+
+/// The attack: a 1 MB gzip layer whose GNU long-name entry declares 1 GiB. The tar reader holds a long name in
+/// memory whole before `max_path_len` can be checked, so the agent grew by gigabytes; the entry is refused at its
+/// header now.
+#[test]
+fn a_gigabyte_gnu_long_name_is_refused_before_it_is_held_in_memory() {
+    if skip() {
+        return;
+    }
+    let f = fixture();
+    let dir = f.scratch("longname");
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::GNULongName);
+    header.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+    header.set_size(1 << 30);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_cksum();
+    let bomb = gzip_bomb_after(&header, 1);
+    assert!(bomb.len() < 2 << 20, "{}", bomb.len());
+    let layout = dir.join("longname");
+    write_bomb_layout(&layout, &bomb);
+    let (agent, _) = acl_agent(f, &dir, "none");
+    let hwm = || {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap().to_string();
+        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() << 10
+    };
+    let before = hwm();
+    let o = debug_with(&agent, &agent.admin_token, &format!("oci:{}", layout.display()), &f.target.id, &["true"]);
+    assert_eq!(o.status.code(), Some(122), "stdout {} stderr {}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("a GNU long name entry of 1073741824 bytes (at most 65536)"), "{}", stderr(&o));
+    let grown = hwm().saturating_sub(before);
+    assert!(grown < 256 << 20, "the agent's peak memory grew by {} MiB", grown >> 20);
+}
+
+/// The attack: a user with no grant at all names `oci:` paths to learn about the agent's host from the refusal:
+/// `/proc/self/cwd` (the agent's working directory), `/proc/1/root`, and `X/../../proc/self/cwd`, which resolves
+/// only when X exists. Paths are judged by their text before anything is opened, `/proc`, `/sys` and `/dev` are
+/// refused, and no answer names a resolved path or differs by what exists.
+#[test]
+fn oci_paths_tell_a_user_without_a_grant_nothing_about_the_host() {
+    if skip() {
+        return;
+    }
+    let f = fixture();
+    let dir = f.scratch("oci-probe");
+    std::fs::create_dir_all(dir.join("hidden-dir")).unwrap();
+    let (agent, _) = acl_agent(f, &dir, "none");
+    let nobody = agent.token("nobody", &[], "10m");
+    let cwd = std::fs::read_link(format!("/proc/{}/cwd", agent.pid())).unwrap();
+    let d = dir.display();
+    let answer = |image: &str| {
+        let o = debug_with(&agent, &nobody, image, &f.target.id, &["true"]);
+        let err = stderr(&o);
+        assert!(!err.contains(&cwd.display().to_string()), "{image}: names the agent's cwd: {err}");
+        assert!(stdout(&o).is_empty());
+        (o.status.code(), err)
+    };
+    for image in ["oci:/proc/self/cwd", "oci:/proc/1/root", "oci:/sys/kernel", "oci:/dev/shm"] {
+        let (code, err) = answer(image);
+        assert_eq!(code, Some(125), "{image}: {err}");
+        assert!(err.contains("is under /proc, /sys or /dev"), "{image}: {err}");
+    }
+    let (code, err) = answer(&format!("oci:{d}/hidden-dir/../../../../../../../../../proc/self/cwd"));
+    assert_eq!(code, Some(125), "{err}");
+    // Whether a directory exists makes no difference to the answer.
+    let (a, b) = (format!("oci:{d}/hidden-dir/../x"), format!("oci:{d}/no-such-dir/../x"));
+    let ((ca, ea), (cb, eb)) = (answer(&a), answer(&b));
+    assert_eq!((ca, cb), (Some(118), Some(118)), "{ea} / {eb}");
+    assert_eq!(ea, eb);
+    assert!(ea.contains(&format!("oci:{d}/x")), "{ea}");
+}
+
+/// The attack: any host user changes a file of a cached layer (the layers keep the image's own modes, world-writable
+/// directories included) and so what every later session runs. The cache's root is root's alone, made so at
+/// every open (a cache an older agent left world-traversable is closed too).
+#[test]
+fn host_users_cannot_reach_the_image_cache() {
+    if skip() {
+        return;
+    }
+    let f = fixture();
+    let dir = f.scratch("cache-perms");
+    let layout = dir.join("ww");
+    let ww = tar_layer(&[Entry::dir("ww", 0o777), Entry::file("ww/tool", 0o777, b"#!/bin/sh\necho original\n")]);
+    write_layout(&layout, "latest", &[busybox_layer(), ww.clone()]);
+    let (agent, _) = acl_agent(f, &dir, "none");
+    let cache = agent.dir.join("images");
+    let o =
+        debug_with(&agent, &agent.admin_token, &format!("oci:{}", layout.display()), &f.target.id, &["sh", "/ww/tool"]);
+    assert_eq!(ok(&o), "original\n");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777, 0o700);
+    let layer_dir = cache.join("layers/sha256").join(sha256_hex(&ww)).join("ww");
+    assert!(layer_dir.join("tool").is_file());
+    // The attack as an unprivileged host user: the layer directory is 0777 but out of reach.
+    let as_nobody = |script: String| {
+        run(Command::new("setpriv").args(["--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c", &script]))
+    };
+    let o = as_nobody(format!("echo 'echo changed' > {}/tool", layer_dir.display()));
+    assert_ne!(o.status.code(), Some(0), "a host user wrote into a cached layer");
+    let o = as_nobody(format!("ls {}", cache.display()));
+    assert_ne!(o.status.code(), Some(0), "a host user listed the cache");
+    let o =
+        debug_with(&agent, &agent.admin_token, &format!("oci:{}", layout.display()), &f.target.id, &["sh", "/ww/tool"]);
+    assert_eq!(ok(&o), "original\n");
+    // A cache left world-traversable (as before) is closed when the agent opens it again.
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = run(Command::new(bin("dcos-exec-agent"))
+        .args(["images", "--config"])
+        .arg(agent.dir.join("agent.toml"))
+        .arg("list"));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777, 0o700);
+}
+
+/// An image of no layers fails as an image (exit 122), and one of more layers than `max_layers` is refused on its
+/// manifest, before any layer is fetched (25 000 layers were downloaded and unpacked before the overlay failed).
+#[test]
+fn images_of_no_layers_or_too_many_are_refused_on_the_manifest() {
+    if skip() {
+        return;
+    }
+    let f = fixture();
+    let dir = f.scratch("layer-count");
+    let (agent, _) = acl_agent(f, &dir, "none");
+    let none = dir.join("none");
+    write_layout(&none, "v1", &[]);
+    let o = debug_with(&agent, &agent.admin_token, &format!("oci:{}:v1", none.display()), &f.target.id, &["true"]);
+    assert_eq!(o.status.code(), Some(122), "stdout {} stderr {}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("the image has no layers"), "{}", stderr(&o));
+    let many = dir.join("many");
+    let layers: Vec<Vec<u8>> = std::iter::once(busybox_layer())
+        .chain((1..129).map(|i| tar_layer(&[Entry::file(&format!("f{i}"), 0o644, i.to_string().as_bytes())])))
+        .collect();
+    write_layout(&many, "v1", &layers);
+    let o = debug_with(&agent, &agent.admin_token, &format!("oci:{}:v1", many.display()), &f.target.id, &["true"]);
+    assert_eq!(o.status.code(), Some(122), "stdout {} stderr {}", stdout(&o), stderr(&o));
+    assert!(
+        stderr(&o).contains("image budget exceeded: max_layers = 128, but its manifest lists 129"),
+        "{}",
+        stderr(&o)
+    );
+    let cache = agent.dir.join("images");
+    assert!(layers.iter().all(|l| !cache.join("layers/sha256").join(sha256_hex(l)).exists()), "a layer was unpacked");
+    // 128 is within the limit.
+    write_layout(&many, "v2", &layers[..128]);
+    let o =
+        debug_with(&agent, &agent.admin_token, &format!("oci:{}:v2", many.display()), &f.target.id, &["cat", "/f127"]);
+    assert_eq!(ok(&o), "127");
 }

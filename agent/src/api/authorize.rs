@@ -97,11 +97,17 @@ pub fn cap_add_on(p: &ExecParams, c: &Container) -> Result<(), CapReachesHost> {
     Ok(())
 }
 
-/// Why a debug image cannot be judged or used.
+/// Why a debug image cannot be judged or used. No message names anything but the path as the user wrote it
+/// (lexically normalised): what a path resolves to on the agent's host is not the user's to learn.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageRefusal {
     #[error("--debug-image: OCI layout path {0} must be absolute")]
     RelativeLayout(String),
+    #[error("--debug-image: OCI layout path {0} is under /proc, /sys or /dev")]
+    SystemLayout(String),
+    /// Told only to those the ACL allows the image.
+    #[error("{0}: the path goes through a symlink; name the layout's real directory")]
+    NotRealLayout(String),
     /// Told only to those the ACL allows the image.
     #[error("{0}")]
     Layout(String),
@@ -110,32 +116,53 @@ pub enum ImageRefusal {
 impl ImageRefusal {
     pub fn code(&self) -> ErrorCode {
         match self {
-            ImageRefusal::RelativeLayout(_) => ErrorCode::BadRequest,
+            ImageRefusal::RelativeLayout(_) | ImageRefusal::SystemLayout(_) => ErrorCode::BadRequest,
+            ImageRefusal::NotRealLayout(_) => ErrorCode::Forbidden,
             ImageRefusal::Layout(_) => ErrorCode::ImageFailed,
         }
     }
 }
 
-/// Puts the debug image in the form that the ACL judges and the pull uses. An `oci:` layout is opened here,
-/// once: it is judged by the real path of the directory that was opened (absolute, no `.`, `..`, `//` or
-/// symlinks) and read through that handle afterwards, so a path swapped after this point changes nothing. A
-/// layout that cannot be opened is judged by its lexical normal form, and the reason comes back, to be told
-/// only to those the ACL allows. A relative layout path names nothing the user chose: refused.
-pub fn judge_image(p: &mut ExecParams) -> Result<Option<ImageRefusal>, ImageRefusal> {
-    let Some(r @ ImageRef::Layout { path, .. }) = &p.image else { return Ok(None) };
+/// Puts the debug image in the form that the ACL judges, from its text alone, before anything on disk is
+/// touched: an `oci:` path must be absolute, is put in lexical normal form (no `.`, `..` or `//`), and may not be
+/// under `/proc`, `/sys` or `/dev` (where paths like `/proc/self/cwd` lead to whatever the agent's host has).
+/// The layout is opened only once the ACL allowed it ([`open_layout`]).
+pub fn judge_image(p: &mut ExecParams) -> Result<(), ImageRefusal> {
+    let Some(r @ ImageRef::Layout { path, .. }) = &p.image else { return Ok(()) };
     if !path.is_absolute() {
         return Err(ImageRefusal::RelativeLayout(path.display().to_string()));
     }
-    let (judged, failure) = match r.open_layout() {
-        Ok(opened) => (opened, None),
-        Err(e) => {
-            let normal = r.lexically_normal();
-            let msg = format!("{normal}: {e}");
-            (normal, Some(ImageRefusal::Layout(msg)))
+    let normal = r.lexically_normal();
+    if let ImageRef::Layout { path, .. } = &normal {
+        if ["/proc", "/sys", "/dev"].iter().any(|d| path.starts_with(d)) {
+            return Err(ImageRefusal::SystemLayout(path.display().to_string()));
         }
-    };
-    p.image = Some(judged);
-    Ok(failure)
+    }
+    p.image = Some(normal);
+    Ok(())
+}
+
+/// Opens the `oci:` layout the ACL allowed (see [`judge_image`]), once: it is read through that handle
+/// afterwards, so a path swapped after this point changes nothing. A layout whose real path is not the one
+/// judged (a symlink on the way) is refused rather than judged again by where it leads.
+pub fn open_layout(p: &mut ExecParams) -> Result<(), ImageRefusal> {
+    let Some(r @ ImageRef::Layout { path, .. }) = &p.image else { return Ok(()) };
+    let judged = r.to_string();
+    let opened = r.open_layout().map_err(|e| {
+        // The system's words only: an error of our own may carry the resolved path.
+        let why = match e.raw_os_error() {
+            Some(code) => std::io::Error::from_raw_os_error(code).to_string(),
+            None => e.kind().to_string(),
+        };
+        ImageRefusal::Layout(format!("{judged}: {why}"))
+    })?;
+    match &opened {
+        ImageRef::Layout { path: real, .. } if real == path => {
+            p.image = Some(opened);
+            Ok(())
+        }
+        _ => Err(ImageRefusal::NotRealLayout(judged)),
+    }
 }
 
 /// Every name the ACL judges a resolved container by.
@@ -321,9 +348,10 @@ actions = ["exec:tty"]
         assert_eq!(exec(&by_name, web1, &claims("ann"), &params("c0f", sh)).unwrap().id, "c0ffee");
     }
 
-    /// The spellings of a path into a denied directory that once slipped past the ACL, on real directories.
+    /// The spellings of a path into a denied directory that once slipped past the ACL, on real directories: each
+    /// is judged by its text, and one that resolves elsewhere is refused when opened, without naming where.
     #[test]
-    fn oci_layouts_are_judged_by_their_real_path() {
+    fn oci_layouts_are_judged_by_their_lexical_path_and_must_be_real() {
         let tmp = tempfile::tempdir().unwrap();
         let srv = std::fs::canonicalize(tmp.path()).unwrap().join("srv");
         for d in ["corpus/good-busybox", "extra/x", "tools/gdb"] {
@@ -340,36 +368,45 @@ actions = ["exec:tty"]
         let judge = |spelling: &str| {
             let mut p = params("t", serde_json::json!({"command": ["sh"]}));
             p.image = Some(ImageRef::parse(spelling).unwrap());
-            let failure = judge_image(&mut p).unwrap();
-            let r = p.image.unwrap();
-            (acl.allows_container(&who, "t", "t", "debug", Some(&r.to_string())), r.to_string(), failure)
+            judge_image(&mut p).unwrap();
+            let r = p.image.clone().unwrap();
+            let allowed = acl.allows_container(&who, "t", "t", "debug", Some(&r.to_string()));
+            (allowed, r.to_string(), allowed.then(|| open_layout(&mut p)))
         };
         for spelling in [
             format!("oci:{s}//extra/x"),
             format!("oci:{s}/./extra/x"),
             format!("oci:{s}/corpus/../extra/x"),
             format!("oci:{s}/corpus/good-busybox/../../extra/x"),
-            format!("oci:{s}/corpus/good-link"),
             format!("oci:{s}/extra/x"),
         ] {
-            let (allowed, judged, failure) = judge(&spelling);
+            let (allowed, judged, _) = judge(&spelling);
             assert!(!allowed, "{spelling} was allowed as {judged}");
             assert_eq!(judged, format!("oci:{s}/extra/x"), "{spelling}");
-            assert!(failure.is_none());
         }
-        let (allowed, judged, _) = judge(&format!("oci:{s}/corpus/good-busybox:v1"));
+        // Allowed by its text, a symlink into the denied directory: refused, naming only what was written.
+        let (allowed, judged, opened) = judge(&format!("oci:{s}/corpus/good-link"));
+        let err = opened.unwrap().unwrap_err();
+        assert!(allowed && judged == format!("oci:{s}/corpus/good-link"));
+        assert_eq!(err.code(), ErrorCode::Forbidden);
+        assert!(!err.to_string().contains("extra"), "{err}");
+        let (allowed, judged, opened) = judge(&format!("oci:{s}/corpus/good-busybox:v1"));
         assert!(allowed && judged == format!("oci:{s}/corpus/good-busybox:v1"), "{judged}");
-        // A path that does not exist is judged by its lexical form and fails only once allowed.
-        let (allowed, judged, failure) = judge(&format!("oci:{s}/corpus/good-gone/../../extra/y"));
-        assert!(!allowed && judged == format!("oci:{s}/extra/y") && failure.is_some(), "{judged}");
-        let (allowed, _, failure) = judge(&format!("oci:{s}/corpus/good-gone"));
-        assert!(
-            allowed
-                && failure
-                    .is_some_and(|f| f.code() == ErrorCode::ImageFailed && f.to_string().contains("No such file"))
-        );
-        let mut rel = params("t", serde_json::json!({"command": ["sh"]}));
-        rel.image = Some(ImageRef::parse("oci:srv/x").unwrap());
-        assert_eq!(judge_image(&mut rel).unwrap_err().code(), ErrorCode::BadRequest, "relative paths are refused");
+        assert!(opened.unwrap().is_ok());
+        // A path that does not exist fails only once allowed.
+        let (allowed, _, opened) = judge(&format!("oci:{s}/corpus/good-gone"));
+        let err = opened.unwrap().unwrap_err();
+        assert!(allowed && err.code() == ErrorCode::ImageFailed && err.to_string().contains("No such file"), "{err}");
+        for (spelling, code) in [
+            ("oci:srv/x", ErrorCode::BadRequest),
+            ("oci:/proc/self/cwd", ErrorCode::BadRequest),
+            ("oci:/tmp/x/../../proc/1/root", ErrorCode::BadRequest),
+            ("oci:/sys/fs", ErrorCode::BadRequest),
+            ("oci:/dev/shm/x", ErrorCode::BadRequest),
+        ] {
+            let mut p = params("t", serde_json::json!({"command": ["sh"]}));
+            p.image = Some(ImageRef::parse(spelling).unwrap());
+            assert_eq!(judge_image(&mut p).unwrap_err().code(), code, "{spelling}");
+        }
     }
 }

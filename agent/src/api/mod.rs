@@ -220,15 +220,13 @@ async fn exec(agent: Arc<Agent>, caller: &Caller<'_>, req: Request<Incoming>, ta
     let steps = |req: Request<Incoming>| -> Result<Response<Body>, Refusal> {
         let mut params = parse::exec_request(task.clone(), req.headers())?;
         authorize::cap_add(&params, &agent.cfg.file.cap_add_allowed)?;
-        let layout_failure = authorize::judge_image(&mut params)?;
+        authorize::judge_image(&mut params)?;
         let debug = params.image.is_some();
         let container = authorize::exec(&acl, |t, v| resolve(all, t, v, debug), &claims, &params)?;
         // After the ACL: only those allowed on the container learn which namespaces it shares with the host.
         authorize::cap_add_on(&params, &container)?;
-        // A layout that cannot be read is reported only to those allowed to use it.
-        if let Some(f) = layout_failure {
-            return Err(f.into());
-        }
+        // Opened only for those allowed to use it, who alone learn whether it can be read.
+        authorize::open_layout(&mut params)?;
         let writable = authorize::may_write(&acl, &claims, &params, &container);
         upgrade::exec(&agent, &origin, req, &claims, params, container, writable)
     };
