@@ -74,8 +74,6 @@ impl Plan {
 pub struct ChildArgs<'a> {
     /// Everything the child does, resolved before fork.
     pub plan: &'a Plan,
-    /// The signal mask to restore before execve (the supervisor blocks SIGCHLD for its signalfd).
-    pub old_mask: libc::sigset_t,
 }
 
 fn fail(stage: Stage) -> ! {
@@ -84,6 +82,24 @@ fn fail(stage: Stage) -> ! {
         let errno = *libc::__errno_location();
         FAILURE.store(ChildFailure::encode(stage, errno), Ordering::SeqCst);
         libc::_exit(127)
+    }
+}
+
+/// Every signal's disposition to `SIG_DFL` and an empty mask. Async-signal-safe: sigaction and sigprocmask only.
+fn reset_signals() {
+    // SAFETY: a zeroed sigaction is SIG_DFL with no flags and an empty mask; sigaction fails harmlessly (EINVAL)
+    // for SIGKILL, SIGSTOP and numbers the kernel does not have. The sets are local and initialised by
+    // sigemptyset before use.
+    unsafe {
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        libc::sigemptyset(&mut dfl.sa_mask);
+        for sig in 1..=libc::SIGRTMAX() {
+            libc::sigaction(sig, &dfl, std::ptr::null_mut());
+        }
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
     }
 }
 
@@ -102,9 +118,10 @@ pub unsafe fn run(a: &ChildArgs<'_>) -> ! {
             *libc::__errno_location() = 0;
             fail(Stage::Orphaned);
         }
-        // Rust ignores SIGPIPE, and an ignored signal stays ignored across execve.
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        libc::sigprocmask(libc::SIG_SETMASK, &a.old_mask, std::ptr::null_mut());
+        // An ignored signal stays ignored across execve, and a blocked one blocked: Rust ignores SIGPIPE, and an
+        // agent started under nohup ignores SIGHUP (the session's hang-up would do nothing). The command starts
+        // as from a fresh login: every disposition the default, nothing blocked (as runc does).
+        reset_signals();
         if libc::setsid() < 0 {
             fail(Stage::Setsid);
         }
