@@ -85,21 +85,26 @@ fn fail(stage: Stage) -> ! {
     }
 }
 
-/// Every signal's disposition to `SIG_DFL` and an empty mask. Async-signal-safe: sigaction and sigprocmask only.
+/// Every signal's disposition to `SIG_DFL` and an empty mask. Raw `rt_sigaction`, because glibc's `sigaction`
+/// refuses the two signals it keeps for itself (32 and 33), which an agent may still have inherited as ignored.
 fn reset_signals() {
-    // SAFETY: a zeroed sigaction is SIG_DFL with no flags and an empty mask; sigaction fails harmlessly (EINVAL)
-    // for SIGKILL, SIGSTOP and numbers the kernel does not have. The sets are local and initialised by
-    // sigemptyset before use.
+    // The kernel's struct sigaction, all zero in every architecture's layout: SIG_DFL, no flags, empty mask.
+    let dfl = [0u64; 4];
+    // SAFETY: rt_sigaction reads the zeroed struct above (large enough for any layout with an 8-byte sigset) and
+    // fails harmlessly (EINVAL) for SIGKILL and SIGSTOP; rt_sigprocmask reads an empty 8-byte set. Both are
+    // async-signal-safe.
     unsafe {
-        let mut dfl: libc::sigaction = std::mem::zeroed();
-        dfl.sa_sigaction = libc::SIG_DFL;
-        libc::sigemptyset(&mut dfl.sa_mask);
-        for sig in 1..=libc::SIGRTMAX() {
-            libc::sigaction(sig, &dfl, std::ptr::null_mut());
+        for sig in 1..=64 as libc::c_long {
+            libc::syscall(libc::SYS_rt_sigaction, sig, dfl.as_ptr(), std::ptr::null_mut::<u64>(), 8usize);
         }
-        let mut none: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut none);
-        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        let none = 0u64;
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &none as *const u64,
+            std::ptr::null_mut::<u64>(),
+            8usize,
+        );
     }
 }
 
