@@ -138,3 +138,16 @@ impl Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_paused_container_has_its_own_error_code_and_exit_code() {
+        let e = Error::from_wire(ErrorCode::ContainerPaused, "container c is paused, unpause it first".into());
+        assert!(matches!(e, Error::ContainerPaused(_)), "{e:?}");
+        assert_eq!((e.code(), e.exit_code()), (Some(ErrorCode::ContainerPaused), 124));
+        assert_eq!(e.to_string(), "container c is paused, unpause it first");
+    }
+}

@@ -387,6 +387,9 @@ mod tests {
         assert!(json.contains(r#""status":"error""#) && json.contains(r#""code":"command_not_found""#), "{json}");
         let amb = serde_json::to_string(&ErrorCode::Ambiguous).unwrap();
         assert_eq!((amb.as_str(), ErrorCode::Ambiguous.exit_code()), (r#""ambiguous""#, 123));
+        let paused = serde_json::to_string(&ErrorCode::ContainerPaused).unwrap();
+        let p = ErrorCode::ContainerPaused;
+        assert_eq!((paused.as_str(), p.exit_code(), p.http_status()), (r#""container_paused""#, 124, 409));
     }
 
     #[test]
