@@ -380,7 +380,8 @@ fn a_paused_container_is_refused_and_nothing_runs_at_the_unpause() {
     assert!(resumed, "runc resume");
     assert_eq!(o.status.code(), Some(124), "{}", stderr(&o));
     one_line(&stderr(&o));
-    assert!(stderr(&o).contains("paused, unpause it first"), "{}", stderr(&o));
+    let want = format!("container {} is paused, unpause it first", c.id);
+    assert!(stderr(&o).contains(&want), "{}", stderr(&o));
     std::thread::sleep(std::time::Duration::from_secs(2));
     assert!(!c.rootfs().join("ran").exists(), "the refused command ran after the unpause");
     // Resumed, it is an ordinary container again.
