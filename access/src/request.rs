@@ -36,6 +36,8 @@ pub enum ParseError {
     Request(String),
     #[error("no command given")]
     NoCommand,
+    #[error("{0} contains a NUL byte")]
+    Nul(&'static str),
     #[error("exec needs a WebSocket upgrade")]
     NotUpgrade,
     #[error("--debug-image: {0}")]
@@ -78,6 +80,20 @@ pub fn exec_request(task: String, headers: &HeaderMap) -> Result<ExecParams, Par
     let request = ExecRequest::from_header(raw).map_err(|e| ParseError::Request(e.to_string()))?;
     if request.command.is_empty() {
         return Err(ParseError::NoCommand);
+    }
+    // No C string holds a NUL: refused here, not found missing (or cut short) in the container.
+    let nul = |s: &str| s.contains('\0');
+    if request.command.iter().any(|a| nul(a)) {
+        return Err(ParseError::Nul("the command"));
+    }
+    if request.workdir.as_deref().is_some_and(nul) {
+        return Err(ParseError::Nul("the working directory"));
+    }
+    if request.user.as_deref().is_some_and(nul) {
+        return Err(ParseError::Nul("the user"));
+    }
+    if request.env.iter().any(|e| nul(e)) {
+        return Err(ParseError::Nul("an environment variable"));
     }
     let is_upgrade =
         headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
@@ -160,6 +176,19 @@ mod tests {
         ));
         let ok = img(serde_json::json!({"debug_image": "busybox", "cap_add": ["SYS_PTRACE"]})).unwrap();
         assert_eq!(ok.image.unwrap().to_string(), "docker.io/library/busybox:latest");
+        for (field, v) in [
+            ("command", serde_json::json!(["id\0x"])),
+            ("command", serde_json::json!(["sh", "a\0"])),
+            ("workdir", serde_json::json!("/tmp\0/x")),
+            ("user", serde_json::json!("root\0")),
+            ("env", serde_json::json!(["A=b\0c"])),
+        ] {
+            let mut r = serde_json::json!({"command": ["sh"]});
+            r[field] = v;
+            let e = parse(r).unwrap_err();
+            assert!(matches!(e, ParseError::Nul(_)), "{field}: {e:?}");
+            assert_eq!(e.code(), ErrorCode::BadRequest);
+        }
         for e in [ParseError::NoCommand, ParseError::NotUpgrade, ParseError::TaskEncoding] {
             assert_eq!(e.code(), ErrorCode::BadRequest);
         }

@@ -455,6 +455,13 @@ async fn start(agent: &Agent, ctx: &Context, image: Option<&PulledImage>) -> Res
     let Ok(pid) = started_rx.await else {
         // The helper's last word came before `started`.
         return Err(match exit.await.ok().flatten() {
+            // The helper knows the init's pid; the user knows the container by its name.
+            Some(Status::Error { code: ErrorCode::ContainerPaused, .. }) => {
+                let c = &ctx.container;
+                let name = c.name.as_deref().unwrap_or(&c.id);
+                let message = format!("container {name} is paused, unpause it first");
+                Status::Error { code: ErrorCode::ContainerPaused, message }
+            }
             Some(s) => s,
             None => helper_died(ctx).into(),
         });

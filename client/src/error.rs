@@ -56,6 +56,9 @@ pub enum Error {
     /// The task's container is not running, or stopped during the session.
     #[error("{0}")]
     ContainerNotRunning(String),
+    /// The task's container is paused (frozen); unpause it first.
+    #[error("{0}")]
+    ContainerPaused(String),
     /// The command was not found in the container.
     #[error("{0}")]
     CommandNotFound(String),
@@ -94,6 +97,7 @@ impl Error {
             ErrorCode::TaskNotFound => Error::TaskNotFound(message),
             ErrorCode::Ambiguous => Error::Ambiguous(message),
             ErrorCode::ContainerNotRunning | ErrorCode::ContainerStopped => Error::ContainerNotRunning(message),
+            ErrorCode::ContainerPaused => Error::ContainerPaused(message),
             ErrorCode::CommandNotFound => Error::CommandNotFound(message),
             ErrorCode::CommandNotExecutable => Error::CommandNotExecutable(message),
             ErrorCode::ImageFailed => Error::Image(message),
@@ -109,6 +113,7 @@ impl Error {
             Error::TaskNotFound(_) => ErrorCode::TaskNotFound,
             Error::Ambiguous(_) => ErrorCode::Ambiguous,
             Error::ContainerNotRunning(_) => ErrorCode::ContainerNotRunning,
+            Error::ContainerPaused(_) => ErrorCode::ContainerPaused,
             Error::CommandNotFound(_) => ErrorCode::CommandNotFound,
             Error::CommandNotExecutable(_) => ErrorCode::CommandNotExecutable,
             Error::Image(_) => ErrorCode::ImageFailed,
@@ -131,5 +136,18 @@ impl Error {
             Error::SessionLost(_) => exit::SESSION_LOST,
             e => e.code().map_or(exit::FAILED, ErrorCode::exit_code),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_paused_container_has_its_own_error_code_and_exit_code() {
+        let e = Error::from_wire(ErrorCode::ContainerPaused, "container c is paused, unpause it first".into());
+        assert!(matches!(e, Error::ContainerPaused(_)), "{e:?}");
+        assert_eq!((e.code(), e.exit_code()), (Some(ErrorCode::ContainerPaused), 124));
+        assert_eq!(e.to_string(), "container c is paused, unpause it first");
     }
 }

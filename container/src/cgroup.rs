@@ -29,6 +29,40 @@ pub fn open_procs(pid: i32) -> Result<Vec<OwnedFd>, StartError> {
     Ok(out)
 }
 
+/// Whether the container's init is in a frozen cgroup (`runc pause`, `docker pause`, containerd's pause: all
+/// use the freezer). A process that joins it is frozen at once, so a session there would hang and then run its
+/// command at some later unpause. cgroup v2's `cgroup.events` and v1's `freezer.state` both report the
+/// effective state, an ancestor's freeze included.
+pub fn frozen(pid: i32) -> bool {
+    let (Ok(cg), Ok(mounts)) =
+        (std::fs::read_to_string(format!("/proc/{pid}/cgroup")), std::fs::read_to_string("/proc/self/mountinfo"))
+    else {
+        return false;
+    };
+    cg.lines().any(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(ctrls), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+            return false;
+        };
+        if !ctrls.is_empty() && !ctrls.split(',').any(|c| c == "freezer") {
+            return false;
+        }
+        let Some(dir) = dir(&mounts, ctrls, path) else { return false };
+        if ctrls.is_empty() {
+            let events = std::fs::read_to_string(format!("{dir}/cgroup.events")).unwrap_or_default();
+            events_frozen(&events)
+        } else {
+            let state = std::fs::read_to_string(format!("{dir}/freezer.state")).unwrap_or_default();
+            matches!(state.trim(), "FROZEN" | "FREEZING")
+        }
+    })
+}
+
+/// `frozen 1` in a cgroup v2 `cgroup.events` text.
+fn events_frozen(events: &str) -> bool {
+    events.lines().any(|l| l.split_whitespace().eq(["frozen", "1"]))
+}
+
 /// The directory of cgroup `path` in the hierarchy with controllers `ctrls` ("" means cgroup v2).
 pub fn dir(mountinfo: &str, ctrls: &str, path: &str) -> Option<String> {
     // A path with `..` would leave the hierarchy; the kernel never writes one.
@@ -75,5 +109,12 @@ mod tests {
         assert_eq!(dir(mi, "pids", "/c1"), None);
         assert_eq!(dir(mi, "memory", "/subother/c1").as_deref(), Some("/sys/fs/cgroup/memory/subother/c1"));
         assert_eq!(dir(mi, "", "/c1/../../etc"), None);
+    }
+
+    #[test]
+    fn frozen_from_cgroup_events() {
+        assert!(events_frozen("populated 1\nfrozen 1\n"));
+        assert!(!events_frozen("populated 1\nfrozen 0\n"));
+        assert!(!events_frozen("populated 1\n"));
     }
 }

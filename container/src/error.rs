@@ -10,6 +10,9 @@ pub enum StartError {
     /// The container's init is gone (or going).
     #[error("{0}")]
     ContainerGone(String),
+    /// The container is paused (its cgroup frozen): joining it would hang until it is resumed.
+    #[error("{0}")]
+    ContainerPaused(String),
     /// A value of the request (or of the container, for the request's sake) cannot be used.
     #[error("{0}")]
     BadRequest(String),
@@ -35,6 +38,7 @@ impl StartError {
     pub fn code(&self) -> ErrorCode {
         match self {
             StartError::ContainerGone(_) => ErrorCode::ContainerNotRunning,
+            StartError::ContainerPaused(_) => ErrorCode::ContainerPaused,
             StartError::BadRequest(_) => ErrorCode::BadRequest,
             StartError::CommandNotFound(_) => ErrorCode::CommandNotFound,
             StartError::CommandNotExecutable(_) => ErrorCode::CommandNotExecutable,

@@ -176,6 +176,8 @@ pub enum ErrorCode {
     TaskNotFound,
     /// The container exists but its init is not running.
     ContainerNotRunning,
+    /// The container is paused (frozen): nothing can start in it until it is resumed.
+    ContainerPaused,
     /// The request is malformed.
     BadRequest,
     /// The command was not found in the container (exit 127).
@@ -225,6 +227,8 @@ pub mod exit {
     pub const NODE_UNREACHABLE: i32 = 113;
     /// The gateway's cluster directory is unavailable (etcd unreachable for longer than `max_stale`).
     pub const CLUSTER_UNAVAILABLE: i32 = 114;
+    /// The task's container is paused.
+    pub const CONTAINER_PAUSED: i32 = 124;
     /// Bad request, internal agent error, failure to join the container, bad local config.
     pub const FAILED: i32 = 125;
     /// The command exists but cannot be executed.
@@ -241,6 +245,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => exit::FORBIDDEN,
             ErrorCode::TaskNotFound => exit::TASK_NOT_FOUND,
             ErrorCode::ContainerNotRunning | ErrorCode::ContainerStopped => exit::CONTAINER_NOT_RUNNING,
+            ErrorCode::ContainerPaused => exit::CONTAINER_PAUSED,
             ErrorCode::CommandNotFound => exit::NOT_FOUND,
             ErrorCode::ImageFailed => exit::IMAGE,
             ErrorCode::Ambiguous => exit::AMBIGUOUS,
@@ -257,7 +262,10 @@ impl ErrorCode {
             ErrorCode::Unauthenticated => 401,
             ErrorCode::Forbidden => 403,
             ErrorCode::TaskNotFound => 404,
-            ErrorCode::ContainerNotRunning | ErrorCode::ContainerStopped | ErrorCode::Ambiguous => 409,
+            ErrorCode::ContainerNotRunning
+            | ErrorCode::ContainerStopped
+            | ErrorCode::ContainerPaused
+            | ErrorCode::Ambiguous => 409,
             ErrorCode::BadRequest => 400,
             ErrorCode::ImageFailed | ErrorCode::NodeUnreachable => 502,
             ErrorCode::ClusterUnavailable => 503,
@@ -379,6 +387,9 @@ mod tests {
         assert!(json.contains(r#""status":"error""#) && json.contains(r#""code":"command_not_found""#), "{json}");
         let amb = serde_json::to_string(&ErrorCode::Ambiguous).unwrap();
         assert_eq!((amb.as_str(), ErrorCode::Ambiguous.exit_code()), (r#""ambiguous""#, 123));
+        let paused = serde_json::to_string(&ErrorCode::ContainerPaused).unwrap();
+        let p = ErrorCode::ContainerPaused;
+        assert_eq!((paused.as_str(), p.exit_code(), p.http_status()), (r#""container_paused""#, 124, 409));
     }
 
     #[test]

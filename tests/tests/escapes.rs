@@ -1388,3 +1388,108 @@ fn a_stopped_root_filesystem_holding_the_hosts_procfs_is_refused() {
     assert_eq!(o.status.code(), Some(125), "{}{}", stdout(&o), stderr(&o));
     assert!(stderr(&o).contains("the host's proc"), "the refusal names the reason: {}", stderr(&o));
 }
+
+/// Description and payload of the key the agent's session keyring holds, as systemd's per-service keyring holds
+/// its invocation id or a host credential.
+const AGENT_KEY: &str = "dcos-exec-e2e-agent-secret";
+const AGENT_KEY_PAYLOAD: &str = "HOST-ONLY-KEY-PAYLOAD-5f1c";
+
+/// Runs in the agent's process before it executes: a session keyring of its own holding a root-owned key, as a
+/// systemd service (KeyringMode=private) or a login session has.
+fn agent_in_a_session_keyring() -> std::io::Result<()> {
+    // SAFETY: raw keyctl/add_key with NUL-terminated static strings; async-signal-safe.
+    unsafe {
+        let name = c"_ses.dcos-exec-e2e-agent";
+        if libc::syscall(libc::SYS_keyctl, 1 as libc::c_long, name.as_ptr()) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let desc = c"dcos-exec-e2e-agent-secret";
+        let payload = AGENT_KEY_PAYLOAD.as_bytes();
+        if libc::syscall(
+            libc::SYS_add_key,
+            c"user".as_ptr(),
+            desc.as_ptr(),
+            payload.as_ptr(),
+            payload.len(),
+            -3 as libc::c_long,
+        ) < 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn sessions_get_a_session_keyring_of_their_own() {
+    if skip() {
+        return;
+    }
+    let f = registry::fixture();
+    let dir = f.scratch("keyring");
+    let acl = r#"
+[[rule]]
+subjects = ["user:admin"]
+tasks = ["*"]
+actions = ["*"]
+images = ["**"]
+
+[[rule]]
+subjects = ["user:limited"]
+tasks = ["*"]
+actions = ["list", "exec"]
+"#;
+    let agent = Agent::start_set_up(&dir.join("agent"), "", acl, agent_in_a_session_keyring);
+    let a = container("keys-a", &ContainerOpts { unprivileged: true, ..Default::default() });
+    let b = container("keys-b", &ContainerOpts::default());
+    install_attacker(&a);
+    install_attacker(&b);
+    let limited = agent.token("limited", &[], "10m");
+    let planted = format!("planted-{}", prefix());
+    // uid 1000 with no capability: reads what its session keyring holds and plants a key for the next session.
+    let o =
+        run(agent.dcos_as(&limited).args(["task", "exec", &a.id, "/attacker", "keys", AGENT_KEY, &planted, "from-a"]));
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out} {}", stderr(&o));
+    assert!(out.contains(&format!("added {planted}")), "a session may use its own keyring: {out}");
+    assert!(!out.contains(AGENT_KEY_PAYLOAD) && !out.contains(AGENT_KEY), "the agent's key is reachable: {out}");
+    assert!(out.contains("search: "), "the search must fail: {out}");
+    // Another session, in another container (and another in the same one), sees nothing of it.
+    for c in [&b, &a] {
+        let o = run(agent.dcos().args(["task", "exec", &c.id, "/attacker", "keys", &planted]));
+        let out = stdout(&o);
+        let log = std::fs::read_to_string(agent.dir.join("agent.log")).unwrap_or_default();
+
+        assert!(o.status.success(), "{out} {} {log}", stderr(&o));
+        assert!(!out.contains("from-a") && !out.contains(&planted), "{}: a planted key is shared: {out}", c.id);
+        assert!(!out.contains(AGENT_KEY_PAYLOAD), "{}: the agent's key is reachable: {out}", c.id);
+    }
+    // A debug session on a stopped container runs the user's command in a keyring of its own too.
+    let stopped = container("keys-stopped", &ContainerOpts::default());
+    install_attacker(&stopped);
+    stopped.kill();
+    let layout = dir.join("layout");
+    registry::write_layout(&layout, "v1", &[registry::busybox_layer()]);
+    let image = format!("oci:{}:v1", layout.display());
+    let state = || {
+        let o = run(std::process::Command::new("runc").args(["state", &stopped.id]));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).map(|v| v["status"].clone()).unwrap_or_default()
+    };
+    assert!(eventually(10, || state() == "stopped"), "the container stops");
+    let o = run(agent.dcos().args([
+        "task",
+        "exec",
+        "--debug-image",
+        &image,
+        &stopped.id,
+        "/target/attacker",
+        "keys",
+        AGENT_KEY,
+    ]));
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out} {}", stderr(&o));
+    assert!(
+        !out.contains(AGENT_KEY_PAYLOAD) && !out.contains(AGENT_KEY),
+        "debug sandbox reaches the agent's key: {out}"
+    );
+}

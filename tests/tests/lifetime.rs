@@ -300,3 +300,53 @@ fn the_agent_raises_its_open_files_limit_and_container_processes_get_the_origina
     drop(c);
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// Runs in the agent's process before it executes: SIGHUP and SIGINT ignored, SIGUSR1 blocked, as `nohup` or a
+/// shell's background job would leave them.
+fn agent_under_nohup() -> std::io::Result<()> {
+    // SAFETY: signal dispositions and the mask of the about-to-exec process; async-signal-safe calls.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    Ok(())
+}
+
+#[test]
+fn sessions_of_an_agent_under_nohup_start_with_default_signals_and_die_of_the_hangup() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    // A long grace: only the hangup itself can end the session process within the wait below.
+    let agent = Agent::start_set_up(
+        &w.root.join(format!("{}-nohup-agent", prefix())),
+        "grace_period = \"300s\"",
+        ACL,
+        agent_under_nohup,
+    );
+    let o = run(agent.dcos().args(["task", "exec", &w.main.id, "cat", "/proc/self/status"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let status = stdout(&o);
+    for field in ["SigIgn:", "SigBlk:"] {
+        let line = status.lines().find(|l| l.starts_with(field)).unwrap_or_default();
+        assert_eq!(line.trim_start_matches(field).trim(), "0000000000000000", "{field} of the session: {status}");
+    }
+    let marker = format!("sleep {}", 40000 + std::process::id() % 20000);
+    let mut c = agent
+        .dcos()
+        .args(["task", "exec", &w.main.id, "sh", "-c", &format!("echo up; {marker}")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 3];
+    std::io::Read::read_exact(c.stdout.as_mut().unwrap(), &mut buf).unwrap();
+    assert!(eventually(10, || host_processes(&marker) == 1), "the session process is up");
+    c.kill().unwrap();
+    c.wait().unwrap();
+    assert!(eventually(30, || host_processes(&marker) == 0), "the hangup of a lost client ends {marker}");
+}

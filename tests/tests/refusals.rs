@@ -347,3 +347,81 @@ fn connections_not_yet_authenticated_are_capped() {
     }
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// `dcos ARGS` with a deadline: a hang is a failure, not a stuck test.
+fn run_within(mut cmd: Command, secs: u64) -> Option<std::process::Output> {
+    let mut child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    if !eventually(secs, || child.try_wait().unwrap().is_some()) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return None;
+    }
+    Some(child.wait_with_output().unwrap())
+}
+
+#[test]
+fn a_paused_container_is_refused_and_nothing_runs_at_the_unpause() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let c = Container::start(&w.root, &format!("{}-paused", prefix()), &ContainerOpts::default());
+    assert!(run(Command::new("runc").args(["pause", &c.id])).status.success(), "runc pause");
+    let o = run_within(
+        {
+            let mut cmd = w.agent.dcos();
+            cmd.args(["task", "exec", &c.id, "sh", "-c", "touch /ran"]);
+            cmd
+        },
+        30,
+    );
+    let resumed = run(Command::new("runc").args(["resume", &c.id])).status.success();
+    let o = o.expect("exec into a paused container answers instead of hanging");
+    assert!(resumed, "runc resume");
+    assert_eq!(o.status.code(), Some(124), "{}", stderr(&o));
+    one_line(&stderr(&o));
+    let want = format!("container {} is paused, unpause it first", c.id);
+    assert!(stderr(&o).contains(&want), "{}", stderr(&o));
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(!c.rootfs().join("ran").exists(), "the refused command ran after the unpause");
+    // Resumed, it is an ordinary container again.
+    let o = run(w.agent.dcos().args(["task", "exec", &c.id, "true"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn a_container_at_its_pids_limit_says_so() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let opts = ContainerOpts {
+        tweak: Some(|cfg| cfg["linux"]["resources"]["pids"] = serde_json::json!({"limit": 4})),
+        ..Default::default()
+    };
+    let c = Container::start(&w.root, &format!("{}-pidsmax", prefix()), &opts);
+    c.runc_exec_detached(&["sh", "-c", "sleep 100000 & sleep 100000 & sleep 100000"]);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let o = run(w.agent.dcos().args(["task", "exec", &c.id, "echo", "hi"]));
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(125), "{err}");
+    one_line(&err);
+    assert!(err.contains("pids limit") && !err.contains("gone"), "{err}");
+}
+
+#[test]
+fn a_nul_byte_in_the_command_is_a_bad_request() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let c = dcos_exec::blocking::Client::new(
+        &w.agent.url,
+        Some(w.agent.admin_token.clone()),
+        dcos_exec::TlsOptions::ca_file(w.agent.dir.join("ca.crt")),
+    )
+    .unwrap();
+    let e = c.exec(&w.main_task, ["id\0x"]).unwrap_err();
+    assert_eq!(e.code(), Some(dcos_exec_proto::ErrorCode::BadRequest), "{e:?}");
+    assert_eq!(e.exit_code(), 125, "{e:?}");
+}

@@ -74,8 +74,6 @@ impl Plan {
 pub struct ChildArgs<'a> {
     /// Everything the child does, resolved before fork.
     pub plan: &'a Plan,
-    /// The signal mask to restore before execve (the supervisor blocks SIGCHLD for its signalfd).
-    pub old_mask: libc::sigset_t,
 }
 
 fn fail(stage: Stage) -> ! {
@@ -84,6 +82,29 @@ fn fail(stage: Stage) -> ! {
         let errno = *libc::__errno_location();
         FAILURE.store(ChildFailure::encode(stage, errno), Ordering::SeqCst);
         libc::_exit(127)
+    }
+}
+
+/// Every signal's disposition to `SIG_DFL` and an empty mask. Raw `rt_sigaction`, because glibc's `sigaction`
+/// refuses the two signals it keeps for itself (32 and 33), which an agent may still have inherited as ignored.
+fn reset_signals() {
+    // The kernel's struct sigaction, all zero in every architecture's layout: SIG_DFL, no flags, empty mask.
+    let dfl = [0u64; 4];
+    // SAFETY: rt_sigaction reads the zeroed struct above (large enough for any layout with an 8-byte sigset) and
+    // fails harmlessly (EINVAL) for SIGKILL and SIGSTOP; rt_sigprocmask reads an empty 8-byte set. Both are
+    // async-signal-safe.
+    unsafe {
+        for sig in 1..=64 as libc::c_long {
+            libc::syscall(libc::SYS_rt_sigaction, sig, dfl.as_ptr(), std::ptr::null_mut::<u64>(), 8usize);
+        }
+        let none = 0u64;
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &none as *const u64,
+            std::ptr::null_mut::<u64>(),
+            8usize,
+        );
     }
 }
 
@@ -102,9 +123,10 @@ pub unsafe fn run(a: &ChildArgs<'_>) -> ! {
             *libc::__errno_location() = 0;
             fail(Stage::Orphaned);
         }
-        // Rust ignores SIGPIPE, and an ignored signal stays ignored across execve.
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        libc::sigprocmask(libc::SIG_SETMASK, &a.old_mask, std::ptr::null_mut());
+        // An ignored signal stays ignored across execve, and a blocked one blocked: Rust ignores SIGPIPE, and an
+        // agent started under nohup ignores SIGHUP (the session's hang-up would do nothing). The command starts
+        // as from a fresh login: every disposition the default, nothing blocked (as runc does).
+        reset_signals();
         if libc::setsid() < 0 {
             fail(Stage::Setsid);
         }

@@ -29,8 +29,6 @@ pub struct Joiner<'a> {
     pub host_proc: RawFd,
     /// The host's highest capability number, read before joining (the container's `/proc/sys` could lie).
     pub last_cap: u32,
-    /// The signal mask the child restores before execve.
-    pub old_mask: libc::sigset_t,
     /// The supervisor's pid: the joiner exits if its parent is anyone else.
     pub supervisor: libc::pid_t,
 }
@@ -86,7 +84,7 @@ fn join(j: Joiner<'_>) -> Result<i32, StartError> {
                 // SAFETY: setns on a valid pidfd; this process is single-threaded, as joining mnt/user requires.
                 if unsafe { libc::setns(pidfd.as_raw_fd(), flags) } != 0 {
                     let e = errno();
-                    if crate::procfs::start_time(spec.init_pid) != Some(spec.init_start) {
+                    if init_exited(&pidfd) {
                         return Err(StartError::ContainerGone(format!("container init {} is gone", spec.init_pid)));
                     }
                     return Err(StartError::setup("joining the container's namespaces", e));
@@ -123,6 +121,8 @@ fn join(j: Joiner<'_>) -> Result<i32, StartError> {
             libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0);
         }
     }
+    // Here, inside the user namespace and before any seccomp filter (which may deny keyctl); the child inherits it.
+    join_new_session_keyring()?;
     if let (Some(o), Some(d)) = (j.overlay, &spec.debug) {
         let r = match (stopped, &d.stopped) {
             (Some((root, bind_fds)), Some(s)) => {
@@ -216,7 +216,7 @@ fn join(j: Joiner<'_>) -> Result<i32, StartError> {
         install_seccomp(&plan)?;
     }
 
-    let args = child::ChildArgs { plan: &plan, old_mask: j.old_mask };
+    let args = child::ChildArgs { plan: &plan };
     // CLONE_PARENT makes the supervisor the child's parent, CLONE_PTRACE its tracer from birth: nothing in the
     // container can trace it, and its execve is the kernel's word, not a message.
     let flags = (libc::CLONE_PARENT | libc::CLONE_PTRACE) as libc::c_ulong;
@@ -226,9 +226,17 @@ fn join(j: Joiner<'_>) -> Result<i32, StartError> {
     match pid {
         -1 => {
             let e = errno();
-            // A pid namespace whose init is gone refuses new members (ENOMEM).
-            if crate::procfs::start_time(spec.init_pid) != Some(spec.init_start) {
+            // A pid namespace whose init is gone refuses new members (ENOMEM). (The init's pidfd is closed by
+            // now, and this process sees the container's /proc, where the init's host pid means nothing.)
+            if e.raw_os_error() == Some(libc::ENOMEM) && ns_flags & libc::CLONE_NEWPID != 0 {
                 return Err(StartError::ContainerGone(format!("container init {} is gone", spec.init_pid)));
+            }
+            // The pids controller (and RLIMIT_NPROC) refuse with EAGAIN.
+            if e.raw_os_error() == Some(libc::EAGAIN) {
+                return Err(StartError::Setup(format!(
+                    "cannot start a process in the container: it is at its pids limit (pids.max of its cgroup) \
+                     or the user's process limit: {e}"
+                )));
             }
             Err(StartError::setup("fork", e))
         }
@@ -236,6 +244,38 @@ fn join(j: Joiner<'_>) -> Result<i32, StartError> {
         0 => unsafe { child::run(&args) },
         p => libc::pid_t::try_from(p).map_err(|_| StartError::Internal(format!("clone returned {p}"))),
     }
+}
+
+/// Whether the container's init (pinned by `pidfd`) has exited. Asked of the pidfd, not of `/proc`: after setns
+/// this process sees the container's `/proc`, where the init's host pid means nothing.
+fn init_exited(pidfd: &OwnedFd) -> bool {
+    let mut fds = [libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+    // SAFETY: poll with a zero timeout on one valid pollfd; a pidfd is readable once its process has exited.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, 0) };
+    n == 1 && fds[0].revents & (libc::POLLIN | libc::POLLHUP) != 0
+}
+
+/// Leaves the agent's session keyring for a new anonymous one, as `runc exec` does: the agent's (systemd's
+/// per-service keyring, a login's, a container's) may hold host keys that its possessors can read, and would be
+/// shared by every session of every container. A kernel without keys (ENOSYS) has nothing to share; any other
+/// failure refuses the session.
+fn join_new_session_keyring() -> Result<(), StartError> {
+    // SAFETY: keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL) only replaces this process's session keyring; a NULL name
+    // means no memory is read.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            libc::c_long::from(libc::KEYCTL_JOIN_SESSION_KEYRING),
+            std::ptr::null::<libc::c_char>(),
+        )
+    };
+    if r < 0 {
+        let e = errno();
+        if e.raw_os_error() != Some(libc::ENOSYS) {
+            return Err(StartError::setup("joining a new session keyring", e));
+        }
+    }
+    Ok(())
 }
 
 /// The container's `oomScoreAdj` (or its init's), not the agent's (which may be -1000). Still on the host's /proc.

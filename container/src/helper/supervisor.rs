@@ -181,6 +181,10 @@ fn join_running(spec: &ExecSpec) -> Result<Entry, StartError> {
         give_stdio_to_container_root(pid);
     }
     let cgroups = crate::cgroup::open_procs(pid)?;
+    // Refused rather than joined: a joiner in a frozen cgroup hangs, and its command would run at the unpause.
+    if crate::cgroup::frozen(pid) {
+        return Err(StartError::ContainerPaused(format!("the container (init pid {pid}) is paused, unpause it first")));
+    }
     Ok(Entry::Join { pidfd, flags, cgroups })
 }
 
@@ -267,12 +271,10 @@ fn run(spec: &ExecSpec, ctrl: &mut File, events: &mut File) -> Result<Status, St
     let (traced_r, traced_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| StartError::internal("pipe", e))?;
 
-    // SIGCHLD goes through a signalfd; the child restores the mask before exec.
+    // SIGCHLD goes through a signalfd; the child empties its mask before exec.
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
-    let old_mask = mask
-        .thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK)
-        .map_err(|e| StartError::internal("sigprocmask", e))?;
+    mask.thread_block().map_err(|e| StartError::internal("sigprocmask", e))?;
 
     let joiner = Joiner {
         spec,
@@ -282,7 +284,6 @@ fn run(spec: &ExecSpec, ctrl: &mut File, events: &mut File) -> Result<Status, St
         traced_w_in_supervisor: traced_w.as_raw_fd(),
         host_proc: host_proc.as_raw_fd(),
         last_cap,
-        old_mask: *old_mask.as_ref(),
         supervisor: nix::unistd::getpid().as_raw(),
     };
     // SAFETY: this process is single-threaded; the joiner runs `joiner::run`, which never returns.
@@ -323,6 +324,7 @@ fn run(spec: &ExecSpec, ctrl: &mut File, events: &mut File) -> Result<Status, St
         host_proc,
         joiner: Some(joiner_pid),
         reported: None,
+        joiner_status: None,
         child: None,
         exec_seen: false,
         failure: None,
@@ -343,6 +345,8 @@ struct Supervisor<'a> {
     joiner: Option<libc::pid_t>,
     /// What the joiner reported, once it exited.
     reported: Option<JoinReport>,
+    /// How the joiner ended, for the message when it ends without a report.
+    joiner_status: Option<Status>,
     /// The child (host pid): our only other child, traced from birth.
     child: Option<libc::pid_t>,
     /// The child's `PTRACE_EVENT_EXEC` came: the command runs (and is no longer traced).
@@ -391,7 +395,12 @@ impl Supervisor<'_> {
                     }
                     Some(JoinReport::Forked { pid }) => self.child = Some(pid),
                     None if self.child.is_none() => {
-                        return Err(self.died("the exec helper died before the process started"))
+                        let how = match self.joiner_status {
+                            Some(Status::Signaled { signal }) => format!(" (killed by signal {signal})"),
+                            Some(Status::Exited { code }) => format!(" (exit status {code})"),
+                            _ => String::new(),
+                        };
+                        return Err(self.died(&format!("the exec helper died before the process started{how}")));
                     }
                     None => {}
                 }
@@ -510,6 +519,7 @@ impl Supervisor<'_> {
             };
             if is_joiner {
                 self.joiner = None;
+                self.joiner_status = Some(status);
                 self.reported = JoinReport::load(page.bytes());
             } else {
                 self.child.get_or_insert(pid);

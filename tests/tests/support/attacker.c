@@ -9,6 +9,10 @@
  *   attacker hold DIR COMM      SIGSTOP the first new pid whose comm is not COMM (not yet exec'd), write its
  *                               pid to DIR/held and its fd links to DIR/fds, SIGCONT it once DIR/release exists.
  *   attacker socket FAMILY      socket(FAMILY, SOCK_STREAM, 0): prints "socket FAMILY: ok" or the error.
+ *   attacker keys DESC [NEW VAL]  print the session keyring ("session ID DESCRIPTION"), every key in it ("key
+ *                               DESCRIPTION PAYLOAD"), what a search of the possessed keyrings finds for user key
+ *                               DESC ("found PAYLOAD" or "search: ERROR"); with NEW, first add user key NEW=VAL
+ *                               to the session keyring ("added NEW" or "add: ERROR").
  *
  * Every racing mode stops after DIR/LOG's "stop" file (LOG.stop) appears.
  */
@@ -295,7 +299,42 @@ static int hold(const char *dir, const char *comm) {
     }
 }
 
+#define KEYCTL_GET_KEYRING_ID 0
+#define KEYCTL_DESCRIBE 6
+#define KEYCTL_SEARCH 10
+#define KEYCTL_READ 11
+#define KEY_SPEC_SESSION_KEYRING -3
+
+static long kc(long op, long a, long b, long c, long d) { return syscall(SYS_keyctl, op, a, b, c, d); }
+
+static void print_key(const char *what, long id) {
+    char desc[256] = {0}, payload[256] = {0};
+    kc(KEYCTL_DESCRIBE, id, (long)desc, sizeof desc - 1, 0);
+    long n = kc(KEYCTL_READ, id, (long)payload, sizeof payload - 1, 0);
+    printf("%s %s %s\n", what, desc, n > 0 ? payload : "");
+}
+
+static int keys(int argc, char **argv) {
+    if (argc == 5) {
+        long k = syscall(SYS_add_key, "user", argv[3], argv[4], strlen(argv[4]), KEY_SPEC_SESSION_KEYRING);
+        if (k < 0) printf("add: %s\n", strerror(errno));
+        else printf("added %s\n", argv[3]);
+    }
+    long ring = kc(KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 0, 0, 0);
+    char desc[256] = {0};
+    kc(KEYCTL_DESCRIBE, ring, (long)desc, sizeof desc - 1, 0);
+    printf("session %ld %s\n", ring, desc);
+    int ids[256];
+    long n = kc(KEYCTL_READ, ring, (long)ids, sizeof ids, 0);
+    for (long i = 0; i < n / 4 && i < 256; i++) print_key("key", ids[i]);
+    long found = kc(KEYCTL_SEARCH, KEY_SPEC_SESSION_KEYRING, (long)"user", (long)argv[2], 0);
+    if (found < 0) printf("search: %s\n", strerror(errno));
+    else print_key("found", found);
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if ((argc == 3 || argc == 5) && strcmp(argv[1], "keys") == 0) return keys(argc, argv);
     if (argc == 3 && strcmp(argv[1], "socket") == 0) {
         int fam = atoi(argv[2]);
         int s = socket(fam, SOCK_STREAM, 0);
@@ -305,7 +344,7 @@ int main(int argc, char **argv) {
     }
     if (argc == 4 && strcmp(argv[1], "hold") == 0) return hold(argv[2], argv[3]);
     if (argc != 4) {
-        fprintf(stderr, "usage: attacker grab|keep|stop LOG MARKER | hold DIR COMM | socket FAMILY\n");
+        fprintf(stderr, "usage: attacker grab|keep|stop LOG MARKER | hold DIR COMM | socket FAMILY | keys DESC [NEW VAL]\n");
         return 2;
     }
     logf = fopen(argv[2], "a");

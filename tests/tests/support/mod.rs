@@ -372,6 +372,23 @@ impl Agent {
 
     /// [`Agent::start_with_runtimes`] with `DCOS_EXEC_LOG` set to `filter` instead of `debug`.
     pub fn start_logging(dir: &Path, extra: &str, runtimes: Option<&str>, acl: &str, filter: &str) -> Agent {
+        Agent::start_full(dir, extra, runtimes, acl, filter, None)
+    }
+
+    /// [`Agent::start_with_acl`], with `setup` run in the agent's process just before it executes (async-signal-safe
+    /// calls only): the way a service manager or a shell sets up what the agent inherits.
+    pub fn start_set_up(dir: &Path, extra: &str, acl: &str, setup: fn() -> std::io::Result<()>) -> Agent {
+        Agent::start_full(dir, extra, None, acl, "debug", Some(setup))
+    }
+
+    fn start_full(
+        dir: &Path,
+        extra: &str,
+        runtimes: Option<&str>,
+        acl: &str,
+        filter: &str,
+        setup: Option<fn() -> std::io::Result<()>>,
+    ) -> Agent {
         let _ = std::fs::remove_dir_all(dir);
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
@@ -401,9 +418,9 @@ impl Agent {
         cmd.args(["run", "--config"]).arg(&cfg).stdout(Stdio::null()).stderr(log).env("DCOS_EXEC_LOG", filter);
         // SAFETY: prctl in the child before exec; the agent dies with the thread that started it.
         unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
+                setup.map_or(Ok(()), |f| f())
             });
         }
         let child = cmd.spawn().expect("starting the agent");
