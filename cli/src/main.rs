@@ -235,7 +235,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
                 println!("{}", serde_json::to_string_pretty(&tasks).unwrap_or_default());
             } else if a.quiet {
                 for t in &tasks {
-                    println!("{}", t.id);
+                    println!("{}", failure::printable(&t.id));
                 }
             } else {
                 print!("{}", table(&tasks, a.no_trunc));
@@ -277,6 +277,9 @@ fn node_table(nodes: &[dcos_exec_proto::NodeInfo]) -> String {
 
 /// Rows as columns as wide as their widest cell; `right` lists the right-aligned (numeric) columns.
 fn columns(rows: &[Vec<String>], right: &[usize]) -> String {
+    // Cells are what servers and containers said: never raw control characters on the terminal.
+    let rows: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(|c| failure::printable(c)).collect()).collect();
+    let rows = &rows;
     let mut width = vec![0usize; rows.first().map_or(0, Vec::len)];
     for r in rows {
         for (w, cell) in width.iter_mut().zip(r) {

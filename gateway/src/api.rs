@@ -41,7 +41,7 @@ macro_rules! refusal_from {
     ($($t:ty),*) => {$(
         impl From<$t> for Refusal {
             fn from(e: $t) -> Self {
-                Refusal { code: e.code(), message: e.to_string() }
+                Refusal { code: e.code(), message: dcos_exec_access::text::escape_controls(&e.to_string()).into_owned() }
             }
         }
     )*};
@@ -110,8 +110,8 @@ impl Gateway {
             user = user.unwrap_or("-"),
             task = task.unwrap_or("-"),
             source = %peer,
-            path,
-            reason = %r.message,
+            path = dcos_exec_access::text::bounded(path).as_str(),
+            reason = dcos_exec_access::text::bounded(&r.message).as_str(),
             "refused"
         );
         self.audit.denial(&DenialRecord {
@@ -124,6 +124,7 @@ impl Gateway {
             task: task.map(String::from),
             code: r.code,
             reason: r.message.clone(),
+            suppressed: None,
         });
     }
 
