@@ -132,12 +132,12 @@ fn an_unauthenticated_flood_grows_the_audit_log_by_a_bounded_amount() {
     let agent = Agent::start(&d.join("agent"));
     let audit = agent.dir.join("audit.log");
     let before = std::fs::metadata(&audit).map(|m| m.len()).unwrap_or(0);
-    let seg = "A".repeat(60_000);
+    let seg = "A".repeat(8_000);
     let started = std::time::Instant::now();
     let req = format!("GET /v1/tasks/{seg}/exec HTTP/1.1\r\nHost: x\r\n\r\n");
-    let n = raw(&agent, &[req], 300).as_u64().unwrap();
+    let n = raw(&agent, &[req], 1500).as_u64().unwrap();
     let secs = started.elapsed().as_secs() + 1;
-    assert!(n >= 250, "only {n} requests answered");
+    assert!(n >= 1400, "only {n} requests answered");
     let grown = std::fs::metadata(&audit).unwrap().len() - before;
     // At most 20 records a second of under 1 KiB each, whatever the request rate and the path length.
     assert!(grown <= secs * 20 * 1024, "{n} requests in {secs}s grew the audit log by {grown} bytes");
