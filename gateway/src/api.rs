@@ -93,6 +93,7 @@ pub async fn route(gw: Arc<Gateway>, peer: SocketAddr, pending: &Pending, req: R
 
 /// Marks a response served from a stale snapshot, for the CLI to warn about.
 fn stale(mut resp: Response<Body>, s: &View) -> Response<Body> {
+    resp.headers_mut().insert(forward::GATEWAY, http::HeaderValue::from_static("1"));
     if let Some(d) = s.stale_for {
         if let Ok(v) = d.as_secs().to_string().parse() {
             resp.headers_mut().insert(forward::STALE, v);

@@ -386,6 +386,14 @@ fn list_shows_every_nodes_tasks_with_their_node_and_filters_by_node() {
     let row = |task: &str| out.lines().find(|l| l.contains(task)).unwrap_or_else(|| panic!("{task} in {out}"));
     assert!(row(&w.web).starts_with("node-a  "), "{out}");
     assert!(row(&w.db).starts_with("node-b  "), "{out}");
+    // No row: the header still has the NODE column of a gateway's list.
+    let o = run(w.net.dcos().args(["task", "list", "no-task-has-this-in-its-id"]));
+    assert_eq!(
+        stdout(&o).lines().collect::<Vec<_>>(),
+        ["NODE  ID  NAME  CONTAINER  RUNTIME  STATE  PID  AGE"],
+        "{}",
+        stderr(&o)
+    );
     let o = run(w.net.dcos().args(["task", "list", "--node", "node-b", "-q"]));
     let ids: Vec<String> = stdout(&o).lines().map(String::from).collect();
     assert!(ids.contains(&w.db) && !ids.contains(&w.web), "{ids:?}");
