@@ -319,4 +319,55 @@ mod tests {
         }
         assert_eq!(v["status"]["signal"], 9);
     }
+
+    /// Request-controlled fields of a refusal are escaped and cut before they are written.
+    #[test]
+    fn denials_are_bounded_and_escaped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::open(&path).unwrap();
+        log.denial(&DenialRecord {
+            event: "denied",
+            time: now(),
+            user: None,
+            source: "10.0.0.9:1".into(),
+            via: None,
+            path: format!("/v1/tasks/{}/exec", "A".repeat(60_000)),
+            task: Some("t\n2026 INFO forged".into()),
+            code: dcos_exec_proto::ErrorCode::Unauthenticated,
+            reason: "r".into(),
+            suppressed: None,
+        });
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.len() < 1024, "{}", text.len());
+        let v: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+        assert!(v["path"].as_str().unwrap().ends_with("more bytes]"));
+        assert_eq!(v["task"], "t\\n2026 INFO forged");
+        assert!(v.get("suppressed").is_none());
+    }
+
+    /// At most UNAUTHENTICATED_PER_SECOND a second are admitted; the next admitted one carries the count.
+    #[test]
+    fn unauthenticated_refusals_are_rate_limited_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(&dir.path().join("audit.log")).unwrap();
+        let admitted: Vec<Option<u64>> =
+            (0..UNAUTHENTICATED_PER_SECOND + 5).map(|_| log.admit_unauthenticated()).collect();
+        assert!(admitted[..UNAUTHENTICATED_PER_SECOND as usize].iter().all(|a| *a == Some(0)));
+        assert!(admitted[UNAUTHENTICATED_PER_SECOND as usize..].iter().all(Option::is_none));
+        std::thread::sleep(std::time::Duration::from_millis(1010));
+        assert_eq!(log.admit_unauthenticated(), Some(5));
+        assert_eq!(log.admit_unauthenticated(), Some(0));
+    }
+
+    /// A write that fails (here every write: /dev/full) reports the error, and marks the next record to start
+    /// on a fresh line, since a device cannot be cut back.
+    #[test]
+    fn a_failed_write_is_an_error_and_marks_the_line_torn() {
+        let log = AuditLog::open(Path::new("/dev/full")).unwrap();
+        let rec =
+            SessionStartRecord { event: "session_start", session: "s".into(), time: "t".into(), info: info(None) };
+        assert!(log.session_start(&rec).is_err());
+        assert!(log.file.lock().unwrap().torn);
+    }
 }

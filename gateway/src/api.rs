@@ -104,15 +104,28 @@ fn stale(mut resp: Response<Body>, s: &View) -> Response<Body> {
 
 impl Gateway {
     fn audit_refusal(&self, peer: SocketAddr, path: &str, user: Option<&str>, task: Option<&str>, r: &Refusal) {
+        use dcos_exec_access::text::bounded;
         self.metrics.refused(r.code);
+        // Unauthenticated refusals: at most so many a second in both logs, the rest counted (as the agent).
+        let suppressed = match user {
+            Some(_) => None,
+            None => match self.audit.admit_unauthenticated() {
+                None => return,
+                Some(0) => None,
+                Some(n) => Some(n),
+            },
+        };
+        let (shown_user, shown_task) =
+            (user.map_or_else(|| "-".into(), bounded), task.map_or_else(|| "-".into(), bounded));
         // The same fields as the agent's `refused` line; never the token.
         tracing::info!(
             code = dcos_exec_access::metrics::code_name(r.code),
-            user = user.unwrap_or("-"),
-            task = task.unwrap_or("-"),
+            user = shown_user.as_str(),
+            task = shown_task.as_str(),
             source = %peer,
             path = dcos_exec_access::text::bounded(path).as_str(),
             reason = dcos_exec_access::text::bounded(&r.message).as_str(),
+            suppressed,
             "refused"
         );
         self.audit.denial(&DenialRecord {
@@ -125,7 +138,7 @@ impl Gateway {
             task: task.map(String::from),
             code: r.code,
             reason: r.message.clone(),
-            suppressed: None,
+            suppressed,
         });
     }
 
