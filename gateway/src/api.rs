@@ -66,8 +66,13 @@ pub fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Respo
 /// Dispatches one request.
 pub async fn route(gw: Arc<Gateway>, peer: SocketAddr, pending: &Pending, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
+    // Refused before authentication, yet audited (as unauthenticated: bounded and rate-limited).
+    let early = |r: Refusal| {
+        gw.audit_refusal(peer, &path, None, None, &r);
+        r
+    };
     if req.method() != http::Method::GET {
-        return Refusal::from(ParseError::Method).response();
+        return early(ParseError::Method.into()).response();
     }
     if path == "/healthz" {
         let directory = gw.directory.shared_snapshot().is_ok();
@@ -84,7 +89,7 @@ pub async fn route(gw: Arc<Gateway>, peer: SocketAddr, pending: &Pending, req: R
         }
         ["v1", "tasks", task, "exec"] => match request::task_segment(task) {
             Ok(task) => exec(gw, peer, pending, req, task).await,
-            Err(e) => Err(e.into()),
+            Err(e) => Err(early(e.into())),
         },
         _ => Err(ParseError::NoEndpoint(path).into()),
     };
@@ -299,6 +304,7 @@ async fn exec(
     };
     let s = gw.snapshot().map_err(audited)?;
     let judged = (|| {
+        request::http_version(req.version())?;
         let mut params = request::exec_request(task.clone(), req.headers())?;
         // An OCI layout lives on the agent's host: judged here by its lexical form, by its real path there.
         params.image = params.image.map(|i| i.lexically_normal());
