@@ -1,11 +1,21 @@
 //! Audit trail: one JSON line when a session starts, one when it ends, one per refusal, appended to the
-//! configured file.
+//! configured file. It fails closed: a session whose start record cannot be written does not start. A failed
+//! write never damages the next record, and what an unauthenticated peer can make it write is bounded.
 
 use serde::Serialize;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
+
+/// Unauthenticated refusals recorded (in the audit log and the text log) per second at most; the rest are
+/// counted and the count is carried by the next one recorded (`suppressed`).
+pub const UNAUTHENTICATED_PER_SECOND: u64 = 20;
+
+/// A record that could not be appended.
+#[derive(Debug, thiserror::Error)]
+#[error("audit log write failed: {0}")]
+pub struct AuditError(#[from] std::io::Error);
 
 /// What both records of a session say about it: who asked, from where, for which container, to run
 /// what. Flattened into each record, so the JSON fields stay top-level.
@@ -91,6 +101,9 @@ pub struct DenialRecord {
     pub task: Option<String>,
     pub code: dcos_exec_proto::ErrorCode,
     pub reason: String,
+    /// Unauthenticated refusals since the previous one recorded that were only counted (rate limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suppressed: Option<u64>,
 }
 
 /// A session a gateway relayed to the agent of its node: `relay_start` once the agent switched protocols,
@@ -122,7 +135,21 @@ pub struct RelayRecord {
 
 /// The append-only audit log.
 pub struct AuditLog {
-    file: Mutex<std::fs::File>,
+    file: Mutex<Appender>,
+    unauthenticated: Mutex<Window>,
+}
+
+struct Appender {
+    file: std::fs::File,
+    /// A failed write may have left part of a record: the next one starts on a fresh line.
+    torn: bool,
+}
+
+/// The current second of unauthenticated refusals: how many were recorded, how many only counted.
+struct Window {
+    start: Instant,
+    recorded: u64,
+    suppressed: u64,
 }
 
 /// RFC 3339 timestamp with microseconds, UTC.
@@ -138,35 +165,77 @@ impl AuditLog {
             std::fs::create_dir_all(dir)?;
         }
         let file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
-        Ok(AuditLog { file: Mutex::new(file) })
+        Ok(AuditLog {
+            file: Mutex::new(Appender { file, torn: false }),
+            unauthenticated: Mutex::new(Window { start: Instant::now(), recorded: 0, suppressed: 0 }),
+        })
     }
 
-    fn write<T: Serialize>(&self, rec: &T) {
-        let Ok(mut line) = serde_json::to_vec(rec) else {
-            return;
-        };
+    fn write<T: Serialize>(&self, rec: &T) -> Result<(), AuditError> {
+        let mut line = serde_json::to_vec(rec).map_err(std::io::Error::from)?;
         line.push(b'\n');
         // One write per record so concurrent sessions never interleave within a line.
-        let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = f.write_all(&line) {
-            tracing::error!("audit log write failed: {e}");
+        let mut a = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        if a.torn {
+            line.insert(0, b'\n');
+        }
+        let before = a.file.metadata().map(|m| m.len());
+        let r = a.file.write_all(&line);
+        match r {
+            Ok(()) => {
+                a.torn = false;
+                Ok(())
+            }
+            Err(e) => {
+                // Take back what part of the record made it; if that fails too, end the torn line first
+                // next time, so the records after it still parse.
+                let undone = before.is_ok_and(|len| a.file.set_len(len).is_ok());
+                a.torn = !undone;
+                tracing::error!("audit log write failed: {e}");
+                Err(e.into())
+            }
         }
     }
 
-    pub fn session_start(&self, rec: &SessionStartRecord) {
+    /// Writes the start record; a session must not start when this fails.
+    pub fn session_start(&self, rec: &SessionStartRecord) -> Result<(), AuditError> {
         self.write(rec)
     }
 
     pub fn session(&self, rec: &SessionRecord) {
-        self.write(rec)
+        let _ = self.write(rec);
     }
 
+    /// Writes a refusal, with its request-controlled fields escaped and cut to [`crate::text::MAX_FIELD`].
     pub fn denial(&self, rec: &DenialRecord) {
-        self.write(rec)
+        let bounded = |s: &Option<String>| s.as_deref().map(crate::text::bounded);
+        let _ = self.write(&DenialRecord {
+            user: bounded(&rec.user),
+            path: crate::text::bounded(&rec.path),
+            task: bounded(&rec.task),
+            reason: crate::text::bounded(&rec.reason),
+            ..rec.clone()
+        });
     }
 
     pub fn relay(&self, rec: &RelayRecord) {
-        self.write(rec)
+        let _ = self.write(rec);
+    }
+
+    /// Whether to record (audit and log) an unauthenticated refusal now: `Some(n)` with the number of them
+    /// only counted since the last one recorded, `None` when over [`UNAUTHENTICATED_PER_SECOND`].
+    pub fn admit_unauthenticated(&self) -> Option<u64> {
+        let mut w = self.unauthenticated.lock().unwrap_or_else(|p| p.into_inner());
+        if w.start.elapsed().as_secs() >= 1 {
+            w.start = Instant::now();
+            w.recorded = 0;
+        }
+        if w.recorded >= UNAUTHENTICATED_PER_SECOND {
+            w.suppressed += 1;
+            return None;
+        }
+        w.recorded += 1;
+        Some(std::mem::take(&mut w.suppressed))
     }
 }
 
@@ -249,5 +318,57 @@ mod tests {
             assert!(v.get(k).is_none(), "{k} present in {v}");
         }
         assert_eq!(v["status"]["signal"], 9);
+    }
+
+    /// Request-controlled fields of a refusal are escaped and cut before they are written.
+    #[test]
+    fn denials_are_bounded_and_escaped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::open(&path).unwrap();
+        log.denial(&DenialRecord {
+            event: "denied",
+            time: now(),
+            user: None,
+            source: "10.0.0.9:1".into(),
+            via: None,
+            path: format!("/v1/tasks/{}/exec", "A".repeat(60_000)),
+            task: Some("t\n2026 INFO forged".into()),
+            code: dcos_exec_proto::ErrorCode::Unauthenticated,
+            reason: "r".into(),
+            suppressed: None,
+        });
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.len() < 1024, "{}", text.len());
+        let v: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+        assert!(v["path"].as_str().unwrap().ends_with("more bytes]"));
+        assert_eq!(v["task"], "t\\n2026 INFO forged");
+        assert!(v.get("suppressed").is_none());
+    }
+
+    /// At most UNAUTHENTICATED_PER_SECOND a second are admitted; the next admitted one carries the count.
+    #[test]
+    fn unauthenticated_refusals_are_rate_limited_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(&dir.path().join("audit.log")).unwrap();
+        let admitted: Vec<Option<u64>> =
+            (0..UNAUTHENTICATED_PER_SECOND + 5).map(|_| log.admit_unauthenticated()).collect();
+        let (first, rest) = admitted.split_at(usize::try_from(UNAUTHENTICATED_PER_SECOND).unwrap());
+        assert!(first.iter().all(|a| *a == Some(0)));
+        assert!(rest.len() == 5 && rest.iter().all(Option::is_none));
+        std::thread::sleep(std::time::Duration::from_millis(1010));
+        assert_eq!(log.admit_unauthenticated(), Some(5));
+        assert_eq!(log.admit_unauthenticated(), Some(0));
+    }
+
+    /// A write that fails (here every write: /dev/full) reports the error, and marks the next record to start
+    /// on a fresh line, since a device cannot be cut back.
+    #[test]
+    fn a_failed_write_is_an_error_and_marks_the_line_torn() {
+        let log = AuditLog::open(Path::new("/dev/full")).unwrap();
+        let rec =
+            SessionStartRecord { event: "session_start", session: "s".into(), time: "t".into(), info: info(None) };
+        assert!(log.session_start(&rec).is_err());
+        assert!(log.file.lock().unwrap().torn);
     }
 }

@@ -89,7 +89,8 @@ pub(crate) struct Jws<'a> {
 }
 
 impl<'a> Jws<'a> {
-    fn parse(token: &'a str) -> Result<Jws<'a>, AuthError> {
+    /// `accepted`: the algorithms allowed, and the refusal for any other.
+    fn parse(token: &'a str, accepted: (&[&str], &'static str)) -> Result<Jws<'a>, AuthError> {
         let mut parts = token.split('.');
         let (Some(h64), Some(c64), Some(s64), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
             return Err(MALFORMED);
@@ -97,8 +98,8 @@ impl<'a> Jws<'a> {
         let b64 = |s: &str| URL_SAFE_NO_PAD.decode(s).map_err(|_| MALFORMED);
         let header: Header = serde_json::from_slice(&b64(h64)?).map_err(|_| MALFORMED)?;
         // This closes `alg: none` and HS256-with-the-public-key confusion for every issuer.
-        if !ACCEPTED_ALGS.contains(&header.alg.as_str()) {
-            return Err(AuthError::Invalid("algorithm not accepted (only EdDSA, ES256 and RS256)"));
+        if !accepted.0.contains(&header.alg.as_str()) {
+            return Err(AuthError::Invalid(accepted.1));
         }
         if header.crit.is_some() {
             return Err(AuthError::Invalid("critical header extensions are not supported"));
@@ -242,7 +243,7 @@ impl Verifier {
     /// Checks a raw token: header, then signature, then claims (nothing unsigned is trusted; the unsigned
     /// `iss` only chooses whose keys are tried, and is checked again once the signature verified).
     pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
-        let jws = Jws::parse(token)?;
+        let jws = Jws::parse(token, self.accepted())?;
         let iss = jws.unverified_issuer()?;
         if let Some(issuer) = self.oidc.iter().find(|i| i.issuer() == iss) {
             return issuer.verify(&jws, unix_now()).await;
@@ -253,9 +254,19 @@ impl Verifier {
         }
     }
 
+    /// The algorithms this verifier accepts, and the refusal that names them: without OIDC issuers, only the
+    /// agent's own EdDSA.
+    fn accepted(&self) -> (&'static [&'static str], &'static str) {
+        if self.oidc.is_empty() {
+            (&ACCEPTED_ALGS[..1], "algorithm not accepted (only EdDSA)")
+        } else {
+            (&ACCEPTED_ALGS, "algorithm not accepted (only EdDSA, ES256 and RS256)")
+        }
+    }
+
     #[cfg(test)]
     fn verify_at(&self, token: &str, now: u64) -> Result<Claims, AuthError> {
-        let jws = Jws::parse(token)?;
+        let jws = Jws::parse(token, self.accepted())?;
         match &self.local {
             Some(l) => l.verify(&jws, now),
             None => Err(AuthError::Invalid("unknown issuer")),
@@ -458,6 +469,9 @@ mod tests {
         let body = b64(br#"{"sub":"a","iss":"iss","aud":"aud","iat":0,"nbf":0,"exp":99999999999}"#);
         let none = format!("{}.{}.", b64(br#"{"alg":"none","typ":"JWT"}"#), body);
         assert!(reason(v.verify_now(&none)).contains("algorithm"));
+        // Without OIDC issuers only EdDSA is accepted, and the refusal names only that.
+        let r = reason(v.verify_now(&none));
+        assert!(r.contains("(only EdDSA)") && !r.contains("RS256"), "{r}");
         // HS256 keyed with the public key PEM: the classic confusion attack.
         let input = format!("{}.{}", b64(br#"{"alg":"HS256","typ":"JWT"}"#), body);
         let mac = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, pk.as_bytes()), input.as_bytes());

@@ -15,3 +15,4 @@ pub mod metrics;
 pub mod names;
 pub mod oidc;
 pub mod request;
+pub mod text;

@@ -40,6 +40,8 @@ pub enum ParseError {
     Nul(&'static str),
     #[error("exec needs a WebSocket upgrade")]
     NotUpgrade,
+    #[error("exec needs an RFC 6455 WebSocket handshake: {0}")]
+    Handshake(&'static str),
     #[error("--debug-image: {0}")]
     Image(String),
     #[error("{0}")]
@@ -74,6 +76,45 @@ pub fn task_segment(seg: &str) -> Result<String, ParseError> {
         .map_err(|_| ParseError::TaskEncoding)
 }
 
+/// Whether `name`'s comma-separated values include `token` (any case).
+fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Checks the WebSocket opening handshake of RFC 6455 (section 4.2.1) and returns its key. HTTP/1.1 is
+/// checked with [`http_version`], which needs the request line.
+pub fn handshake(headers: &HeaderMap) -> Result<HeaderValue, ParseError> {
+    if !has_token(headers, header::UPGRADE, "websocket") {
+        return Err(ParseError::NotUpgrade);
+    }
+    if !has_token(headers, header::CONNECTION, "upgrade") {
+        return Err(ParseError::Handshake("Connection must include \"Upgrade\""));
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v.as_bytes() != b"13") {
+        return Err(ParseError::Handshake("Sec-WebSocket-Version must be 13"));
+    }
+    let mut keys = headers.get_all(header::SEC_WEBSOCKET_KEY).iter();
+    match (keys.next(), keys.next()) {
+        // The key is 16 random bytes in base64: 24 characters.
+        (Some(k), None) if k.len() == 24 => Ok(k.clone()),
+        _ => Err(ParseError::Handshake("one Sec-WebSocket-Key of 16 bytes in base64 is needed")),
+    }
+}
+
+/// A WebSocket upgrade needs HTTP/1.1 (RFC 6455 section 4.1).
+pub fn http_version(v: http::Version) -> Result<(), ParseError> {
+    if v == http::Version::HTTP_11 {
+        Ok(())
+    } else {
+        Err(ParseError::Handshake("HTTP/1.1 is needed"))
+    }
+}
+
 /// Parses the exec request of `task` from its headers.
 pub fn exec_request(task: String, headers: &HeaderMap) -> Result<ExecParams, ParseError> {
     let raw = headers.get(EXEC_REQUEST_HEADER).and_then(|v| v.to_str().ok()).ok_or(ParseError::MissingRequest)?;
@@ -95,10 +136,7 @@ pub fn exec_request(task: String, headers: &HeaderMap) -> Result<ExecParams, Par
     if request.env.iter().any(|e| nul(e)) {
         return Err(ParseError::Nul("an environment variable"));
     }
-    let is_upgrade =
-        headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    let ws_key =
-        headers.get(header::SEC_WEBSOCKET_KEY).filter(|_| is_upgrade).cloned().ok_or(ParseError::NotUpgrade)?;
+    let ws_key = handshake(headers)?;
     let image = request
         .debug_image
         .as_deref()
@@ -123,6 +161,8 @@ mod tests {
         h.insert(EXEC_REQUEST_HEADER, r.to_header().parse().unwrap());
         if upgrade {
             h.insert(header::UPGRADE, "WebSocket".parse().unwrap());
+            h.insert(header::CONNECTION, "keep-alive, Upgrade".parse().unwrap());
+            h.insert(header::SEC_WEBSOCKET_VERSION, "13".parse().unwrap());
             h.insert(header::SEC_WEBSOCKET_KEY, "dGhlIHNhbXBsZSBub25jZQ==".parse().unwrap());
         }
         h
@@ -189,6 +229,20 @@ mod tests {
             assert!(matches!(e, ParseError::Nul(_)), "{field}: {e:?}");
             assert_eq!(e.code(), ErrorCode::BadRequest);
         }
+        for (name, value, want) in [
+            (header::SEC_WEBSOCKET_VERSION, "8", "Version"),
+            (header::CONNECTION, "keep-alive", "Connection"),
+            (header::SEC_WEBSOCKET_KEY, "short", "Key"),
+        ] {
+            let mut h = headers(&serde_json::json!({"command": ["true"]}), true);
+            h.insert(name, value.parse().unwrap());
+            let e = exec_request("t".into(), &h).unwrap_err();
+            assert!(matches!(e, ParseError::Handshake(m) if m.contains(want)), "{value}");
+        }
+        let mut no_version = headers(&serde_json::json!({"command": ["true"]}), true);
+        no_version.remove(header::SEC_WEBSOCKET_VERSION);
+        assert!(matches!(exec_request("t".into(), &no_version), Err(ParseError::Handshake(_))));
+        assert!(http_version(http::Version::HTTP_10).is_err() && http_version(http::Version::HTTP_11).is_ok());
         for e in [ParseError::NoCommand, ParseError::NotUpgrade, ParseError::TaskEncoding] {
             assert_eq!(e.code(), ErrorCode::BadRequest);
         }

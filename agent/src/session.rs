@@ -153,36 +153,18 @@ fn new_session_id() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Runs the session to its end, with its start and end records.
-pub async fn run<S>(agent: Arc<Agent>, io: S, ctx: Context, admission: Admission)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    // Client-to-agent traffic is small (stdin, control): a small read buffer keeps the per-session cost low.
-    let cfg = WebSocketConfig::default()
-        .max_message_size(Some(4 << 20))
-        .max_frame_size(Some(1 << 20))
-        .read_buffer_size(16 << 10);
-    let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(cfg)).await;
-    let (sink, stream) = ws.split();
-    let (tx, rx) = mpsc::channel::<Message>(flow::QUEUE);
-    // Set when the client can no longer be written to: the session then ends as if the client had left.
-    let (gone_tx, gone_rx) = watch::channel(false);
-    let writer = tokio::spawn(flow::write_loop(sink, rx, gone_tx));
+/// A session whose start record is written: its id, its start time and what both records say about it.
+pub struct Begun {
+    id: String,
+    start: String,
+    info: SessionInfo,
+}
+
+/// Writes the `session_start` record (and the `session start` line) of a session about to be accepted. The
+/// audit trail fails closed: when the record cannot be written the session must not start.
+pub fn begin(agent: &Agent, ctx: &Context) -> Result<Begun, dcos_exec_access::audit::AuditError> {
     let id = new_session_id();
     let start = dcos_exec_access::audit::now();
-    let active = agent.metrics.active_session();
-    tracing::info!(
-        session = %id,
-        user = %ctx.user,
-        task = %ctx.task,
-        container = %ctx.container.id,
-        source = %ctx.source,
-        tty = ctx.request.tty,
-        stdin = ctx.request.stdin,
-        image = ctx.image.as_ref().map(|r| r.to_string()),
-        "session start"
-    );
     let info = SessionInfo {
         user: ctx.user.clone(),
         source: ctx.source.clone(),
@@ -200,7 +182,56 @@ where
         session: id.clone(),
         time: start.clone(),
         info: info.clone(),
+    })?;
+    // Strings as debug values: quoted and escaped, so nothing in them can start a line of its own.
+    tracing::info!(
+        session = %id,
+        user = ctx.user.as_str(),
+        task = ctx.task.as_str(),
+        container = ctx.container.id.as_str(),
+        source = ctx.source.as_str(),
+        tty = ctx.request.tty,
+        stdin = ctx.request.stdin,
+        image = ctx.image.as_ref().map(|r| r.to_string()),
+        "session start"
+    );
+    Ok(Begun { id, start, info })
+}
+
+/// Ends, in the audit log, a session whose client went away before the upgrade completed.
+pub fn abandoned(agent: &Agent, begun: Begun) {
+    let now = dcos_exec_access::audit::now();
+    agent.audit.session(&SessionRecord {
+        event: "session_end",
+        session: begun.id,
+        info: begun.info,
+        image_digest: None,
+        start: begun.start,
+        end: now,
+        status: Status::Error { code: ErrorCode::Internal, message: "the upgrade to WebSocket failed".into() },
+        bytes_in: 0,
+        bytes_out: 0,
     });
+}
+
+/// Runs the session to its end; its start record is written ([`begin`]), its end record is written here.
+pub async fn run<S>(agent: Arc<Agent>, io: S, ctx: Context, admission: Admission, begun: Begun)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // Client-to-agent traffic is small (stdin, control): a small read buffer keeps the per-session cost low.
+    let cfg = WebSocketConfig::default()
+        .max_message_size(Some(4 << 20))
+        .max_frame_size(Some(1 << 20))
+        .read_buffer_size(16 << 10);
+    let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(cfg)).await;
+    let (sink, stream) = ws.split();
+    let (tx, rx) = mpsc::channel::<Message>(flow::QUEUE);
+    // Set when the client can no longer be written to: the session then ends as if the client had left.
+    let (gone_tx, gone_rx) = watch::channel(false);
+    let writer = tokio::spawn(flow::write_loop(sink, rx, gone_tx));
+    let Begun { id, start, info } = begun;
+    let active = agent.metrics.active_session();
 
     let counters = Counters::new(&agent.metrics);
     let mut image = None;
@@ -220,8 +251,8 @@ where
     };
     tracing::info!(
         session = %id,
-        user = %ctx.user,
-        task = %ctx.task,
+        user = ctx.user.as_str(),
+        task = ctx.task.as_str(),
         outcome = outcome.as_str(),
         exit_code,
         signal,

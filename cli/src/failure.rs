@@ -16,9 +16,23 @@ impl Failure {
 
     /// Prints the one line on stderr and returns the exit code.
     pub fn report(&self) -> i32 {
-        eprintln!("dcos: {}", self.message);
+        eprintln!("dcos: {}", printable(&self.message));
         self.exit
     }
+}
+
+/// `s` with its control characters escaped (`\n`, `\u{1b}`): what a server or a container said must not
+/// drive the terminal (ESC sequences) or make one line look like several.
+pub fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl From<dcos_exec::Error> for Failure {

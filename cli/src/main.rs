@@ -235,10 +235,11 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
                 println!("{}", serde_json::to_string_pretty(&tasks).unwrap_or_default());
             } else if a.quiet {
                 for t in &tasks {
-                    println!("{}", t.id);
+                    println!("{}", failure::printable(&t.id));
                 }
             } else {
-                print!("{}", table(&tasks, a.no_trunc));
+                // Through a gateway, the NODE column is there even when no row is.
+                print!("{}", table(&tasks, a.no_trunc, agent.served_by_gateway()));
             }
             Ok(0)
         }
@@ -277,6 +278,9 @@ fn node_table(nodes: &[dcos_exec_proto::NodeInfo]) -> String {
 
 /// Rows as columns as wide as their widest cell; `right` lists the right-aligned (numeric) columns.
 fn columns(rows: &[Vec<String>], right: &[usize]) -> String {
+    // Cells are what servers and containers said: never raw control characters on the terminal.
+    let rows: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(|c| failure::printable(c)).collect()).collect();
+    let rows = &rows;
     let mut width = vec![0usize; rows.first().map_or(0, Vec::len)];
     for r in rows {
         for (w, cell) in width.iter_mut().zip(r) {
@@ -318,9 +322,9 @@ fn short(id: &str, no_trunc: bool) -> &str {
 }
 
 /// The task table, each column as wide as its widest cell.
-fn table(tasks: &[TaskInfo], no_trunc: bool) -> String {
+fn table(tasks: &[TaskInfo], no_trunc: bool, gateway: bool) -> String {
     // Rows from a gateway name their node.
-    let nodes = tasks.iter().any(|t| t.node.is_some());
+    let nodes = gateway || tasks.iter().any(|t| t.node.is_some());
     let mut head = ["ID", "NAME", "CONTAINER", "RUNTIME", "STATE", "PID", "AGE"].map(String::from).to_vec();
     if nodes {
         head.insert(0, "NODE".into());
@@ -449,7 +453,7 @@ mod tests {
             },
         ];
         for no_trunc in [false, true] {
-            let t = table(&tasks, no_trunc);
+            let t = table(&tasks, no_trunc, false);
             let lines: Vec<&str> = t.lines().collect();
             let col = |l: &str, word: &str| l.find(word).unwrap();
             assert_eq!(col(lines[0], "NAME"), col(lines[1], "web-1"), "{t}");
@@ -474,9 +478,11 @@ mod tests {
             ..TaskInfo::default()
         };
         let tasks = vec![t("node-a", "web.1"), t("node-bb", "web.2")];
-        let out = table(&tasks, false);
+        let out = table(&tasks, false, false);
         let lines: Vec<&str> = out.lines().collect();
         assert!(lines[0].starts_with("NODE     ID"), "{out}");
+        // A gateway's empty list keeps its NODE column.
+        assert!(table(&[], false, true).starts_with("NODE  ID"), "{}", table(&[], false, true));
         assert!(lines[2].starts_with("node-bb  web.2"), "{out}");
         let args = ListArgs {
             pattern: None,
@@ -499,5 +505,35 @@ mod tests {
             node_table(&nodes),
             "NAME    URL                    STATE  TASKS  LABELS\nnode-a  https://10.0.0.1:7443  ready     12  zone=a\n"
         );
+    }
+
+    /// Task ids and names come from containers' configs: the table shows their control characters escaped,
+    /// with columns still aligned, never raw.
+    #[test]
+    fn control_characters_from_the_server_are_escaped() {
+        let tasks = vec![
+            TaskInfo {
+                id: "web\n2026 INFO forged\u{1b}[2J".into(),
+                name: Some("n\u{9b}31m".into()),
+                container: "c1".into(),
+                runtime: "runc".into(),
+                state: "running".into(),
+                ..TaskInfo::default()
+            },
+            TaskInfo {
+                id: "db".into(),
+                container: "c2".into(),
+                runtime: "runc".into(),
+                state: "running".into(),
+                ..TaskInfo::default()
+            },
+        ];
+        let out = table(&tasks, false, false);
+        assert!(!out.trim_end().chars().any(|c| c.is_control() && c != '\n'), "{out:?}");
+        assert_eq!(out.lines().count(), 3, "{out}");
+        assert!(out.contains("web\\n2026 INFO forged\\u{1b}[2J"), "{out}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0].find("NAME"), lines[2].find("-  "), "{out}");
+        assert_eq!(failure::printable("a\u{7}b\tc"), "a\\u{7}b\\tc");
     }
 }

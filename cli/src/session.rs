@@ -43,16 +43,17 @@ struct Progress {
 
 impl Progress {
     fn line(&mut self, err: &mut impl Write, text: &[u8]) {
+        // The agent's progress quotes registries and image references: never raw control characters.
+        let text = crate::failure::printable(&String::from_utf8_lossy(text));
         let _ = if self.tty {
             self.open = true;
-            let text = String::from_utf8_lossy(text);
             let line = match bar(&text) {
                 Some(b) => format!("\r\x1b[K{b} {text}"),
                 None => format!("\r\x1b[K{text}"),
             };
             err.write_all(line.as_bytes())
         } else {
-            err.write_all(text).and_then(|_| err.write_all(b"\n"))
+            err.write_all(text.as_bytes()).and_then(|_| err.write_all(b"\n"))
         };
     }
 

@@ -29,6 +29,8 @@ pub struct Client {
     connect_timeout: Duration,
     /// Seconds a gateway said its directory was stale at its last answer (`x-dcos-exec-stale`), or -1.
     stale: Arc<std::sync::atomic::AtomicI64>,
+    /// The last answer came from a gateway (`x-dcos-exec-gateway`).
+    gateway: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Client {
@@ -95,6 +97,7 @@ impl Client {
             server_name,
             connect_timeout: Duration::from_secs(10),
             stale: Arc::new(std::sync::atomic::AtomicI64::new(-1)),
+            gateway: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
     }
 
@@ -137,8 +140,14 @@ impl Client {
         u64::try_from(self.stale.load(std::sync::atomic::Ordering::Relaxed)).ok()
     }
 
+    /// Whether the last answer came from a gateway (its task rows name their node, even when there are none).
+    pub fn served_by_gateway(&self) -> bool {
+        self.gateway.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Remembers what a gateway's answer says about its directory.
     fn note_stale(&self, h: &http::HeaderMap) {
+        self.gateway.store(h.contains_key(dcos_exec_proto::forward::GATEWAY), std::sync::atomic::Ordering::Relaxed);
         let secs = h
             .get(dcos_exec_proto::forward::STALE)
             .and_then(|v| v.to_str().ok())

@@ -41,7 +41,7 @@ macro_rules! refusal_from {
     ($($t:ty),*) => {$(
         impl From<$t> for Refusal {
             fn from(e: $t) -> Self {
-                Refusal { code: e.code(), message: e.to_string() }
+                Refusal { code: e.code(), message: dcos_exec_access::text::escape_controls(&e.to_string()).into_owned() }
             }
         }
     )*};
@@ -66,8 +66,13 @@ pub fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Respo
 /// Dispatches one request.
 pub async fn route(gw: Arc<Gateway>, peer: SocketAddr, pending: &Pending, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
+    // Refused before authentication, yet audited (as unauthenticated: bounded and rate-limited).
+    let early = |r: Refusal| {
+        gw.audit_refusal(peer, &path, None, None, &r);
+        r
+    };
     if req.method() != http::Method::GET {
-        return Refusal::from(ParseError::Method).response();
+        return early(ParseError::Method.into()).response();
     }
     if path == "/healthz" {
         let directory = gw.directory.shared_snapshot().is_ok();
@@ -84,7 +89,7 @@ pub async fn route(gw: Arc<Gateway>, peer: SocketAddr, pending: &Pending, req: R
         }
         ["v1", "tasks", task, "exec"] => match request::task_segment(task) {
             Ok(task) => exec(gw, peer, pending, req, task).await,
-            Err(e) => Err(e.into()),
+            Err(e) => Err(early(e.into())),
         },
         _ => Err(ParseError::NoEndpoint(path).into()),
     };
@@ -93,6 +98,7 @@ pub async fn route(gw: Arc<Gateway>, peer: SocketAddr, pending: &Pending, req: R
 
 /// Marks a response served from a stale snapshot, for the CLI to warn about.
 fn stale(mut resp: Response<Body>, s: &View) -> Response<Body> {
+    resp.headers_mut().insert(forward::GATEWAY, http::HeaderValue::from_static("1"));
     if let Some(d) = s.stale_for {
         if let Ok(v) = d.as_secs().to_string().parse() {
             resp.headers_mut().insert(forward::STALE, v);
@@ -103,15 +109,28 @@ fn stale(mut resp: Response<Body>, s: &View) -> Response<Body> {
 
 impl Gateway {
     fn audit_refusal(&self, peer: SocketAddr, path: &str, user: Option<&str>, task: Option<&str>, r: &Refusal) {
+        use dcos_exec_access::text::bounded;
         self.metrics.refused(r.code);
+        // Unauthenticated refusals: at most so many a second in both logs, the rest counted (as the agent).
+        let suppressed = match user {
+            Some(_) => None,
+            None => match self.audit.admit_unauthenticated() {
+                None => return,
+                Some(0) => None,
+                Some(n) => Some(n),
+            },
+        };
+        let (shown_user, shown_task) =
+            (user.map_or_else(|| "-".into(), bounded), task.map_or_else(|| "-".into(), bounded));
         // The same fields as the agent's `refused` line; never the token.
         tracing::info!(
             code = dcos_exec_access::metrics::code_name(r.code),
-            user = user.unwrap_or("-"),
-            task = task.unwrap_or("-"),
+            user = shown_user.as_str(),
+            task = shown_task.as_str(),
             source = %peer,
-            path,
-            reason = %r.message,
+            path = dcos_exec_access::text::bounded(path).as_str(),
+            reason = dcos_exec_access::text::bounded(&r.message).as_str(),
+            suppressed,
             "refused"
         );
         self.audit.denial(&DenialRecord {
@@ -124,6 +143,7 @@ impl Gateway {
             task: task.map(String::from),
             code: r.code,
             reason: r.message.clone(),
+            suppressed,
         });
     }
 
@@ -284,6 +304,7 @@ async fn exec(
     };
     let s = gw.snapshot().map_err(audited)?;
     let judged = (|| {
+        request::http_version(req.version())?;
         let mut params = request::exec_request(task.clone(), req.headers())?;
         // An OCI layout lives on the agent's host: judged here by its lexical form, by its real path there.
         params.image = params.image.map(|i| i.lexically_normal());

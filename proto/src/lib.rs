@@ -340,6 +340,8 @@ pub mod forward {
     pub const CONTAINER: &str = "x-dcos-exec-container";
     /// Response header of a gateway serving from a stale directory snapshot: seconds since etcd last answered.
     pub const STALE: &str = "x-dcos-exec-stale";
+    /// Response header of a gateway on its lists (`1`): the rows name their node, even when there are none.
+    pub const GATEWAY: &str = "x-dcos-exec-gateway";
 }
 
 /// Prefixes a payload with its channel byte.

@@ -386,6 +386,14 @@ fn list_shows_every_nodes_tasks_with_their_node_and_filters_by_node() {
     let row = |task: &str| out.lines().find(|l| l.contains(task)).unwrap_or_else(|| panic!("{task} in {out}"));
     assert!(row(&w.web).starts_with("node-a  "), "{out}");
     assert!(row(&w.db).starts_with("node-b  "), "{out}");
+    // No row: the header still has the NODE column of a gateway's list.
+    let o = run(w.net.dcos().args(["task", "list", "no-task-has-this-in-its-id"]));
+    assert_eq!(
+        stdout(&o).lines().collect::<Vec<_>>(),
+        ["NODE  ID  NAME  CONTAINER  RUNTIME  STATE  PID  AGE"],
+        "{}",
+        stderr(&o)
+    );
     let o = run(w.net.dcos().args(["task", "list", "--node", "node-b", "-q"]));
     let ids: Vec<String> = stdout(&o).lines().map(String::from).collect();
     assert!(ids.contains(&w.db) && !ids.contains(&w.web), "{ids:?}");
@@ -823,4 +831,41 @@ fn failures_dead_agent_replaced_task_and_etcd_gone_each_have_their_error() {
     let err = stderr(&o);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("max_stale"), "{err}");
+}
+
+/// At the gateway too: a request that is not a GET or whose task id is not percent-encoded UTF-8 is refused
+/// before authentication and still audited, and an exec over HTTP/1.0 is refused as no RFC 6455 handshake.
+#[test]
+fn early_refusals_are_audited_and_exec_needs_http_1_1() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/raw_https.py");
+    let admin = &w.net.admin;
+    let exec = format!("/v1/tasks/{}/exec", w.web);
+    let body = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, r#"{"command":["true"]}"#);
+    let handshake = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    let requests = [
+        format!("POST {exec} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+        "GET /v1/tasks/%ff/exec HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_string(),
+        format!("GET {exec} HTTP/1.0\r\nHost: x\r\nAuthorization: Bearer {admin}\r\nx-dcos-exec-request: {body}\r\n{handshake}\r\n"),
+    ];
+    let job = serde_json::json!({
+        "port": w.net.gateway_port,
+        "ca": w.net.setup().join("pki/cluster-ca.crt"),
+        "requests": requests,
+    });
+    let o = run_with_input(Command::new("python3").arg(script), job.to_string().as_bytes());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let answers: Vec<String> = serde_json::from_slice(&o.stdout).unwrap();
+    for a in &answers {
+        assert!(a.contains(" 400 "), "{a}");
+    }
+    assert!(answers[2].contains("HTTP/1.1 is needed"), "{}", answers[2]);
+    let denied: Vec<serde_json::Value> =
+        w.net.gateway_audit().into_iter().filter(|r| r["event"] == "denied" && r["user"].is_null()).collect();
+    for path in ["/v1/tasks/%ff/exec", exec.as_str()] {
+        assert!(denied.iter().any(|r| r["path"] == path && r["code"] == "bad_request"), "{path}: {denied:?}");
+    }
 }

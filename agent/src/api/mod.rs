@@ -49,8 +49,13 @@ pub struct Caller<'a> {
 /// Dispatches one request of a connection.
 pub async fn route(agent: Arc<Agent>, caller: Caller<'_>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
+    // Refused before authentication, yet audited (as unauthenticated: bounded and rate-limited).
+    let early = |r: Refusal| {
+        agent.audit_refusal(&Origin::direct(caller.peer), &path, None, None, &r);
+        r.response()
+    };
     if req.method() != http::Method::GET {
-        return Refusal::from(parse::ParseError::Method).response();
+        return early(parse::ParseError::Method.into());
     }
     match path.as_str() {
         "/healthz" => return observe::healthz(),
@@ -64,7 +69,7 @@ pub async fn route(agent: Arc<Agent>, caller: Caller<'_>, req: Request<Incoming>
         ["v1", "runtimes"] => runtimes(&agent, &caller, &req).await,
         ["v1", "tasks", task, "exec"] => match parse::task_segment(task) {
             Ok(task) => exec(agent, &caller, req, task).await,
-            Err(e) => Refusal::from(e).response(),
+            Err(e) => early(e.into()),
         },
         // Not a request of the API at all: never audited, there is no user yet.
         _ => Refusal::from(parse::ParseError::NoEndpoint(path)).response(),
@@ -72,20 +77,34 @@ pub async fn route(agent: Arc<Agent>, caller: Caller<'_>, req: Request<Incoming>
 }
 
 impl Agent {
-    /// Writes the `denied` record of a refusal, logs it and counts it.
+    /// Writes the `denied` record of a refusal, logs it and counts it. Unauthenticated refusals are recorded
+    /// (in both logs) at most [`dcos_exec_access::audit::UNAUTHENTICATED_PER_SECOND`] a second, the rest only
+    /// counted; request fields are escaped and cut to a bounded length in both.
     fn audit_refusal(&self, origin: &Origin, path: &str, user: Option<&str>, task: Option<&str>, r: &Refusal) {
+        use dcos_exec_access::text::bounded;
+        self.metrics.refused(r.code);
+        let suppressed = match user {
+            Some(_) => None,
+            None => match self.audit.admit_unauthenticated() {
+                None => return,
+                Some(0) => None,
+                Some(n) => Some(n),
+            },
+        };
         let code = dcos_exec_access::metrics::code_name(r.code);
+        let (shown_user, shown_task) =
+            (user.map_or_else(|| "-".into(), bounded), task.map_or_else(|| "-".into(), bounded));
         tracing::info!(
             code,
-            user = user.unwrap_or("-"),
-            task = task.unwrap_or("-"),
+            user = shown_user.as_str(),
+            task = shown_task.as_str(),
             source = %origin.source,
             via = origin.via.as_deref().unwrap_or("-"),
-            path,
-            reason = %r.message,
+            path = bounded(path).as_str(),
+            reason = bounded(&r.message).as_str(),
+            suppressed,
             "refused"
         );
-        self.metrics.refused(r.code);
         self.audit.denial(&DenialRecord {
             event: "denied",
             time: dcos_exec_access::audit::now(),
@@ -96,6 +115,7 @@ impl Agent {
             task: task.map(String::from),
             code: r.code,
             reason: r.message.clone(),
+            suppressed,
         });
     }
 
@@ -218,6 +238,7 @@ async fn exec(agent: Arc<Agent>, caller: &Caller<'_>, req: Request<Incoming>, ta
     // One ACL judges the whole request, even if a reload happens meanwhile.
     let acl = agent.acl.current();
     let steps = |req: Request<Incoming>| -> Result<Response<Body>, Refusal> {
+        parse::http_version(req.version())?;
         let mut params = parse::exec_request(task.clone(), req.headers())?;
         authorize::cap_add(&params, &agent.cfg.file.cap_add_allowed)?;
         authorize::judge_image(&mut params)?;

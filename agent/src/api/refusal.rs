@@ -3,6 +3,7 @@
 use crate::api::authorize::{CapNotAllowed, CapReachesHost, Denied, ImageRefusal};
 use crate::api::origin::OriginError;
 use crate::api::parse::ParseError;
+use crate::api::upgrade::AuditFailed;
 use crate::limits::TooManySessions;
 use crate::runtime::RuntimeError;
 use crate::shutdown::ShuttingDown;
@@ -25,12 +26,14 @@ impl Refusal {
     }
 }
 
-/// Each refusal type brings its code; this is the only place they become a [`Refusal`].
+/// Each refusal type brings its code; this is the only place they become a [`Refusal`]. Messages quote
+/// request and container data (field names, task ids, annotations): their control characters are escaped
+/// here, once, so no log line, audit record or terminal that shows a refusal gets them raw.
 macro_rules! refusal_from {
     ($($t:ty),*) => {$(
         impl From<$t> for Refusal {
             fn from(e: $t) -> Self {
-                Refusal { code: e.code(), message: e.to_string() }
+                Refusal { code: e.code(), message: dcos_exec_access::text::escape_controls(&e.to_string()).into_owned() }
             }
         }
     )*};
@@ -45,7 +48,8 @@ refusal_from!(
     ImageRefusal,
     TooManySessions,
     ShuttingDown,
-    OriginError
+    OriginError,
+    AuditFailed
 );
 
 #[cfg(test)]
@@ -75,7 +79,10 @@ mod tests {
             (CapNotAllowed { cap: "SYS_ADMIN".into(), allowed: "SYS_PTRACE".into() }.into(), ErrorCode::Forbidden),
             (CapReachesHost { cap: "SYS_PTRACE".into(), namespace: "pid" }.into(), ErrorCode::Forbidden),
             (ShuttingDown.into(), ErrorCode::Internal),
+            (AuditFailed.into(), ErrorCode::Internal),
         ];
+        let forged = Refusal::from(ParseError::Request("unknown field `x\n2026 INFO forged\u{1b}[8m`".into()));
+        assert_eq!(forged.message, "unknown field `x\\n2026 INFO forged\\u{1b}[8m`");
         for (r, want) in cases {
             assert_eq!(r.code, want, "{}", r.message);
             assert_eq!(r.response().status().as_u16(), want.http_status(), "{}", r.message);

@@ -14,6 +14,17 @@ use hyper::body::{Bytes, Incoming};
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 
+/// The session's start record could not be written: the audit trail fails closed, the session does not start.
+#[derive(Debug, thiserror::Error)]
+#[error("session refused: the agent cannot write its audit log")]
+pub struct AuditFailed;
+
+impl AuditFailed {
+    pub fn code(&self) -> dcos_exec_proto::ErrorCode {
+        dcos_exec_proto::ErrorCode::Internal
+    }
+}
+
 /// Admits the session and switches protocols; the session runs in its own task from here on.
 pub fn exec(
     agent: &Arc<Agent>,
@@ -44,12 +55,16 @@ pub fn exec(
         writable,
         grace_ms: u64::try_from(agent.cfg.grace_period.as_millis()).unwrap_or(u64::MAX),
     };
+    let begun = crate::session::begin(agent, &ctx).map_err(|_| AuditFailed)?;
     let agent = agent.clone();
     let peer = origin.via.clone().unwrap_or_else(|| origin.source.clone());
     tokio::spawn(async move {
         match hyper::upgrade::on(&mut req).await {
-            Ok(upgraded) => crate::session::run(agent, TokioIo::new(upgraded), ctx, admission).await,
-            Err(e) => tracing::debug!("upgrade from {peer} failed: {e}"),
+            Ok(upgraded) => crate::session::run(agent, TokioIo::new(upgraded), ctx, admission, begun).await,
+            Err(e) => {
+                tracing::debug!("upgrade from {peer} failed: {e}");
+                crate::session::abandoned(&agent, begun);
+            }
         }
     });
     Ok(Response::builder()

@@ -196,6 +196,7 @@ impl Discovery {
             let ctd = ns.is_some_and(|n| n != "moby");
             c.name_unknown = (docker && docker_silent) || (ctd && ctd_silent);
         }
+        out.iter_mut().for_each(refuse_control_characters);
         self.answered.store(true, Ordering::Relaxed);
         out
     }
@@ -322,6 +323,30 @@ impl Discovery {
 
     fn task_id(&self, bundle: &Path) -> Option<String> {
         read_annotations(bundle)?.remove(self.annotation.as_ref()?)
+    }
+}
+
+/// Task ids, names and labels come from whoever wrote the container's config: one with a control character
+/// (a newline to forge log lines, an ESC to drive the terminal of whoever lists tasks) is not used. The task id
+/// falls back to the container id; a refused name counts as unknown, so every deny rule applies to it.
+fn refuse_control_characters(c: &mut Container) {
+    use dcos_exec_access::text::has_controls;
+    if has_controls(&c.task_id) {
+        tracing::debug!(
+            container = c.id.as_str(),
+            task = c.task_id.as_str(),
+            "task id with control characters ignored"
+        );
+        c.task_id = c.id.clone();
+    }
+    if c.name.as_deref().is_some_and(has_controls) {
+        c.name = None;
+        c.name_unknown = true;
+    }
+    for label in [&mut c.service, &mut c.project] {
+        if label.as_deref().is_some_and(has_controls) {
+            *label = None;
+        }
     }
 }
 
