@@ -22,8 +22,8 @@ impl Membership {
             return Membership { registrar: None, acl: None };
         };
         let etcd = c.file.etcd.clone();
-        let acl = if agent.cfg.acl == AclSource::Etcd {
-            let w = EtcdAcl::spawn(etcd.clone(), &c.file.prefix, agent.acl.clone());
+        let acl = if let (AclSource::Etcd, Some(key)) = (&agent.cfg.acl, &agent.acl_key) {
+            let w = EtcdAcl::spawn(etcd.clone(), &c.file.prefix, key.clone(), agent.acl.clone());
             if !w.loaded(etcd.dial_timeout).await {
                 tracing::warn!("the ACL is not read from etcd yet: every request is refused until it is");
             }
