@@ -287,6 +287,34 @@ mod tests {
         let cluster = std::fs::read(dir.path().join("pki/cluster-ca.crt")).unwrap();
         let gateway = std::fs::read(dir.path().join("pki/gateway-ca.crt")).unwrap();
         assert_ne!(cluster, gateway);
+        // Each agent's server certificate names its node; the gateway's names none.
+        let uris = |path: &str| -> Vec<String> {
+            let pem = std::fs::read(dir.path().join(path)).unwrap();
+            let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+            let cert = pem.parse_x509().unwrap();
+            let san = cert.subject_alternative_name().unwrap().unwrap();
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::URI(u) => Some(u.to_string()),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(uris("agents/a1/server.crt"), ["urn:dcos-exec:node:a1"]);
+        assert_eq!(uris("agents/a2/server.crt"), ["urn:dcos-exec:node:a2"]);
+        assert!(uris("gateway/server.crt").is_empty());
+        // The ACL-signing key stays with the operator; its public half is what agents and gateways check with.
+        let signing = std::fs::read(dir.path().join("pki/acl-signing.key")).unwrap();
+        let doc = dcos_exec_cluster::signed::sign(&signing, "[[rule]]\n", 1).unwrap();
+        for p in ["gateway/acl-signing.pub", "agents/a1/acl-signing.pub"] {
+            let key = dcos_exec_cluster::signed::AclKey::from_pem(&std::fs::read(dir.path().join(p)).unwrap()).unwrap();
+            assert!(key.verify(doc.as_bytes()).is_ok(), "{p}");
+        }
+        assert!(!dir.path().join("gateway/acl-signing.key").exists());
+        assert!(gw.contains("acl_key = \"acl-signing.pub\""), "{gw}");
+        assert!(a2.contains("acl_key = \"acl-signing.pub\""), "{a2}");
         assert!(init_cluster(&o).is_err(), "a second init without --force");
         let bad = ["a1".to_string()];
         assert!(init_cluster(&ClusterOptions { agents: &bad, force: true, ..o }).is_err());
