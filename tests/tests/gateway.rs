@@ -441,9 +441,12 @@ fn exec_through_the_gateway_reaches_the_owning_node_with_exact_output_and_exit_c
         assert!(rec["source"].as_str().is_some_and(|v| v.starts_with("127.0.0.1:")), "{rec}");
         assert_ne!(rec["source"], rec["via"]);
     }
-    let relays: Vec<_> =
-        w.net.gateway_audit().into_iter().filter(|r| r["event"] == "relay_end" && r["task"] == w.db.as_str()).collect();
-    assert!(relays.iter().any(|r| r["node"] == "node-b" && r["bytes_out"].as_u64() > Some(0)), "{relays:?}");
+    // The gateway writes relay_end when both legs have closed, which may be after the CLI exited.
+    let relays = || -> Vec<_> {
+        w.net.gateway_audit().into_iter().filter(|r| r["event"] == "relay_end" && r["task"] == w.db.as_str()).collect()
+    };
+    let ended = eventually(10, || relays().iter().any(|r| r["node"] == "node-b" && r["bytes_out"].as_u64() > Some(0)));
+    assert!(ended, "{:?}", relays());
     // -i: stdin through both hops.
     let o =
         run_with_input(w.net.dcos().args(["task", "exec", "-i", &w.web, "sh", "-c", "tr a-z A-Z; exit 5"]), b"hello\n");
