@@ -17,6 +17,36 @@ pub fn node_uri(node: &str) -> String {
     format!("{NODE_URI_PREFIX}{}", utf8_percent_encode(node, ENCODED))
 }
 
+/// The node identities a certificate (DER) carries, or why it cannot be read.
+pub fn nodes_named(cert_der: &[u8]) -> Result<Vec<String>, String> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(|e| format!("certificate: {e}"))?;
+    let san = cert.subject_alternative_name().map_err(|e| format!("certificate: {e}"))?;
+    Ok(san
+        .iter()
+        .flat_map(|s| s.value.general_names.iter())
+        .filter_map(|n| match n {
+            GeneralName::URI(u) if u.starts_with(NODE_URI_PREFIX) => Some(u.to_string()),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Checks that a server certificate (DER) names `node`; the error says what it names instead, for people.
+pub fn check(cert_der: &[u8], node: &str) -> Result<(), String> {
+    let names = nodes_named(cert_der)?;
+    if names.contains(&node_uri(node)) {
+        return Ok(());
+    }
+    Err(match names.as_slice() {
+        [] => format!(
+            "its certificate names no node (not an agent's, or issued by an `init cluster` older than node \
+             identities: reissue the agents' certificates with `init cluster`)"
+        ),
+        other => format!("its certificate is that of {}", other.join(", ")),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -114,31 +114,11 @@ impl Relay {
     }
 }
 
-/// Checks that the agent's server certificate (DER) names `node`; the error says what it names instead.
+/// Checks that the agent's server certificate names `node`.
 fn check_identity(cert: Option<&[u8]>, node: &str) -> Result<(), String> {
-    use x509_parser::extensions::GeneralName;
-    let want = dcos_exec_cluster::identity::node_uri(node);
     let der = cert.ok_or("the agent presented no certificate")?;
-    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| format!("agent certificate: {e}"))?;
-    let san = cert.subject_alternative_name().map_err(|e| format!("agent certificate: {e}"))?;
-    let names: Vec<&str> = san
-        .iter()
-        .flat_map(|s| s.value.general_names.iter())
-        .filter_map(|n| match n {
-            GeneralName::URI(u) if u.starts_with(dcos_exec_cluster::identity::NODE_URI_PREFIX) => Some(*u),
-            _ => None,
-        })
-        .collect();
-    if names.contains(&want.as_str()) {
-        return Ok(());
-    }
-    Err(match names.as_slice() {
-        [] => format!(
-            "the server there is not the agent of node {node}: its certificate names no node (not an agent's, or \
-             issued by an `init cluster` older than node identities: reissue the agents' certificates with `init cluster`)"
-        ),
-        other => format!("the server there is not the agent of node {node}: its certificate is that of {}", other.join(", ")),
-    })
+    dcos_exec_cluster::identity::check(der, node)
+        .map_err(|why| format!("the server there is not the agent of node {node}: {why}"))
 }
 
 /// What the relay needs to know about the session, for its audit records.

@@ -396,6 +396,8 @@ fn an_acl_in_etcd_takes_effect_without_a_restart_and_a_broken_one_is_refused() {
     let agent = Agent::start_with(&root.join("agent"), &format!("acl = \"etcd\"\n{section}"));
     let carol = agent.token("carol", &[], "1h");
     assert_eq!(exec_code(&agent, &agent.admin_token, &task), Some(FORBIDDEN), "{}", log_of(&agent));
+    // Its certificate (from a plain `init`) names no node: it says gateways will not relay to it.
+    assert!(log_of(&agent).contains("gateways will not relay sessions to this agent"), "{}", log_of(&agent));
     etcd.put(&format!("{PREFIX}/acl"), &signed(&acl(false)));
     assert!(eventually(20, || exec_code(&agent, &agent.admin_token, &task) == Some(0)), "{}", log_of(&agent));
     assert_eq!(exec_code(&agent, &carol, &task), Some(FORBIDDEN));

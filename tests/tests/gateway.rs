@@ -979,6 +979,9 @@ fn a_rewritten_node_record_sends_no_session_and_no_token_to_another_server() {
     let alice = net.token("alice");
     let exec = |net: &Net| run(net.dcos_as(&alice).args(["task", "exec", &web, "true"]));
     assert_eq!(code(&exec(&net)), 0, "{}", net.gateway_log());
+    // The agents' certificates from `init cluster` name their nodes: no warning at start.
+    let log = std::fs::read_to_string(net.node("node-a").dir.join("agent.log")).unwrap();
+    assert!(!log.contains("gateways will not relay"), "{log}");
 
     // A compromised node-b's own listener, with node-b's cluster-CA server certificate.
     let b = net.node("node-b").dir.clone();
