@@ -39,10 +39,9 @@ pub fn check(cert_der: &[u8], node: &str) -> Result<(), String> {
         return Ok(());
     }
     Err(match names.as_slice() {
-        [] => format!(
-            "its certificate names no node (not an agent's, or issued by an `init cluster` older than node \
-             identities: reissue the agents' certificates with `init cluster`)"
-        ),
+        [] => "its certificate names no node (not an agent's, or issued by an `init cluster` older than node \
+               identities: reissue the agents' certificates with `init cluster`)"
+            .to_string(),
         other => format!("its certificate is that of {}", other.join(", ")),
     })
 }
