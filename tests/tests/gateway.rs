@@ -893,6 +893,17 @@ fn only_an_acl_signed_with_the_acl_signing_key_is_enforced_from_etcd() {
     assert!(eventually(20, || direct(&db) == exit::FORBIDDEN), "alice is not refused on {db} at the agent");
     assert_eq!(via_gateway(&db), exit::FORBIDDEN);
     assert_eq!(via_gateway(&web), 0, "{}", net.gateway_log());
+    // Gateway and agents enforce the one signed document: alice's listing through the gateway is the agents'.
+    let listed = |url: Option<u16>| {
+        let mut c = net.dcos_as(&alice);
+        if let Some(port) = url {
+            c.env("DCOS_URL", format!("https://127.0.0.1:{port}"));
+        }
+        stdout(&run(c.args(["task", "list", "-q"])))
+    };
+    let (gw_list, b_list) = (listed(None), listed(Some(net.node("node-b").port)));
+    assert!(gw_list.contains(&web) && !gw_list.contains(&db), "{gw_list}");
+    assert!(!b_list.contains(&db), "{b_list}");
 
     // Written with the gateway's etcd client certificate: an ACL granting alice everything, unsigned...
     let wide = "[[rule]]\nsubjects = [\"user:alice\"]\ntasks = [\"**\"]\nactions = [\"*\"]\nimages = [\"**\"]\n";
