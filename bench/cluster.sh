@@ -108,7 +108,8 @@ issue() {
   openssl x509 -req -days 2 -in "$pki/$1.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
     -extfile "$pki/$1.ext" -out "$pki/$1.crt" 2>/dev/null
 }
-issue agent serverAuth "IP:127.0.0.1" && issue gateway serverAuth "IP:127.0.0.1,DNS:localhost" &&
+# The agent's certificate names its node: gateways relay only to the agent of the record's node.
+issue agent serverAuth "IP:127.0.0.1,URI:urn:dcos-exec:node:bench-node" && issue gateway serverAuth "IP:127.0.0.1,DNS:localhost" &&
   issue gateway-client clientAuth || { fail cluster "openssl certificates"; exit 0; }
 
 log "an agent registered in etcd, and a gateway"

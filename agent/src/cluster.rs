@@ -22,8 +22,8 @@ impl Membership {
             return Membership { registrar: None, acl: None };
         };
         let etcd = c.file.etcd.clone();
-        let acl = if agent.cfg.acl == AclSource::Etcd {
-            let w = EtcdAcl::spawn(etcd.clone(), &c.file.prefix, agent.acl.clone());
+        let acl = if let (AclSource::Etcd, Some(key)) = (&agent.cfg.acl, &agent.acl_key) {
+            let w = EtcdAcl::spawn(etcd.clone(), &c.file.prefix, key.clone(), agent.acl.clone());
             if !w.loaded(etcd.dial_timeout).await {
                 tracing::warn!("the ACL is not read from etcd yet: every request is refused until it is");
             }
@@ -39,6 +39,9 @@ impl Membership {
             started_at: dcos_exec_cluster::record::unix_now(),
         };
         tracing::info!(node = %c.node, url = %c.url, endpoints = ?etcd.endpoints, "joining the cluster directory");
+        if let Err(why) = own_identity(&agent.cfg.file.tls_cert, &c.node) {
+            tracing::warn!("gateways will not relay sessions to this agent: {why}");
+        }
         // The same list `GET /v1/tasks` serves, unfiltered. A weak reference: the registration must not keep
         // the agent alive.
         let weak = Arc::downgrade(agent);
@@ -63,4 +66,12 @@ impl Membership {
         }
         drop(self.acl);
     }
+}
+
+/// Whether the agent's own server certificate names its node, as gateways require before relaying to it.
+fn own_identity(cert: &std::path::Path, node: &str) -> Result<(), String> {
+    let certs = dcos_exec_server::tls::load_certs(cert).map_err(|e| e.to_string())?;
+    let leaf = certs.first().ok_or_else(|| format!("{} holds no certificate", cert.display()))?;
+    dcos_exec_cluster::identity::check(leaf.as_ref(), node)
+        .map_err(|why| format!("tls_cert {} does not name node {node}: {why}", cert.display()))
 }

@@ -113,6 +113,9 @@ pub struct ClusterConfig {
     /// PEM CA whose client certificates are gateways (they may relay sessions for users).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway_ca: Option<PathBuf>,
+    /// Ed25519 public key (PEM) the ACL in etcd must be signed with; needed by `acl = "etcd"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acl_key: Option<PathBuf>,
 }
 
 fn default_cluster_prefix() -> String {
@@ -121,6 +124,13 @@ fn default_cluster_prefix() -> String {
 fn default_lease_ttl() -> String {
     "10s".into()
 }
+
+/// Why `acl = "etcd"` without `cluster.acl_key` is refused, with the way out for older set-ups.
+const ACL_KEY_NEEDED: &str = "acl = \"etcd\" needs cluster.acl_key, the public key the ACL in etcd is signed with \
+    (any etcd client could write an unsigned one): `init cluster` writes it as acl-signing.pub; for an older set-up \
+    make a pair with `openssl genpkey -algorithm ed25519 -out acl-signing.key` and \
+    `openssl pkey -in acl-signing.key -pubout -out acl-signing.pub`, then write the ACL with \
+    `dcos-exec-agent acl push --key acl-signing.key --config agent.toml acl.toml`";
 
 /// Where the ACL comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -417,6 +427,9 @@ impl AgentConfig {
             None => None,
             Some(c) => {
                 c.etcd.resolve_paths(&base);
+                if let Some(p) = c.acl_key.as_mut() {
+                    *p = base.join(&*p);
+                }
                 if let Some(p) = c.gateway_ca.as_mut() {
                     *p = base.join(&*p);
                 }
@@ -460,11 +473,11 @@ impl AgentConfig {
             }
         };
         let acl = if acl_in_etcd {
-            if cluster.is_none() {
-                return Err(ConfigError::Cluster {
-                    path: path.into(),
-                    message: "acl = \"etcd\" needs a [cluster] section naming the etcd".into(),
-                });
+            let bad = |message: &str| ConfigError::Cluster { path: path.into(), message: message.into() };
+            match &cluster {
+                None => return Err(bad("acl = \"etcd\" needs a [cluster] section naming the etcd")),
+                Some(c) if c.file.acl_key.is_none() => return Err(bad(ACL_KEY_NEEDED)),
+                Some(_) => {}
             }
             AclSource::Etcd
         } else {
@@ -609,7 +622,11 @@ mod tests {
         let in_etcd = base.replace("acl='a'", "acl='etcd'");
         std::fs::write(&p, &in_etcd).unwrap();
         assert!(matches!(AgentConfig::load(&p), Err(ConfigError::Cluster { .. })));
+        // And the key its documents are signed with: without it any etcd client could write the ACL.
         std::fs::write(&p, format!("{in_etcd}[cluster]\n{etcd}")).unwrap();
+        let e = AgentConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("cluster.acl_key") && e.contains("acl push"), "{e}");
+        std::fs::write(&p, format!("{in_etcd}[cluster]\nacl_key='acl-signing.pub'\n{etcd}")).unwrap();
         assert_eq!(AgentConfig::load(&p).unwrap().acl, AclSource::Etcd);
     }
 

@@ -4,21 +4,26 @@
 //! from), the token key pair, and `gateway.toml` and one `agent.toml` per agent.
 //!
 //! ```text
-//! DIR/pki/              cluster-ca.{crt,key} gateway-ca.{crt,key} token-signing.{key,pub}   (stays with the operator)
-//! DIR/gateway/          gateway.toml acl.toml server.* client.* etcd-client.* ca.crt token-signing.pub
+//! DIR/pki/              cluster-ca.{crt,key} gateway-ca.{crt,key} token-signing.{key,pub} acl-signing.{key,pub}
+//!                       (stays with the operator)
+//! DIR/gateway/          gateway.toml acl.toml server.* client.* etcd-client.* ca.crt token-signing.pub acl-signing.pub
 //! DIR/agents/NAME/      agent.toml acl.toml server.* etcd-client.* ca.crt gateway-ca.crt token-signing.pub
+//!                       acl-signing.pub
 //! DIR/etcd/             ca.crt and MEMBER.{crt,key} for each --etcd URL (server and peer certificate)
 //! DIR/admin.token
 //! ```
 //!
 //! The two CAs are kept apart on purpose: an etcd client certificate (also a TLS client certificate) must not
-//! be able to pose as a gateway.
+//! be able to pose as a gateway. Every host holds an etcd client certificate, so what etcd holds is only
+//! trusted where it is checked: the ACL in etcd must be signed with the ACL-signing key (`acl push`), and each
+//! agent's server certificate names its node (`urn:dcos-exec:node:NAME`), which gateways check before they
+//! relay a session to the URL of a node record.
 
 use crate::config::AgentConfig;
 use anyhow::{bail, Context, Result};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    KeyUsagePurpose, SanType,
 };
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -59,14 +64,19 @@ fn ca(cn: &str) -> Result<(rcgen::Certificate, Issuer<'static, KeyPair>, KeyPair
     Ok((cert, Issuer::new(p, copy), key))
 }
 
-/// A leaf certificate for `cn` with `sans`, for the given purposes.
+/// A leaf certificate for `cn` with `sans` (and the identity of `node`, for an agent), for the given purposes.
 fn leaf(
     issuer: &Issuer<'_, KeyPair>,
     cn: &str,
     sans: Vec<String>,
+    node: Option<&str>,
     purposes: Vec<ExtendedKeyUsagePurpose>,
 ) -> Result<(String, String)> {
     let mut p = CertificateParams::new(sans)?;
+    if let Some(node) = node {
+        let uri = dcos_exec_cluster::identity::node_uri(node);
+        p.subject_alt_names.push(SanType::URI(uri.as_str().try_into()?));
+    }
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, cn);
     p.distinguished_name = dn;
@@ -164,6 +174,10 @@ pub fn init_cluster(o: &ClusterOptions<'_>) -> Result<String> {
     write(&pki.join("gateway-ca.key"), gateway_key.serialize_pem().as_bytes(), 0o600)?;
     write(&pki.join("token-signing.key"), token_key.serialize_pem().as_bytes(), 0o600)?;
     write(&pki.join("token-signing.pub"), token_key.public_key_pem().as_bytes(), 0o644)?;
+    // Signs the ACL kept in etcd (`acl push`); only its public half leaves the operator.
+    let acl_key = KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
+    write(&pki.join("acl-signing.key"), acl_key.serialize_pem().as_bytes(), 0o600)?;
+    write(&pki.join("acl-signing.pub"), acl_key.public_key_pem().as_bytes(), 0o644)?;
     let acl = format!(
         "# Deny by default; each [[rule]] grants (or, with effect = \"deny\", refuses) actions.\n\
          [[rule]]\nsubjects = [\"user:{}\"]\ntasks = [\"**\"]\nactions = [\"*\"]\nimages = [\"**\"]\n",
@@ -172,20 +186,21 @@ pub fn init_cluster(o: &ClusterOptions<'_>) -> Result<String> {
     let common = |d: &Path| -> Result<()> {
         write(&d.join("ca.crt"), cluster_ca.pem().as_bytes(), 0o644)?;
         write(&d.join("token-signing.pub"), token_key.public_key_pem().as_bytes(), 0o644)?;
+        write(&d.join("acl-signing.pub"), acl_key.public_key_pem().as_bytes(), 0o644)?;
         write(&d.join("acl.toml"), acl.as_bytes(), 0o644)?;
-        write_pair(d, "etcd-client", &leaf(&cluster, "etcd client", Vec::new(), vec![ClientAuth])?)
+        write_pair(d, "etcd-client", &leaf(&cluster, "etcd client", Vec::new(), None, vec![ClientAuth])?)
     };
 
     // The gateway: a server certificate for users, a client certificate of the gateway CA for agents.
     let gw = dir.join("gateway");
     common(&gw)?;
-    write_pair(&gw, "server", &leaf(&cluster, "dcos-exec gateway", sans(o.gateway), vec![ServerAuth])?)?;
-    write_pair(&gw, "client", &leaf(&gateways, "dcos-exec gateway", Vec::new(), vec![ClientAuth])?)?;
+    write_pair(&gw, "server", &leaf(&cluster, "dcos-exec gateway", sans(o.gateway), None, vec![ServerAuth])?)?;
+    write_pair(&gw, "client", &leaf(&gateways, "dcos-exec gateway", Vec::new(), None, vec![ClientAuth])?)?;
     let gateway_toml = format!(
         "# dcos-exec gateway configuration; every key is documented in the README.\n\
          listen = \"0.0.0.0:{}\"\ntls_cert = \"server.crt\"\ntls_key = \"server.key\"\ncluster_ca = \"ca.crt\"\n\
          client_cert = \"client.crt\"\nclient_key = \"client.key\"\ntoken_public_key = \"token-signing.pub\"\n\
-         acl = \"acl.toml\"\naudit_log = \"audit.log\"\nmax_stale = \"30s\"\nconnect_timeout = \"3s\"\n\n{}",
+         acl = \"acl.toml\"\nacl_key = \"acl-signing.pub\"\naudit_log = \"audit.log\"\nmax_stale = \"30s\"\nconnect_timeout = \"3s\"\n\n{}",
         o.gateway_port,
         etcd_table("etcd", o.etcd)
     );
@@ -196,13 +211,14 @@ pub fn init_cluster(o: &ClusterOptions<'_>) -> Result<String> {
         let d = dir.join("agents").join(name);
         common(&d)?;
         write(&d.join("gateway-ca.crt"), gateway_ca.pem().as_bytes(), 0o644)?;
-        write_pair(&d, "server", &leaf(&cluster, &format!("dcos-exec agent {name}"), sans(host), vec![ServerAuth])?)?;
+        let server = leaf(&cluster, &format!("dcos-exec agent {name}"), sans(host), Some(name), vec![ServerAuth])?;
+        write_pair(&d, "server", &server)?;
         let port = url.parse::<http::Uri>().ok().and_then(|u| u.port_u16()).unwrap_or(443);
         let cfg = AgentConfig::generated(format!("0.0.0.0:{port}"), None);
         let mut text = String::from("# dcos-exec agent configuration; every key is documented in the README.\n");
         text.push_str(&toml::to_string_pretty(&cfg)?);
         text.push_str(&format!(
-            "\n[cluster]\nnode = {}\nurl = {}\ngateway_ca = \"gateway-ca.crt\"\n\n{}",
+            "\n[cluster]\nnode = {}\nurl = {}\ngateway_ca = \"gateway-ca.crt\"\nacl_key = \"acl-signing.pub\"\n\n{}",
             toml_str(name),
             toml_str(url),
             etcd_table("cluster.etcd", o.etcd)
@@ -215,7 +231,7 @@ pub fn init_cluster(o: &ClusterOptions<'_>) -> Result<String> {
     write(&e.join("ca.crt"), cluster_ca.pem().as_bytes(), 0o644)?;
     for (i, url) in o.etcd.iter().enumerate() {
         let host = host_of(url)?;
-        let pair = leaf(&cluster, &format!("etcd member {i}"), sans(&host), vec![ServerAuth, ClientAuth])?;
+        let pair = leaf(&cluster, &format!("etcd member {i}"), sans(&host), None, vec![ServerAuth, ClientAuth])?;
         write_pair(&e, &format!("member-{i}"), &pair)?;
     }
 
@@ -271,6 +287,34 @@ mod tests {
         let cluster = std::fs::read(dir.path().join("pki/cluster-ca.crt")).unwrap();
         let gateway = std::fs::read(dir.path().join("pki/gateway-ca.crt")).unwrap();
         assert_ne!(cluster, gateway);
+        // Each agent's server certificate names its node; the gateway's names none.
+        let uris = |path: &str| -> Vec<String> {
+            let pem = std::fs::read(dir.path().join(path)).unwrap();
+            let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+            let cert = pem.parse_x509().unwrap();
+            let san = cert.subject_alternative_name().unwrap().unwrap();
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::URI(u) => Some(u.to_string()),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(uris("agents/a1/server.crt"), ["urn:dcos-exec:node:a1"]);
+        assert_eq!(uris("agents/a2/server.crt"), ["urn:dcos-exec:node:a2"]);
+        assert!(uris("gateway/server.crt").is_empty());
+        // The ACL-signing key stays with the operator; its public half is what agents and gateways check with.
+        let signing = std::fs::read(dir.path().join("pki/acl-signing.key")).unwrap();
+        let doc = dcos_exec_cluster::signed::sign(&signing, "[[rule]]\n", 1).unwrap();
+        for p in ["gateway/acl-signing.pub", "agents/a1/acl-signing.pub"] {
+            let key = dcos_exec_cluster::signed::AclKey::from_pem(&std::fs::read(dir.path().join(p)).unwrap()).unwrap();
+            assert!(key.verify(doc.as_bytes()).is_ok(), "{p}");
+        }
+        assert!(!dir.path().join("gateway/acl-signing.key").exists());
+        assert!(gw.contains("acl_key = \"acl-signing.pub\""), "{gw}");
+        assert!(a2.contains("acl_key = \"acl-signing.pub\""), "{a2}");
         assert!(init_cluster(&o).is_err(), "a second init without --force");
         let bad = ["a1".to_string()];
         assert!(init_cluster(&ClusterOptions { agents: &bad, force: true, ..o }).is_err());

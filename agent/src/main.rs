@@ -88,6 +88,11 @@ enum Cmd {
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: std::time::Duration,
     },
+    /// Manage the ACL kept in etcd (`acl = "etcd"`).
+    Acl {
+        #[command(subcommand)]
+        cmd: AclCmd,
+    },
     /// Write the man pages of dcos-exec-agent (dcos-exec-agent.1, dcos-exec-agent-run.1, ...) into DIR.
     Man {
         /// Directory to write the pages into (created if missing).
@@ -123,6 +128,22 @@ enum InitCmd {
         /// Overwrite an existing set-up.
         #[arg(long)]
         force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AclCmd {
+    /// Sign FILE (an ACL in TOML) with the ACL-signing key and write it to `{prefix}/acl` in the cluster's etcd,
+    /// where every agent and gateway with `acl = "etcd"` puts it in force.
+    Push {
+        /// The ACL-signing private key (`pki/acl-signing.key` of `init cluster`).
+        #[arg(long)]
+        key: PathBuf,
+        /// An agent configuration (agent.toml) whose [cluster] names the etcd and the prefix.
+        #[arg(long)]
+        config: PathBuf,
+        /// The ACL to push (TOML, as acl.toml).
+        file: PathBuf,
     },
 }
 
@@ -217,6 +238,18 @@ fn real_main(cli: Cli) -> Result<()> {
             let key = std::fs::read(&key_path).with_context(|| format!("reading {}", key_path.display()))?;
             let t = auth::mint(&key, &cfg.file.issuer, &cfg.file.audience, &user, &groups, ttl)?;
             println!("{t}");
+            Ok(())
+        }
+        Cmd::Acl { cmd: AclCmd::Push { key, config, file } } => {
+            let cfg = config::AgentConfig::load(&config)?;
+            let c = cfg.cluster.context("the configuration has no [cluster] section naming the etcd")?;
+            let pem = std::fs::read(&key).with_context(|| format!("reading {}", key.display()))?;
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(dcos_exec_cluster::acl::publish(&c.file.etcd, &c.file.prefix, &pem, &text))
+                .with_context(|| format!("pushing {}", file.display()))?;
+            eprintln!("{} signed and written to {}/acl", file.display(), c.file.prefix.trim_end_matches('/'));
             Ok(())
         }
         Cmd::Man { dir } => {

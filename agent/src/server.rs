@@ -25,6 +25,8 @@ pub struct Agent {
     pub verifier: Verifier,
     /// The ACL in force, reloaded from its file or from etcd when it changes.
     pub acl: Arc<Shared>,
+    /// With `acl = "etcd"`: the key the ACL documents in etcd must be signed with.
+    pub acl_key: Option<dcos_exec_cluster::signed::AclKey>,
     pub audit: AuditLog,
     pub discovery: Discovery,
     pub exe: SealedExe,
@@ -51,9 +53,15 @@ impl Agent {
         }
         let issuers = dcos_exec_access::oidc::issuers(&f.oidc)?;
         let verifier = Verifier::new(&pub_pem, &f.issuer, &f.audience)?.with_oidc(issuers);
-        let acl = match (&cfg.acl, &cfg.cluster) {
-            (AclSource::File(path), _) => Shared::watch_file(path, ACL_POLL)?,
-            (AclSource::Etcd, Some(c)) => dcos_exec_cluster::acl::EtcdAcl::empty(&c.file.prefix),
+        let (acl, acl_key) = match (&cfg.acl, &cfg.cluster) {
+            (AclSource::File(path), _) => (Shared::watch_file(path, ACL_POLL)?, None),
+            (AclSource::Etcd, Some(c)) => {
+                let path = c.file.acl_key.as_ref().context("acl = \"etcd\" needs cluster.acl_key")?;
+                let pem = std::fs::read(path).with_context(|| format!("reading cluster.acl_key {}", path.display()))?;
+                let key = dcos_exec_cluster::signed::AclKey::from_pem(&pem)
+                    .with_context(|| format!("cluster.acl_key {}", path.display()))?;
+                (dcos_exec_cluster::acl::EtcdAcl::empty(&c.file.prefix), Some(key))
+            }
             (AclSource::Etcd, None) => anyhow::bail!("acl = \"etcd\" needs a [cluster] section"),
         };
         let audit = AuditLog::open(&f.audit_log).with_context(|| format!("opening {}", f.audit_log.display()))?;
@@ -73,6 +81,7 @@ impl Agent {
             cfg,
             verifier,
             acl,
+            acl_key,
             audit,
             discovery,
             exe,

@@ -1,7 +1,9 @@
-//! The ACL kept in etcd at `{prefix}/acl` (TOML text, as in a file), watched and put in force on every
-//! change, for agents and gateways configured with `acl = "etcd"`.
+//! The ACL kept in etcd at `{prefix}/acl` (a document signed by the operator, see [`crate::signed`]), watched
+//! and put in force on every change, for agents and gateways configured with `acl = "etcd"`.
 //!
-//! A new version that does not parse is refused and the ACL in force stays. A deleted key puts the empty ACL
+//! A new version whose signature does not verify under the configured ACL-signing key (written by anyone who
+//! holds an etcd client certificate but not that key), that is older than the one in force, or that does not
+//! parse is refused, logged as an error, and the ACL in force stays. A deleted key puts the empty ACL
 //! in force (which refuses everything): removing the rules never leaves the old grants standing. Until the
 //! key is first read, the empty ACL is in force.
 
@@ -9,6 +11,7 @@ use crate::config::EtcdConfig;
 use crate::connect::{member_failed, Failover};
 use crate::error::ClusterError;
 use crate::keys::Layout;
+use crate::signed::{AclKey, SignedAclError};
 use dcos_exec_access::acl::{Acl, Shared};
 use etcd_client::{EventType, WatchOptions};
 use std::sync::Arc;
@@ -44,9 +47,11 @@ impl EtcdAcl {
     }
 
     /// Watches `{prefix}/acl` and puts every valid version in force in `shared`. Needs a tokio runtime.
-    pub fn spawn(etcd: EtcdConfig, prefix: &str, shared: Arc<Shared>) -> EtcdAcl {
+    /// Only documents signed with the private half of `key` are put in force.
+    pub fn spawn(etcd: EtcdConfig, prefix: &str, key: AclKey, shared: Arc<Shared>) -> EtcdAcl {
         let (loaded_tx, loaded) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(watch_loop(etcd, Layout::new(prefix), shared.clone(), loaded_tx));
+        let reader = Reader { shared: shared.clone(), key, issued: 0 };
+        let task = tokio::spawn(watch_loop(etcd, Layout::new(prefix), reader, loaded_tx));
         EtcdAcl { shared, loaded, task }
     }
 
@@ -62,7 +67,15 @@ impl EtcdAcl {
     }
 }
 
-async fn watch_loop(etcd: EtcdConfig, layout: Layout, shared: Arc<Shared>, loaded: tokio::sync::watch::Sender<bool>) {
+/// What checks a new version and puts it in force.
+struct Reader {
+    shared: Arc<Shared>,
+    key: AclKey,
+    /// The issue time of the document in force: an older one is a replay.
+    issued: u64,
+}
+
+async fn watch_loop(etcd: EtcdConfig, layout: Layout, mut reader: Reader, loaded: tokio::sync::watch::Sender<bool>) {
     // The last version put in force, so that reading again after a reconnect reloads only what changed.
     let mut last: Option<Option<Vec<u8>>> = None;
     let mut client: Option<Failover> = None;
@@ -79,7 +92,7 @@ async fn watch_loop(etcd: EtcdConfig, layout: Layout, shared: Arc<Shared>, loade
                 }
             },
         };
-        if let Err(e) = get_and_watch(c, &layout, &shared, &loaded, &mut last).await {
+        if let Err(e) = get_and_watch(c, &layout, &mut reader, &loaded, &mut last).await {
             if member_failed(&e) {
                 c.next();
             }
@@ -97,11 +110,21 @@ fn note(last: &mut String, e: &ClusterError) {
     *last = msg;
 }
 
-fn put_in_force(shared: &Shared, value: Option<&[u8]>) {
+fn put_in_force(reader: &mut Reader, value: Option<&[u8]>) {
+    let shared = &reader.shared;
     match value {
-        Some(v) => {
-            let _ = shared.reload(&String::from_utf8_lossy(v));
-        }
+        Some(v) => match reader.key.verify(v) {
+            Ok(doc) if doc.issued < reader.issued => {
+                let e = SignedAclError::Replayed { issued: doc.issued, in_force: reader.issued };
+                tracing::error!(origin = shared.origin(), "ACL in etcd refused: {e}; the ACL in force stays");
+            }
+            Ok(doc) => {
+                if shared.reload(&doc.acl).is_ok() {
+                    reader.issued = doc.issued;
+                }
+            }
+            Err(e) => tracing::error!(origin = shared.origin(), "ACL in etcd refused: {e}; the ACL in force stays"),
+        },
         None => {
             tracing::warn!(origin = shared.origin(), "the ACL key is absent: every request is refused");
             shared.replace(Acl::default());
@@ -112,7 +135,7 @@ fn put_in_force(shared: &Shared, value: Option<&[u8]>) {
 async fn get_and_watch(
     c: &mut Failover,
     layout: &Layout,
-    shared: &Shared,
+    reader: &mut Reader,
     loaded: &tokio::sync::watch::Sender<bool>,
     last: &mut Option<Option<Vec<u8>>>,
 ) -> Result<(), ClusterError> {
@@ -126,7 +149,7 @@ async fn get_and_watch(
     let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
     let current = resp.kvs().first().map(|kv| kv.value().to_vec());
     if last.as_ref() != Some(&current) {
-        put_in_force(shared, current.as_deref());
+        put_in_force(reader, current.as_deref());
         *last = Some(current);
     }
     loaded.send_replace(true);
@@ -153,7 +176,7 @@ async fn get_and_watch(
                         EventType::Delete => None,
                     };
                     if last.as_ref() != Some(&value) {
-                        put_in_force(shared, value.as_deref());
+                        put_in_force(reader, value.as_deref());
                         *last = Some(value);
                     }
                 }
@@ -168,14 +191,15 @@ async fn get_and_watch(
     }
 }
 
-/// Writes `text` as the ACL in etcd (for `init` and for operators' tools); refuses text that does not parse,
-/// so that nothing this writes can be refused by the readers.
-pub async fn publish(etcd: &EtcdConfig, prefix: &str, text: &str) -> Result<(), PublishError> {
+/// Signs `text` with the ACL-signing key (`private_pem`, PKCS#8) and writes it as the ACL in etcd (`acl push`);
+/// refuses text that does not parse, so that nothing this writes can be refused by the readers.
+pub async fn publish(etcd: &EtcdConfig, prefix: &str, private_pem: &[u8], text: &str) -> Result<(), PublishError> {
     Acl::parse(text).map_err(PublishError::Acl)?;
+    let doc = crate::signed::sign(private_pem, text, crate::record::unix_now()).map_err(PublishError::Sign)?;
     let mut c = Failover::new(etcd).await?;
     let key = Layout::new(prefix).acl();
     c.run(REQUEST_TIMEOUT, |mut cl| {
-        let (key, text) = (key.clone(), text.to_string());
+        let (key, text) = (key.clone(), doc.clone());
         async move { cl.put(key, text, None).await }
     })
     .await?;
@@ -188,6 +212,9 @@ pub enum PublishError {
     /// The text is not a valid ACL.
     #[error(transparent)]
     Acl(dcos_exec_access::acl::AclError),
+    /// The signing key cannot be used.
+    #[error(transparent)]
+    Sign(SignedAclError),
     /// etcd could not be written.
     #[error(transparent)]
     Cluster(#[from] ClusterError),

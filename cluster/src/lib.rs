@@ -1,7 +1,7 @@
 //! The cluster directory of dcos-exec, kept in etcd. Agents register (a [`registrar::Registrar`] keeps the
 //! node record and the task records under a lease), gateways read (a [`directory::Directory`] holds a watched
 //! in-memory snapshot of all of them). The key layout is in [`keys`], the records in [`record`]. The ACL can
-//! live in etcd too ([`acl`]), watched and reloaded on change.
+//! live in etcd too ([`acl`]), signed by the operator ([`signed`]), watched and reloaded on change.
 
 // Nothing the network or etcd's content controls may panic the process.
 // Public items say what they are: the gateway and the agent build on them.
@@ -13,9 +13,11 @@ pub mod config;
 pub mod connect;
 pub mod directory;
 pub mod error;
+pub mod identity;
 pub mod keys;
 pub mod record;
 pub mod registrar;
+pub mod signed;
 
 pub use config::EtcdConfig;
 pub use directory::{Directory, Indexed, Snapshot};

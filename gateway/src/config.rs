@@ -39,6 +39,9 @@ pub struct GatewayConfig {
     /// ACL file, or `"etcd"` for the ACL kept in the directory at `{etcd_prefix}/acl`; judged here before
     /// any agent is asked (each agent judges again with its own), reloaded on change.
     pub acl: PathBuf,
+    /// Ed25519 public key (PEM) the ACL in etcd must be signed with; needed by `acl = "etcd"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acl_key: Option<PathBuf>,
     /// Audit log, JSON lines, appended.
     pub audit_log: PathBuf,
     /// How long the last directory snapshot keeps being served while etcd is unreachable.
@@ -109,6 +112,9 @@ impl GatewayConfig {
         }
         if cfg.acl != Path::new(ACL_IN_ETCD) {
             cfg.acl = base.join(&cfg.acl);
+        }
+        if let Some(p) = cfg.acl_key.as_mut() {
+            *p = base.join(&*p);
         }
         cfg.etcd.resolve_paths(&base);
         for o in &mut cfg.oidc {

@@ -2,6 +2,11 @@
 //! the cluster CA), the exec request passed on with the user's address and the resolved container, the
 //! agent's answer passed back, and after both upgrades the bytes copied both ways. TCP back-pressure on each
 //! leg carries flow control end to end: nothing is buffered beyond one copy buffer per direction.
+//!
+//! The URL comes from the node's record in etcd, which anyone holding an etcd client certificate can rewrite:
+//! before anything is sent, the agent's server certificate must name the record's node
+//! (`urn:dcos-exec:node:NAME`, see [`dcos_exec_cluster::identity`]). Another node's agent, a listener with
+//! another node's certificate, or the gateway itself (whose certificate names no node) is refused.
 
 use crate::config::Loaded;
 use anyhow::{Context, Result};
@@ -86,10 +91,13 @@ impl Relay {
         let port = uri.port_u16().unwrap_or(443);
         let name = ServerName::try_from(host.clone()).map_err(|e| fail(format!("bad host name: {e}")))?;
         let connector = self.connector.clone();
+        let expected = node.to_string();
         let dial = async move {
             let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| e.to_string())?;
             dcos_exec_server::listener::tune_socket(&tcp);
             let tls = connector.connect(name, tcp).await.map_err(|e| format!("TLS: {e}"))?;
+            let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+            check_identity(leaf.map(|c| c.as_ref()), &expected)?;
             let (send, conn) =
                 hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
             tokio::spawn(async move {
@@ -104,6 +112,13 @@ impl Relay {
             Err(_) => Err(fail(format!("no connection within {}", humantime::format_duration(self.connect_timeout)))),
         }
     }
+}
+
+/// Checks that the agent's server certificate names `node`.
+fn check_identity(cert: Option<&[u8]>, node: &str) -> Result<(), String> {
+    let der = cert.ok_or("the agent presented no certificate")?;
+    dcos_exec_cluster::identity::check(der, node)
+        .map_err(|why| format!("the server there is not the agent of node {node}: {why}"))
 }
 
 /// What the relay needs to know about the session, for its audit records.

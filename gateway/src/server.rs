@@ -46,7 +46,15 @@ impl Gateway {
         let issuers = dcos_exec_access::oidc::issuers(&f.oidc)?;
         let verifier = Verifier::new(&pub_pem, &f.issuer, &f.audience)?.with_oidc(issuers);
         let (acl, etcd_acl) = if f.acl == std::path::Path::new(crate::config::ACL_IN_ETCD) {
-            let e = EtcdAcl::spawn(f.etcd.clone(), &f.etcd_prefix, EtcdAcl::empty(&f.etcd_prefix));
+            // Any etcd client can write the key: only the operator's signature makes a document an ACL.
+            let path = f.acl_key.as_ref().context(
+                "acl = \"etcd\" needs acl_key, the public key the ACL in etcd is signed with (`init cluster` writes \
+                 it as acl-signing.pub; see the README, \"Cluster\", for an older set-up)",
+            )?;
+            let pem = std::fs::read(path).with_context(|| format!("reading acl_key {}", path.display()))?;
+            let key = dcos_exec_cluster::signed::AclKey::from_pem(&pem)
+                .with_context(|| format!("acl_key {}", path.display()))?;
+            let e = EtcdAcl::spawn(f.etcd.clone(), &f.etcd_prefix, key, EtcdAcl::empty(&f.etcd_prefix));
             if !e.loaded(Duration::from_secs(5)).await {
                 tracing::warn!("the ACL could not be read from etcd yet: every request is refused until it is");
             }

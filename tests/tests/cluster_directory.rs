@@ -9,6 +9,7 @@ mod support;
 use dcos_exec_cluster::{Directory, DirectoryError, EtcdConfig};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 use support::etcd::Cluster;
 use support::{eventually, prefix, run, skip, stderr, Agent, Container, ContainerOpts};
@@ -377,21 +378,39 @@ fn an_acl_in_etcd_takes_effect_without_a_restart_and_a_broken_one_is_refused() {
     let node = format!("node-{p}-e");
     let c = task_container(&root, &format!("{p}-ae-1"), &format!("web-{p}-ae"));
     let task = format!("web-{p}-ae");
+    // The operator's ACL-signing key: only documents it signed are put in force.
+    let key = root.join("acl-signing.key");
+    let pubkey = root.join("acl-signing.pub");
+    assert!(run(Command::new("openssl").args(["genpkey", "-algorithm", "ed25519", "-out"]).arg(&key)).status.success());
+    assert!(run(Command::new("openssl").arg("pkey").arg("-in").arg(&key).arg("-pubout").arg("-out").arg(&pubkey))
+        .status
+        .success());
+    let pem = std::fs::read(&key).unwrap();
+    let issued = std::cell::Cell::new(0);
+    let signed = |text: &str| {
+        issued.set(issued.get() + 1);
+        dcos_exec_cluster::signed::sign(&pem, text, issued.get()).unwrap()
+    };
     // The key is absent: every request is refused, the admin's too.
-    let agent =
-        Agent::start_with(&root.join("agent"), &format!("acl = \"etcd\"\n{}", cluster_section(&etcd, &node, "")));
+    let section = cluster_section(&etcd, &node, &format!("acl_key = {:?}", pubkey.display().to_string()));
+    let agent = Agent::start_with(&root.join("agent"), &format!("acl = \"etcd\"\n{section}"));
     let carol = agent.token("carol", &[], "1h");
     assert_eq!(exec_code(&agent, &agent.admin_token, &task), Some(FORBIDDEN), "{}", log_of(&agent));
-    etcd.put(&format!("{PREFIX}/acl"), &acl(false));
+    // Its certificate (from a plain `init`) names no node: it says gateways will not relay to it.
+    assert!(log_of(&agent).contains("gateways will not relay sessions to this agent"), "{}", log_of(&agent));
+    etcd.put(&format!("{PREFIX}/acl"), &signed(&acl(false)));
     assert!(eventually(20, || exec_code(&agent, &agent.admin_token, &task) == Some(0)), "{}", log_of(&agent));
     assert_eq!(exec_code(&agent, &carol, &task), Some(FORBIDDEN));
-    etcd.put(&format!("{PREFIX}/acl"), &acl(true));
+    etcd.put(&format!("{PREFIX}/acl"), &signed(&acl(true)));
     assert!(eventually(20, || exec_code(&agent, &carol, &task) == Some(0)), "{}", log_of(&agent));
     // Broken: refused, the grant stays.
-    etcd.put(&format!("{PREFIX}/acl"), "[[rule]]\nsubjects = [\"carol\"]\ntasks = [\"*\"]\nactions = [\"exec\"]\n");
+    etcd.put(
+        &format!("{PREFIX}/acl"),
+        &signed("[[rule]]\nsubjects = [\"carol\"]\ntasks = [\"*\"]\nactions = [\"exec\"]\n"),
+    );
     assert!(eventually(20, || log_of(&agent).contains("ACL not reloaded")), "{}", log_of(&agent));
     assert_eq!(exec_code(&agent, &carol, &task), Some(0), "a broken ACL replaced the working one");
-    etcd.put(&format!("{PREFIX}/acl"), &acl(false));
+    etcd.put(&format!("{PREFIX}/acl"), &signed(&acl(false)));
     assert!(eventually(20, || exec_code(&agent, &carol, &task) == Some(FORBIDDEN)));
     // Deleted: nothing is granted any more.
     etcd.del(&format!("{PREFIX}/acl"));

@@ -158,11 +158,22 @@ struct NetOptions {
     max_stale: &'static str,
     lease_ttl: &'static str,
     max_unauthenticated: usize,
+    /// Agents and gateway take the ACL from etcd (`acl = "etcd"`), which starts empty.
+    acl_in_etcd: bool,
 }
 
 impl Default for NetOptions {
     fn default() -> Self {
-        NetOptions { max_stale: "30s", lease_ttl: "10s", max_unauthenticated: 256 }
+        NetOptions { max_stale: "30s", lease_ttl: "10s", max_unauthenticated: 256, acl_in_etcd: false }
+    }
+}
+
+/// `acl = "acl.toml"` of a generated config, or `acl = "etcd"`.
+fn acl_line(text: String, in_etcd: bool) -> String {
+    if in_etcd {
+        text.replacen("\nacl = \"acl.toml\"\n", "\nacl = \"etcd\"\n", 1)
+    } else {
+        text
     }
 }
 
@@ -228,7 +239,7 @@ impl Net {
             let text = replace_table(&text, "[runtimes]", &runtimes);
             let text = text.replacen("\n[cluster]\n", &format!("\n[cluster]\nlease_ttl = \"{}\"\n", o.lease_ttl), 1);
             let text = replace_table(&text, "[cluster.etcd]", &etcd.config_toml());
-            std::fs::write(d.join("agent.toml"), text).unwrap();
+            std::fs::write(d.join("agent.toml"), acl_line(text, o.acl_in_etcd)).unwrap();
             std::fs::write(d.join("acl.toml"), agent_acl()).unwrap();
             let child = spawn("dcos-exec-agent", &d.join("agent.toml"), &d.join("agent.log"));
             wait_port(*port, name, &d.join("agent.log"));
@@ -244,7 +255,7 @@ impl Net {
             ),
         );
         let text = replace_table(&text, "[etcd]", &etcd.config_toml());
-        std::fs::write(g.join("gateway.toml"), text).unwrap();
+        std::fs::write(g.join("gateway.toml"), acl_line(text, o.acl_in_etcd)).unwrap();
         std::fs::write(g.join("acl.toml"), gateway_acl()).unwrap();
         let gateway = spawn("dcos-exec-gateway", &g.join("gateway.toml"), &g.join("gateway.log"));
         wait_port(gateway_port, "gateway", &g.join("gateway.log"));
@@ -438,9 +449,12 @@ fn exec_through_the_gateway_reaches_the_owning_node_with_exact_output_and_exit_c
         assert!(rec["source"].as_str().is_some_and(|v| v.starts_with("127.0.0.1:")), "{rec}");
         assert_ne!(rec["source"], rec["via"]);
     }
-    let relays: Vec<_> =
-        w.net.gateway_audit().into_iter().filter(|r| r["event"] == "relay_end" && r["task"] == w.db.as_str()).collect();
-    assert!(relays.iter().any(|r| r["node"] == "node-b" && r["bytes_out"].as_u64() > Some(0)), "{relays:?}");
+    // The gateway writes relay_end when both legs have closed, which may be after the CLI exited.
+    let relays = || -> Vec<_> {
+        w.net.gateway_audit().into_iter().filter(|r| r["event"] == "relay_end" && r["task"] == w.db.as_str()).collect()
+    };
+    let ended = eventually(10, || relays().iter().any(|r| r["node"] == "node-b" && r["bytes_out"].as_u64() > Some(0)));
+    assert!(ended, "{:?}", relays());
     // -i: stdin through both hops.
     let o =
         run_with_input(w.net.dcos().args(["task", "exec", "-i", &w.web, "sh", "-c", "tr a-z A-Z; exit 5"]), b"hello\n");
@@ -749,7 +763,10 @@ fn failures_dead_agent_replaced_task_and_etcd_gone_each_have_their_error() {
     }
     let p = prefix();
     let dir = std::env::temp_dir().join(format!("{p}-gw-fail"));
-    let mut net = Net::start(&dir, &NetOptions { max_stale: "20s", lease_ttl: "60s", max_unauthenticated: 4 });
+    let mut net = Net::start(
+        &dir,
+        &NetOptions { max_stale: "20s", lease_ttl: "60s", max_unauthenticated: 4, ..Default::default() },
+    );
     let bundles = dir.join("bundles");
     std::fs::create_dir_all(&bundles).unwrap();
     let a = net.node("node-a").state_root.clone();
@@ -868,4 +885,217 @@ fn early_refusals_are_audited_and_exec_needs_http_1_1() {
     for path in ["/v1/tasks/%ff/exec", exec.as_str()] {
         assert!(denied.iter().any(|r| r["path"] == path && r["code"] == "bad_request"), "{path}: {denied:?}");
     }
+}
+
+/// `dcos-exec-agent acl push --key KEY --config (node-a's agent.toml) FILE` with `text` as the ACL.
+fn acl_push(net: &Net, key: &Path, text: &str) -> Output {
+    let file = net.dir.join("pushed-acl.toml");
+    std::fs::write(&file, text).unwrap();
+    let cfg = net.node("node-a").dir.join("agent.toml");
+    run(Command::new(bin("dcos-exec-agent")).args(["acl", "push", "--key"]).arg(key).arg("--config").arg(cfg).arg(file))
+}
+
+/// The value of `key` in the net's etcd.
+fn etcd_value(net: &Net, key: &str) -> String {
+    let o = net.etcd.etcdctl_at(&net.etcd.endpoints().join(","), &["get", "--print-value-only", key]);
+    assert!(o.status.success() && !o.stdout.is_empty(), "get {key}: {}", stderr(&o));
+    stdout(&o).strip_suffix('\n').unwrap_or_default().to_string()
+}
+
+/// How many times `log` says an ACL from etcd was refused.
+fn refused_acls(log: &Path) -> usize {
+    std::fs::read_to_string(log).unwrap_or_default().matches("ACL in etcd refused").count()
+}
+
+#[test]
+fn only_an_acl_signed_with_the_acl_signing_key_is_enforced_from_etcd() {
+    if skip() {
+        return;
+    }
+    let p = prefix();
+    let dir = std::env::temp_dir().join(format!("{p}-gw-aclsig"));
+    let net = Net::start(&dir, &NetOptions { acl_in_etcd: true, ..Default::default() });
+    let bundles = dir.join("bundles");
+    std::fs::create_dir_all(&bundles).unwrap();
+    let (web, db) = (format!("web-{p}"), format!("db-{p}"));
+    let _web = Task::start(&bundles, &net.node("node-a").state_root.clone(), &format!("{p}-as-web"), &web);
+    let _db = Task::start(&bundles, &net.node("node-b").state_root.clone(), &format!("{p}-as-db"), &db);
+    let key = net.setup().join("pki/acl-signing.key");
+    // The operator's ACL: alice may list and exec web-* only.
+    let o = acl_push(&net, &key, &agent_acl());
+    assert!(o.status.success(), "acl push: {}", stderr(&o));
+    let first = etcd_value(&net, "/dcos-exec/v1/acl");
+    net.wait_listed("node-b", &db, &format!("{p}-as-db"));
+    let alice = net.token("alice");
+    let node_b = net.node("node-b");
+    let (agent_log, gateway_log) = (node_b.dir.join("agent.log"), net.setup().join("gateway/gateway.log"));
+    let direct = |task: &str| {
+        let mut c = net.dcos_as(&alice);
+        c.env("DCOS_URL", format!("https://127.0.0.1:{}", net.node("node-b").port));
+        code(&run(c.args(["task", "exec", task, "true"])))
+    };
+    let via_gateway = |task: &str| code(&run(net.dcos_as(&alice).args(["task", "exec", task, "true"])));
+    assert!(eventually(20, || direct(&db) == exit::FORBIDDEN), "alice is not refused on {db} at the agent");
+    assert_eq!(via_gateway(&db), exit::FORBIDDEN);
+    assert_eq!(via_gateway(&web), 0, "{}", net.gateway_log());
+    // Gateway and agents enforce the one signed document: alice's listing through the gateway is the agents'.
+    let listed = |url: Option<u16>| {
+        let mut c = net.dcos_as(&alice);
+        if let Some(port) = url {
+            c.env("DCOS_URL", format!("https://127.0.0.1:{port}"));
+        }
+        stdout(&run(c.args(["task", "list", "-q"])))
+    };
+    let (gw_list, b_list) = (listed(None), listed(Some(net.node("node-b").port)));
+    assert!(gw_list.contains(&web) && !gw_list.contains(&db), "{gw_list}");
+    assert!(!b_list.contains(&db), "{b_list}");
+
+    // Written with the gateway's etcd client certificate: an ACL granting alice everything, unsigned...
+    let wide = "[[rule]]\nsubjects = [\"user:alice\"]\ntasks = [\"**\"]\nactions = [\"*\"]\nimages = [\"**\"]\n";
+    let (before_agent, before_gateway) = (refused_acls(&agent_log), refused_acls(&gateway_log));
+    let o = net.etcd.etcdctl_at(&net.etcd.endpoints().join(","), &["put", "/dcos-exec/v1/acl", wide]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        eventually(20, || refused_acls(&agent_log) > before_agent && refused_acls(&gateway_log) > before_gateway),
+        "the forged ACL was not refused and logged:\n{}",
+        std::fs::read_to_string(&agent_log).unwrap_or_default()
+    );
+    assert!(std::fs::read_to_string(&agent_log).unwrap().contains("signed ACL document"));
+    assert_eq!(direct(&db), exit::FORBIDDEN, "a forged ACL in etcd was enforced by the agent");
+    assert_eq!(via_gateway(&db), exit::FORBIDDEN, "a forged ACL in etcd was enforced by the gateway");
+    // ... or signed, with a key of the attacker's own.
+    let own = dir.join("own-acl.key");
+    let o = run(Command::new("openssl").args(["genpkey", "-algorithm", "ed25519", "-out"]).arg(&own));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let before = refused_acls(&agent_log);
+    let o = acl_push(&net, &own, wide);
+    assert!(o.status.success(), "acl push: {}", stderr(&o));
+    assert!(eventually(20, || refused_acls(&agent_log) > before), "the ACL signed with another key was not refused");
+    assert!(std::fs::read_to_string(&agent_log).unwrap().contains("the signature does not verify"));
+    assert_eq!(direct(&db), exit::FORBIDDEN, "an ACL signed with another key was enforced");
+    assert_eq!(via_gateway(&db), exit::FORBIDDEN);
+
+    // The operator's own push is enforced by both (issued a second later than the first).
+    std::thread::sleep(Duration::from_millis(1100));
+    let o = acl_push(&net, &key, &format!("{}\n{wide}", agent_acl()));
+    assert!(o.status.success(), "acl push: {}", stderr(&o));
+    assert!(eventually(20, || direct(&db) == 0), "the pushed ACL was not enforced by the agent");
+    assert!(eventually(20, || via_gateway(&db) == 0), "the pushed ACL was not enforced by the gateway");
+    // An older signed document replayed does not replace it.
+    let before = refused_acls(&agent_log);
+    let o = net.etcd.etcdctl_at(&net.etcd.endpoints().join(","), &["put", "/dcos-exec/v1/acl", &first]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(eventually(20, || refused_acls(&agent_log) > before), "the replayed ACL was not refused");
+    assert!(std::fs::read_to_string(&agent_log).unwrap().contains("replayed"));
+    assert_eq!(direct(&db), 0, "a replayed older ACL replaced the one in force");
+}
+
+/// A TLS listener with `cert`/`key` that appends every byte it receives, per connection, to `out` (after a
+/// line `CONNECTION`); prints its port.
+const RECORDER: &str = r#"
+import socket, ssl, sys, threading
+cert, key, out = sys.argv[1:4]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(16)
+print(s.getsockname()[1], flush=True)
+def serve(c):
+    with open(out, "ab") as f:
+        f.write(b"CONNECTION\n"); f.flush()
+        try:
+            t = ctx.wrap_socket(c, server_side=True)
+            t.settimeout(5)
+            while True:
+                d = t.recv(4096)
+                if not d:
+                    break
+                f.write(d); f.flush()
+        except Exception as e:
+            f.write(("closed: %s\n" % e).encode()); f.flush()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+#[test]
+fn a_rewritten_node_record_sends_no_session_and_no_token_to_another_server() {
+    if skip() {
+        return;
+    }
+    let p = prefix();
+    let dir = std::env::temp_dir().join(format!("{p}-gw-redirect"));
+    let net = Net::start(&dir, &NetOptions::default());
+    let bundles = dir.join("bundles");
+    std::fs::create_dir_all(&bundles).unwrap();
+    let web = format!("web-{p}");
+    let _web = Task::start(&bundles, &net.node("node-a").state_root.clone(), &format!("{p}-rd-web"), &web);
+    net.wait_listed("node-a", &web, &format!("{p}-rd-web"));
+    let alice = net.token("alice");
+    let exec = |net: &Net| run(net.dcos_as(&alice).args(["task", "exec", &web, "true"]));
+    assert_eq!(code(&exec(&net)), 0, "{}", net.gateway_log());
+    // The agents' certificates from `init cluster` name their nodes: no warning at start.
+    let log = std::fs::read_to_string(net.node("node-a").dir.join("agent.log")).unwrap();
+    assert!(!log.contains("gateways will not relay"), "{log}");
+
+    // A compromised node-b's own listener, with node-b's cluster-CA server certificate.
+    let b = net.node("node-b").dir.clone();
+    let out = dir.join("recorded");
+    let mut recorder = Command::new("python3")
+        .args(["-c", RECORDER])
+        .arg(b.join("server.crt"))
+        .arg(b.join("server.key"))
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(recorder.stdout.take().unwrap()), &mut line).unwrap();
+    let listener: u16 = line.trim().parse().unwrap();
+
+    let key = "/dcos-exec/v1/nodes/node-a";
+    let original = etcd_value(&net, key);
+    let gw_pid = net.gateway.id();
+    let fds = || std::fs::read_dir(format!("/proc/{gw_pid}/fd")).map(|d| d.count()).unwrap_or(0);
+    let fds_before = fds();
+    let mut outcomes = Vec::new();
+    for (what, port) in [
+        ("a listener with node-b's certificate", listener),
+        ("node-b's agent", net.node("node-b").port),
+        ("the gateway itself", net.gateway_port),
+    ] {
+        let mut record: serde_json::Value = serde_json::from_str(&original).unwrap();
+        record["url"] = format!("https://127.0.0.1:{port}").into();
+        let o = net.etcd.etcdctl_at(&net.etcd.endpoints().join(","), &["put", key, &record.to_string()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let mut last = None;
+        let refused = eventually(20, || {
+            let o = exec(&net);
+            let done = code(&o) == exit::NODE_UNREACHABLE;
+            last = Some(o);
+            done
+        });
+        outcomes.push((what, refused, last.unwrap()));
+    }
+    // The listener was reached (TLS), and received nothing: no request, no token.
+    let recorded = std::fs::read_to_string(&out).unwrap_or_default();
+    assert!(recorded.contains("CONNECTION"), "the gateway never reached the listener: {recorded:?}");
+    for leak in ["authorization", "Bearer", alice.as_str(), "GET "] {
+        assert!(!recorded.contains(leak), "the listener received {leak:?}: {recorded}");
+    }
+    for (what, refused, o) in outcomes {
+        assert!(refused, "record pointed at {what}: {} {}\n{}", code(&o), stderr(&o), net.gateway_log());
+        assert!(stderr(&o).contains("not the agent of node node-a"), "{what}: {}", stderr(&o));
+    }
+    // No loop through the gateway itself: its descriptors stay where they were.
+    assert!(fds() < fds_before + 50, "the gateway's descriptors grew from {fds_before} to {}", fds());
+    let audited = net.gateway_audit().iter().filter(|r| r.to_string().contains("node_unreachable")).count();
+    assert!(audited >= 3, "refusals not audited: {:?}", net.gateway_audit());
+    // Put back, node-a is reached again.
+    let o = net.etcd.etcdctl_at(&net.etcd.endpoints().join(","), &["put", key, &original]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(eventually(20, || code(&exec(&net)) == 0), "{}", net.gateway_log());
+    let _ = recorder.kill();
+    let _ = recorder.wait();
 }

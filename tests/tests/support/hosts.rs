@@ -537,7 +537,9 @@ impl Cluster {
         let keys = net.dir.join("keys");
         std::fs::create_dir_all(&keys).unwrap();
         for (i, h) in net.hosts.iter().enumerate() {
-            let (crt, key) = pki.issue(&format!("agent-{}", h.name), &[format!("IP:{}", h.ip)], "serverAuth");
+            // With the node's identity, as `init cluster` issues it: gateways relay only to the record's node.
+            let sans = [format!("IP:{}", h.ip), format!("URI:urn:dcos-exec:node:{}", h.name)];
+            let (crt, key) = pki.issue(&format!("agent-{}", h.name), &sans, "serverAuth");
             let acl = (o.agent_acl)(&h.name);
             h.init_agent(|text| {
                 let mut text: String = text
