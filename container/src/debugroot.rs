@@ -455,7 +455,7 @@ pub fn enter_stopped(
 }
 
 /// Name of the empty file a file mask is cloned from, made in the image's (session-private) root and unlinked
-/// once cloned.
+/// once attached.
 const MASK_FILE: &str = ".dcos-exec-mask";
 
 /// Covers `target/dest` of `new_root` with an empty read-only directory (a tmpfs) or an empty read-only file.
@@ -513,11 +513,14 @@ fn mask(new_root: &OwnedFd, target: &str, dest: &str) -> Result<(), MountError> 
             drop(f);
             let flags =
                 OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_SYMLINK_NOFOLLOW;
-            let clone = open_tree(new_root, MASK_FILE, flags);
+            // The kernel does not attach a mount of an unlinked file: the name goes once the clone is attached.
+            let attached = open_tree(new_root, MASK_FILE, flags).map_err(err(&what)).and_then(|clone| {
+                let attrs = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC;
+                set_attrs(&clone, attrs, &what)?;
+                attach(&clone, &onto, &what)
+            });
             let _ = rustix::fs::unlinkat(new_root, MASK_FILE, rustix::fs::AtFlags::empty());
-            let clone = clone.map_err(err(&what))?;
-            set_attrs(&clone, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC, &what)?;
-            clone
+            return attached;
         }
     };
     attach(&cover, &onto, &what)
