@@ -519,8 +519,9 @@ fn mask(new_root: &OwnedFd, target: &str, dest: &str) -> Result<(), MountError> 
                 set_attrs(&clone, attrs, &what)?;
                 attach(&clone, &onto, &what)
             });
-            let _ = rustix::fs::unlinkat(new_root, MASK_FILE, rustix::fs::AtFlags::empty());
-            return attached;
+            let unlinked = rustix::fs::unlinkat(new_root, MASK_FILE, rustix::fs::AtFlags::empty())
+                .map_err(err(format!("removing /{MASK_FILE}")));
+            return attached.and(unlinked);
         }
     };
     attach(&cover, &onto, &what)
