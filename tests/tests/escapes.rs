@@ -1391,11 +1391,14 @@ fn a_stopped_root_filesystem_holding_the_hosts_procfs_is_refused() {
 
 /// The container of the test below: `/data` binds the host directory `masked-vol` read-only, `/dev/null` is
 /// bound over its `key.pem` and a tmpfs is mounted over its `hidden`, and likewise over the root filesystem's
-/// `/etc/key.pem` and `/srv/hidden`; it exits at once.
+/// `/etc/key.pem` and `/srv/hidden`; `/late` gets a tmpfs, then the same bind over it; it exits at once.
 fn masks_secrets(cfg: &mut serde_json::Value) {
     cfg["process"]["args"] = serde_json::json!(["sh", "-c", "exit 3"]);
     let mounts = cfg["mounts"].as_array_mut().unwrap();
     let vol = sandbox_host_dir("masked-vol");
+    mounts
+        .push(serde_json::json!({"destination": "/late", "type": "tmpfs", "source": "tmpfs", "options": ["size=1m"]}));
+    mounts.push(serde_json::json!({"destination": "/late", "type": "bind", "source": vol, "options": ["rbind", "ro"]}));
     mounts.push(serde_json::json!({"destination": "/data", "type": "bind", "source": vol, "options": ["rbind", "ro"]}));
     for file in ["/data/key.pem", "/etc/key.pem"] {
         mounts.push(
@@ -1412,7 +1415,7 @@ fn masks_secrets(cfg: &mut serde_json::Value) {
 /// secret directory under a tmpfs, in a bind and in its root filesystem; running, it sees an empty file and an
 /// empty directory. A user with `debug` (and `debug:write`) opens a sandbox on it once stopped: were only its
 /// directory binds reproduced, the secrets would show under `/target`. Each mount the sandbox does not reproduce
-/// is masked, after the bind it lies in.
+/// is masked, after the bind it lies in, and before a bind the container mounted over it (`/late`: the bind shows).
 #[test]
 fn a_stopped_sandbox_does_not_show_what_the_containers_masks_hid() {
     if skip() {
@@ -1430,6 +1433,7 @@ fn a_stopped_sandbox_does_not_show_what_the_containers_masks_hid() {
         tweak: Some(masks_secrets),
         prepare: Some(|root| {
             std::fs::create_dir_all(root.join("data")).unwrap();
+            std::fs::create_dir_all(root.join("late")).unwrap();
             std::fs::create_dir_all(root.join("srv/hidden")).unwrap();
             std::fs::write(root.join("etc/key.pem"), "ROOTFS-KEY-SECRET\n").unwrap();
             std::fs::write(root.join("srv/hidden/x"), "ROOTFS-DIR-SECRET\n").unwrap();
@@ -1437,7 +1441,8 @@ fn a_stopped_sandbox_does_not_show_what_the_containers_masks_hid() {
         ..Default::default()
     };
     let (c, agent, image, dbg) = stopped_for_dbg(&dir, "masks", &opts, r#"["debug", "debug:write"]"#);
-    let probe = "cat /target/data/plain; for f in data/key.pem etc/key.pem data/hidden/x srv/hidden/x; do \
+    let probe =
+        "cat /target/data/plain /target/late/plain; for f in data/key.pem etc/key.pem data/hidden/x srv/hidden/x; do \
                  cat /target/$f 2>/dev/null; done; ls -A /target/data/hidden /target/srv/hidden; \
                  test -f /target/data/key.pem && test ! -s /target/data/key.pem && echo EMPTY-KEY; \
                  echo planted > /target/srv/hidden/y 2>/dev/null && echo WROTE-MASK; echo END";
@@ -1446,5 +1451,6 @@ fn a_stopped_sandbox_does_not_show_what_the_containers_masks_hid() {
     assert_eq!(o.status.code(), Some(0), "{}{}", out, stderr(&o));
     assert!(!out.contains("SECRET"), "a secret the container's mounts hid shows in the sandbox: {out}");
     assert!(!out.contains("WROTE-MASK"), "a mask is writable: {out}");
-    assert!(out.contains("VOLUME-PLAIN") && out.contains("EMPTY-KEY") && out.contains("END"), "{out}");
+    assert_eq!(out.matches("VOLUME-PLAIN").count(), 2, "the binds show, also one over a mask: {out}");
+    assert!(out.contains("EMPTY-KEY") && out.contains("END"), "{out}");
 }
