@@ -92,7 +92,9 @@ pub fn build_spec(
             let hostname = config.hostname().clone();
             let (target, fds) = match engine_files {
                 // From the engine (Docker, containerd), opened and checked by `runtime::stopped`.
-                Some(f) => (spec::StoppedTarget { root: f.root, binds: f.binds, writable, hostname }, f.fds),
+                Some(f) => {
+                    (spec::StoppedTarget { root: f.root, binds: f.binds, masks: f.masks, writable, hostname }, f.fds)
+                }
                 None => {
                     let (t, fds) = stopped_target(c, &config, writable)?;
                     (spec::StoppedTarget { hostname, ..t }, fds)
@@ -138,8 +140,8 @@ fn open_dir_no_symlinks(p: &std::path::Path) -> std::io::Result<OwnedFd> {
 }
 
 /// A stopped container's root filesystem (from `root.path`, relative to the bundle) and the bind mounts of its
-/// `config.json` whose sources are directories, opened; files, sources reached through a symlink and other mount
-/// types are left out.
+/// `config.json` whose sources are directories, opened; its other mounts (other filesystem types, file binds,
+/// sources reached through a symlink or gone) are masked, in the container's order.
 fn stopped_target(
     c: &Container,
     config: &oci_spec::runtime::Spec,
@@ -160,19 +162,25 @@ fn stopped_target(
     let root = open_dir(&root_path)
         .map_err(|cause| ExecError::Stopped { what: format!("its root filesystem {}", root_path.display()), cause })?;
     let mut fds = vec![root];
-    let mut binds = Vec::new();
+    let (mut binds, mut masks) = (Vec::new(), Vec::new());
     for m in config.mounts().iter().flatten() {
         let opts = m.options().clone().unwrap_or_default();
         let destination = m.destination().display().to_string();
-        let Some(bind) = spec::StoppedBind::from_oci(&destination, m.typ().as_deref(), &opts) else { continue };
-        let Some(source) = m.source().as_ref() else { continue };
         // Without following any symlink: a container writes into its volumes, and a source below one of them
         // (reached through another of its mounts) may have been replaced by a link to the host's `/`.
-        let Ok(fd) = open_dir_no_symlinks(source) else { continue };
-        fds.push(fd);
-        binds.push(bind);
+        let opened = spec::StoppedBind::from_oci(&destination, m.typ().as_deref(), &opts)
+            .and_then(|b| Some((b, open_dir_no_symlinks(m.source().as_ref()?).ok()?)));
+        match opened {
+            Some((bind, fd)) => {
+                fds.push(fd);
+                binds.push(bind);
+            }
+            // What the container's mount covered (a key under a /dev/null bind, a directory under a tmpfs) never
+            // showed in it, and must not in the sandbox.
+            None => masks.push(spec::StoppedMask { destination, after: binds.len() }),
+        }
     }
-    Ok((spec::StoppedTarget { binds, writable, root: spec::StoppedRoot::Dir, hostname: None }, fds))
+    Ok((spec::StoppedTarget { binds, masks, writable, root: spec::StoppedRoot::Dir, hostname: None }, fds))
 }
 
 /// A running helper and the agent's ends of its channels.

@@ -413,16 +413,24 @@ fn attach_dev(new_root: &OwnedFd) -> Result<(), MountError> {
     Ok(())
 }
 
+/// One mount of a stopped container, in the container's order, for [`enter_stopped`].
+pub enum StoppedMount<'a> {
+    /// A directory bind, reproduced.
+    Bind(Bind<'a>),
+    /// Any other mount (or a bind left out), hidden: its destination gets an empty read-only directory or file.
+    Mask(&'a str),
+}
+
 /// In fresh namespaces (after `unshare`, in a private copy of the host's mounts): switches this process's root to
 /// the overlay, with a stopped container's root filesystem (`target_root`, a [`detached_clone`]) at `target` and
-/// its directory bind mounts inside it, a `/dev` of the session's own, and no `/proc` or `/sys` (the container
-/// has no processes, and the host's must not show). Nothing of the host stays reachable: the old root is
-/// detached.
+/// its mounts inside it (directory binds reproduced, every other mount masked, in the container's order), a
+/// `/dev` of the session's own, and no `/proc` or `/sys` (the container has no processes, and the host's must not
+/// show). Nothing of the host stays reachable: the old root is detached.
 pub fn enter_stopped(
     overlay: OwnedFd,
     target: &str,
     target_root: OwnedFd,
-    binds: Vec<Bind<'_>>,
+    mounts: Vec<StoppedMount<'_>>,
 ) -> Result<(), MountError> {
     let target = target.trim_start_matches('/');
     if target.is_empty() || target.split('/').any(|p| p == ".." || p == "." || p.is_empty()) {
@@ -443,16 +451,25 @@ pub fn enter_stopped(
         .map_err(err("opening the image's root"))?;
     mkdir_in(&new_root, target)?;
     attach(&target_root, &open_mount_point(&new_root, target).map_err(io_err(format!("opening /{target}")))?, target)?;
-    for b in binds {
-        let dest = b.destination.trim_matches('/');
-        if dest.is_empty() || dest.split('/').any(|p| p == ".." || p == "." || p.is_empty()) {
-            continue;
+    let plain = |d: &str| {
+        let d = d.trim_matches('/').to_string();
+        (!d.is_empty() && !d.split('/').any(|p| p == ".." || p == "." || p.is_empty())).then_some(d)
+    };
+    for m in mounts {
+        match m {
+            StoppedMount::Bind(b) => {
+                let Some(dest) = plain(b.destination) else { continue };
+                // Only onto a real directory of the container's root, reached without a symlink.
+                let Ok(onto) = open_mount_point(&new_root, &format!("{target}/{dest}")) else {
+                    continue;
+                };
+                attach(&b.source, &onto, &dest)?;
+            }
+            StoppedMount::Mask(d) => {
+                let Some(dest) = plain(d) else { continue };
+                mask(&new_root, target, &dest)?;
+            }
         }
-        // Only onto a real directory of the container's root, reached without a symlink.
-        let Ok(onto) = open_mount_point(&new_root, &format!("{target}/{dest}")) else {
-            continue;
-        };
-        attach(&b.source, &onto, dest)?;
     }
     attach_dev(&new_root)?;
     rustix::process::fchdir(&new_root).map_err(err("entering the image's root"))?;
@@ -460,6 +477,79 @@ pub fn enter_stopped(
     rustix::mount::unmount(".", rustix::mount::UnmountFlags::DETACH).map_err(err("detaching the old root"))?;
     rustix::process::chdir("/").map_err(err("chdir /"))?;
     Ok(())
+}
+
+/// Name of the empty file a file mask is cloned from, made in the image's (session-private) root and unlinked
+/// once attached.
+const MASK_FILE: &str = ".dcos-exec-mask";
+
+/// Covers `target/dest` of `new_root` with an empty read-only directory (a tmpfs) or an empty read-only file.
+/// The destination is reached without a symlink (as a bind's is) and skipped when it does not exist, nothing
+/// being there to hide; a symlink on the way (runc follows those inside the root) is followed inside the
+/// container's root only, so that what the container's mount hid stays hidden.
+fn mask(new_root: &OwnedFd, target: &str, dest: &str) -> Result<(), MountError> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let troot = open_mount_point(new_root, target).map_err(io_err(format!("opening /{target}")))?;
+    // Without O_NOFOLLOW: a symlink as the last component fails with ELOOP too, and is then followed in the root.
+    let flags = OFlags::PATH | OFlags::CLOEXEC;
+    let onto = match rustix::fs::openat2(
+        &troot,
+        dest,
+        flags,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::LOOP | rustix::io::Errno::XDEV) => {
+            let how = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
+            match rustix::fs::openat2(&troot, dest, OFlags::PATH | OFlags::CLOEXEC, Mode::empty(), how) {
+                Ok(fd) => fd,
+                Err(_) => return Ok(()),
+            }
+        }
+        Err(_) => return Ok(()),
+    };
+    let st = rustix::fs::fstat(&onto).map_err(err(format!("inspecting /{target}/{dest}")))?;
+    let what = format!("the mask on /{target}/{dest}");
+    let cover = match rustix::fs::FileType::from_raw_mode(st.st_mode) {
+        rustix::fs::FileType::Directory => {
+            let fs = fsopen("tmpfs", FsOpenFlags::FSOPEN_CLOEXEC).map_err(err("fsopen tmpfs"))?;
+            for (k, v) in [("size", "4k"), ("mode", "0555")] {
+                fsconfig_set_string(&fs, k, v).map_err(err(format!("tmpfs option {k}")))?;
+            }
+            fsconfig_create(&fs).map_err(err("creating the tmpfs"))?;
+            let attrs = MountAttrFlags::MOUNT_ATTR_NOSUID
+                | MountAttrFlags::MOUNT_ATTR_NODEV
+                | MountAttrFlags::MOUNT_ATTR_NOEXEC
+                | MountAttrFlags::MOUNT_ATTR_RDONLY;
+            fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(err(&what))?
+        }
+        rustix::fs::FileType::Symlink => return Ok(()),
+        _ => {
+            // A bind of an empty file: made in the image's root (attached, so it can be cloned), unlinked once
+            // cloned; the clone keeps it.
+            let f = rustix::fs::openat(
+                new_root,
+                MASK_FILE,
+                OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                Mode::from_raw_mode(0o444),
+            )
+            .map_err(err(format!("creating /{MASK_FILE}")))?;
+            drop(f);
+            let flags =
+                OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_SYMLINK_NOFOLLOW;
+            // The kernel does not attach a mount of an unlinked file: the name goes once the clone is attached.
+            let attached = open_tree(new_root, MASK_FILE, flags).map_err(err(&what)).and_then(|clone| {
+                let attrs = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC;
+                set_attrs(&clone, attrs, &what)?;
+                attach(&clone, &onto, &what)
+            });
+            let unlinked = rustix::fs::unlinkat(new_root, MASK_FILE, rustix::fs::AtFlags::empty())
+                .map_err(err(format!("removing /{MASK_FILE}")));
+            return attached.and(unlinked);
+        }
+    };
+    attach(&cover, &onto, &what)
 }
 
 fn mkdir_in(dir: &OwnedFd, name: &str) -> Result<(), MountError> {

@@ -133,6 +133,10 @@ pub struct StoppedTarget {
     pub hostname: Option<String>,
     /// The bind mounts of its `config.json` whose sources are directories.
     pub binds: Vec<StoppedBind>,
+    /// Its other mounts (tmpfs and other filesystems, file binds, binds left out): each hides what it covered
+    /// in the container, so the sandbox covers the same place with an empty read-only directory or file.
+    #[serde(default)]
+    pub masks: Vec<StoppedMask>,
     /// Whether the session may write to the container's files (ACL action `debug:write`); read-only otherwise.
     pub writable: bool,
 }
@@ -152,6 +156,16 @@ pub struct StoppedBind {
     /// `noexec` or `rnoexec`: no execution from any mount of the bind.
     #[serde(default)]
     pub noexec: bool,
+}
+
+/// A mount of a stopped container the sandbox does not reproduce, hidden instead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoppedMask {
+    /// Where it is mounted inside the container's root.
+    pub destination: String,
+    /// How many of [`StoppedTarget::binds`] the container mounted before it: the mask goes on after those and
+    /// before the rest, as in the container (a bind below a tmpfs stays visible, one above it stays hidden).
+    pub after: usize,
 }
 
 impl StoppedBind {
@@ -417,6 +431,8 @@ pub(crate) mod tests {
         let stopped = Overrides {
             stopped: Some(StoppedTarget {
                 binds,
+                // A mask takes no descriptor.
+                masks: vec![StoppedMask { destination: "/data/key.pem".into(), after: 1 }],
                 writable: false,
                 root: StoppedRoot::Overlay { lowers: 2, upper: true },
                 hostname: None,

@@ -187,7 +187,8 @@ pub async fn exec(
         bytes_out: end.map(|e| e.1),
     };
     gw.audit.relay(&record("relay_start", None));
-    tracing::info!(user = %s.user, task = %s.task, node = %node, source = %s.source, "relay start");
+    let esc = dcos_exec_access::text::escape_controls;
+    tracing::info!(user = %esc(&s.user), task = %esc(&s.task), node = %esc(&node), source = %s.source, "relay start");
     let start = record("relay_end", None);
     let gw2 = gw.clone();
     let active = gw.metrics.active_session();
@@ -203,7 +204,14 @@ pub async fn exec(
         end.end = Some(dcos_exec_access::audit::now());
         end.bytes_in = Some(up);
         end.bytes_out = Some(down);
-        tracing::info!(user = %end.user, task = %end.task, node = %end.node, bytes_in = up, bytes_out = down, "relay end");
+        tracing::info!(
+            user = %esc(&end.user),
+            task = %esc(&end.task),
+            node = %esc(&end.node),
+            bytes_in = up,
+            bytes_out = down,
+            "relay end"
+        );
         gw2.audit.relay(&end);
         gw2.metrics.relayed(up, down);
     });

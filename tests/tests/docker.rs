@@ -533,3 +533,59 @@ fn a_non_recursive_docker_bind_brings_no_host_mount_into_its_sandbox() {
     assert_eq!(stdout(&o), "IN-THE-SOURCE\n---\nMOUNTED-BELOW-THE-SOURCE\n", "the sandbox sees what the container saw");
     docker_ok(&w.d, &["rm", &name]);
 }
+
+/// The attack: a Docker container hides a key with `-v /dev/null:/data/key.pem:ro` and directories with
+/// `--tmpfs` and `--mount type=tmpfs` over parts of its bind of a host directory; running, it sees none of them.
+/// Once it exited, a user with `debug` opens a sandbox on it: the file bind and the tmpfs mounts are not
+/// reproduced, and what they hid must not show; the rest of the bind does.
+#[test]
+fn a_docker_containers_file_bind_and_tmpfs_masks_hold_in_its_sandbox() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let p = prefix();
+    let name = format!("{p}-masks");
+    let dir = std::env::temp_dir().join(format!("{p}-docker-masks"));
+    let vol = dir.join("vol");
+    for d in ["hidden", "hidden2"] {
+        std::fs::create_dir_all(vol.join(d)).unwrap();
+        std::fs::write(vol.join(d).join("x"), format!("{d}-DIR-SECRET\n")).unwrap();
+    }
+    std::fs::write(vol.join("key.pem"), "KEY-SECRET\n").unwrap();
+    std::fs::write(vol.join("plain"), "IN-THE-SOURCE\n").unwrap();
+    let image = debug_image(&dir);
+    let probe = "cat /data/plain /data/key.pem /data/hidden/x /data/hidden2/x 2>/dev/null; exit 3";
+    let o = docker(
+        &w.d,
+        &[
+            "run",
+            "--name",
+            &name,
+            "-v",
+            &format!("{}:/data:ro", vol.display()),
+            "-v",
+            "/dev/null:/data/key.pem:ro",
+            "--tmpfs",
+            "/data/hidden",
+            "--mount",
+            "type=tmpfs,target=/data/hidden2",
+            &w.d.image,
+            "sh",
+            "-c",
+            probe,
+        ],
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "IN-THE-SOURCE\n", "what the running container saw");
+    let token = w.agent.token("ro", &[], "1h");
+    let o = run(w.agent.dcos_as(&token).args(["task", "exec", "--debug-image", &image, &name, "sh", "-c"]).arg(
+        "cat /target/data/plain /target/data/key.pem /target/data/hidden/x /target/data/hidden2/x 2>/dev/null; \
+              cat /target/etc/hostname; echo END",
+    ));
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
+    assert!(!out.contains("SECRET"), "what the container's mounts hid shows in the sandbox: {out}");
+    assert_eq!(out, "IN-THE-SOURCE\nEND\n", "the bind shows, the masks are empty: {}", stderr(&o));
+    docker_ok(&w.d, &["rm", &name]);
+}

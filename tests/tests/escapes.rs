@@ -1493,3 +1493,69 @@ actions = ["list", "exec"]
         "debug sandbox reaches the agent's key: {out}"
     );
 }
+
+/// The container of the test below: `/data` binds the host directory `masked-vol` read-only, `/dev/null` is
+/// bound over its `key.pem` and a tmpfs is mounted over its `hidden`, and likewise over the root filesystem's
+/// `/etc/key.pem` and `/srv/hidden`; `/late` gets a tmpfs, then the same bind over it; it exits at once.
+fn masks_secrets(cfg: &mut serde_json::Value) {
+    cfg["process"]["args"] = serde_json::json!(["sh", "-c", "exit 3"]);
+    let mounts = cfg["mounts"].as_array_mut().unwrap();
+    let vol = sandbox_host_dir("masked-vol");
+    mounts
+        .push(serde_json::json!({"destination": "/late", "type": "tmpfs", "source": "tmpfs", "options": ["size=1m"]}));
+    mounts.push(serde_json::json!({"destination": "/late", "type": "bind", "source": vol, "options": ["rbind", "ro"]}));
+    mounts.push(serde_json::json!({"destination": "/data", "type": "bind", "source": vol, "options": ["rbind", "ro"]}));
+    for file in ["/data/key.pem", "/etc/key.pem"] {
+        mounts.push(
+            serde_json::json!({"destination": file, "type": "bind", "source": "/dev/null", "options": ["bind", "ro"]}),
+        );
+    }
+    for dir in ["/data/hidden", "/srv/hidden"] {
+        mounts
+            .push(serde_json::json!({"destination": dir, "type": "tmpfs", "source": "tmpfs", "options": ["size=1m"]}));
+    }
+}
+
+/// The attack: a container hides a secret file under a `/dev/null` bind (`-v /dev/null:/data/key.pem`) and a
+/// secret directory under a tmpfs, in a bind and in its root filesystem; running, it sees an empty file and an
+/// empty directory. A user with `debug` (and `debug:write`) opens a sandbox on it once stopped: were only its
+/// directory binds reproduced, the secrets would show under `/target`. Each mount the sandbox does not reproduce
+/// is masked, after the bind it lies in, and before a bind the container mounted over it (`/late`: the bind shows).
+#[test]
+fn a_stopped_sandbox_does_not_show_what_the_containers_masks_hid() {
+    if skip() {
+        return;
+    }
+    let dir = sandbox_host_dir("masks");
+    let _ = std::fs::remove_dir_all(&dir);
+    let vol = sandbox_host_dir("masked-vol");
+    let _ = std::fs::remove_dir_all(&vol);
+    std::fs::create_dir_all(vol.join("hidden")).unwrap();
+    std::fs::write(vol.join("key.pem"), "VOLUME-KEY-SECRET\n").unwrap();
+    std::fs::write(vol.join("hidden/x"), "VOLUME-DIR-SECRET\n").unwrap();
+    std::fs::write(vol.join("plain"), "VOLUME-PLAIN\n").unwrap();
+    let opts = ContainerOpts {
+        tweak: Some(masks_secrets),
+        prepare: Some(|root| {
+            std::fs::create_dir_all(root.join("data")).unwrap();
+            std::fs::create_dir_all(root.join("late")).unwrap();
+            std::fs::create_dir_all(root.join("srv/hidden")).unwrap();
+            std::fs::write(root.join("etc/key.pem"), "ROOTFS-KEY-SECRET\n").unwrap();
+            std::fs::write(root.join("srv/hidden/x"), "ROOTFS-DIR-SECRET\n").unwrap();
+        }),
+        ..Default::default()
+    };
+    let (c, agent, image, dbg) = stopped_for_dbg(&dir, "masks", &opts, r#"["debug", "debug:write"]"#);
+    let probe =
+        "cat /target/data/plain /target/late/plain; for f in data/key.pem etc/key.pem data/hidden/x srv/hidden/x; do \
+                 cat /target/$f 2>/dev/null; done; ls -A /target/data/hidden /target/srv/hidden; \
+                 test -f /target/data/key.pem && test ! -s /target/data/key.pem && echo EMPTY-KEY; \
+                 echo planted > /target/srv/hidden/y 2>/dev/null && echo WROTE-MASK; echo END";
+    let o = run(agent.dcos_as(&dbg).args(["task", "exec", "--debug-image", &image, &c.id, "sh", "-c", probe]));
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{}{}", out, stderr(&o));
+    assert!(!out.contains("SECRET"), "a secret the container's mounts hid shows in the sandbox: {out}");
+    assert!(!out.contains("WROTE-MASK"), "a mask is writable: {out}");
+    assert_eq!(out.matches("VOLUME-PLAIN").count(), 2, "the binds show, also one over a mask: {out}");
+    assert!(out.contains("EMPTY-KEY") && out.contains("END"), "{out}");
+}

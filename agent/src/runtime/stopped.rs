@@ -9,7 +9,7 @@
 //! `RESOLVE_BENEATH` the data root). The helper then mounts descriptors, never paths.
 
 use super::docker::EngineError;
-use dcos_exec_container::spec::{StoppedBind, StoppedRoot};
+use dcos_exec_container::spec::{StoppedBind, StoppedMask, StoppedRoot};
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -31,6 +31,8 @@ pub struct StoppedFiles {
     pub config: oci_spec::runtime::Spec,
     pub root: StoppedRoot,
     pub binds: Vec<StoppedBind>,
+    /// Its other mounts, and binds left out: hidden in the sandbox.
+    pub masks: Vec<StoppedMask>,
     /// The root's descriptors (see [`StoppedRoot`]), then one per bind.
     pub fds: Vec<OwnedFd>,
 }
@@ -73,7 +75,9 @@ pub enum Snapshot {
 /// One mount of the container, in paths the engine answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountSource {
-    pub source: PathBuf,
+    /// `None` for a mount that is not a bind (a tmpfs, the engine's `/proc`...): the sandbox hides its
+    /// destination.
+    pub source: Option<PathBuf>,
     /// Where, and how (recursive, read-only, noexec), as the engine's runtime mounted it.
     pub bind: StoppedBind,
     /// A volume the engine manages (under its data root), not a host directory someone chose.
@@ -86,6 +90,7 @@ pub struct Answer {
     /// The engine's data root: every snapshot and volume path must be under it.
     pub data_root: PathBuf,
     pub snapshot: Snapshot,
+    /// Every mount of the container, in the order its runtime mounted them.
     pub mounts: Vec<MountSource>,
     pub config: oci_spec::runtime::Spec,
 }
@@ -179,22 +184,31 @@ pub fn open(a: Answer, writable: bool) -> Result<StoppedFiles, StoppedError> {
             }
         }
     };
-    let mut binds = Vec::new();
+    let (mut binds, mut masks) = (Vec::new(), Vec::new());
     for m in &a.mounts {
-        let fd = if m.managed { dir(&m.source, "volume") } else { open_host_dir(&m.source, "bind mount") };
+        let mask = |masks: &mut Vec<StoppedMask>, after: usize| {
+            masks.push(StoppedMask { destination: m.bind.destination.clone(), after })
+        };
+        let Some(source) = &m.source else {
+            mask(&mut masks, binds.len());
+            continue;
+        };
+        let fd = if m.managed { dir(source, "volume") } else { open_host_dir(source, "bind mount") };
         match fd {
             Ok(fd) => {
                 fds.push(fd);
                 binds.push(m.bind.clone());
             }
-            // A file, or a directory gone since: left out, as for runc's bundles; a refused path is an error.
+            // A file (a key masked with /dev/null, /etc/hosts), or a directory gone since: not reproduced, as for
+            // runc's bundles, but hidden, so what it covered does not show; a refused path is an error.
             Err(StoppedError::Open { what, cause }) => {
-                tracing::info!("leaving out the stopped container's {what}: {cause}")
+                tracing::info!("masking the stopped container's {what}: {cause}");
+                mask(&mut masks, binds.len());
             }
             Err(e) => return Err(e),
         }
     }
-    Ok(StoppedFiles { config: a.config, root, binds, fds })
+    Ok(StoppedFiles { config: a.config, root, binds, masks, fds })
 }
 
 // ---- Docker ----------------------------------------------------------------------------------------------------
@@ -264,6 +278,9 @@ pub struct HostConfig {
     /// `--mount` mounts, as asked (`-v` ones are in `Binds`, always recursive).
     #[serde(default)]
     pub mounts: Option<Vec<HostMount>>,
+    /// `--tmpfs` mounts: destination to options (not in the inspect's `Mounts`).
+    #[serde(default)]
+    pub tmpfs: Option<HashMap<String, String>>,
 }
 
 /// One `HostConfig.Mounts` entry: the parts that say how a bind is mounted.
@@ -442,10 +459,9 @@ pub fn docker_answer(i: Inspect, data_root: PathBuf) -> Result<Answer, StoppedEr
         Snapshot::Overlay { lowers, upper, .. } => std::iter::once(upper.clone()).chain(lowers.clone()).collect(),
     };
     let config = docker_spec(&i, &layers)?;
-    let mounts = i
+    let mut mounts: Vec<MountSource> = i
         .mounts
         .iter()
-        .filter(|m| m.r#type == "bind" || m.r#type == "volume")
         .map(|m| {
             // Docker mounts binds and volumes with `rbind` unless `--mount ...,bind-nonrecursive`
             // (`BindOptions.NonRecursive` of the HostConfig's mount at that target), read-only ones recursively
@@ -456,8 +472,9 @@ pub fn docker_answer(i: Inspect, data_root: PathBuf) -> Result<Answer, StoppedEr
                 .iter()
                 .flatten()
                 .any(|h| h.target == m.destination && h.bind_options.as_ref().is_some_and(|b| b.non_recursive));
+            let bind = m.r#type == "bind" || m.r#type == "volume";
             MountSource {
-                source: m.source.clone(),
+                source: bind.then(|| m.source.clone()),
                 bind: StoppedBind {
                     destination: m.destination.clone(),
                     recursive: !non_recursive,
@@ -468,7 +485,38 @@ pub fn docker_answer(i: Inspect, data_root: PathBuf) -> Result<Answer, StoppedEr
             }
         })
         .collect();
+    // What Docker mounts besides: `--tmpfs`, and its own mounts (the kernel filesystems, `/dev`, and the files
+    // it writes for the container), all hiding what the image has there.
+    let own = DOCKER_MOUNTS.iter().map(|d| d.to_string());
+    let tmpfs = i.host_config.tmpfs.iter().flatten().map(|(d, _)| d.clone());
+    for d in own.chain(tmpfs) {
+        if !mounts.iter().any(|m| m.bind.destination == d) {
+            mounts.push(MountSource { source: None, bind: mask_at(d), managed: false });
+        }
+    }
+    // Docker mounts shallow destinations first (moby's `sortMounts`), so that a mount below another is on top.
+    mounts.sort_by_key(|m| Path::new(&m.bind.destination).components().count());
     Ok(Answer { data_root, snapshot, mounts, config })
+}
+
+/// The mounts Docker gives every container besides its volumes: the OCI defaults and the files it writes for
+/// the container (`/etc/hosts`, `/etc/hostname`, `/etc/resolv.conf`).
+const DOCKER_MOUNTS: &[&str] = &[
+    "/proc",
+    "/dev",
+    "/dev/pts",
+    "/sys",
+    "/sys/fs/cgroup",
+    "/dev/mqueue",
+    "/dev/shm",
+    "/etc/resolv.conf",
+    "/etc/hostname",
+    "/etc/hosts",
+];
+
+/// A mount entry that only names its destination (the sandbox hides it).
+fn mask_at(destination: String) -> StoppedBind {
+    StoppedBind { destination, recursive: false, readonly: true, noexec: false }
 }
 
 async fn docker(socket: &Path, id: &str) -> Result<Answer, StoppedError> {
@@ -513,15 +561,16 @@ pub fn containerd_snapshot(mounts: &[(String, String, Vec<String>)]) -> Result<S
     }
 }
 
-/// The bind mounts of a container's OCI spec.
+/// The mounts of a container's OCI spec, in order: binds with their sources, the others to hide.
 fn spec_binds(spec: &oci_spec::runtime::Spec) -> Vec<MountSource> {
     let mut out = Vec::new();
     for m in spec.mounts().iter().flatten() {
         let opts = m.options().clone().unwrap_or_default();
         let destination = m.destination().display().to_string();
-        let Some(bind) = StoppedBind::from_oci(&destination, m.typ().as_deref(), &opts) else { continue };
-        let Some(source) = m.source().as_ref() else { continue };
-        out.push(MountSource { source: source.clone(), bind, managed: false });
+        out.push(match StoppedBind::from_oci(&destination, m.typ().as_deref(), &opts) {
+            Some(bind) => MountSource { source: m.source().clone(), bind, managed: false },
+            None => MountSource { source: None, bind: mask_at(destination), managed: false },
+        });
     }
     out
 }
@@ -607,7 +656,7 @@ mod tests {
                          {"Type":"bind","Source":"/nr","Destination":"/nr","RW":true},
                          {"Type":"tmpfs","Source":"","Destination":"/run","RW":true}],
                "Config":{"Hostname":"abc","User":"0:0","Env":["A=1"],"WorkingDir":"/w"},
-               "HostConfig":{"CapAdd":["SYS_ADMIN"],"CapDrop":["mknod","CAP_KILL"],
+               "HostConfig":{"CapAdd":["SYS_ADMIN"],"Tmpfs":{"/data/hidden":"size=1m"},"CapDrop":["mknod","CAP_KILL"],
                              "Mounts":[{"Type":"bind","Source":"/nr","Target":"/nr","BindOptions":{"NonRecursive":true}},
                                        {"Type":"bind","Source":"/srv","Target":"/srv","ReadOnly":true}]}}"#,
         )
@@ -624,9 +673,19 @@ mod tests {
         let m: Vec<_> = a
             .mounts
             .iter()
+            .filter(|m| m.source.is_some())
             .map(|m| (m.bind.destination.as_str(), m.bind.recursive, m.bind.readonly, m.managed))
             .collect();
         assert_eq!(m, [("/v", true, false, true), ("/srv", true, true, false), ("/nr", false, false, false)]);
+        // Everything else Docker mounts is hidden: its tmpfs mounts (`--mount type=tmpfs`, `--tmpfs`), its own.
+        let masked: Vec<_> =
+            a.mounts.iter().filter(|m| m.source.is_none()).map(|m| m.bind.destination.as_str()).collect();
+        for d in ["/run", "/data/hidden", "/etc/hosts", "/proc", "/dev"] {
+            assert!(masked.contains(&d), "{d} in {masked:?}");
+        }
+        // Shallow destinations first, as Docker mounts them: a tmpfs below a volume goes on after it.
+        let at = |d: &str| a.mounts.iter().position(|m| m.bind.destination == d).unwrap();
+        assert!(at("/v") < at("/data/hidden") && at("/dev") < at("/dev/shm"));
         assert_eq!(a.config.hostname().as_deref(), Some("abc"));
         let p = a.config.process().as_ref().unwrap();
         assert_eq!(p.cwd().to_str(), Some("/w"));
@@ -635,6 +694,7 @@ mod tests {
             cap_drop: Some(vec!["mknod".into(), "CAP_KILL".into()]),
             privileged: false,
             mounts: None,
+            tmpfs: None,
         });
         assert!(caps.contains(&"CAP_SYS_ADMIN".to_string()) && caps.contains(&"CAP_CHOWN".to_string()));
         assert!(!caps.contains(&"CAP_MKNOD".to_string()) && !caps.contains(&"CAP_KILL".to_string()));
@@ -757,7 +817,7 @@ mod tests {
                 work: root.join("overlay2/c/work"),
             },
             mounts: vec![MountSource {
-                source: volume,
+                source: Some(volume),
                 bind: StoppedBind { destination: "/v".into(), recursive: true, readonly: false, noexec: false },
                 managed: true,
             }],

@@ -126,12 +126,22 @@ fn join(j: Joiner<'_>) -> Result<i32, StartError> {
     if let (Some(o), Some(d)) = (j.overlay, &spec.debug) {
         let r = match (stopped, &d.stopped) {
             (Some((root, bind_fds)), Some(s)) => {
-                let binds: Vec<crate::debugroot::Bind> = bind_fds
-                    .into_iter()
-                    .zip(&s.binds)
-                    .filter_map(|(fd, b)| Some(crate::debugroot::Bind { source: fd?, destination: &b.destination }))
-                    .collect();
-                crate::debugroot::enter_stopped(o, &d.target, root, binds)
+                use crate::debugroot::{Bind, StoppedMount};
+                // The container's order: each mask after the binds it followed. A bind the supervisor left out
+                // (a kernel filesystem of the host) is masked as well.
+                let mut mounts = Vec::new();
+                let masks_at = |i: usize| s.masks.iter().filter(move |m| m.after == i).map(|m| m.destination.as_str());
+                for (i, (fd, b)) in bind_fds.into_iter().zip(&s.binds).enumerate() {
+                    mounts.extend(masks_at(i).map(StoppedMount::Mask));
+                    mounts.push(match fd {
+                        Some(source) => StoppedMount::Bind(Bind { source, destination: &b.destination }),
+                        None => StoppedMount::Mask(&b.destination),
+                    });
+                }
+                mounts.extend(
+                    s.masks.iter().filter(|m| m.after >= s.binds.len()).map(|m| StoppedMount::Mask(&m.destination)),
+                );
+                crate::debugroot::enter_stopped(o, &d.target, root, mounts)
             }
             _ => crate::debugroot::enter(o, &d.target),
         };
