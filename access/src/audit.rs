@@ -222,6 +222,16 @@ impl AuditLog {
         let _ = self.write(rec);
     }
 
+    /// Whether to record (audit and log) a refusal of `user` (`None`: not authenticated): `Some(suppressed)`
+    /// to record it, with the count of unauthenticated refusals only counted since the last one recorded (`None`
+    /// when there were none); `None` to count it only. Refusals of an authenticated user are always recorded.
+    pub fn admit_refusal(&self, user: Option<&str>) -> Option<Option<u64>> {
+        match user {
+            Some(_) => Some(None),
+            None => self.admit_unauthenticated().map(|n| (n > 0).then_some(n)),
+        }
+    }
+
     /// Whether to record (audit and log) an unauthenticated refusal now: `Some(n)` with the number of them
     /// only counted since the last one recorded, `None` when over [`UNAUTHENTICATED_PER_SECOND`].
     pub fn admit_unauthenticated(&self) -> Option<u64> {

@@ -112,14 +112,7 @@ impl Gateway {
         use dcos_exec_access::text::bounded;
         self.metrics.refused(r.code);
         // Unauthenticated refusals: at most so many a second in both logs, the rest counted (as the agent).
-        let suppressed = match user {
-            Some(_) => None,
-            None => match self.audit.admit_unauthenticated() {
-                None => return,
-                Some(0) => None,
-                Some(n) => Some(n),
-            },
-        };
+        let Some(suppressed) = self.audit.admit_refusal(user) else { return };
         let (shown_user, shown_task) =
             (user.map_or_else(|| "-".into(), bounded), task.map_or_else(|| "-".into(), bounded));
         // The same fields as the agent's `refused` line; never the token.

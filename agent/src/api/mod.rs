@@ -83,14 +83,7 @@ impl Agent {
     fn audit_refusal(&self, origin: &Origin, path: &str, user: Option<&str>, task: Option<&str>, r: &Refusal) {
         use dcos_exec_access::text::bounded;
         self.metrics.refused(r.code);
-        let suppressed = match user {
-            Some(_) => None,
-            None => match self.audit.admit_unauthenticated() {
-                None => return,
-                Some(0) => None,
-                Some(n) => Some(n),
-            },
-        };
+        let Some(suppressed) = self.audit.admit_refusal(user) else { return };
         let code = dcos_exec_access::metrics::code_name(r.code);
         let (shown_user, shown_task) =
             (user.map_or_else(|| "-".into(), bounded), task.map_or_else(|| "-".into(), bounded));
