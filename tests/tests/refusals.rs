@@ -367,6 +367,11 @@ fn a_paused_container_is_refused_and_nothing_runs_at_the_unpause() {
     let w = world();
     let c = Container::start(&w.root, &format!("{}-paused", prefix()), &ContainerOpts::default());
     assert!(run(Command::new("runc").args(["pause", &c.id])).status.success(), "runc pause");
+    // The list says so, as `docker ps` does.
+    let list = stdout(&run(w.agent.dcos().args(["task", "list", "--json"])));
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&list).unwrap();
+    let row = rows.iter().find(|r| r["container"] == c.id.as_str()).expect("the paused container is listed");
+    assert_eq!(row["state"], "paused", "{row}");
     let o = run_within(
         {
             let mut cmd = w.agent.dcos();

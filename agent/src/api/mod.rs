@@ -157,13 +157,15 @@ async fn list(agent: &Agent, caller: &Caller<'_>, req: &Request<Incoming>) -> Re
 
 /// A container as a row of `GET /v1/tasks` (and a task record in the cluster directory).
 pub fn task_info(c: crate::runtime::Container) -> TaskInfo {
+    // Runtimes report a paused container as running; its frozen cgroup says what an exec would meet.
+    let paused = c.state == crate::runtime::State::Running && c.pid > 0 && dcos_exec_container::cgroup::frozen(c.pid);
     TaskInfo {
         age_secs: if c.state == crate::runtime::State::Stopped { 0 } else { crate::runtime::age_secs(c.start_time) },
         id: c.task_id,
         container: c.id,
         name: c.name.map(|n| n.trim_start_matches('/').to_string()),
         runtime: c.runtime.into(),
-        state: c.state.as_str().into(),
+        state: if paused { "paused" } else { c.state.as_str() }.into(),
         pid: c.pid,
         exit_code: c.exit_code,
         service: c.service,
