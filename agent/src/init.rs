@@ -30,7 +30,8 @@ pub struct InitOptions<'a> {
     pub force: bool,
 }
 
-fn write(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+/// Writes `data` to `path` (created with `mode`, or truncated).
+pub(crate) fn write(path: &Path, data: &[u8], mode: u32) -> Result<()> {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new()
         .write(true)

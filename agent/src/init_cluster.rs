@@ -88,20 +88,12 @@ fn leaf(
     Ok((cert.pem(), key.serialize_pem()))
 }
 
+/// [`crate::init::write`], creating the file's directory first.
 fn write(path: &Path, data: &[u8], mode: u32) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(data).with_context(|| format!("writing {}", path.display()))
+    crate::init::write(path, data, mode)
 }
 
 fn write_pair(dir: &Path, name: &str, pair: &(String, String)) -> Result<()> {
