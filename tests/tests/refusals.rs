@@ -401,12 +401,25 @@ fn a_container_at_its_pids_limit_says_so() {
     }
     let w = world();
     let opts = ContainerOpts {
-        tweak: Some(|cfg| cfg["linux"]["resources"]["pids"] = serde_json::json!({"limit": 4})),
+        tweak: Some(|cfg| cfg["linux"]["resources"]["pids"] = serde_json::json!({"limit": 16})),
         ..Default::default()
     };
     let c = Container::start(&w.root, &format!("{}-pidsmax", prefix()), &opts);
-    c.runc_exec_detached(&["sh", "-c", "sleep 100000 & sleep 100000 & sleep 100000"]);
-    std::thread::sleep(std::time::Duration::from_secs(1));
+    // runc's own exec processes pass through the cgroup too, so the filler
+    // starts under a roomy limit and the limit is lowered to what is left.
+    c.runc_exec_detached(&["sh", "-c", "sleep 100000 & sleep 100000 & exec sleep 100000"]);
+    let cg = std::fs::read_to_string(format!("/proc/{}/cgroup", c.init_pid())).unwrap();
+    // The pids controller's directory: cgroup v1 names it, v2 is unified.
+    let v1 = cg.lines().find_map(|l| l.split_once(":pids:").map(|(_, p)| format!("/sys/fs/cgroup/pids{p}")));
+    let v2 = cg.lines().find_map(|l| l.strip_prefix("0::").map(|p| format!("/sys/fs/cgroup{p}")));
+    let current = std::path::PathBuf::from(v1.or(v2).unwrap()).join("pids.current");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::read_to_string(&current).unwrap().trim() != "4" {
+        assert!(std::time::Instant::now() < deadline, "the filler did not settle at 4 pids");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let up = run(Command::new("runc").args(["update", "--pids-limit", "4", &c.id]));
+    assert!(up.status.success(), "{}", stderr(&up));
     let o = run(w.agent.dcos().args(["task", "exec", &c.id, "echo", "hi"]));
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(125), "{err}");
