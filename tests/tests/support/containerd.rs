@@ -7,7 +7,7 @@
 #![allow(dead_code)]
 
 use crate::registry;
-use crate::support::{at_exit, run, stderr, stdout};
+use crate::support::{at_exit, run, stderr, stdout, unmount_under};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -141,18 +141,6 @@ pub fn start(dir: &Path, ns: &str, cri: Option<&str>) -> Containerd {
         std::thread::sleep(Duration::from_millis(100));
     }
     c
-}
-
-/// Lazily unmounts every mount point under `dir`, deepest first: what a killed shim or CRI plugin left (pod
-/// `/dev/shm`s, container roots), so the directory can be removed.
-pub fn unmount_under(dir: &Path) {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return };
-    let mut points: Vec<PathBuf> =
-        info.lines().filter_map(|l| l.split(' ').nth(4)).map(PathBuf::from).filter(|p| p.starts_with(dir)).collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    for p in points {
-        let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
-    }
 }
 
 /// Removes the cgroup `/name` of every hierarchy (cgroup v1 and v2), if it is empty.

@@ -1,7 +1,7 @@
 //! A real dockerd of this test process's own: its own data root, exec root, socket and containerd, no bridge or
 //! iptables, vfs storage. Stopped (its containers removed first) when the test process exits.
 
-use super::{at_exit, run};
+use super::{at_exit, run, unmount_under};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -74,6 +74,7 @@ pub fn start_with(dir: &Path, driver: &str) -> Daemon {
     let pid = i32::try_from(child.id()).expect("pid fits i32");
     let d = Daemon { sock, exec_root };
     let host = d.host();
+    let top = dir.to_path_buf();
     // Registered after `prefix()`'s clean-up, so it runs before the directories are removed.
     at_exit(move || {
         if let Ok(o) = Command::new(DOCKER).args(["-H", &host, "ps", "-aq"]).output() {
@@ -85,14 +86,13 @@ pub fn start_with(dir: &Path, driver: &str) -> Daemon {
         // SAFETY: kill on our own child.
         unsafe { libc::kill(pid, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
+        while Instant::now() < deadline && !matches!(child.try_wait(), Ok(Some(_))) {
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = child.kill();
         let _ = child.wait();
+        // dockerd leaves its default network namespace mounted under the exec root.
+        unmount_under(&top);
     });
     let deadline = Instant::now() + Duration::from_secs(60);
     while !d.docker(&["version"]).status.success() {

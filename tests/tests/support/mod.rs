@@ -665,3 +665,15 @@ pub fn read_until(master: &mut std::fs::File, needle: &str, secs: u64) -> String
     }
     String::from_utf8_lossy(&acc).into_owned()
 }
+
+/// Lazily unmounts every mount point under `dir`, deepest first: what a killed shim, CRI plugin or dockerd left
+/// (pod `/dev/shm`s, container roots, network namespaces), so the directory can be removed.
+pub fn unmount_under(dir: &Path) {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return };
+    let mut points: Vec<PathBuf> =
+        info.lines().filter_map(|l| l.split(' ').nth(4)).map(PathBuf::from).filter(|p| p.starts_with(dir)).collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in points {
+        let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
