@@ -12,7 +12,6 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::time::Duration;
 use support::crun::*;
 use support::*;
 
@@ -202,13 +201,15 @@ fn tty_session_gets_a_container_pts_of_the_local_size() {
     let init_pid_ns = std::fs::read_link(format!("/proc/{init}/ns/pid")).unwrap();
     assert!(out.contains(&format!("N={}", init_pid_ns.display())), "{out}");
     // Ctrl-C reaches the remote foreground process, then the shell's exit code comes back.
-    master.write_all(b"sleep 30\r").unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // Sent once the sleep runs; only the Ctrl-C can end it within the wait.
+    master.write_all(b"sleep 3131\r").unwrap();
+    assert!(eventually(30, || host_process_count("sleep 3131") == 1), "the sleep did not start");
     master.write_all(b"\x03").unwrap();
+    assert!(eventually(30, || host_process_count("sleep 3131") == 0), "Ctrl-C did not end the remote sleep");
     master.write_all(b"echo after-int; exit 5\r").unwrap();
-    let out = read_until(&mut master, "after-int", 10);
+    let out = read_until(&mut master, "after-int", 30);
     assert!(out.contains("after-int"), "{out}");
-    let st = child.wait().unwrap();
+    let st = wait_within(&mut child, 30, "the tty session after `exit 5`");
     assert_eq!(st.code(), Some(5));
 }
 
@@ -379,7 +380,7 @@ fn killed_crun_container_ends_the_session_and_is_refused_with_120() {
     assert!(stderr(&out).contains("stopped"), "{}", stderr(&out));
     // crun keeps its state until `crun delete`: the agent still finds the container (not 119, no such task) and
     // refuses it as not running.
-    assert!(eventually(10, || doomed.state()["status"] == "stopped"), "{}", doomed.state());
+    assert!(eventually(30, || doomed.state()["status"] == "stopped"), "{}", doomed.state());
     assert!(Path::new("/run/crun").join(&doomed.id).join("status").exists());
     let o = run(w.agent.dcos().args(["task", "exec", &doomed.id, "true"]));
     assert_eq!(o.status.code(), Some(120), "{}", stderr(&o));

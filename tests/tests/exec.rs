@@ -252,17 +252,24 @@ fn tty_session_has_a_container_pts_forwards_size_and_restores_the_terminal() {
         nix::sys::signal::Signal::SIGWINCH,
     )
     .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    master.write_all(b"stty size; sleep 30\r").unwrap();
-    let out = read_until(&mut master, "40 120", 10);
-    assert!(out.contains("40 120"), "{out}");
-    // Ctrl-C goes to the remote foreground process (sleep), not to dcos.
-    std::thread::sleep(Duration::from_millis(300));
+    // dcos forwards the new size when it gets to it: ask until the remote side has it.
+    let mut out = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !out.contains("40 120") {
+        assert!(std::time::Instant::now() < deadline, "the new size never reached the session: {out}");
+        master.write_all(b"stty size\r").unwrap();
+        out.push_str(&read_until(&mut master, "40 120", 1));
+    }
+    // Ctrl-C goes to the remote foreground process (sleep), not to dcos: sent once the sleep runs, and only it
+    // can end the sleep within the wait.
+    master.write_all(b"sleep 3030\r").unwrap();
+    assert!(eventually(30, || host_process_count("sleep 3030") == 1), "the sleep did not start");
     master.write_all(b"\x03").unwrap();
+    assert!(eventually(30, || host_process_count("sleep 3030") == 0), "Ctrl-C did not end the remote sleep");
     master.write_all(b"echo after-int; exit 5\r").unwrap();
-    let out = read_until(&mut master, "after-int", 10);
+    let out = read_until(&mut master, "after-int", 30);
     assert!(out.contains("after-int"), "{out}");
-    let st = child.wait().unwrap();
+    let st = wait_within(&mut child, 30, "the tty session after `exit 5`");
     assert_eq!(st.code(), Some(5));
     let after = nix::sys::termios::tcgetattr(slave.as_fd()).unwrap();
     assert_eq!(after.local_flags, before.local_flags, "terminal restored");

@@ -562,6 +562,31 @@ pub fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
+/// How many processes on the host (in any pid namespace) run exactly `argv` (its words joined by spaces).
+pub fn host_process_count(argv: &str) -> usize {
+    let Ok(rd) = std::fs::read_dir("/proc") else { return 0 };
+    rd.flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|c| String::from_utf8_lossy(c).replace('\0', " ").trim_end() == argv)
+        .count()
+}
+
+/// Waits at most `secs` for `child` to exit; kills it and fails, with `what` in the message, if it does not.
+pub fn wait_within(child: &mut Child, secs: u64, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: still running after {secs} s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Adds CAP_SYS_PTRACE to all five capability sets of the process.
 pub fn add_sys_ptrace(cfg: &mut serde_json::Value) {
     for set in ["bounding", "effective", "permitted", "ambient", "inheritable"] {
