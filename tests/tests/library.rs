@@ -107,17 +107,30 @@ async fn a_session_streams_and_takes_stdin_and_signals() {
     // Interactive without input: EOF at once.
     let out = c.command(&w.main_task, ["cat"]).interactive(true).output().await.unwrap();
     assert!(out.status.success() && out.stdout.is_empty());
-    // A timeout drops the session: the agent hangs up the process (the test agent's grace period is 1 s).
+    // A dropped session (as by a timeout): the agent hangs up the process (the test agent's grace period is 1 s).
     let pidfile = format!("/tmp/lib-timeout-{}", std::process::id());
+    let host_pidfile = w.main.rootfs().join(pidfile.trim_start_matches('/'));
+    let _ = std::fs::remove_file(&host_pidfile);
     let script = format!("echo $$ > {pidfile}; exec sleep 60");
-    // Long enough for the process to start (and write its pid) on a loaded machine, far short of its 60 s.
-    let r = tokio::time::timeout(std::time::Duration::from_secs(5), c.exec(&w.main_task, ["sh", "-c", &script])).await;
-    assert!(r.is_err(), "sleep 60 ended within 5 s: {r:?}");
-    let pid = std::fs::read_to_string(w.main.rootfs().join(pidfile.trim_start_matches('/'))).unwrap();
+    // Dropped once the process has written its pid, however long starting it takes on a loaded machine.
+    let written = async {
+        for _ in 0..300 {
+            if std::fs::read_to_string(&host_pidfile).is_ok_and(|p| p.ends_with('\n')) {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        false
+    };
+    tokio::select! {
+        r = c.exec(&w.main_task, ["sh", "-c", &script]) => panic!("sleep 60 ended before it was dropped: {r:?}"),
+        written = written => assert!(written, "the session's process did not write its pid within 30 s"),
+    }
+    let pid = std::fs::read_to_string(&host_pidfile).unwrap();
     let alive = || w.main.runc_exec(&[], &["kill", "-0", pid.trim()]).status.success();
     // Waiting without blocking the runtime, which closes the dropped session's connection.
     let mut gone = false;
-    for _ in 0..100 {
+    for _ in 0..300 {
         gone = !alive();
         if gone {
             break;
@@ -125,7 +138,7 @@ async fn a_session_streams_and_takes_stdin_and_signals() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(gone, "the process {pid} outlived its dropped session");
-    let _ = std::fs::remove_file(w.main.rootfs().join(pidfile.trim_start_matches('/')));
+    let _ = std::fs::remove_file(&host_pidfile);
 }
 
 #[tokio::test]
