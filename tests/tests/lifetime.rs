@@ -9,6 +9,8 @@ use support::*;
 
 fn running(w: &World, pattern: &str) -> bool {
     let o = run(w.agent.dcos().args(["task", "exec", &w.main.id, "ps", "-o", "args"]));
+    // A `ps` that did not run says nothing: it must not pass for "the process is gone".
+    assert!(o.status.success(), "ps in {}: {}", w.main.id, stderr(&o));
     stdout(&o).lines().any(|l| l.contains(pattern))
 }
 
@@ -28,7 +30,8 @@ fn start_and_vanish_with(w: &World, flags: &[&str], script: &str, marker: &str) 
         .unwrap();
     let mut buf = [0u8; 3];
     std::io::Read::read_exact(c.stdout.as_mut().unwrap(), &mut buf).unwrap();
-    assert!(running(w, marker), "session process is up");
+    // The shell may print "up" before it starts the marked process.
+    assert!(eventually(30, || running(w, marker)), "session process is up");
     // SIGKILL: the client cannot say goodbye, the agent only sees the connection drop.
     c.kill().unwrap();
     c.wait().unwrap();
@@ -42,14 +45,14 @@ fn client_gone_means_sighup_then_sigkill_after_the_grace_period() {
     let w = world();
     // Dies of the hangup.
     start_and_vanish(w, "echo up; sleep 4242", "sleep 4242");
-    assert!(eventually(10, || !running(w, "sleep 4242")), "hung-up session process is gone");
+    assert!(eventually(30, || !running(w, "sleep 4242")), "hung-up session process is gone");
     // Ignores the hangup: killed after grace_period (1s in the tests), with its children.
     start_and_vanish(w, "trap '' HUP; echo up; sleep 4343 & sleep 4444; wait", "sleep 4444");
-    assert!(eventually(15, || !running(w, "sleep 4444") && !running(w, "sleep 4343")), "stubborn session killed");
+    assert!(eventually(30, || !running(w, "sleep 4444") && !running(w, "sleep 4343")), "stubborn session killed");
     // With a terminal, job control puts a background job in a process group of its own; it ignores the hangup,
     // so only a SIGKILL that reaches the whole session (not just the leader's group) ends it.
     start_and_vanish_with(w, &["-t"], "set -m; trap '' HUP; sleep 4545 & echo up; sleep 4646", "sleep 4646");
-    assert!(eventually(15, || !running(w, "sleep 4545") && !running(w, "sleep 4646")), "job-control job killed");
+    assert!(eventually(30, || !running(w, "sleep 4545") && !running(w, "sleep 4646")), "job-control job killed");
 }
 
 fn count_fds(pid: i32) -> usize {
@@ -122,8 +125,8 @@ fn a_thousand_sessions_leak_nothing() {
         .collect();
     let failures: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
     assert_eq!(failures, 0, "all 1000 sessions succeed");
-    assert!(eventually(10, || count_fds(agent.pid()) <= fds0 + 2), "agent fds {} -> {}", fds0, count_fds(agent.pid()));
-    assert!(eventually(10, || zombies_of(agent.pid()) == 0), "no zombie children of the agent");
+    assert!(eventually(30, || count_fds(agent.pid()) <= fds0 + 2), "agent fds {} -> {}", fds0, count_fds(agent.pid()));
+    assert!(eventually(30, || zombies_of(agent.pid()) == 0), "no zombie children of the agent");
     assert_eq!(mount_count(), mounts0, "no mounts left on the host");
     let o = run(agent.dcos().args(["task", "exec", &c.id, "ps", "-o", "stat"]));
     assert!(!stdout(&o).lines().any(|l| l.trim().starts_with('Z')), "no zombies in the container: {}", stdout(&o));
@@ -168,7 +171,7 @@ fn sigterm_hangs_up_sessions_audits_them_and_exits_within_the_grace() {
     let plain = spawn("echo up; sleep 4747");
     let stubborn = spawn("trap '' HUP; echo up; sleep 4848 & sleep 4949; wait");
     // "up" comes before the shell starts the sleeps.
-    assert!(eventually(10, || host_processes("sleep 4747") == 1 && host_processes("sleep 4949") == 1));
+    assert!(eventually(30, || host_processes("sleep 4747") == 1 && host_processes("sleep 4949") == 1));
     // Both sessions left a start record while they run: a crash now would still leave a trace.
     let starts = agent.audit().into_iter().filter(|r| r["event"] == "session_start").count();
     assert_eq!(starts, 2, "{:?}", agent.audit());
@@ -186,8 +189,9 @@ fn sigterm_hangs_up_sessions_audits_them_and_exits_within_the_grace() {
     let took = t0.elapsed();
     eprintln!("agent exited {took:?} after SIGTERM");
     assert!(exited.success(), "agent exit status {exited:?}");
-    // shutdown_grace bounds the exit (plus process start-up slack for the tokio runtime to wind down).
-    assert!(took < Duration::from_millis(5500), "agent took {took:?} to exit after SIGTERM");
+    // shutdown_grace bounds the exit (plus slack for the runtime to wind down on a loaded machine; well short of
+    // the 10 s default grace, so a configured grace that is ignored still fails).
+    assert!(took < Duration::from_millis(7000), "agent took {took:?} to exit after SIGTERM");
 
     for (client, marker) in [(plain, "4747"), (stubborn, "4949")] {
         let out = client.wait_with_output().unwrap();
@@ -212,7 +216,7 @@ fn sigterm_hangs_up_sessions_audits_them_and_exits_within_the_grace() {
     };
     assert_eq!(ids("session_start"), ids("session_end"), "every started session has its end record");
     assert!(
-        eventually(10, || host_processes("sleep 4747") + host_processes("sleep 4848") + host_processes("sleep 4949")
+        eventually(30, || host_processes("sleep 4747") + host_processes("sleep 4848") + host_processes("sleep 4949")
             == 0),
         "the sessions' processes are gone"
     );
@@ -236,7 +240,7 @@ fn a_session_cut_short_by_an_agent_crash_leaves_its_start_record_and_no_process(
         .unwrap();
     let mut buf = [0u8; 3];
     std::io::Read::read_exact(c.stdout.as_mut().unwrap(), &mut buf).unwrap();
-    assert!(eventually(10, || host_processes("sleep 5353") == 1));
+    assert!(eventually(30, || host_processes("sleep 5353") == 1));
     // No chance to clean up: SIGKILL.
     agent.child.kill().unwrap();
     agent.child.wait().unwrap();
@@ -252,7 +256,7 @@ fn a_session_cut_short_by_an_agent_crash_leaves_its_start_record_and_no_process(
     assert!(start["time"].as_str().is_some() && start["session"].as_str().is_some());
     assert!(!recs.iter().any(|r| r["event"] == "session_end"), "a killed agent writes nothing more");
     // The helper saw its control pipe close, as when a client is lost: SIGHUP.
-    assert!(eventually(10, || host_processes("sleep 5353") == 0), "the session's process is gone");
+    assert!(eventually(30, || host_processes("sleep 5353") == 0), "the session's process is gone");
     let _ = std::fs::remove_dir_all(&root);
 }
 
@@ -345,7 +349,7 @@ fn sessions_of_an_agent_under_nohup_start_with_default_signals_and_die_of_the_ha
         .unwrap();
     let mut buf = [0u8; 3];
     std::io::Read::read_exact(c.stdout.as_mut().unwrap(), &mut buf).unwrap();
-    assert!(eventually(10, || host_processes(&marker) == 1), "the session process is up");
+    assert!(eventually(30, || host_processes(&marker) == 1), "the session process is up");
     c.kill().unwrap();
     c.wait().unwrap();
     assert!(eventually(30, || host_processes(&marker) == 0), "the hangup of a lost client ends {marker}");
