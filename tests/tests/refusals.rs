@@ -245,7 +245,7 @@ fn stopped_container_is_refused_and_a_dying_one_ends_the_session() {
     assert_eq!(out.status.code(), Some(120), "{}", stderr(&out));
     assert!(stderr(&out).contains("stopped"), "{}", stderr(&out));
     assert!(
-        eventually(10, || run(w.agent.dcos().args(["task", "exec", &doomed.id, "true"])).status.code() == Some(120))
+        eventually(30, || run(w.agent.dcos().args(["task", "exec", &doomed.id, "true"])).status.code() == Some(120))
     );
     let o = run(w.agent.dcos().args(["task", "exec", &doomed.id, "true"]));
     assert!(stderr(&o).contains("not running"), "{}", stderr(&o));
@@ -294,7 +294,7 @@ fn sessions_per_user_are_capped() {
     // A session that ends frees its slot.
     first.kill().unwrap();
     first.wait().unwrap();
-    assert!(eventually(10, || run(agent.dcos().args(["task", "exec", &w.main.id, "true"])).status.success()));
+    assert!(eventually(30, || run(agent.dcos().args(["task", "exec", &w.main.id, "true"])).status.success()));
     second.kill().unwrap();
     second.wait().unwrap();
     let _ = std::fs::remove_dir_all(&root);
@@ -332,7 +332,9 @@ fn connections_not_yet_authenticated_are_capped() {
     }
     // The next one is closed at once, and a real client cannot get through either.
     let mut extra = std::net::TcpStream::connect(&addr).unwrap();
-    assert!(closed_within(&mut extra, std::time::Duration::from_secs(5)), "a connection over the cap is closed");
+    // Closed at accept; 8 s is slack for a loaded machine and still short of the 10 s handshake timeout, which
+    // would close it anyway.
+    assert!(closed_within(&mut extra, std::time::Duration::from_secs(8)), "a connection over the cap is closed");
     let o = run(agent.dcos().args(["task", "list"]));
     assert_eq!(o.status.code(), Some(116), "closed before the TLS handshake: {}", stderr(&o));
     // Sessions already running are not disturbed, and the refusals are logged.
@@ -340,7 +342,7 @@ fn connections_not_yet_authenticated_are_capped() {
     assert!(log.contains("max_unauthenticated"), "{log}");
     // Once the idle connections go, clients get through again.
     drop(idle);
-    assert!(eventually(10, || run(agent.dcos().args(["task", "list"])).status.success()));
+    assert!(eventually(30, || run(agent.dcos().args(["task", "list"])).status.success()));
     for s in &mut sessions {
         s.kill().unwrap();
         s.wait().unwrap();
@@ -413,7 +415,7 @@ fn a_container_at_its_pids_limit_says_so() {
     let v1 = cg.lines().find_map(|l| l.split_once(":pids:").map(|(_, p)| format!("/sys/fs/cgroup/pids{p}")));
     let v2 = cg.lines().find_map(|l| l.strip_prefix("0::").map(|p| format!("/sys/fs/cgroup{p}")));
     let current = std::path::PathBuf::from(v1.or(v2).unwrap()).join("pids.current");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while std::fs::read_to_string(&current).unwrap().trim() != "4" {
         assert!(std::time::Instant::now() < deadline, "the filler did not settle at 4 pids");
         std::thread::sleep(std::time::Duration::from_millis(50));
