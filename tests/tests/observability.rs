@@ -204,6 +204,10 @@ fn metrics_count_real_sessions_refusals_and_pulls_and_the_json_log_records_them_
     assert_eq!(status, 200, "{api_page}");
     assert!(api_page.contains("dcos_exec_sessions_total"), "{api_page}");
 
+    // The image cache's size is measured after a session that changed the cache has ended, off its path.
+    let layer = registry::busybox_layer().len() as f64;
+    let cached = || samples(&http_get(&metrics_addr, "/metrics").1).get("dcos_exec_image_cache_bytes").copied();
+    assert!(eventually(30, || cached().is_some_and(|b| b > layer)), "cache size never measured: {:?}", cached());
     let (status, page) = http_get(&metrics_addr, "/metrics");
     assert_eq!(status, 200);
     let after = samples(&page);
@@ -419,6 +423,7 @@ fn on_sigterm_readyz_turns_false_and_hung_up_sessions_end_as_shutdown() {
     assert_eq!(unsafe { libc::kill(agent.pid(), libc::SIGTERM) }, 0);
     // Once the signal is handled, and while it waits for the session, the agent is alive but not ready.
     let log = || std::fs::read_to_string(agent.dir.join("agent.log")).unwrap_or_default();
+    // Up to half of shutdown_grace (10 s): the checks below must still find the agent waiting for the session.
     assert!(eventually(5, || http_get(&metrics_addr, "/readyz").0 == 503), "not 503 after SIGTERM:\n{}", log());
     let (status, body) = http_get(&metrics_addr, "/readyz");
     assert_eq!(status, 503, "{body}");
