@@ -649,8 +649,13 @@ impl Cluster {
 
     /// Waits until the first gateway's `dcos task list` shows every one of `ids` (true) or none (false).
     pub fn wait_listed(&self, ids: &[&str], listed: bool, secs: u64) -> bool {
+        self.wait_listed_via(0, ids, listed, secs)
+    }
+
+    /// [`Cluster::wait_listed`] through gateway `g`: each gateway follows etcd on its own watch.
+    pub fn wait_listed_via(&self, g: usize, ids: &[&str], listed: bool, secs: u64) -> bool {
         super::eventually(secs, || {
-            let o = run(self.dcos().args(["task", "list"]));
+            let o = run(self.dcos_via(g, &self.admin_token).args(["task", "list"]));
             let out = String::from_utf8_lossy(&o.stdout).into_owned();
             ids.iter().all(|id| out.contains(id) == listed)
         })
