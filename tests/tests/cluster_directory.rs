@@ -155,7 +155,7 @@ fn an_agent_registers_its_node_and_tasks_and_follows_containers_that_start_and_s
     // A graceful stop leaves the directory at once (lease revoked).
     // SAFETY: kill on our own child.
     unsafe { libc::kill(agent.pid(), libc::SIGTERM) };
-    let left = eventually(15, || node_record(&mut etcd, &node).is_none() && tasks_of(&mut etcd, &node).is_empty());
+    let left = eventually(30, || node_record(&mut etcd, &node).is_none() && tasks_of(&mut etcd, &node).is_empty());
     assert!(left, "records left after SIGTERM\n{}", log_of(&agent));
 }
 
@@ -169,7 +169,10 @@ fn a_killed_agent_leaves_when_its_lease_expires_and_a_restarted_one_registers_ag
     let p = prefix();
     let node = format!("node-{p}-b");
     let c = task_container(&root, &format!("{p}-lease-1"), &format!("db-{p}-1"));
-    let mut agent = Agent::start_with(&root.join("agent"), &cluster_section(&etcd, &node, "lease_ttl = \"3s\""));
+    // Renewed every third of the TTL: 6 s leaves the check below at least 4 s, ample for one etcdctl on a
+    // loaded machine.
+    let section = cluster_section(&etcd, &node, "lease_ttl = \"6s\"");
+    let mut agent = Agent::start_with(&root.join("agent"), &section);
     wait_registered(&mut etcd, &node, &c.id, &format!("db-{p}-1"), &agent);
     // SIGKILL: nothing is revoked; the lease runs out.
     agent.child.kill().unwrap();
@@ -180,7 +183,7 @@ fn a_killed_agent_leaves_when_its_lease_expires_and_a_restarted_one_registers_ag
     drop(agent);
 
     // Restarted, it registers the node and its tasks again.
-    let agent = Agent::start_with(&root.join("agent"), &cluster_section(&etcd, &node, "lease_ttl = \"3s\""));
+    let agent = Agent::start_with(&root.join("agent"), &section);
     wait_registered(&mut etcd, &node, &c.id, &format!("db-{p}-1"), &agent);
     assert!(node_record(&mut etcd, &node).is_some());
 }
@@ -349,20 +352,20 @@ fn an_acl_file_that_changes_takes_effect_without_a_restart_and_a_broken_one_is_r
     };
     install(&acl(true));
     assert!(
-        eventually(20, || exec_code(&agent, &carol, &task) == Some(0)),
+        eventually(30, || exec_code(&agent, &carol, &task) == Some(0)),
         "the grant was not loaded\n{}",
         log_of(&agent)
     );
     // A broken version: refused, the grant stays, the log says why.
     install("[[rule]]\nsubjects = [\"user:carol\"]\ntasks = [\"*\"]\nactions = [\"fly\"]\n");
-    assert!(eventually(20, || log_of(&agent).contains("ACL not reloaded")), "{}", log_of(&agent));
+    assert!(eventually(30, || log_of(&agent).contains("ACL not reloaded")), "{}", log_of(&agent));
     assert_eq!(exec_code(&agent, &carol, &task), Some(0), "a broken ACL replaced the working one");
     // Edited in place, not parseable as TOML at all: same.
     std::fs::write(&acl_path, "[[rule]\nsubjects = ").unwrap();
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(exec_code(&agent, &carol, &task), Some(0));
     install(&acl(false));
-    assert!(eventually(20, || exec_code(&agent, &carol, &task) == Some(FORBIDDEN)), "the revocation was not loaded");
+    assert!(eventually(30, || exec_code(&agent, &carol, &task) == Some(FORBIDDEN)), "the revocation was not loaded");
     assert_eq!(exec_code(&agent, &agent.admin_token, &task), Some(0));
     drop(c);
 }
@@ -399,22 +402,22 @@ fn an_acl_in_etcd_takes_effect_without_a_restart_and_a_broken_one_is_refused() {
     // Its certificate (from a plain `init`) names no node: it says gateways will not relay to it.
     assert!(log_of(&agent).contains("gateways will not relay sessions to this agent"), "{}", log_of(&agent));
     etcd.put(&format!("{PREFIX}/acl"), &signed(&acl(false)));
-    assert!(eventually(20, || exec_code(&agent, &agent.admin_token, &task) == Some(0)), "{}", log_of(&agent));
+    assert!(eventually(30, || exec_code(&agent, &agent.admin_token, &task) == Some(0)), "{}", log_of(&agent));
     assert_eq!(exec_code(&agent, &carol, &task), Some(FORBIDDEN));
     etcd.put(&format!("{PREFIX}/acl"), &signed(&acl(true)));
-    assert!(eventually(20, || exec_code(&agent, &carol, &task) == Some(0)), "{}", log_of(&agent));
+    assert!(eventually(30, || exec_code(&agent, &carol, &task) == Some(0)), "{}", log_of(&agent));
     // Broken: refused, the grant stays.
     etcd.put(
         &format!("{PREFIX}/acl"),
         &signed("[[rule]]\nsubjects = [\"carol\"]\ntasks = [\"*\"]\nactions = [\"exec\"]\n"),
     );
-    assert!(eventually(20, || log_of(&agent).contains("ACL not reloaded")), "{}", log_of(&agent));
+    assert!(eventually(30, || log_of(&agent).contains("ACL not reloaded")), "{}", log_of(&agent));
     assert_eq!(exec_code(&agent, &carol, &task), Some(0), "a broken ACL replaced the working one");
     etcd.put(&format!("{PREFIX}/acl"), &signed(&acl(false)));
-    assert!(eventually(20, || exec_code(&agent, &carol, &task) == Some(FORBIDDEN)));
+    assert!(eventually(30, || exec_code(&agent, &carol, &task) == Some(FORBIDDEN)));
     // Deleted: nothing is granted any more.
     etcd.del(&format!("{PREFIX}/acl"));
-    assert!(eventually(20, || exec_code(&agent, &agent.admin_token, &task) == Some(FORBIDDEN)), "{}", log_of(&agent));
+    assert!(eventually(30, || exec_code(&agent, &agent.admin_token, &task) == Some(FORBIDDEN)), "{}", log_of(&agent));
     // Listing is still answered, with nothing in it.
     let o = run(agent.dcos().args(["task", "list", "--json"]));
     assert!(o.status.success(), "{}", stderr(&o));
@@ -472,14 +475,18 @@ fn the_directory_follows_agents_and_serves_a_stale_snapshot_for_max_stale_then_r
     let c2 = task_container(&root, &format!("{p}-dir-2"), &format!("web-{p}-dir2"));
     etcd.kill_leader();
     assert!(eventually(30, || snapshot_has(&d, &n1, &c2.id, "running")), "{:?}", d.snapshot());
+    // Past SILENT: a watch on the dead member has been given up by now. Replacing it (a retry pause, a new
+    // `get`) can show as briefly stale on a loaded machine; what must hold is that it becomes current again
+    // while the leader stays dead, through the surviving members.
     std::thread::sleep(Duration::from_secs(4));
-    assert_eq!(d.snapshot().map(|s| s.stale_for), Ok(None), "current through the surviving members");
+    let current = eventually(20, || d.snapshot().is_ok_and(|s| s.stale_for.is_none()));
+    assert!(current, "not current through the surviving members: {:?}", d.snapshot());
 
     // Every member gone: the last snapshot is served, saying how stale, then refused after max_stale.
     for i in 0..3 {
         etcd.kill(i);
     }
-    let stale = eventually(20, || d.snapshot().is_ok_and(|s| s.stale_for.is_some() && s.nodes.contains_key(&n1)));
+    let stale = eventually(30, || d.snapshot().is_ok_and(|s| s.stale_for.is_some() && s.nodes.contains_key(&n1)));
     assert!(stale, "{:?}", d.snapshot());
     let refused = eventually(30, || matches!(d.snapshot(), Err(DirectoryError::Unavailable { .. })));
     assert!(refused, "{:?}", d.snapshot());
@@ -520,7 +527,7 @@ fn the_directory_reads_records_written_by_hand_and_ignores_foreign_and_broken_on
     etcd.put(&format!("{PREFIX}/tasks/h1/c2"), "not json");
     etcd.put("/elsewhere/nodes/h9", node);
     assert!(
-        eventually(20, || d.snapshot().is_ok_and(|s| s.tasks.len() == 1 && s.nodes.len() == 1)),
+        eventually(30, || d.snapshot().is_ok_and(|s| s.tasks.len() == 1 && s.nodes.len() == 1)),
         "{:?}",
         d.snapshot()
     );
@@ -530,7 +537,7 @@ fn the_directory_reads_records_written_by_hand_and_ignores_foreign_and_broken_on
     assert!(o.status.success(), "{}", stderr(&o));
     etcd.del(&format!("{PREFIX}/tasks/h1/c1"));
     assert!(
-        eventually(20, || d.snapshot().is_ok_and(|s| s.tasks.is_empty() && s.revision > rev)),
+        eventually(30, || d.snapshot().is_ok_and(|s| s.tasks.is_empty() && s.revision > rev)),
         "{:?}",
         d.snapshot()
     );
@@ -556,7 +563,7 @@ fn the_directory_reads_records_written_by_hand_and_ignores_foreign_and_broken_on
 
     // A member that lost the majority still answers, but must not pass for current: the directory says it
     // is stale until the majority is back.
-    assert!(eventually(20, || d.snapshot().is_ok_and(|s| s.stale_for.is_none())));
+    assert!(eventually(30, || d.snapshot().is_ok_and(|s| s.stale_for.is_none())));
     let reading = d.endpoint().expect("the member the directory reads");
     let others: Vec<usize> = (0..3).filter(|i| etcd.members[*i].client_url != reading).collect();
     for &i in &others {
