@@ -277,7 +277,7 @@ fn a_crashed_containerd_container_is_debugged_in_a_sandbox_on_its_files() {
         // Its task kept: stopped, with its exit status.
         run_crashing(w, &id, snapshotter, true, &host);
         assert!(
-            eventually(10, || ctr_ok(&w.c.c, &["tasks", "ls"])
+            eventually(30, || ctr_ok(&w.c.c, &["tasks", "ls"])
                 .lines()
                 .any(|l| l.starts_with(&id) && l.contains("STOPPED"))),
             "the container exits"

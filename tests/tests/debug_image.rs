@@ -619,7 +619,7 @@ fn a_stopped_container_is_debugged_in_a_sandbox_on_its_files() {
         let o = run(std::process::Command::new("runc").args(["state", &c.id]));
         serde_json::from_slice::<serde_json::Value>(&o.stdout).map(|v| v["status"].clone()).unwrap_or_default()
     };
-    assert!(eventually(10, || state() == "stopped"), "the container exits");
+    assert!(eventually(30, || state() == "stopped"), "the container exits");
     let acl = r#"
 [[rule]]
 subjects = ["user:admin"]

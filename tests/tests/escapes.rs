@@ -900,7 +900,7 @@ fn a_stopped_user_namespaced_container_is_not_debugged_as_host_root() {
         let o = run(std::process::Command::new("runc").args(["state", &c.id]));
         serde_json::from_slice::<serde_json::Value>(&o.stdout).map(|v| v["status"].clone()).unwrap_or_default()
     };
-    assert!(eventually(10, || state() == "stopped"), "the container exits");
+    assert!(eventually(30, || state() == "stopped"), "the container exits");
     let acl = r#"
 [[rule]]
 subjects = ["user:dbg"]
@@ -1068,7 +1068,7 @@ fn a_bind_source_replaced_by_a_symlink_does_not_bring_the_host_into_a_stopped_sa
         let o = run(std::process::Command::new("runc").args(["state", &c.id]));
         serde_json::from_slice::<serde_json::Value>(&o.stdout).map(|v| v["status"].clone()).unwrap_or_default()
     };
-    assert!(eventually(10, || state() == "stopped"), "the container exits");
+    assert!(eventually(30, || state() == "stopped"), "the container exits");
     let planted = std::fs::read_link(vol.join("cache"));
     assert_eq!(planted.as_deref().ok(), Some(Path::new("/")), "the container planted the symlink: {planted:?}");
     let acl = r#"
@@ -1125,7 +1125,7 @@ fn stopped_for_dbg(dir: &Path, name: &str, opts: &ContainerOpts, actions: &str) 
         let o = run(std::process::Command::new("runc").args(["state", &c.id]));
         serde_json::from_slice::<serde_json::Value>(&o.stdout).map(|v| v["status"].clone()).unwrap_or_default()
     };
-    assert!(eventually(10, || state() == "stopped"), "the container exits");
+    assert!(eventually(30, || state() == "stopped"), "the container exits");
     let acl = format!("[[rule]]\nsubjects = [\"user:dbg\"]\ntasks = [\"*\"]\nactions = {actions}\nimages = [\"**\"]\n");
     let agent = registry::start_agent(&dir.join("agent"), "", &acl);
     let layout = dir.join("layout");
@@ -1475,7 +1475,7 @@ actions = ["list", "exec"]
         let o = run(std::process::Command::new("runc").args(["state", &stopped.id]));
         serde_json::from_slice::<serde_json::Value>(&o.stdout).map(|v| v["status"].clone()).unwrap_or_default()
     };
-    assert!(eventually(10, || state() == "stopped"), "the container stops");
+    assert!(eventually(30, || state() == "stopped"), "the container stops");
     let o = run(agent.dcos().args([
         "task",
         "exec",
