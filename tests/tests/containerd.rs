@@ -61,7 +61,7 @@ static WORLD: OnceLock<CtdWorld> = OnceLock::new();
 /// The agent's `[runtimes]`: this containerd's runc root and socket.
 fn runtimes(c: &Containerd) -> String {
     format!(
-        "runc_roots = [\"{}\"]\ncrun_roots = []\ndocker_sockets = []\ncontainerd_sockets = [\"{}\"]",
+        "runc_roots = [\"{}\"]\ncrun_roots = []\ndocker_sockets = []\ncontainerd_sockets = [\"{}\"]\napi_timeout = \"10s\"",
         c.runc_root.display(),
         c.sock.display()
     )

@@ -272,7 +272,7 @@ fn start(root: &Path) -> (ctd::Containerd, Agent) {
         import_pause(&c, &root);
         ctd::import_busybox(&c, &root.join("app-layout"), APP_IMAGE);
         let runtimes = format!(
-            "runc_roots = [\"{}\"]\ncrun_roots = []\ndocker_sockets = []\ncontainerd_sockets = [\"{}\"]",
+            "runc_roots = [\"{}\"]\ncrun_roots = []\ndocker_sockets = []\ncontainerd_sockets = [\"{}\"]\napi_timeout = \"10s\"",
             c.runc_root.display(),
             c.sock.display()
         );

@@ -62,7 +62,7 @@ fn runtimes(d: &Dockerd, root: &Path) -> String {
     format!(
         "runc_roots = [\"{}/runtime-runc/moby\"]\ncrun_roots = []\n\
          docker_sockets = [\"{}\", \"{}/no-such-engine.sock\"]\n\
-         containerd_sockets = [\"{}/containerd/containerd.sock\"]\napi_timeout = \"1s\"",
+         containerd_sockets = [\"{}/containerd/containerd.sock\"]\napi_timeout = \"10s\"",
         d.exec_root.display(),
         d.sock.display(),
         root.display(),
