@@ -203,7 +203,7 @@ fn tty_through_the_gateway() {
         cmd.args(["task", "exec", "-i", "-t", &web(h), "sh"]);
         let (mut master, mut child, _slave) = support::on_pty(&mut cmd, 24, 91);
         master.write_all(b"stty size; tty; cat /etc/whoami; exit 5\n").unwrap();
-        let out = support::read_until(&mut master, &format!("{h}\r\n"), 20);
+        let out = support::read_until(&mut master, &format!("{h}\r\n"), 30);
         assert!(out.contains("24 91") && out.contains("/dev/pts/"), "{out}");
         let deadline = Instant::now() + Duration::from_secs(20);
         let st = loop {

@@ -194,8 +194,8 @@ fn tty_session_gets_a_container_pts_of_the_local_size() {
     let (mut master, mut child, _slave) =
         on_pty(w.agent.dcos().args(["task", "exec", "-i", "-t", &w.main.id, "sh"]), 27, 93);
     master.write_all(b"t=$(tty); ls $t && echo TTY=$t; stty size; echo N=$(readlink /proc/self/ns/pid)\r").unwrap();
-    let out = read_until(&mut master, "N=pid:", 15);
-    let out = format!("{out}{}", read_until(&mut master, "]", 2));
+    let out = read_until(&mut master, "N=pid:", 30);
+    let out = format!("{out}{}", read_until(&mut master, "]", 10));
     assert!(out.contains("TTY=/dev/pts/"), "{out}");
     assert!(out.contains("27 93"), "{out}");
     let init_pid_ns = std::fs::read_link(format!("/proc/{init}/ns/pid")).unwrap();
@@ -351,7 +351,7 @@ fn debug_image_session_sees_the_crun_container_at_target() {
     let (mut master, mut child, _slave) =
         on_pty(w.agent.dcos().args(["task", "exec", "-i", "-t", "--debug-image", &image, &w.main.id, "sh"]), 24, 80);
     master.write_all(b"tty; cat /target/etc/crun-marker; exit 4\r").unwrap();
-    let out = read_until(&mut master, "made-for-crun", 15);
+    let out = read_until(&mut master, "made-for-crun", 30);
     assert!(out.contains("/dev/pts/") && out.contains("made-for-crun"), "{out}");
     assert_eq!(child.wait().unwrap().code(), Some(4));
 }

@@ -237,7 +237,7 @@ fn tty_session_has_a_container_pts_forwards_size_and_restores_the_terminal() {
         on_pty(w.agent.dcos().args(["task", "exec", "-i", "-t", &w.main.id, "sh"]), 33, 101);
     let before = nix::sys::termios::tcgetattr(slave.as_fd()).unwrap();
     master.write_all(b"t=$(tty); ls $t && echo TTY=$t; stty size; echo T=$TERM\r").unwrap();
-    let out = read_until(&mut master, "T=xterm", 15);
+    let out = read_until(&mut master, "T=xterm", 30);
     assert!(out.contains("TTY=/dev/pts/"), "{out}");
     assert!(out.contains("33 101"), "{out}");
     // The local terminal is raw while the session runs.

@@ -476,7 +476,7 @@ fn tty_sessions_work_through_the_gateway() {
     let mut cmd = w.net.dcos();
     cmd.args(["task", "exec", "-t", "-i", &w.web, "sh", "-c", "stty size; tty; exit 4"]);
     let (mut master, mut child, _slave) = on_pty(&mut cmd, 33, 101);
-    let out = read_until(&mut master, "/dev/pts/", 20);
+    let out = read_until(&mut master, "/dev/pts/", 30);
     let status = child.wait().unwrap();
     assert!(out.contains("33 101"), "{out}");
     assert_eq!(status.code(), Some(4), "{out}");
