@@ -389,6 +389,27 @@ impl Agent {
         filter: &str,
         setup: Option<fn() -> std::io::Result<()>>,
     ) -> Agent {
+        // The port is free when picked, but another process can bind it before the agent does: try a new one.
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Agent::try_start_full(dir, extra, runtimes, acl, filter, setup) {
+                Ok(a) => return a,
+                Err(log) if log.contains("in use") => last = log,
+                Err(log) => panic!("the agent exited before it listened:\n{log}"),
+            }
+        }
+        panic!("the agent found its port taken three times:\n{last}")
+    }
+
+    /// One start of [`Agent::start_full`]; the agent's log when it exits before it listens.
+    fn try_start_full(
+        dir: &Path,
+        extra: &str,
+        runtimes: Option<&str>,
+        acl: &str,
+        filter: &str,
+        setup: Option<fn() -> std::io::Result<()>>,
+    ) -> Result<Agent, String> {
         let _ = std::fs::remove_dir_all(dir);
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
@@ -423,14 +444,17 @@ impl Agent {
                 setup.map_or(Ok(()), |f| f())
             });
         }
-        let child = cmd.spawn().expect("starting the agent");
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut child = cmd.spawn().expect("starting the agent");
+        let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(&listen).is_err() {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                return Err(std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default());
+            }
             assert!(Instant::now() < deadline, "agent did not listen on {listen}");
             std::thread::sleep(Duration::from_millis(20));
         }
         let admin_token = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_string();
-        Agent { dir: dir.into(), url: format!("https://127.0.0.1:{port}"), child, admin_token }
+        Ok(Agent { dir: dir.into(), url: format!("https://127.0.0.1:{port}"), child, admin_token })
     }
 
     pub fn token(&self, user: &str, groups: &[&str], ttl: &str) -> String {
