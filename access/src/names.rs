@@ -1,7 +1,14 @@
-//! How a name typed by a user picks a container, the DC/OS way: an exact id, else an exact name, else a unique
-//! prefix, else a unique substring. Each step looks at all containers; the first step with any match decides,
-//! and more than one match there is an ambiguity, never a guess. The agent picks among its containers, the
-//! gateway among the directory's tasks of every node, with this same code.
+//! How a name typed by a user picks a container, the DC/OS way: an exact id or name, else a unique prefix, else a
+//! unique substring. Each step looks at all containers; the first step with any match decides, and more than
+//! one match there is an ambiguity, never a guess. The agent picks among its containers, the gateway among the
+//! directory's tasks of every node, with this same code.
+//!
+//! Exact container ids, task ids and names are one step, not three in order: whoever can start a container
+//! chooses its name (Docker), its id (`ctr run`) or its namespace (containerd), so a container named like
+//! another's id, or a containerd namespace named like a Kubernetes namespace, would otherwise take over the
+//! sessions meant for the other. Likewise a query of four or more hex digits that is the start of an engine's
+//! 64-hex container id (the short id `docker ps` and `dcos task list` print) counts in that step: a container
+//! named after another's short id makes the short id ambiguous rather than taking its sessions.
 
 /// The names a user may type for a task: its container id, its task id and the runtime's name.
 pub trait Named {
@@ -42,23 +49,41 @@ fn bare(name: &str) -> &str {
 /// The steps of a pick, in order: the first one with a (visible) match decides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
-    ContainerId,
-    TaskId,
-    Name,
+    Exact,
     Prefix,
     Substring,
 }
 
-const STEPS: [Step; 5] = [Step::ContainerId, Step::TaskId, Step::Name, Step::Prefix, Step::Substring];
+const STEPS: [Step; 3] = [Step::Exact, Step::Prefix, Step::Substring];
+
+/// The fewest hex digits of a query that make it a short id: shorter ones are usual names (`db`, `abc`).
+const SHORT_ID_MIN: usize = 4;
+
+fn is_hex(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A query that may be a short container id.
+fn short_id(query: &str) -> bool {
+    query.len() >= SHORT_ID_MIN && is_hex(query)
+}
+
+/// An id an engine generated (Docker, containerd's CRI, runc under them): 64 lowercase hex digits.
+fn engine_id(id: &str) -> bool {
+    id.len() == 64 && is_hex(id)
+}
 
 /// Whether `c` matches `query` (`q`: the query without a leading `/`) at `step`. The one definition of the
-/// rules; [`Index`] answers the first four steps from sorted lists and must agree with this (tested).
+/// rules; [`Index`] answers the first two steps from sorted lists and must agree with this (tested).
 fn matches<C: Named>(step: Step, c: &C, query: &str, q: &str) -> bool {
     let name = c.name().map(bare);
     match step {
-        Step::ContainerId => c.container_id() == query,
-        Step::TaskId => c.task_id() == query,
-        Step::Name => name == Some(q),
+        Step::Exact => {
+            c.container_id() == query
+                || c.task_id() == query
+                || name == Some(q)
+                || (short_id(query) && engine_id(c.container_id()) && c.container_id().starts_with(query))
+        }
         Step::Prefix => {
             c.container_id().starts_with(query)
                 || c.task_id().starts_with(query)
@@ -92,8 +117,8 @@ fn decide(query: &str, mut hits: impl FnMut(Step) -> Vec<usize>, mut visible: im
     Pick::None
 }
 
-/// Picks the container `query` names among `all`: exact container id (unique by construction), then exact
-/// task id, then exact name, then prefixes of any of them, then substrings of task ids and names.
+/// Picks the container `query` names among `all`: an exact container id, task id or name (or a short id of an
+/// engine's container id), then prefixes of any of them, then substrings of task ids and names.
 pub fn pick<C: Named>(all: &[C], query: &str) -> Pick {
     let q = bare(query);
     let scan = |step| all.iter().enumerate().filter(|(_, c)| matches(step, *c, query, q)).map(|(i, _)| i).collect();
@@ -212,9 +237,16 @@ impl Index {
         }
         let hits = |step| -> Vec<usize> {
             let mut h: Vec<usize> = match step {
-                Step::ContainerId => range(all, &self.by_container, cid, query, true).collect(),
-                Step::TaskId => range(all, &self.by_task, tid, query, true).collect(),
-                Step::Name => range(all, &self.by_name, name, q, true).collect(),
+                Step::Exact => {
+                    let short = short_id(query).then(|| {
+                        range(all, &self.by_container, cid, query, false).filter(|&i| engine_id(all[i].container_id()))
+                    });
+                    range(all, &self.by_container, cid, query, true)
+                        .chain(range(all, &self.by_task, tid, query, true))
+                        .chain(range(all, &self.by_name, name, q, true))
+                        .chain(short.into_iter().flatten())
+                        .collect()
+                }
                 Step::Prefix => range(all, &self.by_container, cid, query, false)
                     .chain(range(all, &self.by_task, tid, query, false))
                     .chain(range(all, &self.by_name, name, q, false))
@@ -275,6 +307,24 @@ mod tests {
         assert_eq!(pick(&all, "0a1b"), Pick::None, "the middle of a hex id names nothing");
         assert_eq!(pick(&all, ""), Pick::None);
         assert_eq!(pick(&all, "zzz"), Pick::None);
+        // Whoever starts a container chooses its name, id or namespace: an exact match of one container never
+        // wins over another's, and a name that is another engine container's short id does not take its place.
+        let docker = |k: u8| format!("{:02x}", k).repeat(32);
+        let hijack = vec![
+            c(&docker(0xa6), &docker(0xa6), Some("/victim-db")),
+            c(&docker(0x67), &docker(0x67), Some(&format!("/{}", &docker(0xa6)[..12]))),
+            c("payments-abc", "prod/payments-abc", None),
+            c(&docker(0x11), "prod/payments-abc/app", Some("prod/payments-abc")),
+            c(&docker(0x22), &docker(0x22), Some("/db")),
+            c(&docker(0xdb), &docker(0xdb), None),
+        ];
+        assert_eq!(pick(&hijack, &docker(0xa6)[..12]), Pick::Many(vec![0, 1]), "a name like a short id");
+        assert_eq!(pick(&hijack, &docker(0xa6)[..4]), Pick::One(0), "the name is longer: a prefix, a later step");
+        assert_eq!(pick(&hijack, &docker(0xa6)), Pick::One(0), "the full id is still one");
+        assert_eq!(pick(&hijack, "victim-db"), Pick::One(0));
+        assert_eq!(pick(&hijack, "prod/payments-abc"), Pick::Many(vec![2, 3]), "a task id like a pod's name");
+        assert_eq!(pick(&hijack, "db"), Pick::One(4), "names shorter than a short id are names");
+        assert_eq!(pick(&hijack, "dbdb"), Pick::One(5));
         // An exact task id shared by two containers is ambiguous, not the first one found.
         let twins = vec![c("x1", "web.1", None), c("x2", "web.1", None)];
         assert_eq!(pick(&twins, "web.1"), Pick::Many(vec![0, 1]));
@@ -315,7 +365,11 @@ mod tests {
     fn generated(g: &mut Gen, n: usize) -> Vec<TaskInfo> {
         let mut all = Vec::new();
         for k in 0..n {
-            let container = format!("{}{k:x}", g.word(b"0123456789abcdef", 3));
+            let container = match g.below(3) {
+                // An engine's 64-hex id, sharing its first digits with others, and short ids as names below.
+                0 => format!("{:0<64}", format!("{}{k:x}", g.word(b"0123456789abcdef", 3))),
+                _ => format!("{}{k:x}", g.word(b"0123456789abcdef", 3)),
+            };
             let id = match g.below(4) {
                 0 => container.clone(),
                 1 => format!("shop.{}", g.word(b"abc.", 4)),
@@ -326,7 +380,7 @@ mod tests {
                 0 => None,
                 1 => Some(format!("/{}", g.word(b"abc-", 4))),
                 2 => Some(g.word(b"ab", 3)),
-                3 => Some(container[..1].to_string()),
+                3 => Some(container[..(1 + g.below(6)).min(container.len())].to_string()),
                 _ => Some(id.clone()),
             };
             all.push(c(&container, &id, name.as_deref()));

@@ -220,6 +220,33 @@ fn an_ambiguous_name_fails_with_its_candidates_and_exit_123() {
     docker_ok(&w.d, &["rm", "-f", &one, &two]);
 }
 
+/// The attack: a Docker user names a container after another container's short id, the 12 characters
+/// `dcos task list` and `docker ps` print and people type. Were an exact name to win over an id prefix, the
+/// victim's `dcos task exec -i SHORT-ID` would land in the attacker's container with its stdin. It is ambiguous
+/// instead, naming both; the full id and the victim's name still reach the victim.
+#[test]
+fn a_container_named_after_another_ones_short_id_does_not_take_its_sessions() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let victim = run_container(w, &format!("{}-victim", prefix()), &[], &["sleep", "100000"]);
+    let short = &victim[..12];
+    let attacker = run_container(w, short, &[], &["sh", "-c", "cat > /got-stdin; sleep 100000"]);
+    let o =
+        run_with_input(w.agent.dcos().args(["task", "exec", "-i", short, "sh", "-c", "cat > /dev/null"]), b"secret\n");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(123), "{err}");
+    assert!(err.contains(short) && err.contains(&attacker[..12]), "both are named: {err}");
+    let got = docker(&w.d, &["exec", &attacker, "cat", "/got-stdin"]);
+    assert!(!stdout(&got).contains("secret"), "the attacker got the victim's input");
+    for task in [victim.clone(), format!("{}-victim", prefix())] {
+        let o = w.agent.sh(&task, "echo $HOSTNAME");
+        assert_eq!((o.status.code(), stdout(&o)), (Some(0), format!("{short}\n")), "{task}: {}", stderr(&o));
+    }
+    docker_ok(&w.d, &["rm", "-f", &victim, &attacker]);
+}
+
 #[test]
 fn stopped_containers_are_listed_with_their_exit_status_and_refused() {
     if skip() {
