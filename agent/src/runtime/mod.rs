@@ -329,14 +329,22 @@ impl Discovery {
         Ok(c)
     }
 
+    /// The bundle's `task_id_annotation`, unless it holds a control character: the container is then named as
+    /// one without it (`NS/ID` in containerd), see [`refuse_control_characters`].
     fn task_id(&self, bundle: &Path) -> Option<String> {
-        read_annotations(bundle)?.remove(self.annotation.as_ref()?)
+        let t = read_annotations(bundle)?.remove(self.annotation.as_ref()?)?;
+        if dcos_exec_access::text::has_controls(&t) {
+            tracing::debug!(bundle = %bundle.display(), task = t.as_str(), "task id with control characters ignored");
+            return None;
+        }
+        Some(t)
     }
 }
 
 /// Task ids, names and labels come from whoever wrote the container's config: one with a control character
-/// (a newline to forge log lines, an ESC to drive the terminal of whoever lists tasks) is not used. The task id
-/// falls back to the container id; a refused name counts as unknown, so every deny rule applies to it.
+/// (a newline to forge log lines, an ESC to drive the terminal of whoever lists tasks) is not used. A task id
+/// annotation with one was already left out ([`Discovery::task_id`]); any other task id (a pod's names) falls
+/// back to the container id; a refused name counts as unknown, so every deny rule applies to it.
 fn refuse_control_characters(c: &mut Container) {
     use dcos_exec_access::text::has_controls;
     if has_controls(&c.task_id) {
@@ -558,6 +566,29 @@ mod tests {
             got,
             [(s("app"), None, "runc"), (s("data/db-0/db"), Some(s("data/db-0")), "cri-o"), (s("pause"), None, "runc"),]
         );
+    }
+
+    /// A task id annotation with a control character is left out: a containerd container is then `NS/ID`, as
+    /// without it, not its bare id; on a runc root's container, its container id.
+    #[test]
+    fn a_task_id_annotation_with_controls_names_the_container_as_without_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let me = i32::try_from(std::process::id()).unwrap();
+        let start = proc_start_time(me).unwrap();
+        let runc = tmp.path().join("runc");
+        for (id, bundle) in [
+            ("ctd", tmp.path().join("io.containerd.runtime.v2.task/dev/ctd")),
+            ("plain", tmp.path().join("bundles/plain")),
+        ] {
+            std::fs::create_dir_all(&bundle).unwrap();
+            std::fs::write(bundle.join("config.json"), r#"{"annotations":{"task":"prod/web\u001b[2J"}}"#).unwrap();
+            write_runc(&runc, id, me, start, &bundle);
+        }
+        let cfg = crate::config::RuntimesConfig { runc_roots: vec![runc], crun_roots: vec![], ..Default::default() };
+        let d = Discovery::new(&cfg, Some("task".into()), Duration::from_secs(1));
+        let mut got: Vec<_> = d.in_state_roots().into_iter().map(|c| c.task_id).collect();
+        got.sort();
+        assert_eq!(got, ["dev/ctd", "plain"]);
     }
 
     #[test]
