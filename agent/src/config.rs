@@ -16,6 +16,10 @@ pub enum ConfigError {
     Zero { path: PathBuf, key: &'static str, what: &'static str },
     #[error("{path}: {message}")]
     Cluster { path: PathBuf, message: String },
+    #[error(
+        "{path}: runtimes.cri_o_roots names {root:?}, which is in neither runtimes.runc_roots nor runtimes.crun_roots"
+    )]
+    CriORoot { path: PathBuf, root: PathBuf },
 }
 
 /// `agent.toml`. Relative paths are relative to the directory holding the file.
@@ -271,6 +275,10 @@ pub struct RuntimesConfig {
     pub runc_roots: Vec<PathBuf>,
     #[serde(default = "default_crun_roots")]
     pub crun_roots: Vec<PathBuf>,
+    /// Those of `runc_roots` and `crun_roots` that CRI-O's runtime keeps its state in: only containers found
+    /// there are named from CRI-O's Kubernetes annotations, which anyone who starts a container can write.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cri_o_roots: Vec<PathBuf>,
     /// Docker Engine API sockets, asked for container names, labels and exit statuses (`[]` to ask none).
     #[serde(default = "default_docker_sockets")]
     pub docker_sockets: Vec<PathBuf>,
@@ -288,6 +296,7 @@ impl Default for RuntimesConfig {
         RuntimesConfig {
             runc_roots: default_runc_roots(),
             crun_roots: default_crun_roots(),
+            cri_o_roots: Vec::new(),
             docker_sockets: default_docker_sockets(),
             containerd_sockets: default_containerd_sockets(),
             api_timeout: default_api_timeout(),
@@ -423,6 +432,10 @@ impl AgentConfig {
                 return Err(ConfigError::Zero { path: path.into(), key, what });
             }
         }
+        let r = &cfg.runtimes;
+        if let Some(root) = r.cri_o_roots.iter().find(|x| !r.runc_roots.contains(x) && !r.crun_roots.contains(x)) {
+            return Err(ConfigError::CriORoot { path: path.into(), root: root.clone() });
+        }
         let cluster = match cfg.cluster.as_mut() {
             None => None,
             Some(c) => {
@@ -505,6 +518,7 @@ mod tests {
         assert_eq!(l.file.audit_log, PathBuf::from("/var/log/a.log"));
         assert_eq!(l.grace_period, Duration::from_millis(250));
         assert_eq!(l.file.runtimes.runc_roots, default_runc_roots());
+        assert!(l.file.runtimes.cri_o_roots.is_empty(), "no root's CRI-O annotations are believed by default");
         assert_eq!(l.file.runtimes.docker_sockets, [PathBuf::from("/run/docker.sock")]);
         assert_eq!(l.file.runtimes.containerd_sockets, [PathBuf::from("/run/containerd/containerd.sock")]);
         assert_eq!(l.api_timeout, Duration::from_secs(2));
@@ -546,6 +560,12 @@ mod tests {
         );
         std::fs::write(&p, format!("{base}max_sessions_per_user=-1\n")).unwrap();
         assert!(matches!(AgentConfig::load(&p), Err(ConfigError::File(FileError::Parse { .. }))));
+        // A CRI-O root must be one the agent reads, as runc's or crun's.
+        std::fs::write(&p, format!("{base}[runtimes]\ncri_o_roots=['/run/crio/runc']\n")).unwrap();
+        assert!(matches!(AgentConfig::load(&p), Err(ConfigError::CriORoot { .. })));
+        std::fs::write(&p, format!("{base}[runtimes]\ncri_o_roots=['/run/runc', '/run/crun']\n")).unwrap();
+        let l = AgentConfig::load(&p).unwrap();
+        assert_eq!(l.file.runtimes.cri_o_roots, [PathBuf::from("/run/runc"), PathBuf::from("/run/crun")]);
     }
 
     #[test]

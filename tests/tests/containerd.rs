@@ -2,9 +2,10 @@
 //! off), an image imported with `ctr images import` from an OCI archive written here (no network), containers
 //! started with `ctr run`, and the real agent and `dcos` CLI. One containerd per test binary, stopped at exit.
 //!
-//! The Kubernetes test here gives `ctr run` the annotations that containerd's CRI plugin writes into every pod
-//! container's `config.json`, with CRI-O's too in the unit tests; `cri.rs` runs real pods through the CRI
-//! service itself.
+//! The Kubernetes tests here give `ctr run` the annotations that containerd's CRI plugin writes into every pod
+//! container's `config.json`: in the CRI's namespace `k8s.io`, where they name pods, and in another one, where
+//! anybody may write them and they name and hide nothing. CRI-O's are in the unit tests; `cri.rs` runs real
+//! pods through the CRI service itself.
 
 #[path = "support/containerd.rs"]
 mod ctd;
@@ -41,6 +42,8 @@ actions = ["list", "exec"]
 /// The containerd of this test binary, with the image its containers run.
 struct Daemon {
     c: Containerd,
+    /// The same containerd, with `ctr` in the CRI's namespace `k8s.io` (the CRI plugin itself is off).
+    k8s: Containerd,
     image: String,
 }
 
@@ -53,17 +56,22 @@ fn start_containerd(dir: &Path) -> Daemon {
     let c = ctd::start(dir, &format!("{}-ns", prefix()), None);
     let image = format!("docker.io/library/{}bb:1", prefix());
     ctd::import_busybox(&c, &dir.join("layout"), &image);
-    Daemon { c, image }
+    let k8s = ctd::namespace(&c, ctd::CRI_NAMESPACE);
+    ctd::import_busybox(&k8s, &dir.join("layout-k8s"), &image);
+    Daemon { c, k8s, image }
 }
 
 static WORLD: OnceLock<CtdWorld> = OnceLock::new();
 
-/// The agent's `[runtimes]`: this containerd's runc root and socket.
-fn runtimes(c: &Containerd) -> String {
+/// The agent's `[runtimes]`: this containerd's runc roots (of the test's namespace, and of the others, `k8s.io`
+/// among them, which [`ctd::namespace`] keeps under its directory) and socket.
+fn runtimes(d: &Daemon) -> String {
     format!(
-        "runc_roots = [\"{}\"]\ncrun_roots = []\ndocker_sockets = []\ncontainerd_sockets = [\"{}\"]\napi_timeout = \"10s\"",
-        c.runc_root.display(),
-        c.sock.display()
+        "runc_roots = [\"{}\", \"{}/runc/*\"]\ncrun_roots = []\ndocker_sockets = []\ncontainerd_sockets = [\"{}\"]\n\
+         api_timeout = \"10s\"",
+        d.c.runc_root.display(),
+        d.c.dir.display(),
+        d.c.sock.display()
     )
 }
 
@@ -73,7 +81,7 @@ fn world() -> &'static CtdWorld {
         std::thread::spawn(move || {
             let root = std::env::temp_dir().join(format!("{}-containerd", prefix()));
             let c = start_containerd(&root);
-            let agent = Agent::start_with_runtimes(&root.join("agent"), "", &runtimes(&c.c), ACL);
+            let agent = Agent::start_with_runtimes(&root.join("agent"), "", &runtimes(&c), ACL);
             agent.kill_at_exit();
             tx.send(CtdWorld { c, agent }).unwrap();
             loop {
@@ -86,29 +94,37 @@ fn world() -> &'static CtdWorld {
 
 /// `ctr run -d` of the test image as `id`, with OCI annotations.
 fn ctr_run(w: &CtdWorld, id: &str, annotations: &[(&str, &str)]) {
-    ctr_run_with(w, id, "--annotation", annotations)
+    ctr_run_with(w, &w.c.c, id, "--annotation", annotations)
 }
 
 /// `ctr run -d` of the test image as `id`, with containerd labels.
 fn ctr_run_labelled(w: &CtdWorld, id: &str, labels: &[(&str, &str)]) {
-    ctr_run_with(w, id, "--label", labels)
+    ctr_run_with(w, &w.c.c, id, "--label", labels)
 }
 
-fn ctr_run_with(w: &CtdWorld, id: &str, flag: &str, pairs: &[(&str, &str)]) {
+/// `ctr run -d` of the test image as `id` in the namespace of `c`, its runc state in `c.runc_root` and its
+/// cgroup under the test namespace's, with `flag KEY=VALUE` for each pair and `MARK=ID` in its environment.
+fn ctr_run_with(w: &CtdWorld, c: &Containerd, id: &str, flag: &str, pairs: &[(&str, &str)]) {
     let mut a: Vec<String> = ["run", "-d", "--snapshotter", "native"].map(String::from).to_vec();
+    a.extend(ctd::runc_root_args(c));
+    a.extend(["--cgroup".into(), format!("/{}/{id}", w.c.c.ns), "--env".into(), format!("MARK={id}")]);
     for (k, v) in pairs {
         a.push(flag.into());
         a.push(format!("{k}={v}"));
     }
     a.extend([w.c.image.clone(), id.into(), "sleep".into(), "100000".into()]);
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
-    ctr_ok(&w.c.c, &a);
+    ctr_ok(c, &a);
 }
 
 fn remove(w: &CtdWorld, id: &str) {
-    let _ = ctr(&w.c.c, &["tasks", "kill", "-s", "KILL", id]);
-    let _ = ctr(&w.c.c, &["tasks", "rm", "-f", id]);
-    let _ = ctr(&w.c.c, &["containers", "rm", id]);
+    remove_in(&w.c.c, id)
+}
+
+fn remove_in(c: &Containerd, id: &str) {
+    let _ = ctr(c, &["tasks", "kill", "-s", "KILL", id]);
+    let _ = ctr(c, &["tasks", "rm", "-f", id]);
+    let _ = ctr(c, &["containers", "rm", id]);
 }
 
 #[test]
@@ -144,6 +160,7 @@ fn containerd_containers_are_tasks_as_namespace_slash_id() {
     remove(w, &id);
 }
 
+/// Containers of the CRI's namespace `k8s.io` with the CRI's annotations, as containerd's CRI plugin starts them.
 #[test]
 fn pod_containers_are_tasks_as_namespace_pod_container_and_sandboxes_are_not() {
     if skip() {
@@ -170,7 +187,7 @@ fn pod_containers_are_tasks_as_namespace_pod_container_and_sandboxes_are_not() {
     ];
     for (id, ann) in &started {
         let ann: Vec<(&str, &str)> = ann.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        ctr_run(w, id, &ann);
+        ctr_run_with(w, &w.c.k8s, id, "--annotation", &ann);
     }
     let o = run(w.agent.dcos().args(["task", "list", "--json", "shop/"]));
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
@@ -200,8 +217,118 @@ fn pod_containers_are_tasks_as_namespace_pod_container_and_sandboxes_are_not() {
     assert_eq!(as_shopper(&format!("shop/{solo}")), Some(0));
     assert_eq!(as_shopper(&format!("shop/{duo}/envoy")), Some(118));
     for (id, _) in &started {
+        remove_in(&w.c.k8s, id);
+    }
+}
+
+/// The CRI's annotations, as containerd's CRI plugin writes them for a pod `ns/pod`.
+fn cri_annotations<'a>(kind: &'a str, ns: &'a str, pod: &'a str, name: &'a str) -> [(&'a str, &'a str); 4] {
+    [
+        ("io.kubernetes.cri.container-type", kind),
+        ("io.kubernetes.cri.sandbox-namespace", ns),
+        ("io.kubernetes.cri.sandbox-name", pod),
+        ("io.kubernetes.cri.container-name", name),
+    ]
+}
+
+/// `dcos task list --all --json`'s rows as (task id, name, runtime, state), by container id.
+fn rows_by_container(w: &CtdWorld) -> std::collections::HashMap<String, (String, Option<String>, String, String)> {
+    let o = run(w.agent.dcos().args(["task", "list", "--all", "--json"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    rows.iter()
+        .map(|t| {
+            (s(&t["container"]), (s(&t["id"]), t["name"].as_str().map(String::from), s(&t["runtime"]), s(&t["state"])))
+        })
+        .collect()
+}
+
+/// The attack: a user of containerd's API, in a namespace of its own (`ctr -n dev run --annotation ...`), writes
+/// the annotations of containerd's CRI plugin, to pass for a container of a pod of another namespace's team
+/// (which would take its task id, make its names ambiguous and take its pod name away) or for a pod's sandbox
+/// (which would hide its container from every list and exec, the admin's too). Outside the CRI's namespace they
+/// are not believed: the containers are `NS/ID` like any other, listed and reachable, and the real pod keeps its
+/// names. Nor does the CRI's label hide a container without a task there.
+#[test]
+fn cri_annotations_outside_the_cri_namespace_name_and_hide_nothing() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let p = prefix();
+    let dev = &w.c.c.ns;
+    let pod = format!("payments-{p}");
+    let (real, real_pause) = (format!("{p}-real"), format!("{p}-real-pause"));
+    ctr_run_with(w, &w.c.k8s, &real_pause, "--annotation", &cri_annotations("sandbox", "prod", &pod, ""));
+    ctr_run_with(w, &w.c.k8s, &real, "--annotation", &cri_annotations("container", "prod", &pod, "app"));
+    let (spoof, hidden) = (format!("{p}-spoof"), format!("{p}-hidden"));
+    ctr_run(w, &spoof, &cri_annotations("container", "prod", &pod, "app"));
+    ctr_run(w, &hidden, &cri_annotations("sandbox", "prod", &pod, ""));
+    // A container without a task, with the label the CRI puts on its own.
+    let labelled = format!("{p}-labelled");
+    let create = ["containers", "create", "--snapshotter", "native", "--label", "io.cri-containerd.kind=sandbox"];
+    let mut a: Vec<&str> = create.to_vec();
+    a.extend([w.c.image.as_str(), labelled.as_str(), "true"]);
+    ctr_ok(&w.c.c, &a);
+
+    let rows = rows_by_container(w);
+    let row = |id: &str| rows.get(id).cloned().unwrap_or_else(|| panic!("{id} not listed: {rows:?}"));
+    let s = String::from;
+    let real_task = format!("prod/{pod}/app");
+    assert_eq!(row(&real), (real_task.clone(), Some(format!("prod/{pod}")), s("containerd"), s("running")));
+    assert!(!rows.contains_key(&real_pause), "the CRI namespace's sandbox is not a task: {rows:?}");
+    for id in [&spoof, &hidden] {
+        assert_eq!(row(id), (format!("{dev}/{id}"), None, s("containerd"), s("running")), "{id}");
+    }
+    assert_eq!(row(&labelled), (format!("{dev}/{labelled}"), None, s("containerd"), s("stopped")));
+    // The real pod is reached by its pod name and its task id, not made ambiguous; each spoof by its own.
+    for (task, mark) in [(format!("prod/{pod}"), &real), (real_task, &real), (format!("{dev}/{spoof}"), &spoof)] {
+        let o = w.agent.sh(&task, "echo $MARK");
+        assert_eq!((o.status.code(), stdout(&o)), (Some(0), format!("{mark}\n")), "{task}: {}", stderr(&o));
+    }
+    let o = w.agent.sh(&format!("{dev}/{hidden}"), "echo $MARK");
+    assert_eq!((o.status.code(), stdout(&o)), (Some(0), format!("{hidden}\n")), "{}", stderr(&o));
+    for id in [&real, &real_pause] {
+        remove_in(&w.c.k8s, id);
+    }
+    for id in [&spoof, &hidden, &labelled] {
         remove(w, id);
     }
+}
+
+/// A `task_id_annotation` (the agents of these tests read `io.dcos.task-id`) on a container of a namespace other
+/// than the CRI's names it within its namespace: `dev/VALUE`, so that a user of `dev` cannot take a task id that
+/// looks like another namespace's, here the one of a task of `prod`. In the CRI's namespace the value is the
+/// task id as it is.
+#[test]
+fn annotated_task_ids_keep_their_containerd_namespace() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let p = prefix();
+    let dev = &w.c.c.ns;
+    let prod = ctd::namespace(&w.c.c, &format!("{p}-prod"));
+    ctd::import_busybox(&prod, &w.c.c.dir.join("layout-prod"), &w.c.image);
+    let (victim, thief, cri) = (format!("{p}-victim"), format!("{p}-thief"), format!("{p}-cri-tid"));
+    let (victim_task, cri_task) = (format!("{}/{victim}", prod.ns), format!("{p}-cri-task"));
+    ctr_run_with(w, &prod, &victim, "--annotation", &[]);
+    ctr_run(w, &thief, &[("io.dcos.task-id", &victim_task)]);
+    ctr_run_with(w, &w.c.k8s, &cri, "--annotation", &[("io.dcos.task-id", &cri_task)]);
+
+    let rows = rows_by_container(w);
+    let task_of = |id: &str| rows.get(id).map(|r| r.0.clone()).unwrap_or_else(|| panic!("{id} not listed: {rows:?}"));
+    assert_eq!(task_of(&victim), victim_task);
+    assert_eq!(task_of(&thief), format!("{dev}/{victim_task}"));
+    assert_eq!(task_of(&cri), cri_task);
+    for (task, mark) in [(&victim_task, &victim), (&format!("{dev}/{victim_task}"), &thief), (&cri_task, &cri)] {
+        let o = w.agent.sh(task, "echo $MARK");
+        assert_eq!((o.status.code(), stdout(&o)), (Some(0), format!("{mark}\n")), "{task}: {}", stderr(&o));
+    }
+    remove_in(&prod, &victim);
+    remove(w, &thief);
+    remove_in(&w.c.k8s, &cri);
 }
 
 /// What a debug session sees of a crashed container: its log in its root, its read-only bind mount of a host
@@ -331,7 +458,7 @@ fn a_container_removed_before_its_debug_sandbox_starts_is_a_clear_error() {
     let agent = Agent::start_with_runtimes(
         &dir.join("agent"),
         &format!("[images]\ninsecure_registries = [\"127.0.0.1:{port}\"]\n"),
-        &runtimes(&w.c.c),
+        &runtimes(&w.c),
         ACL,
     );
     let id = format!("{p}-gone");

@@ -218,6 +218,30 @@ fn import_pause(c: &ctd::Containerd, dir: &Path) {
     ctd::import(c, &layout);
 }
 
+/// The annotations containerd's CRI plugin writes for a container of pod `ns/pod`.
+fn cri_annotations<'a>(kind: &'a str, ns: &'a str, pod: &'a str, name: &'a str) -> [(&'a str, &'a str); 4] {
+    [
+        ("io.kubernetes.cri.container-type", kind),
+        ("io.kubernetes.cri.sandbox-namespace", ns),
+        ("io.kubernetes.cri.sandbox-name", pod),
+        ("io.kubernetes.cri.container-name", name),
+    ]
+}
+
+/// `ctr run -d` of the app image as `id` in `c`'s namespace, with these OCI annotations, its runc state in
+/// `c.runc_root` and its cgroup under the pods' parent (removed at exit).
+fn ctr_run_annotated(c: &ctd::Containerd, id: &str, annotations: &[(&str, &str)]) {
+    let mut a: Vec<String> = ["run", "-d", "--snapshotter", "native"].map(String::from).to_vec();
+    a.extend(ctd::runc_root_args(c));
+    a.extend(["--cgroup".into(), format!("/{}/{id}", cgroup_parent())]);
+    for (k, v) in annotations {
+        a.extend(["--annotation".into(), format!("{k}={v}")]);
+    }
+    a.extend([APP_IMAGE.into(), id.into(), "sleep".into(), "100000".into()]);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    ctd::ctr_ok(c, &a);
+}
+
 /// The namespaces that [`PROBE`] prints, in its order.
 const NAMESPACES: [&str; 6] = ["mnt", "pid", "uts", "ipc", "net", "cgroup"];
 const PROBE: &str = "for n in mnt pid uts ipc net cgroup; do readlink /proc/self/ns/$n; done; \
@@ -271,9 +295,10 @@ fn start(root: &Path) -> (ctd::Containerd, Agent) {
         assert!(plugins.lines().any(cri_ok), "the CRI plugin is not running: {plugins}");
         import_pause(&c, &root);
         ctd::import_busybox(&c, &root.join("app-layout"), APP_IMAGE);
+        // The runc roots of every namespace: the CRI's `k8s.io`, and those of `ctd::namespace`.
         let runtimes = format!(
-            "runc_roots = [\"{}\"]\ncrun_roots = []\ndocker_sockets = []\ncontainerd_sockets = [\"{}\"]\napi_timeout = \"10s\"",
-            c.runc_root.display(),
+            "runc_roots = [\"{}/runc/*\"]\ncrun_roots = []\ndocker_sockets = []\ncontainerd_sockets = [\"{}\"]\napi_timeout = \"10s\"",
+            c.dir.display(),
             c.sock.display()
         );
         let agent = Agent::start_with_runtimes(&root.join("agent"), "", &runtimes, ACL);
@@ -367,6 +392,39 @@ fn pods_run_through_containerds_cri_service_are_tasks_by_pod_and_container() {
     let o = run(agent.dcos().args(["task", "exec", &format!("shop/{duo_name}"), "true"]));
     assert_eq!(o.status.code(), Some(123), "{}", stderr(&o));
     assert!(stderr(&o).contains(&front) && stderr(&o).contains(&envoy), "{}", stderr(&o));
+
+    // A user of containerd's API writes the CRI's annotations on containers of a namespace of its own: one that
+    // would pass for the one-container pod's `app`, one for a sandbox, which would hide it. Outside the CRI's
+    // namespace they are ordinary containers, `NS/ID`, listed and reachable; the pod keeps its names.
+    let dev = ctd::namespace(&c, &format!("{p}-dev"));
+    ctd::import_busybox(&dev, &root.join("dev-layout"), APP_IMAGE);
+    let (spoof, hidden) = (format!("{p}-spoof"), format!("{p}-hidden"));
+    ctr_run_annotated(&dev, &spoof, &cri_annotations("container", "shop", &solo_name, "app"));
+    ctr_run_annotated(&dev, &hidden, &cri_annotations("sandbox", "shop", &solo_name, ""));
+    for all in [false, true] {
+        let rows = shop_rows(&agent, all);
+        let task_of = |id: &str| {
+            let row = rows.iter().find(|t| t["container"] == id).unwrap_or_else(|| panic!("{id}: {rows:?}"));
+            (row["id"].as_str().map(String::from), row["name"].as_str().map(String::from))
+        };
+        assert_eq!(task_of(solo.container("app")), (Some(app.clone()), Some(format!("shop/{solo_name}"))));
+        for id in [&spoof, &hidden] {
+            assert_eq!(task_of(id), (Some(format!("{}/{id}", dev.ns)), None), "all={all}");
+        }
+    }
+    for task in [app.clone(), format!("shop/{solo_name}")] {
+        let o = agent.sh(&task, PROBE);
+        assert_eq!((o.status.code(), stdout(&o)), (Some(0), app_probe.clone()), "{task}: {}", stderr(&o));
+    }
+    for id in [&spoof, &hidden] {
+        let o = agent.sh(&format!("{}/{id}", dev.ns), "tr '\\0' ' ' < /proc/1/cmdline");
+        assert_eq!((o.status.code(), stdout(&o)), (Some(0), "sleep 100000 ".into()), "{id}: {}", stderr(&o));
+        for args in
+            [&["tasks", "kill", "-s", "KILL", id.as_str()][..], &["tasks", "rm", "-f", id], &["containers", "rm", id]]
+        {
+            ctd::ctr_ok(&dev, args);
+        }
+    }
 
     // Stopped and removed through the CRI, the pods are gone from the list, and from containerd.
     for id in std::mem::take(&mut guard.ids) {

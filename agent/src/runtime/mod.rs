@@ -120,6 +120,8 @@ pub struct RuntimeStatus {
 pub struct Discovery {
     runc_roots: Vec<PathBuf>,
     crun_roots: Vec<PathBuf>,
+    /// Those of the roots above that are CRI-O's: only their containers are named from CRI-O's annotations.
+    cri_o_roots: Vec<PathBuf>,
     docker_sockets: Vec<PathBuf>,
     containerd_sockets: Vec<PathBuf>,
     timeout: Duration,
@@ -135,6 +137,7 @@ impl Discovery {
         Discovery {
             runc_roots: cfg.runc_roots.clone(),
             crun_roots: cfg.crun_roots.clone(),
+            cri_o_roots: cfg.cri_o_roots.clone(),
             docker_sockets: cfg.docker_sockets.clone(),
             containerd_sockets: cfg.containerd_sockets.clone(),
             timeout,
@@ -204,21 +207,26 @@ impl Discovery {
     /// Containers in the runc and crun state roots, with their task ids.
     fn in_state_roots(&self) -> Vec<Container> {
         let mut out = Vec::new();
-        let found = expand(&self.runc_roots)
-            .into_iter()
-            .flat_map(|d| subdirs(&d))
-            .filter_map(|d| runc::read(&d))
-            .chain(expand(&self.crun_roots).into_iter().flat_map(|d| subdirs(&d)).filter_map(|d| crun::read(&d)));
-        let mut annotated = Vec::new();
-        for mut c in found {
-            let t = self.task_id(&c.bundle);
-            annotated.push(t.is_some());
-            if let Some(t) = t {
-                c.task_id = t;
+        let mut origins = Vec::new();
+        let roots = self
+            .runc_roots
+            .iter()
+            .map(|r| (r, runc::read as fn(&Path) -> Option<Container>))
+            .chain(self.crun_roots.iter().map(|r| (r, crun::read as fn(&Path) -> Option<Container>)));
+        for (root, read) in roots {
+            let cri_o = self.cri_o_roots.contains(root);
+            let found =
+                expand(std::slice::from_ref(root)).into_iter().flat_map(|d| subdirs(&d)).filter_map(|d| read(&d));
+            for mut c in found {
+                let t = self.task_id(&c.bundle);
+                origins.push(containerd::Origin { annotated: t.is_some(), cri_o });
+                if let Some(t) = t {
+                    c.task_id = t;
+                }
+                out.push(c);
             }
-            out.push(c);
         }
-        containerd::name_all(&mut out, |b| read_annotations(b).unwrap_or_default(), &annotated);
+        containerd::name_all(&mut out, |b| read_annotations(b).unwrap_or_default(), &origins);
         out
     }
 
@@ -321,14 +329,22 @@ impl Discovery {
         Ok(c)
     }
 
+    /// The bundle's `task_id_annotation`, unless it holds a control character: the container is then named as
+    /// one without it (`NS/ID` in containerd), see [`refuse_control_characters`].
     fn task_id(&self, bundle: &Path) -> Option<String> {
-        read_annotations(bundle)?.remove(self.annotation.as_ref()?)
+        let t = read_annotations(bundle)?.remove(self.annotation.as_ref()?)?;
+        if dcos_exec_access::text::has_controls(&t) {
+            tracing::debug!(bundle = %bundle.display(), task = t.as_str(), "task id with control characters ignored");
+            return None;
+        }
+        Some(t)
     }
 }
 
 /// Task ids, names and labels come from whoever wrote the container's config: one with a control character
-/// (a newline to forge log lines, an ESC to drive the terminal of whoever lists tasks) is not used. The task id
-/// falls back to the container id; a refused name counts as unknown, so every deny rule applies to it.
+/// (a newline to forge log lines, an ESC to drive the terminal of whoever lists tasks) is not used. A task id
+/// annotation with one was already left out ([`Discovery::task_id`]); any other task id (a pod's names) falls
+/// back to the container id; a refused name counts as unknown, so every deny rule applies to it.
 fn refuse_control_characters(c: &mut Container) {
     use dcos_exec_access::text::has_controls;
     if has_controls(&c.task_id) {
@@ -508,6 +524,71 @@ mod tests {
         // What the caller may not see does not make a name ambiguous.
         assert_eq!(resolve("web.1", &|c: &Container| c.id != "dead").unwrap().id, "live");
         assert!(matches!(resolve("live", &|c: &Container| c.id != "live"), Err(RuntimeError::NotFound(_))));
+    }
+
+    /// CRI-O's annotations name a pod only for a container of a root configured as CRI-O's: in runc's own root,
+    /// which anyone who runs runc or podman writes to, the same annotations neither name a pod nor hide a
+    /// container as a sandbox.
+    #[test]
+    fn cri_o_annotations_are_believed_only_in_cri_o_roots() {
+        let tmp = tempfile::tempdir().unwrap();
+        let me = i32::try_from(std::process::id()).unwrap();
+        let start = proc_start_time(me).unwrap();
+        let bundle = |name: &str, kind: &str, container: &str| {
+            let b = tmp.path().join("bundles").join(name);
+            std::fs::create_dir_all(&b).unwrap();
+            let a = serde_json::json!({"annotations": {
+                "io.kubernetes.cri-o.ContainerType": kind,
+                "io.kubernetes.container.name": container,
+                "io.kubernetes.pod.name": "db-0",
+                "io.kubernetes.pod.namespace": "data",
+            }});
+            std::fs::write(b.join("config.json"), a.to_string()).unwrap();
+            b
+        };
+        let (app, pause) = (bundle("app", "container", "db"), bundle("pause", "sandbox", "POD"));
+        let (crio, runc) = (tmp.path().join("crio"), tmp.path().join("runc"));
+        for root in [&crio, &runc] {
+            write_runc(root, "app", me, start, &app);
+            write_runc(root, "pause", me, start, &pause);
+        }
+        let cfg = crate::config::RuntimesConfig {
+            runc_roots: vec![crio.clone(), runc],
+            crun_roots: vec![],
+            cri_o_roots: vec![crio],
+            ..Default::default()
+        };
+        let d = Discovery::new(&cfg, None, Duration::from_secs(1));
+        let mut got: Vec<_> = d.in_state_roots().into_iter().map(|c| (c.task_id, c.name, c.runtime)).collect();
+        got.sort();
+        let s = |x: &str| x.to_string();
+        assert_eq!(
+            got,
+            [(s("app"), None, "runc"), (s("data/db-0/db"), Some(s("data/db-0")), "cri-o"), (s("pause"), None, "runc"),]
+        );
+    }
+
+    /// A task id annotation with a control character is left out: a containerd container is then `NS/ID`, as
+    /// without it, not its bare id; on a runc root's container, its container id.
+    #[test]
+    fn a_task_id_annotation_with_controls_names_the_container_as_without_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let me = i32::try_from(std::process::id()).unwrap();
+        let start = proc_start_time(me).unwrap();
+        let runc = tmp.path().join("runc");
+        for (id, bundle) in [
+            ("ctd", tmp.path().join("io.containerd.runtime.v2.task/dev/ctd")),
+            ("plain", tmp.path().join("bundles/plain")),
+        ] {
+            std::fs::create_dir_all(&bundle).unwrap();
+            std::fs::write(bundle.join("config.json"), r#"{"annotations":{"task":"prod/web\u001b[2J"}}"#).unwrap();
+            write_runc(&runc, id, me, start, &bundle);
+        }
+        let cfg = crate::config::RuntimesConfig { runc_roots: vec![runc], crun_roots: vec![], ..Default::default() };
+        let d = Discovery::new(&cfg, Some("task".into()), Duration::from_secs(1));
+        let mut got: Vec<_> = d.in_state_roots().into_iter().map(|c| c.task_id).collect();
+        got.sort();
+        assert_eq!(got, ["dev/ctd", "plain"]);
     }
 
     #[test]

@@ -106,14 +106,7 @@ pub fn start(dir: &Path, ns: &str, cri: Option<&str>) -> Containerd {
     let (sock, ns, dir, runc_root) = (c.sock.clone(), c.ns.clone(), c.dir.clone(), c.runc_root.clone());
     // Registered after `prefix()`'s clean-up, so it runs before the directories are removed.
     at_exit(move || {
-        let ctr = |args: &[&str]| Command::new("ctr").arg("-a").arg(&sock).args(["-n", &ns]).args(args).output();
-        if let Ok(o) = ctr(&["containers", "ls", "-q"]) {
-            for id in String::from_utf8_lossy(&o.stdout).lines() {
-                let _ = ctr(&["tasks", "kill", "-s", "KILL", id]);
-                let _ = ctr(&["tasks", "rm", "-f", id]);
-                let _ = ctr(&["containers", "rm", id]);
-            }
-        }
+        remove_containers(&sock, &ns);
         // SAFETY: kill on our own child.
         unsafe { libc::kill(pid, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -141,6 +134,39 @@ pub fn start(dir: &Path, ns: &str, cri: Option<&str>) -> Containerd {
         std::thread::sleep(Duration::from_millis(100));
     }
     c
+}
+
+/// Kills and removes every container of namespace `ns` of the containerd on `sock`.
+fn remove_containers(sock: &Path, ns: &str) {
+    let ctr = |args: &[&str]| Command::new("ctr").arg("-a").arg(sock).args(["-n", ns]).args(args).output();
+    if let Ok(o) = ctr(&["containers", "ls", "-q"]) {
+        for id in String::from_utf8_lossy(&o.stdout).lines() {
+            let _ = ctr(&["tasks", "kill", "-s", "KILL", id]);
+            let _ = ctr(&["tasks", "rm", "-f", id]);
+            let _ = ctr(&["containers", "rm", id]);
+        }
+    }
+}
+
+/// `c`'s containerd with `ctr` working in another namespace, `ns`. Containers run there with
+/// [`runc_root_args`] keep their runc state under `c`'s directory, in `runc_root`; at exit they are killed and
+/// removed, before containerd stops.
+pub fn namespace(c: &Containerd, ns: &str) -> Containerd {
+    let other =
+        Containerd { dir: c.dir.clone(), sock: c.sock.clone(), ns: ns.into(), runc_root: c.dir.join("runc").join(ns) };
+    let (sock, ns) = (other.sock.clone(), other.ns.clone());
+    // Registered after containerd's hook, so it runs before that stops containerd.
+    at_exit(move || remove_containers(&sock, &ns));
+    other
+}
+
+/// `ctr run`'s flags that put the runc state of its container in `c.runc_root` (containerd's runc shim adds the
+/// namespace to the root it is given).
+pub fn runc_root_args(c: &Containerd) -> Vec<String> {
+    match c.runc_root.parent() {
+        Some(root) => vec!["--runc-root".into(), root.display().to_string()],
+        None => Vec::new(),
+    }
 }
 
 /// Removes the cgroup `/name` of every hierarchy (cgroup v1 and v2), if it is empty.
