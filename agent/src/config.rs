@@ -54,6 +54,10 @@ pub struct AgentConfig {
     /// After the process exits, how long to keep forwarding output that processes it left behind still write.
     #[serde(default = "default_drain")]
     pub output_drain: String,
+    /// After the process exits, how long output is forwarded at most, quiet or not: a process of the container
+    /// that keeps writing into the session's stdout or terminal must not hold the session (and its status) open.
+    #[serde(default = "default_drain_max")]
+    pub output_drain_max: String,
     /// Connections accepted but not yet past authentication (TLS handshake, first request); more are closed at once.
     #[serde(default = "default_max_unauthenticated")]
     pub max_unauthenticated: usize,
@@ -316,6 +320,9 @@ fn default_grace() -> String {
 fn default_drain() -> String {
     "1s".into()
 }
+fn default_drain_max() -> String {
+    "10s".into()
+}
 pub fn default_max_unauthenticated() -> usize {
     256
 }
@@ -351,6 +358,7 @@ pub struct Loaded {
     pub file: AgentConfig,
     pub grace_period: Duration,
     pub output_drain: Duration,
+    pub output_drain_max: Duration,
     pub shutdown_grace: Duration,
     /// `[runtimes] api_timeout`.
     pub api_timeout: Duration,
@@ -385,6 +393,7 @@ impl AgentConfig {
             audit_log: "audit.log".into(),
             grace_period: "5s".into(),
             output_drain: "1s".into(),
+            output_drain_max: default_drain_max(),
             max_unauthenticated: default_max_unauthenticated(),
             max_sessions_per_user: default_max_sessions_per_user(),
             shutdown_grace: default_shutdown_grace(),
@@ -422,6 +431,7 @@ impl AgentConfig {
         let dur = |key: &'static str, value: &str| config_file::duration(path, key, value);
         let grace_period = dur("grace_period", &cfg.grace_period)?;
         let output_drain = dur("output_drain", &cfg.output_drain)?;
+        let output_drain_max = dur("output_drain_max", &cfg.output_drain_max)?;
         let shutdown_grace = dur("shutdown_grace", &cfg.shutdown_grace)?;
         let api_timeout = dur("runtimes.api_timeout", &cfg.runtimes.api_timeout)?;
         for (key, value, what) in [
@@ -496,7 +506,16 @@ impl AgentConfig {
         } else {
             AclSource::File(cfg.acl.clone())
         };
-        Ok(Loaded { file: cfg, grace_period, output_drain, shutdown_grace, api_timeout, acl, cluster })
+        Ok(Loaded {
+            file: cfg,
+            grace_period,
+            output_drain,
+            output_drain_max,
+            shutdown_grace,
+            api_timeout,
+            acl,
+            cluster,
+        })
     }
 }
 

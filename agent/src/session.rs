@@ -568,13 +568,26 @@ where
         }
     };
     let _ = exited_tx.send(true);
-    for p in pumps {
-        if wired.shut_down {
-            // No drain for a client that is about to be told the agent is leaving.
-            p.abort();
-        } else {
-            let _ = p.await;
+    let mut pumps = pumps;
+    // No drain for a client that is about to be told the agent is leaving. Otherwise output is drained until it
+    // is quiet (in the pumps), but never beyond `output_drain_max` nor past the start of a shutdown: a process of
+    // the container can keep writing into the session's pipe or terminal for ever.
+    if !wired.shut_down {
+        let drained = async {
+            for p in pumps.iter_mut() {
+                let _ = p.await;
+            }
+        };
+        tokio::select! {
+            _ = drained => {}
+            _ = tokio::time::sleep(agent.cfg.output_drain_max) => {
+                tracing::info!("output still written {:?} after the command exited; ending the session", agent.cfg.output_drain_max);
+            }
+            _ = stop.stopping() => {}
         }
+    }
+    for p in pumps {
+        p.abort();
     }
     input.abort();
     wired

@@ -354,3 +354,85 @@ fn sessions_of_an_agent_under_nohup_start_with_default_signals_and_die_of_the_ha
     c.wait().unwrap();
     assert!(eventually(30, || host_processes(&marker) == 0), "the hangup of a lost client ends {marker}");
 }
+
+/// The container's init of the test below: it watches for a process whose arguments hold the marker and starts,
+/// once per process, a writer of its own session that writes into that process's stdout (a pipe, or the
+/// session's terminal with `-t`) for ever. The marker is put together at run time so that this script's own
+/// arguments do not hold it.
+const HOLDER: &str = "m=victim; m=\"$m-mark\"; seen=' '; while :; do for p in /proc/[0-9]*; do \
+    case \"$(tr '\\0' ' ' < $p/cmdline 2>/dev/null)\" in *\"$m\"*) case \"$seen\" in *\" $p \"*) ;; *) \
+    seen=\"$seen$p \"; setsid sh -c 'while :; do echo HELD; sleep 0.2; done' > $p/fd/1 2>/dev/null & ;; esac;; \
+    esac; done; sleep 0.05; done";
+
+/// The attack: a process of the container (no privilege beyond the container's root) opens the stdout of
+/// another user's session through `/proc/PID/fd/1` and keeps writing into it. Output after the command's exit
+/// is forwarded only until it is quiet for `output_drain`, which never comes: without a bound the session
+/// would never send its exit status, its client would wait for ever and its slot and record would stay open.
+/// `output_drain_max` (3 s here) bounds it: the client gets the command's own exit code.
+#[test]
+fn a_container_process_writing_into_a_finished_sessions_output_cannot_hold_it_open() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let opts = ContainerOpts {
+        tweak: Some(|cfg| cfg["process"]["args"] = serde_json::json!(["sh", "-c", HOLDER])),
+        ..Default::default()
+    };
+    let c = Container::start(&w.root, &format!("{}-holder", prefix()), &opts);
+    let root = std::env::temp_dir().join(format!("{}-hold", prefix()));
+    let agent = Agent::start_with(&root.join("agent"), "output_drain_max = \"3s\"");
+    for flags in [&[][..], &["-t"]] {
+        let mut client = agent
+            .dcos()
+            .args(["task", "exec"])
+            .args(flags)
+            .args([&c.id, "sh", "-c", "sleep 2; echo victim-done; exit 5", "victim-mark"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let st = wait_within(&mut client, 60, "a session whose output a container process holds");
+        let out = client.wait_with_output().unwrap();
+        let text = stdout(&out);
+        assert!(text.contains("HELD"), "{flags:?}: the attack wrote into the session: {text}");
+        assert!(text.contains("victim-done"), "{flags:?}: {text}");
+        assert_eq!(st.code(), Some(5), "{flags:?}: {}", stderr(&out));
+    }
+    let ends = agent.audit().into_iter().filter(|r| r["event"] == "session_end").count();
+    assert_eq!(ends, 2, "{:?}", agent.audit());
+
+    // A shutdown ends the drain at once: the session still gets its status and its end record, where waiting
+    // for the quiet would have run out `shutdown_grace` and lost both.
+    let mut agent = Agent::start_with(&root.join("agent2"), "output_drain_max = \"600s\"\nshutdown_grace = \"5s\"");
+    let mut client = agent
+        .dcos()
+        .args(["task", "exec", &c.id, "sh", "-c", "echo victim-up; sleep 1; exit 6", "victim-mark"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = client.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Draining: the command has exited (it prints once, then exits after 1 s) and the holder is writing.
+    while !String::from_utf8_lossy(&seen).contains("HELD\nHELD\nHELD") {
+        let n = std::io::Read::read(&mut out, &mut buf).unwrap();
+        assert!(n > 0, "output ended: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: kill(2) on the agent, our own child.
+    assert_eq!(unsafe { libc::kill(agent.pid(), libc::SIGTERM) }, 0);
+    let reader = std::thread::spawn(move || std::io::Read::read_to_end(&mut out, &mut Vec::new()));
+    let st = wait_within(&mut client, 60, "a draining session at shutdown");
+    let _ = reader.join();
+    let exited = wait_within(&mut agent.child, 60, "the agent after SIGTERM");
+    assert!(exited.success(), "{exited:?}");
+    assert_eq!(st.code(), Some(6), "the command's own status");
+    let end = agent.audit().into_iter().find(|r| r["event"] == "session_end");
+    assert_eq!(end.map(|r| r["status"]["code"].clone()), Some(serde_json::json!(6)), "{:?}", agent.audit());
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -11,7 +11,8 @@
 //!    [`CLIENT_SILENCE`] ([`write_loop`]), or no message at all from it (not even a pong to the pings sent
 //!    every [`PING_EVERY`]) for as long ([`pump_in`]), ends the session as if the client had left.
 //! 4. **Output after exit is bounded in time.** Once the process exited, output still open (a background child
-//!    holds it) is forwarded until it is quiet for `output_drain` ([`pump_out`]).
+//!    holds it) is forwarded until it is quiet for `output_drain` ([`pump_out`]), and for `output_drain_max` at
+//!    most, or until the agent shuts down (the session's `wire` step).
 //! 5. **Leaving hangs up.** When the client is gone, [`pump_in`] returns and drops the session's signal sender,
 //!    which the helper sees as a hang-up (SIGHUP, then SIGKILL after `grace_period`).
 
