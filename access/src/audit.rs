@@ -12,6 +12,40 @@ use std::time::{Instant, SystemTime};
 /// counted and the count is carried by the next one recorded (`suppressed`).
 pub const UNAUTHENTICATED_PER_SECOND: u64 = 20;
 
+/// The bytes of a command's arguments a session record keeps at most. A request may carry a command of hundreds of
+/// kilobytes, twice recorded per session: uncut, one user with an `exec` grant fills the disk within the hour,
+/// and the audit trail, which fails closed, then refuses everyone.
+pub const COMMAND_RECORDED: usize = 4096;
+
+/// `argv` as a session record keeps it: whole when it fits in [`COMMAND_RECORDED`] bytes, else cut (each argument
+/// at a character boundary, the arguments past the budget left out) with the whole one's size and SHA-256.
+pub fn recorded_command(argv: &[String]) -> (Vec<String>, Option<usize>, Option<String>) {
+    let total: usize = argv.iter().map(String::len).sum();
+    if total <= COMMAND_RECORDED {
+        return (argv.to_vec(), None, None);
+    }
+    let mut left = COMMAND_RECORDED;
+    let mut kept = Vec::new();
+    for a in argv {
+        if left == 0 {
+            break;
+        }
+        let mut end = a.len().min(left);
+        while !a.is_char_boundary(end) {
+            end -= 1;
+        }
+        kept.push(a[..end].to_string());
+        left -= end;
+    }
+    let mut h = ring::digest::Context::new(&ring::digest::SHA256);
+    for a in argv {
+        h.update(a.as_bytes());
+        h.update(&[0]);
+    }
+    let hex: String = h.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    (kept, Some(total), Some(hex))
+}
+
 /// A record that could not be appended.
 #[derive(Debug, thiserror::Error)]
 #[error("audit log write failed: {0}")]
@@ -32,8 +66,14 @@ pub struct SessionInfo {
     pub task: String,
     /// The container id the task resolved to.
     pub container: String,
-    /// The command and its arguments.
+    /// The command and its arguments, cut to [`COMMAND_RECORDED`] bytes in all (see [`recorded_command`]).
     pub command: Vec<String>,
+    /// When `command` was cut: the whole command's size in bytes (arguments end to end) and its SHA-256 (of the
+    /// arguments, each followed by a NUL), so a command shown elsewhere can still be matched to the record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command_bytes: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command_sha256: Option<String>,
     /// Whether a terminal was requested.
     pub tty: bool,
     /// Whether stdin was requested.
@@ -261,6 +301,8 @@ mod tests {
             task: "web.1".into(),
             container: "c1".into(),
             command: vec!["sh".into(), "-c".into(), "id".into()],
+            command_bytes: None,
+            command_sha256: None,
             tty: true,
             stdin: false,
             run_as: Some("1000".into()),
@@ -380,5 +422,20 @@ mod tests {
             SessionStartRecord { event: "session_start", session: "s".into(), time: "t".into(), info: info(None) };
         assert!(log.session_start(&rec).is_err());
         assert!(log.file.lock().unwrap().torn);
+    }
+
+    #[test]
+    fn commands_are_recorded_whole_up_to_the_budget_then_cut_with_size_and_digest() {
+        let small = vec!["sh".to_string(), "-c".into(), "id".into()];
+        assert_eq!(recorded_command(&small), (small.clone(), None, None));
+        let huge = vec!["sh".to_string(), "-c".into(), "é".repeat(200_000), "tail".into()];
+        let (kept, bytes, sha) = recorded_command(&huge);
+        assert_eq!(bytes, Some(400_008));
+        assert!(kept.iter().map(String::len).sum::<usize>() <= COMMAND_RECORDED);
+        assert_eq!(kept.len(), 3, "the arguments past the budget are left out");
+        assert!(kept[2].chars().all(|c| c == 'é'), "cut at a character boundary");
+        let (_, _, other) = recorded_command(&[huge[0].clone(), huge[1].clone(), huge[2].clone(), "tail2".into()]);
+        assert_ne!(sha, other, "the digest covers what was cut");
+        assert_eq!(sha.map(|h| h.len()), Some(64));
     }
 }

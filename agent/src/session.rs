@@ -165,13 +165,16 @@ pub struct Begun {
 pub fn begin(agent: &Agent, ctx: &Context) -> Result<Begun, dcos_exec_access::audit::AuditError> {
     let id = new_session_id();
     let start = dcos_exec_access::audit::now();
+    let (command, command_bytes, command_sha256) = dcos_exec_access::audit::recorded_command(&ctx.request.command);
     let info = SessionInfo {
         user: ctx.user.clone(),
         source: ctx.source.clone(),
         via: ctx.via.clone(),
         task: ctx.task.clone(),
         container: ctx.container.id.clone(),
-        command: ctx.request.command.clone(),
+        command,
+        command_bytes,
+        command_sha256,
         tty: ctx.request.tty,
         stdin: ctx.request.stdin,
         run_as: ctx.request.user.clone(),

@@ -305,3 +305,31 @@ fn malformed_handshakes_are_refused_and_early_refusals_audited() {
     }
     assert!(denied.iter().any(|r| r["reason"].as_str().unwrap().contains("only GET")), "{denied:?}");
 }
+
+/// The attack: a user with only `exec` on one task sends commands of hundreds of kilobytes (a command that does
+/// not exist costs the agent nothing to run), each recorded twice. Uncut, 100 sessions grow the audit log by
+/// 40 MB and a loop fills the disk within hours, after which the audit trail, failing closed, refuses every
+/// user. Each record keeps 4 KiB of the command and says how long it was and its SHA-256.
+#[test]
+fn huge_commands_cannot_fill_the_audit_log() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let marker = format!("/no-such-{}", prefix());
+    let big = "x".repeat(100_000);
+    for _ in 0..5 {
+        let o = run(w.agent.dcos().args(["task", "exec", &w.main.id, &marker, &big, &big]));
+        assert_eq!(o.status.code(), Some(127), "{}", stderr(&o));
+    }
+    let text = std::fs::read_to_string(w.agent.dir.join("audit.log")).unwrap();
+    let ours: Vec<&str> = text.lines().filter(|l| l.contains(&marker)).collect();
+    assert_eq!(ours.len(), 10, "a start and an end record per session");
+    for line in ours {
+        assert!(line.len() < 8192, "a record of {} bytes", line.len());
+        let r: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(r["command_bytes"], marker.len() + 200_000, "{}", &line[..200]);
+        assert_eq!(r["command"][0], marker.as_str());
+        assert_eq!(r["command_sha256"].as_str().map(str::len), Some(64));
+    }
+}
