@@ -333,6 +333,17 @@ fn use_token(a: &AuthSection) -> Result<&str, Failure> {
     }
 }
 
+/// The issuer's `expires_in` and `interval`, bounded: a huge number must neither overflow nor make the CLI
+/// wait for ever. The longest wait for the sign-in, and the seconds between polls.
+fn bounded(expires_in: u64, interval: u64) -> (Duration, u64) {
+    (Duration::from_secs(expires_in.clamp(1, MAX_SIGN_IN)), interval.clamp(1, MAX_INTERVAL))
+}
+
+/// The interval after a `slow_down` (RFC 8628 3.5: 5 s longer), bounded.
+fn slower(interval: u64) -> u64 {
+    interval.saturating_add(5).min(MAX_INTERVAL)
+}
+
 /// `dcos auth login`: the device flow, start to end.
 pub async fn login(args: LoginArgs) -> Result<i32, Failure> {
     let cfg = stored()?;
@@ -373,10 +384,9 @@ pub async fn login(args: LoginArgs) -> Result<i32, Failure> {
     }
     eprintln!("Waiting for the sign-in to be approved...");
 
-    // Numbers from the issuer, bounded: a huge expires_in or interval must neither overflow nor wait for ever.
+    let (sign_in, mut interval) = bounded(da.expires_in, da.interval);
     let start = tokio::time::Instant::now();
-    let deadline = start.checked_add(Duration::from_secs(da.expires_in.clamp(1, MAX_SIGN_IN))).unwrap_or(start);
-    let mut interval = da.interval.clamp(1, MAX_INTERVAL);
+    let deadline = start.checked_add(sign_in).unwrap_or(start);
     let answer = loop {
         tokio::time::sleep(Duration::from_secs(interval)).await;
         if tokio::time::Instant::now() > deadline {
@@ -389,7 +399,7 @@ pub async fn login(args: LoginArgs) -> Result<i32, Failure> {
             Err(e) => match e.error.as_str() {
                 "authorization_pending" => {}
                 // RFC 8628 3.5: every later poll waits 5 s longer.
-                "slow_down" => interval = (interval + 5).min(MAX_INTERVAL),
+                "slow_down" => interval = slower(interval),
                 "access_denied" => return Err(Failure::new(exit::UNAUTHENTICATED, "sign-in was denied")),
                 "expired_token" => return Err(login_required("the sign-in code expired before it was approved")),
                 other => {
@@ -530,5 +540,15 @@ mod tests {
         let payload = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, br#"{"exp":42}"#);
         assert_eq!(jwt_exp(&format!("h.{payload}.s")), Some(42));
         assert_eq!(jwt_exp("garbage"), None);
+    }
+
+    #[test]
+    fn the_issuers_numbers_are_bounded() {
+        assert_eq!(bounded(u64::MAX, u64::MAX), (Duration::from_secs(MAX_SIGN_IN), MAX_INTERVAL));
+        assert_eq!(bounded(0, 0), (Duration::from_secs(1), 1));
+        assert_eq!(bounded(600, 5), (Duration::from_secs(600), 5));
+        assert_eq!(slower(5), 10);
+        assert_eq!(slower(58), MAX_INTERVAL);
+        assert_eq!(slower(u64::MAX), MAX_INTERVAL);
     }
 }
