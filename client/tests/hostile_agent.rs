@@ -132,6 +132,8 @@ async fn upgraded_then(
 ) {
     use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
     use tokio_tungstenite::tungstenite::Message;
+    // The callback's type is tungstenite's, error response and all.
+    #[allow(clippy::result_large_err)]
     let pick = |_: &Request, mut r: Response| {
         r.headers_mut().insert("sec-websocket-protocol", dcos_exec_proto::SUBPROTOCOL.parse().unwrap());
         Ok(r)

@@ -399,7 +399,7 @@ impl Peer {
     /// Freezes the relay: the link to the agent neither delivers nor fails, like a dead router.
     fn freeze(&self) {
         // SAFETY: kill on our own child's pid.
-        assert_eq!(unsafe { libc::kill(self.child.id() as i32, libc::SIGSTOP) }, 0);
+        assert_eq!(unsafe { libc::kill(i32::try_from(self.child.id()).unwrap(), libc::SIGSTOP) }, 0);
     }
 
     fn url(&self) -> String {
@@ -474,7 +474,7 @@ fn a_second_interrupt_ends_dcos_when_the_link_is_dead() {
     for sig in [libc::SIGINT, libc::SIGTERM] {
         let (relay, mut child) = exec_through_relay(&[]);
         relay.freeze();
-        let pid = child.id() as i32;
+        let pid = i32::try_from(child.id()).unwrap();
         // SAFETY: kill on our own child's pid.
         unsafe { libc::kill(pid, sig) };
         std::thread::sleep(std::time::Duration::from_millis(3500));
@@ -492,12 +492,13 @@ fn a_second_interrupt_ends_dcos_when_the_link_is_dead() {
 
 /// Waits for `child` and returns its exit code and its peak resident memory in MiB.
 fn wait_with_peak_rss(child: &mut std::process::Child, secs: u64) -> (Option<i32>, i64) {
-    let pid = child.id() as i32;
+    let pid = i32::try_from(child.id()).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
     loop {
         let mut status = 0;
-        // SAFETY: wait4 on our own child, with valid pointers; WNOHANG so a hang is caught by the deadline.
+        // SAFETY: rusage is plain integers, for which all zeroes is a valid value.
         let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: wait4 on our own child, with valid pointers; WNOHANG so a hang is caught by the deadline.
         let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
         if r == pid {
             let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
