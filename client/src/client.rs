@@ -120,7 +120,7 @@ impl Client {
     }
 
     /// How long an agent may take, once TLS is up, to send the headers of its answer to a request (the task
-    /// list, the exec upgrade), and to pause while it sends a body (default 30 s). A silent agent then gives
+    /// list, the exec upgrade), and to pause while it sends a body (default 45 s). A silent agent then gives
     /// [`Error::Unreachable`].
     pub fn request_timeout(mut self, t: Duration) -> Client {
         self.timeouts.request = t;

@@ -7,9 +7,10 @@
 //! A relative CA path in the file (`ssl_verify`) is relative to the file's directory, wherever `dcos` runs.
 //!
 //! Two variables tune how long the client waits ([`Timeouts`]): `DCOS_REQUEST_TIMEOUT`, the seconds an agent may
-//! take to answer a request once TLS is up (default 30), and `DCOS_LIVENESS_TIMEOUT`, the seconds a session may
-//! hear nothing at all from the agent (no output, no ping) before it counts as lost (default 60: three of the
-//! agent's 20 s ping intervals).
+//! take to answer a request once TLS is up (default 45: longer than a gateway's 30 s wait for the agent behind
+//! it, so that the gateway's more precise refusal arrives first), and `DCOS_LIVENESS_TIMEOUT`, the seconds a
+//! session may hear nothing at all from the agent (no output, no ping) before it counts as lost (default 60:
+//! three of the agent's 20 s ping intervals).
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -108,7 +109,7 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Timeouts {
-        Timeouts { request: Duration::from_secs(30), liveness: Duration::from_secs(60) }
+        Timeouts { request: Duration::from_secs(45), liveness: Duration::from_secs(60) }
     }
 }
 
