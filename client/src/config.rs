@@ -329,6 +329,24 @@ mod tests {
     }
 
     #[test]
+    fn timeouts_are_positive_seconds() {
+        // One variable per case: tests of this module run in threads of one process.
+        let var = "DCOS_LIVENESS_TIMEOUT";
+        for (value, want) in
+            [("2.5", Some(Duration::from_millis(2500))), ("", None), (" 3 ", Some(Duration::from_secs(3)))]
+        {
+            std::env::set_var(var, value);
+            assert_eq!(seconds(var).unwrap(), want, "{value:?}");
+        }
+        for bad in ["0", "-1", "ten", "NaN", "inf", "1e30"] {
+            std::env::set_var(var, bad);
+            let e = seconds(var).unwrap_err().to_string();
+            assert!(e.contains(var) && e.contains("positive number of seconds"), "{bad}: {e}");
+        }
+        std::env::remove_var(var);
+    }
+
+    #[test]
     fn relative_paths_in_the_file_are_beside_it() {
         let f = Path::new("/home/u/.config/dcos/dcos.toml");
         assert_eq!(beside(f, Path::new("ca.pem")), PathBuf::from("/home/u/.config/dcos/ca.pem"));

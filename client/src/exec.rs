@@ -392,7 +392,11 @@ impl Session {
         while !self.done {
             // Measured from the last message rather than from this call, so that a caller's select! loop that
             // wakes for signals or resizes does not keep pushing the deadline away.
-            let next = tokio::time::timeout_at(self.heard + self.liveness, self.stream.next()).await;
+            let next = match self.heard.checked_add(self.liveness) {
+                Some(deadline) => tokio::time::timeout_at(deadline, self.stream.next()).await,
+                // A timeout beyond what the clock can count: no timeout.
+                None => Ok(self.stream.next().await),
+            };
             let Ok(next) = next else {
                 let secs = self.liveness.as_secs_f64();
                 return Err(self.end(Error::SessionLost(format!(

@@ -416,12 +416,22 @@ impl Drop for Peer {
 
 /// A relay to the shared agent, and `dcos task exec` of a long command through it, once the command runs.
 fn exec_through_relay(extra_env: &[(&str, &str)]) -> (Peer, std::process::Child) {
+    let (relay, child, _) = exec_script_through_relay("echo ready; sleep 120", extra_env);
+    (relay, child)
+}
+
+/// [`exec_through_relay`] with `script` (which prints `ready` first); the rest of stdout arrives on the receiver
+/// once dcos has closed it.
+fn exec_script_through_relay(
+    script: &str,
+    extra_env: &[(&str, &str)],
+) -> (Peer, std::process::Child, std::sync::mpsc::Receiver<String>) {
     use std::io::BufRead;
     let w = world();
     let agent_port = w.agent.url.rsplit(':').next().unwrap().to_string();
     let relay = Peer::start(&["relay", &agent_port]);
     let mut c = w.agent.dcos();
-    c.env("DCOS_URL", relay.url()).args(["task", "exec", &w.main_task, "sh", "-c", "echo ready; sleep 120"]);
+    c.env("DCOS_URL", relay.url()).args(["task", "exec", &w.main_task, "sh", "-c", script]);
     for (k, v) in extra_env {
         c.env(k, v);
     }
@@ -429,13 +439,17 @@ fn exec_through_relay(extra_env: &[(&str, &str)]) -> (Peer, std::process::Child)
     let out = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        let mut out = std::io::BufReader::new(out);
         let mut line = String::new();
-        let _ = std::io::BufReader::new(out).read_line(&mut line);
+        let _ = out.read_line(&mut line);
         let _ = tx.send(line);
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut out, &mut rest);
+        let _ = tx.send(rest);
     });
     let line = rx.recv_timeout(std::time::Duration::from_secs(30)).expect("the command did not start");
     assert_eq!(line, "ready\n");
-    (relay, child)
+    (relay, child, rx)
 }
 
 fn child_stderr(child: &mut std::process::Child) -> String {
@@ -488,6 +502,28 @@ fn a_second_interrupt_ends_dcos_when_the_link_is_dead() {
         let name = if sig == libc::SIGINT { "SIGINT" } else { "SIGTERM" };
         assert!(err.contains(&format!("no answer to {name}")), "{err}");
     }
+}
+
+/// No false alarm: on a live link, a second SIGINT 3.5 s after the first is forwarded like the first (the
+/// agent answered the ping that followed it), and a command that ignores SIGINT runs to its end.
+#[test]
+fn a_second_interrupt_on_a_live_link_is_forwarded() {
+    if skip() {
+        return;
+    }
+    let (_relay, mut child, rest) =
+        exec_script_through_relay("trap '' INT; echo ready; sleep 8; echo done", &[("DCOS_LIVENESS_TIMEOUT", "60")]);
+    let pid = i32::try_from(child.id()).unwrap();
+    for _ in 0..2 {
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        std::thread::sleep(std::time::Duration::from_millis(3500));
+    }
+    let st = wait_within(&mut child, 30, "dcos of a command that ignores SIGINT");
+    let out = rest.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+    let err = child_stderr(&mut child);
+    assert_eq!(st.code(), Some(0), "{err}");
+    assert_eq!(out, "done\n", "{err}");
 }
 
 /// Waits for `child` and returns its exit code and its peak resident memory in MiB.
