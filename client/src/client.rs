@@ -120,8 +120,8 @@ impl Client {
     }
 
     /// How long an agent may take, once TLS is up, to send the headers of its answer to a request (the task
-    /// list, the exec upgrade), and to pause while it sends a body (default 45 s). A silent agent then gives
-    /// [`Error::Unreachable`].
+    /// list, the exec upgrade), and to pause while it sends a body (default 45 s); a refusal's body must end
+    /// within it, a listing's within ten times it. A silent or dribbling agent then gives [`Error::Unreachable`].
     pub fn request_timeout(mut self, t: Duration) -> Client {
         self.timeouts.request = t;
         self
@@ -221,12 +221,29 @@ impl Client {
         let status = resp.status().as_u16();
         self.note_stale(resp.headers());
         let limit = if status == 200 { MAX_LISTING } else { MAX_REFUSAL };
+        // A body sent a byte at a time never pauses for long: it must also end in time, a refusal within the
+        // request timeout, a listing within ten (a 20 MB list on a slow link).
+        let whole = self.timeouts.request.saturating_mul(if status == 200 { 10 } else { 1 });
+        let started = tokio::time::Instant::now();
         let mut incoming = resp.into_body();
         let mut body = Vec::new();
         loop {
-            let frame = tokio::time::timeout(self.timeouts.request, incoming.frame())
-                .await
-                .map_err(|_| self.silent(&format!("the answer to GET {path} stalled: no byte")))?;
+            let left = whole.saturating_sub(started.elapsed());
+            let frame =
+                tokio::time::timeout(self.timeouts.request.min(left), incoming.frame()).await.map_err(|_| {
+                    if left <= self.timeouts.request {
+                        Error::Unreachable {
+                            url: self.url.clone(),
+                            message: format!(
+                                "the answer to GET {path} did not end within {}s (HTTP {status}, {} bytes so far)",
+                                whole.as_secs_f64(),
+                                body.len()
+                            ),
+                        }
+                    } else {
+                        self.silent(&format!("the answer to GET {path} stalled: no byte"))
+                    }
+                })?;
             let Some(frame) = frame else { break };
             if let Ok(data) = frame.map_err(|e| lost(&e))?.into_data() {
                 if body.len() + data.len() > limit {

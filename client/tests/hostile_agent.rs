@@ -99,6 +99,29 @@ async fn an_endless_task_list_is_cut_at_256_mib() {
     assert!(peak_rss_mib() < 600, "peak RSS {} MiB", peak_rss_mib());
 }
 
+/// Answers 403 with a body sent one byte every 200 ms, never ending: no pause is long, the whole is endless.
+async fn dribble(mut s: tokio_rustls::server::TlsStream<tokio::net::TcpStream>) {
+    read_head(&mut s).await;
+    let head = "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+    if s.write_all(head.as_bytes()).await.is_err() {
+        return;
+    }
+    while s.write_all(b"1\r\n \r\n").await.is_ok() && s.flush().await.is_ok() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_refusal_dribbled_a_byte_at_a_time_must_end_within_the_request_timeout() {
+    let c = hostile(dribble).await.request_timeout(Duration::from_secs(2));
+    let t0 = Instant::now();
+    let e =
+        tokio::time::timeout(Duration::from_secs(30), c.tasks()).await.expect("the client must give up").unwrap_err();
+    assert!(matches!(e, Error::Unreachable { .. }), "{e:?}");
+    assert!(e.to_string().contains("did not end within 2s"), "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+}
+
 /// Accepts TLS, reads what comes, never answers.
 async fn silent(mut s: tokio_rustls::server::TlsStream<tokio::net::TcpStream>) {
     let mut buf = [0u8; 4096];
