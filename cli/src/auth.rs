@@ -478,6 +478,25 @@ pub async fn apply_login(settings: &mut dcos_exec::Settings) -> Result<(), Failu
     if let Some(t) = current_token(settings.profile.as_deref()).await? {
         settings.token = Some(t);
         settings.token_origin = Origin::File { path: config_file()?, key: "auth.token".into() };
+    } else if settings.token.is_none() && dcos_exec::config::config_path().is_some() {
+        // A login made for another profile: say so, rather than only that there is no token.
+        let a = stored()?;
+        if a.token.is_some() {
+            let name = |p: &Option<String>| match p {
+                Some(p) => format!("profile {}", crate::failure::printable(p)),
+                None => "the default settings (no profile)".into(),
+            };
+            let flag = settings.profile.as_ref().map(|p| format!(" --profile {p}")).unwrap_or_default();
+            return Err(Failure::new(
+                exit::UNAUTHENTICATED,
+                format!(
+                    "no bearer token for {}: the token of 'dcos auth login' belongs to {} and is never sent to \
+                     another profile's agent; run 'dcos{flag} auth login', or set the profile's dcos_acs_token",
+                    name(&settings.profile),
+                    name(&a.profile)
+                ),
+            ));
+        }
     }
     Ok(())
 }

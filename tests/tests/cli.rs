@@ -644,7 +644,12 @@ fn the_login_token_stays_with_the_profile_that_logged_in() {
     assert!(o.status.success(), "the partner profile must use its own token: {}", stderr(&o));
     let o = exec(Some("bare"));
     assert_eq!(o.status.code(), Some(117), "another profile must not get the login token: {}", stderr(&o));
-    assert!(stderr(&o).contains("no bearer token"), "{}", stderr(&o));
+    one_line(&stderr(&o));
+    assert!(
+        stderr(&o).contains("no bearer token for profile bare: the token of 'dcos auth login' belongs to the default"),
+        "{}",
+        stderr(&o)
+    );
     let o = exec(None);
     assert_eq!(o.status.code(), Some(118), "the default settings use the login token: {}", stderr(&o));
     // Logged in with --profile bare: only that profile gets it.
