@@ -705,3 +705,29 @@ fn relative_ca_paths_in_the_config_file_are_beside_it() {
     assert!(stdout(&o).lines().any(|l| l == w.main_task), "{}", stdout(&o));
     let _ = std::fs::remove_dir_all(&home);
 }
+
+/// The attack: a task id (from a container's annotation, which its owner controls) with a right-to-left
+/// override, a zero-width space and a line separator reads on a terminal as another name. `dcos task list`
+/// shows them escaped, in the table and with `-q`.
+#[test]
+fn bidi_and_zero_width_characters_in_task_ids_are_escaped() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let p = prefix();
+    let id = format!("bidi-{p}\u{202e}txt.exe\u{200b}\u{2028}x");
+    let _c = Container::start(
+        &w.root,
+        &format!("{p}-bidi"),
+        &ContainerOpts { annotations: vec![("io.dcos.task-id".into(), id)], ..Default::default() },
+    );
+    let hidden = |c: char| matches!(c, '\u{202e}' | '\u{200b}' | '\u{2028}');
+    for args in [&["task", "list"][..], &["task", "list", "-q"][..]] {
+        let o = run(w.agent.dcos().args(args).arg(format!("bidi-{p}")));
+        assert!(o.status.success(), "{}", stderr(&o));
+        let out = stdout(&o);
+        assert!(out.contains(&format!("bidi-{p}\\u{{202e}}txt.exe\\u{{200b}}\\u{{2028}}x")), "{args:?}: {out}");
+        assert!(!out.chars().any(hidden), "{args:?}: {out:?}");
+    }
+}
