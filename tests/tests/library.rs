@@ -295,3 +295,25 @@ async fn a_signal_is_answered_by_a_live_agent_and_a_frozen_link_is_lost() {
     assert!(matches!(e, Error::SessionLost(_)), "{e:?}");
     assert!(frozen.elapsed() >= Duration::from_secs(1), "{:?}", frozen.elapsed());
 }
+
+/// The agent's side of the escaping: the audit record of a refused exec quotes the task name the client sent,
+/// with its right-to-left override and zero-width space escaped (serde's JSON would carry them raw), so that
+/// the audit log reads as what was asked.
+#[tokio::test]
+async fn the_agent_escapes_bidi_and_zero_width_characters_in_audit_records() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let c = client(w, Some(&w.agent.admin_token));
+    let name = format!("no-such-{}\u{202e}gpj.exe\u{200b}", prefix());
+    let e = c.exec(&name, ["true"]).await.unwrap_err();
+    assert!(matches!(e, Error::TaskNotFound(_)), "{e:?}");
+    let text = std::fs::read_to_string(w.agent.dir.join("audit.log")).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains(&format!("no-such-{}", prefix()))).collect();
+    assert!(!lines.is_empty(), "no audit record of the refusal");
+    for l in lines {
+        assert!(!l.contains('\u{202e}') && !l.contains('\u{200b}'), "raw: {l}");
+        assert!(l.contains("\\\\u{202e}gpj.exe\\\\u{200b}"), "{l}");
+    }
+}
