@@ -16,6 +16,36 @@ use tokio_rustls::client::TlsStream;
 pub const MAX_LISTING: usize = 256 << 20;
 /// The largest refusal body accepted: a refusal is one JSON line with a message.
 pub const MAX_REFUSAL: usize = 64 << 10;
+/// The most entries a list may hold: ten times the largest clusters' 100 000 tasks. Parsed entries take
+/// several times the bytes of their smallest JSON, so the byte limit alone would still let a hostile list of
+/// minimal entries take gigabytes.
+pub const MAX_ENTRIES: usize = 1_000_000;
+
+/// A JSON list of at most [`MAX_ENTRIES`] entries; parsing stops at the first one beyond.
+struct Capped<T>(Vec<T>);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Capped<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Entries<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Entries<T> {
+            type Value = Vec<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "a list of at most {MAX_ENTRIES} entries")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(x) = seq.next_element()? {
+                    if out.len() == MAX_ENTRIES {
+                        return Err(serde::de::Error::custom(format!("more than {MAX_ENTRIES} entries")));
+                    }
+                    out.push(x);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(Entries(std::marker::PhantomData)).map(Capped)
+    }
+}
 
 /// The WebSocket of a session.
 pub(crate) type Ws = tokio_tungstenite::WebSocketStream<TlsStream<TcpStream>>;
@@ -150,18 +180,18 @@ impl Client {
 
     /// The tasks the token may list (`GET /v1/tasks`), stopped ones included.
     pub async fn tasks(&self) -> Result<Vec<TaskInfo>, Error> {
-        self.get_json("/v1/tasks").await
+        self.get_list("/v1/tasks").await
     }
 
     /// The tasks of one node (`GET /v1/tasks?node=NAME`): a gateway answers with that node's tasks only; an
     /// agent, or a gateway that predates the parameter, with all of them (callers filter again).
     pub async fn tasks_of(&self, node: &str) -> Result<Vec<TaskInfo>, Error> {
-        self.get_json(&format!("/v1/tasks?node={}", encode_segment(node))).await
+        self.get_list(&format!("/v1/tasks?node={}", encode_segment(node))).await
     }
 
     /// The nodes of a cluster (`GET /v1/nodes`, served by gateways).
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, Error> {
-        self.get_json("/v1/nodes").await
+        self.get_list("/v1/nodes").await
     }
 
     /// How stale, in seconds, the cluster directory was that a gateway answered the last request from (etcd
@@ -196,10 +226,10 @@ impl Client {
         }
     }
 
-    /// `GET path` with the token; a 200 answer's JSON body. The answer's headers must come within the request
+    /// `GET path` with the token; a 200 answer's JSON list (at most [`MAX_ENTRIES`] entries). The answer's headers must come within the request
     /// timeout, its body may pause no longer than that, and it may hold at most [`MAX_LISTING`] bytes
     /// ([`MAX_REFUSAL`] for a refusal).
-    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
+    async fn get_list<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<Vec<T>, Error> {
         use http_body_util::{BodyExt, Empty};
         let auth = self.auth_header()?;
         let tls = self.connect().await?;
@@ -259,7 +289,8 @@ impl Client {
         if status != 200 {
             return Err(refusal(status, &body));
         }
-        serde_json::from_slice(&body)
+        serde_json::from_slice::<Capped<T>>(&body)
+            .map(|c| c.0)
             .map_err(|e| Error::Protocol(format!("bad answer to {path} from {}: {e}", self.url)))
     }
 

@@ -122,6 +122,38 @@ async fn a_refusal_dribbled_a_byte_at_a_time_must_end_within_the_request_timeout
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
 }
 
+/// Answers 200 with a list of one million and one minimal tasks (about 70 MB): under the byte limit, but as
+/// parsed entries several times that.
+async fn many(mut s: tokio_rustls::server::TlsStream<tokio::net::TcpStream>) {
+    read_head(&mut s).await;
+    let task = br#"{"id":"","container":"","runtime":"","state":"","pid":0,"age_secs":0},"#;
+    let n = 1_000_001;
+    let len = 1 + task.len() * n - 1 + 1;
+    let head = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n\r\n[");
+    if s.write_all(head.as_bytes()).await.is_err() {
+        return;
+    }
+    let block: Vec<u8> = task.repeat(1000);
+    for _ in 0..(n / 1000) {
+        if s.write_all(&block).await.is_err() {
+            return;
+        }
+    }
+    let last = &task[..task.len() - 1];
+    let _ = s.write_all(last).await;
+    let _ = s.write_all(b"]").await;
+    let _ = s.flush().await;
+}
+
+#[tokio::test]
+async fn a_list_of_more_than_a_million_entries_is_refused() {
+    let c = hostile(many).await;
+    let e =
+        tokio::time::timeout(Duration::from_secs(120), c.tasks()).await.expect("the client must give up").unwrap_err();
+    assert!(matches!(e, Error::Protocol(_)), "{e:?}");
+    assert!(e.to_string().contains("more than 1000000 entries"), "{e}");
+}
+
 /// Accepts TLS, reads what comes, never answers.
 async fn silent(mut s: tokio_rustls::server::TlsStream<tokio::net::TcpStream>) {
     let mut buf = [0u8; 4096];
