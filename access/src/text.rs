@@ -7,14 +7,17 @@ use std::borrow::Cow;
 /// The longest request-controlled field (path, task, reason) an audit record or a log line carries, in bytes.
 pub const MAX_FIELD: usize = 256;
 
-/// `s` with every control character (C0, DEL, C1) written as a Rust escape (`\n`, `\u{1b}`); other text unchanged.
+/// `s` with every control character (C0, DEL, C1) and every invisible character that reorders or hides text
+/// (bidi controls, line separators, zero-width characters: [`dcos_exec_proto::must_escape`], as the CLI
+/// escapes) written as a Rust escape (`\n`, `\u{1b}`, `\u{202e}`); other text unchanged.
 pub fn escape_controls(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(char::is_control) {
+    use dcos_exec_proto::must_escape;
+    if !s.chars().any(must_escape) {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 8);
     for c in s.chars() {
-        if c.is_control() {
+        if must_escape(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -50,6 +53,8 @@ mod tests {
     fn controls_are_escaped_and_the_rest_kept() {
         assert_eq!(escape_controls("web-1 ✓"), "web-1 ✓");
         assert_eq!(escape_controls("a\nb\x1b[2J\u{9b}c\r"), "a\\nb\\u{1b}[2J\\u{9b}c\\r");
+        // Bidi overrides and zero-width characters make a name read as another: escaped too.
+        assert_eq!(escape_controls("web\u{202e}1-bew\u{200b}\u{2028}"), "web\\u{202e}1-bew\\u{200b}\\u{2028}");
         assert!(has_controls("x\ty") && !has_controls("x y"));
     }
 

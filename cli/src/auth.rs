@@ -1,6 +1,8 @@
 //! `dcos auth login` and `dcos auth logout`: a token from the organisation's OpenID Connect issuer through the
 //! OAuth 2.0 device authorization grant (RFC 8628), kept in the `[auth]` table of `dcos.toml` (mode 0600) with
-//! its expiry and refresh token, and refreshed with that refresh token once it has expired.
+//! its expiry and refresh token, and refreshed with that refresh token once it has expired. The token belongs to
+//! the profile it was obtained in (`[auth] profile`; none: the default settings) and is never sent to the URL of
+//! another profile.
 
 use crate::failure::Failure;
 use dcos_exec::{SslVerify, TlsOptions};
@@ -16,6 +18,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 const EXPIRY_MARGIN: u64 = 5;
 const GRANT_DEVICE_CODE: &str = "urn:ietf:params:oauth:grant-type:device_code";
 const DEFAULT_SCOPE: &str = "openid profile email groups offline_access";
+/// The longest wait for a sign-in an issuer can ask for (`expires_in` of the device authorization).
+const MAX_SIGN_IN: u64 = 3600;
+/// The longest pause between polls an issuer can ask for (`interval`, raised by `slow_down`).
+const MAX_INTERVAL: u64 = 60;
 
 /// `[auth]` of dcos.toml.
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -25,7 +31,7 @@ pub struct AuthSection {
     pub issuer: Option<String>,
     /// OAuth client id registered with the issuer for the CLI.
     pub client_id: Option<String>,
-    /// PEM CA file for the issuer's TLS; the system's roots when absent.
+    /// PEM CA file for the issuer's TLS; the system's roots when absent. Relative to dcos.toml's directory.
     pub ca_file: Option<PathBuf>,
     /// Scopes asked for.
     pub scope: Option<String>,
@@ -35,6 +41,8 @@ pub struct AuthSection {
     pub token: Option<String>,
     pub expires_at: Option<u64>,
     pub refresh_token: Option<String>,
+    /// The profile the token was obtained in (`dcos --profile NAME auth login`); absent: the default settings.
+    pub profile: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -125,6 +133,8 @@ pub struct LoginArgs {
     pub client_id: Option<String>,
     pub ca_file: Option<PathBuf>,
     pub scope: Option<String>,
+    /// The profile selected for the login (`--profile`, else `DCOS_PROFILE`): the only one the token is sent for.
+    pub profile: Option<String>,
 }
 
 /// The issuer's endpoints, from its discovery document.
@@ -306,7 +316,7 @@ fn store(answer: TokenAnswer, use_token: &str, old_refresh: Option<&str>) -> Res
         _ => answer.id_token,
     }
     .ok_or_else(|| fail(format!("the issuer's answer holds no {use_token}")))?;
-    let expires_at = jwt_exp(&token).or(answer.expires_in.map(|s| now() + s)).unwrap_or(0);
+    let expires_at = jwt_exp(&token).or(answer.expires_in.map(|s| now().saturating_add(s))).unwrap_or(0);
     let refresh = answer.refresh_token.as_deref().or(old_refresh);
     update(&[
         ("token", s(&token)),
@@ -323,6 +333,17 @@ fn use_token(a: &AuthSection) -> Result<&str, Failure> {
     }
 }
 
+/// The issuer's `expires_in` and `interval`, bounded: a huge number must neither overflow nor make the CLI
+/// wait for ever. The longest wait for the sign-in, and the seconds between polls.
+fn bounded(expires_in: u64, interval: u64) -> (Duration, u64) {
+    (Duration::from_secs(expires_in.clamp(1, MAX_SIGN_IN)), interval.clamp(1, MAX_INTERVAL))
+}
+
+/// The interval after a `slow_down` (RFC 8628 3.5: 5 s longer), bounded.
+fn slower(interval: u64) -> u64 {
+    interval.saturating_add(5).min(MAX_INTERVAL)
+}
+
 /// `dcos auth login`: the device flow, start to end.
 pub async fn login(args: LoginArgs) -> Result<i32, Failure> {
     let cfg = stored()?;
@@ -333,7 +354,13 @@ pub async fn login(args: LoginArgs) -> Result<i32, Failure> {
     let client_id = args.client_id.or(cfg.client_id).ok_or_else(|| {
         Failure::new(exit::USAGE, "no client id: pass --client-id ID or set client_id in the [auth] table of dcos.toml")
     })?;
-    let ca_file = args.ca_file.or(cfg.ca_file);
+    // A --ca-file path is relative to where dcos runs; one from the file, to the file. Stored absolute, so that
+    // later refreshes find it from any directory.
+    let config = config_file()?;
+    let ca_file = match args.ca_file {
+        Some(p) => Some(std::path::absolute(&p).map_err(|e| fail(format!("--ca-file {}: {e}", p.display())))?),
+        None => cfg.ca_file.map(|p| dcos_exec::config::beside(&config, &p)),
+    };
     let scope = args.scope.or(cfg.scope).unwrap_or_else(|| DEFAULT_SCOPE.into());
     let issuer = Issuer::new(url, client_id, ca_file.as_deref())?;
     let d = issuer.discover().await?;
@@ -349,14 +376,17 @@ pub async fn login(args: LoginArgs) -> Result<i32, Failure> {
     }
     let da: DeviceAuthorization =
         serde_json::from_slice(&body).map_err(|e| fail(format!("device authorization answer: {e}")))?;
-    eprintln!("To sign in, open {} and enter the code {}", da.verification_uri, da.user_code);
+    // The issuer's words go to the terminal: never its control characters.
+    let shown = crate::failure::printable;
+    eprintln!("To sign in, open {} and enter the code {}", shown(&da.verification_uri), shown(&da.user_code));
     if let Some(c) = &da.verification_uri_complete {
-        eprintln!("(or open {c})");
+        eprintln!("(or open {})", shown(c));
     }
     eprintln!("Waiting for the sign-in to be approved...");
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(da.expires_in);
-    let mut interval = da.interval.max(1);
+    let (sign_in, mut interval) = bounded(da.expires_in, da.interval);
+    let start = tokio::time::Instant::now();
+    let deadline = start.checked_add(sign_in).unwrap_or(start);
     let answer = loop {
         tokio::time::sleep(Duration::from_secs(interval)).await;
         if tokio::time::Instant::now() > deadline {
@@ -369,7 +399,7 @@ pub async fn login(args: LoginArgs) -> Result<i32, Failure> {
             Err(e) => match e.error.as_str() {
                 "authorization_pending" => {}
                 // RFC 8628 3.5: every later poll waits 5 s longer.
-                "slow_down" => interval += 5,
+                "slow_down" => interval = slower(interval),
                 "access_denied" => return Err(Failure::new(exit::UNAUTHENTICATED, "sign-in was denied")),
                 "expired_token" => return Err(login_required("the sign-in code expired before it was approved")),
                 other => {
@@ -383,11 +413,16 @@ pub async fn login(args: LoginArgs) -> Result<i32, Failure> {
         ("issuer", s(&issuer.url)),
         ("client_id", s(&issuer.client_id)),
         ("ca_file", ca_file.as_deref().and_then(|p| p.to_str()).and_then(s)),
+        ("profile", args.profile.as_deref().and_then(s)),
     ])?;
     let (_, expires_at) = store(answer, &use_token, None)?;
     let path = config_file()?;
+    let whose = match &args.profile {
+        Some(p) => format!("profile {}", shown(p)),
+        None => "the default settings (no profile)".into(),
+    };
     eprintln!(
-        "Logged in; the token is stored in {} and expires in {}s",
+        "Logged in; the token is stored in {} for {whose} and expires in {}s",
         path.display(),
         expires_at.saturating_sub(now())
     );
@@ -426,13 +461,54 @@ fn fresh(a: &AuthSection) -> Option<String> {
     a.token.clone().filter(|_| now() + EXPIRY_MARGIN < expires_at)
 }
 
-/// The token `dcos auth login` stored, refreshed first when it has expired; `None` without a login.
-pub async fn current_token() -> Result<Option<String>, Failure> {
+/// Puts the token of `dcos auth login` into resolved settings when it belongs there: it was obtained in the
+/// selected profile (or, both without a profile, for the default settings), and neither the `--acs-token`
+/// flag, the profile's own `dcos_acs_token` nor `DCOS_ACS_TOKEN` set a token. It comes before `[core]`'s
+/// `dcos_acs_token`. Another profile's URL never gets it.
+pub async fn apply_login(settings: &mut dcos_exec::Settings) -> Result<(), Failure> {
+    use dcos_exec::Origin;
+    let weaker = match &settings.token_origin {
+        Origin::Default => true,
+        Origin::File { key, .. } => key.starts_with("core."),
+        _ => false,
+    };
+    if !weaker {
+        return Ok(());
+    }
+    if let Some(t) = current_token(settings.profile.as_deref()).await? {
+        settings.token = Some(t);
+        settings.token_origin = Origin::File { path: config_file()?, key: "auth.token".into() };
+    } else if settings.token.is_none() && dcos_exec::config::config_path().is_some() {
+        // A login made for another profile: say so, rather than only that there is no token.
+        let a = stored()?;
+        if a.token.is_some() {
+            let name = |p: &Option<String>| match p {
+                Some(p) => format!("profile {}", crate::failure::printable(p)),
+                None => "the default settings (no profile)".into(),
+            };
+            let flag = settings.profile.as_ref().map(|p| format!(" --profile {p}")).unwrap_or_default();
+            return Err(Failure::new(
+                exit::UNAUTHENTICATED,
+                format!(
+                    "no bearer token for {}: the token of 'dcos auth login' belongs to {} and is never sent to \
+                     another profile's agent; run 'dcos{flag} auth login', or set the profile's dcos_acs_token",
+                    name(&settings.profile),
+                    name(&a.profile)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The token `dcos auth login` stored for `profile`, refreshed first when it has expired; `None` without a
+/// login, or when the login was made in another profile.
+async fn current_token(profile: Option<&str>) -> Result<Option<String>, Failure> {
     if dcos_exec::config::config_path().is_none() {
         return Ok(None);
     }
     let a = stored()?;
-    if a.token.is_none() {
+    if a.token.is_none() || a.profile.as_deref() != profile {
         return Ok(None);
     }
     if let Some(t) = fresh(&a) {
@@ -454,7 +530,9 @@ pub async fn current_token() -> Result<Option<String>, Failure> {
         return Err(login_required("the stored token expired and [auth] names no issuer or client_id"));
     };
     let use_token = use_token(&a)?.to_string();
-    let issuer = Issuer::new(url, client_id, a.ca_file.as_deref())?;
+    let config = config_file()?;
+    let ca_file = a.ca_file.as_deref().map(|p| dcos_exec::config::beside(&config, p));
+    let issuer = Issuer::new(url, client_id, ca_file.as_deref())?;
     let refreshing = |f: Failure| Failure::new(f.exit, format!("refreshing the expired token: {}", f.message));
     let d = issuer.discover().await.map_err(refreshing)?;
     let form = [("grant_type", "refresh_token"), ("refresh_token", refresh.as_str()), ("client_id", &issuer.client_id)];
@@ -481,5 +559,15 @@ mod tests {
         let payload = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, br#"{"exp":42}"#);
         assert_eq!(jwt_exp(&format!("h.{payload}.s")), Some(42));
         assert_eq!(jwt_exp("garbage"), None);
+    }
+
+    #[test]
+    fn the_issuers_numbers_are_bounded() {
+        assert_eq!(bounded(u64::MAX, u64::MAX), (Duration::from_secs(MAX_SIGN_IN), MAX_INTERVAL));
+        assert_eq!(bounded(0, 0), (Duration::from_secs(1), 1));
+        assert_eq!(bounded(600, 5), (Duration::from_secs(600), 5));
+        assert_eq!(slower(5), 10);
+        assert_eq!(slower(58), MAX_INTERVAL);
+        assert_eq!(slower(u64::MAX), MAX_INTERVAL);
     }
 }

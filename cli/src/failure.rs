@@ -21,12 +21,14 @@ impl Failure {
     }
 }
 
-/// `s` with its control characters escaped (`\n`, `\u{1b}`): what a server or a container said must not
-/// drive the terminal (ESC sequences) or make one line look like several.
+/// `s` with its control characters escaped (`\n`, `\u{1b}`), and the invisible characters that reorder or hide
+/// text (bidi controls, line separators, zero-width characters: `\u{202e}`): what a server or a container said
+/// must not drive the terminal (ESC sequences), make one line look like several, or read as something else.
+/// The same set as the agent's logs ([`dcos_exec_proto::must_escape`]).
 pub fn printable(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
-        if c.is_control() {
+        if dcos_exec_proto::must_escape(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);

@@ -201,21 +201,28 @@ fn main() {
 async fn run(cli: Cli) -> Result<i32, Failure> {
     let cmd = match cli.cmd {
         Top::Auth(AuthCmd::Login(a)) => {
-            let a = auth::LoginArgs { issuer: a.issuer, client_id: a.client_id, ca_file: a.ca_file, scope: a.scope };
+            // The login is kept for the profile it was made in (none: the default settings).
+            let profile = cli.profile.or_else(|| std::env::var("DCOS_PROFILE").ok().filter(|p| !p.is_empty()));
+            let a = auth::LoginArgs {
+                issuer: a.issuer,
+                client_id: a.client_id,
+                ca_file: a.ca_file,
+                scope: a.scope,
+                profile,
+            };
             return auth::login(a).await;
         }
         Top::Auth(AuthCmd::Logout) => return auth::logout(),
         cmd => cmd,
     };
-    // Flag, then DCOS_ACS_TOKEN, then the token of `dcos auth login` (refreshed if expired), then the profile's
-    // or [core]'s dcos_acs_token.
-    let token = match cli.acs_token {
-        Some(t) => Some(t),
-        None if std::env::var("DCOS_ACS_TOKEN").is_ok_and(|v| !v.is_empty()) => None,
-        None => auth::current_token().await?,
+    let over = dcos_exec::config::Overrides {
+        url: cli.url,
+        token: cli.acs_token,
+        ssl_verify: cli.ssl_verify,
+        profile: cli.profile,
     };
-    let over = dcos_exec::config::Overrides { url: cli.url, token, ssl_verify: cli.ssl_verify, profile: cli.profile };
-    let settings = dcos_exec::config::resolve(over)?;
+    let mut settings = dcos_exec::config::resolve(over)?;
+    auth::apply_login(&mut settings).await?;
     let agent = Client::from_settings(&settings)?;
     if agent.verification_off() {
         eprintln!("dcos: warning: TLS verification is off (false from the {})", settings.tls.origin);
@@ -535,5 +542,10 @@ mod tests {
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines[0].find("NAME"), lines[2].find("-  "), "{out}");
         assert_eq!(failure::printable("a\u{7}b\tc"), "a\\u{7}b\\tc");
+        // A right-to-left override, a zero-width space or a line separator makes a name read as another.
+        assert_eq!(failure::printable("web\u{202e}1.exe\u{200b}\u{2028}x"), "web\\u{202e}1.exe\\u{200b}\\u{2028}x");
+        let t = TaskInfo { id: "evil\u{2066}a\u{feff}".into(), ..tasks[1].clone() };
+        let out = table(&[t], false, false);
+        assert!(out.contains("evil\\u{2066}a\\u{feff}"), "{out}");
     }
 }

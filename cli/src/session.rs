@@ -7,6 +7,7 @@ use dcos_exec::{Event, Session, Stdin};
 use dcos_exec_proto::exit;
 use std::io::Write;
 use std::os::fd::FromRawFd;
+use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
 
 /// Reads stdin on a plain thread (a blocking read must never hold up the runtime's shutdown) and writes it to
@@ -74,6 +75,40 @@ fn bar(text: &str) -> Option<String> {
     Some(format!("[{}{}]", "#".repeat(filled), ".".repeat(20 - filled)))
 }
 
+/// How long the agent has to show it is alive after a SIGINT or SIGTERM is forwarded (the ping that follows
+/// the signal is answered at once by a live agent) before a second SIGINT or SIGTERM ends `dcos` itself.
+const SIGNAL_ANSWER: Duration = Duration::from_secs(3);
+
+/// A SIGINT or SIGTERM that was forwarded and not yet answered: when, and which.
+struct Pending {
+    at: Instant,
+    name: &'static str,
+}
+
+/// What to do with a SIGINT or SIGTERM: forward it (`None`), or, when the one before it has gone unanswered
+/// for [`SIGNAL_ANSWER`] (nothing at all heard from the agent since), end with `session lost`: the link is dead,
+/// and a user pressing Ctrl-C twice must not be ignored.
+fn interrupt(pending: &mut Option<Pending>, heard: Instant, name: &'static str) -> Option<Failure> {
+    let now = Instant::now();
+    match pending {
+        Some(p) if heard < p.at && now.duration_since(p.at) >= SIGNAL_ANSWER => {
+            return Some(Failure::new(
+                exit::SESSION_LOST,
+                format!(
+                    "connection to the agent lost: no answer to SIG{} for {}s; the command may go on running until \
+                     the agent notices",
+                    p.name,
+                    now.duration_since(p.at).as_secs()
+                ),
+            ))
+        }
+        // Still within the grace: the first one stands.
+        Some(p) if heard < p.at => {}
+        _ => *pending = Some(Pending { at: now, name }),
+    }
+    None
+}
+
 /// Pumps the session until the command's status arrives; returns the exit code.
 pub async fn run(mut session: Session, tty: bool) -> Result<i32, Failure> {
     if let Some(tx) = session.stdin() {
@@ -89,6 +124,7 @@ pub async fn run(mut session: Session, tty: bool) -> Result<i32, Failure> {
     );
     let (mut stdout, mut stderr) = (out(1), out(2));
     let mut progress = Progress { tty: terminal::is_tty(2), open: false };
+    let mut pending: Option<Pending> = None;
     loop {
         tokio::select! {
             ev = session.next_event() => match ev? {
@@ -101,8 +137,14 @@ pub async fn run(mut session: Session, tty: bool) -> Result<i32, Failure> {
                 Some(_) => {}
                 None => return Err(Failure::new(exit::SESSION_LOST, "the session had already ended")),
             },
-            _ = sint.recv() => control.signal("INT"),
-            _ = sterm.recv() => control.signal("TERM"),
+            _ = sint.recv() => match interrupt(&mut pending, session.last_heard(), "INT") {
+                Some(f) => return Err(f),
+                None => control.signal("INT"),
+            },
+            _ = sterm.recv() => match interrupt(&mut pending, session.last_heard(), "TERM") {
+                Some(f) => return Err(f),
+                None => control.signal("TERM"),
+            },
             _ = shup.recv() => control.signal("HUP"),
             _ = swinch.recv(), if tty => {
                 if let Some(sz) = terminal::size() {
@@ -116,6 +158,25 @@ pub async fn run(mut session: Session, tty: bool) -> Result<i32, Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_second_interrupt_ends_dcos_only_when_the_first_went_unanswered() {
+        let mut pending = None;
+        let long_ago = Instant::now().checked_sub(Duration::from_secs(60)).unwrap_or_else(Instant::now);
+        // First: forwarded.
+        assert!(interrupt(&mut pending, long_ago, "INT").is_none());
+        // Second, at once: still forwarded (the agent has had no time to answer).
+        assert!(interrupt(&mut pending, long_ago, "INT").is_none());
+        // Second, after the grace, with nothing heard: dcos ends, session lost.
+        pending.as_mut().unwrap().at -= SIGNAL_ANSWER;
+        let f = interrupt(&mut pending, long_ago, "TERM").unwrap();
+        assert_eq!(f.exit, exit::SESSION_LOST);
+        assert!(f.message.contains("SIGINT"), "{}", f.message);
+        // The agent answered (heard after the first): forwarded again, a new wait starts.
+        let mut pending = Some(Pending { at: Instant::now() - SIGNAL_ANSWER * 2, name: "INT" });
+        assert!(interrupt(&mut pending, Instant::now(), "INT").is_none());
+        assert!(pending.unwrap().at.elapsed() < SIGNAL_ANSWER);
+    }
 
     #[test]
     fn progress_lines_with_sizes_get_a_bar() {

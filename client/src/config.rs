@@ -4,10 +4,18 @@
 //! The file is `$XDG_CONFIG_HOME/dcos/dcos.toml`, else `~/.config/dcos/dcos.toml` (`[core]` as the DC/OS CLI
 //! has it). A profile is a `[profiles.NAME]` table with the same keys as `[core]`, selected by name
 //! (`--profile`, else `DCOS_PROFILE`). Unknown keys are errors, so a typo never silently falls back to a default.
+//! A relative CA path in the file (`ssl_verify`) is relative to the file's directory, wherever `dcos` runs.
+//!
+//! Two variables tune how long the client waits ([`Timeouts`]): `DCOS_REQUEST_TIMEOUT`, the seconds an agent may
+//! take to answer a request once TLS is up (default 45: longer than a gateway's 30 s wait for the agent behind
+//! it, so that the gateway's more precise refusal arrives first), and `DCOS_LIVENESS_TIMEOUT`, the seconds a
+//! session may hear nothing at all from the agent (no output, no ping) before it counts as lost (default 60:
+//! three of the agent's 20 s ping intervals).
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// How the agent's certificate is checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +97,22 @@ impl TlsOptions {
     }
 }
 
+/// How long a client waits for an agent that stopped answering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// From the end of the TLS handshake to the response headers of a request (a task list, the exec upgrade);
+    /// also the longest pause while a body arrives.
+    pub request: Duration,
+    /// The longest a session may hear nothing from the agent, not even a ping (the agent pings every 20 s).
+    pub liveness: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts { request: Duration::from_secs(45), liveness: Duration::from_secs(60) }
+    }
+}
+
 /// Resolved settings: what [`crate::Client::from_settings`] needs.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -98,12 +122,16 @@ pub struct Settings {
     pub url_origin: Origin,
     /// The bearer token, if any.
     pub token: Option<String>,
+    /// Where `token` was set (named when it is malformed).
+    pub token_origin: Origin,
     /// The TLS trust.
     pub tls: TlsOptions,
     /// The config file that was consulted (whether or not it exists), for messages.
     pub config_file: Option<PathBuf>,
     /// The profile in use, if any.
     pub profile: Option<String>,
+    /// How long to wait for a silent agent (`DCOS_REQUEST_TIMEOUT`, `DCOS_LIVENESS_TIMEOUT`).
+    pub timeouts: Timeouts,
 }
 
 /// Values given explicitly (the CLI's flags); each wins over everything else.
@@ -165,6 +193,16 @@ pub enum ConfigError {
         path: String,
         /// The profiles the file has.
         known: String,
+    },
+    /// A variable holds a value of the wrong form.
+    #[error("variable {name}={value:?}: {why}")]
+    BadVariable {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// What was expected.
+        why: &'static str,
     },
 }
 
@@ -235,14 +273,48 @@ pub fn resolve(over: Overrides) -> Result<Settings, ConfigError> {
     };
     let (url, url_origin) = pick(over.url, "url", |s| s.dcos_url.clone(), "DCOS_URL", "dcos_url")
         .ok_or_else(|| ConfigError::NoUrl(shown()))?;
-    let token = pick(over.token, "acs-token", |s| s.dcos_acs_token.clone(), "DCOS_ACS_TOKEN", "dcos_acs_token")
-        .map(|(t, _)| t.trim().to_string())
-        .filter(|t| !t.is_empty());
+    let (token, token_origin) =
+        match pick(over.token, "acs-token", |s| s.dcos_acs_token.clone(), "DCOS_ACS_TOKEN", "dcos_acs_token") {
+            Some((t, o)) if !t.trim().is_empty() => (Some(t.trim().to_string()), o),
+            _ => (None, Origin::Default),
+        };
     let tls = match pick(over.ssl_verify, "ssl-verify", |s| s.ssl_verify.clone(), "DCOS_SSL_VERIFY", "ssl_verify") {
-        Some((v, origin)) => TlsOptions { verify: SslVerify::parse(&v), origin },
+        Some((v, origin)) => {
+            let verify = match (SslVerify::parse(&v), &origin) {
+                // A path written in the file means a file next to it, not one in whatever directory dcos runs in.
+                (SslVerify::CaFile(p), Origin::File { path, .. }) => SslVerify::CaFile(beside(path, &p)),
+                (v, _) => v,
+            };
+            TlsOptions { verify, origin }
+        }
         None => TlsOptions { verify: SslVerify::System, origin: Origin::Default },
     };
-    Ok(Settings { url, url_origin, token, tls, config_file: path, profile: profile_name })
+    let timeouts = Timeouts {
+        request: seconds("DCOS_REQUEST_TIMEOUT")?.unwrap_or(Timeouts::default().request),
+        liveness: seconds("DCOS_LIVENESS_TIMEOUT")?.unwrap_or(Timeouts::default().liveness),
+    };
+    Ok(Settings { url, url_origin, token, token_origin, tls, config_file: path, profile: profile_name, timeouts })
+}
+
+/// `p` as written in the config file `file`: a relative path is relative to the file's directory.
+pub fn beside(file: &Path, p: &Path) -> PathBuf {
+    match file.parent() {
+        Some(dir) if p.is_relative() => dir.join(p),
+        _ => p.to_path_buf(),
+    }
+}
+
+/// A variable holding a positive number of seconds (fractions allowed), if set.
+fn seconds(name: &'static str) -> Result<Option<Duration>, ConfigError> {
+    let Some(value) = std::env::var(name).ok().filter(|v| !v.trim().is_empty()) else { return Ok(None) };
+    value
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| *s > 0.0)
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .map(Some)
+        .ok_or(ConfigError::BadVariable { name, value, why: "expected a positive number of seconds" })
 }
 
 #[cfg(test)]
@@ -254,6 +326,32 @@ mod tests {
         assert_eq!(SslVerify::parse("false"), SslVerify::Off);
         assert_eq!(SslVerify::parse("true"), SslVerify::System);
         assert_eq!(SslVerify::parse("/etc/ca.pem"), SslVerify::CaFile("/etc/ca.pem".into()));
+    }
+
+    #[test]
+    fn timeouts_are_positive_seconds() {
+        // One variable per case: tests of this module run in threads of one process.
+        let var = "DCOS_LIVENESS_TIMEOUT";
+        for (value, want) in
+            [("2.5", Some(Duration::from_millis(2500))), ("", None), (" 3 ", Some(Duration::from_secs(3)))]
+        {
+            std::env::set_var(var, value);
+            assert_eq!(seconds(var).unwrap(), want, "{value:?}");
+        }
+        for bad in ["0", "-1", "ten", "NaN", "inf", "1e30"] {
+            std::env::set_var(var, bad);
+            let e = seconds(var).unwrap_err().to_string();
+            assert!(e.contains(var) && e.contains("positive number of seconds"), "{bad}: {e}");
+        }
+        std::env::remove_var(var);
+    }
+
+    #[test]
+    fn relative_paths_in_the_file_are_beside_it() {
+        let f = Path::new("/home/u/.config/dcos/dcos.toml");
+        assert_eq!(beside(f, Path::new("ca.pem")), PathBuf::from("/home/u/.config/dcos/ca.pem"));
+        assert_eq!(beside(f, Path::new("../x/ca.pem")), PathBuf::from("/home/u/.config/dcos/../x/ca.pem"));
+        assert_eq!(beside(f, Path::new("/etc/ca.pem")), PathBuf::from("/etc/ca.pem"));
     }
 
     #[test]

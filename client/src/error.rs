@@ -41,6 +41,15 @@ pub enum Error {
         /// The config file consulted.
         config_file: String,
     },
+    /// The configured token cannot be sent: it holds a line break, a control or a non-ASCII character (a
+    /// file or variable pasted with more than the token).
+    #[error(
+        "the bearer token ({origin}) is malformed: it holds a line break, a control character or a non-ASCII character"
+    )]
+    MalformedToken {
+        /// Where the token was read from (a flag, a variable, a key of the config file).
+        origin: String,
+    },
     /// The agent rejected the token (malformed, expired, wrongly signed, another issuer or audience).
     #[error("{0}")]
     Unauthenticated(String),
@@ -132,7 +141,7 @@ impl Error {
             | Error::Runtime(_) => exit::FAILED,
             Error::Unreachable { .. } => exit::UNREACHABLE,
             Error::Tls { .. } => exit::TLS,
-            Error::NoToken { .. } => exit::UNAUTHENTICATED,
+            Error::NoToken { .. } | Error::MalformedToken { .. } => exit::UNAUTHENTICATED,
             Error::SessionLost(_) => exit::SESSION_LOST,
             e => e.code().map_or(exit::FAILED, ErrorCode::exit_code),
         }

@@ -5,7 +5,9 @@ use crate::Error;
 use dcos_exec_proto::{channel, frame, split_frame, ExecRequest, SignalRequest, Started, Status, TermSize};
 use futures_util::stream::SplitStream;
 use futures_util::{SinkExt, StreamExt};
+use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 /// How a command that ran ended, like [`std::process::ExitStatus`].
@@ -209,7 +211,7 @@ impl<'c> Command<'c> {
             return Err(Error::InvalidRequest(format!("{k:?} is not a variable name (empty, or with = or NUL)")));
         }
         let ws = self.client.upgrade(&self.task, &self.req).await?;
-        Ok(Session::new(ws, self.req.stdin))
+        Ok(Session::new(ws, self.req.stdin, self.client.timeouts().liveness))
     }
 }
 
@@ -236,10 +238,12 @@ pub struct Control {
 }
 
 impl Control {
-    /// Delivers a signal by name without `SIG` (`INT`, `TERM`, `HUP`...) to the process.
+    /// Delivers a signal by name without `SIG` (`INT`, `TERM`, `HUP`...) to the process. A ping follows it,
+    /// so that a live agent answers at once ([`Session::last_heard`] moves) even when the process does not.
     pub fn signal(&self, name: &str) {
         let j = serde_json::to_vec(&SignalRequest { signal: name.into() }).unwrap_or_default();
         let _ = self.tx.send(Message::Binary(frame(channel::SIGNAL, &j).into()));
+        let _ = self.tx.send(Message::Ping(Vec::new().into()));
     }
 
     /// Tells the process's terminal its new size.
@@ -322,6 +326,10 @@ pub struct Session {
     ctl: mpsc::UnboundedSender<Message>,
     writer: tokio::task::JoinHandle<()>,
     done: bool,
+    /// When the agent last sent anything (a frame, a ping, a pong).
+    heard: Instant,
+    /// How long it may stay silent before the session counts as lost.
+    liveness: Duration,
 }
 
 impl Drop for Session {
@@ -350,14 +358,14 @@ where
 }
 
 impl Session {
-    fn new(ws: Ws, stdin: bool) -> Session {
+    fn new(ws: Ws, stdin: bool, liveness: Duration) -> Session {
         let (sink, stream) = ws.split();
         // Bounded: a slow agent pushes back on the stdin writer.
         let (data_tx, data_rx) = mpsc::channel::<Message>(8);
         let (ctl, ctl_rx) = mpsc::unbounded_channel::<Message>();
         let writer = tokio::spawn(write_loop(sink, data_rx, ctl_rx));
         let stdin = stdin.then_some(Stdin { tx: Some(data_tx) });
-        Session { stream, stdin, ctl, writer, done: false }
+        Session { stream, stdin, ctl, writer, done: false, heard: Instant::now(), liveness }
     }
 
     /// The stdin writer, once, when the command was made [`Command::interactive`] or with stdin bytes.
@@ -370,12 +378,33 @@ impl Session {
         Control { tx: self.ctl.clone() }
     }
 
+    /// When the agent last sent anything at all: output, a ping (every 20 s), or the answer to the ping that
+    /// follows each [`Control::signal`]. Nothing since a signal, for some seconds, means the link is dead.
+    pub fn last_heard(&self) -> std::time::Instant {
+        self.heard.into_std()
+    }
+
     /// The next event; `Ok(None)` after [`Event::Exit`]. A command that could not run, or a container that
-    /// stopped under it, ends the session with the matching [`Error`] instead. Cancel-safe: usable in
-    /// `tokio::select!` next to signals and timers.
+    /// stopped under it, ends the session with the matching [`Error`] instead, and so does an agent that
+    /// sends nothing, not even a ping, for the liveness timeout ([`Error::SessionLost`], see
+    /// [`Client::liveness_timeout`]). Cancel-safe: usable in `tokio::select!` next to signals and timers.
     pub async fn next_event(&mut self) -> Result<Option<Event>, Error> {
         while !self.done {
-            let m = match self.stream.next().await {
+            // Measured from the last message rather than from this call, so that a caller's select! loop that
+            // wakes for signals or resizes does not keep pushing the deadline away.
+            let next = match self.heard.checked_add(self.liveness) {
+                Some(deadline) => tokio::time::timeout_at(deadline, self.stream.next()).await,
+                // A timeout beyond what the clock can count: no timeout.
+                None => Ok(self.stream.next().await),
+            };
+            let Ok(next) = next else {
+                let secs = self.liveness.as_secs_f64();
+                return Err(self.end(Error::SessionLost(format!(
+                    "nothing from the agent for {secs}s (no output, no ping): the link to it is down"
+                ))));
+            };
+            self.heard = Instant::now();
+            let m = match next {
                 Some(Ok(m)) => m,
                 Some(Err(e)) => return Err(self.end(Error::SessionLost(e.to_string()))),
                 None => {

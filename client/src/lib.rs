@@ -15,7 +15,11 @@
 //!   token, ...), plus TLS, unreachable agent and lost session; [`Error::exit_code`] is the CLI's exit code.
 //!
 //! A command that ran is `Ok` whatever its exit code, as with `std::process::Command::output`; a command that
-//! could not run is an `Err`. There is no timeout of its own: wrap a call in `tokio::time::timeout`. Dropping
+//! could not run is an `Err`. A command may run as long as it likes: wrap a call in `tokio::time::timeout` to
+//! bound it. What the client does bound is a silent or hostile agent: its answer's headers must come within
+//! 45 s of the TLS handshake ([`Client::request_timeout`], `DCOS_REQUEST_TIMEOUT`), a session that hears
+//! nothing from it, not even a ping, for 60 s is lost ([`Client::liveness_timeout`], `DCOS_LIVENESS_TIMEOUT`),
+//! and a task list may hold at most 256 MiB (a refusal 64 KiB). Dropping
 //! a [`Session`], or a future of [`Client::exec`] or [`Command::output`], closes the connection, and the agent
 //! hangs up the process (`SIGHUP`, then `SIGKILL` after its `grace_period`).
 //!

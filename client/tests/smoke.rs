@@ -210,9 +210,11 @@ impl World {
             url: format!("https://{listen}"),
             url_origin: dcos_exec::Origin::Api,
             token: Some(token.trim().to_string()),
+            token_origin: dcos_exec::Origin::Api,
             tls: TlsOptions::ca_file(agent_dir.join("ca.crt")),
             config_file: None,
             profile: None,
+            timeouts: dcos_exec::config::Timeouts::default(),
         };
         Some(World { dir, container: id, task, agent, settings })
     }

@@ -357,6 +357,20 @@ pub fn split_frame(msg: &[u8]) -> Result<(u8, &[u8]), DecodeError> {
     msg.split_first().map(|(c, p)| (*c, p)).ok_or(DecodeError::EmptyFrame)
 }
 
+/// Whether `c` must be escaped before text from a server or a container reaches a terminal or a log line:
+/// C0, DEL and C1 controls (a `\n` starts a forged line, an ESC drives the terminal), and the invisible
+/// characters that reorder or hide text (bidi embeddings, overrides and isolates U+202A-U+202E and
+/// U+2066-U+2069, the line and paragraph separators U+2028/U+2029, the zero-width and direction marks
+/// U+200B-U+200F, the Arabic letter mark U+061C, the last of Unicode's bidi controls, and U+FEFF). The CLI's terminal output and the agent's and gateway's logs and refusals
+/// share it, so both escape the same.
+pub fn must_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}'
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -377,6 +391,19 @@ mod tests {
     fn unknown_request_fields_are_refused() {
         let hdr = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"command":["x"],"privileged":true}"#);
         assert!(ExecRequest::from_header(&hdr).is_err());
+    }
+
+    #[test]
+    fn invisible_and_reordering_characters_must_be_escaped() {
+        for c in [
+            '\n', '\u{1b}', '\u{9b}', '\u{202e}', '\u{2066}', '\u{2069}', '\u{2028}', '\u{2029}', '\u{200b}',
+            '\u{feff}', '\u{61c}', '\u{200e}',
+        ] {
+            assert!(must_escape(c), "{c:?}");
+        }
+        for c in ['a', ' ', 'é', '✓', '\u{2027}', '\u{2070}', '\u{2010}'] {
+            assert!(!must_escape(c), "{c:?}");
+        }
     }
 
     #[test]

@@ -373,3 +373,361 @@ fn minting_without_a_signing_key_says_which_key_to_set() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A `support/peer.py` process: a TCP relay to the agent, or a hostile TLS server; killed on drop.
+struct Peer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Peer {
+    fn start(args: &[&str]) -> Peer {
+        use std::io::BufRead;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/peer.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        Peer { child, port: line.trim().parse().unwrap() }
+    }
+
+    /// Freezes the relay: the link to the agent neither delivers nor fails, like a dead router.
+    fn freeze(&self) {
+        // SAFETY: kill on our own child's pid.
+        assert_eq!(unsafe { libc::kill(i32::try_from(self.child.id()).unwrap(), libc::SIGSTOP) }, 0);
+    }
+
+    fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A relay to the shared agent, and `dcos task exec` of a long command through it, once the command runs.
+fn exec_through_relay(extra_env: &[(&str, &str)]) -> (Peer, std::process::Child) {
+    let (relay, child, _) = exec_script_through_relay("echo ready; sleep 120", extra_env);
+    (relay, child)
+}
+
+/// [`exec_through_relay`] with `script` (which prints `ready` first); the rest of stdout arrives on the receiver
+/// once dcos has closed it.
+fn exec_script_through_relay(
+    script: &str,
+    extra_env: &[(&str, &str)],
+) -> (Peer, std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let w = world();
+    let agent_port = w.agent.url.rsplit(':').next().unwrap().to_string();
+    let relay = Peer::start(&["relay", &agent_port]);
+    let mut c = w.agent.dcos();
+    c.env("DCOS_URL", relay.url()).args(["task", "exec", &w.main_task, "sh", "-c", script]);
+    for (k, v) in extra_env {
+        c.env(k, v);
+    }
+    let mut child = c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut out = std::io::BufReader::new(out);
+        let mut line = String::new();
+        let _ = out.read_line(&mut line);
+        let _ = tx.send(line);
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut out, &mut rest);
+        let _ = tx.send(rest);
+    });
+    let line = rx.recv_timeout(std::time::Duration::from_secs(30)).expect("the command did not start");
+    assert_eq!(line, "ready\n");
+    (relay, child, rx)
+}
+
+fn child_stderr(child: &mut std::process::Child) -> String {
+    let mut s = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut s).unwrap();
+    s
+}
+
+/// The attack: the path to the agent freezes mid-session (a stopped relay: no data, no reset). The agent's
+/// pings stop arriving, and after the liveness timeout (3 s here, by DCOS_LIVENESS_TIMEOUT) dcos ends with
+/// `session lost` (121) instead of waiting for ever.
+#[test]
+fn a_session_on_a_frozen_link_is_lost_after_the_liveness_timeout() {
+    if skip() {
+        return;
+    }
+    let (relay, mut child) = exec_through_relay(&[("DCOS_LIVENESS_TIMEOUT", "3")]);
+    relay.freeze();
+    let t0 = std::time::Instant::now();
+    let st = wait_within(&mut child, 30, "dcos on a frozen link");
+    let err = child_stderr(&mut child);
+    assert_eq!(st.code(), Some(121), "{err}");
+    assert!(t0.elapsed() >= std::time::Duration::from_secs(2), "{:?}", t0.elapsed());
+    one_line(&err);
+    assert!(err.contains("connection to the agent lost") && err.contains("no ping"), "{err}");
+}
+
+/// The attack: with the link frozen and the default 60 s liveness timeout, Ctrl-C must not be ignored. The
+/// first SIGINT is forwarded (and dcos waits for the agent); a second one after 3 s with nothing heard from
+/// the agent ends dcos with `session lost`. The same for SIGTERM.
+#[test]
+fn a_second_interrupt_ends_dcos_when_the_link_is_dead() {
+    if skip() {
+        return;
+    }
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        let (relay, mut child) = exec_through_relay(&[]);
+        relay.freeze();
+        let pid = i32::try_from(child.id()).unwrap();
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(pid, sig) };
+        std::thread::sleep(std::time::Duration::from_millis(3500));
+        assert!(child.try_wait().unwrap().is_none(), "the first signal only asks the agent");
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, sig) };
+        let st = wait_within(&mut child, 10, "dcos after a second signal on a frozen link");
+        let err = child_stderr(&mut child);
+        assert_eq!(st.code(), Some(121), "{err}");
+        one_line(&err);
+        let name = if sig == libc::SIGINT { "SIGINT" } else { "SIGTERM" };
+        assert!(err.contains(&format!("no answer to {name}")), "{err}");
+    }
+}
+
+/// No false alarm: on a live link, a second SIGINT 3.5 s after the first is forwarded like the first (the
+/// agent answered the ping that followed it), and a command that ignores SIGINT runs to its end.
+#[test]
+fn a_second_interrupt_on_a_live_link_is_forwarded() {
+    if skip() {
+        return;
+    }
+    let (_relay, mut child, rest) =
+        exec_script_through_relay("trap '' INT; echo ready; sleep 8; echo done", &[("DCOS_LIVENESS_TIMEOUT", "60")]);
+    let pid = i32::try_from(child.id()).unwrap();
+    for _ in 0..2 {
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        std::thread::sleep(std::time::Duration::from_millis(3500));
+    }
+    let st = wait_within(&mut child, 30, "dcos of a command that ignores SIGINT");
+    let out = rest.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+    let err = child_stderr(&mut child);
+    assert_eq!(st.code(), Some(0), "{err}");
+    assert_eq!(out, "done\n", "{err}");
+}
+
+/// Waits for `child` and returns its exit code and its peak resident memory in MiB.
+fn wait_with_peak_rss(child: &mut std::process::Child, secs: u64) -> (Option<i32>, i64) {
+    let pid = i32::try_from(child.id()).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let mut status = 0;
+        // SAFETY: rusage is plain integers, for which all zeroes is a valid value.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: wait4 on our own child, with valid pointers; WNOHANG so a hang is caught by the deadline.
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
+        if r == pid {
+            let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+            return (code, ru.ru_maxrss / 1024);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("still running after {secs} s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The attack: an agent (or anything that holds a certificate the CLI trusts) answers `task list` with a body
+/// that never ends, as a 200 and as a refusal. dcos stops at 256 MiB (64 KiB for a refusal) with one line and
+/// exit 125, instead of growing until it aborts.
+#[test]
+fn an_endless_answer_is_cut_with_one_line() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let (cert, key) = (w.agent.dir.join("server.crt"), w.agent.dir.join("server.key"));
+    for (status, limit) in [("200 OK", "256 MiB"), ("403 Forbidden", "64 KiB")] {
+        let peer = Peer::start(&["endless", status, cert.to_str().unwrap(), key.to_str().unwrap()]);
+        let mut child = w
+            .agent
+            .dcos()
+            .env("DCOS_URL", peer.url())
+            .args(["task", "list"])
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let (code, peak) = wait_with_peak_rss(&mut child, 120);
+        let err = child_stderr(&mut child);
+        assert_eq!(code, Some(125), "{status}: {err}");
+        one_line(&err);
+        assert!(err.contains(&format!("larger than {limit}")) && err.contains(&peer.url()), "{err}");
+        // Bounded by the limit (the buffer, at most twice it while it grows), not by the stream.
+        assert!(peak < 700, "{status}: peak RSS {peak} MiB");
+    }
+}
+
+/// The attack: a peer accepts TLS and never answers. `task list` and the exec handshake give up after the
+/// request timeout (2 s here, by DCOS_REQUEST_TIMEOUT) as unreachable (115), naming the URL, never the token.
+#[test]
+fn a_peer_that_never_answers_is_unreachable_after_the_request_timeout() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let (cert, key) = (w.agent.dir.join("server.crt"), w.agent.dir.join("server.key"));
+    let peer = Peer::start(&["silent", cert.to_str().unwrap(), key.to_str().unwrap()]);
+    for args in [&["task", "list"][..], &["task", "exec", "web-1", "true"][..]] {
+        let mut child = w
+            .agent
+            .dcos()
+            .env("DCOS_URL", peer.url())
+            .env("DCOS_REQUEST_TIMEOUT", "2")
+            .args(args)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let st = wait_within(&mut child, 30, "dcos against a silent peer");
+        let err = child_stderr(&mut child);
+        assert_eq!(st.code(), Some(115), "{args:?}: {err}");
+        one_line(&err);
+        assert!(err.contains(&peer.url()) && err.contains("no answer") && err.contains("2s"), "{err}");
+        assert!(!err.contains(&w.agent.admin_token), "{err}");
+    }
+}
+
+/// The attack: `dcos auth login`'s token (the organisation's) was sent to every profile's agent, so a partner's
+/// agent could replay it. Now a profile's own token wins, and the login token goes only to the profile that
+/// logged in (or, logged in without a profile, to the default settings).
+#[test]
+fn the_login_token_stays_with_the_profile_that_logged_in() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let home = scratch("login-profile");
+    let ca = w.agent.dir.join("ca.crt");
+    // The "organisation" token is mallory's, whom the ACL denies everything: an exec that carries it fails
+    // with 118, one with the partner's (admin) token runs.
+    let org = w.agent.token("mallory", &[], "10m");
+    let config = |auth_profile: &str| {
+        format!(
+            "[core]\ndcos_url = \"{url}\"\nssl_verify = \"{ca}\"\n\n[profiles.partner]\ndcos_url = \"{url}\"\n\
+             dcos_acs_token = \"{partner}\"\n\n[profiles.bare]\ndcos_url = \"{url}\"\n\n[auth]\ntoken = \"{org}\"\n{auth_profile}",
+            url = w.agent.url,
+            ca = ca.display(),
+            partner = w.agent.admin_token,
+        )
+    };
+    let exec = |profile: Option<&str>| {
+        let mut c = bare_dcos(&home);
+        if let Some(p) = profile {
+            c.args(["--profile", p]);
+        }
+        run(c.args(["task", "exec", &w.main_task, "true"]))
+    };
+    // Logged in without a profile.
+    write_config(&home, &config(""));
+    let o = exec(Some("partner"));
+    assert!(o.status.success(), "the partner profile must use its own token: {}", stderr(&o));
+    let o = exec(Some("bare"));
+    assert_eq!(o.status.code(), Some(117), "another profile must not get the login token: {}", stderr(&o));
+    one_line(&stderr(&o));
+    assert!(
+        stderr(&o).contains("no bearer token for profile bare: the token of 'dcos auth login' belongs to the default"),
+        "{}",
+        stderr(&o)
+    );
+    let o = exec(None);
+    assert_eq!(o.status.code(), Some(118), "the default settings use the login token: {}", stderr(&o));
+    // Logged in with --profile bare: only that profile gets it.
+    write_config(&home, &config("profile = \"bare\"\n"));
+    assert_eq!(exec(Some("bare")).status.code(), Some(118));
+    assert_eq!(exec(None).status.code(), Some(117));
+    assert!(exec(Some("partner")).status.success());
+    // Logged in with --profile partner, which has its own token: the profile's token wins.
+    write_config(&home, &config("profile = \"partner\"\n"));
+    assert!(exec(Some("partner")).status.success());
+    let _ = std::fs::remove_dir_all(&home);
+}
+
+/// A token with a line break (a pasted file) is named as malformed, with where it was read from, not as a
+/// header the HTTP library cannot parse.
+#[test]
+fn a_malformed_token_names_where_it_came_from() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let o = run(w.agent.dcos().env("DCOS_ACS_TOKEN", "eyJhbGciOi\nJFZERTQSJ9").args(["task", "list"]));
+    assert_eq!(o.status.code(), Some(117), "{}", stderr(&o));
+    one_line(&stderr(&o));
+    assert!(stderr(&o).contains("token (variable DCOS_ACS_TOKEN) is malformed"), "{}", stderr(&o));
+    let home = scratch("malformed-token");
+    let p = write_config(&home, &format!("[core]\ndcos_acs_token = \"a\\u0001b\"\ndcos_url = \"{}\"\n", w.agent.url));
+    let o =
+        run(bare_dcos(&home).env("DCOS_SSL_VERIFY", w.agent.dir.join("ca.crt")).args(["task", "exec", "x", "true"]));
+    assert_eq!(o.status.code(), Some(117), "{}", stderr(&o));
+    assert!(stderr(&o).contains(&format!("key core.dcos_acs_token in {}", p.display())), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&home);
+}
+
+/// `ssl_verify = "ca.crt"` in dcos.toml means the file beside dcos.toml, wherever dcos runs.
+#[test]
+fn relative_ca_paths_in_the_config_file_are_beside_it() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let home = scratch("relative-ca");
+    let p = write_config(
+        &home,
+        &format!(
+            "[core]\ndcos_url = \"{}\"\ndcos_acs_token = \"{}\"\nssl_verify = \"ca.crt\"\n",
+            w.agent.url, w.agent.admin_token
+        ),
+    );
+    std::fs::copy(w.agent.dir.join("ca.crt"), p.parent().unwrap().join("ca.crt")).unwrap();
+    let o = run(bare_dcos(&home).current_dir("/").args(["task", "list", "-q"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).lines().any(|l| l == w.main_task), "{}", stdout(&o));
+    let _ = std::fs::remove_dir_all(&home);
+}
+
+/// The attack: a task id (from a container's annotation, which its owner controls) with a right-to-left
+/// override, a zero-width space and a line separator reads on a terminal as another name. `dcos task list`
+/// shows them escaped, in the table and with `-q`.
+#[test]
+fn bidi_and_zero_width_characters_in_task_ids_are_escaped() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let p = prefix();
+    let id = format!("bidi-{p}\u{202e}txt.exe\u{200b}\u{2028}x");
+    let _c = Container::start(
+        &w.root,
+        &format!("{p}-bidi"),
+        &ContainerOpts { annotations: vec![("io.dcos.task-id".into(), id)], ..Default::default() },
+    );
+    let hidden = |c: char| matches!(c, '\u{202e}' | '\u{200b}' | '\u{2028}');
+    for args in [&["task", "list"][..], &["task", "list", "-q"][..]] {
+        let o = run(w.agent.dcos().args(args).arg(format!("bidi-{p}")));
+        assert!(o.status.success(), "{}", stderr(&o));
+        let out = stdout(&o);
+        assert!(out.contains(&format!("bidi-{p}\\u{{202e}}txt.exe\\u{{200b}}\\u{{2028}}x")), "{args:?}: {out}");
+        assert!(!out.chars().any(hidden), "{args:?}: {out:?}");
+    }
+}

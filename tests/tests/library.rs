@@ -229,3 +229,91 @@ fn the_blocking_client_runs_without_a_runtime() {
     assert!(c.tasks().unwrap().iter().any(|t| t.id == w.main_task));
     assert!(matches!(c.exec("no-such-task", ["true"]), Err(Error::TaskNotFound(_))));
 }
+
+/// A live agent answers the ping that follows each signal at once ([`dcos_exec::Session::last_heard`] moves
+/// even when the process ignores the signal and prints nothing), and `next_event` stays cancel-safe while it
+/// waits. Through a relay that then freezes, the same session ends with `SessionLost` after the liveness
+/// timeout instead of waiting for ever.
+#[tokio::test]
+async fn a_signal_is_answered_by_a_live_agent_and_a_frozen_link_is_lost() {
+    if skip() {
+        return;
+    }
+    use std::time::{Duration, Instant};
+    let w = world();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/peer.py");
+    let port = w.agent.url.rsplit(':').next().unwrap();
+    /// Killed (stopped or not) however the test ends.
+    struct Relay(std::process::Child);
+    impl Drop for Relay {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut relay = Relay(
+        std::process::Command::new("python3")
+            .arg(script)
+            .args(["relay", port])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(relay.0.stdout.take().unwrap()), &mut line).unwrap();
+    let url = format!("https://127.0.0.1:{}", line.trim());
+    let c = Client::new(&url, Some(w.agent.admin_token.clone()), TlsOptions::ca_file(w.agent.dir.join("ca.crt")))
+        .unwrap()
+        .liveness_timeout(Duration::from_secs(3));
+    let mut s = c.command(&w.main_task, ["sh", "-c", "trap '' INT; echo ready; sleep 60"]).spawn().await.unwrap();
+    loop {
+        match s.next_event().await.unwrap() {
+            Some(Event::Stdout(b)) if b.starts_with(b"ready") => break,
+            Some(_) => {}
+            None => panic!("ended before it was ready"),
+        }
+    }
+    let sent = Instant::now();
+    s.control().signal("INT");
+    // Nothing to read (the process ignores SIGINT): the wait is cancelled, yet the pong has been taken in.
+    assert!(tokio::time::timeout(Duration::from_secs(1), s.next_event()).await.is_err());
+    assert!(s.last_heard() > sent, "no answer from a live agent within 1 s of a signal");
+    // SAFETY: kill on our own child's pid.
+    assert_eq!(unsafe { libc::kill(i32::try_from(relay.0.id()).unwrap(), libc::SIGSTOP) }, 0);
+    let frozen = Instant::now();
+    let e = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match s.next_event().await {
+                Ok(Some(_)) => {}
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the session must end on a frozen link")
+    .unwrap_err();
+    assert!(matches!(e, Error::SessionLost(_)), "{e:?}");
+    assert!(frozen.elapsed() >= Duration::from_secs(1), "{:?}", frozen.elapsed());
+}
+
+/// The agent's side of the escaping: the audit record of a refused exec quotes the task name the client sent,
+/// with its right-to-left override and zero-width space escaped (serde's JSON would carry them raw), so that
+/// the audit log reads as what was asked.
+#[tokio::test]
+async fn the_agent_escapes_bidi_and_zero_width_characters_in_audit_records() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let c = client(w, Some(&w.agent.admin_token));
+    let name = format!("no-such-{}\u{202e}gpj.exe\u{200b}", prefix());
+    let e = c.exec(&name, ["true"]).await.unwrap_err();
+    assert!(matches!(e, Error::TaskNotFound(_)), "{e:?}");
+    let text = std::fs::read_to_string(w.agent.dir.join("audit.log")).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains(&format!("no-such-{}", prefix()))).collect();
+    assert!(!lines.is_empty(), "no audit record of the refusal");
+    for l in lines {
+        assert!(!l.contains('\u{202e}') && !l.contains('\u{200b}'), "raw: {l}");
+        assert!(l.contains("\\\\u{202e}gpj.exe\\\\u{200b}"), "{l}");
+    }
+}

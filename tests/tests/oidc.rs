@@ -649,3 +649,57 @@ fn configurations_that_cannot_work_stop_the_agent_saying_why() {
         assert!(stderr(&o).contains(want), "want {want:?}: {}", stderr(&o));
     }
 }
+
+/// The attack: an issuer answers the device authorization with terminal escapes and a bidi override in the
+/// user code and URIs, and `expires_in = 2^64-1` (which panicked the CLI with an overflow, exit 101). The CLI
+/// prints them escaped, bounds the wait, and the login still works.
+#[test]
+fn a_hostile_device_authorization_is_escaped_and_bounded() {
+    if skip() {
+        return;
+    }
+    let f = fixture();
+    let home = f.root.join("home-hostile");
+    let _ = std::fs::remove_dir_all(&home);
+    std::fs::create_dir_all(&home).unwrap();
+    let mut login = dcos_at_home(&f.agent, &home);
+    login
+        .args([
+            "auth",
+            "login",
+            "--issuer",
+            &f.issuer.url,
+            "--client-id",
+            "dcos-cli",
+            "--scope",
+            "hostile",
+            "--ca-file",
+        ])
+        .arg(f.issuer.ca())
+        .stderr(Stdio::piped());
+    let mut child = login.spawn().unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let (mut first, mut second) = (String::new(), String::new());
+    err.read_line(&mut first).unwrap();
+    err.read_line(&mut second).unwrap();
+    for line in [&first, &second] {
+        assert!(
+            !line
+                .trim_end_matches('\n')
+                .chars()
+                .any(|c| c.is_control() || ('\u{2066}'..='\u{2069}').contains(&c) || c == '\u{202e}'),
+            "raw control or bidi characters: {line:?}"
+        );
+    }
+    assert!(first.contains("\\u{1b}[2J") && first.contains("\\u{1b}]0;owned\\u{7}\\u{202e}"), "{first:?}");
+    assert!(second.contains("\\u{2066}\\n"), "{second:?}");
+    // The real code is what precedes the escapes.
+    let code = first.trim().rsplit(' ').next().unwrap().split('\\').next().unwrap().to_string();
+    f.issuer.approve(&code, "u-1002", "bob@example.com", &[]);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    let st = wait_within(&mut child, 60, "login with a hostile issuer");
+    assert!(st.success(), "{first}{second}{rest}");
+    assert!(rest.contains("Logged in"), "{rest}");
+    let _ = std::fs::remove_dir_all(&home);
+}

@@ -182,12 +182,20 @@ class Handler(BaseHTTPRequestHandler):
                 user_code = "-".join(secrets.token_hex(2).upper() for _ in range(2))
                 S.devices[code] = {"user_code": user_code, "ident": None, "interval": S.interval,
                                    "last": None, "expires": time.time() + 300, "denied": False, "first": True}
-                return self.reply(200, {
+                answer = {
                     "device_code": code, "user_code": user_code,
                     "verification_uri": f"{S.url}/device",
                     "verification_uri_complete": f"{S.url}/device?user_code={user_code}",
                     "expires_in": 300, "interval": S.interval,
-                })
+                }
+                # scope "hostile": the answer of an issuer that attacks the CLI (terminal escapes, a bidi
+                # override, an expiry that overflows); the real user code still comes first.
+                if b.get("scope") == "hostile":
+                    answer["user_code"] += "\x1b]0;owned\x07\u202e"
+                    answer["verification_uri"] += "\x1b[2J"
+                    answer["verification_uri_complete"] += "\u2066\n"
+                    answer["expires_in"] = 2**64 - 1
+                return self.reply(200, answer)
             if p == "/device/approve":
                 for d in S.devices.values():
                     if d["user_code"] == b.get("user_code"):
