@@ -171,27 +171,33 @@ fn rotated_keys_verify_without_a_restart_and_removed_keys_stop() {
         return;
     }
     let f = fixture();
-    let pid = f.agent.pid();
-    let old_kid = f.issuer.current_kid("RS256");
-    let old = f.issuer.mint("RS256", alice());
-    assert_ran(exec_as(&f.agent, &old, &[], &f.task));
+    // Its own issuer and agent: a rotation of the shared issuer's key would make the other tests' new tokens
+    // name a kid their agent may not fetch again within `min_refresh_interval`.
+    let issuer = Issuer::start(&f.root.join("rotating-issuer"));
+    let table = issuer.agent_table(AUDIENCE, "1h", "1s");
+    let agent = Agent::start_with_acl(&f.root.join("rotating-agent"), &format!("oidc = [{table}]"), OIDC_ACL);
+    let pid = agent.pid();
+    let old_kid = issuer.current_kid("RS256");
+    let old = issuer.mint("RS256", alice());
+    assert_ran(exec_as(&agent, &old, &[], &f.task));
     // The issuer rotates: a token of the new key names a kid the agent has not seen, so it fetches the JWKS
     // again (the periodic refresh is an hour away).
-    let new_kid = f.issuer.admin("/admin/rotate", json!({"alg": "RS256"}))["kid"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(1100)); // past min_refresh_interval of the first fetch
+    let new_kid = issuer.admin("/admin/rotate", json!({"alg": "RS256"}))["kid"].as_str().unwrap().to_string();
     assert_ne!(new_kid, old_kid);
-    let new = f.issuer.mint("RS256", alice());
-    assert_ran(exec_as(&f.agent, &new, &[], &f.task));
+    let new = issuer.mint("RS256", alice());
+    assert_ran(exec_as(&agent, &new, &[], &f.task));
     // Both keys are published for now: the old token still works.
-    assert_ran(exec_as(&f.agent, &old, &[], &f.task));
+    assert_ran(exec_as(&agent, &old, &[], &f.task));
     // The issuer removes the old key; the next fetch (here caused by yet another new key) drops it.
-    f.issuer.admin("/admin/retire", json!({"kid": old_kid}));
+    issuer.admin("/admin/retire", json!({"kid": old_kid}));
     std::thread::sleep(Duration::from_millis(1100)); // past min_refresh_interval
-    f.issuer.admin("/admin/rotate", json!({"alg": "RS256"}));
-    assert_ran(exec_as(&f.agent, &f.issuer.mint("RS256", alice()), &[], &f.task));
-    assert_refused(exec_as(&f.agent, &old, &[], &f.task), "unknown key");
-    assert_ran(exec_as(&f.agent, &new, &[], &f.task));
-    assert_eq!(f.agent.pid(), pid, "no restart");
-    let log = std::fs::read_to_string(f.agent.dir.join("agent.log")).unwrap();
+    issuer.admin("/admin/rotate", json!({"alg": "RS256"}));
+    assert_ran(exec_as(&agent, &issuer.mint("RS256", alice()), &[], &f.task));
+    assert_refused(exec_as(&agent, &old, &[], &f.task), "unknown key");
+    assert_ran(exec_as(&agent, &new, &[], &f.task));
+    assert_eq!(agent.pid(), pid, "no restart");
+    let log = std::fs::read_to_string(agent.dir.join("agent.log")).unwrap();
     assert!(!log.contains("panicked"), "{log}");
 }
 
