@@ -406,7 +406,7 @@ impl Session {
             self.heard = Instant::now();
             let m = match next {
                 Some(Ok(m)) => m,
-                Some(Err(e)) => return Err(self.end(Error::SessionLost(e.to_string()))),
+                Some(Err(e)) => return Err(self.end(Error::SessionLost(broken(&e)))),
                 None => {
                     return Err(self.end(Error::SessionLost("closed before the command's exit status arrived".into())))
                 }
@@ -473,6 +473,19 @@ impl Session {
     /// Reads the session to its end, discarding output, and returns how the command ended.
     pub async fn wait(self) -> Result<ExitStatus, Error> {
         self.output().await.map(|o| o.status)
+    }
+}
+
+/// What a broken WebSocket means to a user: a connection closed without TLS's goodbye (the agent or the link
+/// died) is said plainly rather than with the TLS library's wording and its link to its documentation.
+fn broken(e: &tokio_tungstenite::tungstenite::Error) -> String {
+    use tokio_tungstenite::tungstenite::Error as E;
+    match e {
+        E::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            "the connection closed before the command's exit status arrived".into()
+        }
+        E::Io(io) => format!("the connection broke: {}", io.kind()),
+        other => other.to_string(),
     }
 }
 

@@ -246,6 +246,10 @@ fn a_session_cut_short_by_an_agent_crash_leaves_its_start_record_and_no_process(
     agent.child.wait().unwrap();
     let out = c.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(121), "session lost: {}", stderr(&out));
+    // Said plainly, in one line, without the TLS library's wording or a link to its documentation.
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("connection to the agent lost") && !err.contains("https://"), "{err}");
     let recs = agent.audit();
     let start = recs
         .iter()
