@@ -273,11 +273,16 @@ pub fn resolve(over: Overrides) -> Result<Settings, ConfigError> {
     };
     let (url, url_origin) = pick(over.url, "url", |s| s.dcos_url.clone(), "DCOS_URL", "dcos_url")
         .ok_or_else(|| ConfigError::NoUrl(shown()))?;
-    let (token, token_origin) =
-        match pick(over.token, "acs-token", |s| s.dcos_acs_token.clone(), "DCOS_ACS_TOKEN", "dcos_acs_token") {
-            Some((t, o)) if !t.trim().is_empty() => (Some(t.trim().to_string()), o),
-            _ => (None, Origin::Default),
-        };
+    // A token is a secret of the cluster it was written for: [core]'s is not sent to a profile that names a URL
+    // of its own (another cluster, whose agent could replay it against [core]'s).
+    let foreign =
+        profile.as_ref().and_then(|p| p.dcos_url.as_ref()).is_some_and(|u| file.core.dcos_url.as_ref() != Some(u));
+    let token_of: fn(&Section) -> Option<String> = |s| s.dcos_acs_token.clone();
+    let (token, token_origin) = match pick(over.token, "acs-token", token_of, "DCOS_ACS_TOKEN", "dcos_acs_token") {
+        Some((_, Origin::File { key, .. })) if foreign && key.starts_with("core.") => (None, Origin::Default),
+        Some((t, o)) if !t.trim().is_empty() => (Some(t.trim().to_string()), o),
+        _ => (None, Origin::Default),
+    };
     let tls = match pick(over.ssl_verify, "ssl-verify", |s| s.ssl_verify.clone(), "DCOS_SSL_VERIFY", "ssl_verify") {
         Some((v, origin)) => {
             let verify = match (SslVerify::parse(&v), &origin) {

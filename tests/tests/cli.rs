@@ -663,6 +663,36 @@ fn the_login_token_stays_with_the_profile_that_logged_in() {
     let _ = std::fs::remove_dir_all(&home);
 }
 
+/// The same leak through `[core]`: its `dcos_acs_token` was sent to a profile that names a URL of its own
+/// (another cluster). It goes only where `[core]`'s own URL points: here `localhost` stands for the other
+/// cluster (the agent's certificate names it too, so only the token decides the outcome).
+#[test]
+fn cores_token_is_not_sent_to_a_profile_with_another_url() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let home = scratch("core-token");
+    let other = w.agent.url.replace("127.0.0.1", "localhost");
+    write_config(
+        &home,
+        &format!(
+            "[core]\ndcos_url = \"{url}\"\nssl_verify = \"{ca}\"\ndcos_acs_token = \"{token}\"\n\n\
+             [profiles.same]\ndcos_url = \"{url}\"\n\n[profiles.other]\ndcos_url = \"{other}\"\n",
+            url = w.agent.url,
+            ca = w.agent.dir.join("ca.crt").display(),
+            token = w.agent.admin_token,
+        ),
+    );
+    let exec = |profile: &str| run(bare_dcos(&home).args(["--profile", profile, "task", "exec", &w.main_task, "true"]));
+    let o = exec("same");
+    assert!(o.status.success(), "[core]'s URL gets [core]'s token: {}", stderr(&o));
+    let o = exec("other");
+    assert_eq!(o.status.code(), Some(117), "another URL must not get [core]'s token: {}", stderr(&o));
+    one_line(&stderr(&o));
+    let _ = std::fs::remove_dir_all(&home);
+}
+
 /// A token with a line break (a pasted file) is named as malformed, with where it was read from, not as a
 /// header the HTTP library cannot parse.
 #[test]
