@@ -544,7 +544,7 @@ where
     let Running { stdin, outputs, master, signals, mut exit, .. } = running;
     let (exited_tx, exited_rx) = watch::channel(false);
     let drain = agent.cfg.output_drain;
-    let pumps: Vec<_> = outputs
+    let mut pumps: Vec<_> = outputs
         .into_iter()
         .map(|(ch, r)| {
             tokio::spawn(flow::pump_out(ch, r, tx.clone(), counters.bytes_out.clone(), exited_rx.clone(), drain))
@@ -571,7 +571,6 @@ where
         }
     };
     let _ = exited_tx.send(true);
-    let mut pumps = pumps;
     // No drain for a client that is about to be told the agent is leaving. Otherwise output is drained until it
     // is quiet (in the pumps), but never beyond `output_drain_max` nor past the start of a shutdown: a process of
     // the container can keep writing into the session's pipe or terminal for ever.

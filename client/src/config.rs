@@ -277,12 +277,12 @@ pub fn resolve(over: Overrides) -> Result<Settings, ConfigError> {
     // of its own (another cluster, whose agent could replay it against [core]'s).
     let foreign =
         profile.as_ref().and_then(|p| p.dcos_url.as_ref()).is_some_and(|u| file.core.dcos_url.as_ref() != Some(u));
-    let token_of: fn(&Section) -> Option<String> = |s| s.dcos_acs_token.clone();
-    let (token, token_origin) = match pick(over.token, "acs-token", token_of, "DCOS_ACS_TOKEN", "dcos_acs_token") {
-        Some((_, Origin::File { key, .. })) if foreign && key.starts_with("core.") => (None, Origin::Default),
-        Some((t, o)) if !t.trim().is_empty() => (Some(t.trim().to_string()), o),
-        _ => (None, Origin::Default),
-    };
+    let (token, token_origin) =
+        match pick(over.token, "acs-token", |s| s.dcos_acs_token.clone(), "DCOS_ACS_TOKEN", "dcos_acs_token") {
+            Some((_, Origin::File { key, .. })) if foreign && key.starts_with("core.") => (None, Origin::Default),
+            Some((t, o)) if !t.trim().is_empty() => (Some(t.trim().to_string()), o),
+            _ => (None, Origin::Default),
+        };
     let tls = match pick(over.ssl_verify, "ssl-verify", |s| s.ssl_verify.clone(), "DCOS_SSL_VERIFY", "ssl_verify") {
         Some((v, origin)) => {
             let verify = match (SslVerify::parse(&v), &origin) {
